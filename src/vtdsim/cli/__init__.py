@@ -1,0 +1,1 @@
+"""The vtdsim command line."""

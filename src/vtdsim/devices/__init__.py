@@ -1,0 +1,1 @@
+"""PCIe endpoints that issue DMA through a remapping unit, with their ATS device-TLBs."""

@@ -1,0 +1,184 @@
+"""Atomic steps a driver operation yields (the vocabulary shared by the direct executor and the
+interleaving checker).
+
+A driver operation is a generator: it yields one step per atomic action the real driver performs
+(a store to a table entry, a clflush, an MMIO write, a wait, a lock) and receives the step's
+result via ``send`` (the value read, for reads; ``None`` otherwise).  Only the steppers
+(``driver.executor`` and ``checker``) run generators, and they check every yielded value is a
+``Step``.
+
+``why`` carries the Linux function (or spec rule) the step comes from; it is what a
+counterexample prints.
+
+Not modelled: CPU memory ordering beyond program order (x86-TSO store buffering is hidden by the
+barriers Linux uses around every table update and IQT write).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Base class of every atomic step."""
+
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CpuWrite(Step):
+    """A CPU store of ``size`` bytes (1, 2, 4 or 8) to physical memory: a table entry, a PTE, a
+    descriptor in the invalidation queue.  Lands in the CPU cache (see ``Clflush``)."""
+
+    addr: int = 0
+    value: int = 0
+    size: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class CpuCmpxchg(Step):
+    """``cmpxchg64``: atomically replace the qword at ``addr`` with ``new`` if it equals
+    ``expected``; the stepper sends back the old value (Linux installs new page-table pages this
+    way in ``pfn_to_dma_pte``, so two mappers racing for one slot both stay correct)."""
+
+    addr: int = 0
+    expected: int = 0
+    new: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CpuZero(Step):
+    """Zero ``size`` bytes from ``addr`` with CPU stores (a freshly allocated table page:
+    ``alloc_pgtable_page`` with __GFP_ZERO).  The zeroes sit in the CPU cache until flushed."""
+
+    addr: int = 0
+    size: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class CpuRead(Step):
+    """A CPU load; the stepper sends back the value (little-endian int of ``size`` bytes)."""
+
+    addr: int = 0
+    size: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Clflush(Step):
+    """clflush of the cache line holding ``addr`` (Linux ``clflush_cache_range``)."""
+
+    addr: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClflushRange(Step):
+    """``clflush_cache_range(addr, size)``: every line of the range (``__iommu_flush_cache``)."""
+
+    addr: int = 0
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Wbinvd(Step):
+    """WBINVD: write back and invalidate the CPU caches.  Under KVM without non-coherent DMA
+    registered it is a no-op (seed 004); the stepper decides through the platform model."""
+
+
+@dataclass(frozen=True, slots=True)
+class MmioWrite(Step):
+    """A register write to remapping unit ``unit`` (index in the platform's unit list)."""
+
+    unit: int = 0
+    offset: int = 0
+    value: int = 0
+    size: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class MmioRead(Step):
+    """A register read; the stepper sends back the value."""
+
+    unit: int = 0
+    offset: int = 0
+    size: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class WaitQword(Step):
+    """Poll until the qword at ``addr`` (CPU view) equals ``value`` under ``mask``; the step
+    blocks the thread until then (``qi_submit_sync`` polling its wait-descriptor status, or
+    ``GSTS`` polling expressed through ``WaitRegister``)."""
+
+    addr: int = 0
+    value: int = 0
+    mask: int = 0xFFFF_FFFF_FFFF_FFFF
+
+
+@dataclass(frozen=True, slots=True)
+class WaitRegister(Step):
+    """Poll register ``offset`` of ``unit`` until ``(reg & mask) == value`` (GSTS after a GCMD
+    write, CCMD.ICC / IOTLB.IVT after a register-based invalidation)."""
+
+    unit: int = 0
+    offset: int = 0
+    mask: int = 0
+    value: int = 0
+    size: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Lock(Step):
+    """Take a spinlock (``iommu->lock``, ``qi->q_lock``, ``domain->cache_lock``, the per-CPU
+    flush-queue lock ...).  Blocks while another thread holds it."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Unlock(Step):
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FreePage(Step):
+    """Give a physical page back to the allocator: after this, any DMA reaching it is a
+    use-after-free (checker property ``dma_after_free``).  ``what`` says what it was
+    ("iova data page", "page-table page")."""
+
+    addr: int = 0
+    what: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AllocPage(Step):
+    """Take a physical page from the allocator; the stepper sends back its address."""
+
+    what: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReuseIova(Step):
+    """The IOVA range goes back to the IOVA allocator and may be handed out again."""
+
+    iova: int = 0
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Annotate(Step):
+    """No effect on the model: marks a point of interest (e.g. 'unmap complete') that
+    properties and counterexamples refer to.  ``event`` is a short keyword, ``data`` a tuple."""
+
+    event: str = ""
+    data: tuple = ()
+
+
+def check_step(obj: object, where: str) -> Step:
+    """Steppers call this on every yielded value: a non-Step is a model bug, reported with the
+    generator that produced it."""
+    from vtdsim.errors import ModelError
+
+    if not isinstance(obj, Step):
+        raise ModelError(f"{where} yielded {obj!r}, which is not a driver Step")
+    return obj

@@ -1,0 +1,220 @@
+"""Physical memory shared by the CPUs and DMA, with a write-back CPU cache (VT-d spec 6.1
+on coherency, ECAP.C and snoop control).
+
+Two views of one address space:
+
+* DRAM - what a *non-snooped* access sees: a no-snoop DMA, or a page walk by a unit whose
+  walks are not coherent (legacy ECAP.C=0; scalable mode without SMPWC/PWSNP).
+* the CPU view - DRAM overlaid with the CPU cache lines.  CPU stores allocate a line and mark it
+  dirty; ``clflush`` writes one line back and drops it; ``wbinvd`` does that for every line.
+  A *snooped* DMA read sees the CPU view; a snooped DMA write updates DRAM and any cached copy.
+
+The hardware may write a dirty line back at any moment (cache eviction): ``writeback_line``
+exposes that freedom so a checker can enumerate it.
+
+Write buffer (CAP.RWBF, spec 6.8): on units that need write-buffer flushing, a unit sets
+``write_buffer = True``; every CPU store then stays *posted* (invisible to the unit's structure
+reads through ``read_qword``) until ``flush_write_buffer`` - which the unit calls on GCMD.WBF and
+on every invalidation, since any invalidation implicitly flushes the write buffer.
+
+Not modelled: posting distinguishes no snoop attribute (a posted line reads as its CPU-view
+pre-image for snooped and non-snooped structure reads alike); multiple CPU caches (one coherent hierarchy stands for all CPUs), memory types
+(MTRR/PAT), partial-line write ordering inside one store.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from vtdsim.errors import ModelError, hexval
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+LINE_SIZE = 64
+MAX_PHYS_ADDR = 1 << 52  # x86 architectural limit on physical addresses
+
+_Q = struct.Struct("<Q")
+
+
+class PhysicalMemory:
+    """Sparse byte-addressable memory; unpopulated bytes read as zero."""
+
+    def __init__(self) -> None:
+        self._pages: dict[int, bytearray] = {}
+        self._lines: dict[int, bytearray] = {}  # CPU cache: line address -> 64 bytes
+        self._dirty: set[int] = set()
+        self.write_buffer = False  # set by a unit with CAP.RWBF (spec 6.8)
+        self._posted: dict[int, bytes] = {}  # line -> what the unit saw before the first store
+
+    # -- DRAM ----------------------------------------------------------------------------------
+    def _page(self, pfn: int) -> bytearray:
+        page = self._pages.get(pfn)
+        if page is None:
+            page = self._pages[pfn] = bytearray(PAGE_SIZE)
+        return page
+
+    @staticmethod
+    def _check(addr: int, n: int) -> None:
+        if addr < 0 or n < 0 or addr + n > MAX_PHYS_ADDR:
+            raise ModelError(f"physical access {hexval('addr', addr)} len={n} out of range")
+
+    def _dram_read(self, addr: int, n: int) -> bytes:
+        out = bytearray()
+        while n:
+            off = addr & (PAGE_SIZE - 1)
+            chunk = min(n, PAGE_SIZE - off)
+            page = self._pages.get(addr >> PAGE_SHIFT)
+            out += page[off : off + chunk] if page is not None else bytes(chunk)
+            addr += chunk
+            n -= chunk
+        return bytes(out)
+
+    def _dram_write(self, addr: int, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            off = addr & (PAGE_SIZE - 1)
+            chunk = min(len(data) - pos, PAGE_SIZE - off)
+            self._page(addr >> PAGE_SHIFT)[off : off + chunk] = data[pos : pos + chunk]
+            addr += chunk
+            pos += chunk
+
+    def dram_qword(self, addr: int) -> int:
+        """The qword DRAM holds (a non-snooped read)."""
+        page = self._pages.get(addr >> PAGE_SHIFT)
+        if page is None:
+            return 0
+        off = addr & (PAGE_SIZE - 1)
+        if off > PAGE_SIZE - 8:
+            return int.from_bytes(self._dram_read(addr, 8), "little")
+        return _Q.unpack_from(page, off)[0]
+
+    # -- the CPU view --------------------------------------------------------------------------
+    def _line_for_write(self, line: int) -> bytearray:
+        data = self._lines.get(line)
+        if data is None:
+            data = self._lines[line] = bytearray(self._dram_read(line, LINE_SIZE))
+        return data
+
+    def cpu_read(self, addr: int, n: int, *, allocate: bool = False) -> bytes:
+        """What a CPU load returns.  ``allocate`` leaves the lines in the CPU cache (clean)."""
+        self._check(addr, n)
+        if not self._lines and not allocate:
+            return self._dram_read(addr, n)
+        out = bytearray()
+        while n:
+            line = addr & ~(LINE_SIZE - 1)
+            off = addr - line
+            chunk = min(n, LINE_SIZE - off)
+            data = self._lines.get(line)
+            if data is None and allocate:
+                data = self._line_for_write(line)
+            out += data[off : off + chunk] if data is not None else self._dram_read(addr, chunk)
+            addr += chunk
+            n -= chunk
+        return bytes(out)
+
+    def cpu_write(self, addr: int, data: bytes) -> None:
+        """A CPU store: lands in the (write-back) CPU cache and marks the lines dirty."""
+        self._check(addr, len(data))
+        pos = 0
+        while pos < len(data):
+            line = addr & ~(LINE_SIZE - 1)
+            off = addr - line
+            chunk = min(len(data) - pos, LINE_SIZE - off)
+            cached = self._line_for_write(line)
+            if self.write_buffer and line not in self._posted:
+                self._posted[line] = bytes(cached)
+            cached[off : off + chunk] = data[pos : pos + chunk]
+            self._dirty.add(line)
+            addr += chunk
+            pos += chunk
+
+    def cpu_read_qword(self, addr: int) -> int:
+        return int.from_bytes(self.cpu_read(addr, 8), "little")
+
+    def cpu_write_qword(self, addr: int, value: int) -> None:
+        self.cpu_write(addr, (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"))
+
+    def clflush(self, addr: int) -> None:
+        """Write back (if dirty) and invalidate the line holding ``addr``."""
+        line = addr & ~(LINE_SIZE - 1)
+        self.writeback_line(line)
+        self._lines.pop(line, None)
+
+    def writeback_line(self, line: int) -> None:
+        """Write a dirty line back to DRAM, keeping it cached (clean).  Hardware may do this at
+        any moment; software does it through clflush/wbinvd."""
+        if line in self._dirty:
+            self._dram_write(line, bytes(self._lines[line]))
+            self._dirty.discard(line)
+
+    def wbinvd(self) -> None:
+        """Write back and invalidate every CPU cache line."""
+        for line in sorted(self._dirty):
+            self.writeback_line(line)
+        self._lines.clear()
+
+    def dirty_lines(self) -> list[int]:
+        return sorted(self._dirty)
+
+    def cached_lines(self) -> list[int]:
+        return sorted(self._lines)
+
+    # -- the device side -----------------------------------------------------------------------
+    def dma_read(self, addr: int, n: int, *, snoop: bool = True) -> bytes:
+        """A device read; snooped reads see the CPU cache, non-snooped ones only DRAM."""
+        self._check(addr, n)
+        return self.cpu_read(addr, n) if snoop else self._dram_read(addr, n)
+
+    def dma_write(self, addr: int, data: bytes, *, snoop: bool = True) -> None:
+        """A device write.  Snooped: DRAM and any cached copy are updated (coherent).
+        Non-snooped: DRAM only - a line the CPU still caches now holds stale data."""
+        self._check(addr, len(data))
+        self._dram_write(addr, data)
+        if not snoop or not self._lines:
+            return
+        end = addr + len(data)
+        line = addr & ~(LINE_SIZE - 1)
+        while line < end:
+            cached = self._lines.get(line)
+            if cached is not None:
+                lo, hi = max(addr, line), min(end, line + LINE_SIZE)
+                cached[lo - line : hi - line] = data[lo - addr : hi - addr]
+            line += LINE_SIZE
+
+    def flush_write_buffer(self) -> None:
+        """Make every posted store visible to the unit (GCMD.WBF, or any invalidation)."""
+        self._posted.clear()
+
+    def posted_lines(self) -> list[int]:
+        return sorted(self._posted)
+
+    def read_qword(self, addr: int, *, snoop: bool = True) -> int:
+        """A hardware (page-walk, descriptor fetch) qword read.  Fast path for table walks."""
+        if self._posted:
+            pre = self._posted.get(addr & ~(LINE_SIZE - 1))
+            if pre is not None and (addr & (LINE_SIZE - 1)) <= LINE_SIZE - 8:
+                return _Q.unpack_from(pre, addr & (LINE_SIZE - 1))[0]
+        if snoop and self._lines:
+            data = self._lines.get(addr & ~(LINE_SIZE - 1))
+            if data is not None and (addr & (LINE_SIZE - 1)) <= LINE_SIZE - 8:
+                return _Q.unpack_from(data, addr & (LINE_SIZE - 1))[0]
+        return self.dram_qword(addr)
+
+    def write_qword(self, addr: int, value: int, *, snoop: bool = True) -> None:
+        """A hardware qword write (A/D-bit updates, invalidation-wait status writes)."""
+        self.dma_write(addr, (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"), snoop=snoop)
+
+    def write_dword(self, addr: int, value: int, *, snoop: bool = True) -> None:
+        self.dma_write(addr, (value & 0xFFFF_FFFF).to_bytes(4, "little"), snoop=snoop)
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def populated_pages(self) -> int:
+        return len(self._pages)
+
+    def snapshot(self) -> tuple:
+        """A hashable digest of the whole state (used by the checker's state hashing)."""
+        pages = tuple(sorted((pfn, bytes(p)) for pfn, p in self._pages.items() if any(p)))
+        lines = tuple(sorted((ln, bytes(d), ln in self._dirty) for ln, d in self._lines.items()))
+        posted = tuple(sorted(self._posted.items()))
+        return pages, lines, posted
