@@ -1,0 +1,48 @@
+"""``vtdsim presets``, ``vtdsim decode``, ``vtdsim demo``: the hardware model at the command line."""
+
+from __future__ import annotations
+
+import click
+
+from vtdsim.errors import BadInput
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 0) if text.lower().startswith("0x") else int(text, 16)
+    except ValueError:
+        raise BadInput(f"not a hexadecimal number: {text!r}") from None
+
+
+@click.command()
+@click.argument("name", required=False)
+def presets(name: str | None) -> None:
+    """List the named remapping units, or decode one preset's CAP/ECAP."""
+    from vtdsim.hardware.presets import PRESETS, get_preset
+
+    if name:
+        caps = get_preset(name)
+        click.echo(f"{name}: cap {caps.cap:x} ecap {caps.ecap:x}")
+        click.echo(caps.describe())
+        return
+    width = max(len(n) for n in PRESETS)
+    for n, caps in PRESETS.items():
+        click.echo(f"{n:<{width}}  cap {caps.cap:016x}  ecap {caps.ecap:012x}")
+
+
+@click.command()
+@click.argument("qwords", nargs=-1, required=True)
+def decode(qwords: tuple[str, ...]) -> None:
+    """Decode an invalidation descriptor given as 1-4 hexadecimal qwords (qw0 first), e.g.
+    ``vtdsim decode 0x500f2 0xfff80005``."""
+    from vtdsim.hardware.descriptors import decode as decode_desc
+
+    if len(qwords) > 4:
+        raise BadInput("a descriptor has at most four qwords")
+    qws = [_int(q) for q in qwords] + [0] * (4 - len(qwords))
+    click.echo(decode_desc(tuple(qws)).describe())
+
+
+def register(group: click.Group) -> None:
+    group.add_command(presets)
+    group.add_command(decode)
