@@ -1,0 +1,186 @@
+"""The common shape of every remapping-hardware translation cache (VT-d spec 6.2).
+
+``LruCache`` is an ordered map with least-recently-used replacement and hit/miss counters.
+Every cache of the unit (context-cache, PASID-cache, IOTLB, paging-structure caches) and the
+device-TLB subclass it and add ``invalidate_<granularity>`` methods named after the
+invalidation descriptor granularities (spec 6.5.2).
+
+Hardware freedom, made explicit for the checker (spec 6.2: "hardware may cache ... and may
+evict at any time"): any entry may be dropped at any moment (``evict``), and any translation
+structure entry reachable in *current* memory may be filled at any moment (the fills come
+from ``RemappingUnit.possible_fills``; the cache only stores what it is given).  Capacity and
+LRU replacement are the simulator's choice of one legal behaviour among many.
+
+Not modelled: set associativity, per-level partitioning, replacement policies other than LRU,
+the timing of lookups.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from vtdsim.errors import ModelError
+
+
+@dataclass(slots=True)
+class CacheStats:
+    """What a cost model reads off one cache."""
+
+    hit: int = 0
+    miss: int = 0
+    fill: int = 0
+    replaced: int = 0  # entries pushed out by a fill into a full cache (LRU replacement)
+    evicted: int = 0  # entries dropped through ``evict`` (the hardware's freedom)
+    invalidated: int = 0  # entries dropped by invalidations
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class LruCache:
+    """An LRU-replaced cache of frozen entries; ``capacity`` 0 means it never caches.
+
+    A subclass may override ``group_of(key)`` (e.g. the domain-id tag) to keep a secondary
+    index so scoped invalidations visit only the entries of their scope instead of the whole
+    cache; lookups never touch the index.
+    """
+
+    grouped = False  # subclasses with a ``group_of`` set this
+
+    def __init__(self, name: str, capacity: int):
+        if capacity < 0:
+            raise ModelError(f"cache {name}: negative capacity {capacity}")
+        self.name = name
+        self.capacity = capacity
+        self.stats = CacheStats()
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        # Bound once: refreshing recency is on every hit of the IOTLB fast path.
+        self._touch = self._entries.move_to_end
+        self._get = self._entries.get
+        self._groups: dict[Hashable, dict[Hashable, None]] = {}
+
+    def group_of(self, key: Hashable) -> Hashable:
+        """The invalidation scope a key belongs to (only used when ``grouped``)."""
+        raise ModelError(f"cache {self.name} is not grouped")
+
+    # -- lookups --------------------------------------------------------------------------------
+    def lookup(self, key: Hashable) -> Any | None:
+        """The entry for ``key`` (refreshing its recency), counting a hit or a miss."""
+        entry = self._get(key)
+        if entry is None:
+            self.stats.miss += 1
+            return None
+        self._touch(key)
+        self.stats.hit += 1
+        return entry
+
+    def peek(self, key: Hashable) -> Any | None:
+        """The entry for ``key`` without touching recency or counters (for checkers, printing)."""
+        return self._get(key)
+
+    # -- fills and evictions --------------------------------------------------------------------
+    def fill(self, key: Hashable, entry: Any) -> Hashable | None:
+        """Store ``entry``; returns the key of the LRU entry it replaced, if any."""
+        if self.capacity == 0:
+            return None
+        entries = self._entries
+        victim = None
+        if key in entries:
+            self._touch(key)
+        else:
+            if len(entries) >= self.capacity:
+                victim = next(iter(entries))
+                self._drop(victim)
+                self.stats.replaced += 1
+            if self.grouped:
+                self._groups.setdefault(self.group_of(key), {})[key] = None
+        entries[key] = entry
+        self.stats.fill += 1
+        return victim
+
+    def evict(self, key: Hashable) -> bool:
+        """Drop one entry (hardware may do so at any moment); False if it was not cached."""
+        if key not in self._entries:
+            return False
+        self._drop(key)
+        self.stats.evicted += 1
+        return True
+
+    def _drop(self, key: Hashable) -> None:
+        del self._entries[key]
+        if self.grouped:
+            group = self.group_of(key)
+            members = self._groups[group]
+            del members[key]
+            if not members:
+                del self._groups[group]
+
+    # -- invalidation ---------------------------------------------------------------------------
+    def invalidate_where(
+        self, pred: Callable[[Hashable, Any], bool], keys: Iterable[Hashable] | None = None
+    ) -> int:
+        """Drop every entry for which ``pred(key, entry)`` holds - among ``keys`` when given
+        (keys not cached are skipped), else among all; returns how many."""
+        get = self._get
+        candidates = self._entries if keys is None else keys
+        doomed = [k for k in candidates if (e := get(k)) is not None and pred(k, e)]
+        for k in doomed:
+            self._drop(k)
+        self.stats.invalidated += len(doomed)
+        return len(doomed)
+
+    def invalidate_global(self) -> int:
+        """Drop everything (every cache has a global invalidation)."""
+        return self.clear()
+
+    def clear(self) -> int:
+        n = len(self._entries)
+        self._entries.clear()
+        self._groups.clear()
+        self.stats.invalidated += n
+        return n
+
+    # -- scoped views (for invalidations) ---------------------------------------------------------
+    def groups(self) -> list[Hashable]:
+        """Groups that hold entries, in first-fill order (deterministic)."""
+        return list(self._groups)
+
+    def group_keys(self, group: Hashable) -> list[Hashable]:
+        return list(self._groups.get(group, ()))
+
+    # -- inspection -----------------------------------------------------------------------------
+    def keys(self) -> list[Hashable]:
+        """Keys from least to most recently used (deterministic)."""
+        return list(self._entries)
+
+    def items(self) -> list[tuple[Hashable, Any]]:
+        return list(self._entries.items())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    def __iter__(self) -> Iterator[Hashable]:
+        """Keys, least recently used first (a snapshot: safe while invalidating)."""
+        return iter(self.keys())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {len(self)}/{self.capacity})"
+
+
+def ranges_overlap(base_a: int, size_a: int, base_b: int, size_b: int) -> bool:
+    """Whether [base_a, base_a+size_a) and [base_b, base_b+size_b) share an address."""
+    return base_a < base_b + size_b and base_b < base_a + size_a
+
+
+def psi_range(addr: int, am: int) -> tuple[int, int]:
+    """(base, size) of a page-selective invalidation: 2^AM 4 KiB pages, ADDR aligned down to
+    that size.  Spec 6.5.2.3 requires ADDR aligned; how hardware treats a misaligned ADDR is
+    unconfirmed - we mask the low bits as QEMU's vtd_iotlb_page_invalidate does."""
+    size = 1 << (12 + am)
+    return addr & ~(size - 1), size

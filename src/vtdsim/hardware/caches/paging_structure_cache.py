@@ -1,0 +1,128 @@
+"""The paging-structure caches: cached non-leaf page-table entries (VT-d spec 6.2.4).
+
+One logical cache per level, kept in one LRU.
+
+An entry of level L is a present non-leaf entry that points to a level-L table; it translates
+the 2^(12 + 9L)-byte region ``iova_prefix << (12 + 9L)`` and remembers the next table address
+and the permissions accumulated down to it (spec 6.2.4: "the cumulative access rights").
+Key ``(did, pasid, stage, level, iova >> (12 + 9*level))``.  ``stage`` is the translation kind
+as in the IOTLB: "ss" (and legacy), "fs", or "nested" for every entry met by a nested walk -
+their first-stage table addresses were themselves translated by the second stage, so both a
+type-2 (second stage changed) and a type-6 (first stage changed) invalidation must reach them.
+Pass-through caches nothing here.
+
+Invalidation (spec 6.5.2.3 / 6.5.2.4, reference section 15): the same scope as the IOTLB entry
+of the same descriptor (see ``iotlb.TYPE2_STAGES`` / ``TYPE6_STAGES``), except that a
+page-selective invalidation with IH=1 ("only leaf entries were modified") keeps every
+paging-structure entry, while IH=0 drops those whose region overlaps the range.
+
+Not modelled: caching of PML5/PML4 entries as separate structures from the generic per-level
+entry; combining the first- and second-stage entries of a nested walk into one entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from vtdsim.hardware.caches.base import LruCache, psi_range, ranges_overlap
+from vtdsim.hardware.caches.iotlb import TYPE2_STAGES, TYPE6_STAGES
+
+PAGE_SHIFT = 12
+LEVEL_BITS = 9
+
+
+def region_shift(level: int) -> int:
+    """log2 of the region a level-``level`` paging-structure entry translates."""
+    return PAGE_SHIFT + LEVEL_BITS * level
+
+
+def psc_key(did: int, pasid: int, stage: str, level: int, iova: int) -> tuple:
+    return (did, pasid, stage, level, iova >> region_shift(level))
+
+
+@dataclass(frozen=True, slots=True)
+class PscEntry:
+    """A non-leaf entry: where the level-``level`` table for ``iova_prefix`` lives."""
+
+    did: int
+    pasid: int
+    stage: str
+    level: int
+    iova_prefix: int  # iova >> (12 + 9*level)
+    table_addr: int
+    read: bool
+    write: bool
+    exe: bool
+    user: bool = False
+
+    @property
+    def key(self) -> tuple:
+        return (self.did, self.pasid, self.stage, self.level, self.iova_prefix)
+
+    @property
+    def region_base(self) -> int:
+        return self.iova_prefix << region_shift(self.level)
+
+    @property
+    def region_size(self) -> int:
+        return 1 << region_shift(self.level)
+
+
+class PagingStructureCache(LruCache):
+    """All levels' paging-structure caches in one LRU, grouped by (did, pasid)."""
+
+    grouped = True
+
+    def __init__(self, capacity: int = 256, name: str = "pscache"):
+        super().__init__(name, capacity)
+
+    def group_of(self, key: Hashable) -> Hashable:
+        return key[:2]
+
+    def lookup_iova(self, did: int, pasid: int, stage: str, iova: int,
+                    max_level: int) -> PscEntry | None:
+        """The deepest cached entry for ``iova`` (level 1 first, up to ``max_level``), so a walk
+        resumes as low as possible (spec 6.2.4 lets hardware skip the cached upper levels)."""
+        for level in range(1, max_level + 1):
+            entry = self._get((did, pasid, stage, level, iova >> region_shift(level)))
+            if entry is not None:
+                return self.lookup(entry.key)
+        self.stats.miss += 1
+        return None
+
+    def fill_entry(self, entry: PscEntry) -> Hashable | None:
+        return self.fill(entry.key, entry)
+
+    def _scoped(self, groups: list, stages: frozenset, base: int = 0, size: int = 0) -> int:
+        """Drop entries of ``groups`` in ``stages`` (overlapping [base, base+size) if size)."""
+
+        def pred(_key: Hashable, e: PscEntry) -> bool:
+            if e.stage not in stages:
+                return False
+            return not size or ranges_overlap(e.region_base, e.region_size, base, size)
+
+        return sum(self.invalidate_where(pred, self.group_keys(g)) for g in groups)
+
+    def _did_groups(self, did: int) -> list:
+        return [g for g in self.groups() if g[0] == did]
+
+    def invalidate_domain(self, did: int) -> int:
+        """Type 2 DSI: second-stage/nested entries of ``did``, any PASID."""
+        return self._scoped(self._did_groups(did), TYPE2_STAGES)
+
+    def invalidate_page(self, did: int, addr: int, am: int, ih: bool) -> int:
+        """Type 2 PSI: nothing when IH=1; else the DSI scope overlapping the range."""
+        if ih:
+            return 0
+        return self._scoped(self._did_groups(did), TYPE2_STAGES, *psi_range(addr, am))
+
+    def invalidate_pasid(self, did: int, pasid: int) -> int:
+        """Type 6 G=10: first-stage/nested entries of (``did``, ``pasid``)."""
+        return self._scoped([(did, pasid)], TYPE6_STAGES)
+
+    def invalidate_pasid_page(self, did: int, pasid: int, addr: int, am: int, ih: bool) -> int:
+        """Type 6 G=11: nothing when IH=1; else the G=10 scope overlapping the range."""
+        if ih:
+            return 0
+        return self._scoped([(did, pasid)], TYPE6_STAGES, *psi_range(addr, am))
