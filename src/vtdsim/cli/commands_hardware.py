@@ -1,4 +1,4 @@
-"""``vtdsim presets``, ``vtdsim decode``, ``vtdsim demo``: the hardware model at the command line."""
+"""`vtdsim presets`, `vtdsim decode`, `vtdsim demo`: the hardware model at the command line."""
 
 from __future__ import annotations
 

@@ -58,11 +58,14 @@ class Field:
     def put(self, value: int, field_value: int) -> int:
         """Return ``value`` with this field replaced by ``field_value`` (which must fit)."""
         if field_value < 0 or field_value > self.mask:
-            raise ModelError(f"{hexval(self.name, field_value)} does not fit bits {self.hi}:{self.lo}")
+            where = f"bits {self.hi}:{self.lo}"
+            raise ModelError(f"{hexval(self.name, field_value)} does not fit {where}")
         return (value & ~self.in_place) | (field_value << self.lo)
 
 
-def F(name: str, hi: int, lo: int | None = None, access: Access = Access.RW, doc: str = "") -> Field:
+def F(
+    name: str, hi: int, lo: int | None = None, access: Access = Access.RW, doc: str = ""
+) -> Field:
     """Declare a field the way the spec's tables write it: ``F("did", 31, 16)``, ``F("p", 0)``."""
     return Field(name, hi, hi if lo is None else lo, access, doc)
 

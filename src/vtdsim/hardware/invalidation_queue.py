@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from vtdsim.hardware import invalidation as inv
 from vtdsim.hardware.descriptors import (
+    IQEI_FETCH_ERROR,
     IQEI_TAIL_INVALID,
     IQEI_TAIL_MISALIGNED,
     Descriptor,
@@ -32,6 +33,7 @@ from vtdsim.hardware.descriptors import (
     validate,
 )
 from vtdsim.hardware.interrupt_events import raise_completion_event
+from vtdsim.hardware.memory import MAX_PHYS_ADDR
 
 _QS_PAGE = 4096  # IQA.QS: the queue is 2^QS 4 KiB pages (spec 10.4.24)
 
@@ -76,8 +78,13 @@ class InvalidationQueue:
 
     # -- software-visible entry points ------------------------------------------------------------
     def on_iqt_write(self) -> None:
-        """Software wrote IQT: check the tail, then process now ("sync") or later ("async")."""
+        """Software wrote IQT (the doorbell; one VM exit on a vIOMMU)."""
         self.unit.stats["iqt_writes"] += 1
+        self.process()
+
+    def process(self) -> None:
+        """Check the tail, then process now ("sync") or leave it for ``step`` ("async").  Also
+        entered when QI is enabled with a tail already written (no IQT write happened then)."""
         if not self._enabled() or self._error_pending():
             return
         self._stopped = False
@@ -101,7 +108,7 @@ class InvalidationQueue:
         if not self.pending():
             return False
         desc = self._fetch(self.head)
-        iqei = validate(desc, self.unit.caps, self.wide)
+        iqei = IQEI_FETCH_ERROR if desc is None else validate(desc, self.unit.caps, self.wide)
         if iqei:
             self._stop(iqei)
             return True
@@ -134,11 +141,15 @@ class InvalidationQueue:
         self.unit.faults.raise_iqe(iqei)
 
     # -- fetch and head movement ----------------------------------------------------------------
-    def _fetch(self, offset: int) -> Descriptor:
+    def _fetch(self, offset: int) -> Descriptor | None:
         """A snooped read: Linux's qi_submit_sync (dmar.c) writes descriptors with plain stores
         and never flushes them from the CPU cache, so hardware must read the queue coherently
-        (ECAP.C speaks only of translation structures)."""
-        raw = self.unit.memory.dma_read(self.base + offset, self.width, snoop=True)
+        (ECAP.C speaks only of translation structures).  None when the slot lies beyond the
+        physical address space: a descriptor fetch error (IQEI 2)."""
+        addr = self.base + offset
+        if addr + self.width > MAX_PHYS_ADDR:
+            return None
+        raw = self.unit.memory.dma_read(addr, self.width, snoop=True)
         qws = [int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8)]
         return decode(qws)
 
@@ -168,8 +179,12 @@ class InvalidationQueue:
         """Invalidation wait (spec 6.5.2.8).  In-order processing means every earlier
         descriptor has completed, so FN needs nothing more (as QEMU)."""
         if f["sw"]:
-            # Snooped write: Linux polls desc_status with plain loads (qi_submit_sync).
-            self.unit.memory.write_dword(f["status_addr"], f["status_data"], snoop=True)
+            # Snooped write: Linux polls desc_status with plain loads (qi_submit_sync).  A status
+            # address beyond the physical address space is a master abort: dropped, counted.
+            if f["status_addr"] + 4 <= MAX_PHYS_ADDR:
+                self.unit.memory.write_dword(f["status_addr"], f["status_data"], snoop=True)
+            else:
+                self.unit.stats["dma_master_abort"] += 1
         if f["if_"]:
             # ICS.IWC and the completion event, held pending while IECTL.IM (spec 10.4.25-26).
             raise_completion_event(self.unit)

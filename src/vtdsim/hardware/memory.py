@@ -18,8 +18,9 @@ reads through ``read_qword``) until ``flush_write_buffer`` - which the unit call
 on every invalidation, since any invalidation implicitly flushes the write buffer.
 
 Not modelled: posting distinguishes no snoop attribute (a posted line reads as its CPU-view
-pre-image for snooped and non-snooped structure reads alike); multiple CPU caches (one coherent hierarchy stands for all CPUs), memory types
-(MTRR/PAT), partial-line write ordering inside one store.
+pre-image for snooped and non-snooped structure reads alike); multiple CPU caches (one coherent
+hierarchy stands for all CPUs); memory types (MTRR/PAT); partial-line write ordering inside one
+store.
 """
 
 from __future__ import annotations

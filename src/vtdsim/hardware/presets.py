@@ -1,0 +1,83 @@
+"""Named remapping units: the QEMU 7.2 units as recorded, and modelled modern units (VT-d spec
+10.4.2-10.4.3 values).
+
+The ``qemu72-*`` presets are the exact CAP/ECAP words Linux 6.1 printed in the recordings
+(``DMAR: dmar0: reg_base_addr fed90000 ver 1:0 cap ... ecap ...``).  ``server-sm`` and
+``vm-flts`` are *synthetic*: built field by field to exercise scalable-mode features, not copied
+from a part or a VMM.
+
+Not modelled: multiple units per platform (a preset describes one DRHD), DMAR ACPI flags
+(INCLUDE_PCI_ALL), ATSR/SATC scopes.
+"""
+
+from __future__ import annotations
+
+import re
+
+from vtdsim.errors import BadInput
+from vtdsim.hardware.capabilities import Capabilities
+
+_DMESG = re.compile(
+    r"(?:ver\s+(?P<major>[0-9a-f]+):(?P<minor>[0-9a-f]+)\s+)?"
+    r"cap\s+(?P<cap>[0-9a-f]+)\s+ecap\s+(?P<ecap>[0-9a-f]+)",
+    re.IGNORECASE,
+)
+
+
+def from_dmesg(line: str) -> Capabilities:
+    """Parse Linux's ``... ver 1:0 cap d2008c22260286 ecap f00f4a`` (``ver`` optional)."""
+    m = _DMESG.search(line)
+    if m is None:
+        raise BadInput(f"no 'cap <hex> ecap <hex>' in {line.strip()!r}")
+    ver = 0x10
+    if m["major"] is not None:
+        ver = (int(m["major"], 16) << 4) | int(m["minor"], 16)
+    return Capabilities(int(m["cap"], 16), int(m["ecap"], 16), ver)
+
+
+# QEMU 7.2's intel-iommu as the recorded Linux 6.1 guests saw it (traces/*/guest.log.xz).
+_QEMU72_CAP = 0xD2008C22260206  # caching-mode=off
+_QEMU72_CAP_CM = 0xD2008C22260286  # caching-mode=on
+_QEMU72_ECAP = 0xF00F4A  # QI, IR, PT, IRO=0xF, MHMV=15
+_QEMU72_ECAP_ATS = 0xF00F4E  # + DT (device-iotlb=on)
+_QEMU72_ECAP_SM = 0x480080F00F4A  # + SRS, SMTS, SSTS (x-scalable-mode=on; no FSTS, no PASID)
+
+# A modern scalable-mode server unit.  Synthetic: the feature set DEVELOPERS.md lists, with the
+# register offsets of a recent Intel server part (FRCD at 0x400, IVA at 0x500).  MAMV=9 (a
+# 2 MiB PSI) is a guess at a typical value, not a recorded one.  VER 6.0: spec 3.3 section 6.5
+# drops register-based invalidation from major version 6 on (cited by Xen's "VT-d: Don't assume
+# register-based invalidation is always supported"); that recent parts report 6:0 is unconfirmed.
+_SERVER_SM = Capabilities.build(
+    ver=0x60,
+    nd=6, sagaw=0b01100, mgaw=56, fro=0x40, sllps=0b11, psi=1, nfr=7, mamv=9, dwd=1, drd=1,
+    fs1gp=1, fs5lp=1, esrtps=1,
+    c=1, qi=1, dt=1, ir=1, eim=1, pt=1, sc=1, iro=0x50, mhmv=15, nest=1, prs=1, ers=0, srs=1,
+    pss=19, pasid=1, dit=1, pds=1, smts=1, ssads=1, ssts=1, fsts=1, smpwc=1, rps=1,
+)
+
+# A vIOMMU offering first-stage translation only (the shape of QEMU's x-flts units and of the
+# "CM is not needed for first stage" argument, 2024).  Synthetic; CM=0, 48-bit, ESRTPS.
+_VM_FLTS = Capabilities.build(
+    nd=6, sagaw=0b00110, mgaw=47, fro=0x22, sllps=0b11, psi=1, nfr=0, mamv=18, dwd=1, drd=1,
+    fs1gp=1, esrtps=1,
+    qi=1, dt=1, ir=1, pt=1, iro=0xF, mhmv=15, srs=1, pss=19, pasid=1, smts=1, fsts=1,
+)
+
+PRESETS: dict[str, Capabilities] = {
+    "qemu72-legacy": Capabilities(_QEMU72_CAP, _QEMU72_ECAP),
+    "qemu72-legacy-cm": Capabilities(_QEMU72_CAP_CM, _QEMU72_ECAP),
+    "qemu72-legacy-ats": Capabilities(_QEMU72_CAP, _QEMU72_ECAP_ATS),
+    "qemu72-legacy-cm-ats": Capabilities(_QEMU72_CAP_CM, _QEMU72_ECAP_ATS),
+    "qemu72-sm": Capabilities(_QEMU72_CAP, _QEMU72_ECAP_SM),
+    "server-sm": _SERVER_SM,
+    "vm-flts": _VM_FLTS,
+}
+
+
+def get_preset(name: str) -> Capabilities:
+    """The named preset; ``BadInput`` listing the known names otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        known = ", ".join(sorted(PRESETS))
+        raise BadInput(f"unknown unit preset {name!r}; known: {known}") from None
