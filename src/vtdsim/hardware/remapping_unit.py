@@ -105,6 +105,23 @@ class RemappingUnit:
         self.iotlb = Iotlb(capacity=cache_config.iotlb)
         self.pscache = PagingStructureCache(capacity=cache_config.pscache)
         self.queue = InvalidationQueue(self)
+        self._bind_fast_path()
+
+    def _bind_fast_path(self) -> None:
+        # ``translate`` is the IOTLB-hit fast path bound to this unit's caches (translation.
+        # bind_translate): a method would add two calls and attribute lookups to every hit.
+        self.translate = translation.bind_translate(self)
+
+    def __getstate__(self) -> dict:
+        # copy/deepcopy/pickle (the checker snapshots worlds): the bound closure refers to the
+        # original caches, so drop it and bind again on the copy.
+        state = self.__dict__.copy()
+        state.pop("translate", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._bind_fast_path()
 
     # -- tracing -----------------------------------------------------------------------------------
     def trace(self, event: str, **fields: Any) -> None:
@@ -127,9 +144,8 @@ class RemappingUnit:
             handler(self)
 
     # -- DMA front ---------------------------------------------------------------------------------
-    def translate(self, sid: int, iova: int, write: bool = False, pasid: int | None = None):
-        """Fast path for an untranslated request: ``IotlbEntry`` or ``Fault``."""
-        return translation.translate(self, sid, iova, write, pasid)
+    # translate(sid, iova, write=False, pasid=None) -> IotlbEntry | Fault: the untranslated-
+    # request fast path, installed per instance by _bind_fast_path.
 
     def access(self, req: DmaRequest):
         """A full request (AT, privilege, execute, no-snoop): ``IotlbEntry`` or ``Fault``."""

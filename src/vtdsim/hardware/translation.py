@@ -105,7 +105,7 @@ def bind_translate(unit: Any):
     lookup_iova = unit.iotlb.lookup_iova
 
     def translate_bound(sid: int, iova: int, write: bool = False, pasid: int | None = None):
-        if pasid is None and unit.translation_enabled:
+        if pasid is None and unit.translation_enabled and not unit.ttm:
             ce = context_get(sid)
             if ce is not None and ce.present and ce.did is not None and ce.tt != 2:
                 entry = lookup_iova(ce.did, 0, iova)
@@ -283,6 +283,10 @@ class _Flow:
     def context(self) -> ContextCacheEntry:
         sid = self.req.sid
         ce = self.ce if self.ce is not None else self.lookup("context_cache", sid)
+        if ce is not None and ce.scalable != self.scalable:
+            # Cached in the other table mode (SRTP changed TTM without a global context-cache
+            # invalidation, which 14.1 requires): its format no longer applies; fetch again.
+            ce = None
         if ce is None:
             ce = self.fetch_context(sid)
             if ce.present or self.negative:
