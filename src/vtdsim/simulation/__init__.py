@@ -1,1 +1,2 @@
-"""Simulation: runs driver operations straight through on the hardware model and counts what they cost."""
+"""Simulation: runs driver operations straight through on the hardware model and counts what
+they cost."""
