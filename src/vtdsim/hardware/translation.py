@@ -102,12 +102,22 @@ def bind_translate(unit: Any):
     # The caches' bound dict.get (base.LruCache binds it once for this path): a method call
     # per probe would double the cost of a hit.
     context_get = unit.context_cache._get
-    lookup_iova = unit.iotlb.lookup_iova
+    iotlb = unit.iotlb
+    iotlb_get, iotlb_touch, iotlb_stats = iotlb._get, iotlb._touch, iotlb.stats
+    lookup_iova = iotlb.lookup_iova
 
     def translate_bound(sid: int, iova: int, write: bool = False, pasid: int | None = None):
         if pasid is None and unit.translation_enabled and not unit.ttm:
             ce = context_get(sid)
             if ce is not None and ce.present and ce.did is not None and ce.tt != 2:
+                # The 4 KiB probe of Iotlb.lookup_iova, inlined: most hits are 4 KiB pages.
+                key = (ce.did, 0, 1, iova >> 12)
+                entry = iotlb_get(key)
+                if entry is not None and entry.present and (entry.write if write
+                                                            else entry.read):
+                    iotlb_touch(key)
+                    iotlb_stats.hit += 1
+                    return entry
                 entry = lookup_iova(ce.did, 0, iova)
                 if entry is not None and entry.present and (entry.write if write
                                                             else entry.read):
