@@ -3,11 +3,9 @@ device-TLB entries until a device-TLB invalidation, snooping, and the endpoint's
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from builders import Tables
 from vtdsim.devices.endpoint import AtsDenied, Endpoint
 from vtdsim.errors import ModelError, SpecRuleBroken
 from vtdsim.hardware import invalidation as inv
@@ -17,12 +15,6 @@ from vtdsim.hardware.memory import PhysicalMemory
 from vtdsim.hardware.presets import get_preset
 from vtdsim.hardware.remapping_unit import RemappingUnit
 from vtdsim.hardware.root_table import TT_SS_ATS
-
-_spec = importlib.util.spec_from_file_location(
-    "hw_builders", Path(__file__).parents[1] / "hardware" / "builders.py"
-)
-builders = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(builders)
 
 SID, DID = 0x0100, 5
 IOVA, PAGE, PAGE2 = 0xFFFF_E000, 0x20_0000, 0x30_0000
@@ -35,7 +27,7 @@ class Platform:
     def __init__(self, tt: int = TT_SS_ATS):
         self.memory = PhysicalMemory()
         self.unit = RemappingUnit(get_preset("server-sm"), self.memory)
-        self.tables = builders.Tables(self.memory)
+        self.tables = Tables(self.memory)
         self.ss = self.tables.ss_table(4)
         self.tables.set_context(SID, tt=tt, ssptptr=self.ss.root, aw=2, did=DID)
         self.ss.map(IOVA, PAGE)
