@@ -1,0 +1,252 @@
+"""A domain's I/O page table built in physical memory through steps: Linux 6.1
+drivers/iommu/intel/iommu.c (``pfn_to_dma_pte``, ``__domain_mapping``, ``domain_unmap`` /
+``dma_pte_clear_level`` / ``dma_pte_list_pagetables``) and mainline's generic page-table formats
+(drivers/iommu/generic_pt/fmt/vtdss.h and x86_64.h) for the entry values.
+
+Second stage (``SS_PTE``): tables R|W, leaves R/W from ``prot`` (IOMMU_READ 1, IOMMU_WRITE 2)
+plus SNP when the domain forces snooping, PS above level 1.  First stage (``FS_PTE``): tables
+P|RW|U|A, leaves P|U|A plus RW|D when writable, PS above level 1 (reference §4.14, vtd-hardware
+§10).  New table pages are zeroed (``CpuZero``), flushed when the walk is not coherent, and
+installed with ``CpuCmpxchg`` so two mappers racing for a slot both stay correct (the loser
+frees its page); leaves are installed with ``CpuCmpxchg`` from 0 as 6.1's ``__domain_mapping``
+does (a non-zero old value is the "DMA PTE already set" bug).  Written PTEs are clflushed when
+the walk is not coherent.  Unmap clears leaves and whole covered subtrees, whose table pages go
+to the freelist that the caller frees only after the IOTLB flush.
+
+Not modelled: 6.1's XD bit in first-stage entries (``DMA_FL_PTE_XD``; the reference documents
+mainline's format without XD), replacing existing tables by a large page (a large page is used
+only where the slot is empty), mainline's table-freeing policy (both kernels use 6.1's), A/D
+tracking, 512 GiB pages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from vtdsim.driver.steps import (
+    AllocPage,
+    Clflush,
+    ClflushRange,
+    CpuCmpxchg,
+    CpuRead,
+    CpuWrite,
+    CpuZero,
+    FreePage,
+    Step,
+)
+from vtdsim.errors import BadInput, SpecRuleBroken, hexval
+from vtdsim.hardware.first_stage import FS_PTE
+from vtdsim.hardware.second_stage import SS_PTE, level_shift, ss_index
+
+PAGE_SIZE = 4096
+IOMMU_READ, IOMMU_WRITE = 1, 2
+SZ_2M, SZ_1G = 1 << 21, 1 << 30
+_ADDR = SS_PTE["addr"].in_place  # same bits 51:12 in both formats
+
+_SS_TABLE = SS_PTE.encode(r=1, w=1)
+_FS_TABLE = FS_PTE.encode(p=1, rw=1, us=1, a=1)
+
+
+@dataclass
+class UnmapResult:
+    """What ``unmap`` did: bytes unmapped, table pages to free after the flush, their count."""
+
+    size: int
+    freelist: list[int] = field(default_factory=list)
+    freed_tables: int = 0
+
+
+def _present(stage: str, pte: int) -> bool:
+    """SS: R or W (``dma_pte_present``); FS: P - both bit 0 or bit 1 (SS W-only)."""
+    return bool(pte & 3) if stage == "ss" else bool(pte & 1)
+
+
+def _is_leaf(pte: int, level: int) -> bool:
+    return level == 1 or bool(pte & 0x80)  # PS is bit 7 in both formats
+
+
+class DomainPageTable:
+    """The page table of one paging domain (``dmar_domain->pgd``)."""
+
+    def __init__(self, stage: str, levels: int, coherent: bool, force_snoop: bool = False,
+                 large_pages: int = 0):
+        if stage not in ("ss", "fs"):
+            raise BadInput(f"page-table stage {stage!r}: expected ss or fs")
+        if levels not in (3, 4, 5) or (stage == "fs" and levels == 3):
+            raise BadInput(f"{stage} page tables cannot have {levels} levels")
+        self.stage = stage
+        self.levels = levels
+        self.coherent = coherent
+        self.force_snoop = force_snoop
+        self.large_pages = large_pages  # bitmask of SZ_2M / SZ_1G the domain may use
+        self.root = 0
+
+    # -- entries -----------------------------------------------------------------------------------
+    def _table_entry(self, table: int) -> int:
+        return table | (_SS_TABLE if self.stage == "ss" else _FS_TABLE)
+
+    def leaf_entry(self, paddr: int, level: int, prot: int) -> int:
+        """The leaf value for ``paddr`` at ``level`` with IOMMU_READ/IOMMU_WRITE ``prot``."""
+        large = int(level > 1)
+        writable = int(bool(prot & IOMMU_WRITE))
+        if self.stage == "ss":
+            return SS_PTE.replace(paddr & _ADDR, r=int(bool(prot & IOMMU_READ)), w=writable,
+                                  ps=large, snp=int(self.force_snoop))
+        return FS_PTE.replace(paddr & _ADDR, p=1, us=1, a=1, rw=writable, d=writable, ps=large)
+
+    def _leaf_levels(self) -> list[int]:
+        """``domain->iommu_superpage``: 1 GiB only on top of 2 MiB support, largest first."""
+        levels = [1]
+        if self.large_pages & SZ_2M:
+            levels.append(2)
+            if self.large_pages & SZ_1G:
+                levels.append(3)
+        return levels[::-1]
+
+    # -- allocation --------------------------------------------------------------------------------
+    def _new_table(self, why: str) -> Generator[Step, Any, int]:
+        """``alloc_pgtable_page`` (__GFP_ZERO) then ``domain_flush_cache`` of the page."""
+        page = yield AllocPage(what="page-table page", why=why)
+        yield CpuZero(addr=page, size=PAGE_SIZE, why=why)
+        if not self.coherent:
+            yield ClflushRange(addr=page, size=PAGE_SIZE, why=why)
+        return page
+
+    def alloc_root(self) -> Generator[Step, Any, int]:
+        self.root = yield from self._new_table("domain pgd")
+        return self.root
+
+    # -- map ---------------------------------------------------------------------------------------
+    def map(self, iova: int, paddr: int, size: int, prot: int) -> Generator[Step, Any, int]:
+        """``__domain_mapping``: the largest allowed page at each step; returns ``size``."""
+        if (iova | paddr | size) & (PAGE_SIZE - 1) or size <= 0:
+            raise SpecRuleBroken(f"map {hexval('iova', iova)} {hexval('size', size)} is not "
+                                 "page aligned", "__iommu_map")
+        done = 0
+        while done < size:
+            level = self._pick_level(iova + done, paddr + done, size - done)
+            level = yield from self._install_leaf(iova + done, paddr + done, level, prot)
+            done += 1 << level_shift(level)
+        return size
+
+    def _pick_level(self, iova: int, paddr: int, remaining: int) -> int:
+        """``hardware_largepage_caps``: both addresses aligned and the rest long enough."""
+        for level in self._leaf_levels():
+            page = 1 << level_shift(level)
+            if not (iova | paddr) & (page - 1) and remaining >= page:
+                return level
+        return 1
+
+    def _install_leaf(self, iova: int, paddr: int, level: int,
+                      prot: int) -> Generator[Step, Any, int]:
+        """Walk down (``pfn_to_dma_pte``), then cmpxchg the leaf from 0.  A large page whose
+        slot already holds a table falls back to the next smaller size."""
+        table, lvl = self.root, self.levels
+        while True:
+            slot = table + 8 * ss_index(iova, lvl)
+            pte = yield CpuRead(addr=slot, size=8, why="pfn_to_dma_pte")
+            if lvl == level and not (_present(self.stage, pte) and not _is_leaf(pte, lvl)):
+                break
+            if lvl == level:
+                level -= 1  # a table is in the way of the large page
+            if not _present(self.stage, pte):
+                pte = yield from self._install_table(slot)
+            elif _is_leaf(pte, lvl):
+                raise SpecRuleBroken(f"map {hexval('iova', iova)}: a large page at level {lvl} "
+                                     "is already there", "__domain_mapping")
+            table, lvl = pte & _ADDR, lvl - 1
+        new = self.leaf_entry(paddr, level, prot)
+        old = yield CpuCmpxchg(addr=slot, expected=0, new=new, why="__domain_mapping")
+        if old:
+            raise SpecRuleBroken(f"DMA PTE for {hexval('iova', iova)} already set (to "
+                                 f"{old:#x} not {new:#x})", "__domain_mapping")
+        if not self.coherent:
+            yield Clflush(addr=slot, why="domain_flush_cache")
+        return level
+
+    def _install_table(self, slot: int) -> Generator[Step, Any, int]:
+        """A new table page, published with cmpxchg; the loser of a race frees its page."""
+        page = yield from self._new_table("pfn_to_dma_pte")
+        entry = self._table_entry(page)
+        old = yield CpuCmpxchg(addr=slot, expected=0, new=entry, why="pfn_to_dma_pte")
+        if old:
+            yield FreePage(addr=page, what="page-table page", why="pfn_to_dma_pte: lost race")
+            return old
+        if not self.coherent:
+            yield Clflush(addr=slot, why="domain_flush_cache")
+        return entry
+
+    # -- unmap -------------------------------------------------------------------------------------
+    def unmap(self, iova: int, size: int) -> Generator[Step, Any, UnmapResult]:
+        """``intel_iommu_unmap``: the size grows to the leaf at ``iova`` (a large page goes
+        whole), then ``domain_unmap`` clears leaves and frees wholly covered tables."""
+        leaf_level = yield from self._leaf_level_at(iova)
+        if leaf_level:
+            size = max(size, 1 << level_shift(leaf_level))
+        result = UnmapResult(size)
+        start, last = iova >> 12, (iova + size - 1) >> 12
+        yield from self._clear_level(self.levels, self.root, 0, start, last, result)
+        result.freed_tables = len(result.freelist)
+        return result
+
+    def _leaf_level_at(self, iova: int) -> Generator[Step, Any, int]:
+        table, lvl = self.root, self.levels
+        while True:
+            pte = yield CpuRead(addr=table + 8 * ss_index(iova, lvl), size=8, why="unmap")
+            if not _present(self.stage, pte):
+                return 0
+            if _is_leaf(pte, lvl):
+                return lvl
+            table, lvl = pte & _ADDR, lvl - 1
+
+    def _clear_level(self, level: int, table: int, pfn: int, start: int, last: int,
+                     result: UnmapResult) -> Generator[Step, Any, None]:
+        """``dma_pte_clear_level``: entries of this table overlapping [start, last]."""
+        span = 1 << (level_shift(level) - 12)  # pages one entry covers
+        pfn = max(start, pfn)
+        first = cleared = None
+        idx = (pfn >> (level_shift(level) - 12)) & 511
+        while idx < 512 and pfn <= last:
+            slot = table + 8 * idx
+            level_pfn = pfn & ~(span - 1)
+            pte = yield CpuRead(addr=slot, size=8, why="dma_pte_clear_level")
+            if _present(self.stage, pte):
+                if start <= level_pfn and last >= level_pfn + span - 1:
+                    if level > 1 and not _is_leaf(pte, level):
+                        yield from self._list_pagetables(level - 1, pte & _ADDR, result)
+                    yield CpuWrite(addr=slot, value=0, size=8, why="dma_clear_pte")
+                    first = slot if first is None else first
+                    cleared = slot
+                elif level > 1:
+                    yield from self._clear_level(level - 1, pte & _ADDR, level_pfn, start,
+                                                 last, result)
+            pfn = level_pfn + span
+            idx += 1
+        if first is not None and not self.coherent:
+            yield ClflushRange(addr=first, size=cleared + 8 - first, why="domain_flush_cache")
+
+    def _list_pagetables(self, level: int, table: int,
+                         result: UnmapResult) -> Generator[Step, Any, None]:
+        """``dma_pte_list_pagetables``: this table page and every table below it."""
+        result.freelist.append(table)
+        if level == 1:
+            return
+        for idx in range(512):
+            pte = yield CpuRead(addr=table + 8 * idx, size=8, why="dma_pte_list_pagetables")
+            if _present(self.stage, pte) and not _is_leaf(pte, level):
+                yield from self._list_pagetables(level - 1, pte & _ADDR, result)
+
+    # -- tests -------------------------------------------------------------------------------------
+    def lookup(self, memory, iova: int) -> tuple[int, int, int] | None:
+        """(physical address, leaf level, leaf PTE) from the CPU view, or None if unmapped."""
+        table, lvl = self.root, self.levels
+        while True:
+            pte = memory.cpu_read_qword(table + 8 * ss_index(iova, lvl))
+            if not _present(self.stage, pte):
+                return None
+            if _is_leaf(pte, lvl):
+                offset = iova & ((1 << level_shift(lvl)) - 1)
+                return (pte & _ADDR & ~((1 << level_shift(lvl)) - 1)) | offset, lvl, pte
+            table, lvl = pte & _ADDR, lvl - 1

@@ -1,0 +1,149 @@
+"""Driver profiles: the switches that differ between Linux 6.1 and mainline intel-iommu
+(drivers/iommu/intel/{iommu,cache,dmar,pasid}.c, drivers/iommu/dma-iommu.c), one frozen value
+per kernel; every behaviour a seed thread argues about has both settings implemented.
+
+Each field's docstring says what it means and where it comes from (reference linux-driver.md
+sections, seed threads 000-004).
+
+Not modelled: kernel versions between 6.1 and mainline (a profile is a whole kernel; use
+``with_`` to build an intermediate one switch by switch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from vtdsim.errors import BadInput
+
+_CHOICES = {
+    "iotlb_sync_map": ("notify", "dynamic", "static"),
+    "sm_context_setup": ("attach", "probe"),
+    "did_allocator": ("bitmap", "ida"),
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One kernel's behaviour.  Build variants with ``with_(**switches)``."""
+
+    name: str
+    cache_tags: bool
+    """Invalidation bookkeeping through cache tags (cache.c, v6.10+) instead of 6.1's (IOMMU ->
+    DID) array plus device list (reference §5)."""
+    devtlb_flush_checks_caching_mode: bool
+    """6.1 skips device-TLB flushes under CAP.CM on map and in ``intel_flush_iotlb_all``; Lu
+    Baolu's April 2024 patch removed both checks (seed 000)."""
+    context_flush_under_iommu_lock: bool
+    """Issue the present-context-change flushes while holding ``iommu->lock`` (v2 of "Add
+    helper to flush caches for context change", June 2024; dropped: seed 001)."""
+    iotlb_sync_map: str
+    """"notify": 6.1 ``__mapping_notify_one`` on every map; "dynamic": a per-domain flag set at
+    attach (12724ce3fe1a, July 2025); "static": the flag fixed at allocation (cee686775f9c;
+    seed 002)."""
+    cache_tag_assign_before_context: bool
+    """RID attach assigns the new domain's cache tags before programming the entry (True) or
+    after (False, mainline ``intel_iommu_attach_device``); PASID attach always assigns first
+    (``intel_iommu_set_dev_pasid``; seed 002)."""
+    rwbf_flush_before_context: bool
+    """Flush the write buffer before making a context entry present so that PTEs of a
+    concurrent map are visible first (argued in seed 002; neither kernel does it)."""
+    fq_allowed_under_caching_mode_first_stage: bool
+    """Under CAP.CM keep the flush queue when first stage is the default (257ec2907419, v6.3,
+    backported to 5.15-stable; unconfirmed for the Debian 6.1 build; seed 003)."""
+    enforce_cache_coherency: bool
+    """Implement the ``enforce_cache_coherency`` domain op (SNP / PGSNP; v5.19, seed 004)."""
+    qi_batch_size: int
+    """Descriptors per ``qi_submit_sync``: 6.1 submits one at a time, mainline batches up to 16
+    per IOMMU (``qi_batch``, reference §4.2)."""
+    ih_on_wire: bool
+    """The IOTLB PSI carries IH: 6.1's queued ``qi_flush_iotlb`` drops it (a local ih = 0);
+    fixed by 6b38a108eeb3, October 2025 (reference §3.3, §4.4)."""
+    psi_unaligned_max_mask: int
+    """Mask when an unaligned range's ends share no bit: BITS_PER_LONG (64) in 6.1
+    ``iommu_flush_iotlb_psi``, MAX_AGAW_PFN_WIDTH (52) in ``calculate_psi_aligned_address``."""
+    psi_align_address: bool
+    """Align the PSI address down to the mask (mainline); 6.1 writes the start frame."""
+    sm_context_setup: str
+    """Scalable-mode context entry programmed at "attach" (6.1 ``domain_context_mapping_one``)
+    or at "probe" (mainline ``device_pasid_table_setup``; reference §4.6)."""
+    context_clear_present_first: bool
+    """Tear down an entry by clearing P, flushing, then zeroing (c1e4f1dccbe9, v7.0-rc1) rather
+    than zeroing first (reference §4.6)."""
+    did_allocator: str
+    """Domain IDs from a "bitmap" (6.1) or an "ida" (mainline "Use ida to manage domain id");
+    both hand out the lowest free ID from 2 (reference §2.2)."""
+    fq_size: int = 256
+    """Per-CPU flush-queue slots, ``IOVA_DEFAULT_FQ_SIZE`` (dma-iommu.c; 255 usable)."""
+    fq_timeout_ns: int = 10_000_000
+    """Flush-queue timer, ``IOVA_DEFAULT_FQ_TIMEOUT`` = 10 ms (dma-iommu.c)."""
+
+    def __post_init__(self) -> None:
+        for switch, allowed in _CHOICES.items():
+            if getattr(self, switch) not in allowed:
+                raise BadInput(f"{switch}={getattr(self, switch)!r}: expected one of "
+                               f"{', '.join(allowed)}", self.name)
+        if self.qi_batch_size < 1:
+            raise BadInput(f"qi_batch_size={self.qi_batch_size}: must be at least 1", self.name)
+
+    def with_(self, **switches) -> Profile:
+        """A copy with some switches changed; BadInput names an unknown switch."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(switches) - known)
+        if unknown:
+            raise BadInput(f"unknown profile switch {', '.join(unknown)}; known: "
+                           f"{', '.join(sorted(known - {'name'}))}", self.name)
+        return replace(self, **switches)
+
+    def describe(self) -> str:
+        """``switch  value`` lines, one per field."""
+        width = max(len(f.name) for f in fields(self))
+        return "\n".join(f"{f.name:<{width}}  {getattr(self, f.name)!r}" for f in fields(self))
+
+
+LINUX_6_1 = Profile(
+    name="linux-6.1",
+    cache_tags=False,
+    devtlb_flush_checks_caching_mode=True,
+    context_flush_under_iommu_lock=False,
+    iotlb_sync_map="notify",
+    cache_tag_assign_before_context=False,
+    rwbf_flush_before_context=False,
+    fq_allowed_under_caching_mode_first_stage=False,
+    enforce_cache_coherency=True,
+    qi_batch_size=1,
+    ih_on_wire=False,
+    psi_unaligned_max_mask=64,
+    psi_align_address=False,
+    sm_context_setup="attach",
+    context_clear_present_first=False,
+    did_allocator="bitmap",
+)
+
+MAINLINE = Profile(
+    name="mainline",
+    cache_tags=True,
+    devtlb_flush_checks_caching_mode=False,
+    context_flush_under_iommu_lock=False,
+    iotlb_sync_map="static",
+    cache_tag_assign_before_context=False,
+    rwbf_flush_before_context=False,
+    fq_allowed_under_caching_mode_first_stage=True,
+    enforce_cache_coherency=True,
+    qi_batch_size=16,
+    ih_on_wire=True,
+    psi_unaligned_max_mask=52,
+    psi_align_address=True,
+    sm_context_setup="probe",
+    context_clear_present_first=True,
+    did_allocator="ida",
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (LINUX_6_1, MAINLINE)}
+
+
+def get_profile(name: str) -> Profile:
+    """The profile called ``name``; BadInput listing the names otherwise."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise BadInput(f"no driver profile {name!r}; profiles: {', '.join(PROFILES)}") from None
