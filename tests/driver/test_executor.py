@@ -79,3 +79,21 @@ def test_annotations_reach_listeners():
     seen = []
     DirectExecutor(_platform(), [seen.append]).run(_op(st.Annotate(event="x", data=(1,))))
     assert [a.event for a in seen] == ["x"]
+
+
+def test_apply_and_ready_give_the_checker_the_executor_semantics():
+    from vtdsim.driver import steps as st
+    from vtdsim.driver.executor import DirectExecutor
+    from vtdsim.driver.platform import Platform
+    from vtdsim.hardware.memory import PhysicalMemory
+
+    ex = DirectExecutor(Platform(PhysicalMemory(), []))
+    wait = st.WaitQword(addr=0x2000, value=2)
+    assert not ex.ready(wait)
+    assert ex.apply(st.CpuWrite(addr=0x2000, value=2)) is None
+    assert ex.ready(wait)
+    assert ex.apply(wait) == 2
+    assert ex.ready(st.Lock(name="l"))
+    ex.apply(st.Lock(name="l"))
+    assert not ex.ready(st.Lock(name="l"))
+    assert ex.steps["Lock"] == 1 and ex.steps["WaitQword"] == 1

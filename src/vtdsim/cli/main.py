@@ -43,9 +43,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from vtdsim.cli import commands_hardware
+    from vtdsim.cli import commands_check, commands_hardware
 
     commands_hardware.register(cli)
+    commands_check.register(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

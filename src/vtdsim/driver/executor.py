@@ -97,6 +97,31 @@ class DirectExecutor:
         except StopIteration as stop:
             return stop.value
 
+    # -- one step at a time (the checker's entry points) ----------------------------------------
+    def apply(self, step: st.Step) -> Any:
+        """Apply one step and return what ``send`` gives back.  The interleaving checker calls
+        this (after ``ready``) so that both runners share one set of step semantics."""
+        handler = self._handlers.get(type(step))
+        if handler is None:
+            st.check_step(step, "a checker actor")
+            raise ModelError(f"{step!r}: no executor handler")
+        self.steps[type(step).__name__] += 1
+        return handler(step)
+
+    def ready(self, step: st.Step) -> bool:
+        """Can ``step`` complete now without any other actor moving?  A lock must be free; a
+        wait's condition must hold, or its unit's queue be stopped by an error software must
+        clear (then the poll returns unsatisfied, as in ``_wait``).  Everything else: yes."""
+        if type(step) is st.Lock:
+            return step.name not in self.held
+        if type(step) is st.WaitQword:
+            current = self.memory.cpu_read_qword(step.addr)
+        elif type(step) is st.WaitRegister:
+            current = self.platform.unit(step.unit).mmio_read(step.offset, step.size)
+        else:
+            return True
+        return (current & step.mask) == step.value or self._queue_error_pending()
+
     # -- CPU memory --------------------------------------------------------------------------------
     def _cpu_write(self, s: st.CpuWrite) -> None:
         if s.size not in (1, 2, 4, 8):
