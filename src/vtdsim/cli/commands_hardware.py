@@ -43,6 +43,19 @@ def decode(qwords: tuple[str, ...]) -> None:
     click.echo(decode_desc(tuple(qws)).describe())
 
 
+@click.command()
+@click.option("--preset", default="qemu72-legacy-cm-ats", show_default=True,
+              help="The remapping unit (see `vtdsim presets`).")
+@click.option("--seed", default=0, show_default=True, help="Buffer placement and contents.")
+def demo(preset: str, seed: int) -> None:
+    """A guided run: Linux boots a unit, maps a buffer, a device DMAs through its device-TLB,
+    the driver unmaps, the stale DMA is blocked; then one I/O's cost under both profiles."""
+    from vtdsim.simulation.demo import run_demo
+
+    run_demo(click.echo, preset=preset, seed=seed)
+
+
 def register(group: click.Group) -> None:
+    group.add_command(demo)
     group.add_command(presets)
     group.add_command(decode)

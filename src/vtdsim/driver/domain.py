@@ -8,7 +8,6 @@ unit of one domain must support its depth), SVA domains (no mm), dirty tracking.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,6 @@ DOMAIN_TYPES = ("blocked", "identity", "unmanaged", "dma", "dma_fq", "nested", "
 STAGES = ("ss", "fs", "nested", "pt")
 FLPT_DEFAULT_DID = 1  # DID for pass-through / identity / SVA entries (iommu.h)
 
-_domain_ids = itertools.count(1)
 
 
 @dataclass(eq=False)
@@ -55,7 +53,7 @@ class DmarDomain:
     cache_tags: list = field(default_factory=list)  # mainline, cache_tag.CacheTag in list order
     has_mappings: bool = False
     pgsize_bitmap: int = 4096  # page sizes iommu_map may use (4K, + 2M/1G if supported)
-    ident: int = field(default_factory=lambda: next(_domain_ids))
+    ident: int = 0  # numbered by the driver that allocates it (deterministic per run)
 
     def __post_init__(self) -> None:
         if self.type not in DOMAIN_TYPES or self.stage not in STAGES:

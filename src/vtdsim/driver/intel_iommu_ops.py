@@ -55,6 +55,14 @@ class IntelIommuDriver:
         self.platform = platform
         self.profile = profile
         self.iommus = list(iommus)
+        self._domains_allocated = 0
+
+    def _numbered(self, domain: DmarDomain) -> DmarDomain:
+        """Name domains in allocation order, per driver instance: lock names and reports are
+        then identical from run to run (a process-wide counter would leak between runs)."""
+        self._domains_allocated += 1
+        domain.ident = self._domains_allocated
+        return domain
 
     @property
     def mainline(self) -> bool:
@@ -83,21 +91,22 @@ class IntelIommuDriver:
         pgtable = DomainPageTable(stage, levels, coherent=self._walk_coherent(iommu),
                                   force_snoop=False, large_pages=self._large_pages(iommu, stage))
         yield from pgtable.alloc_root()
-        domain = DmarDomain(type, stage, pgtable, nest_parent=nest_parent)
+        domain = self._numbered(DmarDomain(type, stage, pgtable, nest_parent=nest_parent))
         domain.pgsize_bitmap = SZ_4K | self._large_pages(iommu, stage)
         if self.profile.iotlb_sync_map == "static":
             domain.iotlb_sync_map = domain_need_iotlb_sync_map(domain, iommu)
         return domain
 
     def domain_alloc_identity(self) -> DmarDomain:
-        return DmarDomain("identity", "pt")
+        return self._numbered(DmarDomain("identity", "pt"))
 
     def domain_alloc_nested(self, parent: DmarDomain, fs_pgd: int, fs_levels: int = 4):
         """``intel_iommu_domain_alloc_nested``: needs a nest-parent SS domain."""
         if not parent.nest_parent or parent.stage != "ss":
             raise SpecRuleBroken(f"{parent!r} is not a second-stage nest parent")
-        return DmarDomain("nested", "nested", None, s2_domain=parent, fs_pgd=fs_pgd,
-                          fs_levels=fs_levels)
+        nested = DmarDomain("nested", "nested", None, s2_domain=parent, fs_pgd=fs_pgd,
+                            fs_levels=fs_levels)
+        return self._numbered(nested)
 
     @staticmethod
     def _levels(iommu, stage: str) -> int:
