@@ -102,13 +102,14 @@ class System:
         for name in names:
             ret = self.run(self.driver.attach_dev(domain, self.devices[_key(name)]))
             if ret:
-                raise SpecRuleBroken(f"attach of {name} failed with {ret}", "intel_iommu_attach_device")
+                raise SpecRuleBroken(f"attach of {name} failed with {ret}",
+                                     "intel_iommu_attach_device")
         return domain
 
     def endpoint(self, name: str) -> Endpoint:
         return self.endpoints[_key(name)]
 
-    # -- what it cost -------------------------------------------------------------------------------
+    # -- what it cost ---------------------------------------------------------------------------
     def costs(self) -> Counter:
         """Counts a cost model needs: descriptors by label, IQT writes (VM exits on a
         vIOMMU), IOTLB hits and misses, page walks, faults, executor steps by kind."""
