@@ -1,0 +1,282 @@
+"""From a litmus ``Scenario`` to a checker model: boot the platform and the driver as Linux
+does (intel_iommu_init: init_hw, probe, default domains, attach), run the set-up operations
+directly, and list the actors with the scenario's bounds.
+
+The operation vocabulary (``OP_FACTORIES``) maps each scenario op to the driver generator it
+runs; the direct run of the set-up and the checker's threads use the same factories.  Mutations
+are op options: ``sync = false`` (map without ``iotlb_sync_map``, unmap without
+``iotlb_sync``) and ``skip`` (step kinds never applied; ``"qi_wait"`` makes ``qi_submit_sync``
+return without waiting for its wait descriptor).
+
+Not modelled: several units, hot-plug, devices outside the scenario, the IOVA an op returns
+other than through the deterministic allocator (scenarios name the IOVA they expect).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+from vtdsim.checker import actors as ac
+from vtdsim.checker.scenario import Op, Scenario
+from vtdsim.checker.vtd_world import System, Universe, VtdModel
+from vtdsim.driver import steps as st
+from vtdsim.errors import BadInput
+
+IOMMU_READ, IOMMU_WRITE = 1, 2
+_PROT = {"r": IOMMU_READ, "w": IOMMU_WRITE, "rw": IOMMU_READ | IOMMU_WRITE}
+
+
+# -- the operations -----------------------------------------------------------------------------
+def _map(system: System, op: Op):
+    from vtdsim.driver import iommu_core
+
+    domain, paddr = system.domains[op["domain"]], system.pages[op["page"]]
+    system.iova_pages[(op["domain"], op["iova"] & ~0xFFF)] = paddr
+    prot = _PROT[op["prot"]]
+    if op["sync"]:
+        return (yield from system.driver.map(domain, op["iova"], paddr, op["size"], prot))
+    mapper = getattr(iommu_core, "__iommu_map")  # the map without iotlb_sync_map (mutation)
+    return (yield from mapper(system.driver, domain, op["iova"], paddr, op["size"], prot))
+
+
+def _unmap(system: System, op: Op):
+    from vtdsim.driver import iommu_core
+
+    domain = system.domains[op["domain"]]
+    if op["sync"]:
+        return (yield from system.driver.unmap(domain, op["iova"], op["size"]))
+    gather = iommu_core.IommuIotlbGather()
+    return (yield from iommu_core.iommu_unmap_fast(system.driver, domain, op["iova"],
+                                                   op["size"], gather))
+
+
+def _dma_map(system: System, op: Op):
+    from vtdsim.driver import dma_api
+
+    paddr = system.pages[op["page"]]
+    iova = yield from dma_api.iommu_dma_map_page(system.cookies[op["domain"]], paddr,
+                                                 op["size"], _PROT[op["prot"]], op["cpu"])
+    system.iova_pages[(op["domain"], iova & ~0xFFF)] = paddr
+    return iova
+
+
+def _dma_unmap(system: System, op: Op):
+    from vtdsim.driver import dma_api
+
+    yield from dma_api.iommu_dma_unmap_page(system.cookies[op["domain"]], op["iova"],
+                                            op["size"], op["cpu"], system.platform.now_ns)
+
+
+def _fq_timer(system: System, op: Op):
+    fq = system.cookies[op["domain"]].fq
+    if fq is None:
+        raise BadInput(f"fq_timer: domain {op['domain']!r} has no flush queue (strict)")
+    yield from fq.fq_flush_timeout(system.platform.now_ns)
+
+
+def _attach(system: System, op: Op):
+    info = system.devices[op["device"]]
+    ret = yield from system.driver.attach_dev(system.domains[op["domain"]], info)
+    system.members[op["device"]] = op["domain"]
+    system.endpoint(op["device"]).ats = bool(info.ats_enabled)  # PCI ATS Control.Enable
+    return ret
+
+
+def _set_dev_pasid(system: System, op: Op):
+    old = system.domains.get(op["old"]) if op["old"] else None
+    return (yield from system.driver.set_dev_pasid(system.domains[op["domain"]],
+                                                   system.devices[op["device"]],
+                                                   op["pasid"], old))
+
+
+def _one(step_of):
+    def factory(system: System, op: Op):
+        return (yield step_of(system, op))
+    return factory
+
+
+def _page_addr(system: System, op: Op) -> int:
+    return system.pages[op["page"]] + op.args.get("offset", 0)
+
+
+OP_FACTORIES = {
+    "map": _map,
+    "unmap": _unmap,
+    "dma_map": _dma_map,
+    "dma_unmap": _dma_unmap,
+    "fq_timer": _fq_timer,
+    "attach": _attach,
+    "set_dev_pasid": _set_dev_pasid,
+    "flush_iotlb_all": lambda s, o: s.driver.flush_iotlb_all(s.domains[o["domain"]]),
+    "remove_dev_pasid": lambda s, o: s.driver.remove_dev_pasid(s.devices[o["device"]],
+                                                               o["pasid"]),
+    "enforce_cache_coherency": lambda s, o: s.driver.enforce_cache_coherency(
+        s.domains[o["domain"]]),
+    "free": _one(lambda s, o: st.FreePage(addr=s.pages[o["page"]], what="data page",
+                                          why="caller frees its buffer")),
+    "cpu_write": _one(lambda s, o: st.CpuWrite(addr=_page_addr(s, o), value=o["value"],
+                                               why="CPU")),
+    "cpu_read": _one(lambda s, o: st.CpuRead(addr=_page_addr(s, o), why="CPU")),
+    "clflush": _one(lambda s, o: st.Clflush(addr=_page_addr(s, o), why="CPU")),
+    "wbinvd": _one(lambda s, o: st.Wbinvd(why="CPU")),
+}
+
+
+def factory_for(op: Op):
+    """``system -> generator`` for one op (the checker calls it on each world's copy)."""
+    run = OP_FACTORIES[op.kind]
+    return lambda system: run(system, op)
+
+
+# -- booting ------------------------------------------------------------------------------------
+def boot(sc: Scenario) -> System:
+    """Platform, unit 0 in async QI mode, endpoints, the driver, probe, domains, attach,
+    data pages, then the set-up ops - all run directly."""
+    from vtdsim.devices.endpoint import Endpoint
+    from vtdsim.driver.device import DeviceInfo
+    from vtdsim.driver.executor import DirectExecutor
+    from vtdsim.driver.intel_iommu import IntelIommu
+    from vtdsim.driver.intel_iommu_ops import IntelIommuDriver
+    from vtdsim.driver.platform import Platform
+    from vtdsim.driver.profiles import get_profile
+    from vtdsim.hardware.memory import PhysicalMemory
+    from vtdsim.hardware.presets import get_preset
+    from vtdsim.hardware.remapping_unit import RemappingUnit
+
+    caps = get_preset(sc.preset)
+    profile = _profile(get_profile(sc.profile), sc)
+    memory = PhysicalMemory()
+    unit = RemappingUnit(caps, memory, qi_mode=sc.qi)
+    endpoints = {d.name: Endpoint(d.sid, ats=False, pasid_capable=d.pasid) for d in sc.devices}
+    for ep in endpoints.values():
+        ep.connect(unit)
+    platform = Platform(memory, [unit], endpoints.values(),
+                        wbinvd_works=bool(sc.switches.get("wbinvd_works", True)))
+    system = System(platform, DirectExecutor(platform), endpoints=endpoints)
+    iommu = IntelIommu(0, profile=profile)
+    run = system.executor.run
+    run(iommu.init_hw())
+    system.driver = IntelIommuDriver(platform, profile, [iommu])
+    for d in sc.devices:
+        info = DeviceInfo(d.sid, iommu, ats_supported=d.ats, pasid_supported=d.pasid)
+        run(system.driver.probe_device(info))
+        system.devices[d.name] = info
+    _domains(system, sc, iommu, caps, profile)
+    for op in sc.setup_ops:
+        _run_op(system, op)
+    return system
+
+
+def _profile(profile, sc: Scenario):
+    switches = {k: v for k, v in sc.switches.items() if k != "wbinvd_works"}
+    try:
+        return profile.with_(**switches) if switches else profile
+    except (TypeError, BadInput) as err:
+        raise BadInput(f"switches: {err}", sc.where()) from None
+
+
+def _domains(system: System, sc: Scenario, iommu, caps, profile) -> None:
+    from vtdsim.driver import iommu_core
+
+    policy = iommu_core.iommu_subsys_init("lazy" if sc.policy in ("lazy", "auto") else "strict")
+    iommu_core.intel_iommu_caching_mode_policy(policy, [caps], profile)
+    for dom in sc.domains:
+        kind = policy.def_domain_type if dom.type == "dma" else dom.type
+        domain = system.executor.run(system.driver.domain_alloc_paging(iommu, kind, dom.stage))
+        system.domains[dom.name] = domain
+        for page in dom.pages:
+            system.pages[page] = system.platform.pages.alloc()
+        for dev in dom.devices:
+            _run_op(system, Op("attach", {"domain": dom.name, "device": dev}))
+        if kind in ("dma", "dma_fq") and _uses_dma_api(sc, dom.name):
+            system.cookies[dom.name] = _cookie(system, domain)
+
+
+def _uses_dma_api(sc: Scenario, domain: str) -> bool:
+    ops = [o for group in (sc.setup_ops, *sc.threads.values()) for o in group]
+    return any(o.kind in ("dma_map", "dma_unmap", "fq_timer") and o["domain"] == domain
+               for o in ops)
+
+
+def _cookie(system: System, domain):
+    from vtdsim.driver.dma_api import IommuDmaCookie
+    from vtdsim.driver.iova import IovaDomain
+
+    return IommuDmaCookie(system.driver, domain, IovaDomain(), ncpus=system.platform.ncpus)
+
+
+def _run_op(system: System, op: Op) -> Any:
+    gen = _skipping(system, op, OP_FACTORIES[op.kind](system, op))
+    return system.executor.run(gen)
+
+
+def _skipping(system: System, op: Op, gen: Generator) -> Generator:
+    """A direct run of a mutated op: its skipped steps are answered without applying them."""
+    if not op.skip:
+        return gen
+    return _filter(gen, op.skip)
+
+
+def _filter(gen: Generator, skip: tuple[str, ...]) -> Generator:
+    reply = None
+    try:
+        while True:
+            step = gen.send(reply)
+            if ac.skipped(step, skip):
+                reply = ac.skip_reply(step)
+                continue
+            reply = yield step
+    except StopIteration as stop:
+        return stop.value
+
+
+# -- the model ----------------------------------------------------------------------------------
+def build_model(sc: Scenario, assertions: list | None = None) -> VtdModel:
+    """Boot once, then describe the actors over the booted template."""
+    system = boot(sc)
+    threads = [ac.Thread(name, [(o.describe(), factory_for(o), o) for o in ops])
+               for name, ops in sc.threads.items()]
+    hardware = _hardware_actors(sc)
+    universe = Universe({d.name: d.sid for d in sc.devices},
+                        {d.name for d in sc.devices if system.endpoint(d.name).ats},
+                        sc.iovas())
+    return VtdModel(sc.name, system, threads, hardware, universe, bounds(sc),
+                    list(assertions or []), describe=repr(sc))
+
+
+def _hardware_actors(sc: Scenario) -> list:
+    found: list = []
+    if sc.qi == "async":
+        found.append(ac.QueueEngine("hw:qi", 0))
+    for f in sc.fills:
+        for cache in f.caches:
+            name = f"hw:fill {cache} {f.device}@{f.iova:#x}"
+            found.append(ac.CacheFill(name, f.times, f.device, f.iova, cache))
+    for f in sc.evictions:
+        for cache in f.caches:
+            name = f"hw:evict {cache} {f.device}@{f.iova:#x}"
+            found.append(ac.CacheEvict(name, f.times, f.device, f.iova, cache))
+    for f in sc.ats_prefetch:
+        found.append(ac.AtsPrefetch(f"{f.device}:ats@{f.iova:#x}", f.times, f.device, f.iova))
+    for f in sc.dma:
+        kind = "w" if f.access == "write" else "r"
+        name = f"{f.device}:dma {kind}@{f.iova:#x}"
+        found.append(ac.Dma(name, f.times, f.device, f.iova, f.access == "write", f.no_snoop,
+                            f.pasid))
+    return found
+
+
+def bounds(sc: Scenario) -> dict:
+    """The explicit bounds the report prints."""
+    return {
+        "threads": len(sc.threads),
+        "ops": sum(len(o) for o in sc.threads.values()),
+        "iovas": ",".join(f"{i:#x}" for i in sc.iovas()),
+        "devices": ",".join(d.name for d in sc.devices),
+        "fills": sum(f.times * len(f.caches) for f in sc.fills),
+        "evictions": sum(f.times * len(f.caches) for f in sc.evictions),
+        "ats_prefetches": sum(f.times for f in sc.ats_prefetch),
+        "dma": sum(f.times for f in sc.dma),
+        "qi": sc.qi,
+    }

@@ -1,0 +1,160 @@
+"""Run litmus scenarios (files or folders of ``.toml``) and compare the verdicts with the
+expectations they state (herd7's "Observation ... Never/Sometimes/Always" plus a verdict
+check per property).
+
+Each scenario: boot once, explore, shrink each counterexample (fewest steps, then fewest
+preemptions) and print it as the causal chain plus the table, then the summary; lazy mode's
+exposure (pages a DMA reached after their free, before the flush queue flushed them) is
+printed as an observation, not a violation.  A verdict is *unexpected* when it differs from
+the expected one, or when a property without expectation is violated; a bounded search that
+did not reach a violation counts as agreeing with ``holds``.
+
+Not provided: parallel runs, HTML reports, expectations on executions counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vtdsim.checker.boot import build_model
+from vtdsim.checker.explore import NOT_REACHED, VIOLATED, Counterexample, Result, explore
+from vtdsim.checker.report import causal_chain, counterexample_table, summary
+from vtdsim.checker.scenario import Scenario, load
+from vtdsim.checker.schedule import Schedule, replay, run_schedule, save
+from vtdsim.checker.shrink import shrink
+from vtdsim.checker.vtd_world import VtdModel
+from vtdsim.errors import BadInput
+
+
+@dataclass
+class Options:
+    strategy: str = "dpor"
+    seed: int = 0
+    max_executions: int | None = None
+    max_seconds: float | None = None
+    save_dir: Path | None = None
+    width: int = 120
+
+
+@dataclass
+class Outcome:
+    """One scenario's run: the result, the shrunk counterexamples, the verdict comparison."""
+
+    scenario: Scenario
+    result: Result
+    counterexamples: list[Counterexample] = field(default_factory=list)
+    expected: list[str] = field(default_factory=list)  # "prop: verdict"
+    unexpected: list[str] = field(default_factory=list)
+    exposure: tuple[int, int] = (0, 0)  # (longest window in steps, pages reached)
+
+
+def collect(paths: list[str | Path]) -> list[Path]:
+    """Scenario files named directly or found (sorted) in the folders given."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(path.glob("*.toml"))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise BadInput("no such scenario file or folder", str(path))
+    return found
+
+
+def run_scenario(sc: Scenario, opts: Options) -> Outcome:
+    model = build_model(sc)
+    windows = _ExposureTally()
+    result = explore(model, opts.strategy, seed=opts.seed, max_executions=opts.max_executions,
+                     max_seconds=opts.max_seconds, observe=windows.observe)
+    outcome = Outcome(sc, result, exposure=windows.totals())
+    for prop in result.properties.values():
+        if prop.counterexample is not None:
+            outcome.counterexamples.append(_shrunk(model, prop.counterexample, opts))
+    _compare(outcome)
+    return outcome
+
+
+class _ExposureTally:
+    """Lazy windows seen over all executions (``Monitor.exposure``)."""
+
+    def __init__(self):
+        self.longest = 0
+        self.pages: set[int] = set()
+
+    def observe(self, world) -> None:
+        for window in world.monitor.exposure.values():
+            self.longest = max(self.longest, window.steps)
+            self.pages.add(window.page)
+
+    def totals(self) -> tuple[int, int]:
+        return self.longest, len(self.pages)
+
+
+def _shrunk(model: VtdModel, cex: Counterexample, opts: Options) -> Counterexample:
+    schedule = shrink(model, Schedule.of(model, cex, model.bounds))
+    if opts.save_dir is not None:
+        opts.save_dir.mkdir(parents=True, exist_ok=True)
+        save(schedule, opts.save_dir / f"{model.name}.{cex.prop}.json")
+    records = run_schedule(model, schedule.actors).records
+    return Counterexample(cex.prop, schedule.message, schedule.actors, tuple(records))
+
+
+def _compare(outcome: Outcome) -> None:
+    expect = outcome.scenario.expect
+    for name, prop in outcome.result.properties.items():
+        wanted = expect.get(name)
+        verdict = prop.verdict
+        agrees = verdict == wanted or (wanted == "holds" and verdict == NOT_REACHED)
+        line = f"{name}: {verdict}" + (f" (expected {wanted})" if wanted else "")
+        if wanted is None:
+            if verdict == VIOLATED:
+                outcome.unexpected.append(line + " (no expectation)")
+        elif agrees:
+            outcome.expected.append(line)
+        else:
+            outcome.unexpected.append(line)
+    unknown = sorted(set(expect) - set(outcome.result.properties))
+    outcome.unexpected += [f"{name}: no such property" for name in unknown]
+
+
+def render_outcome(outcome: Outcome, width: int = 120) -> str:
+    sc = outcome.scenario
+    parts = [f"== {sc.where()}" + (f": {sc.doc}" if sc.doc else "")]
+    for cex in outcome.counterexamples:
+        parts.append(causal_chain(cex) + "\n\n" + counterexample_table(cex, width))
+    parts.append(summary(outcome.result, sc.name))
+    longest, pages = outcome.exposure
+    if pages:
+        parts.append(f"Exposure {sc.name} lazy window: up to {longest} steps, {pages} page(s) "
+                     "reached after their free (lazy mode, not a violation)")
+    parts += [f"UNEXPECTED {line}" for line in outcome.unexpected]
+    return "\n\n".join(parts)
+
+
+def run_paths(paths: list[str | Path], opts: Options,
+              echo: Callable[[str], None] = print) -> tuple[int, int]:
+    """Run every scenario; returns (as expected, unexpected) verdict counts."""
+    good = bad = 0
+    for path in collect(paths):
+        outcome = run_scenario(load(path), opts)
+        echo(render_outcome(outcome, opts.width))
+        good += len(outcome.expected)
+        bad += len(outcome.unexpected)
+    echo(f"verdicts: {good} as expected, {bad} unexpected")
+    return good, bad
+
+
+def replay_file(scenario_path: str | Path, schedule_path: str | Path,
+                echo: Callable[[str], None] = print, width: int = 120) -> None:
+    """Re-run a saved counterexample on its scenario and print it."""
+    from vtdsim.checker.schedule import load as load_schedule
+
+    model = build_model(load(scenario_path))
+    schedule = load_schedule(schedule_path)
+    result = replay(model, schedule)
+    cex = Counterexample(schedule.prop, result.messages[schedule.prop], schedule.actors,
+                         tuple(result.records))
+    echo(causal_chain(cex) + "\n\n" + counterexample_table(cex, width))

@@ -1,0 +1,214 @@
+"""The named properties of a VT-d world, decided from what its actors report (VT-d spec 6.5:
+invalidation completes before software reuses what it unmapped; 6.1 caching mode; 3.9 snoop).
+
+* ``dma_after_free``: no DMA reaches a page after it was freed - unless the IOVA was unmapped
+  lazily and the flush queue has not flushed it yet: that is lazy mode's accepted *exposure*,
+  recorded in ``exposure`` (steps the page stayed reachable, pages) and not a violation;
+* ``stale_after_strict_unmap``: when a synced unmap completes, no IOTLB entry of the domain's
+  DIDs and no device-TLB entry of its devices still translates the IOVA;
+* ``spurious_fault``: a DMA to an IOVA whose map completed (and that no unmap has started on)
+  does not fault (the caching-mode map flush, spec 6.1);
+* ``torn_entry``: every context- or PASID-cache entry the hardware held is a value the entry
+  had between operations (set-up or an op's end), never a half-written one;
+* ``no_snoop_coherent``: a CPU read of a data page returns the last value DMA or the CPU wrote,
+  when the domain enforces snooping or WBINVD works (seed 004);
+* user assertions: ``(name, fn(system) -> message | None)`` checked after every step.
+
+Not modelled: walks that read a freed page-table page (only the final data page counts), the
+wall-clock length of the lazy window (it is counted in steps), torn reads by a DMA walk that
+leaves no cache entry behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vtdsim.checker.world import Violation
+from vtdsim.driver import steps as st
+from vtdsim.hardware.memory import PAGE_SIZE
+
+DMA_AFTER_FREE = "dma_after_free"
+STALE_AFTER_STRICT_UNMAP = "stale_after_strict_unmap"
+SPURIOUS_FAULT = "spurious_fault"
+TORN_ENTRY = "torn_entry"
+NO_SNOOP_COHERENT = "no_snoop_coherent"
+PROPERTIES = (DMA_AFTER_FREE, STALE_AFTER_STRICT_UNMAP, SPURIOUS_FAULT, TORN_ENTRY,
+              NO_SNOOP_COHERENT)
+_PAGE_MASK = ~(PAGE_SIZE - 1)
+
+Assertion = tuple[str, Callable[[Any], str | None]]
+
+
+@dataclass
+class Exposure:
+    """Lazy mode's window for one freed page: when it was freed, how long DMA reached it."""
+
+    page: int
+    freed_at: int
+    last_reached: int = -1
+
+    @property
+    def steps(self) -> int:
+        return max(self.last_reached - self.freed_at, 0)
+
+
+@dataclass
+class Monitor:
+    """Per-execution bookkeeping of the properties; ``system`` is the world's copy."""
+
+    system: Any
+    stable: dict  # (cache, key) -> set of raw values seen between operations
+    assertions: list[Assertion] = field(default_factory=list)
+    found: list[Violation] = field(default_factory=list)
+    freed: dict[int, int] = field(default_factory=dict)  # page -> step it was freed at
+    mapped: dict[tuple[str, int], int] = field(default_factory=dict)  # (domain, iova) -> page
+    lazy: dict[int, tuple[Any, int]] = field(default_factory=dict)  # page -> (fq, counter)
+    exposure: dict[int, Exposure] = field(default_factory=dict)
+    latest: dict[int, int] = field(default_factory=dict)  # data qword addr -> last value
+    seen: set = field(default_factory=set)  # (cache, key, raw) the hardware held
+    clock: int = 0  # the world's step number (set before each step)
+
+    def flag(self, prop: str, message: str) -> str:
+        self.found.append(Violation(prop, message))
+        return prop
+
+    # -- thread events ----------------------------------------------------------------------
+    def op_begin(self, thread: str, op) -> None:
+        if op.kind in ("unmap", "dma_unmap"):
+            self.mapped.pop((op["domain"], op["iova"] & _PAGE_MASK), None)
+
+    def op_done(self, thread: str, op, value: Any) -> None:
+        system = self.system
+        if op.kind in ("map",):
+            self.mapped[(op["domain"], op["iova"] & _PAGE_MASK)] = system.pages[op["page"]]
+        elif op.kind == "dma_map":
+            self.mapped[(op["domain"], value & _PAGE_MASK)] = system.pages[op["page"]]
+        elif op.kind == "unmap" and op["sync"]:
+            self._strict_unmap_done(op["domain"], op["iova"], op["size"])
+        elif op.kind == "dma_unmap":
+            self._dma_unmap_done(op)
+        self._note_stable()
+
+    def _dma_unmap_done(self, op) -> None:
+        cookie = self.system.cookies.get(op["domain"])
+        page = self.system.iova_pages.get((op["domain"], op["iova"] & _PAGE_MASK))
+        if cookie is not None and cookie.fq is not None and page is not None:
+            self.lazy[page] = (op["domain"], cookie.fq.flush_start_cnt)
+        else:
+            self._strict_unmap_done(op["domain"], op["iova"], op["size"])
+
+    def thread_step(self, thread: str, step: st.Step, reply: Any, skipped: bool) -> None:
+        if skipped:
+            return
+        if isinstance(step, st.FreePage):
+            self.freed[step.addr & _PAGE_MASK] = self.clock
+        elif isinstance(step, st.AllocPage) and isinstance(reply, int):
+            self.freed.pop(reply & _PAGE_MASK, None)
+        elif isinstance(step, st.CpuWrite) and self._data(step.addr):
+            self.latest[step.addr & ~7] = step.value
+        elif isinstance(step, st.CpuRead) and self._data(step.addr):
+            self._cpu_read(step.addr, reply)
+        self._check_assertions()
+
+    def _data(self, addr: int) -> bool:
+        return addr & _PAGE_MASK in self.system.data_pages
+
+    # -- hardware events --------------------------------------------------------------------
+    def hardware_step(self) -> None:
+        unit = self.system.unit(0)
+        for cache in (unit.context_cache, unit.pasid_cache):
+            for key, entry in cache.items():
+                if getattr(entry, "present", True):
+                    self.seen.add((cache.name, key, entry.raw))
+        self._check_assertions()
+
+    def dma(self, device: str, iova: int, write: bool, result, clock: int) -> str | None:
+        """Returns the property the DMA violated (for the counterexample's chain)."""
+        if result.fault is not None:
+            return self._fault(device, iova, result.fault)
+        for hpa in result.pages:
+            page = hpa & _PAGE_MASK
+            if page in self.freed:
+                return self._reached_freed(page, iova)
+        if write and result.pages:
+            self._record_dma_write(result)
+        return None
+
+    def _record_dma_write(self, result) -> None:
+        hpa = result.pages[0]
+        memory = self.system.platform.memory
+        self.latest[hpa & ~7] = memory.dram_qword(hpa & ~7)
+
+    def _fault(self, device: str, iova: int, fault) -> str | None:
+        domain = self.system.domain_of(device)
+        if domain is not None and (domain, iova & _PAGE_MASK) in self.mapped:
+            return self.flag(SPURIOUS_FAULT, f"{device} faulted at mapped iova={iova:#x}: "
+                                             f"{fault}")
+        return None
+
+    def _reached_freed(self, page: int, iova: int) -> str | None:
+        lazy = self.lazy.get(page)
+        if lazy is not None and self._window_open(*lazy):
+            window = self.exposure.setdefault(page, Exposure(page, self.freed[page]))
+            window.last_reached = self.clock
+            return None
+        return self.flag(DMA_AFTER_FREE, f"DMA at iova={iova:#x} reached page={page:#x} "
+                                         f"freed at step {self.freed[page]}")
+
+    def _window_open(self, domain: str, counter: int) -> bool:
+        fq = self.system.cookies[domain].fq
+        return fq.flush_finish_cnt <= counter
+
+    # -- checks -----------------------------------------------------------------------------
+    def _strict_unmap_done(self, domain_name: str, iova: int, size: int) -> None:
+        system = self.system
+        domain = system.domains[domain_name]
+        dids = set(system.dids(domain))
+        unit = system.unit(0)
+        for first in range(iova & _PAGE_MASK, iova + size, PAGE_SIZE):
+            for key in unit.iotlb.keys():  # noqa: SIM118 - LruCache has no __iter__
+                entry = unit.iotlb.peek(key)
+                if key[0] in dids and entry.present and _covers(entry, first):
+                    self.flag(STALE_AFTER_STRICT_UNMAP, f"iotlb still maps iova={first:#x} "
+                                                        f"(did={key[0]}) after the unmap")
+            for dev in system.devices_of(domain_name):
+                if _atc_maps(system.endpoint(dev).device_tlb, first):
+                    self.flag(STALE_AFTER_STRICT_UNMAP, f"device-TLB of {dev} still maps "
+                                                        f"iova={first:#x} after the unmap")
+
+    def _cpu_read(self, addr: int, value: int) -> None:
+        expected = self.latest.get(addr & ~7)
+        if expected is None or value == expected:
+            return
+        if self.system.coherency_promised():
+            self.flag(NO_SNOOP_COHERENT, f"CPU read [{addr:#x}]={value:#x}, last written "
+                                         f"{expected:#x}")
+
+    def _note_stable(self) -> None:
+        for key, raw in self.system.entry_values():
+            self.stable.setdefault(key, set()).add(raw)
+
+    def _check_assertions(self) -> None:
+        for name, check in self.assertions:
+            message = check(self.system)
+            if message:
+                self.flag(name, message)
+
+    def final(self) -> list[Violation]:
+        torn = [(c, k, raw) for c, k, raw in sorted(self.seen, key=repr)
+                if raw not in self.stable.get((c, k), ())]
+        return [Violation(TORN_ENTRY, f"{c}[{k}] held raw={raw:#x}, a value the entry had "
+                                      "only half-way through an update") for c, k, raw in torn]
+
+
+def _covers(entry, iova: int) -> bool:
+    size = PAGE_SIZE << 9 * (entry.level - 1)
+    return entry.iova_base <= iova < entry.iova_base + size
+
+
+def _atc_maps(device_tlb, iova: int) -> bool:
+    """A device-TLB entry (any PASID) translating ``iova``: a peek, no stats."""
+    return any(e.base <= iova < e.base + e.size and (e.read or e.write)
+               for _, e in device_tlb.items())

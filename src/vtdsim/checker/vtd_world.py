@@ -1,0 +1,431 @@
+"""The VT-d world the interleaving checker explores: driver threads and bounded hardware
+freedoms over one copy of a booted system (the ``world.World``/``world.Model`` adapter).
+
+A ``VtdModel`` holds a *template* system (booted, set up, ready for the threads) and the actor
+list; ``new_world()`` deep-copies the template (RemappingUnit, memory and driver objects all
+support it; closures are re-bound to the copy) so that building a world costs one copy, not a
+boot.  Driver steps are applied through the ``DirectExecutor``'s per-step handlers, so a step
+means exactly what it means in a direct run; only blocking differs - a lock or wait that cannot
+complete leaves the thread blocked (``Stepper.ready``) instead of stepping the hardware.
+
+Not modelled: several remapping units (actors drive unit 0), CPU migration of threads, time
+(the flush-queue timer fires whenever its actor is scheduled once armed).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import pickle
+import types
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from vtdsim.checker import actors as ac
+from vtdsim.checker.properties import PROPERTIES, Assertion, Monitor
+from vtdsim.checker.world import Footprint, StepRecord, Violation
+from vtdsim.driver import steps as st
+from vtdsim.hardware.descriptors import devtlb_range
+from vtdsim.hardware.memory import PAGE_SIZE
+
+_FSTS_QUEUE_ERRORS = 0x70  # IQE, ICE, ITE: Linux's polling loop then reads FSTS (dmar.c)
+
+
+# -- the system a world runs on -----------------------------------------------------------------
+@dataclass
+class System:
+    """A booted machine plus the names the scenario gave its parts."""
+
+    platform: Any
+    executor: Any
+    driver: Any = None
+    domains: dict = field(default_factory=dict)  # name -> DmarDomain
+    devices: dict = field(default_factory=dict)  # name -> DeviceInfo (or None)
+    endpoints: dict = field(default_factory=dict)  # name -> Endpoint
+    cookies: dict = field(default_factory=dict)  # domain name -> IommuDmaCookie
+    pages: dict = field(default_factory=dict)  # data page name -> physical address
+    members: dict = field(default_factory=dict)  # device name -> domain name
+    iova_pages: dict = field(default_factory=dict)  # (domain, iova page) -> data page
+    force_snoop: bool = False
+
+    def unit(self, i: int):
+        return self.platform.units[i]
+
+    def endpoint(self, name: str):
+        return self.endpoints[name]
+
+    @property
+    def data_pages(self) -> set:
+        return set(self.pages.values())
+
+    def domain_of(self, device: str) -> str | None:
+        return self.members.get(device)
+
+    def devices_of(self, domain: str) -> list[str]:
+        return sorted(d for d, dom in self.members.items() if dom == domain)
+
+    def dids(self, domain) -> list[int]:
+        """The DIDs a domain uses on unit 0 (``domain_id_iommu``)."""
+        iommus = getattr(domain, "iommus", None)
+        if iommus is None:
+            return [getattr(domain, "did", 0)]
+        return [info.did for info in iommus()]
+
+    def coherency_promised(self) -> bool:
+        """No-snoop DMA must look coherent: the domain blocks no-snoop, or WBINVD works."""
+        forced = any(getattr(d, "force_snooping", False) for d in self.domains.values())
+        return forced or self.force_snoop or self.platform.wbinvd_works
+
+    def entry_values(self) -> list[tuple[tuple, int]]:
+        """(cache, key) -> raw of every context/PASID entry current memory holds for the
+        scenario's devices (what a fill would read now)."""
+        unit = self.unit(0)
+        found = []
+        for ep in self.endpoints.values():
+            for fill in unit.possible_fills(ep.sid, 0):
+                if fill.cache in ("context_cache", "pasid_cache"):
+                    found.append(((fill.cache, fill.key), fill.entry.raw))
+        return found
+
+
+# -- applying steps -----------------------------------------------------------------------------
+class Stepper:
+    """Applies driver steps with the DirectExecutor's semantics; knows when one may run and
+    what it touches."""
+
+    def __init__(self, world: VtdWorld):
+        self.world = world
+        system = world.system
+        self.executor = system.executor
+        self.memory = system.platform.memory
+        self.platform = system.platform
+        # The executor has no public single-step API yet: its handler table is the one model
+        # of each step (requested: ``DirectExecutor.apply(step)`` / ``.ready(step)``).
+        self.handlers = self.executor._handlers
+
+    def ready(self, step: st.Step, skipped: bool) -> bool:
+        if skipped:
+            return True
+        if isinstance(step, st.Lock):
+            return step.name not in self.executor.held
+        if isinstance(step, st.WaitQword):
+            polled = self.memory.cpu_read_qword(step.addr)
+            return (polled & step.mask) == step.value or self._queue_error()
+        if isinstance(step, st.WaitRegister):
+            polled = self.platform.unit(step.unit).regs.mmio_read(step.offset, step.size)
+            return (polled & step.mask) == step.value or self._queue_error()
+        return True
+
+    def _queue_error(self) -> bool:
+        return any(u.regs["FSTS"] & _FSTS_QUEUE_ERRORS for u in self.platform.units)
+
+    def apply(self, step: st.Step, thread: str) -> Any:
+        self.executor.steps[type(step).__name__] += 1
+        return self.handlers[type(step)](step)
+
+    def footprint(self, step: st.Step) -> Footprint:
+        return _STEP_FOOTPRINTS[type(step)](self, step)
+
+    # -- helpers for the footprint table ---------------------------------------------------
+    def mem(self, addr: int, size: int) -> set:
+        locs = ac.lines(addr, size)
+        page = addr & ~(PAGE_SIZE - 1)
+        if page in self.world.recycled:
+            locs.add(("page", page))
+        if page in self.world.system.data_pages:
+            locs.add(ac.DATA)
+        return locs
+
+    def mmio_write(self, step: st.MmioWrite) -> Footprint:
+        location = ac.reg(step.unit, step.offset)
+        if location[2] in ("IQT", "FSTS"):
+            return ac.fp(writes={location})
+        # Any other register (GCMD, CCMD, IOTLB ...) may change translation or caches.
+        return ac.fp(writes={location} | self.world.universe.everything(step.unit))
+
+
+def _wait_fp(location: tuple, unit: int = 0) -> Footprint:
+    guard = {location, ac.reg(unit, 0x34)}
+    return ac.fp(guard, (), guard)
+
+
+_STEP_FOOTPRINTS = {
+    st.CpuWrite: lambda s, x: ac.fp(writes=s.mem(x.addr, x.size)),
+    st.CpuCmpxchg: lambda s, x: ac.fp(writes=s.mem(x.addr, 8)),
+    st.CpuZero: lambda s, x: ac.fp(writes=s.mem(x.addr, x.size)),
+    st.CpuRead: lambda s, x: ac.fp(reads=s.mem(x.addr, x.size)),
+    st.Clflush: lambda s, x: ac.fp(writes=s.mem(x.addr, 1)),
+    st.ClflushRange: lambda s, x: ac.fp(writes=s.mem(x.addr, x.size)),
+    st.Wbinvd: lambda s, x: ac.fp(writes={ac.line(a) for a in s.memory.dirty_lines()}
+                                  | {ac.DATA}),
+    st.MmioWrite: Stepper.mmio_write,
+    st.MmioRead: lambda s, x: ac.fp(reads={ac.reg(x.unit, x.offset)}),
+    st.WaitQword: lambda s, x: _wait_fp(ac.line(x.addr)),
+    st.WaitRegister: lambda s, x: _wait_fp(ac.reg(x.unit, x.offset), x.unit),
+    st.Lock: lambda s, x: ac.fp(writes={("lock", x.name)}, guard={("lock", x.name)}),
+    st.Unlock: lambda s, x: ac.fp(writes={("lock", x.name)}),
+    st.AllocPage: lambda s, x: ac.fp(writes={ac.ALLOC}),
+    st.FreePage: lambda s, x: ac.fp(writes={ac.ALLOC}),
+    st.ReuseIova: lambda s, x: ac.fp(),
+    st.Annotate: lambda s, x: ac.fp(),
+}
+
+
+# -- abstract cache locations over the bounded IOVA universe -----------------------------------
+class Universe:
+    """The scenario's devices and IOVA pages: the finite set of cache locations."""
+
+    def __init__(self, devices: dict[str, int], atc: set[str], iovas: list[int]):
+        self.sids = devices  # name -> sid
+        self.atc = atc  # devices with a device-TLB
+        self.pages = sorted({i & ~(PAGE_SIZE - 1) for i in iovas})
+
+    def cache_locations(self, device: str, iova: int, cache: str) -> set:
+        sid, page = self.sids[device], iova & ~(PAGE_SIZE - 1)
+        if cache == "context_cache":
+            return {("cc", 0, sid)}
+        if cache == "pasid_cache":
+            return {("pc", 0, sid)}
+        return {("tlb" if cache == "iotlb" else "psc", 0, page)}
+
+    def device_locations(self, device: str, iova: int) -> set:
+        found = set()
+        for cache in ("context_cache", "pasid_cache", "iotlb", "pscache"):
+            found |= self.cache_locations(device, iova, cache)
+        if device in self.atc:
+            found.add(("atc", self.sids[device], iova & ~(PAGE_SIZE - 1)))
+        return found
+
+    def everything(self, unit: int) -> set:
+        found = {(c, unit, sid) for c in ("cc", "pc") for sid in self.sids.values()}
+        found |= {(c, unit, p) for c in ("tlb", "psc") for p in self.pages}
+        found |= {("atc", self.sids[d], p) for d in self.atc for p in self.pages}
+        return found
+
+    def invalidated(self, unit: int, desc) -> set:
+        """The cache locations a descriptor may change (spec 6.5.2; table in reference §15)."""
+        if desc is None:
+            return self.everything(unit)
+        f, label = desc.fields, desc.label
+        if label == "inv_wait":
+            return {ac.line(f["status_addr"])} if f.get("sw") else set()
+        if label == "cc_inv":
+            sids = [f["sid"]] if f.get("g") == 3 else list(self.sids.values())
+            return {("cc", unit, s) for s in sids}
+        if label == "pc_inv":
+            return {("pc", unit, s) for s in self.sids.values()}
+        if label in ("iotlb_inv", "p_iotlb_inv"):
+            return self._tlb(unit, f, page_selective=f.get("g") == 3)
+        if label in ("dev_tlb_inv", "p_dev_tlb_inv"):
+            base, size = devtlb_range(f["addr"], f["s"])
+            return {("atc", f["sid"], p) for p in self.pages if base <= p < base + size}
+        return set() if label in ("iec_inv", "page_grp_resp") else self.everything(unit)
+
+    def _tlb(self, unit: int, f: dict, page_selective: bool) -> set:
+        pages = self.pages
+        if page_selective:
+            size = PAGE_SIZE << f.get("am", 0)
+            base = f["addr"] & ~(size - 1)
+            pages = [p for p in pages if base <= p < base + size]
+        return {(c, unit, p) for c in ("tlb", "psc") for p in pages}
+
+
+# -- the dry walk's memory reads -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Walk:
+    """What a walk of current memory for (device, IOVA) would fill, and the lines it reads."""
+
+    fills: tuple
+    reads: frozenset
+
+
+class _RecordingMemory:
+    """Wraps PhysicalMemory for one dry walk, remembering every qword address read."""
+
+    def __init__(self, memory):
+        self._memory = memory
+        self.addrs: list[int] = []
+
+    def read_qword(self, addr: int, *, snoop: bool = True) -> int:
+        self.addrs.append(addr)
+        return self._memory.read_qword(addr, snoop=snoop)
+
+    def __getattr__(self, name: str):
+        return getattr(self._memory, name)
+
+
+def dry_walk(unit, sid: int, iova: int, recycled: set, pasid: int | None = None) -> Walk:
+    real = unit.memory
+    recorder = _RecordingMemory(real)
+    unit.memory = recorder
+    try:
+        fills = unit.possible_fills(sid, iova, pasid)
+    finally:
+        unit.memory = real
+    reads = {ac.line(a) for a in recorder.addrs} | {("page", p) for p in recycled}
+    return Walk(tuple(fills), frozenset(reads))
+
+
+# -- the world ----------------------------------------------------------------------------------
+class VtdWorld:
+    """One execution's state (implements ``checker.world.World``)."""
+
+    def __init__(self, model: VtdModel):
+        self.model = model
+        self.system: System = model.copy_template()
+        self.threads = {t.name: ac.ThreadState(list(t.ops)) for t in model.thread_actors}
+        self.fired: Counter[str] = Counter()
+        self.universe = model.universe
+        self.stepper = Stepper(self)
+        self.monitor = Monitor(self.system, copy.deepcopy(model.stable),
+                               list(model.assertions))
+        self.recycled: set[int] = set(model.recycled)
+        self.clock = 0
+        self._patterns = 0
+        self._walks: dict[tuple[str, int], Walk] = {}
+
+    # -- the World protocol -------------------------------------------------------------------
+    def _live(self) -> list:
+        return [a for a in self.model.actors if a.live(self)]
+
+    def enabled(self) -> list[str]:
+        return [a.name for a in self._live() if a.ready(self)]
+
+    def blocked(self) -> list[str]:
+        """Live actors that cannot move now - disabled freedoms too: their pending transition
+        must race with whatever disabled it (a clflush that removed the fill's PTE)."""
+        return [a.name for a in self._live() if not a.ready(self)]
+
+    def footprint(self, actor: str) -> Footprint:
+        return self.model.by_name[actor].footprint(self)
+
+    def step(self, actor: str) -> StepRecord:
+        self._walks.clear()
+        self.clock += 1
+        self.monitor.clock = self.clock
+        record = self.model.by_name[actor].step(self)
+        self.recycled |= set(self.monitor.freed)
+        return record
+
+    def violations(self) -> list[Violation]:
+        return self.monitor.found
+
+    def finished(self) -> bool:
+        return all(s.done for s in self.threads.values())
+
+    def deadlocked(self) -> bool:
+        live = self._live()
+        return not any(a.ready(self) for a in live) and any(not a.optional for a in live)
+
+    def final_checks(self) -> list[Violation]:
+        return self.monitor.final()
+
+    def describe_bounds(self) -> dict:
+        return dict(self.model.bounds)
+
+    def optional(self, actor: str) -> bool:
+        return self.model.by_name[actor].optional
+
+    # -- services for the actors --------------------------------------------------------------
+    def walk(self, device: str, iova: int) -> Walk:
+        key = (device, iova)
+        if key not in self._walks:
+            ep = self.system.endpoint(device)
+            self._walks[key] = dry_walk(ep.unit, ep.sid, iova, self.recycled)
+        return self._walks[key]
+
+    def next_pattern(self) -> bytes:
+        """DMA write data: distinct per write, so a stale read is visible."""
+        self._patterns += 1
+        return (0xD0D0_0000_0000_0000 | self._patterns).to_bytes(8, "little")
+
+
+@dataclass
+class VtdModel:
+    """A factory of identical VT-d worlds (implements ``checker.world.Model``)."""
+
+    name: str
+    template: System
+    thread_actors: list
+    hardware_actors: list
+    universe: Universe
+    bounds: dict
+    assertions: list[Assertion] = field(default_factory=list)
+    properties: tuple[str, ...] = PROPERTIES
+    stable: dict = field(default_factory=dict)
+    recycled: set = field(default_factory=set)
+    describe: str = ""
+
+    def __post_init__(self) -> None:
+        self.actors = [*self.thread_actors, *self.hardware_actors]
+        self.by_name = {a.name: a for a in self.actors}
+        self.properties = tuple(dict.fromkeys([*self.properties,
+                                               *(n for n, _ in self.assertions)]))
+        probe = Monitor(self.template, {}, [])
+        probe._note_stable()
+        self.stable = probe.stable
+        self.recycled = set(self.template.platform.pages.freed)
+        self._frozen = _pickled(self.template)
+
+    def copy_template(self) -> System:
+        """A fresh copy of the booted system: unpickled when it pickles (5x faster than a deep
+        copy), else deep-copied with closures re-bound (the flush queue's lambdas)."""
+        if self._frozen is not None:
+            return pickle.loads(self._frozen)
+        return clone(self.template)
+
+    def new_world(self) -> VtdWorld:
+        return VtdWorld(self)
+
+    def fingerprint(self) -> str:
+        text = repr((self.describe, sorted(self.by_name), sorted(self.bounds.items())))
+        return f"{self.name}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def _pickled(template: System) -> bytes | None:
+    try:
+        return pickle.dumps(template, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return None
+
+
+# -- deep copies that re-bind closures ----------------------------------------------------------
+def _copy_function(fn: types.FunctionType, memo: dict):
+    """A closure copied with its cells' contents, so a lambda captured by a driver object (the
+    flush queue's flush) refers to the copy's objects, not the template's."""
+    if not fn.__closure__:
+        return fn
+    cells = tuple(types.CellType(copy.deepcopy(c.cell_contents, memo)) for c in fn.__closure__)
+    clone_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+                                  cells)
+    clone_fn.__kwdefaults__ = fn.__kwdefaults__
+    return clone_fn
+
+
+def _copy_builtin_method(method, memo: dict):
+    """A C method bound to a copied object (``LruCache`` binds ``OrderedDict.move_to_end`` and
+    ``.get`` for its fast path): bind the same method to the copy."""
+    owner = getattr(method, "__self__", None)
+    if owner is None or isinstance(owner, types.ModuleType):
+        return method
+    return getattr(copy.deepcopy(owner, memo), method.__name__)
+
+
+@contextmanager
+def _closures_copied():
+    dispatch = copy._deepcopy_dispatch  # the stdlib's per-type table; restored on exit
+    patched = {types.FunctionType: _copy_function,
+               types.BuiltinMethodType: _copy_builtin_method}
+    saved = {t: dispatch[t] for t in patched}
+    dispatch.update(patched)
+    try:
+        yield
+    finally:
+        dispatch.update(saved)
+
+
+def clone(template: System) -> System:
+    with _closures_copied():
+        return copy.deepcopy(template)
