@@ -12,6 +12,8 @@ splitting (segments are assumed to fit), DMA masks other than the device's ``dma
 
 from __future__ import annotations
 
+from functools import partial
+
 from collections.abc import Generator, Sequence
 from typing import Any
 
@@ -50,8 +52,10 @@ class IommuDmaCookie:
         if domain.type == "dma_fq":
             prof = driver.profile
             self.fq = FlushQueue(
-                f"domain{domain.ident}", ncpus, lambda: driver.flush_iotlb_all(domain),
-                lambda pfn, pages, cpu: iovad.free_iova_fast(pfn, pages, cpu=cpu),
+                # Bound methods and a partial, not lambdas: a booted system must pickle (the
+                # checker copies its template world that way).
+                f"domain{domain.ident}", ncpus, partial(driver.flush_iotlb_all, domain),
+                iovad.free_iova_fast,
                 size=prof.fq_size, timeout_ns=fq_timeout_ns or prof.fq_timeout_ns)
 
     @property

@@ -57,10 +57,24 @@ class LruCache:
         self.capacity = capacity
         self.stats = CacheStats()
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self._bind()
+        self._groups: dict[Hashable, dict[Hashable, None]] = {}
+
+    def _bind(self) -> None:
         # Bound once: refreshing recency is on every hit of the IOTLB fast path.
         self._touch = self._entries.move_to_end
         self._get = self._entries.get
-        self._groups: dict[Hashable, dict[Hashable, None]] = {}
+
+    def __getstate__(self) -> dict:
+        # deepcopy treats bound C methods as atomic: a copy would keep using the original's
+        # dict.  Drop them and bind again on the copy (copy, deepcopy and pickle alike).
+        state = self.__dict__.copy()
+        del state["_touch"], state["_get"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._bind()
 
     def group_of(self, key: Hashable) -> Hashable:
         """The invalidation scope a key belongs to (only used when ``grouped``)."""
