@@ -12,9 +12,8 @@ splitting (segments are assumed to fit), DMA masks other than the device's ``dma
 
 from __future__ import annotations
 
-from functools import partial
-
 from collections.abc import Generator, Sequence
+from functools import partial
 from typing import Any
 
 from vtdsim.driver import iommu_core
