@@ -1,8 +1,8 @@
 """FS PTE layout and walker (spec 9.7, 10.2, 3.6)."""
 
 import pytest
-from builders import Tables
 
+from builders import Tables
 from vtdsim.hardware.first_stage import (
     FS_PTE,
     FsRules,

@@ -1,8 +1,8 @@
 """SS PTE layout and walker (spec 9.8, 10.1, 3.7)."""
 
 import pytest
-from builders import Tables
 
+from builders import Tables
 from vtdsim.hardware.memory import PhysicalMemory
 from vtdsim.hardware.second_stage import (
     SS_PTE,

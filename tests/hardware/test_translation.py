@@ -2,8 +2,8 @@
 fault reasons and FPD, coherency of walks, and the possible-fills freedom."""
 
 import pytest
-from builders import Tables
 
+from builders import Tables
 from vtdsim.hardware import invalidation
 from vtdsim.hardware.faults import Fault
 from vtdsim.hardware.memory import PhysicalMemory

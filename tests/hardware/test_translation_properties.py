@@ -8,10 +8,10 @@ and invalidations (spec 6.1, 6.5):
 * ``possible_fills`` changes nothing.
 """
 
-from builders import Tables
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from builders import Tables
 from vtdsim.hardware import invalidation
 from vtdsim.hardware.memory import PhysicalMemory
 from vtdsim.hardware.pasid_table import PGTT_SS
