@@ -112,6 +112,8 @@ class Layout:
             reserved_mask |= full & ~covered
         self.reserved_mask = reserved_mask
         self.full_mask = full
+        # (shift, mask) per field: ``get`` is on hot paths (queue state, walks, registers).
+        self._extract = {n: (f.lo, f.mask) for n, f in self.fields.items()}
 
     # -- field access -------------------------------------------------------------------------
     def __getitem__(self, name: str) -> Field:
@@ -124,11 +126,15 @@ class Layout:
         return name in self.fields
 
     def get(self, value: int, name: str) -> int:
-        return self[name].get(value)
+        try:
+            shift, mask = self._extract[name]
+        except KeyError:
+            raise ModelError(f"{self.name} has no field {name!r}") from None
+        return (value >> shift) & mask
 
     def decode(self, value: int) -> dict[str, int]:
         """Every field's value, in declaration order."""
-        return {n: f.get(value) for n, f in self.fields.items()}
+        return {n: (value >> shift) & mask for n, (shift, mask) in self._extract.items()}
 
     def encode(self, **values: int) -> int:
         """Build a value from field values; unnamed fields are zero."""

@@ -22,6 +22,7 @@ ignore writes); the host address width from the ACPI DMAR table (table addresses
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -299,6 +300,19 @@ Callback = Callable[[Register, int, int], None]
 EventSink = Callable[..., None]
 
 
+@functools.lru_cache(maxsize=64)
+def _indexed_map(caps: Capabilities) -> tuple[list[Register], dict[str, Register],
+                                              dict[int, Register]]:
+    """``register_map(caps)`` with its by-name and by-dword-offset indexes, built once per
+    capability set (units with the same CAP/ECAP share the immutable map)."""
+    registers = register_map(caps)
+    by_offset: dict[int, Register] = {}
+    for r in registers:
+        for off in range(r.offset, r.offset + r.size, 4):
+            by_offset[off] = r
+    return registers, {r.name: r for r in registers}, by_offset
+
+
 class RegisterFile:
     """The register page of one unit.
 
@@ -317,16 +331,26 @@ class RegisterFile:
         self.caps = caps
         self.on_write = on_write
         self.on_event = on_event
-        self.registers = register_map(caps)
-        self.by_name = {r.name: r for r in self.registers}
-        self._by_offset: dict[int, Register] = {}
-        for r in self.registers:
-            for off in range(r.offset, r.offset + r.size, 4):
-                self._by_offset[off] = r
+        self._bind_map()
         self._values: dict[str, int] = {r.name: r.reset for r in self.registers}
         self._values["VER"] = caps.ver
         self._values["CAP"] = caps.cap
         self._values["ECAP"] = caps.ecap
+
+    def _bind_map(self) -> None:
+        self.registers, self.by_name, self._by_offset = _indexed_map(self.caps)
+
+    def __getstate__(self) -> dict:
+        # The register map is immutable and derived from CAP/ECAP: copies (the checker's
+        # worlds) share it instead of pickling ~140 Field objects each time.
+        state = self.__dict__.copy()
+        for derived in ("registers", "by_name", "_by_offset"):
+            del state[derived]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._bind_map()
 
     # -- hardware side ---------------------------------------------------------------------------
     def __getitem__(self, name: str) -> int:
