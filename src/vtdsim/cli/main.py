@@ -43,10 +43,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from vtdsim.cli import commands_check, commands_hardware
+    from vtdsim.cli import commands_check, commands_hardware, commands_replay
 
     commands_hardware.register(cli)
     commands_check.register(cli)
+    commands_replay.register(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

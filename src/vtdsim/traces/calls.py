@@ -1,0 +1,242 @@
+"""Reconstruct the driver calls behind a recorded guest trace: which ``iommu_map_sg`` /
+``iommu_map`` and ``iommu_unmap_fast`` calls (drivers/iommu/iommu.c, dma-iommu.c) produced the
+``iommu:map`` / ``iommu:unmap`` events of a Linux 6.1 ftrace (linux-driver.md 1.2, 3.2).
+
+``__iommu_map`` emits one ``map`` event per physically contiguous chunk, and ``iommu_map_sg``
+maps the chunks of one scatter-list back to back from one IOVA, then runs ``iotlb_sync_map``
+once over their union.  So a ``map`` event continues the call of its *stream* - one task on one
+CPU in one context (an interrupt on that CPU is another stream) - when its IOVA starts where the
+previous chunk ended, it follows within ``CONTINUE_GAP_US``, and IRQs are on.  Why each test
+(checked against the caching-mode recordings, where every call's PSI shows where it ended):
+
+* separate ``dma_map_page`` calls of NVMe allocate IOVAs top-down, so they do not continue
+  upwards - except a page mapped right after a large buffer freed above it; those came 674 us
+  or more after the previous chunk, while chunks of one call came at most 92 us apart;
+* an unmap touching a pending call's IOVAs means that call has returned: NVMe's next request
+  may get the IOVAs just above it (rcache reuse) within the gap;
+* virtio-blk (6.1 ``vring_map_one_sg``) maps each scatter-list entry with its own
+  ``dma_map_page`` under the virtqueue lock, IRQs off, and its IOVAs often do continue upwards
+  (rcache reuse); ``iommu_map_sg``'s callers in the recordings (blk-mq ``dma_map_sg``,
+  ``dma_alloc_coherent``) run with IRQs on.  So a map logged with IRQs off is a call of its own.
+
+``unmap`` events are one per call.
+
+Only map/unmap events decide the calls: ``qi_submit`` events (the answer replay compares with)
+are passed through untouched, in trace order, and never close or shape a call.  A map call is
+known to be complete only when its stream does something else or the gap has passed, so items
+are held in a small look-ahead buffer and a call is placed at its *last* chunk, where Linux
+runs its ``iotlb_sync_map``.
+
+Not handled: attach/detach and group events inside the trace (counted as ignored: the recordings
+have none), a task migrating CPUs between two chunks of one call (it would be split), drivers
+that call ``dma_map_sg`` with IRQs off (their calls would be split per chunk).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from vtdsim.traces import events as ev
+
+# Chunks of one call came <= 92 us apart in the recordings, separate calls >= 674 us (above).
+# Past the gap a pending call is complete even if its stream stays silent, which also bounds
+# the look-ahead buffer.
+CONTINUE_GAP_US = 250
+
+
+@dataclass(frozen=True, slots=True)
+class MapCall:
+    """One ``iommu_map_sg`` (or ``iommu_map``) call: ``chunks`` are ``(paddr, size)`` mapped
+    back to back from ``iova``; ``line``/``ts_us`` are those of the last chunk."""
+
+    line: int
+    ts_us: int
+    cpu: int
+    context: str
+    iova: int
+    chunks: tuple[tuple[int, int], ...]
+
+    @property
+    def size(self) -> int:
+        return sum(size for _, size in self.chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class UnmapCall:
+    """One unmap call (``__iommu_dma_unmap``), as its ``iommu:unmap`` event shows it."""
+
+    line: int
+    ts_us: int
+    cpu: int
+    context: str
+    iova: int
+    size: int
+    unmapped_size: int
+
+
+Call = MapCall | UnmapCall
+
+
+@dataclass
+class CallStats:
+    """How many calls of each kind were reconstructed, and what was not used."""
+
+    map_calls: int = 0
+    map_sg_calls: int = 0  # calls of more than one chunk
+    map_chunks: int = 0
+    unmap_calls: int = 0
+    closed_by_gap: int = 0  # map calls closed by CONTINUE_GAP_US rather than by their stream
+    by_context: Counter = field(default_factory=Counter)  # ("map"|"unmap", context) -> calls
+    ignored: Counter = field(default_factory=Counter)  # event name -> count
+
+    def lines(self) -> list[str]:
+        single = self.map_calls - self.map_sg_calls
+        out = [f"map calls {self.map_calls} ({single} of one chunk, {self.map_sg_calls} "
+               f"scatter-list calls of several; {self.map_chunks} map events)",
+               f"unmap calls {self.unmap_calls}"]
+        contexts = ", ".join(f"{kind} {ctx} {n}" for (kind, ctx), n in
+                             sorted(self.by_context.items()))
+        out.append(f"by context: {contexts or 'none'}")
+        if self.closed_by_gap:
+            out.append(f"map calls closed by the {CONTINUE_GAP_US} us gap rule: "
+                       f"{self.closed_by_gap}")
+        if self.ignored:
+            names = ", ".join(f"{name} {n}" for name, n in sorted(self.ignored.items()))
+            out.append(f"events not replayed: {names}")
+        return out
+
+
+class _PendingMap:
+    """A map call still collecting chunks; ``slot`` is its place in the look-ahead buffer."""
+
+    __slots__ = ("first", "last", "chunks", "end", "slot")
+
+    def __init__(self, event: ev.Map, slot: int):
+        self.first = self.last = event
+        self.chunks = [(event.paddr, event.size)]
+        self.end = event.end
+        self.slot = slot
+
+    def continues(self, event: ev.Map) -> bool:
+        return (event.iova == self.end and not event.irqs_off
+                and event.ts_us - self.last.ts_us <= CONTINUE_GAP_US)
+
+    def add(self, event: ev.Map, slot: int) -> None:
+        self.last = event
+        self.chunks.append((event.paddr, event.size))
+        self.end = event.end
+        self.slot = slot
+
+    def call(self) -> MapCall:
+        last = self.last
+        return MapCall(last.line, last.ts_us, last.cpu, last.context, self.first.iova,
+                       tuple(self.chunks))
+
+
+def _stream(event: ev.GuestEvent) -> tuple[int, int, str]:
+    # The pid of an interrupt is the interrupted task's, so the context is part of the key.
+    return event.cpu, event.pid, event.context
+
+
+class _Reconstructor:
+    """The look-ahead buffer: slots hold a ready item, a pending map call, or None (a slot
+    a call has moved away from).  Slots are numbered; ``base`` is the number of ``buf[0]``."""
+
+    def __init__(self, stats: CallStats):
+        self.stats = stats
+        self.buf: deque = deque()
+        self.base = 0
+        self.pending: dict[tuple[int, int, str], _PendingMap] = {}
+
+    def _append(self, item) -> int:
+        self.buf.append(item)
+        return self.base + len(self.buf) - 1
+
+    def feed(self, event: ev.GuestEvent) -> None:
+        self._close_stale(event.ts_us)
+        kind = type(event)
+        if kind is ev.QiSubmit:
+            self._append(event)
+        elif kind is ev.Map:
+            self._map(event)
+        elif kind is ev.Unmap:
+            self._close(_stream(event))
+            self._close_unmapped(event)
+            self._append(UnmapCall(event.line, event.ts_us, event.cpu, event.context,
+                                   event.iova, event.size, event.unmapped_size))
+            self.stats.unmap_calls += 1
+            self.stats.by_context["unmap", event.context] += 1
+        else:
+            self.stats.ignored[getattr(event, "name", kind.__name__)] += 1
+
+    def _map(self, event: ev.Map) -> None:
+        key = _stream(event)
+        self.stats.map_chunks += 1
+        pending = self.pending.get(key)
+        if pending is not None and pending.continues(event):
+            # The call moves to its newest chunk: its sync_map runs after the last one.
+            self.buf[pending.slot - self.base] = None
+            pending.add(event, self._append(pending))
+            return
+        self._close(key)
+        pending = _PendingMap(event, self.base + len(self.buf))
+        self.buf.append(pending)
+        if event.irqs_off:
+            self._finish(pending)  # a dma_map_page under a lock (virtio): a call of its own
+        else:
+            self.pending[key] = pending
+
+    def _close(self, key: tuple[int, int, str]) -> None:
+        pending = self.pending.pop(key, None)
+        if pending is not None:
+            self._finish(pending)
+
+    def _finish(self, pending: _PendingMap) -> None:
+        call = pending.call()
+        self.buf[pending.slot - self.base] = call
+        self.stats.map_calls += 1
+        self.stats.map_sg_calls += len(call.chunks) > 1
+        self.stats.by_context["map", call.context] += 1
+
+    def _close_unmapped(self, event: ev.Unmap) -> None:
+        """A range being unmapped was mapped by a call that has returned: an unmap touching a
+        pending call ends it (the next request may reuse the IOVAs just above it)."""
+        for key in [key for key, p in self.pending.items()
+                    if event.iova < p.end and p.first.iova < event.end]:
+            self._close(key)
+
+    def _close_stale(self, now_us: int) -> None:
+        if not self.pending:
+            return
+        stale = [key for key, p in self.pending.items() if now_us - p.last.ts_us > CONTINUE_GAP_US]
+        for key in stale:
+            self.stats.closed_by_gap += 1
+            self._close(key)
+
+    def ready(self) -> Iterator:
+        """Items at the front of the buffer that can no longer change."""
+        buf = self.buf
+        while buf and not isinstance(buf[0], _PendingMap):
+            item = buf.popleft()
+            self.base += 1
+            if item is not None:
+                yield item
+
+    def finish(self) -> Iterator:
+        for key in sorted(self.pending):
+            self._close(key)
+        yield from self.ready()
+
+
+def reconstruct_calls(events: Iterable[ev.GuestEvent],
+                      stats: CallStats | None = None) -> Iterator[Call | ev.QiSubmit]:
+    """``MapCall`` / ``UnmapCall`` items in the order Linux made the calls, with the trace's
+    ``QiSubmit`` events passed through in trace order; ``stats`` counts what was built."""
+    rec = _Reconstructor(stats if stats is not None else CallStats())
+    for event in events:
+        rec.feed(event)
+        if rec.buf:
+            yield from rec.ready()
+    yield from rec.finish()

@@ -1,0 +1,394 @@
+"""Replay a recording through the driver model (``vtdsim replay DIR``): build the unit from the
+recorded CAP/ECAP, boot it as Linux 6.1's ``intel_iommu_init`` does (``init_hw``, probe, one
+default domain per IOMMU group attached in group order, then translation on), feed the guest's
+map/unmap calls (calls.py) in recorded order with their CPUs and times, and compare what the
+model submits with the recording (compare.py).
+
+The model's input is only what the driver is asked to do: the recorded CAP/ECAP, kernel command
+line, device list and groups, and the map/unmap calls.  It decides its own default-domain
+policy (drivers/iommu/iommu.c ``iommu_subsys_init`` over Debian's lazy Kconfig default, then
+``intel_iommu_init``'s caching-mode override) and never reads the recorded descriptors to
+decide what to submit.  Maps are replayed at the recorded IOVAs (``iommu_map_sg``), unmaps
+through the DMA API's unmap path (dma-iommu.c ``__iommu_dma_unmap``: strict sync or the flush
+queue), so the recorded IOVAs, not the model's IOVA allocator, decide addresses.
+
+The flush-queue timer runs on jiffies (Debian's CONFIG_HZ=250, 4 ms ticks): ``mod_timer(jiffies
++ msecs_to_jiffies(10))`` is 3 ticks, and the timer wheel rounds a level-0 expiry up by one
+tick so it never fires early (kernel/time/timer.c ``calc_index``), so the timer fires on the 4th
+tick after the one that armed it: 12 to 16 ms after the unmap (the recordings show 12.6-17.2
+ms).  Where the ticks fall relative to the trace clock is unknowable: ``seed`` draws it.
+
+Not modelled: interrupt remapping (its ``iec_inv`` descriptors are counted apart), devices
+other than the traced one doing DMA during the trace, boot-time work between the model's boot
+and the trace's start, softirq latency after the tick, the IOVA allocator (IOVAs are recorded),
+several DMAR units.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+from vtdsim.driver import iommu_core
+from vtdsim.driver.device import DeviceInfo
+from vtdsim.driver.dma_api import IommuDmaCookie, iommu_dma_unmap_page
+from vtdsim.driver.executor import DirectExecutor
+from vtdsim.driver.intel_iommu import IntelIommu
+from vtdsim.driver.intel_iommu_ops import IntelIommuDriver
+from vtdsim.driver.pgtable import IOMMU_READ, IOMMU_WRITE
+from vtdsim.driver.platform import Platform
+from vtdsim.driver.profiles import get_profile
+from vtdsim.driver.steps import Annotate
+from vtdsim.errors import BadInput
+from vtdsim.hardware.capabilities import Capabilities
+from vtdsim.hardware.memory import PhysicalMemory
+from vtdsim.hardware.remapping_unit import RemappingUnit
+from vtdsim.hardware.request import format_sid, parse_sid
+from vtdsim.traces import compare as cmp
+from vtdsim.traces import events as ev
+from vtdsim.traces.calls import CallStats, MapCall, reconstruct_calls
+from vtdsim.traces.qemu_log import parse_qemu_lines
+from vtdsim.traces.recording import DmesgInfo, Recording
+from vtdsim.traces.textio import numbered_lines
+
+HZ = 250  # Debian's CONFIG_HZ
+TICK_NS = 1_000_000_000 // HZ
+FQ_TIMEOUT_MS = 10  # IOVA_DEFAULT_FQ_TIMEOUT
+# msecs_to_jiffies rounds up; the timer wheel adds one tick (see the module docstring).
+FQ_TIMER_TICKS = -(-FQ_TIMEOUT_MS * HZ // 1000) + 1
+ATS_QUEUE_DEPTH = 32  # QEMU's ATS capability advertises 0, which means 32 (PCIe 10.5.1.2)
+# Guest submissions that locate the trace's start in QEMU's log (iec ones included: they are
+# QEMU-visible in legacy mode); enough to be unambiguous, few enough to stay early in the log.
+ALIGN_WINDOW = 12
+# QEMU lines replay needs; the rest (vtd_dmar_translate above all) is skipped unparsed.
+_QEMU_KEEP = ("vtd_inv_qi_tail ", "vtd_inv_qi_head ", "vtd_inv_desc ")
+LAZY_TOLERANCE = 0.05
+
+
+# -- what the recording tells the model --------------------------------------------------------
+@dataclass
+class Setup:
+    """The model's inputs read from the recording (never its descriptors)."""
+
+    name: str
+    dmesg: DmesgInfo
+    cmdline: str
+    ncpus: int
+    traced: int  # source-id of the device whose map/unmap events the trace holds
+    traced_how: str
+    ats: bool
+
+
+def _kernel_cmdline(rec: Recording) -> str:
+    return str(rec.config.get("kernel_cmdline", ""))
+
+
+def _trace_header_ncpus(rec: Recording) -> int:
+    """``#P:<n>`` of the ftrace header (CPUs the buffer covers)."""
+    in_trace = False
+    for _, line in numbered_lines(rec.guest_log):
+        if line.startswith("=== "):
+            in_trace = line.strip() == "=== TRACE"
+            continue
+        if in_trace and not line.startswith("#"):
+            break
+        if in_trace and "#P:" in line:
+            return int(line.rsplit("#P:", 1)[1].split()[0])
+    return 2
+
+
+def _pci_function_line(rec: Recording) -> int | None:
+    """A driver's "pci function <bdf>" dmesg line (nvme_probe prints it)."""
+    for _, line in numbered_lines(rec.guest_log):
+        if line.startswith("=== GROUPS"):
+            return None
+        if ": pci function " in line:
+            return parse_sid(line.rsplit("pci function ", 1)[1].split()[0])
+    return None
+
+
+def _traced_device(rec: Recording, dmesg: DmesgInfo, device: str | None) -> tuple[int, str]:
+    if device is not None:
+        return parse_sid(device), "given with --device"
+    sid = _pci_function_line(rec)
+    if sid is not None:
+        return sid, "dmesg: pci function"
+    behind_bridge = sorted({parse_sid(name) for name, _ in dmesg.group_adds
+                            if parse_sid(name) >> 8})
+    if len(behind_bridge) == 1:
+        return behind_bridge[0], "the only device behind a bridge"
+    raise BadInput("cannot tell which device the trace's map/unmap events belong to; "
+                   "pass --device BB:DD.F", where=str(rec.path))
+
+
+def read_setup(rec: Recording, device: str | None = None) -> Setup:
+    dmesg = rec.dmesg()
+    traced, how = _traced_device(rec, dmesg, device)
+    ats = "ats=on" in str(rec.config.get("qemu_device_args", ""))
+    return Setup(rec.name, dmesg, _kernel_cmdline(rec), _trace_header_ncpus(rec), traced, how,
+                 ats)
+
+
+def _cmdline_bool(cmdline: str, key: str) -> bool | None:
+    """``iommu.strict=1`` style options (kernel ``kstrtobool``: 1/y/on true, 0/n/off false)."""
+    value = None
+    for word in cmdline.split():
+        name, _, arg = word.partition("=")
+        if name == key:
+            value = arg.lower() in ("1", "y", "yes", "on")
+    return value
+
+
+def model_policy(setup: Setup, caps: Capabilities, profile) -> iommu_core.IommuPolicy:
+    """The default-domain policy the model reaches by itself (Debian: lazy by Kconfig)."""
+    policy = iommu_core.iommu_subsys_init(
+        "lazy", cmdline_strict=_cmdline_bool(setup.cmdline, "iommu.strict"),
+        cmdline_passthrough=_cmdline_bool(setup.cmdline, "iommu.passthrough"))
+    iommu_core.intel_iommu_caching_mode_policy(policy, [caps], profile)
+    return policy
+
+
+# -- the model machine -------------------------------------------------------------------------
+class RecordedIovas:
+    """The IOVA space as the recording used it: the DMA API's unmap path gives ranges back here;
+    the recorded IOVAs already show Linux's allocator, so nothing is reallocated."""
+
+    def __init__(self) -> None:
+        self.released_pages = 0
+
+    def free_iova_fast(self, pfn: int, pages: int, cpu: int = 0) -> None:
+        self.released_pages += pages
+
+
+class ModelMachine:
+    """Unit + driver + executor, with the model's submissions collected as IQT-write batches."""
+
+    def __init__(self, setup: Setup, profile_name: str):
+        self.profile = get_profile(profile_name)
+        self.caps = Capabilities(setup.dmesg.cap, setup.dmesg.ecap)
+        memory = PhysicalMemory()
+        self.unit = RemappingUnit(self.caps, memory, name=setup.dmesg.iommu)
+        self.platform = Platform(memory, [self.unit], ncpus=setup.ncpus)
+        self.executor = DirectExecutor(self.platform, [self._annotated])
+        self.iommu = IntelIommu(0, profile=self.profile, sm_on=setup.dmesg.scalable_mode)
+        self.driver = IntelIommuDriver(self.platform, self.profile, [self.iommu])
+        self.annotations: Counter = Counter()
+        self._descs: list[tuple[int, cmp.ModelDesc]] = []
+        self._batches_out = 0
+        self.origin = "boot"
+
+    def _annotated(self, step: Annotate) -> None:
+        self.annotations[step.event] += 1
+        if step.event == "qi_submit":
+            label, _, *qws = step.data
+            # The IQT write that carries it comes after the annotation.
+            at = self.unit.stats["iqt_writes"] + 1
+            self._descs.append((at, cmp.ModelDesc(label, tuple(qws), self.origin)))
+
+    def run(self, gen, origin: str) -> list[cmp.ModelBatch]:
+        """Run one driver operation; the IQT writes it made, as batches."""
+        self.origin = origin
+        self.executor.run(gen)
+        return self.take_batches()
+
+    def take_batches(self) -> list[cmp.ModelBatch]:
+        writes = self.unit.stats["iqt_writes"]
+        out = []
+        descs, self._descs = self._descs, []
+        for number in range(self._batches_out + 1, writes + 1):
+            out.append(cmp.ModelBatch(tuple(d for at, d in descs if at == number), self.origin))
+        self._batches_out = writes
+        return out
+
+
+@dataclass
+class Boot:
+    """What the model's boot did: its batches, the traced device's domain and the policy."""
+
+    batches: list[cmp.ModelBatch]
+    policy: iommu_core.IommuPolicy
+    group_types: dict[int, str]
+    traced_info: DeviceInfo
+    cookie: IommuDmaCookie
+
+
+def _probe_all(m: ModelMachine, setup: Setup, batches: list) -> dict[int, DeviceInfo]:
+    """Every device in dmesg's "Adding to iommu group" order; only the traced device has ATS
+    (the recordings' config enables it on that device alone)."""
+    infos = {}
+    for name, _ in setup.dmesg.group_adds:
+        sid = parse_sid(name)
+        ats = setup.ats and sid == setup.traced
+        infos[sid] = DeviceInfo(sid, m.iommu, ats_supported=ats,
+                                ats_qdep=ATS_QUEUE_DEPTH if ats else 0)
+        batches += m.run(m.driver.probe_device(infos[sid]), f"boot: probe {name}")
+    return infos
+
+
+def _attach_groups(m: ModelMachine, setup: Setup, policy, infos: dict[int, DeviceInfo],
+                   batches: list) -> tuple[dict[int, str], dict[int, object]]:
+    """One default domain per group, in group order, each member attached in turn."""
+    group_types, domains = {}, {}
+    for group in setup.dmesg.groups:
+        members = [infos[parse_sid(name)] for name in group.devices]
+        dtype = iommu_core.iommu_get_def_domain_type(policy, members[0])
+        group_types[group.group] = dtype
+        if dtype == "identity":
+            domain = m.driver.domain_alloc_identity()
+        else:
+            domain = m.executor.run(m.driver.domain_alloc_paging(m.iommu, type=dtype))
+        for info in members:
+            batches += m.run(m.driver.attach_dev(domain, info), f"boot: attach {info.name}")
+            domains[info.sid] = domain
+    return group_types, domains
+
+
+def boot(m: ModelMachine, setup: Setup) -> Boot:
+    """init_hw, probe every device, one default domain per group attached in group order
+    (DIDs from 2 in that order), then translation on (6.1 ``intel_iommu_init``)."""
+    batches = m.run(m.iommu.init_hw(enable_translation=False), "boot: init_hw")
+    policy = model_policy(setup, m.caps, m.profile)
+    infos = _probe_all(m, setup, batches)
+    if setup.traced not in infos:
+        raise BadInput(f"traced device {format_sid(setup.traced)} is in no IOMMU group")
+    group_types, domains = _attach_groups(m, setup, policy, infos, batches)
+    batches += m.run(m.iommu.iommu_enable_translation(), "boot: translation on")
+    cookie = IommuDmaCookie(m.driver, domains[setup.traced], RecordedIovas(),
+                            ncpus=setup.ncpus, fq_timeout_ns=FQ_TIMER_TICKS * TICK_NS)
+    return Boot(batches, policy, group_types, infos[setup.traced], cookie)
+
+
+# -- the replay --------------------------------------------------------------------------------
+@dataclass
+class Result:
+    """Everything the report prints."""
+
+    setup: Setup
+    profile: str
+    seed: int
+    boot: Boot
+    boot_cmp: cmp.BootComparison | None
+    guest: cmp.PairedStream
+    qemu: cmp.PairedStream
+    calls: CallStats
+    machine: ModelMachine
+    iec: Counter = field(default_factory=Counter)  # "guest trace" -> iec_inv not modelled
+    recorded_flushes: Counter = field(default_factory=Counter)
+    after_trace: Counter = field(default_factory=Counter)
+    misfits: int = 0
+    aligned: bool = True
+
+
+def _jiffies_ns(t_ns: int, phase_ns: int) -> int:
+    """The trace time rounded down to the last tick: the timer's clock is jiffies."""
+    return phase_ns + (t_ns - phase_ns) // TICK_NS * TICK_NS
+
+
+class Replayer:
+    """Feeds calls to the machine and the three streams to their comparisons."""
+
+    def __init__(self, rec: Recording, setup: Setup, profile: str, seed: int):
+        self.rec, self.setup, self.seed = rec, setup, seed
+        self.phase_ns = random.Random(seed).randrange(TICK_NS)
+        self.machine = ModelMachine(setup, profile)
+        self.boot = boot(self.machine, setup)
+        self.domain = self.boot.cookie.domain
+        self.guest = cmp.guest_stream()
+        self.qemu = cmp.qemu_stream("QEMU's queue (traced part)")
+        self.calls = CallStats()
+        self.iec: Counter = Counter()
+        self.recorded_flushes: Counter = Counter()
+        self._qemu_iter = iter(())
+        self.end_ns = 0
+        self.misfits = 0  # guest submissions whose QEMU batch does not hold them
+        self.after_trace: Counter = Counter()
+
+    # -- QEMU side ------------------------------------------------------------------------------
+    def _qemu_events(self):
+        lines = ((n, line) for n, line in numbered_lines(self.rec.qemu_log)
+                 if line.startswith(_QEMU_KEEP) or "@" in line[:24])
+        return cmp.qemu_batches(parse_qemu_lines(lines, str(self.rec.qemu_log)))
+
+    def align_boot(self) -> cmp.BootComparison | None:
+        first = list(islice((e for e in self.rec.guest_events() if type(e) is ev.QiSubmit),
+                            ALIGN_WINDOW))
+        split = cmp.split_at_trace_start(self._qemu_events(), first)
+        if split is None:
+            return None
+        boot_batches, self._qemu_iter = split
+        return cmp.compare_boot(self.boot.batches, boot_batches)
+
+    def _model_batches(self, batches: list[cmp.ModelBatch]) -> None:
+        for batch in batches:
+            for desc in batch.descs:
+                self.guest.push_model(desc)
+            self.qemu.push_model(batch)
+
+    # -- guest side -----------------------------------------------------------------------------
+    def _recorded(self, event: ev.QiSubmit) -> None:
+        """A guest submission and its QEMU batch (6.1: one IQT write per qi_submit line)."""
+        batch = next(self._qemu_iter, None)
+        if batch is None or not cmp.guest_desc_fits(event, batch):
+            self.misfits += 1
+        if event.label == cmp.IEC:
+            self.iec["guest trace"] += 1
+            return
+        if event.label == "iotlb_inv" and (event.qw0 >> 4) & 3 == 2:
+            self.recorded_flushes["timer" if event.context == ev.SOFTIRQ else "other"] += 1
+        self.guest.push_recorded(event)
+        if batch is not None:
+            self.qemu.push_recorded(batch)
+
+    def _call(self, call) -> None:
+        now_ns = call.ts_us * 1000
+        self._fire_timer(now_ns)
+        if type(call) is MapCall:
+            gen = self.machine.driver.map_sg(self.domain, call.iova, call.chunks,
+                                             IOMMU_READ | IOMMU_WRITE)
+            origin = f"map call, guest line {call.line}"
+        else:
+            gen = iommu_dma_unmap_page(self.boot.cookie, call.iova, call.size, call.cpu,
+                                       _jiffies_ns(now_ns, self.phase_ns))
+            origin = f"unmap, guest line {call.line}"
+        self._model_batches(self.machine.run(gen, origin))
+
+    def _fire_timer(self, now_ns: int) -> None:
+        fq = self.boot.cookie.fq
+        while fq is not None and fq.timer_due(now_ns):
+            expires = fq.timer_expires_ns
+            origin = f"flush-queue timer, {expires / 1e9:.6f} s"
+            self._model_batches(self.machine.run(fq.fq_flush_timeout(expires), origin))
+
+    def run(self) -> Result:
+        boot_cmp = self.align_boot()
+        for item in reconstruct_calls(self.rec.guest_events(), self.calls):
+            self.end_ns = max(self.end_ns, item.ts_us * 1000)
+            if type(item) is ev.QiSubmit:
+                self._recorded(item)
+            else:
+                self._call(item)
+        self._fire_timer(self.end_ns)  # a flush the trace still caught
+        self._drain_qemu()
+        self.guest.finish()
+        self.qemu.finish()
+        return Result(self.setup, self.machine.profile.name, self.seed, self.boot, boot_cmp,
+                      self.guest, self.qemu, self.calls, self.machine, self.iec,
+                      self.recorded_flushes, self.after_trace, self.misfits,
+                      aligned=boot_cmp is not None)
+
+    def _drain_qemu(self) -> None:
+        """QEMU's batches after the guest trace's last submission (the trace was read out
+        while the guest still ran): not compared, counted by what they hold."""
+        for batch in self._qemu_iter:
+            kind = "iec" if batch.iec else "silent" if batch.silent else "other"
+            self.after_trace[kind] += 1
+
+
+def replay(path: str | Path, profile: str = "linux-6.1", seed: int = 0,
+           device: str | None = None) -> Result:
+    """Replay the recording at ``path``; see ``Result`` and compare.py for the report."""
+    rec = Recording(path)
+    return Replayer(rec, read_setup(rec, device), profile, seed).run()
