@@ -12,9 +12,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# The main job on the bundled default.
+# The main job on the bundled default: the guided demo, the bundled recording replayed against
+# the driver model, and the litmus library through the checker.
 run: $(STAMP)
 	$(BIN)/vtdsim demo
+	$(BIN)/vtdsim replay examples/legacy-cm-default
+	$(BIN)/vtdsim check litmus/
 
 test: $(STAMP) lint
 	$(BIN)/pytest
