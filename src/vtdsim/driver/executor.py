@@ -124,7 +124,10 @@ class DirectExecutor:
 
     # -- CPU memory --------------------------------------------------------------------------------
     def _cpu_write(self, s: st.CpuWrite) -> None:
-        if s.size not in (1, 2, 4, 8):
+        if s.size == 8:
+            self.memory.cpu_write_qword(s.addr, s.value)
+            return
+        if s.size not in (1, 2, 4):
             raise ModelError(f"CpuWrite of {s.size} bytes at {hexval('addr', s.addr)} ({s.why})")
         value = s.value & ((1 << 8 * s.size) - 1)
         self.memory.cpu_write(s.addr, value.to_bytes(s.size, "little"))
@@ -139,6 +142,8 @@ class DirectExecutor:
         self.memory.cpu_write(s.addr, bytes(s.size))
 
     def _cpu_read(self, s: st.CpuRead) -> int:
+        if s.size == 8:
+            return self.memory.cpu_read_qword(s.addr)
         return int.from_bytes(self.memory.cpu_read(s.addr, s.size), "little")
 
     def _clflush(self, s: st.Clflush) -> None:

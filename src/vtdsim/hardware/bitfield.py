@@ -141,8 +141,16 @@ class Layout:
         return self.replace(0, **values)
 
     def replace(self, value: int, **values: int) -> int:
+        extract = self._extract
         for n, v in values.items():
-            value = self[n].put(value, int(v))
+            try:
+                shift, mask = extract[n]
+            except KeyError:
+                raise ModelError(f"{self.name} has no field {n!r}") from None
+            v = int(v)
+            if v < 0 or v > mask:
+                raise ModelError(f"{hexval(n, v)} does not fit {self.name}.{n}")
+            value = (value & ~(mask << shift)) | (v << shift)
         return value
 
     # -- validity -------------------------------------------------------------------------------

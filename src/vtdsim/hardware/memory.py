@@ -131,10 +131,26 @@ class PhysicalMemory:
             pos += chunk
 
     def cpu_read_qword(self, addr: int) -> int:
-        return int.from_bytes(self.cpu_read(addr, 8), "little")
+        """A CPU qword load; aligned loads (table entries, status words) take a fast path."""
+        if addr & 7 or not 0 <= addr < MAX_PHYS_ADDR:
+            return int.from_bytes(self.cpu_read(addr, 8), "little")
+        line = self._lines.get(addr & ~(LINE_SIZE - 1))
+        if line is not None:
+            return _Q.unpack_from(line, addr & (LINE_SIZE - 1))[0]
+        return self.dram_qword(addr)
 
     def cpu_write_qword(self, addr: int, value: int) -> None:
-        self.cpu_write(addr, (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"))
+        """A CPU qword store; aligned stores (table entries, descriptors) take a fast path."""
+        value &= 0xFFFF_FFFF_FFFF_FFFF
+        if addr & 7 or not 0 <= addr < MAX_PHYS_ADDR:
+            self.cpu_write(addr, value.to_bytes(8, "little"))
+            return
+        line = addr & ~(LINE_SIZE - 1)
+        data = self._line_for_write(line)
+        if self.write_buffer and line not in self._posted:
+            self._posted[line] = bytes(data)
+        _Q.pack_into(data, addr & (LINE_SIZE - 1), value)
+        self._dirty.add(line)
 
     def clflush(self, addr: int) -> None:
         """Write back (if dirty) and invalidate the line holding ``addr``."""
