@@ -218,12 +218,7 @@ def domain_context_clear_one(info: DeviceInfo, profile):
     yield from iommu.flush_cache(ce, CONTEXT_BYTES)
     flush = (intel_context_flush_present(info, did, False)
              if profile.cache_tags else _flush_cleared_linux61(info, did))
-    if profile.context_flush_under_iommu_lock:
-        yield from flush
-        yield Unlock(name=iommu.lock, why=why)
-    else:
-        yield Unlock(name=iommu.lock, why=why)
-        yield from flush
+    yield from _flush_and_unlock(iommu, flush, profile, why)
     if profile.context_clear_present_first:
         yield from zero_entry(ce, CONTEXT_BYTES // 8, why)
         yield from iommu.flush_cache(ce, CONTEXT_BYTES)
@@ -241,12 +236,19 @@ def device_pasid_table_teardown(info: DeviceInfo, profile):
         return
     yield from zero_entry(ce, CONTEXT_BYTES // 8, why)
     yield from iommu.flush_cache(ce, CONTEXT_BYTES)
+    yield from _flush_and_unlock(iommu, intel_context_flush_present(info, 0, False), profile, why)
+
+
+def _flush_and_unlock(iommu, flush, profile, why: str):
+    """Seed 001: the context-change flush runs before iommu->lock is dropped
+    (``context_flush_under_iommu_lock``, the patch as posted) or after it (the merged v3 for
+    the clear paths, which Kevin Tian asked for)."""
     if profile.context_flush_under_iommu_lock:
-        yield from intel_context_flush_present(info, 0, False)
+        yield from flush
         yield Unlock(name=iommu.lock, why=why)
     else:
         yield Unlock(name=iommu.lock, why=why)
-        yield from intel_context_flush_present(info, 0, False)
+        yield from flush
 
 
 def context_flip_pri(info: DeviceInfo, enable: bool, profile):
