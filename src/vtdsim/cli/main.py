@@ -43,11 +43,12 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from vtdsim.cli import commands_check, commands_hardware, commands_replay
+    from vtdsim.cli import commands_check, commands_hardware, commands_mutants, commands_replay
 
     commands_hardware.register(cli)
     commands_check.register(cli)
     commands_replay.register(cli)
+    commands_mutants.register(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,42 @@
+"""Every scenario of the litmus library runs to its expected verdicts (the few taking more
+than a few seconds are marked slow; `vtdsim check litmus/` runs them all)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vtdsim.checker.litmus import Options, collect, run_scenario
+from vtdsim.checker.scenario import load
+
+LITMUS = Path(__file__).resolve().parents[2] / "litmus"
+SLOW = {"seed000_unmap_devtlb_linux61", "cm_attach_context_flush",
+        "seed000_flush_all_devtlb_mainline", "cm_map_with_sync_map",
+        "seed000_flush_all_devtlb_linux61"}
+FILES = collect([LITMUS])
+
+
+def _param(path: Path):
+    marks = [pytest.mark.slow] if path.stem in SLOW else []
+    return pytest.param(path, id=path.stem, marks=marks)
+
+
+@pytest.mark.parametrize("path", [_param(p) for p in FILES])
+def test_scenario_meets_its_expectations(path):
+    sc = load(path)
+    outcome = run_scenario(sc, Options())
+    assert outcome.unexpected == [], outcome.unexpected
+    assert outcome.result.exhaustive
+
+
+def test_every_scenario_is_documented_in_the_readme():
+    readme = (LITMUS / "README.md").read_text()
+    missing = [p.stem for p in FILES if f"`{p.stem}`" not in readme]
+    assert missing == []
+
+
+def test_lazy_scenario_reports_an_exposure_window():
+    outcome = run_scenario(load(LITMUS / "seed003_lazy_exposure_legacy.toml"), Options())
+    longest, pages = outcome.exposure
+    assert pages == 1 and longest > 0
