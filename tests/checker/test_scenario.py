@@ -64,3 +64,44 @@ def test_op_checks_fields():
     with pytest.raises(BadInput, match="no field colour"):
         op("free", page="buf", colour="red")
     assert op("unmap", domain="d", iova=1).args["sync"] is True
+
+
+def test_context_flip_pri_op_changes_a_present_context_entry(tmp_path):
+    """Seed 001's present -> present scalable-mode context change runs as a scenario op and
+    issues the context-cache flush (the PASID-walk variants live in the litmus library)."""
+    from vtdsim.checker.boot import OP_FACTORIES, boot
+    from vtdsim.checker.litmus import Options, run_paths
+    from vtdsim.checker.scenario import load
+
+    path = tmp_path / "flip.toml"
+    path.write_text(FLIP_PRI)
+    lines: list[str] = []
+    assert run_paths([path], Options(), lines.append) == (2, 0)
+    scenario = load(path)
+    system = boot(scenario)
+    before = system.platform.units[0].stats["desc:cc_inv"]
+    system.executor.run(OP_FACTORIES["context_flip_pri"](system, scenario.threads["T0"][0]))
+    assert system.platform.units[0].stats["desc:cc_inv"] == before + 1
+
+
+FLIP_PRI = """
+name = "flip_pri_smoke"
+preset = "server-sm"
+profile = "mainline"
+policy = "strict"
+[[device]]
+name = "dev1"
+sid = "00:02.0"
+[[domain]]
+name = "dom"
+type = "unmanaged"
+stage = "ss"
+devices = ["dev1"]
+pages = ["buf"]
+[[thread]]
+name = "T0"
+ops = [{op = "context_flip_pri", device = "dev1"}]
+[expect]
+torn_entry = "holds"
+deadlock_free = "holds"
+"""

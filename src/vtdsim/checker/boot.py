@@ -90,6 +90,12 @@ def _set_dev_pasid(system: System, op: Op):
                                                    op["pasid"], old))
 
 
+def _context_flip_pri(system: System, op: Op):
+    from vtdsim.driver.context import context_flip_pri
+
+    return context_flip_pri(system.devices[op["device"]], op["enable"], system.driver.profile)
+
+
 def _one(step_of):
     def factory(system: System, op: Op):
         return (yield step_of(system, op))
@@ -113,6 +119,8 @@ OP_FACTORIES = {
                                                                o["pasid"]),
     "enforce_cache_coherency": lambda s, o: s.driver.enforce_cache_coherency(
         s.domains[o["domain"]]),
+    # Seed 001: a present -> present scalable-mode context change (v6.11 context_flip_pri).
+    "context_flip_pri": lambda s, o: _context_flip_pri(s, o),
     "free": _one(lambda s, o: st.FreePage(addr=s.pages[o["page"]], what="data page",
                                           why="caller frees its buffer")),
     "cpu_write": _one(lambda s, o: st.CpuWrite(addr=_page_addr(s, o), value=o["value"],

@@ -83,6 +83,7 @@ OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "set_dev_pasid": (("domain", "device", "pasid"), {"old": ""}),
     "remove_dev_pasid": (("device", "pasid"), {}),
     "enforce_cache_coherency": (("domain",), {}),
+    "context_flip_pri": (("device",), {"enable": True}),
     "cpu_write": (("page",), {"offset": 0, "value": 0}),
     "cpu_read": (("page",), {"offset": 0}),
     "clflush": (("page",), {"offset": 0}),
