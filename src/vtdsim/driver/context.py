@@ -200,10 +200,8 @@ def domain_context_clear_one(info: DeviceInfo, profile):
     ``context_flush_under_iommu_lock`` the flush runs before iommu->lock is dropped."""
     iommu = info.iommu
     why = "domain_context_clear_one"
-    yield Lock(name=iommu.lock, why=why)
-    ce = yield from iommu_context_addr(iommu, info.bus, info.devfn, alloc=False)
+    ce = yield from _lock_context_entry(info, why)
     if ce is None:
-        yield Unlock(name=iommu.lock, why=why)
         return
     if iommu.sm_enabled:
         did = info.domain.domain_id_iommu(iommu) if info.domain else 0
@@ -229,14 +227,23 @@ def device_pasid_table_teardown(info: DeviceInfo, profile):
     ``intel_context_flush_no_pasid`` (inside iommu->lock with seed 001's switch)."""
     iommu = info.iommu
     why = "device_pasid_table_teardown"
-    yield Lock(name=iommu.lock, why=why)
-    ce = yield from iommu_context_addr(iommu, info.bus, info.devfn, alloc=False)
+    ce = yield from _lock_context_entry(info, why)
     if ce is None:
-        yield Unlock(name=iommu.lock, why=why)
         return
     yield from zero_entry(ce, CONTEXT_BYTES // 8, why)
     yield from iommu.flush_cache(ce, CONTEXT_BYTES)
     yield from _flush_and_unlock(iommu, intel_context_flush_present(info, 0, False), profile, why)
+
+
+def _lock_context_entry(info: DeviceInfo, why: str):
+    """Take iommu->lock and find the device's context entry; with none, drop the lock again
+    and return None (the teardown paths then have nothing to do)."""
+    iommu = info.iommu
+    yield Lock(name=iommu.lock, why=why)
+    ce = yield from iommu_context_addr(iommu, info.bus, info.devfn, alloc=False)
+    if ce is None:
+        yield Unlock(name=iommu.lock, why=why)
+    return ce
 
 
 def _flush_and_unlock(iommu, flush, profile, why: str):
