@@ -1,7 +1,8 @@
 """The DMA request flow: context -> PASID -> IOTLB/PSC -> page walk (VT-d spec ch. 3, 4, 6).
 
-``translate`` is the fast path for untranslated requests (a context-cache hit then an IOTLB
-hit returns the cached ``IotlbEntry`` itself); everything else goes through ``access``, which
+``bind_translate`` builds the fast path the unit installs as ``unit.translate`` for
+untranslated requests (a context-cache hit then an IOTLB hit returns the cached ``IotlbEntry``
+itself); everything else goes through ``access``, which
 handles every request type:
 
 * legacy mode (TTM=00): root entry at RTA + bus*16, context entry at CTP + devfn*16, TT 00/01
@@ -36,7 +37,6 @@ first-stage table addresses other than as paging-structure entries, negative PSC
 from __future__ import annotations
 
 import contextlib
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,18 +78,6 @@ class _Abort(Exception):
 
 
 # -- the public entry points ----------------------------------------------------------------------
-def translate(unit: Any, sid: int, iova: int, write: bool = False, pasid: int | None = None):
-    """Untranslated request fast path: ``IotlbEntry`` or ``Fault``.  Hot loops should call
-    the function ``bind_translate(unit)`` returns (this one finds it in a weak map)."""
-    bound = _BOUND.get(unit)
-    if bound is None:
-        bound = _BOUND[unit] = bind_translate(unit)
-    return bound(sid, iova, write, pasid)
-
-
-_BOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def bind_translate(unit: Any):
     """The untranslated-request fast path bound to ``unit``'s caches, for the unit to install
     as its ``translate``: a context-cache probe, an IOTLB probe, and on a hit with the
