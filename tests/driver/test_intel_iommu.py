@@ -46,11 +46,11 @@ def test_scalable_boot_sets_smt_wide_queue_and_pasid_cache_flush():
 
 def test_write_buffer_flush_only_with_rwbf():
     platform, ex, iommu = booted()
-    ex.steps.clear()
+    ex.reset_steps()
     ex.run(iommu.iommu_flush_write_buffer())
     assert ex.steps["MmioWrite"] == 0
     platform, ex, iommu = booted(rwbf=1)
-    ex.steps.clear()
+    ex.reset_steps()
     ex.run(iommu.iommu_flush_write_buffer())
     assert ex.steps["MmioWrite"] == 1 and ex.steps["WaitRegister"] == 1
 
@@ -58,7 +58,7 @@ def test_write_buffer_flush_only_with_rwbf():
 @pytest.mark.parametrize("coherent,flushes", [(0, 1), (1, 0)])
 def test_flush_cache_follows_ecap_c(coherent, flushes):
     platform, ex, iommu = booted(c=coherent)
-    ex.steps.clear()
+    ex.reset_steps()
     ex.run(iommu.flush_cache(0x5000, 16))
     assert ex.steps["ClflushRange"] == flushes
 

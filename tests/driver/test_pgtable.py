@@ -99,7 +99,7 @@ def test_losing_the_table_race_frees_our_page():
                 return stop.value
             reply = yield step
 
-    ex.steps.clear()
+    ex.reset_steps()
     ex.run(rest(ex._handlers[CpuCmpxchg](step)))
     assert ex.steps["FreePage"] == 1  # our page lost the cmpxchg and went back
     assert pgt.lookup(platform.memory, 0x1000)[0] == 0x5000

@@ -181,8 +181,9 @@ CATALOGUE: tuple[Mutant, ...] = (
     Mutant("map_pte_clflush_dropped", "the PTEs a map stores are not clflushed on a non-coherent "
            "unit: after the caching-mode PSI the unit refills from DRAM without it",
            ("cm_map_with_sync_map",),
-           mu.Mutation(rules=(mu.Drop(mu.Match(kinds=(st.Clflush,), why="domain_flush_cache",
-                                               within="_install_leaf")),))),
+           mu.Mutation(rules=(mu.Drop(mu.Match(kinds=(st.ClflushRange,),
+                                               why="domain_flush_cache",
+                                               within="_install_run")),))),
     Mutant("fq_finish_before_flush", "the flush queue's finish counter moves before "
            "flush_iotlb_all: lazily unmapped pages count as flushed too early",
            ("seed003_lazy_exposure_legacy",),

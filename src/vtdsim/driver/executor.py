@@ -56,7 +56,7 @@ class DirectExecutor:
     def __init__(self, platform, listeners: list[Listener] | None = None):
         self.platform = platform
         self.memory = platform.memory
-        self.steps: Counter[str] = Counter()
+        self._applied: Counter[type] = Counter()  # by class: no name lookup per step
         self.held: dict[str, str] = {}  # lock name -> the step's ``why`` that took it
         self.listeners: list[Listener] = list(listeners or [])
         self._handlers: dict[type, Callable[[Any], Any]] = {
@@ -79,20 +79,29 @@ class DirectExecutor:
             st.Annotate: self._annotate,
         }
 
+    @property
+    def steps(self) -> Counter[str]:
+        """Applied steps by step-class name."""
+        return Counter({cls.__name__: n for cls, n in self._applied.items()})
+
+    def reset_steps(self) -> None:
+        self._applied.clear()
+
     # -- the loop ----------------------------------------------------------------------------------
     def run(self, gen: Generator) -> Any:
         """Drive ``gen`` to completion.  The handler table is keyed by exact step class, so a
         lookup miss is where ``check_step`` runs (a non-Step, or a Step we do not know)."""
-        handlers, counts = self._handlers, self.steps
+        handlers, counts, send = self._handlers, self._applied, gen.send
         reply = None
         try:
             while True:
-                step = gen.send(reply)
-                handler = handlers.get(type(step))
+                step = send(reply)
+                kind = type(step)
+                handler = handlers.get(kind)
                 if handler is None:
                     st.check_step(step, _where(gen))
                     raise ModelError(f"{_where(gen)} yielded {step!r}: no executor handler")
-                counts[type(step).__name__] += 1
+                counts[kind] += 1
                 reply = handler(step)
         except StopIteration as stop:
             return stop.value
@@ -105,7 +114,7 @@ class DirectExecutor:
         if handler is None:
             st.check_step(step, "a checker actor")
             raise ModelError(f"{step!r}: no executor handler")
-        self.steps[type(step).__name__] += 1
+        self._applied[type(step)] += 1
         return handler(step)
 
     def ready(self, step: st.Step) -> bool:

@@ -9,9 +9,10 @@ P|RW|U|A, leaves P|U|A plus RW|D when writable, PS above level 1 (reference §4.
 §10).  New table pages are zeroed (``CpuZero``), flushed when the walk is not coherent, and
 installed with ``CpuCmpxchg`` so two mappers racing for a slot both stay correct (the loser
 frees its page); leaves are installed with ``CpuCmpxchg`` from 0 as 6.1's ``__domain_mapping``
-does (a non-zero old value is the "DMA PTE already set" bug).  Written PTEs are clflushed when
-the walk is not coherent.  Unmap clears leaves and whole covered subtrees, whose table pages go
-to the freelist that the caller frees only after the IOTLB flush.
+does (a non-zero old value is the "DMA PTE already set" bug), one walk per run of leaves in one
+table page, and the run is clflushed once when the walk is not coherent.  Unmap clears leaves
+and whole covered subtrees, whose table pages go to the freelist that the caller frees only
+after the IOTLB flush.
 
 Not modelled: 6.1's XD bit in first-stage entries (``DMA_FL_PTE_XD``; the reference documents
 mainline's format without XD), replacing existing tables by a large page (a large page is used
@@ -120,15 +121,16 @@ class DomainPageTable:
 
     # -- map ---------------------------------------------------------------------------------------
     def map(self, iova: int, paddr: int, size: int, prot: int) -> Generator[Step, Any, int]:
-        """``__domain_mapping``: the largest allowed page at each step; returns ``size``."""
+        """``__domain_mapping``: walk once per run of leaves that share a table page, store
+        each leaf with its own cmpxchg, clflush the run once; returns ``size``."""
         if (iova | paddr | size) & (PAGE_SIZE - 1) or size <= 0:
             raise SpecRuleBroken(f"map {hexval('iova', iova)} {hexval('size', size)} is not "
                                  "page aligned", "__iommu_map")
         done = 0
         while done < size:
             level = self._pick_level(iova + done, paddr + done, size - done)
-            level = yield from self._install_leaf(iova + done, paddr + done, level, prot)
-            done += 1 << level_shift(level)
+            done += yield from self._install_run(iova + done, paddr + done, size - done,
+                                                 level, prot)
         return size
 
     def _pick_level(self, iova: int, paddr: int, remaining: int) -> int:
@@ -139,16 +141,39 @@ class DomainPageTable:
                 return level
         return 1
 
-    def _install_leaf(self, iova: int, paddr: int, level: int,
-                      prot: int) -> Generator[Step, Any, int]:
-        """Walk down (``pfn_to_dma_pte``), then cmpxchg the leaf from 0.  A large page whose
-        slot already holds a table falls back to the next smaller size."""
+    def _install_run(self, iova: int, paddr: int, remaining: int, level: int,
+                     prot: int) -> Generator[Step, Any, int]:
+        """One pass of ``__domain_mapping``'s loop body from ``pte == NULL``: find the slot
+        (``pfn_to_dma_pte``), then cmpxchg leaves from 0 into consecutive slots until the
+        range ends, the next slot starts a new table page (``first_pte_in_page``) or less
+        than a large page is left; then one ``domain_flush_cache`` of the run.  Bytes
+        mapped."""
+        slot, level = yield from self._leaf_slot(iova, level)
+        first, page, done = slot, 1 << level_shift(level), 0
+        while True:
+            new = self.leaf_entry(paddr + done, level, prot)
+            old = yield CpuCmpxchg(addr=slot, expected=0, new=new, why="__domain_mapping")
+            if old:
+                raise SpecRuleBroken(f"DMA PTE for {hexval('iova', iova + done)} already set "
+                                     f"(to {old:#x} not {new:#x})", "__domain_mapping")
+            done += page
+            slot += 8
+            if done >= remaining or not slot & (PAGE_SIZE - 1) or remaining - done < page:
+                break
+        if not self.coherent:
+            yield ClflushRange(addr=first, size=slot - first, why="domain_flush_cache")
+        return done
+
+    def _leaf_slot(self, iova: int, level: int) -> Generator[Step, Any, tuple[int, int]]:
+        """``pfn_to_dma_pte``: walk down, installing missing tables, to the slot of the leaf
+        at ``level``.  A large page whose slot already holds a table falls back to the next
+        smaller size; (slot, level) of the leaf."""
         table, lvl = self.root, self.levels
         while True:
             slot = table + 8 * ss_index(iova, lvl)
             pte = yield CpuRead(addr=slot, size=8, why="pfn_to_dma_pte")
             if lvl == level and not (_present(self.stage, pte) and not _is_leaf(pte, lvl)):
-                break
+                return slot, level
             if lvl == level:
                 level -= 1  # a table is in the way of the large page
             if not _present(self.stage, pte):
@@ -157,14 +182,6 @@ class DomainPageTable:
                 raise SpecRuleBroken(f"map {hexval('iova', iova)}: a large page at level {lvl} "
                                      "is already there", "__domain_mapping")
             table, lvl = pte & _ADDR, lvl - 1
-        new = self.leaf_entry(paddr, level, prot)
-        old = yield CpuCmpxchg(addr=slot, expected=0, new=new, why="__domain_mapping")
-        if old:
-            raise SpecRuleBroken(f"DMA PTE for {hexval('iova', iova)} already set (to "
-                                 f"{old:#x} not {new:#x})", "__domain_mapping")
-        if not self.coherent:
-            yield Clflush(addr=slot, why="domain_flush_cache")
-        return level
 
     def _install_table(self, slot: int) -> Generator[Step, Any, int]:
         """A new table page, published with cmpxchg; the loser of a race frees its page."""

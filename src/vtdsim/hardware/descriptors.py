@@ -18,6 +18,7 @@ treats a misaligned ADDR is unconfirmed; QEMU masks the low bits).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from vtdsim.errors import ModelError, hexval
 from vtdsim.hardware.bitfield import F, Layout
@@ -193,8 +194,10 @@ def decode(qws) -> Descriptor:
     return Descriptor(dtype, layout.name, fields, qws4)
 
 
+@lru_cache(maxsize=4096)
 def encode(label: str, **fields: int) -> tuple[int, int, int, int]:
-    """Build a descriptor's four qwords from field values (address fields as byte addresses)."""
+    """Build a descriptor's four qwords from field values (address fields as byte addresses).
+    Memoised: a pure function, and drivers build the same few descriptors over and over."""
     dtype = LABEL_TYPES.get(label)
     if dtype is None:
         raise ModelError(f"unknown descriptor label {label!r}; known: {sorted(LABEL_TYPES)}")

@@ -36,6 +36,7 @@ from vtdsim.hardware.interrupt_events import raise_completion_event
 from vtdsim.hardware.memory import MAX_PHYS_ADDR
 
 _QS_PAGE = 4096  # IQA.QS: the queue is 2^QS 4 KiB pages (spec 10.4.24)
+_DECODE_MEMO = 4096  # bound on remembered (raw descriptor -> decoded, IQEI) pairs
 
 
 class InvalidationQueue:
@@ -46,35 +47,62 @@ class InvalidationQueue:
         # Set by an error (IQE/ITE), cleared by the next IQT write once software has cleared
         # the error: hardware does not resume on its own (reference §7; QEMU).
         self._stopped = False
+        self._iqa_raw: int | None = None  # the IQA value ``_geometry`` was derived from
+        self._geometry = (0, 16, _QS_PAGE, False)
+        by_name = unit.regs.by_name
+        self._qh_mask = by_name["IQH"].layout["qh"].in_place
+        self._qt_mask = by_name["IQT"].layout["qt"].in_place
+        fsts = by_name["FSTS"].layout
+        self._fsts_stop = fsts["iqe"].in_place | fsts["ite"].in_place
+        self._qies = by_name["GSTS"].layout["qies"].in_place
+        self._decoded: dict[tuple, tuple[Descriptor, int]] = {}  # see ``_decode``
+
+    def __getstate__(self) -> dict:
+        # The decode memo is derived data: the checker's world copies start without it.
+        state = self.__dict__.copy()
+        state["_decoded"] = {}
+        return state
 
     # -- geometry (IQA is read live: software must not change it while QI is enabled) ---------
+    def _geometry_now(self) -> tuple[int, int, int, bool]:
+        """(base, descriptor width, queue size in bytes, 256-bit) from the current IQA; the
+        decode is redone only when IQA's value changed."""
+        regs = self.unit.regs
+        raw = regs["IQA"]
+        if raw != self._iqa_raw:
+            # 256-bit descriptors: IQA.DW, honoured only with ECAP.SMTS (spec 10.4.24).
+            wide = bool(regs.get("IQA", "dw")) and self.unit.caps.smts
+            self._geometry = (regs.get("IQA", "iqa") << 12, 32 if wide else 16,
+                              _QS_PAGE << regs.get("IQA", "qs"), wide)
+            self._iqa_raw = raw
+        return self._geometry
+
     @property
     def wide(self) -> bool:
-        """256-bit descriptors: IQA.DW, honoured only with ECAP.SMTS (spec 10.4.24)."""
-        return bool(self.unit.regs.get("IQA", "dw")) and self.unit.caps.smts
+        return self._geometry_now()[3]
 
     @property
     def width(self) -> int:
-        return 32 if self.wide else 16
+        return self._geometry_now()[1]
 
     @property
     def size(self) -> int:
         """Queue size in bytes."""
-        return _QS_PAGE << self.unit.regs.get("IQA", "qs")
+        return self._geometry_now()[2]
 
     @property
     def base(self) -> int:
-        return self.unit.regs.get("IQA", "iqa") << 12
+        return self._geometry_now()[0]
 
     @property
     def head(self) -> int:
-        """IQH as a byte offset."""
-        return self.unit.regs.get("IQH", "qh") << 4
+        """IQH as a byte offset (QH counts 128-bit units from bit 4)."""
+        return self.unit.regs["IQH"] & self._qh_mask
 
     @property
     def tail(self) -> int:
         """IQT as a byte offset."""
-        return self.unit.regs.get("IQT", "qt") << 4
+        return self.unit.regs["IQT"] & self._qt_mask
 
     # -- software-visible entry points ------------------------------------------------------------
     def on_iqt_write(self) -> None:
@@ -99,16 +127,19 @@ class InvalidationQueue:
     def pending(self) -> int:
         """Descriptors hardware can process now (0 while disabled, stopped by an error, or the
         tail is invalid)."""
-        if not self._enabled() or self._stopped or self._error_pending() or self._tail_error():
+        if self._stopped or not self._enabled() or self._error_pending():
             return 0
-        return ((self.tail - self.head) % self.size) // self.width
+        _, width, size, wide = self._geometry_now()
+        tail = self.tail
+        if self._tail_error_at(tail, size, wide):
+            return 0
+        return ((tail - self.head) % size) // width
 
     def step(self) -> bool:
         """Fetch, validate and perform the descriptor at IQH; False if there is none to do."""
         if not self.pending():
             return False
-        desc = self._fetch(self.head)
-        iqei = IQEI_FETCH_ERROR if desc is None else validate(desc, self.unit.caps, self.wide)
+        desc, iqei = self._fetch(self.head)
         if iqei:
             self._stop(iqei)
             return True
@@ -121,18 +152,22 @@ class InvalidationQueue:
 
     # -- state checks -------------------------------------------------------------------------
     def _enabled(self) -> bool:
-        return bool(self.unit.regs.get("GSTS", "qies"))
+        return bool(self.unit.regs["GSTS"] & self._qies)
 
     def _error_pending(self) -> bool:
         """IQE or ITE set: no fetching until software clears it (spec 6.5.2.10 via Linux
         dmar.c qi_check_fault: "No new descriptors are fetched until the ITE is cleared")."""
-        regs = self.unit.regs
-        return bool(regs.get("FSTS", "iqe") or regs.get("FSTS", "ite"))
+        return bool(self.unit.regs["FSTS"] & self._fsts_stop)
 
     def _tail_error(self) -> int:
-        if self.wide and self.tail % 32:
+        _, _, size, wide = self._geometry_now()
+        return self._tail_error_at(self.tail, size, wide)
+
+    @staticmethod
+    def _tail_error_at(tail: int, size: int, wide: bool) -> int:
+        if wide and tail % 32:
             return IQEI_TAIL_MISALIGNED  # 256-bit mode: IQT bit 4 must be 0 (spec 10.4.23)
-        if self.tail >= self.size:
+        if tail >= size:
             return IQEI_TAIL_INVALID
         return 0
 
@@ -141,23 +176,39 @@ class InvalidationQueue:
         self.unit.faults.raise_iqe(iqei)
 
     # -- fetch and head movement ----------------------------------------------------------------
-    def _fetch(self, offset: int) -> Descriptor | None:
-        """A snooped read: Linux's qi_submit_sync (dmar.c) writes descriptors with plain stores
-        and never flushes them from the CPU cache, so hardware must read the queue coherently
-        (ECAP.C speaks only of translation structures).  None when the slot lies beyond the
-        physical address space: a descriptor fetch error (IQEI 2)."""
-        addr = self.base + offset
-        if addr + self.width > MAX_PHYS_ADDR:
-            return None
-        raw = self.unit.memory.dma_read(addr, self.width, snoop=True)
-        qws = [int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8)]
-        return decode(qws)
+    def _fetch(self, offset: int) -> tuple[Descriptor | None, int]:
+        """The descriptor at ``offset`` and its IQEI (0: valid).  A snooped read: Linux's
+        qi_submit_sync (dmar.c) writes descriptors with plain stores and never flushes them
+        from the CPU cache, so hardware must read the queue coherently (ECAP.C speaks only of
+        translation structures).  A slot beyond the physical address space is a descriptor
+        fetch error (IQEI 2)."""
+        base, width, _, wide = self._geometry_now()
+        addr = base + offset
+        if addr + width > MAX_PHYS_ADDR:
+            return None, IQEI_FETCH_ERROR
+        read = self.unit.memory.cpu_read_qword  # the CPU view = a snooped read
+        return self._decode(tuple(read(addr + i) for i in range(0, width, 8)), wide)
+
+    def _decode(self, qws: tuple, wide: bool) -> tuple[Descriptor, int]:
+        """``decode`` + ``validate``, memoised: both are pure functions of the raw words, the
+        unit's capabilities (fixed) and the queue width, and a driver submits the same
+        descriptors again and again (waits on the same status slots, flushes of recycled
+        IOVAs).  The memo is bounded: it is emptied when it reaches ``_DECODE_MEMO`` entries."""
+        key = (qws, wide)
+        hit = self._decoded.get(key)
+        if hit is None:
+            if len(self._decoded) >= _DECODE_MEMO:
+                self._decoded.clear()
+            desc = decode(qws)
+            hit = self._decoded[key] = (desc, validate(desc, self.unit.caps, wide))
+        return hit
 
     def _advance(self) -> None:
-        self._set_head((self.head + self.width) % self.size)
+        _, width, size, _ = self._geometry_now()
+        self._set_head((self.head + width) % size)
 
     def _set_head(self, offset: int) -> None:
-        self.unit.regs.update("IQH", qh=offset >> 4)
+        self.unit.regs.set("IQH", offset & self._qh_mask)  # QH is IQH's only field
 
     def _abort_pending(self) -> None:
         """After ITE hardware aborts the wait descriptors it has pending (Linux qi_check_fault:

@@ -211,12 +211,28 @@ class Register:
     trigger_bit: int | None = None
     reset: int = 0
     masks: dict[Access, int] = field(init=False, repr=False, compare=False)
+    # Derived from ``masks`` once: every MMIO access uses them.
+    _replace: int = field(init=False, repr=False, compare=False)
+    _writable: int = field(init=False, repr=False, compare=False)
+    _visible: int = field(init=False, repr=False, compare=False)
+    _rw1c: int = field(init=False, repr=False, compare=False)
+    _rw1s: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         masks = dict.fromkeys(Access, 0)
         for f in self.layout.fields.values():
             masks[f.access] |= f.in_place
-        object.__setattr__(self, "masks", masks)
+        derived = {
+            "masks": masks,
+            "_replace": masks[Access.RW] | masks[Access.WO],
+            "_writable": (masks[Access.RW] | masks[Access.WO] | masks[Access.RW1C]
+                          | masks[Access.RW1S]),
+            "_visible": ~masks[Access.WO] & ~self.layout.reserved_mask,
+            "_rw1c": masks[Access.RW1C],
+            "_rw1s": masks[Access.RW1S],
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
     @property
     def size(self) -> int:
@@ -224,20 +240,18 @@ class Register:
 
     def apply_write(self, old: int, wval: int, wmask: int) -> int:
         """The stored value after software writes ``wval`` on the bytes ``wmask`` covers."""
-        m = self.masks
-        take = (m[Access.RW] | m[Access.WO]) & wmask
+        take = self._replace & wmask
         new = (old & ~take) | (wval & take)
-        new &= ~(wval & m[Access.RW1C] & wmask)
-        new |= wval & m[Access.RW1S] & wmask
+        new &= ~(wval & self._rw1c & wmask)
+        new |= wval & self._rw1s & wmask
         return new
 
     def software_view(self, value: int) -> int:
         """What a read returns: WO bits read as 0, reserved bits as 0."""
-        return value & ~self.masks[Access.WO] & ~self.layout.reserved_mask
+        return value & self._visible
 
     def writable_mask(self) -> int:
-        m = self.masks
-        return m[Access.RW] | m[Access.WO] | m[Access.RW1C] | m[Access.RW1S]
+        return self._writable
 
 
 def register_map(caps: Capabilities) -> list[Register]:

@@ -50,6 +50,7 @@ from vtdsim.hardware.request import format_sid, parse_sid
 from vtdsim.traces import compare as cmp
 from vtdsim.traces import events as ev
 from vtdsim.traces.calls import CallStats, MapCall, reconstruct_calls
+from vtdsim.traces.prefetch import prefetched
 from vtdsim.traces.qemu_log import parse_qemu_lines
 from vtdsim.traces.recording import DmesgInfo, Recording
 from vtdsim.traces.textio import numbered_lines
@@ -261,6 +262,21 @@ def boot(m: ModelMachine, setup: Setup) -> Boot:
     return Boot(batches, policy, group_types, infos[setup.traced], cookie)
 
 
+def qemu_log_batches(path: str):
+    """The batches of QEMU's log at ``path`` (only the lines replay needs are parsed)."""
+    lines = ((n, line) for n, line in numbered_lines(path)
+             if line.startswith(_QEMU_KEEP) or "@" in line[:24])
+    return cmp.qemu_batches(parse_qemu_lines(lines, path))
+
+
+def guest_calls(path: str):
+    """The guest trace's calls and submissions in trace order (calls.py), then the
+    ``CallStats`` that counted them."""
+    stats = CallStats()
+    yield from reconstruct_calls(Recording(path).guest_events(), stats)
+    yield stats
+
+
 # -- the replay --------------------------------------------------------------------------------
 @dataclass
 class Result:
@@ -308,9 +324,9 @@ class Replayer:
 
     # -- QEMU side ------------------------------------------------------------------------------
     def _qemu_events(self):
-        lines = ((n, line) for n, line in numbered_lines(self.rec.qemu_log)
-                 if line.startswith(_QEMU_KEEP) or "@" in line[:24])
-        return cmp.qemu_batches(parse_qemu_lines(lines, str(self.rec.qemu_log)))
+        """QEMU's batches, read and parsed by a worker process (prefetch.py) while the model
+        runs here."""
+        return prefetched(qemu_log_batches, str(self.rec.qemu_log))
 
     def align_boot(self) -> cmp.BootComparison | None:
         first = list(islice((e for e in self.rec.guest_events() if type(e) is ev.QiSubmit),
@@ -364,7 +380,10 @@ class Replayer:
 
     def run(self) -> Result:
         boot_cmp = self.align_boot()
-        for item in reconstruct_calls(self.rec.guest_events(), self.calls):
+        for item in prefetched(guest_calls, str(self.rec.path)):
+            if type(item) is CallStats:
+                self.calls = item  # the worker's tally, sent after the last call
+                continue
             self.end_ns = max(self.end_ns, item.ts_us * 1000)
             if type(item) is ev.QiSubmit:
                 self._recorded(item)
