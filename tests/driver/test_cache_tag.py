@@ -65,7 +65,7 @@ def ats_domain(ndev: int, preset="server-sm"):
     system = make_system(preset, MAINLINE)
     domain = system.run(system.driver.domain_alloc_paging(system.iommu, stage="ss"))
     for i in range(ndev):
-        info = system.device(f"02:{i:02x}.0", ats_supported=True, ats_qdep=0)
+        info = system.probe(f"02:{i:02x}.0", ats=True, ats_qdep=0)
         assert system.run(system.driver.attach_dev(domain, info)) == 0
     system.take()
     return system, domain
@@ -105,7 +105,7 @@ def test_nested_domain_puts_nesting_tags_with_its_did_on_the_parent():
     system = make_system("server-sm", MAINLINE)
     parent = system.run(system.driver.domain_alloc_paging(system.iommu, "unmanaged",
                                                           nest_parent=True))
-    info = system.device("03:00.0", ats_supported=True, pasid_supported=True)
+    info = system.probe("03:00.0", ats=True, pasid=True)
     assert system.run(system.driver.attach_dev(parent, info)) == 0
     nested = system.driver.domain_alloc_nested(parent, fs_pgd=0x4000000)
     assert system.run(system.driver.set_dev_pasid(nested, info, 5)) == 0

@@ -14,7 +14,7 @@ from vtdsim.hardware.root_table import CONTEXT_ENTRY, TT_SS_ATS
 
 def attached(preset, profile, **dev):
     system = make_system(preset, profile)
-    info = system.device("01:00.0", **dev)
+    info = system.probe("01:00.0", **dev)
     domain = system.run(system.driver.domain_alloc_paging(system.iommu))
     assert system.run(system.driver.attach_dev(domain, info)) == 0
     system.take()
@@ -27,7 +27,7 @@ def context_addr(system, info):
 
 def test_legacy_entry_fields_and_present_written_last():
     system = make_system("qemu72-legacy-ats", LINUX_6_1)
-    info = system.device("01:00.0", ats_supported=True)
+    info = system.probe("01:00.0", ats=True)
     domain = system.run(system.driver.domain_alloc_paging(system.iommu))
     _rc, steps = system.run_recorded(system.driver.attach_dev(domain, info))
     ce = context_addr(system, info)
@@ -41,7 +41,7 @@ def test_legacy_entry_fields_and_present_written_last():
 
 
 def _clear_steps(profile, preset="qemu72-legacy-cm-ats"):
-    system, domain, info = attached(preset, profile, ats_supported=True, ats_qdep=32)
+    system, domain, info = attached(preset, profile, ats=True, ats_qdep=32)
     ce = context_addr(system, info)
     _rc, steps = system.run_recorded(ctx.domain_context_clear_one(info, profile))
     return system, steps, ce
@@ -77,7 +77,7 @@ def test_seed001_clear_flush_relative_to_iommu_lock(under_lock):
 
 def sm_with_pasids(profile):
     system = make_system("server-sm", profile)
-    info = system.device("04:00.0", ats_supported=True, pasid_supported=True)
+    info = system.probe("04:00.0", ats=True, pasid=True)
     rid = system.run(system.driver.domain_alloc_paging(system.iommu, stage="ss"))
     assert system.run(system.driver.attach_dev(rid, info)) == 0
     other = system.run(system.driver.domain_alloc_paging(system.iommu, stage="ss"))

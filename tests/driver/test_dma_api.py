@@ -44,8 +44,8 @@ def ats_system(preset: str, profile, domain_type: str):
     system = make_system(preset, profile, translation=False)
     for name in ("00:00.0", "00:01.0", "00:02.0", "00:03.0", "00:1f.0"):  # DIDs 2..6
         boot_domain = system.run(system.driver.domain_alloc_paging(system.iommu))
-        system.run(system.driver.attach_dev(boot_domain, system.device(name)))
-    info = system.device("01:00.0", ats_supported=True, ats_qdep=32)
+        system.run(system.driver.attach_dev(boot_domain, system.probe(name)))
+    info = system.probe("01:00.0", ats=True, ats_qdep=32)
     domain = system.run(system.driver.domain_alloc_paging(system.iommu, domain_type))
     assert system.run(system.driver.attach_dev(domain, info)) == 0
     system.run(system.iommu.iommu_enable_translation())
@@ -138,7 +138,7 @@ def test_sg_unmap_covers_the_whole_list_in_one_flush():
 
 def test_identity_domain_maps_nothing():
     system = make_system("qemu72-legacy", LINUX_6_1)
-    info = system.device("00:02.0")
+    info = system.probe("00:02.0")
     domain = system.driver.domain_alloc_identity()
     assert system.run(system.driver.attach_dev(domain, info)) == 0
     system.take()

@@ -15,7 +15,7 @@ def domain_with_ats(preset: str, profile=LINUX_6_1, ndev: int = 2):
     domain = system.run(system.driver.domain_alloc_paging(system.iommu))
     infos = []
     for i in range(ndev):
-        info = system.device(f"01:00.{i}", ats_supported=True, ats_qdep=i + 4)
+        info = system.probe(f"01:00.{i}", ats=True, ats_qdep=i + 4)
         assert system.run(system.driver.attach_dev(domain, info)) == 0
         infos.append(info)
     system.take()

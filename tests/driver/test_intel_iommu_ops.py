@@ -7,37 +7,20 @@ from __future__ import annotations
 
 import lzma
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from vtdsim.driver.device import DeviceInfo
-from vtdsim.driver.executor import DirectExecutor
-from vtdsim.driver.intel_iommu import IntelIommu
-from vtdsim.driver.intel_iommu_ops import EINVAL, IntelIommuDriver
-from vtdsim.driver.platform import Platform
+from vtdsim.driver.intel_iommu_ops import EINVAL
 from vtdsim.driver.profiles import LINUX_6_1, MAINLINE
-from vtdsim.hardware.memory import PhysicalMemory
 from vtdsim.hardware.presets import get_preset
-from vtdsim.hardware.remapping_unit import RemappingUnit
-from vtdsim.hardware.request import parse_sid
+from vtdsim.simulation import system as simulation
 
 TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces"
 
 
-@dataclass
-class System:
-    """One unit, its driver, a direct executor, and every qi_submit grouped by IQT write."""
-
-    platform: Platform
-    executor: DirectExecutor
-    iommu: IntelIommu
-    driver: IntelIommuDriver
-    submitted: list[tuple[int, str, int, int]] = field(default_factory=list)
-
-    def run(self, gen):
-        return self.executor.run(gen)
+class System(simulation.System):
+    """The library's booted machine with two test conveniences."""
 
     def run_recorded(self, gen) -> tuple[object, list]:
         """Run ``gen`` and also return every step it yielded, in order."""
@@ -55,24 +38,10 @@ class System:
 
         return self.executor.run(tap()), steps
 
-    def on_annotate(self, step) -> None:
-        if step.event == "qi_submit":
-            label, _name, qw0, qw1, *_ = step.data
-            unit = self.platform.units[0]
-            self.submitted.append((unit.stats["iqt_writes"], label, qw0, qw1))
-
     def take(self) -> list[list[tuple[str, int, int]]]:
         """The submissions since the last call, each a list of (label, qw0, qw1)."""
-        groups: dict[int, list] = {}
-        for key, label, qw0, qw1 in self.submitted:
-            groups.setdefault(key, []).append((label, qw0, qw1))
-        self.submitted.clear()
-        return list(groups.values())
-
-    def device(self, name: str, **kw) -> DeviceInfo:
-        info = DeviceInfo(parse_sid(name), self.iommu, **kw)
-        self.run(self.driver.probe_device(info))
-        return info
+        return [[(label, qw0, qw1) for label, qw0, qw1, *_ in sub]
+                for sub in self.take_submissions() if sub]
 
 
 def make_system(preset: str, profile=LINUX_6_1, *, translation: bool = True,
@@ -81,14 +50,7 @@ def make_system(preset: str, profile=LINUX_6_1, *, translation: bool = True,
     caps = get_preset(preset)
     if cap_fields:
         caps = caps.with_(**cap_fields)
-    memory = PhysicalMemory()
-    platform = Platform(memory, [RemappingUnit(caps, memory, name="dmar0")])
-    executor = DirectExecutor(platform)
-    iommu = IntelIommu(0, caps, profile=profile)
-    system = System(platform, executor, iommu, IntelIommuDriver(platform, profile, [iommu]))
-    executor.listeners.append(system.on_annotate)
-    system.run(iommu.init_hw(enable_translation=translation))
-    return system
+    return System.boot(caps, profile, enable_translation=translation)
 
 
 def flat(submissions) -> list[tuple[str, int, int]]:
@@ -119,7 +81,7 @@ def boot_attach(system: System, ats_sid: str = "01:00.0"):
         domains.append(domain)
         for name in group:
             ats = name == ats_sid
-            info = system.device(name, ats_supported=ats, ats_qdep=32 if ats else 0)
+            info = system.probe(name, ats=ats, ats_qdep=32 if ats else 0)
             assert system.run(system.driver.attach_dev(domain, info)) == 0
             infos[name] = info
     return domains, infos
@@ -162,7 +124,7 @@ def test_static_iotlb_sync_map_rejects_incompatible_attach():
     domain = plain.run(plain.driver.domain_alloc_paging(plain.iommu))
     assert not domain.iotlb_sync_map
     cm = make_system("qemu72-legacy-cm", MAINLINE)
-    info = cm.device("00:02.0")
+    info = cm.probe("00:02.0")
     assert cm.run(cm.driver.attach_dev(domain, info)) == EINVAL
     cm_domain = cm.run(cm.driver.domain_alloc_paging(cm.iommu))
     assert cm_domain.iotlb_sync_map
@@ -171,7 +133,7 @@ def test_static_iotlb_sync_map_rejects_incompatible_attach():
 
 def _attach_steps(profile, preset="qemu72-legacy-cm"):
     system = make_system(preset, profile)
-    info = system.device("00:02.0", ats_supported=True, ats_qdep=32)
+    info = system.probe("00:02.0", ats=True, ats_qdep=32)
     domain = system.run(system.driver.domain_alloc_paging(system.iommu))
     _rc, steps = system.run_recorded(system.driver.attach_dev(domain, info))
     return system, domain, steps
@@ -210,7 +172,7 @@ def test_seed002_rwbf_flush_before_context(switch):
     caps_name = "qemu72-legacy"
     system = make_system(caps_name, profile)
     system.iommu.rwbf_quirk = True  # a unit that needs write-buffer flushing
-    info = system.device("00:02.0")
+    info = system.probe("00:02.0")
     domain = system.run(system.driver.domain_alloc_paging(system.iommu))
     _rc, steps = system.run_recorded(system.driver.attach_dev(domain, info))
     wbf = [i for i, s in enumerate(steps) if s.why == "iommu_flush_write_buffer"]
@@ -223,7 +185,7 @@ def test_seed002_rwbf_flush_before_context(switch):
 # -- seed 004: enforce_cache_coherency -----------------------------------------------------------
 def test_seed004_second_stage_sets_snp_in_later_ptes_and_is_permanent():
     system = make_system("server-sm", MAINLINE)
-    info = system.device("00:02.0")
+    info = system.probe("00:02.0")
     domain = system.run(system.driver.domain_alloc_paging(system.iommu, stage="ss"))
     assert system.run(system.driver.attach_dev(domain, info)) == 0
     assert system.run(system.driver.enforce_cache_coherency(domain)) is True
@@ -235,7 +197,7 @@ def test_seed004_second_stage_sets_snp_in_later_ptes_and_is_permanent():
 
 def test_seed004_first_stage_sets_pgsnp_and_flushes_the_present_entry():
     system = make_system("server-sm", MAINLINE)
-    info = system.device("00:02.0")
+    info = system.probe("00:02.0")
     domain = system.run(system.driver.domain_alloc_paging(system.iommu, stage="fs"))
     assert system.run(system.driver.attach_dev(domain, info)) == 0
     system.take()
@@ -246,7 +208,7 @@ def test_seed004_first_stage_sets_pgsnp_and_flushes_the_present_entry():
 
 def test_seed004_rejects_non_snoop_control_units():
     system = make_system("qemu72-legacy", MAINLINE.with_(iotlb_sync_map="notify"))
-    info = system.device("00:02.0")
+    info = system.probe("00:02.0")
     domain = system.run(system.driver.domain_alloc_paging(system.iommu))
     assert system.run(system.driver.attach_dev(domain, info)) == 0
     sc = system.iommu.caps.sc
@@ -254,9 +216,9 @@ def test_seed004_rejects_non_snoop_control_units():
     # A force-snooping domain cannot later take a device behind a unit without SC.
     other = make_system("server-sm", MAINLINE)
     dom2 = other.run(other.driver.domain_alloc_paging(other.iommu, stage="ss"))
-    other.run(other.driver.attach_dev(dom2, other.device("00:03.0")))
+    other.run(other.driver.attach_dev(dom2, other.probe("00:03.0")))
     assert other.run(other.driver.enforce_cache_coherency(dom2)) is True
-    assert system.run(system.driver.attach_dev(dom2, system.device("00:04.0"))) == EINVAL
+    assert system.run(system.driver.attach_dev(dom2, system.probe("00:04.0"))) == EINVAL
 
 
 def test_seed004_switch_off_means_no_op():
@@ -270,7 +232,7 @@ def test_mainline_rid_reattach_blocks_first_and_drops_old_tags_before_the_teardo
     """§4.7: old tags unassigned, entry torn down (flushes), old DID released, then the new
     context, then the new tags."""
     system = make_system("qemu72-legacy-cm", MAINLINE)
-    info = system.device("00:02.0")
+    info = system.probe("00:02.0")
     first = system.run(system.driver.domain_alloc_paging(system.iommu))
     second = system.run(system.driver.domain_alloc_paging(system.iommu))
     assert system.run(system.driver.attach_dev(first, info)) == 0

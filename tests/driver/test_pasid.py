@@ -21,7 +21,7 @@ def test_linux61_sm_attach_under_cm_order():
     """PASID entry first (pc_inv, p_iotlb: separate submissions, silent no-ops on QEMU 7.2),
     then the context entry (cc DID 0, DSI with the domain's DID) - reference §3.7."""
     system = sm_cm_system(LINUX_6_1)
-    info = system.device("00:03.0")
+    info = system.probe("00:03.0")
     system.take()
     domain = system.run(system.driver.domain_alloc_paging(system.iommu))
     assert domain.stage == "ss"
@@ -34,13 +34,13 @@ def test_linux61_sm_attach_under_cm_order():
 def test_mainline_sm_context_at_probe_flushes_with_did_0():
     system = sm_cm_system(MAINLINE)
     system.take()
-    system.device("00:03.0")
+    system.probe("00:03.0")
     assert system.take() == [[("cc_inv", 0x1800000031, 0)], [("iotlb_inv", 0xE2, 0)]]
 
 
 def test_setup_on_a_present_entry_is_ebusy():
     system = make_system("server-sm", MAINLINE)
-    info = system.device("05:00.0", pasid_supported=True)
+    info = system.probe("05:00.0", pasid=True)
     domain = system.run(system.driver.domain_alloc_paging(system.iommu, stage="ss"))
     assert system.run(system.driver.attach_dev(domain, info)) == 0
     rc = system.run(pasid.intel_pasid_setup_second_level(system.iommu, domain, info,
@@ -54,7 +54,7 @@ def test_setup_on_a_present_entry_is_ebusy():
 
 def teardown(profile, preset="server-sm", cm=False):
     system = make_system(preset, profile, cm=int(cm))
-    info = system.device("05:00.0", ats_supported=True, ats_qdep=32)
+    info = system.probe("05:00.0", ats=True, ats_qdep=32)
     domain = system.run(system.driver.domain_alloc_paging(system.iommu, stage="ss"))
     assert system.run(system.driver.attach_dev(domain, info)) == 0
     system.take()
@@ -89,7 +89,7 @@ def test_seed000_teardown_under_cm_devtlb(profile, devtlb):
 def test_pasid_attach_replace_hands_over_tags():
     """set_dev_pasid(new, old): new tags first, entry torn down and set up, old tags last."""
     system = make_system("server-sm", MAINLINE)
-    info = system.device("06:00.0", pasid_supported=True)
+    info = system.probe("06:00.0", pasid=True)
     rid = system.run(system.driver.domain_alloc_paging(system.iommu, stage="ss"))
     assert system.run(system.driver.attach_dev(rid, info)) == 0
     old = system.run(system.driver.domain_alloc_paging(system.iommu, stage="fs"))

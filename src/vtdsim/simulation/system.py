@@ -1,11 +1,14 @@
 """A booted machine for direct simulation: one remapping unit, the Linux driver model on top of
-it, a direct executor, and PCIe endpoints - the set-up every simulation, benchmark and demo
-shares.
+it, a direct executor, and PCIe endpoints - the set-up every simulation, benchmark, demo, trace
+replay and driver test shares.
 
 ``System.boot`` runs the driver's ``init_hw`` (QI enable, root table, global invalidations,
-translation enable) exactly as Linux does; ``probe`` creates a device (``DeviceInfo`` for the
-driver, an ``Endpoint`` on the bus) and ``attach`` gives it a paging domain.  The driver's
-``qi_submit`` annotations are collected in ``submitted`` as (IQT-write index, label, qw0..qw3).
+translation enable unless asked to wait, as ``intel_iommu_init`` does after attaching the
+default domains) exactly as Linux does, on a named preset or on recorded ``Capabilities``;
+``probe`` creates a device (``DeviceInfo`` for the driver, an ``Endpoint`` on the bus) and
+``attach`` gives it a paging domain.  The driver's ``qi_submit`` annotations are collected in
+``submitted`` as (IQT-write index, label, unit name, qw0..qw3); ``take_submissions`` hands
+them over grouped by IQT write and forgets them, so a long run keeps no history.
 
 Not modelled: several units (one DRHD covers every device), hot-plug, the BIOS's RMRRs.
 """
@@ -27,6 +30,7 @@ from vtdsim.driver.platform import Platform
 from vtdsim.driver.profiles import Profile, get_profile
 from vtdsim.driver.steps import Annotate
 from vtdsim.errors import SpecRuleBroken
+from vtdsim.hardware.capabilities import Capabilities
 from vtdsim.hardware.memory import PhysicalMemory
 from vtdsim.hardware.presets import get_preset
 from vtdsim.hardware.remapping_unit import CacheConfig, RemappingUnit
@@ -43,31 +47,36 @@ class System:
     devices: dict[str, DeviceInfo] = field(default_factory=dict)
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     submitted: list[tuple] = field(default_factory=list)
+    _iqt_taken: int = 0  # IQT writes ``take_submissions`` has handed over
 
     @classmethod
     def boot(
         cls,
-        preset: str = "qemu72-legacy-cm",
+        unit: str | Capabilities = "qemu72-legacy-cm",
         profile: str | Profile = "linux-6.1",
         *,
+        name: str = "dmar0",
         qi_mode: str = "sync",
         cache_config: CacheConfig | None = None,
         scalable: bool = True,
         ncpus: int = 2,
+        enable_translation: bool = True,
     ) -> System:
-        """A unit of ``preset`` booted by the driver ``profile`` (scalable mode when the unit
-        offers it, unless ``scalable=False`` as with ``intel_iommu=sm_off``)."""
-        caps = get_preset(preset)
+        """A unit (a preset name, or recorded CAP/ECAP) booted by the driver ``profile``
+        (scalable mode when the unit offers it, unless ``scalable=False`` as with
+        ``intel_iommu=sm_off``).  ``enable_translation=False`` stops before GCMD.TE: the caller
+        attaches domains, then runs ``iommu.iommu_enable_translation()``."""
+        caps = get_preset(unit) if isinstance(unit, str) else unit
         prof = get_profile(profile) if isinstance(profile, str) else profile
         memory = PhysicalMemory()
-        unit = RemappingUnit(caps, memory, cache_config=cache_config or CacheConfig(),
-                             qi_mode=qi_mode)
-        platform = Platform(memory, [unit], ncpus=ncpus)
+        hw = RemappingUnit(caps, memory, name=name, cache_config=cache_config or CacheConfig(),
+                           qi_mode=qi_mode)
+        platform = Platform(memory, [hw], ncpus=ncpus)
         executor = DirectExecutor(platform)
         iommu = IntelIommu(0, caps, profile=prof, sm_on=scalable)
         system = cls(platform, executor, iommu, IntelIommuDriver(platform, prof, [iommu]), prof)
         executor.listeners.append(system._on_annotate)
-        system.run(iommu.init_hw())
+        system.run(iommu.init_hw(enable_translation=enable_translation))
         return system
 
     @property
@@ -79,13 +88,31 @@ class System:
 
     def _on_annotate(self, step: Annotate) -> None:
         if step.event == "qi_submit":
-            self.submitted.append((self.unit.stats["iqt_writes"], *step.data))
+            # The IQT write that carries it comes after the annotation: count it already.
+            self.submitted.append((self.unit.stats["iqt_writes"] + 1, *step.data))
+
+    def take_submissions(self) -> list[list[tuple]]:
+        """Every IQT write since the last call, in order, each as the list of descriptors
+        ``(label, qw0, qw1, qw2, qw3)`` that ``qi_submit`` put behind it (an IQT write
+        without any - a queue enable, a guest writing IQT by hand - gives an empty list)."""
+        groups: dict[int, list] = {}
+        for at, label, _unit, *qws in self.submitted:
+            groups.setdefault(at, []).append((label, *qws))
+        self.submitted.clear()
+        writes = self.unit.stats["iqt_writes"]
+        out = [groups.get(n, []) for n in range(self._iqt_taken + 1, writes + 1)]
+        self._iqt_taken = writes
+        return out
 
     # -- devices and domains ----------------------------------------------------------------------
-    def probe(self, name: str, *, ats: bool = False, ats_qdep: int = 32) -> DeviceInfo:
-        """A PCI function appears: the driver probes it, an endpoint joins the bus."""
+    def probe(self, name: str, *, ats: bool = False, ats_qdep: int = 32,
+              pasid: bool = False) -> DeviceInfo:
+        """A PCI function appears: the driver probes it, an endpoint joins the bus.  ``ats``
+        and ``pasid``: the function's ATS and PASID capabilities (``ats_qdep``: its ATS
+        invalidate queue depth)."""
         sid = parse_sid(name)
-        info = DeviceInfo(sid, self.iommu, ats_supported=ats, ats_qdep=ats_qdep if ats else 0)
+        info = DeviceInfo(sid, self.iommu, ats_supported=ats, ats_qdep=ats_qdep if ats else 0,
+                          pasid_supported=pasid)
         self.run(self.driver.probe_device(info))
         endpoint = Endpoint(sid, ats=ats, ats_queue_depth=ats_qdep if ats else 0,
                             device_tlb_capacity=self.unit.cache_config.device_tlb)

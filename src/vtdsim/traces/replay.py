@@ -35,18 +35,12 @@ from pathlib import Path
 from vtdsim.driver import iommu_core
 from vtdsim.driver.device import DeviceInfo
 from vtdsim.driver.dma_api import IommuDmaCookie, iommu_dma_unmap_page
-from vtdsim.driver.executor import DirectExecutor
-from vtdsim.driver.intel_iommu import IntelIommu
-from vtdsim.driver.intel_iommu_ops import IntelIommuDriver
 from vtdsim.driver.pgtable import IOMMU_READ, IOMMU_WRITE
-from vtdsim.driver.platform import Platform
-from vtdsim.driver.profiles import get_profile
 from vtdsim.driver.steps import Annotate
 from vtdsim.errors import BadInput
 from vtdsim.hardware.capabilities import Capabilities
-from vtdsim.hardware.memory import PhysicalMemory
-from vtdsim.hardware.remapping_unit import RemappingUnit
 from vtdsim.hardware.request import format_sid, parse_sid
+from vtdsim.simulation.system import System
 from vtdsim.traces import compare as cmp
 from vtdsim.traces import events as ev
 from vtdsim.traces.calls import CallStats, MapCall, reconstruct_calls
@@ -165,29 +159,24 @@ class RecordedIovas:
 
 
 class ModelMachine:
-    """Unit + driver + executor, with the model's submissions collected as IQT-write batches."""
+    """The simulation ``System`` booted from the recording's CAP/ECAP (translation still off:
+    ``boot`` attaches the groups first), with the model's submissions taken as IQT-write
+    batches tagged with what caused them."""
 
     def __init__(self, setup: Setup, profile_name: str):
-        self.profile = get_profile(profile_name)
+        self.origin = "boot: init_hw"
         self.caps = Capabilities(setup.dmesg.cap, setup.dmesg.ecap)
-        memory = PhysicalMemory()
-        self.unit = RemappingUnit(self.caps, memory, name=setup.dmesg.iommu)
-        self.platform = Platform(memory, [self.unit], ncpus=setup.ncpus)
-        self.executor = DirectExecutor(self.platform, [self._annotated])
-        self.iommu = IntelIommu(0, profile=self.profile, sm_on=setup.dmesg.scalable_mode)
-        self.driver = IntelIommuDriver(self.platform, self.profile, [self.iommu])
-        self.annotations: Counter = Counter()
-        self._descs: list[tuple[int, cmp.ModelDesc]] = []
-        self._batches_out = 0
-        self.origin = "boot"
+        self.system = System.boot(self.caps, profile_name, name=setup.dmesg.iommu,
+                                  scalable=setup.dmesg.scalable_mode, ncpus=setup.ncpus,
+                                  enable_translation=False)
+        self.profile = self.system.profile
+        self.unit, self.iommu = self.system.unit, self.system.iommu
+        self.driver, self.executor = self.system.driver, self.system.executor
+        self.annotations: Counter = Counter()  # the model's map/unmap events (consistency)
+        self.executor.listeners.append(self._count)
 
-    def _annotated(self, step: Annotate) -> None:
+    def _count(self, step: Annotate) -> None:
         self.annotations[step.event] += 1
-        if step.event == "qi_submit":
-            label, _, *qws = step.data
-            # The IQT write that carries it comes after the annotation.
-            at = self.unit.stats["iqt_writes"] + 1
-            self._descs.append((at, cmp.ModelDesc(label, tuple(qws), self.origin)))
 
     def run(self, gen, origin: str) -> list[cmp.ModelBatch]:
         """Run one driver operation; the IQT writes it made, as batches."""
@@ -196,13 +185,10 @@ class ModelMachine:
         return self.take_batches()
 
     def take_batches(self) -> list[cmp.ModelBatch]:
-        writes = self.unit.stats["iqt_writes"]
-        out = []
-        descs, self._descs = self._descs, []
-        for number in range(self._batches_out + 1, writes + 1):
-            out.append(cmp.ModelBatch(tuple(d for at, d in descs if at == number), self.origin))
-        self._batches_out = writes
-        return out
+        origin = self.origin
+        return [cmp.ModelBatch(tuple(cmp.ModelDesc(label, tuple(qws), origin)
+                                     for label, *qws in descs), origin)
+                for descs in self.system.take_submissions()]
 
 
 @dataclass
@@ -222,10 +208,10 @@ def _probe_all(m: ModelMachine, setup: Setup, batches: list) -> dict[int, Device
     infos = {}
     for name, _ in setup.dmesg.group_adds:
         sid = parse_sid(name)
-        ats = setup.ats and sid == setup.traced
-        infos[sid] = DeviceInfo(sid, m.iommu, ats_supported=ats,
-                                ats_qdep=ATS_QUEUE_DEPTH if ats else 0)
-        batches += m.run(m.driver.probe_device(infos[sid]), f"boot: probe {name}")
+        m.origin = f"boot: probe {name}"
+        infos[sid] = m.system.probe(name, ats=setup.ats and sid == setup.traced,
+                                    ats_qdep=ATS_QUEUE_DEPTH)
+        batches += m.take_batches()
     return infos
 
 
@@ -250,7 +236,7 @@ def _attach_groups(m: ModelMachine, setup: Setup, policy, infos: dict[int, Devic
 def boot(m: ModelMachine, setup: Setup) -> Boot:
     """init_hw, probe every device, one default domain per group attached in group order
     (DIDs from 2 in that order), then translation on (6.1 ``intel_iommu_init``)."""
-    batches = m.run(m.iommu.init_hw(enable_translation=False), "boot: init_hw")
+    batches = m.take_batches()  # System.boot ran init_hw
     policy = model_policy(setup, m.caps, m.profile)
     infos = _probe_all(m, setup, batches)
     if setup.traced not in infos:
