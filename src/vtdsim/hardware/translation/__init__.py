@@ -1,0 +1,134 @@
+"""The DMA request flow: context -> PASID -> IOTLB/PSC -> page walk (VT-d spec ch. 3, 4, 6).
+
+Modules: ``outcome`` (fills, faults, fixed results), ``flow`` (request checks, context, legacy
+mode, IOTLB, second stage), ``scalable`` (PASID entries, first stage, nested); this module holds
+the entry points the unit calls.
+
+``bind_translate`` builds the fast path the unit installs as ``unit.translate`` for
+untranslated requests (a context-cache hit then an IOTLB hit returns the cached ``IotlbEntry``
+itself); everything else goes through ``access``, which
+handles every request type:
+
+* legacy mode (TTM=00): root entry at RTA + bus*16, context entry at CTP + devfn*16, TT 00/01
+  (second stage), 10 (pass-through, needs ECAP.PT), 11 reserved;
+* scalable mode (TTM=01): root-entry halves, 256-bit context entries, the PASID directory and
+  table, and every PGTT: first stage, second stage, nested, pass-through;
+* ATS translation requests (AT=01: TT=01 / DTE=1 only) return the translation for the
+  device-TLB; page-table faults are not recorded but answered with R=W=0 (spec 4.2.3: a
+  translation completion carries the permissions, "success with R=W=0" when not present);
+* translated requests (AT=10: TT=01 / DTE=1 only) pass the address through without a walk.
+
+Caching (spec 6.1, 6.2): results fill the context-cache, PASID-cache, paging-structure caches
+and IOTLB; with CAP.CM=1 and ``cache_config.cache_negative``, faulting context, PASID and SS
+entries are cached as negative entries (present=False) so a missing invalidation after making
+them present shows up as a stale fault.  First-stage results are never negative-cached.
+
+Coherency of walks (spec 6.1, ECAP.C / SMPWC): root, context and PASID entries are read
+snooped iff ECAP.C; SS/FS tables iff ECAP.C in legacy mode, and in scalable mode iff
+ECAP.SMPWC and the PASID entry's PWSNP.
+
+HAW: spec 9.x reserves pointer bits at or above the platform's host address width, which the
+ACPI DMAR table reports, not a register.  We use min(MGAW, 52) as QEMU does (its aw_bits serves
+both; vtd_init); a ``Capabilities.haw`` would be the faithful source.
+
+Not modelled: interrupt requests (a request without PASID to 0xFEEx_xxxx faults 0xE/0x87
+instead of being remapped), page requests (PRE), RID_PRIV needing ECAP.RPRIVS, PASID width
+checks against ECAP.PSS, access errors (faults 0x8/0x9/0x38/0x40/0x50/0x58/0x70/0x78: our
+memory never fails), SS A/D in legacy mode, caching of nested second-stage translations of
+first-stage table addresses other than as paging-structure entries, negative PSC entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from vtdsim.hardware.caches.context_cache import ContextCacheEntry
+from vtdsim.hardware.caches.iotlb import STAGE_PT, IotlbEntry
+from vtdsim.hardware.faults import Fault, FaultReason
+from vtdsim.hardware.request import AT_TRANSLATION_REQUEST, DmaRequest
+from vtdsim.hardware.translation.flow import RequestFlow
+from vtdsim.hardware.translation.outcome import WALK_REASONS, Abort, Fill, no_access, pass_through
+
+__all__ = ["Fill", "access", "apply_fill", "bind_translate", "possible_fills"]
+
+
+# -- the public entry points ----------------------------------------------------------------------
+def bind_translate(unit: Any):
+    """The untranslated-request fast path bound to ``unit``'s caches, for the unit to install
+    as its ``translate``: a context-cache probe, an IOTLB probe, and on a hit with the
+    permission the cached ``IotlbEntry`` itself.  Anything else takes the full flow.
+
+    Hits are counted in ``unit.iotlb.stats.hit`` only (a Counter increment would double the
+    cost of the hit path); the context-cache probe does not refresh recency (LRU of the
+    context-cache sees only the slow path - a policy choice, any eviction is legal).
+    """
+    # The caches' bound dict.get (base.LruCache binds it once for this path): a method call
+    # per probe would double the cost of a hit.
+    context_get = unit.context_cache._get
+    iotlb = unit.iotlb
+    iotlb_get, iotlb_touch, iotlb_stats = iotlb._get, iotlb._touch, iotlb.stats
+    lookup_iova = iotlb.lookup_iova
+
+    def translate_bound(sid: int, iova: int, write: bool = False, pasid: int | None = None):
+        if pasid is None and unit.translation_enabled and not unit.ttm:
+            ce = context_get(sid)
+            if ce is not None and ce.present and ce.did is not None and ce.tt != 2:
+                # The 4 KiB probe of Iotlb.lookup_iova, inlined: most hits are 4 KiB pages.
+                key = (ce.did, 0, 1, iova >> 12)
+                entry = iotlb_get(key)
+                if entry is not None and entry.present and (entry.write if write
+                                                            else entry.read):
+                    iotlb_touch(key)
+                    iotlb_stats.hit += 1
+                    return entry
+                entry = lookup_iova(ce.did, 0, iova)
+                if entry is not None and entry.present and (entry.write if write
+                                                            else entry.read):
+                    return entry
+                return _run(unit, DmaRequest(sid, iova, write), ce, probed=True, entry=entry)
+        return access(unit, DmaRequest(sid, iova, write, pasid))
+
+    return translate_bound
+
+
+def access(unit: Any, req: DmaRequest):
+    """Any request (AT, PASID, privilege, execute): ``IotlbEntry`` or ``Fault``."""
+    if not unit.translation_enabled:
+        return pass_through(req.addr, 0, 0, STAGE_PT)
+    return _run(unit, req)
+
+
+def possible_fills(unit: Any, sid: int, iova: int, pasid: int | None = None) -> list[Fill]:
+    """Every cache entry a walk of *current memory* for an untranslated read could insert,
+    without changing caches, memory or stats (the checker's hardware freedom, spec 6.1)."""
+    if not unit.translation_enabled:
+        return []
+    flow = RequestFlow(unit, DmaRequest(sid, iova, pasid=pasid), dry=True)
+    with contextlib.suppress(Abort):
+        flow.run()
+    return flow.fills
+
+
+def apply_fill(unit: Any, fill: Fill) -> None:
+    """Insert one fill (and make its A/D stores, which hardware does with the fill)."""
+    for addr, value in fill.writes:
+        unit.memory.write_qword(addr, value)
+    getattr(unit, fill.cache).fill(fill.key, fill.entry)
+
+
+# -- driving one request --------------------------------------------------------------------------
+def _run(unit: Any, req: DmaRequest, ce: ContextCacheEntry | None = None, *,
+         probed: bool = False, entry: IotlbEntry | None = None):
+    """The full flow; ``ce``/``entry`` are what the fast path already looked up (``probed``:
+    the IOTLB was probed, so its miss is not counted twice)."""
+    flow = RequestFlow(unit, req, ce=ce, probed=probed, entry=entry)
+    try:
+        return flow.run()
+    except Abort as stop:
+        if req.at == AT_TRANSLATION_REQUEST and stop.reason in WALK_REASONS:
+            return no_access(req.addr)
+        fault = Fault(FaultReason(stop.reason), req.sid, req.addr, req.write, req.pasid,
+                      req.exe, req.priv, req.at)
+        unit.faults.record(fault, fpd=flow.fpd)  # counts stats["faults"], honours FPD
+        return fault
