@@ -11,8 +11,7 @@ the input.
 
 Usage: ``python scripts/fuzz_unit.py [--iterations N] [--seed S] [--preset NAME]``
 
-Not covered: several units sharing memory, device-TLB timeouts (endpoints always respond), the
-driver layer.
+Not covered: several units sharing memory, the driver layer.
 """
 
 from __future__ import annotations
@@ -83,7 +82,10 @@ class Fuzzer:
         self.unit = RemappingUnit(PRESETS[name], PhysicalMemory(), qi_mode=mode)
         self.unit.listeners.append(lambda _u, event, _f: self.events.update([event]))
         for sid in SIDS[:3]:
-            Endpoint(sid, ats=self.rng.random() < 0.5).connect(self.unit)
+            # One endpoint in five never answers ATS invalidations: device-TLB descriptors to
+            # it time out, so ITE and the abort of pending waits are exercised too.
+            Endpoint(sid, ats=self.rng.random() < 0.5,
+                     respond_to_invalidations=self.rng.random() >= 0.2).connect(self.unit)
         self.last = f"new unit {name} qi_mode={mode}"
         if self.rng.random() < 0.8:
             self.linux_init()
