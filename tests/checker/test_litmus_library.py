@@ -13,7 +13,10 @@ from vtdsim.checker.scenario import load
 LITMUS = Path(__file__).resolve().parents[2] / "litmus"
 SLOW = {"seed000_unmap_devtlb_linux61", "cm_attach_context_flush",
         "seed000_flush_all_devtlb_mainline", "cm_map_with_sync_map",
-        "seed000_flush_all_devtlb_linux61"}
+        "seed000_flush_all_devtlb_linux61", "seed001_teardown_before_walk_unlocked",
+        "seed001_teardown_after_walk_unlocked", "seed002_static_tags_before_context_cm",
+        "seed002_rwbf_flush_before_context", "seed002_static_tags_after_context_cm",
+        "seed002_rwbf_tags_before_context"}
 FILES = collect([LITMUS])
 
 

@@ -71,8 +71,11 @@ def test_blocking_steps_declare_their_guard(noflush):
     world = noflush.new_world()
     lock = world.stepper.footprint(st.Lock(name="qi0.q_lock"))
     assert ("lock", "qi0.q_lock") in lock.guard
+    # 0x1001000 is the queue's status page: each 32-bit status word is its own location.
     wait = world.stepper.footprint(st.WaitQword(addr=0x1001010, value=2))
-    assert ("mem", 0x1001000) in wait.guard
+    assert ("status", 0x1001010) in wait.guard and ("reg", 0, "FSTS") in wait.guard
+    elsewhere = world.stepper.footprint(st.WaitQword(addr=0x1004010, value=2))
+    assert ("mem", 0x1004000) in elsewhere.guard
 
 
 def test_disabled_freedom_is_reported_blocked_but_no_deadlock(noflush):

@@ -5,9 +5,17 @@ evict any cache entry at any moment; 6.5.2: the queue is processed in order).
 
 Abstract locations (``world.Footprint``):
 
-* ``("mem", line)`` a 64-byte line (CPU view and DRAM together); ``("page", pfn)`` every line of
-  a page that was freed once (a stale walk may read a recycled page-table page);
-* ``("reg", unit, "IQT"|"IQH"|"FSTS"|"OTHER")``;
+* ``("mem", line)`` a 64-byte line as the CPU cache holds it, ``("dram", line)`` its DRAM copy
+  (what a non-snooped walk reads; clflush, wbinvd, snooped device writes and write-buffer drains
+  change it); ``("status", addr)`` a 32-bit word of a queue's status page; ``("page", pfn)``
+  every line of a page that was freed once (a stale walk may read a recycled page-table page);
+* ``("qslot", unit, offset)`` a queue slot published by an IQT write;
+* ``("monitor", "mapped")`` what classifies a DMA (``MAPPED``), ``("finished", thread)``,
+  ``("pgtable",)`` (see below);
+* ``("reg", unit, "IQT"|"IQH"|"FSTS"|"OTHER")`` (FSTS: the queue-error bits IQE/ICE/ITE, what
+  the driver's ``qi_check_fault`` and the queue engine look at), ``("reg", unit, "FAULT")``:
+  fault recording (FRCDs, FSTS.PPF/PFO/FRI, FECTL.IP), written by faulting DMA, ATS and queue
+  errors and read by no driver code (no fault handler is modelled);
 * ``("cc", unit, sid)``, ``("pc", unit, sid)``, ``("tlb", unit, page)``, ``("psc", unit, page)``,
   ``("atc", sid, page)``: cache contents, per IOVA page of the scenario's bounded universe;
 * ``("lock", name)``, ``("alloc",)`` (the page allocator), ``("data",)`` (data-page contents
@@ -18,6 +26,12 @@ steps without a step (domain lists, flush-queue counters, the iotlb_sync_map fla
 transition touches it when it begins or ends an operation, when its step is a lock, an
 allocator or an annotation step, and whenever the thread holds no lock: bookkeeping the driver
 changes inside a critical section is ordered by the lock, everything else is treated as shared.
+Two exceptions keep DPOR's reduction (every ``drv`` step of one thread races with every one of
+another): a transition whose code runs while the thread holds a *confined* lock
+(``CONFINED_LOCKS``: sections that touch only state reached under that same lock) touches only
+the lock; a page-table walker read (``WALKER_STEPS``) runs only walker code up to the walker's
+next step (checked after the step) and reads ``("pgtable",)``, the page-table fields that only
+an ``enforce_cache_coherency`` op changes (its transitions write it).
 
 Not modelled: stale walks through a *live* table reached from a stale cached pointer (the dry
 walk of current memory gives the lines read; a recycled page is covered by ``("page", pfn)``),
@@ -26,18 +40,34 @@ several units (unit 0 only), DMA from CPUs other than through threads' ops.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 from vtdsim.checker.world import Footprint, StepRecord
 from vtdsim.driver import steps as st
-from vtdsim.hardware.descriptors import decode
+from vtdsim.errors import ModelError
+from vtdsim.hardware.descriptors import decode, validate
 from vtdsim.hardware.memory import LINE_SIZE
 
 DRV = ("drv",)
 ALLOC = ("alloc",)
 DATA = ("data",)
+PGTABLE = ("pgtable",)
+# Critical sections that read and write only state every other access also reaches under the
+# same lock, or constants fixed at probe: the queue's slots and counters (qi->q_lock, dmar.c;
+# driver/qi.py), a domain's cache-tag list (domain->cache_lock, cache.c; driver/cache_tag.py),
+# the GCMD shadow (iommu->register_lock; driver/intel_iommu.py).
+CONFINED_LOCKS = (".q_lock", ".cache_lock", ".register_lock")
+# iommu->lock sections (by the Lock's ``why``) that only program table entries: they read the
+# domain's DID (written under iommu->lock), its page-table root and probe-time device fields.
+CONFINED_SECTIONS = frozenset({"domain_context_mapping_one"})
+# pfn_to_dma_pte's reads never end the walker (the next level, a table install or the leaf's
+# cmpxchg follows); between them only DomainPageTable code runs, reading its fields.
+WALKER_STEPS = frozenset({"pfn_to_dma_pte"})
+_WALKER_MODULE = "vtdsim.driver.pgtable"
+PGTABLE_WRITERS = frozenset({"enforce_cache_coherency"})  # sets pgtable.force_snoop
 _EMPTY = frozenset()
 _MEMORY_STEPS = (st.CpuWrite, st.CpuCmpxchg, st.CpuZero, st.CpuRead, st.Clflush,
                  st.ClflushRange, st.Wbinvd, st.MmioWrite, st.MmioRead, st.WaitQword,
@@ -54,8 +84,32 @@ def lines(addr: int, size: int) -> set:
     return {("mem", a) for a in range(first, addr + size, LINE_SIZE)}
 
 
+def dram_line(addr: int) -> tuple:
+    """The DRAM copy of a line: what non-snooped walks read, changed by clflush, wbinvd and
+    snooped device writes (``("mem", line)`` is the CPU cache's copy)."""
+    return ("dram", addr & ~(LINE_SIZE - 1))
+
+
 def reg(unit: int, offset: int) -> tuple:
     return ("reg", unit, _REG_NAMES.get(offset, "OTHER"))
+
+
+# The monitor's record of mapped IOVAs and of domain members (written when a map, unmap or
+# attach op ends or an unmap begins) and the flush queue's counters, which classify what a DMA
+# did (spurious_fault; dma_after_free or lazy exposure).
+MAPPED = ("monitor", "mapped")
+MAPPING_OPS = frozenset({"attach", "map", "dma_map", "unmap", "dma_unmap"})
+
+
+def finished_location(thread: str) -> tuple:
+    """Written by every transition that may finish ``thread`` (its last op, no lock held
+    after the step): what a DMA gated on the thread's end guards on."""
+    return ("finished", thread)
+
+
+def fault_location(unit: int) -> tuple:
+    """Fault recording of ``unit`` (FRCDs, FSTS.PPF/PFO/FRI, FECTL.IP)."""
+    return ("reg", unit, "FAULT")
 
 
 def fp(reads=(), writes=(), guard=()) -> Footprint:
@@ -100,11 +154,25 @@ def chain_label(step: st.Step, skipped: bool) -> str | None:
         return f"free {step.addr:#x}"
     if isinstance(step, st.MmioWrite) and step.offset == 0x88:
         return "submit (IQT)"
+    if isinstance(step, st.MmioWrite) and step.why == "iommu_flush_write_buffer":
+        return "GCMD.WBF (write-buffer flush)"
     if isinstance(step, st.WaitQword):
         return "wait done"
-    if isinstance(step, st.CpuWrite) and step.value == 0:
-        return f"clear [{step.addr:#x}]"
+    if isinstance(step, st.Wbinvd):
+        return "wbinvd"
+    if isinstance(step, st.CpuRead) and step.why == "CPU":  # the scenario's cpu_read op
+        return f"CPU read [{step.addr:#x}]"
+    if isinstance(step, st.CpuCmpxchg) and step.why == "__domain_mapping":
+        return f"set PTE [{step.addr:#x}]"
+    if (isinstance(step, st.CpuWrite) and step.why in _CONTEXT_WRITERS and step.value & 1
+            and not step.addr % 16):  # qword 0 (Present) of a 128-bit context entry
+        return f"context present [{step.addr:#x}]"
+    if isinstance(step, st.CpuWrite) and step.value == 0 and step.why != "qi_submit_sync":
+        return f"clear [{step.addr:#x}]"  # (a descriptor's zero qword is no clear)
     return None
+
+
+_CONTEXT_WRITERS = frozenset({"domain_context_mapping_one", "device_pasid_table_setup"})
 
 
 # -- mutations ----------------------------------------------------------------------------------
@@ -143,16 +211,23 @@ class ThreadState:
     pending: st.Step | None = None
     done: bool = False
     locks: set = field(default_factory=set)
+    acquired: Counter = field(default_factory=Counter)  # lock name -> acquisitions so far
+    released: Counter = field(default_factory=Counter)  # lock name -> releases so far
+    sections: dict = field(default_factory=dict)  # held lock -> the Lock step's ``why``
+    ended: bool = False  # the last transition ended an op
 
 
 class Thread:
-    """A driver thread: its operations run one after the other, one step per transition."""
+    """A driver thread: its operations run one after the other, one step per transition.
+    ``gates`` (scenario ``LockGate``s) hold its start or its n-th acquisition of a lock until
+    another thread has released that lock often enough (litmus cases that pin an order)."""
 
     optional = False
 
-    def __init__(self, name: str, ops: list):
+    def __init__(self, name: str, ops: list, gates: tuple = ()):
         self.name = name
         self.ops = ops
+        self.gates = gates  # scenario.LockGate: this thread's nth Lock waits for releases
 
     def state(self, world) -> ThreadState:
         return world.threads[self.name]
@@ -162,20 +237,76 @@ class Thread:
 
     def ready(self, world) -> bool:
         s = self.state(world)
-        return s.pending is None or world.stepper.ready(s.pending, self._skipped(s))
+        if s.pending is None:
+            return s.index > 0 or self._gates_open(world, s, None)
+        return world.stepper.ready(s.pending, self._skipped(s)) and self._gates_open(
+            world, s, s.pending)
+
+    def _gates(self, s: ThreadState, step: st.Step | None) -> list:
+        """The gates on this transition: ``nth`` 0 holds the thread's start (``step`` None),
+        ``nth`` n its n-th acquisition of the gate's lock."""
+        if step is None:
+            return [g for g in self.gates if g.nth == 0] if s.index == 0 else []
+        if not isinstance(step, st.Lock):
+            return []
+        nth = s.acquired[step.name] + 1
+        return [g for g in self.gates if g.lock == step.name and g.nth == nth]
+
+    def _gates_open(self, world, s: ThreadState, step: st.Step | None) -> bool:
+        """A gate opens once the other thread has released its lock often enough; releases
+        write ``("lock", name)``, which the gated transition guards on (DPOR stays sound)."""
+        return all(world.threads[g.thread].released[g.lock] >= g.released
+                   for g in self._gates(s, step))
 
     def footprint(self, world) -> Footprint:
+        base, ending = self.footprint_parts(world)
+        if ending is None:
+            return base
+        return fp(base.reads | ending.reads, base.writes | ending.writes, base.guard)
+
+    def footprint_parts(self, world) -> tuple[Footprint, Footprint | None]:
+        """The transition's footprint, and what it adds if it ends the op (None: it cannot).
+        ``footprint`` is their union; after the step the world knows whether the op ended
+        (``ThreadState.ended``) and reports the exact one (``VtdWorld.taken``)."""
+        base = self._footprint(world)
+        s = self.state(world)
+        op = s.ops[s.index][2]
+        # The flush queue's counters (they change inside the timer's flush) and an unmap's
+        # start (op_begin forgets the IOVA) change what decides a DMA's verdict.
+        if op.kind == "fq_timer" or (s.pending is None and op.kind in ("unmap", "dma_unmap")):
+            base = fp(base.reads, base.writes | {MAPPED}, base.guard)
+        if not _may_end_op(s):
+            return base, None
+        # What the monitor does when an op ends (properties.Monitor.op_done / op_begin of the
+        # next op): note mapped IOVAs and domain members, check a strict unmap's caches.
+        after = s.ops[s.index + 1][2] if s.index + 1 < len(s.ops) else None
+        writes = set()
+        if op.kind in MAPPING_OPS or (after is not None and after.kind in MAPPING_OPS):
+            writes.add(MAPPED)
+        if after is None:
+            writes.add(finished_location(self.name))
+        return base, fp(world.universe.unmap_check(op), writes)
+
+    def _footprint(self, world) -> Footprint:
         s = self.state(world)
         if s.pending is None:
-            return fp(writes={DRV})
+            held = {("lock", g.lock) for g in self._gates(s, None)}
+            return fp(held, {DRV}, held)
         step = s.pending
         base = world.stepper.footprint(step) if not self._skipped(s) else fp()
+        if s.ops[s.index][2].kind in PGTABLE_WRITERS:
+            return fp(base.reads, base.writes | {DRV, PGTABLE}, base.guard)
+        if _walker_step(step):
+            return fp(base.reads | {PGTABLE}, base.writes, base.guard)
         if self._touches_driver(s, step):
             return fp(base.reads, base.writes | {DRV}, base.guard)
         return base
 
     @staticmethod
     def _touches_driver(s: ThreadState, step: st.Step) -> bool:
+        held = _held_after(s, step)
+        if any(_confined(name, why) for name, why in held.items()):
+            return False  # the code up to the next step runs inside a confined section
         return not isinstance(step, _MEMORY_STEPS) or not s.locks
 
     @staticmethod
@@ -184,6 +315,7 @@ class Thread:
 
     def step(self, world) -> StepRecord:
         s = self.state(world)
+        s.ended = False
         if s.pending is None:
             return self._begin(world, s, "")
         step, skipped = s.pending, self._skipped(s)
@@ -192,10 +324,13 @@ class Thread:
         text = ("(skipped) " if skipped else "") + describe_step(step)
         label = chain_label(step, skipped)
         world.monitor.thread_step(self.name, step, reply, skipped)
+        walker = _outer_walker(s.gen) if _walker_step(step) else None
         try:
             s.pending = s.gen.send(reply)
         except StopIteration as stop:
+            _check_walker(walker, None, step)
             return self._end(world, s, text, stop.value, label)
+        _check_walker(walker, s.gen, step)
         return StepRecord(self.name, text, {"key": bool(label), "chain": label or text})
 
     @staticmethod
@@ -204,8 +339,12 @@ class Thread:
             return
         if isinstance(step, st.Lock):
             s.locks.add(step.name)
+            s.sections[step.name] = step.why
+            s.acquired[step.name] += 1
         elif isinstance(step, st.Unlock):
             s.locks.discard(step.name)
+            s.sections.pop(step.name, None)
+            s.released[step.name] += 1
 
     def _begin(self, world, s: ThreadState, before: str) -> StepRecord:
         """Start the next op (its code up to the first step runs now)."""
@@ -221,6 +360,7 @@ class Thread:
 
     def _end(self, world, s: ThreadState, text: str, value: Any, label: str | None):
         op_label, _, op = s.ops[s.index]
+        s.ended = True
         world.monitor.op_done(self.name, op, value)
         s.gen, s.pending = None, None
         s.index += 1
@@ -231,6 +371,57 @@ class Thread:
         record = self._begin(world, s, f"{text}; ")
         return StepRecord(self.name, record.text, {"key": bool(label),
                                                    "chain": label or record.text})
+
+
+def _may_end_op(s: ThreadState) -> bool:
+    """The transition may end the current op: an op never ends inside a critical section,
+    a walker step never ends one (checked); a begin may (an op without steps)."""
+    step = s.pending
+    return step is None or (not _walker_step(step) and not _held_after(s, step))
+
+
+def _held_after(s: ThreadState, step: st.Step) -> dict:
+    """The locks (name -> the Lock's ``why``) the thread holds once ``step`` is applied."""
+    held = dict(s.sections)
+    if skipped(step, s.ops[s.index][2].skip):
+        return held
+    if isinstance(step, st.Lock):
+        held[step.name] = step.why
+    elif isinstance(step, st.Unlock):
+        held.pop(step.name, None)
+    return held
+
+
+def _confined(lock: str, why: str) -> bool:
+    return lock.endswith(CONFINED_LOCKS) or why in CONFINED_SECTIONS
+
+
+def _walker_step(step: st.Step) -> bool:
+    return type(step) is st.CpuRead and step.why in WALKER_STEPS
+
+
+def _outer_walker(gen: Generator | None) -> Generator | None:
+    """The outermost page-table generator in ``gen``'s ``yield from`` chain."""
+    while gen is not None:
+        frame = gen.gi_frame
+        if frame is not None and frame.f_globals.get("__name__") == _WALKER_MODULE:
+            return gen
+        gen = gen.gi_yieldfrom
+    return None
+
+
+def _check_walker(walker: Generator | None, gen: Generator | None, step: st.Step) -> None:
+    """A walker step's footprint claimed that only walker code runs until the next step: the
+    walker generator must still be suspended in the thread's chain (it neither returned nor
+    was left), or the footprint was wrong."""
+    if walker is None:
+        return
+    while gen is not None:
+        if gen is walker:
+            return
+        gen = gen.gi_yieldfrom
+    raise ModelError(f"after {describe_step(step)} the thread left the page-table walker: "
+                     "WALKER_STEPS claims a footprint that does not hold")
 
 
 # -- hardware freedoms --------------------------------------------------------------------------
@@ -266,13 +457,7 @@ class QueueEngine:
         return True
 
     def footprint(self, world) -> Footprint:
-        u = self.unit
-        unit = world.system.unit(u)
-        queue = unit.queue
-        addr = queue.base + queue.head
-        reads = {reg(u, 0x88), reg(u, 0x80)} | lines(addr, queue.width)
-        writes = {reg(u, 0x80), reg(u, 0x34)}
-        return fp(reads, writes | world.universe.invalidated(u, _peek(unit, addr)))
+        return slot_footprint(world, self.unit, world.system.unit(self.unit).queue.head)
 
     def step(self, world) -> StepRecord:
         unit = world.system.unit(self.unit)
@@ -281,6 +466,29 @@ class QueueEngine:
         text = desc.describe() if desc is not None else "fetch"
         return StepRecord(self.name, text, {"key": desc is not None and desc.type != 5,
                                             "chain": f"hw {desc.label if desc else 'qi'}"})
+
+
+def slot_footprint(world, u: int, offset: int) -> Footprint:
+    """Fetching and performing the descriptor at queue offset ``offset`` of unit ``u``: by the
+    queue engine (async) or inside the IQT write that publishes it (sync, QEMU's way)."""
+    unit = world.system.unit(u)
+    queue = unit.queue
+    addr = queue.base + offset
+    desc = _peek(unit, addr)
+    # Fetching needs the slot published by an IQT write and no IQE/ITE pending (6.5.2.10).
+    guard = {("qslot", u, offset), reg(u, 0x34)}
+    slot = lines(addr, queue.width) | {dram_line(a) for a in range(addr, addr + queue.width, 8)}
+    reads = guard | {reg(u, 0x80)} | slot
+    writes = {reg(u, 0x80)} | world.universe.invalidated(u, desc)
+    if desc is None or validate(desc, unit.caps, queue.wide) or desc.type in (3, 8):
+        # IQE (a bad slot), or ITE/ICE (an ATS invalidation the device may not complete;
+        # the abort then moves IQH to IQT).
+        reads.add(reg(u, 0x88))
+        writes |= {reg(u, 0x34), fault_location(u)}
+    if desc is None or desc.type != 5:
+        # Any invalidation drains the write buffer (spec 6.8): posted lines become visible.
+        writes |= {dram_line(a) for a in unit.memory.posted_lines()}
+    return fp(reads, writes, guard)
 
 
 def _peek(unit, addr: int):
@@ -294,31 +502,38 @@ def _peek(unit, addr: int):
 
 
 class CacheFill(Bounded):
-    """``hw:fill <cache> <dev>@<iova>``: insert the entries a walk of current memory gives."""
+    """``hw:fill <cache> <dev>@<iova>``: insert the entries a walk of current memory gives
+    (for a request with ``pasid``, the walk through that PASID's entry)."""
 
-    def __init__(self, name: str, times: int, device: str, iova: int, cache: str):
+    def __init__(self, name: str, times: int, device: str, iova: int, cache: str,
+                 pasid: int | None = None, negative: bool = False):
         super().__init__(name, times)
-        self.device, self.iova, self.cache = device, iova, cache
+        self.device, self.iova, self.cache, self.pasid = device, iova, cache, pasid
+        self.negative = negative  # only not-present entries (caching mode, spec 6.1)
 
     def _fills(self, world) -> list:
-        return [f for f in world.walk(self.device, self.iova).fills if f.cache == self.cache]
+        walk = world.walk(self.device, self.iova, self.pasid)
+        return [f for f in walk.fills if f.cache == self.cache
+                and not (self.negative and getattr(f.entry, "present", True))]
 
     def ready(self, world) -> bool:
         return bool(self._fills(world))
 
     def footprint(self, world) -> Footprint:
-        walk = world.walk(self.device, self.iova)
+        walk = world.walk(self.device, self.iova, self.pasid)
         cache = world.universe.cache_locations(self.device, self.iova, self.cache)
-        writes = cache | {line(a) for f in walk.fills for a, _ in f.writes}
-        return fp(walk.reads, writes, walk.reads)
+        return fp(walk.reads, cache | walk.ad_writes, walk.reads)
 
     def step(self, world) -> StepRecord:
+        walk = world.walk(self.device, self.iova, self.pasid)
         fills = self._fills(world)
-        unit = world.system.endpoint(self.device).unit
+        ep = world.system.endpoint(self.device)
         for f in fills:
-            unit.apply_fill(f)
+            ep.unit.apply_fill(f)
         self.fire(world)
-        world.monitor.hardware_step()
+        # The dry walk read the context entry from memory, whatever the context cache holds.
+        via = next((f.entry.raw for f in walk.fills if f.cache == "context_cache"), None)
+        world.monitor.hardware_step(ep.sid, via)
         entry = fills[-1].entry
         hpa = getattr(entry, "hpa", None)
         shown = f" -> {hpa:#x}" if isinstance(hpa, int) and getattr(entry, "present", True) \
@@ -328,17 +543,20 @@ class CacheFill(Bounded):
 
 
 class CacheEvict(Bounded):
-    """``hw:evict <cache> <dev>@<iova>``: drop a cached entry covering the IOVA (spec 6.1)."""
+    """``hw:evict <cache> <dev>@<iova>``: drop a cached entry covering the IOVA (spec 6.1);
+    with ``pasid``, only entries tagged with that PASID (PASID cache, IOTLB)."""
 
-    def __init__(self, name: str, times: int, device: str, iova: int, cache: str):
+    def __init__(self, name: str, times: int, device: str, iova: int, cache: str,
+                 pasid: int | None = None):
         super().__init__(name, times)
-        self.device, self.iova, self.cache = device, iova, cache
+        self.device, self.iova, self.cache, self.pasid = device, iova, cache, pasid
 
     def _keys(self, world) -> list:
         unit = world.system.endpoint(self.device).unit
         sid = world.system.endpoint(self.device).sid
         return [k for name, k in unit.cached()
-                if name == self.cache and covers(name, k, sid, self.iova)]
+                if name == self.cache and covers(name, k, sid, self.iova)
+                and (self.pasid is None or _pasid_of(name, k) in (None, self.pasid))]
 
     def ready(self, world) -> bool:
         return bool(self._keys(world))
@@ -353,6 +571,14 @@ class CacheEvict(Bounded):
             unit.evict(self.cache, key)
         self.fire(world)
         return StepRecord(self.name, f"evict {self.cache} {self.device}@{self.iova:#x}")
+
+
+def _pasid_of(cache: str, key: Any) -> int | None:
+    """The PASID a cache key is tagged with (caches/*.py key shapes), None for the context
+    cache."""
+    if cache == "context_cache":
+        return None
+    return key[1]
 
 
 def covers(cache: str, key: Any, sid: int, iova: int) -> bool:
@@ -371,19 +597,22 @@ class Dma(Bounded):
     """``<dev>:dma r|w@<iova>``: the device issues a DMA (through its ATC when ATS is on)."""
 
     def __init__(self, name: str, times: int, device: str, iova: int, write: bool,
-                 no_snoop: bool, pasid: int | None):
+                 no_snoop: bool, pasid: int | None, after_thread: str = ""):
         super().__init__(name, times)
         self.device, self.iova, self.write = device, iova, write
         self.no_snoop, self.pasid = no_snoop, pasid
+        self.after_thread = after_thread  # the driver starts the device once it returned
 
     def ready(self, world) -> bool:
-        return True
+        return not self.after_thread or world.threads[self.after_thread].done
 
     def footprint(self, world) -> Footprint:
-        walk = world.walk(self.device, self.iova)
+        walk = world.walk(self.device, self.iova, self.pasid)
         cache = world.universe.device_locations(self.device, self.iova)
-        writes = cache | walk.reads | {reg(0, 0x34), DATA}
-        return fp(walk.reads | {ALLOC}, writes)
+        # A faulting DMA records the fault (reading the queue-error bits for the event).
+        writes = cache | walk.ad_writes | {fault_location(0)} | ({DATA} if self.write else set())
+        gate = {finished_location(self.after_thread)} if self.after_thread else set()
+        return fp(walk.reads | {ALLOC, DATA, MAPPED, reg(0, 0x34)} | gate, writes, gate)
 
     def step(self, world) -> StepRecord:
         ep = world.system.endpoint(self.device)
@@ -393,9 +622,12 @@ class Dma(Bounded):
         else:
             result = ep.dma_read(self.iova, 8, self.pasid, self.no_snoop)
         self.fire(world)
-        violated = world.monitor.dma(self.device, self.iova, self.write, result, world.clock)
-        world.monitor.hardware_step()
+        violated = world.monitor.dma(self.device, self.iova, self.write, result, world.clock,
+                                     self.pasid)
+        world.monitor.hardware_step(ep.sid)
         kind = "write" if self.write else "read"
+        if self.pasid is not None:
+            kind = f"{kind} pasid={self.pasid:#x}"
         if result.fault is not None:
             text = f"dma {kind} {self.iova:#x} faults: {result.fault}"
         else:
@@ -405,24 +637,26 @@ class Dma(Bounded):
 
 
 class AtsPrefetch(Bounded):
-    """``<dev>:ats@<iova>``: the device fills its ATC with a Translation Request (ATS)."""
+    """``<dev>:ats@<iova>``: the device fills its ATC with a Translation Request (ATS), with a
+    PASID prefix when ``pasid`` is set."""
 
-    def __init__(self, name: str, times: int, device: str, iova: int):
+    def __init__(self, name: str, times: int, device: str, iova: int, pasid: int | None = None):
         super().__init__(name, times)
-        self.device, self.iova = device, iova
+        self.device, self.iova, self.pasid = device, iova, pasid
 
     def ready(self, world) -> bool:
         return world.system.endpoint(self.device).ats
 
     def footprint(self, world) -> Footprint:
-        walk = world.walk(self.device, self.iova)
+        walk = world.walk(self.device, self.iova, self.pasid)
         cache = world.universe.device_locations(self.device, self.iova)
-        return fp(walk.reads, cache | walk.reads | {reg(0, 0x34)})
+        return fp(walk.reads | {reg(0, 0x34)}, cache | walk.ad_writes | {fault_location(0)})
 
     def step(self, world) -> StepRecord:
-        entry = world.system.endpoint(self.device).ats_prefetch(self.iova)
+        ep = world.system.endpoint(self.device)
+        entry = ep.ats_prefetch(self.iova, self.pasid)
         self.fire(world)
-        world.monitor.hardware_step()
+        world.monitor.hardware_step(ep.sid)
         hpa = getattr(entry, "hpa", None)
         got = f" -> {hpa:#x}" if entry and getattr(entry, "read", False) else " (nothing)"
         text = f"ats {self.device}@{self.iova:#x}{got}"

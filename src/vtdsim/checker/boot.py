@@ -76,8 +76,17 @@ def _fq_timer(system: System, op: Op):
 
 
 def _attach(system: System, op: Op):
-    info = system.devices[op["device"]]
-    ret = yield from system.driver.attach_dev(system.domains[op["domain"]], info)
+    """``part``: "all"; "prepare" (block the old domain, DID, device list: nothing the
+    hardware sees, so a set-up may run it when the racing ops do not read the DID or the device
+    list - mainline's map flushes by cache tag); "program" (the rest, after a "prepare")."""
+    info, domain = system.devices[op["device"]], system.domains[op["domain"]]
+    driver, part = system.driver, op.args.get("part", "all")
+    if part == "prepare":
+        return (yield from driver.attach_dev_prepare(domain, info))
+    if part == "program":
+        ret = yield from driver.dmar_domain_attach_device(domain, info)
+    else:
+        ret = yield from driver.attach_dev(domain, info)
     system.members[op["device"]] = op["domain"]
     system.endpoint(op["device"]).ats = bool(info.ats_enabled)  # PCI ATS Control.Enable
     return ret
@@ -85,9 +94,18 @@ def _attach(system: System, op: Op):
 
 def _set_dev_pasid(system: System, op: Op):
     old = system.domains.get(op["old"]) if op["old"] else None
-    return (yield from system.driver.set_dev_pasid(system.domains[op["domain"]],
-                                                   system.devices[op["device"]],
-                                                   op["pasid"], old))
+    ret = yield from system.driver.set_dev_pasid(system.domains[op["domain"]],
+                                                 system.devices[op["device"]], op["pasid"], old)
+    if ret == 0:
+        system.pasid_members[(op["device"], op["pasid"])] = op["domain"]
+    return ret
+
+
+def _remove_dev_pasid(system: System, op: Op):
+    # The PASID leaves its domain when the detach begins: DMA from then on may fault.
+    system.pasid_members.pop((op["device"], op["pasid"]), None)
+    return (yield from system.driver.remove_dev_pasid(system.devices[op["device"]],
+                                                      op["pasid"]))
 
 
 def _context_flip_pri(system: System, op: Op):
@@ -115,8 +133,7 @@ OP_FACTORIES = {
     "attach": _attach,
     "set_dev_pasid": _set_dev_pasid,
     "flush_iotlb_all": lambda s, o: s.driver.flush_iotlb_all(s.domains[o["domain"]]),
-    "remove_dev_pasid": lambda s, o: s.driver.remove_dev_pasid(s.devices[o["device"]],
-                                                               o["pasid"]),
+    "remove_dev_pasid": _remove_dev_pasid,
     "enforce_cache_coherency": lambda s, o: s.driver.enforce_cache_coherency(
         s.domains[o["domain"]]),
     # Seed 001: a present -> present scalable-mode context change (v6.11 context_flip_pri).
@@ -173,6 +190,9 @@ def boot(sc: Scenario) -> System:
     _domains(system, sc, iommu, caps, profile)
     for op in sc.setup_ops:
         _run_op(system, op)
+    for f in sc.warm:
+        # The initial state's caches: translations the device used before the threads start.
+        system.endpoint(f.device).dma_read(f.iova, 8, f.pasid)
     return system
 
 
@@ -243,7 +263,8 @@ def _filter(gen: Generator, skip: tuple[str, ...]) -> Generator:
 def build_model(sc: Scenario, assertions: list | None = None) -> VtdModel:
     """Boot once, then describe the actors over the booted template."""
     system = boot(sc)
-    threads = [ac.Thread(name, [(o.describe(), factory_for(o), o) for o in ops])
+    threads = [ac.Thread(name, [(o.describe(), factory_for(o), o) for o in ops],
+                         sc.gates.get(name, ()))
                for name, ops in sc.threads.items()]
     hardware = _hardware_actors(sc)
     universe = Universe({d.name: d.sid for d in sc.devices},
@@ -259,25 +280,36 @@ def _hardware_actors(sc: Scenario) -> list:
         found.append(ac.QueueEngine("hw:qi", 0))
     for f in sc.fills:
         for cache in f.caches:
-            name = f"hw:fill {cache} {f.device}@{f.iova:#x}"
-            found.append(ac.CacheFill(name, f.times, f.device, f.iova, cache))
+            name = f"hw:fill {cache} {f.device}@{f.iova:#x}{_tag(f)}"
+            found.append(ac.CacheFill(name, f.times, f.device, f.iova, cache, f.pasid,
+                                      f.negative))
     for f in sc.evictions:
         for cache in f.caches:
-            name = f"hw:evict {cache} {f.device}@{f.iova:#x}"
-            found.append(ac.CacheEvict(name, f.times, f.device, f.iova, cache))
+            name = f"hw:evict {cache} {f.device}@{f.iova:#x}{_tag(f)}"
+            found.append(ac.CacheEvict(name, f.times, f.device, f.iova, cache, f.pasid))
     for f in sc.ats_prefetch:
-        found.append(ac.AtsPrefetch(f"{f.device}:ats@{f.iova:#x}", f.times, f.device, f.iova))
+        found.append(ac.AtsPrefetch(f"{f.device}:ats@{f.iova:#x}{_tag(f)}", f.times, f.device,
+                                    f.iova, f.pasid))
     for f in sc.dma:
         kind = "w" if f.access == "write" else "r"
-        name = f"{f.device}:dma {kind}@{f.iova:#x}"
+        name = f"{f.device}:dma {kind}@{f.iova:#x}{_tag(f)}"
         found.append(ac.Dma(name, f.times, f.device, f.iova, f.access == "write", f.no_snoop,
-                            f.pasid))
+                            f.pasid, f.after_thread))
     return found
 
 
+def _tag(f) -> str:
+    """Actor-name suffix of a request with a PASID (names without one are unchanged, so saved
+    schedules keep replaying)."""
+    return "" if f.pasid is None else f" pasid={f.pasid:#x}"
+
+
 def bounds(sc: Scenario) -> dict:
-    """The explicit bounds the report prints."""
+    """The explicit bounds the report prints (the warm-up DMA only when there is one, so the
+    fingerprints of saved schedules without it stay valid)."""
+    warm = {"warm": len(sc.warm)} if sc.warm else {}
     return {
+        **warm,
         "threads": len(sc.threads),
         "ops": sum(len(o) for o in sc.threads.values()),
         "iovas": ",".join(f"{i:#x}" for i in sc.iovas()),

@@ -13,8 +13,12 @@ Blocking (locks, waits).  A race e < e' where e' cannot run before e (e released
 acquires, or wrote what e' waits for) is not reversible.  As in Flanagan & Godefroid POPL'05
 (DPOR's "may be co-enabled" test), the search then walks further back to the latest earlier
 dependent event before which the reversal's initial *is* enabled (the acquire that took the
-lock), and if there is none it adds every enabled actor (the conservative backtrack).  The
-pending transitions of the actors blocked at the end of a deadlocked execution race too.
+lock), and if there is none it adds every enabled actor (the conservative backtrack) - except
+when e enabled e' (wrote its guard): e' could not run before e, and no earlier event of the
+execution could have enabled it instead (that one would be a reversal point), so the two are
+not co-enabled and there is nothing to reverse (Source-DPOR's reversible races; the slot an
+IQT write publishes, the status word a wait descriptor writes).  The pending transitions of
+the actors blocked at the end of a deadlocked execution race too.
 
 Not done: wakeup trees (so sleep-set-blocked executions can occur and are counted), state
 caching, and combining the preemption bound with DPOR (that needs bounded POR).
@@ -62,6 +66,14 @@ class _Node:
         return self.prev is not None and actor != self.prev and self.prev in self.enabled
 
 
+def _taken(world, predicted: Footprint) -> Footprint:
+    """The footprint of the transition just taken, when the world reports it exactly
+    (``World.taken``, a subset of the prediction); else the prediction."""
+    taken = getattr(world, "taken", None)
+    exact = taken() if taken is not None else None
+    return predicted if exact is None else exact
+
+
 def _hb(clock: dict[str, int], node: _Node) -> bool:
     """Is ``node``'s event in the happens-before past described by ``clock``?"""
     return clock.get(node.chosen, 0) >= node.seq
@@ -106,6 +118,9 @@ class TreeSearch:
         for node in nodes:
             if self.dpor and node.fp is None:
                 node.fp = ex.world.footprint(node.chosen)
+                ex.step(node.chosen)
+                node.fp = _taken(ex.world, node.fp)
+                continue
             ex.step(node.chosen)
 
     def _extend(self, ex: Execution, nodes: list[_Node]) -> None:
@@ -125,6 +140,8 @@ class TreeSearch:
                 node.fp = world.footprint(actor)
             nodes.append(node)
             ex.step(actor)
+            if self.dpor:
+                node.fp = _taken(world, node.fp)
         if self.dpor:  # a deadlock: the blocked actors' pending transitions race too
             self.pending = [
                 _Node((), None, 0, chosen=a, fp=world.footprint(a)) for a in world.blocked()
@@ -213,14 +230,15 @@ class TreeSearch:
         """Schedule the reversal of race i < j in the backtrack set before i.  When e_i may
         have enabled e_j (it writes e_j's guard), also before the earlier dependent events,
         back to one before which e_j itself is known to be enabled (the acquire that took the
-        lock); if no initial is enabled anywhere, add every enabled actor before i."""
+        lock); if no initial is enabled anywhere, add every enabled actor before i - unless
+        e_i enabled e_j, a race that cannot be reversed."""
         past = events[prev].clock if prev is not None else {}
         added = False
         for m in self._reversal_points(events, i, j, past):
             added = self._add_initial(events, m, j) or added
             if added and self._reversible(events, m, j, prev):
                 return
-        if not added:
+        if not added and events[j].fp.guard.isdisjoint(events[i].fp.writes):
             events[i].backtrack.update(events[i].enabled)
 
     def _add_initial(self, events: list[_Node], m: int, j: int) -> bool:

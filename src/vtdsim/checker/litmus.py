@@ -5,21 +5,26 @@ check per property).
 Each scenario: boot once, explore, shrink each counterexample (fewest steps, then fewest
 preemptions) and print it as the causal chain plus the table, then the summary; lazy mode's
 exposure (pages a DMA reached after their free, before the flush queue flushed them) is
-printed as an observation, not a violation.  A verdict is *unexpected* when it differs from
-the expected one, or when a property without expectation is violated; a bounded search that
-did not reach a violation counts as agreeing with ``holds``.
+printed as an observation, not a violation.  Each *observation* (``properties.OBSERVATIONS``:
+``lazy_exposure``, ``no_snoop_stale_read``) seen is printed with the shrunk chain of one
+execution and how many showed it; ``[expect]`` may state it as ``"observed"`` or ``"never"``.
+A verdict is *unexpected* when it differs from the expected one, or when a property without
+expectation is violated (an observation without expectation never is); a bounded search that
+did not reach a violation (an observation) counts as agreeing with ``holds`` (``never``).
 
 Not provided: parallel runs, HTML reports, expectations on executions counts.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vtdsim.checker.boot import build_model
 from vtdsim.checker.explore import NOT_REACHED, VIOLATED, Counterexample, Result, explore
+from vtdsim.checker.properties import OBSERVATIONS
 from vtdsim.checker.report import causal_chain, counterexample_table, summary
 from vtdsim.checker.scenario import Scenario, load
 from vtdsim.checker.schedule import Schedule, replay, run_schedule, save
@@ -48,6 +53,19 @@ class Outcome:
     expected: list[str] = field(default_factory=list)  # "prop: verdict"
     unexpected: list[str] = field(default_factory=list)
     exposure: tuple[int, int] = (0, 0)  # (longest window in steps, pages reached)
+    observed: dict[str, Observed] = field(default_factory=dict)  # properties.OBSERVATIONS
+
+
+@dataclass
+class Observed:
+    """An observation (``properties.OBSERVATIONS``) over all executions: how many showed it,
+    the first one's message and schedule, and that schedule shrunk to a chain."""
+
+    name: str
+    executions: int = 0
+    message: str = ""
+    schedule: tuple[str, ...] = ()
+    example: Counterexample | None = None
 
 
 def collect(paths: list[str | Path]) -> list[Path]:
@@ -66,15 +84,47 @@ def collect(paths: list[str | Path]) -> list[Path]:
 
 def run_scenario(sc: Scenario, opts: Options) -> Outcome:
     model = build_model(sc)
-    windows = _ExposureTally()
+    windows, seen = _ExposureTally(), _ObservationTally()
+
+    def observe(world) -> None:
+        windows.observe(world)
+        seen.observe(world)
+
     result = explore(model, opts.strategy, seed=opts.seed, max_executions=opts.max_executions,
-                     max_seconds=opts.max_seconds, observe=windows.observe)
-    outcome = Outcome(sc, result, exposure=windows.totals())
+                     max_seconds=opts.max_seconds, observe=observe)
+    outcome = Outcome(sc, result, exposure=windows.totals(), observed=seen.found)
     for prop in result.properties.values():
         if prop.counterexample is not None:
             outcome.counterexamples.append(_shrunk(model, prop.counterexample, opts))
+    for obs in outcome.observed.values():
+        obs.example = _observation_chain(model, obs)
     _compare(outcome)
     return outcome
+
+
+class _ObservationTally:
+    """Observations (``Monitor.observed``) over all executions, with the first schedule."""
+
+    def __init__(self):
+        self.found: dict[str, Observed] = {}
+
+    def observe(self, world) -> None:
+        for name, message in world.monitor.observed.items():
+            obs = self.found.get(name)
+            if obs is None:
+                obs = self.found[name] = Observed(name, 0, message, tuple(world.schedule))
+            obs.executions += 1
+
+
+def _observation_chain(model: VtdModel, obs: Observed) -> Counterexample:
+    """The first schedule that showed ``obs``, shrunk on a copy of the model whose worlds flag
+    it as a violation (``Monitor.watch``) - the same shrinker as for counterexamples."""
+    watching = copy.copy(model)
+    watching.watch = frozenset({obs.name})
+    schedule = shrink(watching, Schedule(model.name, model.fingerprint(), obs.schedule,
+                                         obs.name, obs.message))
+    records = run_schedule(watching, schedule.actors).records
+    return Counterexample(obs.name, schedule.message, schedule.actors, tuple(records))
 
 
 class _ExposureTally:
@@ -116,7 +166,15 @@ def _compare(outcome: Outcome) -> None:
             outcome.expected.append(line)
         else:
             outcome.unexpected.append(line)
-    unknown = sorted(set(expect) - set(outcome.result.properties))
+    for name in OBSERVATIONS:
+        wanted = expect.get(name)
+        if wanted is None:
+            continue  # an observation is never unexpected unless stated
+        seen = "observed" if name in outcome.observed else "never"
+        line = f"{name}: {seen} (expected {wanted})"
+        bounded = wanted == "never" and not outcome.result.exhaustive
+        (outcome.expected if seen == wanted or bounded else outcome.unexpected).append(line)
+    unknown = sorted(set(expect) - set(outcome.result.properties) - set(OBSERVATIONS))
     outcome.unexpected += [f"{name}: no such property" for name in unknown]
 
 
@@ -130,6 +188,13 @@ def render_outcome(outcome: Outcome, width: int = 120) -> str:
     if pages:
         parts.append(f"Exposure {sc.name} lazy window: up to {longest} steps, {pages} page(s) "
                      "reached after their free (lazy mode, not a violation)")
+    for obs in outcome.observed.values():
+        if obs.example is not None:
+            parts.append(causal_chain(obs.example, "shows") + "\n\n"
+                         + counterexample_table(obs.example, width))
+        parts.append(f"Observed {sc.name}.{obs.name} in {obs.executions} of "
+                     f"{outcome.result.executions} executions: {obs.message} (an observation, "
+                     "not a violation of a promised property)")
     parts += [f"UNEXPECTED {line}" for line in outcome.unexpected]
     return "\n\n".join(parts)
 

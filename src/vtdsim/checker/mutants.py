@@ -7,9 +7,9 @@ for the few bugs a stream cannot express, ``Swap``s that replace one driver func
 deliberately wrong one while the mutant runs (named ``_wrong_*`` below).  Ops of the set-up and
 of the threads run mutated; the boot (init_hw, probe) does not.
 
-Not covered: bugs needing hardware no preset offers (CAP.RWBF: the write-buffer flush before a
-context install), seed 001's context_flip_pri (no scenario op runs it), locks released early
-(no two-CPU scenario is exhaustible in seconds yet), mutants of the virtualization layer.
+Not covered: locks released early outside seed 001's context change, the cache-tag/context
+order of seed 002 (a profile switch with scenarios on both sides, not a seeded bug), mutants
+of the virtualization layer.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from vtdsim.checker import boot
 from vtdsim.checker import mutations as mu
 from vtdsim.checker.litmus import Options, collect, run_scenario
 from vtdsim.checker.scenario import Scenario, load
+from vtdsim.driver import context as ctx
 from vtdsim.driver import flush_linux61 as f61
 from vtdsim.driver import steps as st
 from vtdsim.driver.flush_queue import FlushQueue
+from vtdsim.driver.pasid import present_pasid_dids
 from vtdsim.driver.psi import psi_mask_linux61
 from vtdsim.errors import BadInput
 from vtdsim.hardware.second_stage import SS_PTE
@@ -118,6 +120,23 @@ def _wrong_fq_flush_iotlb_finish_first(self, why):
     yield from self.flush_iotlb_all()
 
 
+_RIGHT_FLUSH_PRESENT = ctx.intel_context_flush_present
+
+
+def _wrong_walk_first_intel_context_flush_present(info, did, flush_domains,
+                                                  pasid_walk=present_pasid_dids):
+    """The PASID table is walked *before* the context-cache flush (its DIDs are flushed
+    afterwards): a PASID made present after the walk but before the flush can be fetched
+    through the old context entry and is missed (seed 001, "lock dropped early")."""
+    found = (yield from pasid_walk(info)) if flush_domains else []
+
+    def replay(_info):
+        yield from ()
+        return found
+
+    return (yield from _RIGHT_FLUSH_PRESENT(info, did, flush_domains, replay))
+
+
 def _dma_clear_pte() -> mu.Match:
     return mu.Match(kinds=(st.CpuWrite,), why="dma_clear_pte")
 
@@ -201,6 +220,24 @@ CATALOGUE: tuple[Mutant, ...] = (
            "(calculate_psi_aligned_address)", ("unmap_free_race_mainline",),
            alter_desc("iotlb_inv", "cache_tag_flush_range", _with(addr=lambda a: a + 0x1000),
                       _psi)),
+    Mutant("lock_dropped_early", "context_flip_pri collects the DIDs of the present PASID "
+           "entries under iommu->lock, then releases the lock before the context-cache flush: "
+           "a PASID attached in between is cached through the old context entry, never flushed",
+           ("seed001_attach_after_walk_locked", "seed001_attach_after_walk_unlocked"),
+           mu.Mutation(rules=(mu.EarlyUnlock(mu.Match(kinds=(st.Lock,), why="context_flip_pri"),
+                                             mu.Match(within="flush_context_device")),)),
+           (Swap(ctx, "intel_context_flush_present",
+                 _wrong_walk_first_intel_context_flush_present),)),
+    Mutant("context_rwbf_flush_dropped", "no write-buffer flush after a context entry becomes "
+           "present on a unit with CAP.RWBF (context_present_cache_flush, spec 6.8): the entry "
+           "and the PTEs stored before it stay posted", ("seed002_rwbf_tags_before_context",),
+           mu.Mutation(rules=(mu.Drop(mu.Match(why="iommu_flush_write_buffer",
+                                               within="context_present_cache_flush")),))),
+    Mutant("map_rwbf_flush_dropped", "cache_tag_flush_range_np skips the write-buffer flush of a "
+           "map on a unit with CAP.RWBF: the new PTE stays posted",
+           ("seed002_rwbf_tags_before_context",),
+           mu.Mutation(rules=(mu.Drop(mu.Match(why="iommu_flush_write_buffer",
+                                               within="cache_tag_flush_range_np")),))),
 )
 
 

@@ -1,6 +1,7 @@
 """Seeded-bug transformations of the driver's step streams (the vocabulary of ``mutants.py``):
 a rule matches a step by its type, its ``why`` and the driver functions on its call stack, then
-drops it, alters it, delays it, reverses a run of stores, or rewrites a queued descriptor.
+drops it, alters it, delays it, reverses a run of stores, ends a critical section early, or
+rewrites a queued descriptor.
 
 The call stack of a step is read from the chain of ``yield from`` delegations of the op's
 generator (``gi_yieldfrom``), innermost last: each Linux-named driver function the step comes
@@ -13,7 +14,8 @@ the descriptor rules, which may replace the descriptor by a no-op wait (fence on
 gone, the submission and its wait stay, so the queue's accounting is untouched) or change its
 fields; then the writes are yielded in their original order.
 
-Not covered: moving a step *earlier* than its generator yields it (so no lock released early),
+Not covered: moving a step *earlier* than its generator yields it (``EarlyUnlock`` injects a
+release instead of moving the driver's own, whose code runs where the driver has it),
 bookkeeping the driver changes without a step (a delayed step's effect on the
 driver's own data structures happens at once), and the boot (``init_hw``), which never runs
 through a mutated op.
@@ -123,6 +125,42 @@ class Delay(Rule):
     def at_end(self):
         released, self.held = self.held, []
         return released
+
+
+@dataclass
+class EarlyUnlock(Rule):
+    """The lock taken by a step matching ``lock`` is released just before the first later
+    step matching ``at`` (an ``Unlock`` is injected), and the driver's own release of it is
+    dropped: the critical section ends early.  If the driver releases the lock before any
+    ``at`` step, nothing changes."""
+
+    lock: Match
+    at: Match
+    name: str = ""  # the lock held, once a matching Lock went by
+    released: bool = False
+    retaken: int = 0  # sections on the same lock the driver opens after the early release
+
+    def rewrite(self, step, stack):
+        if isinstance(step, st.Lock) and not self.name and self.lock(step, stack):
+            self.name = step.name
+            return None
+        if not (self.name and isinstance(step, st.Lock | st.Unlock) and step.name == self.name):
+            return self._release_at(step, stack)
+        if isinstance(step, st.Lock):
+            self.retaken += 1
+            return None
+        if self.retaken:  # the Unlock of a section opened after the early release
+            self.retaken -= 1
+            return None
+        dropped = self.released
+        self.name, self.released = "", False
+        return [] if dropped else None
+
+    def _release_at(self, step, stack):
+        if self.name and not self.released and self.at(step, stack):
+            self.released = True
+            return [st.Unlock(name=self.name, why=f"{step.why} (released early)"), step]
+        return None
 
 
 @dataclass

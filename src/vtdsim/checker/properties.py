@@ -12,7 +12,17 @@ invalidation completes before software reuses what it unmapped; 6.1 caching mode
   had between operations (set-up or an op's end), never a half-written one;
 * ``no_snoop_coherent``: a CPU read of a data page returns the last value DMA or the CPU wrote,
   when the domain enforces snooping or WBINVD works (seed 004);
+* ``stale_after_pasid_teardown``, ``stale_after_context_change`` (seed 001): no translation
+  of a PASID survives its ``remove_dev_pasid``; no PASID-cache/IOTLB entry fetched through a
+  changed context entry survives ``context_flip_pri`` (``pasid_staleness.PasidWatch``);
 * user assertions: ``(name, fn(system) -> message | None)`` checked after every step.
+
+*Observations* (``OBSERVATIONS``) are outcomes the report shows - with a chain - although no
+promise is broken: ``lazy_exposure`` (a DMA reached a page freed while its lazy unmap was
+still queued) and ``no_snoop_stale_read`` (a CPU read of a data page returned stale data where
+coherency is *not* promised: no enforcement and WBINVD a no-op, seed 004's corruption case).
+``Monitor.observed`` keeps the first message of each; with ``watch`` naming one, it is also
+flagged as a violation, which is how the shrinker finds its shortest chain.
 
 Not modelled: walks that read a freed page-table page (only the final data page counts), the
 wall-clock length of the lazy window (it is counted in steps), torn reads by a DMA walk that
@@ -25,6 +35,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vtdsim.checker.pasid_staleness import (
+    STALE_AFTER_CONTEXT_CHANGE,
+    STALE_AFTER_PASID_TEARDOWN,
+    PasidWatch,
+)
 from vtdsim.checker.world import Violation
 from vtdsim.driver import steps as st
 from vtdsim.hardware.memory import PAGE_SIZE
@@ -35,7 +50,10 @@ SPURIOUS_FAULT = "spurious_fault"
 TORN_ENTRY = "torn_entry"
 NO_SNOOP_COHERENT = "no_snoop_coherent"
 PROPERTIES = (DMA_AFTER_FREE, STALE_AFTER_STRICT_UNMAP, SPURIOUS_FAULT, TORN_ENTRY,
-              NO_SNOOP_COHERENT)
+              NO_SNOOP_COHERENT, STALE_AFTER_PASID_TEARDOWN, STALE_AFTER_CONTEXT_CHANGE)
+LAZY_EXPOSURE = "lazy_exposure"
+NO_SNOOP_STALE_READ = "no_snoop_stale_read"
+OBSERVATIONS = (LAZY_EXPOSURE, NO_SNOOP_STALE_READ)
 _PAGE_MASK = ~(PAGE_SIZE - 1)
 
 Assertion = tuple[str, Callable[[Any], str | None]]
@@ -69,13 +87,25 @@ class Monitor:
     latest: dict[int, int] = field(default_factory=dict)  # data qword addr -> last value
     seen: set = field(default_factory=set)  # (cache, key, raw) the hardware held
     clock: int = 0  # the world's step number (set before each step)
+    pasids: PasidWatch | None = None  # seed 001's properties (built here)
+    observed: dict[str, str] = field(default_factory=dict)  # observation -> first message
+    watch: frozenset = frozenset()  # observations also flagged as violations (shrinking)
+
+    def __post_init__(self) -> None:
+        self.pasids = PasidWatch(self.system, self.flag)
 
     def flag(self, prop: str, message: str) -> str:
         self.found.append(Violation(prop, message))
         return prop
 
+    def observe(self, name: str, message: str) -> None:
+        self.observed.setdefault(name, message)
+        if name in self.watch:
+            self.flag(name, message)
+
     # -- thread events ----------------------------------------------------------------------
     def op_begin(self, thread: str, op) -> None:
+        self.pasids.op_begin(op)
         if op.kind in ("unmap", "dma_unmap"):
             self.mapped.pop((op["domain"], op["iova"] & _PAGE_MASK), None)
 
@@ -89,6 +119,7 @@ class Monitor:
             self._strict_unmap_done(op["domain"], op["iova"], op["size"])
         elif op.kind == "dma_unmap":
             self._dma_unmap_done(op)
+        self.pasids.op_done(op, self.clock)
         self._note_stable()
 
     def _dma_unmap_done(self, op) -> None:
@@ -116,7 +147,11 @@ class Monitor:
         return addr & _PAGE_MASK in self.system.data_pages
 
     # -- hardware events --------------------------------------------------------------------
-    def hardware_step(self) -> None:
+    def hardware_step(self, sid: int | None = None, via: int | None = None) -> None:
+        """After a fill, DMA or ATS request of the device ``sid``; ``via``: the context entry a
+        dry walk read (``PasidWatch.filled``)."""
+        if sid is not None:
+            self.pasids.filled(sid, via)
         unit = self.system.unit(0)
         for cache in (unit.context_cache, unit.pasid_cache):
             for key, entry in cache.items():
@@ -124,25 +159,29 @@ class Monitor:
                     self.seen.add((cache.name, key, entry.raw))
         self._check_assertions()
 
-    def dma(self, device: str, iova: int, write: bool, result, clock: int) -> str | None:
+    def dma(self, device: str, iova: int, write: bool, result, clock: int,
+            pasid: int | None = None) -> str | None:
         """Returns the property the DMA violated (for the counterexample's chain)."""
         if result.fault is not None:
-            return self._fault(device, iova, result.fault)
+            return self._fault(device, iova, result.fault, pasid)
+        stale = self.pasids.dma(device, pasid, iova, result)
         for hpa in result.pages:
             page = hpa & _PAGE_MASK
             if page in self.freed:
-                return self._reached_freed(page, iova)
+                return self._reached_freed(page, iova) or stale
         if write and result.pages:
             self._record_dma_write(result)
-        return None
+        return stale
 
     def _record_dma_write(self, result) -> None:
         hpa = result.pages[0]
         memory = self.system.platform.memory
         self.latest[hpa & ~7] = memory.dram_qword(hpa & ~7)
 
-    def _fault(self, device: str, iova: int, fault) -> str | None:
-        domain = self.system.domain_of(device)
+    def _fault(self, device: str, iova: int, fault, pasid: int | None) -> str | None:
+        # A request with a PASID is translated by the domain attached to that PASID.
+        domain = (self.system.domain_of(device) if pasid is None
+                  else self.system.pasid_members.get((device, pasid)))
         if domain is not None and (domain, iova & _PAGE_MASK) in self.mapped:
             return self.flag(SPURIOUS_FAULT, f"{device} faulted at mapped iova={iova:#x}: "
                                              f"{fault}")
@@ -153,6 +192,8 @@ class Monitor:
         if lazy is not None and self._window_open(*lazy):
             window = self.exposure.setdefault(page, Exposure(page, self.freed[page]))
             window.last_reached = self.clock
+            self.observe(LAZY_EXPOSURE, f"DMA at iova={iova:#x} reached page={page:#x} freed "
+                                        f"at step {self.freed[page]}, its unmap still queued")
             return None
         return self.flag(DMA_AFTER_FREE, f"DMA at iova={iova:#x} reached page={page:#x} "
                                          f"freed at step {self.freed[page]}")
@@ -182,9 +223,11 @@ class Monitor:
         expected = self.latest.get(addr & ~7)
         if expected is None or value == expected:
             return
+        message = f"CPU read [{addr:#x}]={value:#x}, last written {expected:#x}"
         if self.system.coherency_promised():
-            self.flag(NO_SNOOP_COHERENT, f"CPU read [{addr:#x}]={value:#x}, last written "
-                                         f"{expected:#x}")
+            self.flag(NO_SNOOP_COHERENT, message)
+        else:  # nothing promised: the driver's data is corrupted, which the report shows
+            self.observe(NO_SNOOP_STALE_READ, message + " (no enforcement, WBINVD a no-op)")
 
     def _note_stable(self) -> None:
         for key, raw in self.system.entry_values():

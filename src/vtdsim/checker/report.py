@@ -22,10 +22,11 @@ MAX_LINES = 3  # per cell; longer text is cut with an ellipsis
 STEP_WIDTH = 5
 
 
-def causal_chain(cex: Counterexample) -> str:
-    """``fill -> clear PTE -> ... => prop`` from the steps the world marked as key."""
+def causal_chain(cex: Counterexample, verb: str = "violates") -> str:
+    """``fill -> clear PTE -> ... -> violates prop`` from the steps the world marked as key
+    (``verb`` "shows" for an observation)."""
     links = [r.chain for r in cex.records if r.key]
-    return " -> ".join([*links, f"violates {cex.prop}"])
+    return " -> ".join([*links, f"{verb} {cex.prop}"])
 
 
 def counterexample_table(cex: Counterexample, width: int = 120) -> str:

@@ -33,6 +33,7 @@ A scenario file::
     fills = [{device = "dev1", iova = 0x1000, caches = ["iotlb"], times = 1}]
     evictions = []                      # same shape as fills
     ats_prefetch = []                   # {device, iova, times}
+    warm = []                           # {device, iova, pasid}: DMA reads made at set-up
     [[dma]]                             # a device's DMA actor
     device = "dev1"
     iova = 0x1000
@@ -40,6 +41,16 @@ A scenario file::
     times = 1
     [expect]
     dma_after_free = "holds"
+
+A ``[[thread]]`` may carry ``after = [{lock = "iommu0.lock", nth = 2, thread = "T0", released
+= 1}]``: its 2nd acquisition of the lock waits until T0 has released it once (``LockGate``;
+``nth`` 0, the default, holds the thread's start), which pins the order of two critical
+sections; freedoms take ``pasid`` (a request with a PASID TLP prefix: DMA, ATS, fills and
+evictions of that PASID's entries).  A fill with ``negative = true`` inserts only not-present
+entries (caching mode, spec 6.1); a ``[[dma]]`` with ``after_thread = "T1"`` starts once T1
+has finished (a driver hands the IOVA to its device after the map returned).  ``attach`` takes
+``part = "prepare"`` (the old domain blocked, DID, device list: nothing the hardware sees) or
+``"program"`` (the rest), so a set-up can run the part that cannot race.
 
 Operations (``op``) and their fields are listed in ``OPS``; an op may carry ``skip =
 ["WaitQword"]`` (mutation: those steps are dropped, e.g. a flush submitted without waiting).
@@ -56,19 +67,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vtdsim.checker.properties import OBSERVATIONS
 from vtdsim.errors import BadInput
 
 VERDICTS = ("holds", "violated")
+OBSERVATION_VERDICTS = ("observed", "never")  # for OBSERVATIONS (lazy_exposure ...)
 PROPERTIES = (
     "dma_after_free",
     "stale_after_strict_unmap",
     "spurious_fault",
     "torn_entry",
     "no_snoop_coherent",
+    "stale_after_pasid_teardown",
+    "stale_after_context_change",
     "deadlock_free",
 )
 POLICIES = ("strict", "lazy", "auto")
 CACHES = ("context_cache", "pasid_cache", "iotlb", "pscache")
+ATTACH_PARTS = ("all", "prepare", "program")
 
 # op -> (required fields, optional fields with defaults)
 OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
@@ -79,7 +95,7 @@ OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "flush_iotlb_all": (("domain",), {}),
     "fq_timer": (("domain",), {}),
     "free": (("page",), {}),
-    "attach": (("domain", "device"), {}),
+    "attach": (("domain", "device"), {"part": "all"}),  # all | prepare | program (boot.py)
     "set_dev_pasid": (("domain", "device", "pasid"), {"old": ""}),
     "remove_dev_pasid": (("device", "pasid"), {}),
     "enforce_cache_coherency": (("domain",), {}),
@@ -158,6 +174,21 @@ class Freedom:
     access: str = "read"
     no_snoop: bool = False
     pasid: int | None = None
+    after_thread: str = ""  # DMA only: the device starts once this thread has finished
+    negative: bool = False  # fills only: only not-present (caching-mode) entries
+
+
+@dataclass(frozen=True)
+class LockGate:
+    """Holds a thread's ``nth`` acquisition of ``lock`` (``nth`` 0: the thread's start) until
+    ``thread`` has released that lock ``released`` times (``after`` in a ``[[thread]]``).
+    Critical sections on one lock are totally ordered, so a gate selects the executions where
+    one section precedes another (seed 001: Kevin Tian's "before/after the locked walk")."""
+
+    lock: str
+    nth: int
+    thread: str
+    released: int = 1
 
 
 @dataclass
@@ -174,10 +205,12 @@ class Scenario:
     domains: list[Domain] = field(default_factory=list)
     setup_ops: list[Op] = field(default_factory=list)
     threads: dict[str, list[Op]] = field(default_factory=dict)
+    gates: dict[str, tuple[LockGate, ...]] = field(default_factory=dict)  # thread -> gates
     qi: str = "async"
     fills: list[Freedom] = field(default_factory=list)
     evictions: list[Freedom] = field(default_factory=list)
     ats_prefetch: list[Freedom] = field(default_factory=list)
+    warm: list[Freedom] = field(default_factory=list)  # the initial state's cached translations
     dma: list[Freedom] = field(default_factory=list)
     expect: dict[str, str] = field(default_factory=dict)
     path: str = ""
@@ -196,25 +229,31 @@ class Scenario:
         self.setup_ops.extend(ops)
         return self
 
-    def thread(self, name: str, *ops: Op):
+    def thread(self, name: str, *ops: Op, after: tuple[LockGate, ...] = ()):
         self.threads[name] = list(ops)
+        if after:
+            self.gates[name] = tuple(after)
         return self
 
-    def fill(self, device: str, iova: int, *, caches=("iotlb",), times: int = 1):
-        self.fills.append(Freedom(device, iova, times, tuple(caches)))
+    def fill(self, device: str, iova: int, *, caches=("iotlb",), times: int = 1,
+             pasid: int | None = None, negative: bool = False):
+        self.fills.append(Freedom(device, iova, times, tuple(caches), pasid=pasid,
+                                  negative=negative))
         return self
 
-    def evict(self, device: str, iova: int, *, caches=("iotlb",), times: int = 1):
-        self.evictions.append(Freedom(device, iova, times, tuple(caches)))
+    def evict(self, device: str, iova: int, *, caches=("iotlb",), times: int = 1,
+              pasid: int | None = None):
+        self.evictions.append(Freedom(device, iova, times, tuple(caches), pasid=pasid))
         return self
 
-    def prefetch(self, device: str, iova: int, *, times: int = 1):
-        self.ats_prefetch.append(Freedom(device, iova, times))
+    def prefetch(self, device: str, iova: int, *, times: int = 1, pasid: int | None = None):
+        self.ats_prefetch.append(Freedom(device, iova, times, pasid=pasid))
         return self
 
     def dma_actor(self, device: str, iova: int, *, access: str = "read", times: int = 1,
-                  no_snoop: bool = False):
-        self.dma.append(Freedom(device, iova, times, access=access, no_snoop=no_snoop))
+                  no_snoop: bool = False, pasid: int | None = None, after_thread: str = ""):
+        self.dma.append(Freedom(device, iova, times, access=access, no_snoop=no_snoop,
+                                pasid=pasid, after_thread=after_thread))
         return self
 
     def expecting(self, **verdicts: str):
@@ -228,7 +267,7 @@ class Scenario:
     def iovas(self) -> list[int]:
         """Every IOVA page the scenario names (the universe of abstract cache locations)."""
         found = {f.iova & ~0xFFF for f in (*self.fills, *self.evictions, *self.ats_prefetch,
-                                            *self.dma)}
+                                            *self.dma, *self.warm)}
         for ops in (self.setup_ops, *self.threads.values()):
             found |= {o.args["iova"] & ~0xFFF for o in ops if "iova" in o.args}
         return sorted(found)
@@ -264,16 +303,25 @@ class _Validator:
         for ops in (sc.setup_ops, *sc.threads.values()):
             for o in ops:
                 self.check_op(o)
-        for f in (*sc.fills, *sc.evictions, *sc.ats_prefetch, *sc.dma):
+        for f in (*sc.fills, *sc.evictions, *sc.ats_prefetch, *sc.dma, *sc.warm):
             self.need(f.device, self.devices, "device", "a hardware freedom")
             bad = sorted(set(f.caches) - set(CACHES))
             if bad:
                 self.fail(f"caches {bad}: expected some of {', '.join(CACHES)}")
             if f.access not in ("read", "write"):
                 self.fail(f"access={f.access!r}: expected read or write")
+            if f.after_thread:
+                self.need(f.after_thread, set(sc.threads), "thread", "a DMA's after_thread")
+        for name, gates in sc.gates.items():
+            for g in gates:
+                self.need(g.thread, set(sc.threads) - {name}, "thread", f"thread {name!r} after")
+                if g.nth < 0 or g.released < 1:
+                    self.fail(f"thread {name!r} after: nth counts from 0 (the start), "
+                              "released from 1")
         for prop, verdict in sc.expect.items():
-            if verdict not in VERDICTS:
-                self.fail(f"expect.{prop}={verdict!r}: expected holds or violated")
+            allowed = OBSERVATION_VERDICTS if prop in OBSERVATIONS else VERDICTS
+            if verdict not in allowed:
+                self.fail(f"expect.{prop}={verdict!r}: expected {' or '.join(allowed)}")
 
     def check_op(self, o: Op) -> None:
         for key, universe, what in (("domain", self.domains, "domain"),
@@ -282,6 +330,9 @@ class _Validator:
             value = o.args.get(key)
             if value:
                 self.need(value, universe, what, f"op {o.kind!r}", o.line)
+        if o.kind == "attach" and o["part"] not in ATTACH_PARTS:
+            self.fail(f"attach part={o['part']!r}: expected one of {', '.join(ATTACH_PARTS)}",
+                      o.line)
 
     def need(self, name: str, universe: set, what: str, user: str, line: int = 0) -> None:
         if name not in universe:
@@ -371,10 +422,12 @@ def _build(data: dict, lines: _Lines, where: str) -> Scenario:
     sc.setup(*(_op(o, lines) for o in _list(data, "setup", lines)))
     for t in _list(data, "thread", lines):
         name = _need(t, "name", lines)
-        sc.thread(name, *(_op(o, lines) for o in t.get("ops", [])))
+        sc.thread(name, *(_op(o, lines) for o in t.get("ops", [])),
+                  after=tuple(_gate(g, lines) for g in t.get("after", [])))
     sc.fills = [_freedom(f, lines) for f in hw.get("fills", [])]
     sc.evictions = [_freedom(f, lines) for f in hw.get("evictions", [])]
     sc.ats_prefetch = [_freedom(f, lines) for f in hw.get("ats_prefetch", [])]
+    sc.warm = [_freedom(f, lines) for f in hw.get("warm", [])]
     sc.dma = [_freedom(f, lines) for f in _list(data, "dma", lines)]
     return sc
 
@@ -421,8 +474,20 @@ def _op(table: dict, lines: _Lines) -> Op:
         raise BadInput(str(err), f"{lines.path}:{line}" if line else lines.path) from None
 
 
+def _gate(table: dict, lines: _Lines) -> LockGate:
+    known = {"lock", "nth", "thread", "released"}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise BadInput(f"unknown field {unknown[0]!r}; fields: {', '.join(sorted(known))}",
+                       lines.where(unknown[0]))
+    return LockGate(lock=str(_need(table, "lock", lines)), nth=int(table.get("nth", 0)),
+                    thread=str(_need(table, "thread", lines)),
+                    released=int(table.get("released", 1)))
+
+
 def _freedom(table: dict, lines: _Lines) -> Freedom:
-    known = {"device", "iova", "times", "caches", "access", "no_snoop", "pasid"}
+    known = {"device", "iova", "times", "caches", "access", "no_snoop", "pasid", "after_thread",
+             "negative"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise BadInput(f"unknown field {unknown[0]!r}; fields: {', '.join(sorted(known))}",
@@ -435,4 +500,6 @@ def _freedom(table: dict, lines: _Lines) -> Freedom:
         access=str(table.get("access", "read")),
         no_snoop=bool(table.get("no_snoop", False)),
         pasid=table.get("pasid"),
+        after_thread=str(table.get("after_thread", "")),
+        negative=bool(table.get("negative", False)),
     )

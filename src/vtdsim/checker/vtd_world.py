@@ -26,7 +26,10 @@ from vtdsim.checker.properties import PROPERTIES, Assertion, Monitor
 from vtdsim.checker.world import Footprint, StepRecord, Violation
 from vtdsim.driver import steps as st
 from vtdsim.hardware.descriptors import devtlb_range
-from vtdsim.hardware.memory import PAGE_SIZE
+from vtdsim.hardware.global_command import requested_commands
+from vtdsim.hardware.memory import LINE_SIZE, PAGE_SIZE
+
+DMAR_GCMD_REG = 0x18
 
 
 # -- the system a world runs on -----------------------------------------------------------------
@@ -43,6 +46,7 @@ class System:
     cookies: dict = field(default_factory=dict)  # domain name -> IommuDmaCookie
     pages: dict = field(default_factory=dict)  # data page name -> physical address
     members: dict = field(default_factory=dict)  # device name -> domain name
+    pasid_members: dict = field(default_factory=dict)  # (device, pasid) -> domain name
     iova_pages: dict = field(default_factory=dict)  # (domain, iova page) -> data page
     force_snoop: bool = False
 
@@ -76,11 +80,13 @@ class System:
 
     def entry_values(self) -> list[tuple[tuple, int]]:
         """(cache, key) -> raw of every context/PASID entry current memory holds for the
-        scenario's devices (what a fill would read now)."""
+        scenario's devices (what a fill would read now): RID_PASID and each attached PASID."""
         unit = self.unit(0)
         found = []
-        for ep in self.endpoints.values():
-            for fill in unit.possible_fills(ep.sid, 0):
+        requests = [(ep.sid, None) for ep in self.endpoints.values()]
+        requests += [(self.endpoints[d].sid, p) for d, p in sorted(self.pasid_members)]
+        for sid, pasid in requests:
+            for fill in unit.possible_fills(sid, 0, pasid):
                 if fill.cache in ("context_cache", "pasid_cache"):
                     found.append(((fill.cache, fill.key), fill.entry.raw))
         return found
@@ -107,8 +113,18 @@ class Stepper:
         return _STEP_FOOTPRINTS[type(step)](self, step)
 
     # -- helpers for the footprint table ---------------------------------------------------
+    def store(self, addr: int, size: int) -> Footprint:
+        """A CPU store changes the CPU view only (the line may be filled from DRAM); with a
+        write buffer it also posts the line, which changes what the unit reads (spec 6.8)."""
+        dram = self.dram(addr, size)
+        posted = dram if self.memory.write_buffer else set()
+        return ac.fp(dram, self.mem(addr, size) | posted)
+
+    def dram(self, addr: int, size: int) -> set:
+        return mem_locations(addr, size, self.world.universe.status_pages, "dram")
+
     def mem(self, addr: int, size: int) -> set:
-        locs = ac.lines(addr, size)
+        locs = mem_locations(addr, size, self.world.universe.status_pages)
         page = addr & ~(PAGE_SIZE - 1)
         if page in self.world.recycled:
             locs.add(("page", page))
@@ -118,30 +134,93 @@ class Stepper:
 
     def mmio_write(self, step: st.MmioWrite) -> Footprint:
         location = ac.reg(step.unit, step.offset)
-        if location[2] in ("IQT", "FSTS"):
-            return ac.fp(writes={location})
-        # Any other register (GCMD, CCMD, IOTLB ...) may change translation or caches.
-        return ac.fp(writes={location} | self.world.universe.everything(step.unit))
+        if location[2] == "IQT":
+            return self._iqt_write(step, location)
+        if location[2] == "FSTS":
+            # RW1C of IQE/ICE/ITE; FECTL.IP clears once nothing is pending (10.4.10).
+            return ac.fp(writes={location, ac.fault_location(step.unit)})
+        # Any other register (GCMD, CCMD, IOTLB ...) may change translation or caches, and
+        # GCMD.WBF drains the write buffer (spec 6.8): posted lines become visible.
+        posted = {ac.dram_line(a) for a in self.memory.posted_lines()}
+        if step.offset == DMAR_GCMD_REG and requested_commands(
+                step.value, self.platform.unit(step.unit).regs["GSTS"]) == ["wbf"]:
+            return ac.fp(writes={location} | posted)  # a write-buffer flush and nothing else
+        return ac.fp(writes={location} | posted | self.world.universe.everything(step.unit))
 
 
-def _wait_fp(location: tuple, unit: int = 0) -> Footprint:
-    guard = {location, ac.reg(unit, 0x34)}
+    def _iqt_write(self, step: st.MmioWrite, location: tuple) -> Footprint:
+        """Publishing slots; with ``qi_mode`` "sync" the unit also performs them inside the
+        write (InvalidationQueue.process), so the write touches what each descriptor does."""
+        published = self._published(step)
+        if self.platform.unit(step.unit).qi_mode != "sync":
+            return ac.fp(writes={location} | published)
+        reads, writes = set(), {location} | published
+        for slot in sorted(published):
+            done = ac.slot_footprint(self.world, step.unit, slot[2])
+            reads |= done.reads - {slot}
+            writes |= done.writes
+        return ac.fp(reads, writes)
+
+    def _published(self, step: st.MmioWrite) -> set:
+        """The slots an IQT write hands to the hardware: from the old tail to the new one (a
+        tail that is not a valid slot offset may publish anything)."""
+        queue = self.platform.unit(step.unit).queue
+        size, width, new = queue.size, queue.width, step.value
+        if new >= size or new % width:
+            return {slot_location(step.unit, off) for off in range(0, size, width)}
+        found, off = set(), queue.tail
+        while off != new:
+            found.add(slot_location(step.unit, off))
+            off = (off + width) % size
+        return found
+
+    def wait_word(self, step: st.WaitQword) -> set:
+        """What a WaitQword polls: the status words its mask covers, else the line."""
+        if step.addr & ~(PAGE_SIZE - 1) in self.world.universe.status_pages:
+            return {("status", step.addr + 4 * i) for i in (0, 1)
+                    if step.mask >> 32 * i & 0xFFFF_FFFF}
+        return {ac.line(step.addr), ac.dram_line(step.addr)}  # a CPU load: cache, else DRAM
+
+    def dirty(self) -> set:
+        pages = self.world.universe.status_pages
+        return {loc for a in self.memory.dirty_lines() for view in ("mem", "dram")
+                for loc in mem_locations(a, 64, pages, view)}
+
+
+def slot_location(unit: int, offset: int) -> tuple:
+    """A queue slot's publication: written by the IQT write that hands it to the hardware,
+    read (and guarded on) by the queue engine when it fetches the slot (spec 6.5.2)."""
+    return ("qslot", unit, offset)
+
+
+def mem_locations(addr: int, size: int, status_pages, view: str = "mem") -> set:
+    """Lines of one view ("mem": the CPU cache's copy; "dram": what a non-snooped access
+    sees) - except on a queue's status page (``desc_status``), whose 32-bit words are written
+    by one CPU or by wait descriptors and read by their own submitter only, always coherently
+    (snooped stores, plain loads): there each word is its own location, in both views."""
+    if addr & ~(PAGE_SIZE - 1) in status_pages:
+        return {("status", a) for a in range(addr & ~3, addr + size, 4)}
+    first = addr & ~(LINE_SIZE - 1)
+    return {(view, a) for a in range(first, addr + size, LINE_SIZE)}
+
+
+def _wait_fp(locations: set, unit: int = 0) -> Footprint:
+    guard = locations | {ac.reg(unit, 0x34)}
     return ac.fp(guard, (), guard)
 
 
 _STEP_FOOTPRINTS = {
-    st.CpuWrite: lambda s, x: ac.fp(writes=s.mem(x.addr, x.size)),
-    st.CpuCmpxchg: lambda s, x: ac.fp(writes=s.mem(x.addr, 8)),
-    st.CpuZero: lambda s, x: ac.fp(writes=s.mem(x.addr, x.size)),
-    st.CpuRead: lambda s, x: ac.fp(reads=s.mem(x.addr, x.size)),
-    st.Clflush: lambda s, x: ac.fp(writes=s.mem(x.addr, 1)),
-    st.ClflushRange: lambda s, x: ac.fp(writes=s.mem(x.addr, x.size)),
-    st.Wbinvd: lambda s, x: ac.fp(writes={ac.line(a) for a in s.memory.dirty_lines()}
-                                  | {ac.DATA}),
+    st.CpuWrite: lambda s, x: s.store(x.addr, x.size),
+    st.CpuCmpxchg: lambda s, x: s.store(x.addr, 8),
+    st.CpuZero: lambda s, x: s.store(x.addr, x.size),
+    st.CpuRead: lambda s, x: ac.fp(reads=s.mem(x.addr, x.size) | s.dram(x.addr, x.size)),
+    st.Clflush: lambda s, x: ac.fp(writes=s.mem(x.addr, 1) | s.dram(x.addr, 1)),
+    st.ClflushRange: lambda s, x: ac.fp(writes=s.mem(x.addr, x.size) | s.dram(x.addr, x.size)),
+    st.Wbinvd: lambda s, x: ac.fp(writes=s.dirty() | {ac.DATA}),
     st.MmioWrite: Stepper.mmio_write,
     st.MmioRead: lambda s, x: ac.fp(reads={ac.reg(x.unit, x.offset)}),
-    st.WaitQword: lambda s, x: _wait_fp(ac.line(x.addr)),
-    st.WaitRegister: lambda s, x: _wait_fp(ac.reg(x.unit, x.offset), x.unit),
+    st.WaitQword: lambda s, x: _wait_fp(s.wait_word(x)),
+    st.WaitRegister: lambda s, x: _wait_fp({ac.reg(x.unit, x.offset)}, x.unit),
     st.Lock: lambda s, x: ac.fp(writes={("lock", x.name)}, guard={("lock", x.name)}),
     st.Unlock: lambda s, x: ac.fp(writes={("lock", x.name)}),
     st.AllocPage: lambda s, x: ac.fp(writes={ac.ALLOC}),
@@ -159,6 +238,7 @@ class Universe:
         self.sids = devices  # name -> sid
         self.atc = atc  # devices with a device-TLB
         self.pages = sorted({i & ~(PAGE_SIZE - 1) for i in iovas})
+        self.status_pages: frozenset = frozenset()  # set by VtdModel from the booted driver
 
     def cache_locations(self, device: str, iova: int, cache: str) -> set:
         sid, page = self.sids[device], iova & ~(PAGE_SIZE - 1)
@@ -167,6 +247,17 @@ class Universe:
         if cache == "pasid_cache":
             return {("pc", 0, sid)}
         return {("tlb" if cache == "iotlb" else "psc", 0, page)}
+
+    def unmap_check(self, op) -> set:
+        """What the monitor reads when a synced unmap ends (stale_after_strict_unmap): the
+        IOTLB and device-TLB locations of the unmapped range."""
+        if op.kind not in ("unmap", "dma_unmap") or not op.args.get("sync", True):
+            return set()
+        start = op["iova"] & ~(PAGE_SIZE - 1)
+        end = op["iova"] + op["size"]
+        pages = [p for p in self.pages if start <= p < end]
+        found = {("tlb", 0, p) for p in pages}
+        return found | {("atc", self.sids[d], p) for d in self.atc for p in pages}
 
     def device_locations(self, device: str, iova: int) -> set:
         found = set()
@@ -188,7 +279,11 @@ class Universe:
             return self.everything(unit)
         f, label = desc.fields, desc.label
         if label == "inv_wait":
-            return {ac.line(f["status_addr"])} if f.get("sw") else set()
+            if not f.get("sw"):
+                return set()
+            addr = f["status_addr"]  # a snooped write: both views
+            return mem_locations(addr, 4, self.status_pages) | mem_locations(
+                addr, 4, self.status_pages, "dram")
         if label == "cc_inv":
             sids = [f["sid"]] if f.get("g") == 3 else list(self.sids.values())
             return {("cc", unit, s) for s in sids}
@@ -218,16 +313,23 @@ class Walk:
     fills: tuple
     reads: frozenset
 
+    @property
+    def ad_writes(self) -> set:
+        """Lines the walk writes: accessed/dirty updates (first stage, or SS with SSADS),
+        snooped - both views."""
+        return {loc for f in self.fills for a, _ in f.writes
+                for loc in (ac.line(a), ac.dram_line(a))}
+
 
 class _RecordingMemory:
     """Wraps PhysicalMemory for one dry walk, remembering every qword address read."""
 
     def __init__(self, memory):
         self._memory = memory
-        self.addrs: list[int] = []
+        self.addrs: list[tuple[int, bool]] = []
 
     def read_qword(self, addr: int, *, snoop: bool = True) -> int:
-        self.addrs.append(addr)
+        self.addrs.append((addr, snoop))
         return self._memory.read_qword(addr, snoop=snoop)
 
     def __getattr__(self, name: str):
@@ -242,7 +344,13 @@ def dry_walk(unit, sid: int, iova: int, recycled: set, pasid: int | None = None)
         fills = unit.possible_fills(sid, iova, pasid)
     finally:
         unit.memory = real
-    reads = {ac.line(a) for a in recorder.addrs} | {("page", p) for p in recycled}
+    # A non-snooped walk (ECAP.C=0, or no PWSNP) reads DRAM only: a CPU store it does not see
+    # until the clflush is no race with it.
+    reads = {("page", p) for p in recycled}
+    for addr, snoop in recorder.addrs:
+        reads.add(ac.dram_line(addr))
+        if snoop:
+            reads.add(ac.line(addr))
     return Walk(tuple(fills), frozenset(reads))
 
 
@@ -258,11 +366,14 @@ class VtdWorld:
         self.universe = model.universe
         self.stepper = Stepper(self)
         self.monitor = Monitor(self.system, copy.deepcopy(model.stable),
-                               list(model.assertions))
+                               list(model.assertions), watch=model.watch)
+        self.schedule: list[str] = []  # the actors stepped so far (observations' chains)
         self.recycled: set[int] = set(model.recycled)
         self.clock = 0
         self._patterns = 0
         self._walks: dict[tuple[str, int], Walk] = {}
+        self._fps: dict[str, tuple] = {}  # actor -> footprint parts, until the next step
+        self._taken: Footprint | None = None
 
     # -- the World protocol -------------------------------------------------------------------
     def _live(self) -> list:
@@ -277,15 +388,62 @@ class VtdWorld:
         return [a.name for a in self._live() if not a.ready(self)]
 
     def footprint(self, actor: str) -> Footprint:
-        return self.model.by_name[actor].footprint(self)
+        """The next transition's footprint, predicted (a thread's includes what ending its op
+        would add); memoised until the next step."""
+        if actor not in self._fps:
+            self._fps[actor] = self._parts(actor)
+        base, ending = self._fps[actor]
+        if ending is None:
+            return base
+        return Footprint(base.reads | ending.reads, base.writes | ending.writes, base.guard)
+
+    def _parts(self, actor: str) -> tuple[Footprint, Footprint | None]:
+        who = self.model.by_name[actor]
+        if isinstance(who, ac.Thread):
+            return who.footprint_parts(self)
+        return who.footprint(self), None
+
+    def taken(self) -> Footprint | None:
+        """The exact footprint of the transition just stepped (``world.World``): a thread's
+        op-end locations only if its op did end in it (None when none was predicted)."""
+        return self._taken
 
     def step(self, actor: str) -> StepRecord:
-        self._walks.clear()
+        self.schedule.append(actor)
+        # The footprint predicted before the step (the engine asked for it, or the cached walks
+        # need its writes); replayed steps the engine knows already skip it.
+        parts = self._fps.pop(actor, None)
+        if parts is None and self._walks:
+            parts = self._parts(actor)
+        self._fps.clear()
         self.clock += 1
         self.monitor.clock = self.clock
         record = self.model.by_name[actor].step(self)
-        self.recycled |= set(self.monitor.freed)
+        self._taken = None
+        if parts is not None:
+            base, ending = parts
+            if ending is not None and self.threads[actor].ended:
+                base = Footprint(base.reads | ending.reads, base.writes | ending.writes,
+                                 base.guard)
+            self._taken = base
+        written = self._taken.writes if self._taken is not None else frozenset()
+        freed = set(self.monitor.freed)
+        if not freed <= self.recycled:
+            self._walks.clear()  # a walk's reads name the recycled pages
+            self.recycled |= freed
+        self._forget_walks(written)
         return record
+
+    def _forget_walks(self, written: frozenset) -> None:
+        """A dry walk is a function of the memory it read and of the unit's registers (root
+        pointer, TE): it stays valid across a step that wrote none of them."""
+        if not self._walks:
+            return
+        if any(loc[0] == "reg" and loc[2] == "OTHER" for loc in written):
+            self._walks.clear()
+            return
+        for key in [k for k, w in self._walks.items() if not w.reads.isdisjoint(written)]:
+            del self._walks[key]
 
     def violations(self) -> list[Violation]:
         return self.monitor.found
@@ -307,11 +465,11 @@ class VtdWorld:
         return self.model.by_name[actor].optional
 
     # -- services for the actors --------------------------------------------------------------
-    def walk(self, device: str, iova: int) -> Walk:
-        key = (device, iova)
+    def walk(self, device: str, iova: int, pasid: int | None = None) -> Walk:
+        key = (device, iova, pasid)
         if key not in self._walks:
             ep = self.system.endpoint(device)
-            self._walks[key] = dry_walk(ep.unit, ep.sid, iova, self.recycled)
+            self._walks[key] = dry_walk(ep.unit, ep.sid, iova, self.recycled, pasid)
         return self._walks[key]
 
     def next_pattern(self) -> bytes:
@@ -335,12 +493,16 @@ class VtdModel:
     stable: dict = field(default_factory=dict)
     recycled: set = field(default_factory=set)
     describe: str = ""
+    watch: frozenset = frozenset()  # observations its worlds flag as violations (shrinking)
 
     def __post_init__(self) -> None:
         self.actors = [*self.thread_actors, *self.hardware_actors]
         self.by_name = {a.name: a for a in self.actors}
         self.properties = tuple(dict.fromkeys([*self.properties,
                                                *(n for n, _ in self.assertions)]))
+        self.universe.status_pages = frozenset(
+            iommu.qi.status_base & ~(PAGE_SIZE - 1)
+            for iommu in getattr(self.template.driver, "iommus", ()) if iommu.qi is not None)
         probe = Monitor(self.template, {}, [])
         probe._note_stable()
         self.stable = probe.stable

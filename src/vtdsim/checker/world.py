@@ -135,6 +135,10 @@ class World(Protocol):
     def optional(self, actor: str) -> bool:
         """True when ``actor``'s steps are freedoms a counterexample may omit."""
 
+    # Optional: ``taken() -> Footprint``, the exact footprint of the transition ``step`` just
+    # ran - a subset of what ``footprint`` predicted (which must cover every way the transition
+    # can go); DPOR then races the event with what it really touched.
+
 
 class Model(Protocol):
     """A factory of identical worlds plus what the report and schedule files need."""

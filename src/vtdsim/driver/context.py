@@ -158,12 +158,14 @@ def _context_flush_dev_iotlb(info: DeviceInfo):
 
 
 def intel_context_flush_present(info: DeviceInfo, did: int, flush_domains: bool,
-                                pasid_dids=None):
+                                pasid_walk=present_pasid_dids):
     """Spec 6.5.3.3 for a present context entry that changed (mainline: with
     ``flush_domains`` False it is ``intel_context_flush_no_pasid``): device-selective
     context cache; legacy: IOTLB DSI + device-TLB; scalable: for each DID used by a present
-    PASID entry a PASID-cache DSI and an IOTLB DSI (``pasid_dids``, from a walk of the PASID
-    table), then the device-TLB."""
+    PASID entry a PASID-cache DSI and an IOTLB DSI, then the device-TLB.  The DIDs come from
+    ``pasid_walk(info)``, a walk of the PASID table made *after* the context-cache flush (as
+    the v6.11 helper orders it): a PASID entry the walk misses can only be fetched through
+    the new context entry."""
     iommu = info.iommu
     yield from flush_context_device(iommu, did, info.sid)
     if not iommu.sm_enabled:
@@ -171,7 +173,8 @@ def intel_context_flush_present(info: DeviceInfo, did: int, flush_domains: bool,
         yield from _context_flush_dev_iotlb(info)
         return
     if flush_domains:
-        for _pasid, pdid in pasid_dids or []:
+        pasid_dids = yield from pasid_walk(info)
+        for _pasid, pdid in pasid_dids:
             desc = qi.desc_flush_pasid_cache(pdid, qi.QI_PC_ALL_PASIDS, 0)
             yield from qi.qi_submit_sync(iommu, [desc])
             yield from flush_iotlb_dsi(iommu, pdid)
@@ -262,10 +265,11 @@ def context_flip_pri(info: DeviceInfo, enable: bool, profile):
     """v6.11 ``context_flip_pri``: toggle PRE in a *present* scalable-mode context entry, then
     flush the caches of every DID the device's present PASID entries use (seed 001).
 
-    ``context_flush_under_iommu_lock`` True is the patch as posted (v2): the PASID walk and
-    every invalidation run inside iommu->lock, so no PASID entry changes until the caches are
-    clean.  False is the reviewer's proposal: collect the DIDs in a locked walk, invalidate
-    outside the lock; a concurrent PASID attach/detach then interleaves with the flushes."""
+    ``context_flush_under_iommu_lock`` True is the patch as posted (v2): the whole helper
+    (context cache, PASID walk, every invalidation) runs inside iommu->lock, so no PASID entry
+    changes until the caches are clean.  False is Kevin Tian's proposal: the helper runs
+    after the unlock and takes iommu->lock only for its PASID walk, which still follows the
+    context-cache flush; a concurrent PASID attach/detach then interleaves with the flushes."""
     iommu = info.iommu
     why = "context_flip_pri"
     yield Lock(name=iommu.lock, why=why)
@@ -278,12 +282,20 @@ def context_flip_pri(info: DeviceInfo, enable: bool, profile):
     yield CpuWrite(addr=ce, value=pre.put(lo, int(enable)), why=why)
     yield from iommu.flush_cache(ce, CONTEXT_BYTES)
     info.pri_enabled = enable
-    pasid_dids = yield from present_pasid_dids(info)
-    flush = intel_context_flush_present(info, 0, True, pasid_dids)
     if profile.context_flush_under_iommu_lock:
-        yield from flush
+        yield from intel_context_flush_present(info, 0, True)
         yield Unlock(name=iommu.lock, why=why)
     else:
         yield Unlock(name=iommu.lock, why=why)
-        yield from flush
+        yield from intel_context_flush_present(info, 0, True, _locked_pasid_walk)
     return 0
+
+
+def _locked_pasid_walk(info: DeviceInfo):
+    """Kevin Tian's "collect a bitmap of DIDs in the locked walk" (seed 001): iommu->lock
+    only around the PASID-table walk, so no PASID entry changes while it is read."""
+    why = "intel_context_flush_present"
+    yield Lock(name=info.iommu.lock, why=why)
+    found = yield from present_pasid_dids(info)
+    yield Unlock(name=info.iommu.lock, why=why)
+    return found

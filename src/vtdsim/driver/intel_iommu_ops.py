@@ -139,7 +139,17 @@ class IntelIommuDriver:
         return 0
 
     def attach_dev(self, domain: DmarDomain, info: DeviceInfo) -> Generator[Step, Any, int]:
-        """``intel_iommu_attach_device`` for the device's RID."""
+        """``intel_iommu_attach_device`` for the device's RID: ``attach_dev_prepare``, then
+        the rest of ``dmar_domain_attach_device``."""
+        ret = yield from self.attach_dev_prepare(domain, info)
+        if ret:
+            return ret
+        return (yield from self.dmar_domain_attach_device(domain, info))
+
+    def attach_dev_prepare(self, domain: DmarDomain, info: DeviceInfo):
+        """The attach up to the point where the hardware could see the new domain: the old
+        translation blocked, the compatibility check, the DID and the device list (the
+        checker can run this part as set-up and race only the rest)."""
         yield Annotate(event="attach_device_to_domain", data=(info.name, domain.ident))
         if info.domain is not None:
             if self.mainline:
@@ -149,13 +159,14 @@ class IntelIommuDriver:
         ret = self.paging_domain_compatible(domain, info.iommu)
         if ret:
             return ret
-        return (yield from self.dmar_domain_attach_device(domain, info))
-
-    def dmar_domain_attach_device(self, domain: DmarDomain, info: DeviceInfo):
-        iommu, prof = info.iommu, self.profile
-        yield from domain_attach_iommu(domain, iommu)
+        yield from domain_attach_iommu(domain, info.iommu)
         info.domain = domain
         yield from domain_add_device(domain, info)
+        return 0
+
+    def dmar_domain_attach_device(self, domain: DmarDomain, info: DeviceInfo):
+        """After ``attach_dev_prepare``: cache tags and the context / RID_PASID entry."""
+        iommu, prof = info.iommu, self.profile
         early_tags = self.mainline and prof.cache_tag_assign_before_context
         if early_tags:
             # Jason's order (seed 002): start invalidating for the new tags before the

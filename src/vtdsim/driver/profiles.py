@@ -34,8 +34,14 @@ class Profile:
     """6.1 skips device-TLB flushes under CAP.CM on map and in ``intel_flush_iotlb_all``; Lu
     Baolu's April 2024 patch removed both checks (seed 000)."""
     context_flush_under_iommu_lock: bool
-    """Issue the present-context-change flushes while holding ``iommu->lock`` (v2 of "Add
-    helper to flush caches for context change", June 2024; dropped: seed 001)."""
+    """Issue the present-context-change flushes while holding ``iommu->lock`` (seed 001).
+    True is v2 of "Add helper to flush caches for context change" (June 2024): every path
+    flushes inside the lock.  False is Kevin Tian's proposal: the clear paths flush after the
+    unlock and ``context_flip_pri`` takes the lock only around its PASID walk.  The merged
+    v6.11 code is a mix - the clear paths after the unlock, ``context_flip_pri`` inside
+    (``intel_context_flush_present`` asserts iommu->lock when it walks PASIDs); the mainline
+    profile says False, right for the clear paths current mainline still has (a later PRI
+    rework removed ``context_flip_pri``).  The litmus seed001_* files set it explicitly."""
     iotlb_sync_map: str
     """"notify": 6.1 ``__mapping_notify_one`` on every map; "dynamic": a per-domain flag set at
     attach (12724ce3fe1a, July 2025); "static": the flag fixed at allocation (cee686775f9c;

@@ -2,9 +2,10 @@
 10.4.2-10.4.3 values).
 
 The ``qemu72-*`` presets are the exact CAP/ECAP words Linux 6.1 printed in the recordings
-(``DMAR: dmar0: reg_base_addr fed90000 ver 1:0 cap ... ecap ...``).  ``server-sm`` and
-``vm-flts`` are *synthetic*: built field by field to exercise scalable-mode features, not copied
-from a part or a VMM.
+(``DMAR: dmar0: reg_base_addr fed90000 ver 1:0 cap ... ecap ...``), except
+``qemu72-legacy-rwbf`` (QEMU's word with CAP.RWBF set).  ``server-sm``, ``vm-flts`` and
+``vm-flts-cm`` are *synthetic*: built field by field to exercise scalable-mode features, not
+copied from a part or a VMM.
 
 Not modelled: multiple units per platform (a preset describes one DRHD), DMAR ACPI flags
 (INCLUDE_PCI_ALL), ATSR/SATC scopes.
@@ -71,6 +72,12 @@ PRESETS: dict[str, Capabilities] = {
     "qemu72-sm": Capabilities(_QEMU72_CAP, _QEMU72_ECAP_SM),
     "server-sm": _SERVER_SM,
     "vm-flts": _VM_FLTS,
+    # Synthetic: QEMU never sets CAP.RWBF (and ignores GCMD.WBF).  A legacy unit of the early
+    # kind that posts structure writes until a write-buffer flush (spec 6.8; seed 002).
+    "qemu72-legacy-rwbf": Capabilities(_QEMU72_CAP, _QEMU72_ECAP).with_(rwbf=1),
+    # Synthetic: the first-stage vIOMMU of seed 003 (257ec2907419, Feb 2023) with caching mode
+    # on - the unit whose default domain that patch lets stay lazy.
+    "vm-flts-cm": _VM_FLTS.with_(cm=1),
 }
 
 
