@@ -180,16 +180,16 @@ class Fuzzer:
         for _ in range(count):
             for i, qw in enumerate(self.descriptor()[: width // 8]):
                 addr = (base + tail + 8 * i) % (1 << 52)
-                unit.memory.cpu_write_qword(addr, qw)
+                unit.memory.cpu_store(addr, qw, 8)
             tail = (tail + width) % (4096 << unit.regs.get("IQA", "qs"))
         self.last = f"{count} descriptors then IQT={tail:#x}"
         unit.mmio_write(0x88, 4, tail)
 
     def structure_bytes(self) -> None:
         addr, value = self.region_addr(), self.qword()
-        self.last = f"cpu_write_qword({addr:#x}, {value:#x})"
+        self.last = f"cpu_store({addr:#x}, {value:#x}, 8)"
         if self.rng.random() < 0.8:
-            self.unit.memory.cpu_write_qword(addr, value)
+            self.unit.memory.cpu_store(addr, value, 8)
         else:
             self.unit.memory.write_qword(addr, value)
 
@@ -216,7 +216,7 @@ class Fuzzer:
         self.last = f"table_chain write {addr:#x} = {value:#x}"
         for i, qw in enumerate((value >> (64 * k)) & (2**64 - 1) for k in range(2)):
             if link < 2 or i == 0:
-                self.unit.memory.cpu_write_qword(addr + 8 * i, qw)
+                self.unit.memory.cpu_store(addr + 8 * i, qw, 8)
         if rng.random() < 0.5:
             self.unit.memory.clflush(addr)
 
@@ -283,8 +283,8 @@ class Fuzzer:
         if unit.regs.get("FSTS", "iqe"):
             head = (unit.regs.get("IQA", "iqa") << 12) + (unit.regs.get("IQH", "qh") << 4)
             wait = encode("inv_wait", sw=1, status_data=2, status_addr=self.region_addr(4))
-            unit.memory.cpu_write_qword(head % (1 << 52), wait[0])
-            unit.memory.cpu_write_qword((head + 8) % (1 << 52), wait[1])
+            unit.memory.cpu_store(head % (1 << 52), wait[0], 8)
+            unit.memory.cpu_store((head + 8) % (1 << 52), wait[1], 8)
         for reg in unit.regs.registers:
             if reg.name.startswith("FRCD"):
                 unit.mmio_write(reg.offset + 12, 4, 0x80000000)

@@ -45,12 +45,12 @@ class Tables:
 
     def write(self, addr: int, value: int, qwords: int = 1) -> None:
         for i in range(qwords):
-            self.memory.cpu_write_qword(addr + 8 * i, (value >> (64 * i)) & (2**64 - 1))
+            self.memory.cpu_store(addr + 8 * i, (value >> (64 * i)) & (2**64 - 1), 8)
             if self.flush:
                 self.memory.clflush(addr + 8 * i)
 
     def read(self, addr: int, qwords: int = 1) -> int:
-        return sum(self.memory.cpu_read_qword(addr + 8 * i) << (64 * i) for i in range(qwords))
+        return sum(self.memory.cpu_load(addr + 8 * i, 8) << (64 * i) for i in range(qwords))
 
     # -- legacy mode ------------------------------------------------------------------------
     def context_table(self, bus: int) -> int:

@@ -191,7 +191,7 @@ def test_an_entry_of_a_torn_down_pasid_is_the_teardowns_business():
     info = world.system.devices["dev1"]
     memory = world.system.platform.memory
     pte = info.pasid_table.tables[0] + 64
-    memory.cpu_write_qword(pte, memory.cpu_read_qword(pte) & ~1)  # P cleared before the flip
+    memory.cpu_store(pte, memory.cpu_load(pte, 8) & ~1, 8)  # P cleared before the flip
     run_to_end(world, ["T0"])
     assert world.system.unit(0).pasid_cache.peek((SID, 1)) is not None  # left to its teardown
     assert world.violations() == []

@@ -44,7 +44,7 @@ def test_rwbf_unit_posts_structure_stores_until_a_write_buffer_flush():
     memory = PhysicalMemory()
     RemappingUnit(get_preset("qemu72-legacy-rwbf"), memory)
     assert memory.write_buffer
-    memory.cpu_write_qword(0x5000, 0x1003)
+    memory.cpu_store(0x5000, 0x1003, 8)
     memory.clflush(0x5000)
     assert memory.read_qword(0x5000, snoop=False) == 0  # written back, still posted
     memory.flush_write_buffer()

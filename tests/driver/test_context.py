@@ -34,7 +34,7 @@ def test_legacy_entry_fields_and_present_written_last():
     writes = [s for s in steps if isinstance(s, CpuWrite) and s.addr in (ce, ce + 8)]
     assert [w.addr for w in writes] == [ce + 8, ce]  # P lives in qword 0: written last
     mem = system.platform.memory
-    value = mem.cpu_read_qword(ce) | mem.cpu_read_qword(ce + 8) << 64
+    value = mem.cpu_load(ce, 8) | mem.cpu_load(ce + 8, 8) << 64
     f = CONTEXT_ENTRY.decode(value)
     assert (f["p"], f["tt"], f["did"], f["aw"]) == (1, TT_SS_ATS, 2, 1)
     assert f["ssptptr"] << 12 == domain.pgtable.root

@@ -29,8 +29,8 @@ def test_second_stage_entries_bit_exact_and_clflushed():
     paddr, level, pte = pgt.lookup(platform.memory, 0xFFFFE123)
     assert (paddr, level) == (0x72B09123, 1)
     assert pte == SS_PTE.encode(r=1, w=1, snp=1, addr=0x72B09)
-    table = platform.memory.cpu_read_qword(pgt.root)  # L3 index 3 holds 0xc0000000..
-    top = platform.memory.cpu_read_qword(pgt.root + 8 * 3)
+    table = platform.memory.cpu_load(pgt.root, 8)  # L3 index 3 holds 0xc0000000..
+    top = platform.memory.cpu_load(pgt.root + 8 * 3, 8)
     assert table == 0 and top & 0xFFF == SS_PTE.encode(r=1, w=1)
     assert platform.memory.dirty_lines() == []  # non-coherent: every store flushed
 
@@ -40,7 +40,7 @@ def test_read_only_first_stage_leaf_and_tables():
     ex.run(pgt.map(0x1000, 0x5000, 0x1000, 1))
     _, _, pte = pgt.lookup(platform.memory, 0x1000)
     assert pte == FS_PTE.encode(p=1, us=1, a=1, addr=0x5)
-    top = platform.memory.cpu_read_qword(pgt.root)
+    top = platform.memory.cpu_load(pgt.root, 8)
     assert top & 0xFFF == FS_PTE.encode(p=1, rw=1, us=1, a=1)
     ex.run(pgt.map(0x2000, 0x6000, 0x1000, RW))
     assert pgt.lookup(platform.memory, 0x2000)[2] & 0x42 == 0x42  # RW and D when writable

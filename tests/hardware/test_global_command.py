@@ -108,7 +108,7 @@ def test_te_change_flushes_only_in_qemu_mode():
 def test_wbf_flushes_posted_writes_and_wbfs_reads_clear():
     unit = make_unit(get_preset("qemu72-legacy").with_(rwbf=1))
     assert unit.memory.write_buffer
-    unit.memory.cpu_write_qword(0x5000, 0x1234)
+    unit.memory.cpu_store(0x5000, 0x1234, 8)
     assert unit.memory.read_qword(0x5000) == 0  # posted
     unit.mmio_write(GCMD, 4, WBF)
     assert unit.memory.read_qword(0x5000) == 0x1234

@@ -158,7 +158,7 @@ def test_pasid_cache_invalidations(unit):
 )
 def test_every_invalidation_flushes_the_write_buffer(unit, call):
     unit.memory.write_buffer = True  # as on a CAP.RWBF unit (spec 6.8)
-    unit.memory.cpu_write_qword(0x10_0000, 1)
+    unit.memory.cpu_store(0x10_0000, 1, 8)
     assert unit.memory.posted_lines()
     call(unit)
     assert unit.memory.posted_lines() == []

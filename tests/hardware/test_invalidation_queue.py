@@ -35,7 +35,7 @@ class Driver:
     def put(self, slot, qws):
         for i, qw in enumerate(qws[: self.width // 8]):
             # CPU stores: they stay in the CPU cache, so the fetch must be snooped.
-            self.memory.cpu_write_qword(QUEUE + slot * self.width + 8 * i, qw)
+            self.memory.cpu_store(QUEUE + slot * self.width + 8 * i, qw, 8)
 
     def queue(self, *descs):
         for qws in descs:
@@ -49,7 +49,7 @@ class Driver:
         return self.unit.mmio_read(offset, size)
 
     def status(self, i):
-        return self.memory.cpu_read_qword(STATUS + 8 * i) & 0xFFFF_FFFF
+        return self.memory.cpu_load(STATUS + 8 * i, 8) & 0xFFFF_FFFF
 
 
 def wait(i, **flags):
@@ -181,12 +181,12 @@ def test_wait_with_if_sets_iwc_and_the_completion_interrupt():
 def test_iqt_write_with_qi_disabled_is_counted_but_not_processed():
     memory = PhysicalMemory()
     unit = RemappingUnit(get_preset("qemu72-legacy"), memory)
-    memory.cpu_write_qword(QUEUE, wait(0)[0])
-    memory.cpu_write_qword(QUEUE + 8, wait(0)[1])
+    memory.cpu_store(QUEUE, wait(0)[0], 8)
+    memory.cpu_store(QUEUE + 8, wait(0)[1], 8)
     unit.mmio_write(IQA, 8, QUEUE)
     unit.mmio_write(IQT, 8, 0x10)
     assert unit.stats["iqt_writes"] == 1
-    assert unit.queue.pending() == 0 and memory.cpu_read_qword(STATUS) == 0
+    assert unit.queue.pending() == 0 and memory.cpu_load(STATUS, 8) == 0
 
 
 def test_garbage_in_the_queue_never_raises():

@@ -1,6 +1,9 @@
 """PhysicalMemory: the CPU cache, clflush/wbinvd, snooped vs non-snooped DMA, the write buffer."""
 
-from vtdsim.hardware.memory import PhysicalMemory
+import pytest
+
+from vtdsim.errors import ModelError
+from vtdsim.hardware.memory import MAX_PHYS_ADDR, PhysicalMemory
 
 
 def test_unpopulated_memory_reads_zero():
@@ -11,7 +14,7 @@ def test_unpopulated_memory_reads_zero():
 
 def test_cpu_store_is_invisible_to_non_snooped_reads_until_clflush():
     m = PhysicalMemory()
-    m.cpu_write_qword(0x1008, 0xDEAD)
+    m.cpu_store(0x1008, 0xDEAD, 8)
     assert m.read_qword(0x1008) == 0xDEAD  # snooped (coherent) walk
     assert m.read_qword(0x1008, snoop=False) == 0  # non-coherent walk sees DRAM
     m.clflush(0x1000)
@@ -46,9 +49,9 @@ def test_accesses_crossing_pages_and_lines():
 
 def test_write_buffer_posts_stores_until_flushed():
     m = PhysicalMemory()
-    m.cpu_write_qword(0x4000, 1)
+    m.cpu_store(0x4000, 1, 8)
     m.write_buffer = True
-    m.cpu_write_qword(0x4000, 2)
+    m.cpu_store(0x4000, 2, 8)
     assert m.read_qword(0x4000) == 1  # the unit still sees the pre-image
     assert m.posted_lines() == [0x4000]
     m.flush_write_buffer()
@@ -58,5 +61,42 @@ def test_write_buffer_posts_stores_until_flushed():
 def test_snapshot_distinguishes_states():
     a, b = PhysicalMemory(), PhysicalMemory()
     assert a.snapshot() == b.snapshot()
-    a.cpu_write_qword(0, 1)
+    a.cpu_store(0, 1, 8)
     assert a.snapshot() != b.snapshot()
+
+
+def test_integer_loads_and_stores_of_every_size_agree_with_the_bytes():
+    """In-line stores pack in place, line- or page-crossing ones store bytes; both read back
+    the same through cpu_load and cpu_read (a 32-byte descriptor, an unaligned qword, a dword
+    straddling a line, a qword straddling a page)."""
+    m = PhysicalMemory()
+    desc = int.from_bytes(bytes(range(1, 33)), "little")
+    cases = [(0x1000, 1, 0xAB), (0x1002, 2, 0xBEEF), (0x103E, 4, 0x11223344),
+             (0x1045, 8, 0x0102030405060708), (0x1FFC, 8, 0x8877665544332211),
+             (0x2040, 16, desc & (2**128 - 1)), (0x2060, 32, desc)]
+    for addr, size, value in cases:
+        m.cpu_store(addr, value, size)
+    for addr, size, value in cases:
+        assert m.cpu_read(addr, size) == value.to_bytes(size, "little")
+        if size <= 8:
+            assert m.cpu_load(addr, size) == value
+    m.cpu_store(0x3000, -1, 4)  # truncated to the size, as a store of that width does
+    assert m.cpu_load(0x3000, 8) == 0xFFFF_FFFF
+
+
+def test_a_descriptor_store_is_posted_whole_under_a_write_buffer():
+    m = PhysicalMemory()
+    m.write_buffer = True
+    m.cpu_store(0x5020, 0x11 | 0x22 << 64, 16)
+    assert m.posted_lines() == [0x5000]
+    assert m.read_qword(0x5020) == 0 and m.read_qword(0x5028) == 0  # the unit: pre-image
+    m.flush_write_buffer()
+    assert (m.read_qword(0x5020), m.read_qword(0x5028)) == (0x11, 0x22)
+
+
+def test_out_of_range_cpu_access_is_a_model_error():
+    m = PhysicalMemory()
+    with pytest.raises(ModelError):
+        m.cpu_store(MAX_PHYS_ADDR - 4, 0, 8)
+    with pytest.raises(ModelError):
+        m.cpu_load(MAX_PHYS_ADDR - 4, 8)

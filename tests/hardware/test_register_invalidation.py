@@ -112,7 +112,7 @@ def test_version_6_units_ignore_register_invalidation():
 
 def test_register_invalidation_flushes_write_buffer():
     unit = make_unit(get_preset("qemu72-legacy").with_(rwbf=1))
-    unit.memory.cpu_write_qword(0x5000, 0x77)
+    unit.memory.cpu_store(0x5000, 0x77, 8)
     unit.mmio_write(IOTLB, 8, iotlb(1))
     assert unit.memory.read_qword(0x5000) == 0x77
 

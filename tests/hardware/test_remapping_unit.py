@@ -61,7 +61,7 @@ def submit(unit, *descs):
     tail = unit.regs.get("IQT", "qt") << 4
     for qws in descs:
         for i, qw in enumerate(qws[:2]):
-            unit.memory.cpu_write_qword(QUEUE + tail + 8 * i, qw)
+            unit.memory.cpu_store(QUEUE + tail + 8 * i, qw, 8)
         tail += 16
     unit.mmio_write(IQT, 4, tail)
 
@@ -75,7 +75,7 @@ def test_iqt_write_runs_the_queue_in_sync_mode():
     enable_qi(unit)
     unit.context_cache.fill(8, ContextCacheEntry(sid=8, present=True, raw=1, did=1))
     submit(unit, encode("cc_inv", g=1), wait_desc())
-    assert unit.memory.cpu_read_qword(STATUS) & 0xFFFFFFFF == 2
+    assert unit.memory.cpu_load(STATUS, 8) & 0xFFFFFFFF == 2
     assert unit.mmio_read(IQH, 8) == 0x20 and len(unit.context_cache) == 0
 
 
@@ -86,7 +86,7 @@ def test_async_mode_processes_one_descriptor_per_step():
     assert unit.mmio_read(IQH, 8) == 0
     assert unit.qi_step() and unit.mmio_read(IQH, 8) == 0x10
     assert unit.qi_step() and not unit.qi_step()
-    assert unit.memory.cpu_read_qword(STATUS) & 0xFFFFFFFF == 2
+    assert unit.memory.cpu_load(STATUS, 8) & 0xFFFFFFFF == 2
 
 
 def test_bad_descriptor_raises_iqe_through_the_recorder():

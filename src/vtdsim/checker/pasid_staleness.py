@@ -181,9 +181,9 @@ class PasidWatch:
         if table is None:
             return False
         memory = self.system.platform.memory
-        pde = memory.cpu_read_qword(pasid_dir_entry_addr(table.directory, pasid))
+        pde = memory.cpu_load(pasid_dir_entry_addr(table.directory, pasid), 8)
         if not PASID_DIR_ENTRY.get(pde, "p"):
             return False
         entries = PASID_DIR_ENTRY.get(pde, "pasid_table_ptr") << 12
-        return bool(PASID_ENTRY.get(memory.cpu_read_qword(pasid_entry_addr(entries, pasid)),
+        return bool(PASID_ENTRY.get(memory.cpu_load(pasid_entry_addr(entries, pasid), 8),
                                     "p"))

@@ -97,10 +97,12 @@ class DirectExecutor:
             while True:
                 step = send(reply)
                 kind = type(step)
-                handler = handlers.get(kind)
-                if handler is None:
+                try:
+                    handler = handlers[kind]
+                except KeyError:
                     st.check_step(step, _where(gen))
-                    raise ModelError(f"{_where(gen)} yielded {step!r}: no executor handler")
+                    raise ModelError(f"{_where(gen)} yielded {step!r}: no executor handler"
+                                     ) from None
                 counts[kind] += 1
                 reply = handler(step)
         except StopIteration as stop:
@@ -124,7 +126,7 @@ class DirectExecutor:
         if type(step) is st.Lock:
             return step.name not in self.held
         if type(step) is st.WaitQword:
-            current = self.memory.cpu_read_qword(step.addr)
+            current = self.memory.cpu_load(step.addr, 8)
         elif type(step) is st.WaitRegister:
             current = self.platform.unit(step.unit).mmio_read(step.offset, step.size)
         else:
@@ -133,27 +135,21 @@ class DirectExecutor:
 
     # -- CPU memory --------------------------------------------------------------------------------
     def _cpu_write(self, s: st.CpuWrite) -> None:
-        if s.size == 8:
-            self.memory.cpu_write_qword(s.addr, s.value)
-            return
-        if s.size not in (1, 2, 4):
+        if s.size not in st.CPU_WRITE_SIZES:
             raise ModelError(f"CpuWrite of {s.size} bytes at {hexval('addr', s.addr)} ({s.why})")
-        value = s.value & ((1 << 8 * s.size) - 1)
-        self.memory.cpu_write(s.addr, value.to_bytes(s.size, "little"))
+        self.memory.cpu_store(s.addr, s.value, s.size)
 
     def _cpu_cmpxchg(self, s: st.CpuCmpxchg) -> int:
-        old = self.memory.cpu_read_qword(s.addr)
+        old = self.memory.cpu_load(s.addr, 8)
         if old == s.expected:
-            self.memory.cpu_write_qword(s.addr, s.new)
+            self.memory.cpu_store(s.addr, s.new, 8)
         return old
 
     def _cpu_zero(self, s: st.CpuZero) -> None:
         self.memory.cpu_write(s.addr, bytes(s.size))
 
     def _cpu_read(self, s: st.CpuRead) -> int:
-        if s.size == 8:
-            return self.memory.cpu_read_qword(s.addr)
-        return int.from_bytes(self.memory.cpu_read(s.addr, s.size), "little")
+        return self.memory.cpu_load(s.addr, s.size)
 
     def _clflush(self, s: st.Clflush) -> None:
         self.memory.clflush(s.addr)
@@ -176,7 +172,7 @@ class DirectExecutor:
 
     # -- waits -----------------------------------------------------------------------------------
     def _wait_qword(self, s: st.WaitQword) -> int:
-        return self._wait(s, lambda: self.memory.cpu_read_qword(s.addr), s.mask, s.value)
+        return self._wait(s, lambda: self.memory.cpu_load(s.addr, 8), s.mask, s.value)
 
     def _wait_register(self, s: st.WaitRegister) -> int:
         unit = self.platform.unit(s.unit)

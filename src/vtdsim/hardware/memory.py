@@ -35,6 +35,8 @@ LINE_SIZE = 64
 MAX_PHYS_ADDR = 1 << 52  # x86 architectural limit on physical addresses
 
 _Q = struct.Struct("<Q")
+_L = struct.Struct("<L")
+_INTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: _L, 8: _Q}
 
 
 class PhysicalMemory:
@@ -90,10 +92,19 @@ class PhysicalMemory:
         return _Q.unpack_from(page, off)[0]
 
     # -- the CPU view --------------------------------------------------------------------------
-    def _line_for_write(self, line: int) -> bytearray:
+    def _line_for_store(self, line: int) -> bytearray:
+        """The cached copy of ``line`` a CPU store is about to change: allocated from DRAM on
+        a miss (a line never straddles a page), posted first under a write buffer, and marked
+        dirty."""
         data = self._lines.get(line)
         if data is None:
-            data = self._lines[line] = bytearray(self._dram_read(line, LINE_SIZE))
+            page = self._pages.get(line >> PAGE_SHIFT)
+            off = line & (PAGE_SIZE - 1)
+            data = self._lines[line] = (bytearray(LINE_SIZE) if page is None
+                                        else page[off : off + LINE_SIZE])
+        if self.write_buffer and line not in self._posted:
+            self._posted[line] = bytes(data)
+        self._dirty.add(line)
         return data
 
     def cpu_read(self, addr: int, n: int, *, allocate: bool = False) -> bytes:
@@ -108,7 +119,7 @@ class PhysicalMemory:
             chunk = min(n, LINE_SIZE - off)
             data = self._lines.get(line)
             if data is None and allocate:
-                data = self._line_for_write(line)
+                data = self._lines[line] = bytearray(self._dram_read(line, LINE_SIZE))
             out += data[off : off + chunk] if data is not None else self._dram_read(addr, chunk)
             addr += chunk
             n -= chunk
@@ -122,35 +133,39 @@ class PhysicalMemory:
             line = addr & ~(LINE_SIZE - 1)
             off = addr - line
             chunk = min(len(data) - pos, LINE_SIZE - off)
-            cached = self._line_for_write(line)
-            if self.write_buffer and line not in self._posted:
-                self._posted[line] = bytes(cached)
-            cached[off : off + chunk] = data[pos : pos + chunk]
-            self._dirty.add(line)
+            self._line_for_store(line)[off : off + chunk] = data[pos : pos + chunk]
             addr += chunk
             pos += chunk
 
-    def cpu_read_qword(self, addr: int) -> int:
-        """A CPU qword load; aligned loads (table entries, status words) take a fast path."""
-        if addr & 7 or not 0 <= addr < MAX_PHYS_ADDR:
-            return int.from_bytes(self.cpu_read(addr, 8), "little")
-        line = self._lines.get(addr & ~(LINE_SIZE - 1))
+    def cpu_load(self, addr: int, size: int) -> int:
+        """A CPU load of a ``size``-byte little-endian integer.  One within a line (table
+        entries, status words: nearly all) unpacks in place from the cached line or the DRAM
+        page; anything else reads the bytes."""
+        off = addr & (LINE_SIZE - 1)
+        fmt = _INTS.get(size)
+        if fmt is None or off + size > LINE_SIZE or not 0 <= addr <= MAX_PHYS_ADDR - size:
+            return int.from_bytes(self.cpu_read(addr, size), "little")
+        line = self._lines.get(addr - off)
         if line is not None:
-            return _Q.unpack_from(line, addr & (LINE_SIZE - 1))[0]
-        return self.dram_qword(addr)
+            return fmt.unpack_from(line, off)[0]
+        page = self._pages.get(addr >> PAGE_SHIFT)
+        return 0 if page is None else fmt.unpack_from(page, addr & (PAGE_SIZE - 1))[0]
 
-    def cpu_write_qword(self, addr: int, value: int) -> None:
-        """A CPU qword store; aligned stores (table entries, descriptors) take a fast path."""
-        value &= 0xFFFF_FFFF_FFFF_FFFF
-        if addr & 7 or not 0 <= addr < MAX_PHYS_ADDR:
-            self.cpu_write(addr, value.to_bytes(8, "little"))
+    def cpu_store(self, addr: int, value: int, size: int) -> None:
+        """A CPU store of ``value`` as a ``size``-byte little-endian integer (truncated to it).
+        One within a line (an entry, a PTE, a 16- or 32-byte descriptor) goes straight into
+        the line; anything else stores the bytes."""
+        value &= (1 << 8 * size) - 1
+        off = addr & (LINE_SIZE - 1)
+        if off + size > LINE_SIZE or not 0 <= addr <= MAX_PHYS_ADDR - size:
+            self.cpu_write(addr, value.to_bytes(size, "little"))
             return
-        line = addr & ~(LINE_SIZE - 1)
-        data = self._line_for_write(line)
-        if self.write_buffer and line not in self._posted:
-            self._posted[line] = bytes(data)
-        _Q.pack_into(data, addr & (LINE_SIZE - 1), value)
-        self._dirty.add(line)
+        cached = self._line_for_store(addr - off)
+        fmt = _INTS.get(size)
+        if fmt is not None:
+            fmt.pack_into(cached, off, value)
+        else:
+            cached[off : off + size] = value.to_bytes(size, "little")
 
     def clflush(self, addr: int) -> None:
         """Write back (if dirty) and invalidate the line holding ``addr``."""
@@ -162,7 +177,8 @@ class PhysicalMemory:
         """Write a dirty line back to DRAM, keeping it cached (clean).  Hardware may do this at
         any moment; software does it through clflush/wbinvd."""
         if line in self._dirty:
-            self._dram_write(line, bytes(self._lines[line]))
+            off = line & (PAGE_SIZE - 1)  # a line never straddles a page
+            self._page(line >> PAGE_SHIFT)[off : off + LINE_SIZE] = self._lines[line]
             self._dirty.discard(line)
 
     def wbinvd(self) -> None:
@@ -219,11 +235,25 @@ class PhysicalMemory:
         return self.dram_qword(addr)
 
     def write_qword(self, addr: int, value: int, *, snoop: bool = True) -> None:
-        """A hardware qword write (A/D-bit updates, invalidation-wait status writes)."""
-        self.dma_write(addr, (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"), snoop=snoop)
+        """A hardware qword write (A/D-bit updates)."""
+        self._dma_store(_Q, addr, value & 0xFFFF_FFFF_FFFF_FFFF, snoop)
 
     def write_dword(self, addr: int, value: int, *, snoop: bool = True) -> None:
-        self.dma_write(addr, (value & 0xFFFF_FFFF).to_bytes(4, "little"), snoop=snoop)
+        """A hardware dword write (invalidation-wait status writes)."""
+        self._dma_store(_L, addr, value & 0xFFFF_FFFF, snoop)
+
+    def _dma_store(self, fmt: struct.Struct, addr: int, value: int, snoop: bool) -> None:
+        """``dma_write`` of one naturally aligned dword or qword, packed in place: it cannot
+        straddle a line or a page."""
+        n = fmt.size
+        if addr & (n - 1) or not 0 <= addr <= MAX_PHYS_ADDR - n:
+            self.dma_write(addr, value.to_bytes(n, "little"), snoop=snoop)
+            return
+        fmt.pack_into(self._page(addr >> PAGE_SHIFT), addr & (PAGE_SIZE - 1), value)
+        if snoop and self._lines:
+            cached = self._lines.get(addr & ~(LINE_SIZE - 1))
+            if cached is not None:
+                fmt.pack_into(cached, addr & (LINE_SIZE - 1), value)
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def populated_pages(self) -> int:
