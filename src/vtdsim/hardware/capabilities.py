@@ -105,13 +105,16 @@ def _split(fields: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
 
 
 def _cap_flag(name: str) -> property:
-    """A read-only bool property for the one-bit CAP field ``name``."""
-    return property(lambda self: bool(CAP.get(self.cap, name)), doc=CAP[name].doc)
+    """A read-only bool property for the one-bit CAP field ``name`` (drivers test these on
+    every flush: the field's mask is taken from the layout once)."""
+    mask = CAP[name].in_place
+    return property(lambda self: bool(self.cap & mask), doc=CAP[name].doc)
 
 
 def _ecap_flag(name: str) -> property:
     """A read-only bool property for the one-bit ECAP field ``name``."""
-    return property(lambda self: bool(ECAP.get(self.ecap, name)), doc=ECAP[name].doc)
+    mask = ECAP[name].in_place
+    return property(lambda self: bool(self.ecap & mask), doc=ECAP[name].doc)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,47 +27,48 @@ from typing import Any
 from vtdsim.hardware.descriptors import devtlb_range
 
 
-def _done(unit: Any, name: str, **dropped: int) -> None:
-    """Bookkeeping shared by every invalidation: write-buffer drain and counters."""
+def _done(unit: Any, counter: str, **dropped: int) -> None:
+    """Bookkeeping shared by every invalidation: write-buffer drain and counters (``counter``
+    is ``inv_`` and the function's name; dropped entries count as ``inv_dropped_<cache>``)."""
     unit.memory.flush_write_buffer()  # spec 6.8
-    unit.stats[f"inv_{name}"] += 1
+    unit.stats[counter] += 1
     for cache, n in dropped.items():
         if n:
-            unit.stats[f"inv_dropped_{cache}"] += n
+            unit.stats["inv_dropped_" + cache] += n
 
 
 # -- context-cache (type 1; CCMD) ----------------------------------------------------------------
 def context_cache_global(unit: Any) -> None:
-    _done(unit, "context_cache_global", context_cache=unit.context_cache.invalidate_global())
+    _done(unit, "inv_context_cache_global", context_cache=unit.context_cache.invalidate_global())
 
 
 def context_cache_domain(unit: Any, did: int) -> None:
-    _done(unit, "context_cache_domain", context_cache=unit.context_cache.invalidate_domain(did))
+    _done(unit, "inv_context_cache_domain", context_cache=unit.context_cache.invalidate_domain(did))
 
 
 def context_cache_device(unit: Any, did: int, sid: int, fm: int) -> None:
     dropped = unit.context_cache.invalidate_device(did, sid, fm)
-    _done(unit, "context_cache_device", context_cache=dropped)
+    _done(unit, "inv_context_cache_device", context_cache=dropped)
 
 
 # -- IOTLB (type 2; IOTLB/IVA registers) -----------------------------------------------------------
 def iotlb_global(unit: Any) -> None:
     _done(
-        unit, "iotlb_global",
+        unit, "inv_iotlb_global",
         iotlb=unit.iotlb.invalidate_global(), pscache=unit.pscache.invalidate_global(),
     )
 
 
 def iotlb_domain(unit: Any, did: int) -> None:
     _done(
-        unit, "iotlb_domain",
+        unit, "inv_iotlb_domain",
         iotlb=unit.iotlb.invalidate_domain(did), pscache=unit.pscache.invalidate_domain(did),
     )
 
 
 def iotlb_page(unit: Any, did: int, addr: int, am: int, ih: int | bool) -> None:
     _done(
-        unit, "iotlb_page",
+        unit, "inv_iotlb_page",
         iotlb=unit.iotlb.invalidate_page(did, addr, am, bool(ih)),
         pscache=unit.pscache.invalidate_page(did, addr, am, bool(ih)),
     )
@@ -76,7 +77,7 @@ def iotlb_page(unit: Any, did: int, addr: int, am: int, ih: int | bool) -> None:
 # -- PASID-based IOTLB (type 6) ----------------------------------------------------------------
 def piotlb_pasid(unit: Any, did: int, pasid: int) -> None:
     _done(
-        unit, "piotlb_pasid",
+        unit, "inv_piotlb_pasid",
         iotlb=unit.iotlb.invalidate_pasid(did, pasid),
         pscache=unit.pscache.invalidate_pasid(did, pasid),
     )
@@ -84,7 +85,7 @@ def piotlb_pasid(unit: Any, did: int, pasid: int) -> None:
 
 def piotlb_page(unit: Any, did: int, pasid: int, addr: int, am: int, ih: int | bool) -> None:
     _done(
-        unit, "piotlb_page",
+        unit, "inv_piotlb_page",
         iotlb=unit.iotlb.invalidate_pasid_page(did, pasid, addr, am, bool(ih)),
         pscache=unit.pscache.invalidate_pasid_page(did, pasid, addr, am, bool(ih)),
     )
@@ -92,16 +93,16 @@ def piotlb_page(unit: Any, did: int, pasid: int, addr: int, am: int, ih: int | b
 
 # -- PASID-cache (type 7) -----------------------------------------------------------------------
 def pasid_cache_global(unit: Any) -> None:
-    _done(unit, "pasid_cache_global", pasid_cache=unit.pasid_cache.invalidate_global())
+    _done(unit, "inv_pasid_cache_global", pasid_cache=unit.pasid_cache.invalidate_global())
 
 
 def pasid_cache_domain(unit: Any, did: int) -> None:
-    _done(unit, "pasid_cache_domain", pasid_cache=unit.pasid_cache.invalidate_domain(did))
+    _done(unit, "inv_pasid_cache_domain", pasid_cache=unit.pasid_cache.invalidate_domain(did))
 
 
 def pasid_cache_pasid(unit: Any, did: int, pasid: int) -> None:
     dropped = unit.pasid_cache.invalidate_pasid(did, pasid)
-    _done(unit, "pasid_cache_pasid", pasid_cache=dropped)
+    _done(unit, "inv_pasid_cache_pasid", pasid_cache=dropped)
 
 
 # -- device-TLB (types 3 and 8) ---------------------------------------------------------------
@@ -114,8 +115,7 @@ def device_tlb(
     reading; the exact semantics are unconfirmed).  False when no completion comes back: the
     caller raises ITE with ITESID (spec 6.5.2.5)."""
     base, size = devtlb_range(addr_field, int(s))
-    name = "device_tlb" if pasid is None else "p_device_tlb"
-    _done(unit, name)
+    _done(unit, "inv_device_tlb" if pasid is None else "inv_p_device_tlb")
     endpoint = unit.endpoints.get(sid)
     if endpoint is None:
         # No modelled function at this SID holds translations; we let the request complete
@@ -132,4 +132,4 @@ def device_tlb(
 # -- interrupt-entry cache (type 4) -------------------------------------------------------------
 def iec(unit: Any, g: int = 0, iidx: int = 0, im: int = 0) -> None:
     """Interrupt-entry-cache invalidation: counted only (interrupt remapping not modelled)."""
-    _done(unit, "iec_global" if not g else "iec_index")
+    _done(unit, "inv_iec_global" if not g else "inv_iec_index")

@@ -55,12 +55,13 @@ class InvalidationQueue:
         fsts = by_name["FSTS"].layout
         self._fsts_stop = fsts["iqe"].in_place | fsts["ite"].in_place
         self._qies = by_name["GSTS"].layout["qies"].in_place
-        self._decoded: dict[tuple, tuple[Descriptor, int]] = {}  # see ``_decode``
+        # raw words -> (decoded, IQEI, counter), one memo per queue width (see ``_fetch``)
+        self._decoded: dict[bool, dict[tuple, tuple]] = {False: {}, True: {}}
 
     def __getstate__(self) -> dict:
         # The decode memo is derived data: the checker's world copies start without it.
         state = self.__dict__.copy()
-        state["_decoded"] = {}
+        state["_decoded"] = {False: {}, True: {}}
         return state
 
     # -- geometry (IQA is read live: software must not change it while QI is enabled) ---------
@@ -116,39 +117,52 @@ class InvalidationQueue:
         if not self._enabled() or self._error_pending():
             return
         self._stopped = False
-        iqei = self._tail_error()
-        if iqei:
-            self._stop(iqei)
-            return
-        if self.unit.qi_mode == "sync":
-            while self.step():
-                pass
+        published = self._published()
+        if published < 0:
+            self._stop(-published)
+        elif self.unit.qi_mode == "sync":
+            self._run(published)
 
     def pending(self) -> int:
         """Descriptors hardware can process now (0 while disabled, stopped by an error, or the
         tail is invalid)."""
         if self._stopped or not self._enabled() or self._error_pending():
             return 0
+        return max(self._published(), 0)
+
+    def _published(self) -> int:
+        """Descriptors from IQH up to IQT, or minus the IQEI of an invalid tail."""
         _, width, size, wide = self._geometry_now()
         tail = self.tail
-        if self._tail_error_at(tail, size, wide):
-            return 0
-        return ((tail - self.head) % size) // width
+        iqei = self._tail_error_at(tail, size, wide)
+        return -iqei if iqei else ((tail - self.head) % size) // width
 
     def step(self) -> bool:
         """Fetch, validate and perform the descriptor at IQH; False if there is none to do."""
-        if not self.pending():
-            return False
-        desc, iqei = self._fetch(self.head)
-        if iqei:
-            self._stop(iqei)
-            return True
-        completed = self._perform(desc)
-        self.unit.stats["desc:" + desc.label] += 1
-        self._advance()
-        if not completed:
-            self._abort_pending()
-        return True
+        return self._run(min(self.pending(), 1)) > 0
+
+    def _run(self, count: int) -> int:
+        """Fetch, validate and perform ``count`` descriptors from IQH (``pending`` allowed
+        them), stopping at one that is rejected (IQE) or times out (ITE); how many were taken.
+        The geometry is read once: only software's register writes change it, and none comes
+        between the descriptors of one run."""
+        if not count:
+            return 0
+        base, width, size, wide = self._geometry_now()
+        head, stats = self.head, self.unit.stats
+        for taken in range(1, count + 1):
+            desc, iqei, counter = self._fetch(base + head, width, wide)
+            if iqei:
+                self._stop(iqei)
+                return taken
+            completed = self._perform(desc)
+            stats[counter] += 1
+            head = (head + width) % size
+            self._set_head(head)
+            if not completed:
+                self._abort_pending()
+                return taken
+        return count
 
     # -- state checks -------------------------------------------------------------------------
     def _enabled(self) -> bool:
@@ -158,10 +172,6 @@ class InvalidationQueue:
         """IQE or ITE set: no fetching until software clears it (spec 6.5.2.10 via Linux
         dmar.c qi_check_fault: "No new descriptors are fetched until the ITE is cleared")."""
         return bool(self.unit.regs["FSTS"] & self._fsts_stop)
-
-    def _tail_error(self) -> int:
-        _, _, size, wide = self._geometry_now()
-        return self._tail_error_at(self.tail, size, wide)
 
     @staticmethod
     def _tail_error_at(tail: int, size: int, wide: bool) -> int:
@@ -176,36 +186,32 @@ class InvalidationQueue:
         self.unit.faults.raise_iqe(iqei)
 
     # -- fetch and head movement ----------------------------------------------------------------
-    def _fetch(self, offset: int) -> tuple[Descriptor | None, int]:
-        """The descriptor at ``offset`` and its IQEI (0: valid).  A snooped read: Linux's
-        qi_submit_sync (dmar.c) writes descriptors with plain stores and never flushes them
-        from the CPU cache, so hardware must read the queue coherently (ECAP.C speaks only of
-        translation structures).  A slot beyond the physical address space is a descriptor
-        fetch error (IQEI 2)."""
-        base, width, _, wide = self._geometry_now()
-        addr = base + offset
+    def _fetch(self, addr: int, width: int, wide: bool) -> tuple[Descriptor | None, int, str]:
+        """The descriptor at ``addr``, its IQEI (0: valid) and its ``stats`` counter.  A
+        snooped read: Linux's qi_submit_sync (dmar.c) writes descriptors with plain stores and
+        never flushes them from the CPU cache, so hardware must read the queue coherently
+        (ECAP.C speaks only of translation structures).  A slot beyond the physical address
+        space is a descriptor fetch error (IQEI 2).
+
+        ``decode`` + ``validate`` are memoised: both are pure functions of the raw words, the
+        unit's capabilities (fixed) and the queue width (one memo per width), and a driver
+        submits the same descriptors again and again (waits on the same status slots, flushes
+        of recycled IOVAs).  A memo is emptied when it reaches ``_DECODE_MEMO`` entries."""
         if addr + width > MAX_PHYS_ADDR:
-            return None, IQEI_FETCH_ERROR
-        read = self.unit.memory.cpu_read_qword  # the CPU view = a snooped read
-        return self._decode(tuple(read(addr + i) for i in range(0, width, 8)), wide)
-
-    def _decode(self, qws: tuple, wide: bool) -> tuple[Descriptor, int]:
-        """``decode`` + ``validate``, memoised: both are pure functions of the raw words, the
-        unit's capabilities (fixed) and the queue width, and a driver submits the same
-        descriptors again and again (waits on the same status slots, flushes of recycled
-        IOVAs).  The memo is bounded: it is emptied when it reaches ``_DECODE_MEMO`` entries."""
-        key = (qws, wide)
-        hit = self._decoded.get(key)
+            return None, IQEI_FETCH_ERROR, ""
+        load = self.unit.memory.cpu_load  # the CPU view = a snooped read
+        if wide:
+            qws = (load(addr, 8), load(addr + 8, 8), load(addr + 16, 8), load(addr + 24, 8))
+        else:
+            qws = (load(addr, 8), load(addr + 8, 8))
+        memo = self._decoded[wide]
+        hit = memo.get(qws)
         if hit is None:
-            if len(self._decoded) >= _DECODE_MEMO:
-                self._decoded.clear()
+            if len(memo) >= _DECODE_MEMO:
+                memo.clear()
             desc = decode(qws)
-            hit = self._decoded[key] = (desc, validate(desc, self.unit.caps, wide))
+            hit = memo[qws] = (desc, validate(desc, self.unit.caps, wide), "desc:" + desc.label)
         return hit
-
-    def _advance(self) -> None:
-        _, width, size, _ = self._geometry_now()
-        self._set_head((self.head + width) % size)
 
     def _set_head(self, offset: int) -> None:
         self.unit.regs.set("IQH", offset & self._qh_mask)  # QH is IQH's only field

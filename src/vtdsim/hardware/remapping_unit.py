@@ -139,7 +139,9 @@ class RemappingUnit:
         self.regs.mmio_write(offset, size, value)
 
     def _register_written(self, reg: Register, old: int, new: int) -> None:
-        handler = _WRITE_HANDLERS.get("FRCD" if reg.name.startswith("FRCD") else reg.name)
+        handler = _WRITE_HANDLERS.get(reg.name)  # IQT, the hot one, in one probe
+        if handler is None and reg.name.startswith("FRCD"):
+            handler = _WRITE_HANDLERS["FRCD"]
         if handler is not None:
             handler(self)
 

@@ -165,6 +165,10 @@ class LruCache:
     def group_keys(self, group: Hashable) -> list[Hashable]:
         return list(self._groups.get(group, ()))
 
+    def domain_groups(self, did: int) -> list[Hashable]:
+        """The groups of domain ``did``, for caches grouped by ``(did, pasid)``."""
+        return [g for g in self._groups if g[0] == did]
+
     # -- inspection -----------------------------------------------------------------------------
     def keys(self) -> list[Hashable]:
         """Keys from least to most recently used (deterministic)."""

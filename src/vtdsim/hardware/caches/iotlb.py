@@ -140,22 +140,22 @@ class Iotlb(LruCache):
         return self.fill(entry.key, entry)
 
     # -- type 2 ---------------------------------------------------------------------------------
-    def _did_groups(self, did: int) -> list[Hashable]:
-        return [g for g in self.groups() if g[0] == did]
-
     def invalidate_domain(self, did: int) -> int:
         """Type 2 DSI: every second-stage/nested/PT entry of ``did``, any PASID."""
         return sum(
             self.invalidate_where(_in_stages(TYPE2_STAGES), self.group_keys(g))
-            for g in self._did_groups(did)
+            for g in self.domain_groups(did)
         )
 
     def invalidate_page(self, did: int, addr: int, am: int, ih: bool = False) -> int:
         """Type 2 PSI: entries of ``did`` (as DSI) overlapping 2^``am`` pages at ``addr``.
         ``ih`` is accepted for symmetry: it only concerns paging-structure caches."""
+        groups = self.domain_groups(did)
+        if not groups:
+            return 0  # nothing of the domain is cached (a flush right after a map, say)
         base, size = psi_range(addr, am)
         pred = _overlapping(TYPE2_STAGES, base, size, spare_global=False)
-        return sum(self._invalidate_range(g, base, size, pred) for g in self._did_groups(did))
+        return sum(self._invalidate_range(g, base, size, pred) for g in groups)
 
     # -- type 6 ---------------------------------------------------------------------------------
     def invalidate_pasid(self, did: int, pasid: int) -> int:

@@ -96,6 +96,8 @@ class PagingStructureCache(LruCache):
 
     def _scoped(self, groups: list, stages: frozenset, base: int = 0, size: int = 0) -> int:
         """Drop entries of ``groups`` in ``stages`` (overlapping [base, base+size) if size)."""
+        if not self._groups:
+            return 0
 
         def pred(_key: Hashable, e: PscEntry) -> bool:
             if e.stage not in stages:
@@ -104,18 +106,15 @@ class PagingStructureCache(LruCache):
 
         return sum(self.invalidate_where(pred, self.group_keys(g)) for g in groups)
 
-    def _did_groups(self, did: int) -> list:
-        return [g for g in self.groups() if g[0] == did]
-
     def invalidate_domain(self, did: int) -> int:
         """Type 2 DSI: second-stage/nested entries of ``did``, any PASID."""
-        return self._scoped(self._did_groups(did), TYPE2_STAGES)
+        return self._scoped(self.domain_groups(did), TYPE2_STAGES)
 
     def invalidate_page(self, did: int, addr: int, am: int, ih: bool) -> int:
         """Type 2 PSI: nothing when IH=1; else the DSI scope overlapping the range."""
         if ih:
             return 0
-        return self._scoped(self._did_groups(did), TYPE2_STAGES, *psi_range(addr, am))
+        return self._scoped(self.domain_groups(did), TYPE2_STAGES, *psi_range(addr, am))
 
     def invalidate_pasid(self, did: int, pasid: int) -> int:
         """Type 6 G=10: first-stage/nested entries of (``did``, ``pasid``)."""
