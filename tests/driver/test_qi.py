@@ -52,6 +52,30 @@ def test_submission_is_one_iqt_write_and_reclaims_its_slots():
     assert ex.held == {}
 
 
+def test_a_submission_is_the_steps_of_qi_submit_sync():
+    """Lock, each descriptor copied into its slot with one store (then its trace event), the
+    wait's status set in use and the wait copied, one IQT write, the status polled, unlock;
+    the unit fetches exactly the words that were stored."""
+    platform, ex, iommu = booted()
+    gen = qi.qi_submit_sync(iommu, [qi.desc_flush_iotlb(iommu, 2, 0, 0, 2)])
+    steps, reply = [], None
+    try:
+        while True:
+            step = gen.send(reply)
+            steps.append(step)
+            reply = ex.apply(step)
+    except StopIteration:
+        pass
+    assert [type(s).__name__ for s in steps] == [
+        "Lock", "CpuWrite", "Annotate", "CpuWrite", "CpuWrite", "MmioWrite", "CpuRead", "Unlock"]
+    desc, status, wait = steps[1], steps[3], steps[4]
+    assert (desc.size, wait.size, status.size) == (16, 16, 4)
+    assert desc.value == 0x200E2  # qw0 in bits 63:0; qw1, 0 for a DSI, above
+    assert wait.value & (2**64 - 1) == qi.desc_wait(status.addr, False)[0]
+    assert wait.value >> 64 == status.addr == steps[6].addr
+    assert platform.units[0].stats["desc:iotlb_inv"] >= 1
+
+
 def test_scalable_queue_uses_32_byte_slots():
     platform, ex, iommu = booted("qemu72-sm")
     head = iommu.qi.free_head

@@ -8,11 +8,10 @@ generator (``gi_yieldfrom``), innermost last: each Linux-named driver function t
 from (``iommu_flush_iotlb_psi``, ``domain_context_mapping_one`` ...) is on it, so a rule can
 name the protocol it breaks without any change to the driver.
 
-Queued descriptors are seen whole: the consecutive 64-bit ``CpuWrite`` steps ``qi_submit_sync``
-yields for one slot (nothing else happens between them) are gathered, decoded, and offered to
-the descriptor rules, which may replace the descriptor by a no-op wait (fence only: the flush is
-gone, the submission and its wait stay, so the queue's accounting is untouched) or change its
-fields; then the writes are yielded in their original order.
+Queued descriptors are seen whole: ``qi_submit_sync`` copies each into its slot with one
+16- or 32-byte ``CpuWrite``, which is decoded and offered to the descriptor rules; they may
+replace the descriptor by a no-op wait (fence only: the flush is gone, the submission and its
+wait stay, so the queue's accounting is untouched) or change its fields.
 
 Not covered: moving a step *earlier* than its generator yields it (``EarlyUnlock`` injects a
 release instead of moving the driver's own, whose code runs where the driver has it),
@@ -33,6 +32,7 @@ from vtdsim.hardware.descriptors import decode, encode
 
 Stack = tuple[str, ...]
 QI_WHY = "qi_submit_sync"
+QW_MASK = (1 << 64) - 1
 # A fence-only wait (FN=1, no status write, no interrupt) performs nothing; SW=IF=FN=0 is
 # rejected (QEMU vtd_process_wait_desc), which would turn a dropped flush into an IQE.
 NOOP_WAIT = encode("inv_wait", fn=1)
@@ -209,7 +209,7 @@ class DescriptorRule:
 
 # -- the stream ----------------------------------------------------------------------------------
 def _is_desc_write(step: st.Step) -> bool:
-    return type(step) is st.CpuWrite and step.why == QI_WHY and step.size == 8
+    return type(step) is st.CpuWrite and step.why == QI_WHY and step.size in (16, 32)
 
 
 @dataclass
@@ -230,17 +230,13 @@ class Mutation:
 
 
 def _mutated(gen: Generator, mutation: Mutation) -> Generator[st.Step, Any, Any]:
-    reply, pending = None, None
+    reply = None
     try:
         while True:
-            step = pending if pending is not None else gen.send(reply)
-            pending = None
+            step = gen.send(reply)
             stack = call_stack(gen)
             if _is_desc_write(step) and mutation.descriptors:
-                writes, pending = _gather_descriptor(gen, step)
-                yield from _emit_descriptor(writes, stack, mutation)
-                reply = None
-                continue
+                step = _rewrite_descriptor(step, stack, mutation)
             reply = yield from _emit_step(step, stack, mutation)
     except StopIteration as stop:
         for rule in mutation.rules:
@@ -248,27 +244,15 @@ def _mutated(gen: Generator, mutation: Mutation) -> Generator[st.Step, Any, Any]
         return stop.value
 
 
-def _gather_descriptor(gen: Generator, first: st.CpuWrite):
-    """The writes of one slot: ``first`` and the contiguous 64-bit stores right after it; the
-    step that ends the run is returned to be handled next."""
-    writes = [first]
-    while True:
-        nxt = gen.send(None)
-        if _is_desc_write(nxt) and nxt.addr == writes[-1].addr + 8 and len(writes) < 4:
-            writes.append(nxt)
-            continue
-        return writes, nxt
-
-
-def _emit_descriptor(writes: list[st.CpuWrite], stack: Stack, mutation: Mutation):
-    qws = tuple(w.value for w in writes)
+def _rewrite_descriptor(write: st.CpuWrite, stack: Stack, mutation: Mutation) -> st.CpuWrite:
+    """The slot's store with the descriptor the first matching rule makes of it."""
+    qws = tuple(write.value >> (64 * i) & QW_MASK for i in range(write.size // 8))
     for rule in mutation.descriptors:
         new = rule.apply(qws, stack)
         if new is not None:
-            qws = new
-            break
-    for write, value in zip(writes, qws, strict=True):
-        yield st.CpuWrite(addr=write.addr, value=value, size=8, why=write.why)
+            value = sum(q << (64 * i) for i, q in enumerate(new))
+            return st.CpuWrite(addr=write.addr, value=value, size=write.size, why=write.why)
+    return write
 
 
 def _emit_step(step: st.Step, stack: Stack, mutation: Mutation):

@@ -17,7 +17,7 @@ from vtdsim.driver import qi
 from vtdsim.driver.device import IOMMU_NO_PASID, DeviceInfo
 from vtdsim.driver.domain import DmarDomain
 from vtdsim.driver.psi import psi_mask_linux61, psi_needs_dsi
-from vtdsim.driver.steps import Lock, Step, Unlock
+from vtdsim.driver.steps import Step, lock_steps
 
 MAX_AGAW_PFN_WIDTH = 52
 PAGE_SHIFT = 12
@@ -36,10 +36,11 @@ def iommu_flush_dev_iotlb(domain: DmarDomain, addr: int, mask: int):
     """Every ATS device of the domain, whichever unit it sits behind, under ``domain->lock``."""
     if not domain.has_iotlb_device():
         return
-    yield Lock(name=domain.lock, why="iommu_flush_dev_iotlb")
+    lock, unlock = lock_steps(domain.lock, "iommu_flush_dev_iotlb")
+    yield lock
     for info in list(domain.devices):
         yield from __iommu_flush_dev_iotlb(info, addr, mask)
-    yield Unlock(name=domain.lock, why="iommu_flush_dev_iotlb")
+    yield unlock
 
 
 def _iotlb_ih(profile, ih: int) -> int:

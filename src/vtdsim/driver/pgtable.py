@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from vtdsim.driver.steps import (
@@ -31,11 +32,11 @@ from vtdsim.driver.steps import (
     Clflush,
     ClflushRange,
     CpuCmpxchg,
-    CpuRead,
     CpuWrite,
     CpuZero,
     FreePage,
     Step,
+    qword_read,
 )
 from vtdsim.errors import BadInput, SpecRuleBroken, hexval
 from vtdsim.hardware.first_stage import FS_PTE
@@ -57,6 +58,18 @@ class UnmapResult:
     size: int
     freelist: list[int] = field(default_factory=list)
     freed_tables: int = 0
+
+
+@lru_cache(maxsize=64)
+def leaf_bits(stage: str, level: int, prot: int, force_snoop: bool) -> int:
+    """Every bit of a leaf but its address: they depend only on these (one table of values
+    per domain's mapping calls, so computed once through the layouts)."""
+    large = int(level > 1)
+    writable = int(bool(prot & IOMMU_WRITE))
+    if stage == "ss":
+        return SS_PTE.encode(r=int(bool(prot & IOMMU_READ)), w=writable, ps=large,
+                             snp=int(force_snoop))
+    return FS_PTE.encode(p=1, us=1, a=1, rw=writable, d=writable, ps=large)
 
 
 def _present(stage: str, pte: int) -> bool:
@@ -90,12 +103,7 @@ class DomainPageTable:
 
     def leaf_entry(self, paddr: int, level: int, prot: int) -> int:
         """The leaf value for ``paddr`` at ``level`` with IOMMU_READ/IOMMU_WRITE ``prot``."""
-        large = int(level > 1)
-        writable = int(bool(prot & IOMMU_WRITE))
-        if self.stage == "ss":
-            return SS_PTE.replace(paddr & _ADDR, r=int(bool(prot & IOMMU_READ)), w=writable,
-                                  ps=large, snp=int(self.force_snoop))
-        return FS_PTE.replace(paddr & _ADDR, p=1, us=1, a=1, rw=writable, d=writable, ps=large)
+        return (paddr & _ADDR) | leaf_bits(self.stage, level, prot, self.force_snoop)
 
     def _leaf_levels(self) -> list[int]:
         """``domain->iommu_superpage``: 1 GiB only on top of 2 MiB support, largest first."""
@@ -171,7 +179,7 @@ class DomainPageTable:
         table, lvl = self.root, self.levels
         while True:
             slot = table + 8 * ss_index(iova, lvl)
-            pte = yield CpuRead(addr=slot, size=8, why="pfn_to_dma_pte")
+            pte = yield qword_read(slot, "pfn_to_dma_pte")
             if lvl == level and not (_present(self.stage, pte) and not _is_leaf(pte, lvl)):
                 return slot, level
             if lvl == level:
@@ -211,7 +219,7 @@ class DomainPageTable:
     def _leaf_level_at(self, iova: int) -> Generator[Step, Any, int]:
         table, lvl = self.root, self.levels
         while True:
-            pte = yield CpuRead(addr=table + 8 * ss_index(iova, lvl), size=8, why="unmap")
+            pte = yield qword_read(table + 8 * ss_index(iova, lvl), "unmap")
             if not _present(self.stage, pte):
                 return 0
             if _is_leaf(pte, lvl):
@@ -228,7 +236,7 @@ class DomainPageTable:
         while idx < 512 and pfn <= last:
             slot = table + 8 * idx
             level_pfn = pfn & ~(span - 1)
-            pte = yield CpuRead(addr=slot, size=8, why="dma_pte_clear_level")
+            pte = yield qword_read(slot, "dma_pte_clear_level")
             if _present(self.stage, pte):
                 if start <= level_pfn and last >= level_pfn + span - 1:
                     if level > 1 and not _is_leaf(pte, level):
@@ -251,7 +259,7 @@ class DomainPageTable:
         if level == 1:
             return
         for idx in range(512):
-            pte = yield CpuRead(addr=table + 8 * idx, size=8, why="dma_pte_list_pagetables")
+            pte = yield qword_read(table + 8 * idx, "dma_pte_list_pagetables")
             if _present(self.stage, pte) and not _is_leaf(pte, level):
                 yield from self._list_pagetables(level - 1, pte & _ADDR, result)
 
@@ -260,7 +268,7 @@ class DomainPageTable:
         """(physical address, leaf level, leaf PTE) from the CPU view, or None if unmapped."""
         table, lvl = self.root, self.levels
         while True:
-            pte = memory.cpu_read_qword(table + 8 * ss_index(iova, lvl))
+            pte = memory.cpu_load(table + 8 * ss_index(iova, lvl), 8)
             if not _present(self.stage, pte):
                 return None
             if _is_leaf(pte, lvl):

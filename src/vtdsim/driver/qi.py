@@ -18,6 +18,8 @@ ECAP.QI=0), mainline's -ETIMEDOUT for an ITE on an absent device, interrupt-driv
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from vtdsim.driver.steps import (
@@ -30,6 +32,7 @@ from vtdsim.driver.steps import (
     Step,
     Unlock,
     WaitQword,
+    lock_steps,
 )
 from vtdsim.errors import SpecRuleBroken
 from vtdsim.hardware.descriptors import TYPE_LABELS, encode
@@ -133,11 +136,55 @@ def desc_wait(status_addr: int, pd: bool) -> Desc:
 
 
 # -- submission ---------------------------------------------------------------------------------
-def _write_desc(q, slot: int, desc: Sequence[int], why: str) -> Generator[Step, Any, None]:
-    """memcpy of one descriptor (16 or 32 bytes) into its slot."""
-    base = q.base + (slot << q.shift)
-    for i in range(q.width // 8):
-        yield CpuWrite(addr=base + 8 * i, value=desc[i], size=8, why=why)
+def desc_store(base: int, shift: int, slot: int, desc: Sequence[int], why: str) -> CpuWrite:
+    """The ``memcpy`` of one descriptor (16 or 32 bytes, ``1 << shift``) into its slot of the
+    queue at ``base``, as one store: no actor can see a slot between its qwords, since
+    hardware fetches only slots an IQT write has published (spec 6.5.2), and the slot is
+    published after the copy."""
+    value = desc[0] | desc[1] << 64
+    if shift == 5:
+        value |= desc[2] << 128 | desc[3] << 192
+    return CpuWrite(addr=base + (slot << shift), value=value, size=1 << shift, why=why)
+
+
+@dataclass(frozen=True, slots=True)
+class WaitSlotSteps:
+    """The steps of one ``qi_submit_sync`` that depend only on the queue and the slot of its
+    wait descriptor: the queue lock, the status word set in use, the wait's store, the IQT
+    write that publishes everything up to it, the status poll and the spin on it.  Steps are
+    immutable values, so each slot's are built once (``wait_slot_steps``)."""
+
+    lock: Lock
+    unlock: Unlock
+    status_in_use: CpuWrite
+    store: CpuWrite
+    publish: MmioWrite
+    poll: CpuRead
+    spin: WaitQword
+
+
+def wait_slot_steps(iommu, q, wait_index: int, pd: bool = False) -> WaitSlotSteps:
+    return _wait_slot_steps(iommu.index, q.lock, q.base, q.shift, q.status_addr(wait_index),
+                            wait_index, pd)
+
+
+@lru_cache(maxsize=8 * QI_LENGTH)
+def _wait_slot_steps(unit: int, lock: str, base: int, shift: int, status: int, slot: int,
+                     pd: bool) -> WaitSlotSteps:
+    why = "qi_submit_sync"
+    word = 8 * (status & 7)  # the 32-bit status inside the qword the spin polls
+    take, release = lock_steps(lock, why)
+    return WaitSlotSteps(
+        lock=take,
+        unlock=release,
+        status_in_use=CpuWrite(addr=status, value=QI_IN_USE, size=4, why=why),
+        store=desc_store(base, shift, slot, desc_wait(status, pd), why),
+        publish=MmioWrite(unit=unit, offset=DMAR_IQT_REG,
+                          value=((slot + 1) % QI_LENGTH) << shift, size=4, why=why),
+        poll=CpuRead(addr=status, size=4, why=why),
+        spin=WaitQword(addr=status & ~7, value=QI_DONE << word, mask=0xFFFF_FFFF << word,
+                       why=why),
+    )
 
 
 def qi_submit_sync(iommu, descs: Sequence[Desc], pd: bool = False) -> Generator[Step, Any, int]:
@@ -154,53 +201,51 @@ def qi_submit_sync(iommu, descs: Sequence[Desc], pd: bool = False) -> Generator[
 
 def _submit_once(iommu, q, descs: Sequence[Desc], pd: bool) -> Generator[Step, Any, int]:
     why = "qi_submit_sync"
-    yield Lock(name=q.lock, why=why)
+    lock, unlock = lock_steps(q.lock, why)
+    yield lock
     while q.free_cnt < len(descs) + 2:
         # Wait for count + 2 free slots: descriptors, the wait, one gap (another CPU reclaims).
-        yield Unlock(name=q.lock, why=why)
-        yield Lock(name=q.lock, why=why)
+        yield unlock
+        yield lock
     index = q.free_head
     wait_index = (index + len(descs)) % QI_LENGTH
+    steps = wait_slot_steps(iommu, q, wait_index, pd)
     for i, desc in enumerate(descs):
         slot = (index + i) % QI_LENGTH
-        yield from _write_desc(q, slot, desc, why)
+        yield desc_store(q.base, q.shift, slot, desc, why)
         q.desc_status[slot] = QI_IN_USE
-        label = TYPE_LABELS.get(desc[0] & 0xF, str(desc[0] & 0xF))
+        label = TYPE_LABELS.get(desc[0] & 0xF) or str(desc[0] & 0xF)
         yield Annotate(event="qi_submit", data=(label, iommu.name, *desc), why=why)
     q.desc_status[wait_index] = QI_IN_USE
     q.wait_slots.add(wait_index)
-    yield CpuWrite(addr=q.status_addr(wait_index), value=QI_IN_USE, size=4, why=why)
-    yield from _write_desc(q, wait_index, desc_wait(q.status_addr(wait_index), pd), why)
-    q.free_head = (q.free_head + len(descs) + 1) % QI_LENGTH
+    yield steps.status_in_use
+    yield steps.store
+    q.free_head = (wait_index + 1) % QI_LENGTH
     q.free_cnt -= len(descs) + 1
-    yield MmioWrite(unit=iommu.index, offset=DMAR_IQT_REG, value=q.free_head << q.shift,
-                    size=4, why=why)
-    rc = yield from _wait_done(iommu, q, index, wait_index)
+    yield steps.publish
+    rc = yield from _wait_done(iommu, q, index, wait_index, steps)
     for i in range(len(descs)):
         q.desc_status[(index + i) % QI_LENGTH] = QI_DONE
     yield from reclaim_free_desc(q)
-    yield Unlock(name=q.lock, why=why)
+    yield steps.unlock
     return rc
 
 
-def _wait_done(iommu, q, index: int, wait_index: int) -> Generator[Step, Any, int]:
+def _wait_done(iommu, q, index: int, wait_index: int,
+               steps: WaitSlotSteps) -> Generator[Step, Any, int]:
     """Spin on the wait slot's status, checking FSTS each round; the lock is dropped while
     spinning (``raw_spin_unlock; cpu_relax; raw_spin_lock``), so other CPUs may submit."""
-    why = "qi_submit_sync"
-    addr = q.status_addr(wait_index)
-    shift = 8 * (addr & 7)
     while True:
-        status = yield CpuRead(addr=addr, size=4, why=why)
+        status = yield steps.poll
         if status == QI_DONE:
             q.desc_status[wait_index] = QI_DONE
             return 0
         rc = yield from qi_check_fault(iommu, q, index, wait_index)
         if rc:
             return rc
-        yield Unlock(name=q.lock, why=why)
-        yield WaitQword(addr=addr & ~7, value=QI_DONE << shift, mask=0xFFFF_FFFF << shift,
-                        why=why)
-        yield Lock(name=q.lock, why=why)
+        yield steps.unlock
+        yield steps.spin
+        yield steps.lock
 
 
 def qi_check_fault(iommu, q, index: int, wait_index: int) -> Generator[Step, Any, int]:
@@ -215,7 +260,8 @@ def qi_check_fault(iommu, q, index: int, wait_index: int) -> Generator[Step, Any
     if fault & DMA_FSTS_IQE:
         head = yield MmioRead(unit=iommu.index, offset=DMAR_IQH_REG, size=4, why=why)
         if head >> q.shift == index:
-            yield from _write_desc(q, index, desc_wait(q.status_addr(wait_index), False), why)
+            yield desc_store(q.base, q.shift, index, desc_wait(q.status_addr(wait_index), False),
+                             why)
             yield MmioWrite(unit=iommu.index, offset=DMAR_FSTS_REG, value=DMA_FSTS_IQE,
                             size=4, why=why)
             return EINVAL

@@ -17,6 +17,7 @@ barriers Linux uses around every table update and IQT write).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +27,15 @@ class Step:
     why: str = ""
 
 
+CPU_WRITE_SIZES = (1, 2, 4, 8, 16, 32)
+
+
 @dataclass(frozen=True, slots=True)
 class CpuWrite(Step):
-    """A CPU store of ``size`` bytes (1, 2, 4 or 8) to physical memory: a table entry, a PTE, a
-    descriptor in the invalidation queue.  Lands in the CPU cache (see ``Clflush``)."""
+    """A CPU store of ``size`` bytes (1, 2, 4 or 8) to physical memory - a table entry, a PTE -
+    or the ``memcpy`` of a whole 16- or 32-byte invalidation descriptor into its queue slot
+    (``value`` then holds qword i in bits 64i+63:64i).  Lands in the CPU cache (see
+    ``Clflush``)."""
 
     addr: int = 0
     value: int = 0
@@ -138,6 +144,20 @@ class Lock(Step):
 @dataclass(frozen=True, slots=True)
 class Unlock(Step):
     name: str = ""
+
+
+@lru_cache(maxsize=4096)
+def qword_read(addr: int, why: str) -> CpuRead:
+    """The ``CpuRead`` of the qword at ``addr``, built once: page walks read the same table
+    entries again and again, and a step is an immutable value."""
+    return CpuRead(addr=addr, size=8, why=why)
+
+
+@lru_cache(maxsize=256)
+def lock_steps(name: str, why: str) -> tuple[Lock, Unlock]:
+    """The take and release steps of lock ``name`` for caller ``why``: immutable values, so
+    a hot caller builds them once."""
+    return Lock(name=name, why=why), Unlock(name=name, why=why)
 
 
 @dataclass(frozen=True, slots=True)
