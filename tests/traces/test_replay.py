@@ -135,8 +135,8 @@ def test_qemu_batches_group_by_tail_write_and_keep_silent_slots():
                     ev.QemuInvDesc(10, "wait", 0x25, 0x1008))
     assert [b.line for b in batches] == [1, 2, 7]
     assert batches[0].slots == () and batches[0].waits == 0
-    assert batches[1].view() == ((0xD2, 0),) and batches[1].waits == 1
-    assert batches[2].silent and batches[2].view() == (cmp.SILENT,)
+    assert batches[1].view == ((0xD2, 0),) and batches[1].waits == 1
+    assert batches[2].silent and batches[2].view == (cmp.SILENT,)
 
 
 def _model(label, qw0, qw1=0):
@@ -144,7 +144,7 @@ def _model(label, qw0, qw1=0):
 
 
 def _batch(line, *slots):
-    return cmp.QemuBatch(line, (*slots, ("wait", 0x25, 0x1000 + line)))
+    return cmp.qemu_batch(line, (*slots, ("wait", 0x25, 0x1000 + line)))
 
 
 def test_boot_comparison_classifies_what_the_model_does_not_do():

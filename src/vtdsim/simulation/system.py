@@ -8,7 +8,8 @@ default domains) exactly as Linux does, on a named preset or on recorded ``Capab
 ``probe`` creates a device (``DeviceInfo`` for the driver, an ``Endpoint`` on the bus) and
 ``attach`` gives it a paging domain.  The driver's ``qi_submit`` annotations are collected in
 ``submitted`` as (IQT-write index, label, unit name, qw0..qw3); ``take_submissions`` hands
-them over grouped by IQT write and forgets them, so a long run keeps no history.
+them over grouped by IQT write and forgets them, so a long run keeps no history.  ``events``
+counts every annotation by its event (map, unmap, qi_submit ...).
 
 Not modelled: several units (one DRHD covers every device), hot-plug, the BIOS's RMRRs.
 """
@@ -47,6 +48,7 @@ class System:
     devices: dict[str, DeviceInfo] = field(default_factory=dict)
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     submitted: list[tuple] = field(default_factory=list)
+    events: Counter = field(default_factory=Counter)  # the driver's annotations by event
     _iqt_taken: int = 0  # IQT writes ``take_submissions`` has handed over
 
     @classmethod
@@ -87,6 +89,7 @@ class System:
         return self.executor.run(gen)
 
     def _on_annotate(self, step: Annotate) -> None:
+        self.events[step.event] += 1
         if step.event == "qi_submit":
             # The IQT write that carries it comes after the annotation: count it already.
             self.submitted.append((self.unit.stats["iqt_writes"] + 1, *step.data))
@@ -95,12 +98,12 @@ class System:
         """Every IQT write since the last call, in order, each as the list of descriptors
         ``(label, qw0, qw1, qw2, qw3)`` that ``qi_submit`` put behind it (an IQT write
         without any - a queue enable, a guest writing IQT by hand - gives an empty list)."""
-        groups: dict[int, list] = {}
-        for at, label, _unit, *qws in self.submitted:
-            groups.setdefault(at, []).append((label, *qws))
-        self.submitted.clear()
         writes = self.unit.stats["iqt_writes"]
-        out = [groups.get(n, []) for n in range(self._iqt_taken + 1, writes + 1)]
+        out: list[list[tuple]] = [[] for _ in range(writes - self._iqt_taken)]
+        first = self._iqt_taken + 1
+        for at, label, _unit, *qws in self.submitted:
+            out[at - first].append((label, *qws))
+        self.submitted.clear()
         self._iqt_taken = writes
         return out
 

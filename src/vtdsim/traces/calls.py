@@ -46,7 +46,7 @@ from vtdsim.traces import events as ev
 CONTINUE_GAP_US = 250
 
 
-@dataclass(frozen=True, slots=True)
+@ev.record
 class MapCall:
     """One ``iommu_map_sg`` (or ``iommu_map``) call: ``chunks`` are ``(paddr, size)`` mapped
     back to back from ``iova``; ``line``/``ts_us`` are those of the last chunk."""
@@ -63,7 +63,7 @@ class MapCall:
         return sum(size for _, size in self.chunks)
 
 
-@dataclass(frozen=True, slots=True)
+@ev.record
 class UnmapCall:
     """One unmap call (``__iommu_dma_unmap``), as its ``iommu:unmap`` event shows it."""
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 from vtdsim.traces import events as ev
 
@@ -36,7 +37,7 @@ def hexwords(words: Iterable[int]) -> str:
 
 
 # -- the two sides as comparable values --------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@ev.record
 class ModelDesc:
     """One descriptor the model's driver submitted, with what made it submit it."""
 
@@ -48,13 +49,18 @@ class ModelDesc:
         return f"{self.label} {hexwords(self.qws)}  [{self.origin}]"
 
 
-@dataclass(frozen=True, slots=True)
+@ev.record
 class ModelBatch:
     """One IQT write of the model: the descriptors before its wait (none for Linux's IQT=0
     write when it sets the queue up)."""
 
     descs: tuple[ModelDesc, ...]
     origin: str
+
+    @property
+    def count(self) -> int:
+        """Descriptors, the wait excluded."""
+        return len(self.descs)
 
     @property
     def silent(self) -> bool:
@@ -71,33 +77,28 @@ class ModelBatch:
         return "; ".join(d.describe() for d in self.descs)
 
 
-@dataclass(frozen=True, slots=True)
+@ev.record
 class QemuBatch:
     """One ``vtd_inv_qi_tail`` and what QEMU fetched for it: ``slots`` hold ``(kind, qw0,
-    qw1)`` for logged descriptors (waits included) and ``SILENT`` for fetched, unlogged ones."""
+    qw1)`` for logged descriptors (waits included) and ``SILENT`` for fetched, unlogged ones.
+    ``view`` (the non-wait slots as raw words or ``SILENT``), ``waits`` and ``iec`` are
+    derived once, by ``qemu_batch`` in the log worker, since every comparison reads them."""
 
     line: int
     slots: tuple
+    view: tuple
+    waits: int
+    iec: bool
 
     @property
-    def descs(self) -> tuple:
-        return tuple(s for s in self.slots if s == SILENT or s[0] != "wait")
-
-    @property
-    def waits(self) -> int:
-        return sum(1 for s in self.slots if s != SILENT and s[0] == "wait")
-
-    @property
-    def iec(self) -> bool:
-        return any(s != SILENT and s[0] == "iec" for s in self.slots)
+    def count(self) -> int:
+        """Descriptors, waits excluded."""
+        return len(self.view)
 
     @property
     def silent(self) -> bool:
-        descs = self.descs
-        return bool(descs) and all(s == SILENT for s in descs)
-
-    def view(self) -> tuple:
-        return tuple(s if s == SILENT else (s[1], s[2]) for s in self.descs)
+        view = self.view
+        return bool(view) and all(s == SILENT for s in view)
 
     def describe(self) -> str:
         parts = [SILENT if s == SILENT else f"{s[0]} low {s[1]:#x} high {s[2]:#x}"
@@ -105,9 +106,18 @@ class QemuBatch:
         return f"qemu.log:{self.line}: " + ("; ".join(parts) or "no descriptor")
 
 
+def qemu_batch(line: int, slots: tuple) -> QemuBatch:
+    """The batch of the ``vtd_inv_qi_tail`` at ``line`` with its fetched ``slots``."""
+    logged = [s for s in slots if s != SILENT]
+    view = tuple(s if s == SILENT else (s[1], s[2]) for s in slots
+                 if s == SILENT or s[0] != "wait")
+    return QemuBatch(line, slots, view, sum(1 for s in logged if s[0] == "wait"),
+                     any(s[0] == "iec" for s in logged))
+
+
 def batch_matches(qemu: QemuBatch, model: ModelBatch) -> bool:
     """Same descriptors (raw words, or silent for silent), and one wait per non-empty batch."""
-    return model.qemu_view() == qemu.view() and qemu.waits == (1 if model.descs else 0)
+    return model.qemu_view() == qemu.view and qemu.waits == (1 if model.descs else 0)
 
 
 def guest_matches(recorded: ev.QiSubmit, model: ModelDesc) -> bool:
@@ -129,7 +139,7 @@ def qemu_batches(events: Iterable[ev.QemuEvent]) -> Iterator[QemuBatch]:
         kind = type(event)
         if kind is ev.QemuQiTail:
             if line is not None:
-                yield QemuBatch(line, tuple(slots))
+                yield qemu_batch(line, tuple(slots))
             line, slots = event.line, []
         elif line is None:
             continue
@@ -142,7 +152,7 @@ def qemu_batches(events: Iterable[ev.QemuEvent]) -> Iterator[QemuBatch]:
             else:
                 slots.append(entry)
     if line is not None:
-        yield QemuBatch(line, tuple(slots))
+        yield qemu_batch(line, tuple(slots))
 
 
 # -- position-by-position comparison -----------------------------------------------------------
@@ -167,6 +177,10 @@ class Divergence:
         return out
 
 
+def _one(_item: object) -> int:
+    return 1
+
+
 @dataclass
 class PairedStream:
     """Pairs recorded and model items in order and compares each pair.  Items wait in a queue
@@ -176,7 +190,7 @@ class PairedStream:
     same: Callable[[object, object], bool]
     describe_recorded: Callable[[object], str]
     describe_model: Callable[[object], str]
-    weight: Callable[[object], int] = lambda item: 1
+    weight: Callable[[object], int] = _one  # functions by name: a stream must pickle
     recorded: deque = field(default_factory=deque)
     model: deque = field(default_factory=deque)
     pairs: int = 0
@@ -187,7 +201,7 @@ class PairedStream:
     model_total: int = 0
     model_weight: int = 0
     first: Divergence | None = None
-    _context: deque = field(default_factory=lambda: deque(maxlen=CONTEXT_PAIRS))
+    _context: deque = field(default_factory=partial(deque, maxlen=CONTEXT_PAIRS))
 
     def push_recorded(self, item) -> None:
         self.recorded_total += 1
@@ -212,14 +226,16 @@ class PairedStream:
             self.matched += 1
             self.matched_weight += self.weight(recorded)
             if self.first is None:
-                self._context.append((self.describe_recorded(recorded),
-                                      self.describe_model(model)))
+                # The items, not their descriptions: formatting is paid only at a divergence.
+                self._context.append((recorded, model))
             return
         self._diverged(index, self.describe_recorded(recorded), self.describe_model(model))
 
     def _diverged(self, index: int, recorded: str, model: str) -> None:
         if self.first is None:
-            self.first = Divergence(self.name, index, recorded, model, list(self._context))
+            context = [(self.describe_recorded(r), self.describe_model(m))
+                       for r, m in self._context]
+            self.first = Divergence(self.name, index, recorded, model, context)
 
     def finish(self) -> None:
         """Items left on one side had no counterpart: the first of them is a divergence."""
@@ -254,7 +270,7 @@ def qemu_stream(name: str) -> PairedStream:
 
 
 def _batch_weight(batch) -> int:
-    return len(batch.descs)
+    return batch.count
 
 
 # -- boot: the QEMU log before the guest trace starts ------------------------------------------
@@ -295,12 +311,12 @@ def compare_boot(model: list[ModelBatch], qemu: list[QemuBatch]) -> BootComparis
 
 def guest_desc_fits(recorded: ev.QiSubmit, batch: QemuBatch) -> bool:
     """Is ``batch`` the IQT write of this guest submission (6.1: one descriptor each)?"""
-    descs = batch.descs
-    if len(descs) != 1 or batch.waits != 1:
+    view = batch.view
+    if len(view) != 1 or batch.waits != 1:
         return False
-    if descs[0] == SILENT:
+    if view[0] == SILENT:
         return recorded.label == IEC or recorded.label in QEMU72_SILENT
-    return recorded.label not in QEMU72_SILENT and descs[0][1:] == (recorded.qw0, recorded.qw1)
+    return recorded.label not in QEMU72_SILENT and view[0] == (recorded.qw0, recorded.qw1)
 
 
 def split_at_trace_start(batches: Iterator[QemuBatch], first: list[ev.QiSubmit],

@@ -23,9 +23,12 @@ TASK, SOFTIRQ, HARDIRQ, NMI = "task", "softirq", "hardirq", "nmi"
 _DRAFTS: dict[type, type] = {}
 
 
-def _record(cls: type) -> type:
+def record(cls: type) -> type:
     """Make ``cls`` a frozen slotted dataclass whose fields are its bases' annotations, then
-    its own, and make its mutable twin for ``fast_constructor``."""
+    its own; make its mutable twin for ``fast_constructor``; and make it pickle as its field
+    values rebuilt through that twin (``_rebuild``).  Why the last: replay's log workers send
+    every record to the model's process, and the slotted dataclass default (``__getstate__``
+    / ``__setstate__`` over ``dataclasses.fields``) cost more than parsing the line did."""
     annotations: dict[str, object] = {}
     for klass in reversed(cls.__mro__[:-1]):
         annotations.update(klass.__dict__.get("__annotations__", {}))
@@ -39,7 +42,18 @@ def _record(cls: type) -> type:
                  "__post_init__": freeze}
     draft = type(f"_{cls.__name__}Draft", cls.__bases__, namespace)
     _DRAFTS[frozen] = dataclass(slots=True)(draft)
+    names = tuple(annotations)
+
+    def __reduce__(self: object) -> tuple:
+        return _rebuild, (frozen, tuple([getattr(self, name) for name in names]))
+
+    frozen.__reduce__ = __reduce__
     return frozen
+
+
+def _rebuild(cls: type, values: tuple) -> object:
+    """Unpickle a ``record``: its fields straight into the fast constructor."""
+    return _DRAFTS[cls](*values)
 
 
 def fast_constructor(cls: type) -> Callable[..., object]:
@@ -70,7 +84,7 @@ class GuestEvent:
     irqs_off: bool
 
 
-@_record
+@record
 class QiSubmit(GuestEvent):
     """intel_iommu:qi_submit, one caller descriptor of qi_submit_sync (dmar.c)."""
 
@@ -82,7 +96,7 @@ class QiSubmit(GuestEvent):
     qw3: int
 
 
-@_record
+@record
 class Map(GuestEvent):
     """iommu:map; ``end`` is iova + size, exclusive."""
 
@@ -92,7 +106,7 @@ class Map(GuestEvent):
     size: int
 
 
-@_record
+@record
 class Unmap(GuestEvent):
     """iommu:unmap; ``unmapped_size`` is what the page-table code really removed."""
 
@@ -102,21 +116,21 @@ class Unmap(GuestEvent):
     unmapped_size: int
 
 
-@_record
+@record
 class AttachDevice(GuestEvent):
     """iommu:attach_device_to_domain."""
 
     device: str
 
 
-@_record
+@record
 class DetachDevice(GuestEvent):
     """iommu:detach_device_from_domain."""
 
     device: str
 
 
-@_record
+@record
 class AddDeviceToGroup(GuestEvent):
     """iommu:add_device_to_group."""
 
@@ -124,7 +138,7 @@ class AddDeviceToGroup(GuestEvent):
     device: str
 
 
-@_record
+@record
 class RemoveDeviceFromGroup(GuestEvent):
     """iommu:remove_device_from_group."""
 
@@ -132,7 +146,7 @@ class RemoveDeviceFromGroup(GuestEvent):
     device: str
 
 
-@_record
+@record
 class IoPageFault(GuestEvent):
     """iommu:io_page_fault (report_iommu_fault)."""
 
@@ -154,22 +168,22 @@ class _CacheTagLog(GuestEvent):
     ref: int  # users of the tag; for unassign, the count before the decrement
 
 
-@_record
+@record
 class CacheTagAssign(_CacheTagLog):
     """intel_iommu:cache_tag_assign."""
 
 
-@_record
+@record
 class CacheTagUnassign(_CacheTagLog):
     """intel_iommu:cache_tag_unassign."""
 
 
-@_record
+@record
 class CacheTagFlushAll(_CacheTagLog):
     """intel_iommu:cache_tag_flush_all (v6.10 to July 2025)."""
 
 
-@_record
+@record
 class CacheTagFlush(GuestEvent):
     """intel_iommu:cache_tag_flush_range / _np, emitted per tag when descriptors are queued."""
 
@@ -186,7 +200,7 @@ class CacheTagFlush(GuestEvent):
     mask: int
 
 
-@_record
+@record
 class PrqReport(GuestEvent):
     """intel_iommu:prq_report, a page request decoded by decode_prq_descriptor()."""
 
@@ -205,7 +219,7 @@ class PrqReport(GuestEvent):
     private: tuple[int, int] | None  # private data words, when the request carries them
 
 
-@_record
+@record
 class OtherEvent(GuestEvent):
     """Any other ftrace event, kept with its payload text."""
 
@@ -223,7 +237,7 @@ class QemuEvent:
     line: int
 
 
-@_record
+@record
 class QemuInvDesc(QemuEvent):
     """vtd_inv_desc: a descriptor QEMU fetched and processes (not for its no-op types)."""
 
@@ -232,7 +246,7 @@ class QemuInvDesc(QemuEvent):
     qw1: int  # printed as "high"
 
 
-@_record
+@record
 class QemuIotlbPages(QemuEvent):
     """vtd_inv_desc_iotlb_pages: page-selective IOTLB invalidation."""
 
@@ -241,19 +255,19 @@ class QemuIotlbPages(QemuEvent):
     am: int
 
 
-@_record
+@record
 class QemuIotlbDomain(QemuEvent):
     """vtd_inv_desc_iotlb_domain: domain-selective IOTLB invalidation."""
 
     did: int
 
 
-@_record
+@record
 class QemuIotlbGlobal(QemuEvent):
     """vtd_inv_desc_iotlb_global."""
 
 
-@_record
+@record
 class QemuCcDevices(QemuEvent):
     """vtd_inv_desc_cc_devices: device-selective context invalidation (SID and function mask)."""
 
@@ -261,26 +275,26 @@ class QemuCcDevices(QemuEvent):
     fmask: int
 
 
-@_record
+@record
 class QemuCcDevice(QemuEvent):
     """vtd_inv_desc_cc_device: one device whose context-cache entry QEMU drops."""
 
     sid: int
 
 
-@_record
+@record
 class QemuCcDomain(QemuEvent):
     """vtd_inv_desc_cc_domain: domain-selective context invalidation."""
 
     did: int
 
 
-@_record
+@record
 class QemuCcGlobal(QemuEvent):
     """vtd_inv_desc_cc_global."""
 
 
-@_record
+@record
 class QemuIecInv(QemuEvent):
     """vtd_inv_desc_iec: interrupt-entry-cache invalidation."""
 
@@ -289,7 +303,7 @@ class QemuIecInv(QemuEvent):
     mask: int
 
 
-@_record
+@record
 class QemuWaitSw(QemuEvent):
     """vtd_inv_desc_wait_sw: an invalidation wait with status write."""
 
@@ -297,7 +311,7 @@ class QemuWaitSw(QemuEvent):
     data: int
 
 
-@_record
+@record
 class QemuQiSetup(QemuEvent):
     """vtd_inv_qi_setup: IQA latched; ``size`` in descriptors."""
 
@@ -305,33 +319,33 @@ class QemuQiSetup(QemuEvent):
     size: int
 
 
-@_record
+@record
 class QemuQiEnable(QemuEvent):
     """vtd_inv_qi_enable."""
 
     enabled: bool
 
 
-@_record
+@record
 class QemuQiTail(QemuEvent):
     """vtd_inv_qi_tail: IQT written (a VM exit under KVM); ``index`` in descriptors."""
 
     index: int
 
 
-@_record
+@record
 class QemuQiHead(QemuEvent):
     """vtd_inv_qi_head: QEMU reads the descriptor at ``index``."""
 
     index: int
 
 
-@_record
+@record
 class QemuQiFetch(QemuEvent):
     """vtd_inv_qi_fetch: QEMU starts draining the queue."""
 
 
-@_record
+@record
 class QemuRegWrite(QemuEvent):
     """vtd_reg_write: an MMIO write to the unit's registers."""
 
@@ -340,7 +354,7 @@ class QemuRegWrite(QemuEvent):
     value: int
 
 
-@_record
+@record
 class QemuGcmdWrite(QemuEvent):
     """vtd_reg_write_gcmd: GCMD written; ``status`` is GSTS before the write."""
 
@@ -348,21 +362,21 @@ class QemuGcmdWrite(QemuEvent):
     value: int
 
 
-@_record
+@record
 class QemuFectlWrite(QemuEvent):
     """vtd_reg_write_fectl."""
 
     value: int
 
 
-@_record
+@record
 class QemuDmarEnable(QemuEvent):
     """vtd_dmar_enable: translation enabled or disabled (GCMD.TE)."""
 
     enabled: bool
 
 
-@_record
+@record
 class QemuSwitchAddressSpace(QemuEvent):
     """vtd_switch_address_space: a device starts or stops going through the vIOMMU."""
 
@@ -370,7 +384,7 @@ class QemuSwitchAddressSpace(QemuEvent):
     enabled: bool
 
 
-@_record
+@record
 class QemuDmarTranslate(QemuEvent):
     """vtd_dmar_translate: one translation of device DMA (IOVA to guest-physical)."""
 
@@ -380,7 +394,7 @@ class QemuDmarTranslate(QemuEvent):
     mask: int
 
 
-@_record
+@record
 class QemuOther(QemuEvent):
     """Any other event, kept with its text."""
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from sys import intern
 
 from vtdsim.errors import BadInput
 from vtdsim.traces import events as ev
@@ -69,7 +70,9 @@ _PAYLOAD_WORD = 5
 def _qi_submit(w: list[str]) -> tuple | None:
     if len(w) != 11 or w[6][-1:] != ":":
         return None
-    return w[5], w[6][:-1], int(w[7], 16), int(w[8], 16), int(w[9], 16), int(w[10], 16)
+    # Interned: a handful of distinct values, so pickle sends each once per chunk (workers.py).
+    return (intern(w[5]), intern(w[6][:-1]), int(w[7], 16), int(w[8], 16), int(w[9], 16),
+            int(w[10], 16))
 
 
 def _map(w: list[str]) -> tuple | None:
@@ -170,7 +173,7 @@ def _task_cpu_flags(w0: str, w1: str, w2: str) -> tuple | None:
     if not (comm and pid.isdigit() and w1[:1] == "[" and w1[-1:] == "]"
             and w1[1:-1].isdigit() and flags):
         return None
-    return comm, int(pid), int(w1[1:-1]), *flags
+    return intern(comm), int(pid), int(w1[1:-1]), *flags
 
 
 def _slow_header(line: str) -> tuple[tuple, int, str, list[str], str] | None:

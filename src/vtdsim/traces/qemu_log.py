@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from sys import intern
 
 from vtdsim.errors import BadInput
 from vtdsim.hardware.request import sid_of
@@ -38,8 +39,9 @@ def _enabled(enabled: int) -> tuple:
 
 
 def _low_high(kind: str, high: int, low: int) -> tuple:
-    """vtd_inv_desc prints the high qword first; the record keeps qw0 (low) first."""
-    return kind, low, high
+    """vtd_inv_desc prints the high qword first; the record keeps qw0 (low) first.  The kind
+    is interned: pickle then sends it once per chunk (workers.py)."""
+    return intern(kind), low, high
 
 
 # QEMU's formats, with its PRIx8/16/32/64 macros written as plain %x.

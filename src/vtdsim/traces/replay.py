@@ -2,7 +2,11 @@
 recorded CAP/ECAP, boot it as Linux 6.1's ``intel_iommu_init`` does (``init_hw``, probe, one
 default domain per IOMMU group attached in group order, then translation on), feed the guest's
 map/unmap calls (calls.py) in recorded order with their CPUs and times, and compare what the
-model submits with the recording (compare.py).
+model submits with the recording (recorded.py, compare.py).
+
+Three processes share the work (workers.py): this one runs the model; one reads the guest
+trace and rebuilds its calls; one reads both logs' recorded submissions and compares them with
+the model's, which this process hands it as the model makes them.
 
 The model's input is only what the driver is asked to do: the recorded CAP/ECAP, kernel command
 line, device list and groups, and the map/unmap calls.  It decides its own default-domain
@@ -29,14 +33,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 
 from vtdsim.driver import iommu_core
 from vtdsim.driver.device import DeviceInfo
 from vtdsim.driver.dma_api import IommuDmaCookie, iommu_dma_unmap_page
 from vtdsim.driver.pgtable import IOMMU_READ, IOMMU_WRITE
-from vtdsim.driver.steps import Annotate
 from vtdsim.errors import BadInput
 from vtdsim.hardware.capabilities import Capabilities
 from vtdsim.hardware.request import format_sid, parse_sid
@@ -44,10 +46,10 @@ from vtdsim.simulation.system import System
 from vtdsim.traces import compare as cmp
 from vtdsim.traces import events as ev
 from vtdsim.traces.calls import CallStats, MapCall, reconstruct_calls
-from vtdsim.traces.prefetch import prefetched
-from vtdsim.traces.qemu_log import parse_qemu_lines
+from vtdsim.traces.recorded import ModelSubmission, compare_recording
 from vtdsim.traces.recording import DmesgInfo, Recording
 from vtdsim.traces.textio import numbered_lines
+from vtdsim.traces.workers import Offloaded, prefetched
 
 HZ = 250  # Debian's CONFIG_HZ
 TICK_NS = 1_000_000_000 // HZ
@@ -55,11 +57,6 @@ FQ_TIMEOUT_MS = 10  # IOVA_DEFAULT_FQ_TIMEOUT
 # msecs_to_jiffies rounds up; the timer wheel adds one tick (see the module docstring).
 FQ_TIMER_TICKS = -(-FQ_TIMEOUT_MS * HZ // 1000) + 1
 ATS_QUEUE_DEPTH = 32  # QEMU's ATS capability advertises 0, which means 32 (PCIe 10.5.1.2)
-# Guest submissions that locate the trace's start in QEMU's log (iec ones included: they are
-# QEMU-visible in legacy mode); enough to be unambiguous, few enough to stay early in the log.
-ALIGN_WINDOW = 12
-# QEMU lines replay needs; the rest (vtd_dmar_translate above all) is skipped unparsed.
-_QEMU_KEEP = ("vtd_inv_qi_tail ", "vtd_inv_qi_head ", "vtd_inv_desc ")
 LAZY_TOLERANCE = 0.05
 
 
@@ -160,8 +157,8 @@ class RecordedIovas:
 
 class ModelMachine:
     """The simulation ``System`` booted from the recording's CAP/ECAP (translation still off:
-    ``boot`` attaches the groups first), with the model's submissions taken as IQT-write
-    batches tagged with what caused them."""
+    ``boot`` attaches the groups first), with the model's submissions taken per IQT write and
+    tagged with what caused them (``recorded.ModelSubmission``)."""
 
     def __init__(self, setup: Setup, profile_name: str):
         self.origin = "boot: init_hw"
@@ -172,30 +169,25 @@ class ModelMachine:
         self.profile = self.system.profile
         self.unit, self.iommu = self.system.unit, self.system.iommu
         self.driver, self.executor = self.system.driver, self.system.executor
-        self.annotations: Counter = Counter()  # the model's map/unmap events (consistency)
-        self.executor.listeners.append(self._count)
+        self.annotations = self.system.events  # the model's map/unmap events (consistency)
 
-    def _count(self, step: Annotate) -> None:
-        self.annotations[step.event] += 1
-
-    def run(self, gen, origin: str) -> list[cmp.ModelBatch]:
-        """Run one driver operation; the IQT writes it made, as batches."""
+    def run(self, gen, origin: str) -> list[ModelSubmission]:
+        """Run one driver operation; the IQT writes it made."""
         self.origin = origin
         self.executor.run(gen)
-        return self.take_batches()
+        return self.take_submissions()
 
-    def take_batches(self) -> list[cmp.ModelBatch]:
+    def take_submissions(self) -> list[ModelSubmission]:
         origin = self.origin
-        return [cmp.ModelBatch(tuple(cmp.ModelDesc(label, tuple(qws), origin)
-                                     for label, *qws in descs), origin)
-                for descs in self.system.take_submissions()]
+        return [(origin, tuple(descs)) for descs in self.system.take_submissions()]
 
 
 @dataclass
 class Boot:
-    """What the model's boot did: its batches, the traced device's domain and the policy."""
+    """What the model's boot did: its submissions, the traced device's domain and the
+    policy."""
 
-    batches: list[cmp.ModelBatch]
+    submissions: list[ModelSubmission]
     policy: iommu_core.IommuPolicy
     group_types: dict[int, str]
     traced_info: DeviceInfo
@@ -211,7 +203,7 @@ def _probe_all(m: ModelMachine, setup: Setup, batches: list) -> dict[int, Device
         m.origin = f"boot: probe {name}"
         infos[sid] = m.system.probe(name, ats=setup.ats and sid == setup.traced,
                                     ats_qdep=ATS_QUEUE_DEPTH)
-        batches += m.take_batches()
+        batches += m.take_submissions()
     return infos
 
 
@@ -236,7 +228,7 @@ def _attach_groups(m: ModelMachine, setup: Setup, policy, infos: dict[int, Devic
 def boot(m: ModelMachine, setup: Setup) -> Boot:
     """init_hw, probe every device, one default domain per group attached in group order
     (DIDs from 2 in that order), then translation on (6.1 ``intel_iommu_init``)."""
-    batches = m.take_batches()  # System.boot ran init_hw
+    batches = m.take_submissions()  # System.boot ran init_hw
     policy = model_policy(setup, m.caps, m.profile)
     infos = _probe_all(m, setup, batches)
     if setup.traced not in infos:
@@ -248,19 +240,24 @@ def boot(m: ModelMachine, setup: Setup) -> Boot:
     return Boot(batches, policy, group_types, infos[setup.traced], cookie)
 
 
-def qemu_log_batches(path: str):
-    """The batches of QEMU's log at ``path`` (only the lines replay needs are parsed)."""
-    lines = ((n, line) for n, line in numbered_lines(path)
-             if line.startswith(_QEMU_KEEP) or "@" in line[:24])
-    return cmp.qemu_batches(parse_qemu_lines(lines, path))
+@dataclass
+class TraceEnd:
+    """What the guest worker sends after the last call: its tally, and the trace's last
+    timestamp (the flush-queue timer may still fire before it)."""
+
+    calls: CallStats
+    last_us: int
 
 
 def guest_calls(path: str):
-    """The guest trace's calls and submissions in trace order (calls.py), then the
-    ``CallStats`` that counted them."""
-    stats = CallStats()
-    yield from reconstruct_calls(Recording(path).guest_events(), stats)
-    yield stats
+    """The guest trace's calls in the order Linux made them (calls.py), then a ``TraceEnd``;
+    its submissions are the recorded side's (recorded.py)."""
+    stats, last_us = CallStats(), 0
+    for item in reconstruct_calls(Recording(path).guest_events(), stats):
+        last_us = max(last_us, item.ts_us)
+        if type(item) is not ev.QiSubmit:
+            yield item
+    yield TraceEnd(stats, last_us)
 
 
 # -- the replay --------------------------------------------------------------------------------
@@ -290,7 +287,7 @@ def _jiffies_ns(t_ns: int, phase_ns: int) -> int:
 
 
 class Replayer:
-    """Feeds calls to the machine and the three streams to their comparisons."""
+    """Feeds the calls to the machine and the machine's submissions to the recorded side."""
 
     def __init__(self, rec: Recording, setup: Setup, profile: str, seed: int):
         self.rec, self.setup, self.seed = rec, setup, seed
@@ -298,51 +295,7 @@ class Replayer:
         self.machine = ModelMachine(setup, profile)
         self.boot = boot(self.machine, setup)
         self.domain = self.boot.cookie.domain
-        self.guest = cmp.guest_stream()
-        self.qemu = cmp.qemu_stream("QEMU's queue (traced part)")
-        self.calls = CallStats()
-        self.iec: Counter = Counter()
-        self.recorded_flushes: Counter = Counter()
-        self._qemu_iter = iter(())
-        self.end_ns = 0
-        self.misfits = 0  # guest submissions whose QEMU batch does not hold them
-        self.after_trace: Counter = Counter()
-
-    # -- QEMU side ------------------------------------------------------------------------------
-    def _qemu_events(self):
-        """QEMU's batches, read and parsed by a worker process (prefetch.py) while the model
-        runs here."""
-        return prefetched(qemu_log_batches, str(self.rec.qemu_log))
-
-    def align_boot(self) -> cmp.BootComparison | None:
-        first = list(islice((e for e in self.rec.guest_events() if type(e) is ev.QiSubmit),
-                            ALIGN_WINDOW))
-        split = cmp.split_at_trace_start(self._qemu_events(), first)
-        if split is None:
-            return None
-        boot_batches, self._qemu_iter = split
-        return cmp.compare_boot(self.boot.batches, boot_batches)
-
-    def _model_batches(self, batches: list[cmp.ModelBatch]) -> None:
-        for batch in batches:
-            for desc in batch.descs:
-                self.guest.push_model(desc)
-            self.qemu.push_model(batch)
-
-    # -- guest side -----------------------------------------------------------------------------
-    def _recorded(self, event: ev.QiSubmit) -> None:
-        """A guest submission and its QEMU batch (6.1: one IQT write per qi_submit line)."""
-        batch = next(self._qemu_iter, None)
-        if batch is None or not cmp.guest_desc_fits(event, batch):
-            self.misfits += 1
-        if event.label == cmp.IEC:
-            self.iec["guest trace"] += 1
-            return
-        if event.label == "iotlb_inv" and (event.qw0 >> 4) & 3 == 2:
-            self.recorded_flushes["timer" if event.context == ev.SOFTIRQ else "other"] += 1
-        self.guest.push_recorded(event)
-        if batch is not None:
-            self.qemu.push_recorded(batch)
+        self._hand_over = None  # where the model's submissions go (the recorded side's feed)
 
     def _call(self, call) -> None:
         now_ns = call.ts_us * 1000
@@ -355,41 +308,34 @@ class Replayer:
             gen = iommu_dma_unmap_page(self.boot.cookie, call.iova, call.size, call.cpu,
                                        _jiffies_ns(now_ns, self.phase_ns))
             origin = f"unmap, guest line {call.line}"
-        self._model_batches(self.machine.run(gen, origin))
+        self._submitted(self.machine.run(gen, origin))
+
+    def _submitted(self, submissions: list[ModelSubmission]) -> None:
+        for submission in submissions:
+            self._hand_over(submission)
 
     def _fire_timer(self, now_ns: int) -> None:
         fq = self.boot.cookie.fq
         while fq is not None and fq.timer_due(now_ns):
             expires = fq.timer_expires_ns
             origin = f"flush-queue timer, {expires / 1e9:.6f} s"
-            self._model_batches(self.machine.run(fq.fq_flush_timeout(expires), origin))
+            self._submitted(self.machine.run(fq.fq_flush_timeout(expires), origin))
 
     def run(self) -> Result:
-        boot_cmp = self.align_boot()
-        for item in prefetched(guest_calls, str(self.rec.path)):
-            if type(item) is CallStats:
-                self.calls = item  # the worker's tally, sent after the last call
-                continue
-            self.end_ns = max(self.end_ns, item.ts_us * 1000)
-            if type(item) is ev.QiSubmit:
-                self._recorded(item)
-            else:
+        path = str(self.rec.path)
+        with Offloaded(compare_recording, path, self.boot.submissions) as recorded:
+            self._hand_over = recorded.put
+            for item in prefetched(guest_calls, path):
+                if type(item) is TraceEnd:
+                    end = item
+                    continue
                 self._call(item)
-        self._fire_timer(self.end_ns)  # a flush the trace still caught
-        self._drain_qemu()
-        self.guest.finish()
-        self.qemu.finish()
-        return Result(self.setup, self.machine.profile.name, self.seed, self.boot, boot_cmp,
-                      self.guest, self.qemu, self.calls, self.machine, self.iec,
-                      self.recorded_flushes, self.after_trace, self.misfits,
-                      aligned=boot_cmp is not None)
-
-    def _drain_qemu(self) -> None:
-        """QEMU's batches after the guest trace's last submission (the trace was read out
-        while the guest still ran): not compared, counted by what they hold."""
-        for batch in self._qemu_iter:
-            kind = "iec" if batch.iec else "silent" if batch.silent else "other"
-            self.after_trace[kind] += 1
+            self._fire_timer(end.last_us * 1000)  # a flush the trace still caught
+            found = recorded.result()
+        return Result(self.setup, self.machine.profile.name, self.seed, self.boot, found.boot,
+                      found.guest, found.qemu, end.calls, self.machine, found.iec,
+                      found.recorded_flushes, found.after_trace, found.misfits,
+                      aligned=found.boot is not None)
 
 
 def replay(path: str | Path, profile: str = "linux-6.1", seed: int = 0,

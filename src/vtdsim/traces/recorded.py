@@ -1,0 +1,136 @@
+"""The recorded side of a replay: the guest's ``qi_submit`` lines and QEMU's queue-tail batches
+of one recording, paired with each other and compared with the model's submissions as they
+arrive (compare.py).  ``compare_recording`` is what replay runs in a worker process
+(workers.py), so that the model's process runs nothing but the model.
+
+The model's stream arrives as ``ModelSubmission``s, one per IQT write: ``(origin, descs)``
+with each descriptor as ``(label, qw0, qw1, qw2, qw3)``.  The first ones are the model's boot;
+QEMU's log before the trace's first submissions (found by the first ``ALIGN_WINDOW`` of them,
+``split_at_trace_start``) is compared with those.  After that, each guest submission is
+paired with QEMU's next batch (6.1: one IQT write per ``qi_submit_sync``, so the guest line
+must fit it), and both are compared with the model's stream position by position.  The logs
+are read only as far as the model's stream has come, so memory is the lag between the two
+sides, not the recording's length.
+
+Not modelled: interrupt remapping - ``iec_inv`` submissions are counted apart, never compared
+(compare.py says what else is excluded and why).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import chain, islice
+
+from vtdsim.traces import compare as cmp
+from vtdsim.traces import events as ev
+from vtdsim.traces.qemu_log import parse_qemu_lines
+from vtdsim.traces.recording import Recording
+from vtdsim.traces.textio import numbered_lines
+
+# Guest submissions that locate the trace's start in QEMU's log (iec ones included: they are
+# QEMU-visible in legacy mode); enough to be unambiguous, few enough to stay early in the log.
+ALIGN_WINDOW = 12
+# QEMU lines the comparison needs; the rest (vtd_dmar_translate above all) is skipped unparsed.
+_QEMU_KEEP = ("vtd_inv_qi_tail ", "vtd_inv_qi_head ", "vtd_inv_desc ")
+_DSI = 2  # the G field of an iotlb_inv that flushes a whole domain (the flush queue's flush)
+
+ModelSubmission = tuple[str, tuple[tuple, ...]]  # (origin, ((label, qw0..qw3), ...))
+_new_desc = ev.fast_constructor(cmp.ModelDesc)
+_new_batch = ev.fast_constructor(cmp.ModelBatch)
+
+
+def model_batch(submission: ModelSubmission) -> cmp.ModelBatch:
+    origin, descs = submission
+    return _new_batch(tuple([_new_desc(d[0], d[1:], origin) for d in descs]), origin)
+
+
+def qemu_log_batches(path: str) -> Iterator[cmp.QemuBatch]:
+    """The batches of QEMU's log at ``path`` (only the lines the comparison needs are parsed)."""
+    lines = ((n, line) for n, line in numbered_lines(path)
+             if line.startswith(_QEMU_KEEP) or "@" in line[:24])
+    return cmp.qemu_batches(parse_qemu_lines(lines, path))
+
+
+@dataclass
+class RecordedComparison:
+    """What the recorded side found: the boot part (None when the trace's start could not be
+    found in QEMU's log), the two traced streams, and what was counted apart."""
+
+    boot: cmp.BootComparison | None
+    guest: cmp.PairedStream
+    qemu: cmp.PairedStream
+    iec: Counter = field(default_factory=Counter)  # "guest trace" -> iec_inv not modelled
+    recorded_flushes: Counter = field(default_factory=Counter)  # DSIs: "timer" / "other"
+    after_trace: Counter = field(default_factory=Counter)  # QEMU batches after the trace
+    misfits: int = 0  # guest submissions whose QEMU batch does not hold them
+
+
+class _RecordedSide:
+    """The two recorded streams and the comparisons they feed."""
+
+    def __init__(self, path: str):
+        self.recording = Recording(path)
+        self.submissions = (e for e in self.recording.guest_events() if type(e) is ev.QiSubmit)
+        self.qemu_batches: Iterator[cmp.QemuBatch] = iter(())
+        self.result = RecordedComparison(None, cmp.guest_stream(),
+                                         cmp.qemu_stream("QEMU's queue (traced part)"))
+
+    def align_boot(self, boot: list[cmp.ModelBatch]) -> None:
+        """QEMU's part before the guest trace starts, against the model's boot."""
+        first = list(islice(self.submissions, ALIGN_WINDOW))
+        self.submissions = chain(first, self.submissions)
+        split = cmp.split_at_trace_start(qemu_log_batches(str(self.recording.qemu_log)), first)
+        if split is not None:
+            boot_batches, self.qemu_batches = split
+            self.result.boot = cmp.compare_boot(boot, boot_batches)
+
+    def push_model(self, batch: cmp.ModelBatch) -> None:
+        guest = self.result.guest
+        for desc in batch.descs:
+            guest.push_model(desc)
+        self.result.qemu.push_model(batch)
+        while guest.recorded_total < guest.model_total:
+            event = next(self.submissions, None)
+            if event is None:
+                return
+            self._recorded(event)
+
+    def _recorded(self, event: ev.QiSubmit) -> None:
+        """A guest submission and its QEMU batch (6.1: one IQT write per qi_submit line)."""
+        result = self.result
+        batch = next(self.qemu_batches, None)
+        if batch is None or not cmp.guest_desc_fits(event, batch):
+            result.misfits += 1
+        if event.label == cmp.IEC:
+            result.iec["guest trace"] += 1
+            return
+        if event.label == "iotlb_inv" and (event.qw0 >> 4) & 3 == _DSI:
+            result.recorded_flushes["timer" if event.context == ev.SOFTIRQ else "other"] += 1
+        result.guest.push_recorded(event)
+        if batch is not None:
+            result.qemu.push_recorded(batch)
+
+    def finish(self) -> RecordedComparison:
+        """The model is done: the rest of the guest trace, then QEMU's batches after it (the
+        trace was read out while the guest still ran: not compared, counted by kind)."""
+        for event in self.submissions:
+            self._recorded(event)
+        after = self.result.after_trace
+        for batch in self.qemu_batches:
+            after["iec" if batch.iec else "silent" if batch.silent else "other"] += 1
+        self.result.guest.finish()
+        self.result.qemu.finish()
+        return self.result
+
+
+def compare_recording(model: Iterator[ModelSubmission], path: str,
+                      boot: list[ModelSubmission]) -> RecordedComparison:
+    """Compare the recording at ``path`` with the model's ``boot`` submissions and then with
+    each one ``model`` yields (replay's worker)."""
+    side = _RecordedSide(path)
+    side.align_boot([model_batch(s) for s in boot])
+    for submission in model:
+        side.push_model(model_batch(submission))
+    return side.finish()
