@@ -280,3 +280,13 @@ def test_recorded_event_counts(name):
     counts = Counter(type(e).__name__ for e in Recording(TRACES / name).guest_events())
     assert counts == {"Map": COUNTS[name][0], "QiSubmit": COUNTS[name][1],
                       "Unmap": COUNTS[name][2]}
+
+
+def test_names_keep_only_those_events():
+    lines = [HEAD + "qi_submit: iotlb_inv dmar0: 0x700f2 0xffffe001 0x0 0x0",
+             HEAD + "map: IOMMU: iova=0x00000000fffff000 - 0x0000000100000000 "
+                    "paddr=0x0000000005cf0000 size=4096",
+             HEAD + "map: not parsed when not wanted",
+             HEAD + "qi_submit: dev_tlb_inv dmar0: 0x10000000003 0xffffe000 0x0 0x0"]
+    kept = list(parse_ftrace_lines(enumerate(lines, 1), "t.txt", ["qi_submit"]))
+    assert [(type(e), e.line) for e in kept] == [(ev.QiSubmit, 1), (ev.QiSubmit, 4)]

@@ -10,7 +10,7 @@ import pytest
 
 from vtdsim.errors import BadInput
 from vtdsim.traces import events as ev
-from vtdsim.traces.qemu_log import FORMATS, parse_qemu_lines, read_qemu_log
+from vtdsim.traces.qemu_log import _EVENTS, FORMATS, _values, parse_qemu_lines, read_qemu_log
 
 TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces"
 
@@ -96,6 +96,36 @@ def test_known_event_with_wrong_text(line):
     message = str(exc_info.value)
     assert message.startswith("qemu.log:1: vtd_") and "does not match" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("line", ["vtd_inv_desc invalidate desc type iotlb high 0x0x1 low 0x2",
+                                  "vtd_inv_desc invalidate desc type iotlb high 0x1_0 low 0x2",
+                                  "vtd_inv_desc invalidate desc type iotlb high 0xF low 0x2",
+                                  "vtd_inv_qi_head read head +3",
+                                  "vtd_inv_qi_head read head \u00b2"])
+def test_hot_events_take_only_what_printf_prints(line):
+    """The word-split path of the hot events is no more lenient than their format: a second
+    0x, an underscore, upper-case hex (QEMU prints %x), a sign or a non-ASCII digit is a
+    one-line error, not a value (nor a traceback)."""
+    with pytest.raises(BadInput, match="^qemu.log:1: vtd_inv_.* does not match"):
+        parse(line, source="qemu.log")
+
+
+def test_hot_and_format_paths_agree():
+    for name, values, _ in CASES:
+        text = line_of(name, *values).partition(" ")[2]
+        _, fmt, adapt = _EVENTS[name]
+        parsed = fmt.parse(text)
+        assert _values(name, text, fmt, adapt) == (parsed if adapt is None else adapt(*parsed))
+
+
+def test_names_keep_only_those_events():
+    lines = [line_of("vtd_inv_qi_tail", 2), line_of("vtd_dmar_translate", 1, 0, 0, 1, 2, 3),
+             "vtd_dmar_translate garbage that is never parsed", "vtd_fault_disabled x",
+             line_of("vtd_inv_qi_head", 0)]
+    kept = list(parse_qemu_lines(enumerate(lines, 1), "q.log",
+                                 frozenset({"vtd_inv_qi_tail", "vtd_inv_qi_head"})))
+    assert kept == [ev.QemuQiTail(1, 2), ev.QemuQiHead(5, 0)]
 
 
 # --- the recordings -------------------------------------------------------------------------

@@ -203,11 +203,14 @@ def _payload_text(line: str) -> str:
     return parts[_PAYLOAD_WORD] if len(parts) > _PAYLOAD_WORD else ""
 
 
-def parse_ftrace_lines(numbered: Iterable[tuple[int, str]], source: str) -> Iterator[ev.GuestEvent]:
+def parse_ftrace_lines(numbered: Iterable[tuple[int, str]], source: str,
+                       names: Iterable[str] | None = None) -> Iterator[ev.GuestEvent]:
     """Events from ``(line number, line)`` pairs of ftrace text; ``source`` names the file in
-    errors.  Comment lines (``#``) and blank lines are skipped."""
+    errors.  Comment lines (``#``) and blank lines are skipped.  With ``names`` (event names,
+    e.g. ``qi_submit``), only those events: the others' payload is not even parsed."""
     heads: dict[tuple[str, str, str], tuple | None] = {}  # few distinct (task, cpu, flags)
     hot, others = _HOT, _OTHERS
+    wanted = None if names is None else frozenset(name + ":" for name in names)
     for lineno, line in numbered:
         if not line or line[0] == "#":
             continue
@@ -237,6 +240,8 @@ def parse_ftrace_lines(numbered: Iterable[tuple[int, str]], source: str) -> Iter
             if slow is None:
                 raise _not_a_line(line, f"{source}:{lineno}")
             head, ts_us, name, words, payload = slow
+        if wanted is not None and name not in wanted:
+            continue
         entry = hot.get(name)
         if entry is not None:
             text_or_words: str | list[str] = words

@@ -20,7 +20,7 @@ from sys import intern
 from vtdsim.errors import BadInput
 from vtdsim.hardware.request import sid_of
 from vtdsim.traces import events as ev
-from vtdsim.traces.textio import PrintfFormat, clip, numbered_lines
+from vtdsim.traces.textio import PrintfFormat, clip, dec_word, hex_word, numbered_lines
 
 LINE_SHAPE = "<event> <text>"
 
@@ -85,6 +85,44 @@ _EVENTS = {name: (ev.fast_constructor(record), PrintfFormat(fmt), adapt)
 _new_other = ev.fast_constructor(ev.QemuOther)
 
 
+# Hot events (one or more per descriptor QEMU fetched) take their words, as ftrace.py's do; the
+# compiled format stays the judge of any text these do not take (and names it in the error).
+def _qi_index(words: list[str], verb: str, what: str) -> tuple | None:
+    """``read head %d`` / ``write tail %d``."""
+    if len(words) != 3 or words[0] != verb or words[1] != what:
+        return None
+    return (dec_word(words[2]),)
+
+
+def _inv_desc(words: list[str]) -> tuple | None:
+    """``invalidate desc type %s high 0x%x low 0x%x``, as (kind, low, high)."""
+    if (len(words) != 8 or words[:3] != ["invalidate", "desc", "type"] or words[4] != "high"
+            or words[6] != "low"):
+        return None
+    return intern(words[3]), hex_word(words[7]), hex_word(words[5])
+
+
+_HOT: dict[str, Callable[[list[str]], tuple | None]] = {
+    "vtd_inv_qi_head": lambda words: _qi_index(words, "read", "head"),
+    "vtd_inv_qi_tail": lambda words: _qi_index(words, "write", "tail"),
+    "vtd_inv_desc": _inv_desc,
+}
+
+
+def _values(name: str, text: str, fmt: PrintfFormat, adapt: _Adapt) -> tuple | None:
+    """The record's fields from the event's text, or None if the text has another shape."""
+    hot = _HOT.get(name)
+    if hot is not None:
+        try:
+            values = hot(text.split(" "))
+        except ValueError:  # a number that is not one
+            values = None
+        if values is not None:
+            return values
+    values = fmt.parse(text)
+    return values if values is None or adapt is None else adapt(*values)
+
+
 def _event_name(word: str) -> str | None:
     """The event name of a line's first word, without a ``tid@secs.usecs:`` prefix."""
     if "@" in word:
@@ -94,8 +132,10 @@ def _event_name(word: str) -> str | None:
     return word if word.isidentifier() else None
 
 
-def parse_qemu_lines(numbered: Iterable[tuple[int, str]], source: str) -> Iterator[ev.QemuEvent]:
-    """Events from ``(line number, line)`` pairs of a QEMU trace log; blank lines skipped."""
+def parse_qemu_lines(numbered: Iterable[tuple[int, str]], source: str,
+                     names: frozenset[str] | None = None) -> Iterator[ev.QemuEvent]:
+    """Events from ``(line number, line)`` pairs of a QEMU trace log; blank lines skipped.
+    With ``names``, only those events: the others' text is not even parsed."""
     events = _EVENTS
     for lineno, line in numbered:
         name, _, text = line.partition(" ")
@@ -109,14 +149,17 @@ def parse_qemu_lines(numbered: Iterable[tuple[int, str]], source: str) -> Iterat
                                where=f"{source}:{lineno}")
             entry = events.get(name)
             if entry is None:
-                yield _new_other(lineno, name, text)
+                if names is None or name in names:
+                    yield _new_other(lineno, name, text)
                 continue
+        if names is not None and name not in names:
+            continue
         build, fmt, adapt = entry
-        values = fmt.parse(text)
+        values = _values(name, text, fmt, adapt)
         if values is None:
             raise BadInput(f"{name} text does not match {fmt.fmt!r}: {clip(text)!r}",
                            where=f"{source}:{lineno}")
-        yield build(lineno, *(values if adapt is None else adapt(*values)))
+        yield build(lineno, *values)
 
 
 def read_qemu_log(path: str | Path) -> Iterator[ev.QemuEvent]:

@@ -32,8 +32,8 @@ from vtdsim.traces.textio import numbered_lines
 # Guest submissions that locate the trace's start in QEMU's log (iec ones included: they are
 # QEMU-visible in legacy mode); enough to be unambiguous, few enough to stay early in the log.
 ALIGN_WINDOW = 12
-# QEMU lines the comparison needs; the rest (vtd_dmar_translate above all) is skipped unparsed.
-_QEMU_KEEP = ("vtd_inv_qi_tail ", "vtd_inv_qi_head ", "vtd_inv_desc ")
+# QEMU events the comparison needs; the rest (vtd_dmar_translate above all) is skipped unparsed.
+_QEMU_EVENTS = frozenset({"vtd_inv_qi_tail", "vtd_inv_qi_head", "vtd_inv_desc"})
 _DSI = 2  # the G field of an iotlb_inv that flushes a whole domain (the flush queue's flush)
 
 ModelSubmission = tuple[str, tuple[tuple, ...]]  # (origin, ((label, qw0..qw3), ...))
@@ -48,9 +48,7 @@ def model_batch(submission: ModelSubmission) -> cmp.ModelBatch:
 
 def qemu_log_batches(path: str) -> Iterator[cmp.QemuBatch]:
     """The batches of QEMU's log at ``path`` (only the lines the comparison needs are parsed)."""
-    lines = ((n, line) for n, line in numbered_lines(path)
-             if line.startswith(_QEMU_KEEP) or "@" in line[:24])
-    return cmp.qemu_batches(parse_qemu_lines(lines, path))
+    return cmp.qemu_batches(parse_qemu_lines(numbered_lines(path), path, _QEMU_EVENTS))
 
 
 @dataclass
@@ -72,7 +70,7 @@ class _RecordedSide:
 
     def __init__(self, path: str):
         self.recording = Recording(path)
-        self.submissions = (e for e in self.recording.guest_events() if type(e) is ev.QiSubmit)
+        self.submissions = self.recording.guest_events(("qi_submit",))
         self.qemu_batches: Iterator[cmp.QemuBatch] = iter(())
         self.result = RecordedComparison(None, cmp.guest_stream(),
                                          cmp.qemu_stream("QEMU's queue (traced part)"))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -118,9 +118,9 @@ class Recording:
     def name(self) -> str:
         return str(self.config.get("name", self.path.name))
 
-    def guest_events(self) -> Iterator[GuestEvent]:
-        """The events of the TRACE section, streamed."""
-        return parse_ftrace_lines(self._section("TRACE"), str(self.guest_log))
+    def guest_events(self, names: Iterable[str] | None = None) -> Iterator[GuestEvent]:
+        """The events of the TRACE section, streamed (only ``names``, when given)."""
+        return parse_ftrace_lines(self._section("TRACE"), str(self.guest_log), names)
 
     def qemu_events(self) -> Iterator[QemuEvent]:
         return parse_qemu_lines(numbered_lines(self.qemu_log), str(self.qemu_log))

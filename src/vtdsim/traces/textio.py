@@ -95,6 +95,26 @@ def _hex(text: str) -> int:
     return int(text, 16)
 
 
+_HEX_DIGITS, _DEC_DIGITS = "0123456789abcdef", "0123456789"
+
+
+def hex_word(word: str, prefix: str = "0x") -> int:
+    """``prefix`` then lower-case hex digits only, as printf's ``%x`` prints them (``int``
+    alone would also take a second ``0x``, underscores or signs); ValueError otherwise."""
+    digits = word[len(prefix):]
+    if not word.startswith(prefix) or not digits or digits.strip(_HEX_DIGITS):
+        raise ValueError(word)
+    return int(digits, 16)
+
+
+def dec_word(word: str) -> int:
+    """ASCII decimal digits only, as ``%d``/``%u`` print a non-negative value; ValueError
+    otherwise."""
+    if not word or word.strip(_DEC_DIGITS):
+        raise ValueError(word)
+    return int(word)
+
+
 _CONVERTERS: dict[str, Callable[[str], object]] = {
     "d": int, "i": int, "u": int, "x": _hex, "X": _hex, "s": str, "c": str,
 }
@@ -130,7 +150,10 @@ class PrintfFormat:
         if match is None:
             return None
         values = zip(self._converters, match.groups(), strict=True)
-        return tuple([convert(value) for convert, value in values])
+        try:
+            return tuple([convert(value) for convert, value in values])
+        except ValueError:  # a digit int() does not take (\d is any Unicode digit)
+            return None
 
     def __repr__(self) -> str:
         return f"PrintfFormat({self.fmt!r})"
