@@ -93,6 +93,25 @@ def test_changed_descriptor_is_the_first_divergence(tmp_path):
                                     "5943/5943 queue-tail writes")
 
 
+def test_malformed_qemu_line_is_one_line_error(tmp_path):
+    """A bad line in QEMU's log, read by the recorded side's worker, stops the replay with
+    the line's file:line, not a traceback."""
+    copy = tmp_path / "rec"
+    copy.mkdir()
+    for name in ("config.toml", "guest.log.xz"):
+        shutil.copy(EXAMPLE / name, copy / name)
+    with lzma.open(EXAMPLE / "qemu.log.xz", "rt") as stream:
+        lines = stream.read().splitlines()
+    n = [i for i, line in enumerate(lines) if line.startswith("vtd_inv_desc ")][5000]
+    lines[n] = lines[n].replace("high 0x", "high 0xZZ")
+    (copy / "qemu.log").write_text("\n".join(lines) + "\n")
+    res = run_cli(str(copy))
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [
+        f"vtdsim: error: {copy / 'qemu.log'}:{n + 1}: vtd_inv_desc text does not match "
+        f"'invalidate desc type %s high 0x%x low 0x%x': {lines[n].split(' ', 1)[1]!r}"]
+
+
 def test_report_is_deterministic():
     first = report(EXAMPLE, seed=3)[1]
     assert report(EXAMPLE, seed=3)[1] == first

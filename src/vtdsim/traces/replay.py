@@ -194,7 +194,7 @@ class Boot:
     cookie: IommuDmaCookie
 
 
-def _probe_all(m: ModelMachine, setup: Setup, batches: list) -> dict[int, DeviceInfo]:
+def _probe_all(m: ModelMachine, setup: Setup, submissions: list) -> dict[int, DeviceInfo]:
     """Every device in dmesg's "Adding to iommu group" order; only the traced device has ATS
     (the recordings' config enables it on that device alone)."""
     infos = {}
@@ -203,12 +203,12 @@ def _probe_all(m: ModelMachine, setup: Setup, batches: list) -> dict[int, Device
         m.origin = f"boot: probe {name}"
         infos[sid] = m.system.probe(name, ats=setup.ats and sid == setup.traced,
                                     ats_qdep=ATS_QUEUE_DEPTH)
-        batches += m.take_submissions()
+        submissions += m.take_submissions()
     return infos
 
 
 def _attach_groups(m: ModelMachine, setup: Setup, policy, infos: dict[int, DeviceInfo],
-                   batches: list) -> tuple[dict[int, str], dict[int, object]]:
+                   submissions: list) -> tuple[dict[int, str], dict[int, object]]:
     """One default domain per group, in group order, each member attached in turn."""
     group_types, domains = {}, {}
     for group in setup.dmesg.groups:
@@ -220,7 +220,7 @@ def _attach_groups(m: ModelMachine, setup: Setup, policy, infos: dict[int, Devic
         else:
             domain = m.executor.run(m.driver.domain_alloc_paging(m.iommu, type=dtype))
         for info in members:
-            batches += m.run(m.driver.attach_dev(domain, info), f"boot: attach {info.name}")
+            submissions += m.run(m.driver.attach_dev(domain, info), f"boot: attach {info.name}")
             domains[info.sid] = domain
     return group_types, domains
 
@@ -228,16 +228,16 @@ def _attach_groups(m: ModelMachine, setup: Setup, policy, infos: dict[int, Devic
 def boot(m: ModelMachine, setup: Setup) -> Boot:
     """init_hw, probe every device, one default domain per group attached in group order
     (DIDs from 2 in that order), then translation on (6.1 ``intel_iommu_init``)."""
-    batches = m.take_submissions()  # System.boot ran init_hw
+    submissions = m.take_submissions()  # System.boot ran init_hw
     policy = model_policy(setup, m.caps, m.profile)
-    infos = _probe_all(m, setup, batches)
+    infos = _probe_all(m, setup, submissions)
     if setup.traced not in infos:
         raise BadInput(f"traced device {format_sid(setup.traced)} is in no IOMMU group")
-    group_types, domains = _attach_groups(m, setup, policy, infos, batches)
-    batches += m.run(m.iommu.iommu_enable_translation(), "boot: translation on")
+    group_types, domains = _attach_groups(m, setup, policy, infos, submissions)
+    submissions += m.run(m.iommu.iommu_enable_translation(), "boot: translation on")
     cookie = IommuDmaCookie(m.driver, domains[setup.traced], RecordedIovas(),
                             ncpus=setup.ncpus, fq_timeout_ns=FQ_TIMER_TICKS * TICK_NS)
-    return Boot(batches, policy, group_types, infos[setup.traced], cookie)
+    return Boot(submissions, policy, group_types, infos[setup.traced], cookie)
 
 
 @dataclass
