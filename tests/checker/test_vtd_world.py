@@ -85,3 +85,15 @@ def test_disabled_freedom_is_reported_blocked_but_no_deadlock(noflush):
     # The PTE is gone: the fill cannot happen any more, yet nothing is deadlocked.
     assert "hw:fill iotlb dev1@0x1000" in world.blocked()
     assert not world.deadlocked()
+
+
+def test_fingerprint_follows_the_model_code(noflush, monkeypatch):
+    """A schedule saved under other model code must not pass for this model's: the
+    fingerprint covers the code's digest (a change in how many steps an op takes would
+    otherwise replay a different interleaving silently)."""
+    from vtdsim.checker import vtd_world
+
+    before = noflush.fingerprint()
+    assert vtd_world.model_digest() == vtd_world.model_digest.__wrapped__()  # stable
+    monkeypatch.setattr(vtd_world, "model_digest", lambda: "other code")
+    assert noflush.fingerprint() != before

@@ -15,10 +15,12 @@ Not modelled: several remapping units (actors drive unit 0), CPU migration of th
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import pickle
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vtdsim.checker import actors as ac
@@ -518,5 +520,22 @@ class VtdModel:
         return VtdWorld(self)
 
     def fingerprint(self) -> str:
-        text = repr((self.describe, sorted(self.by_name), sorted(self.bounds.items())))
+        """The scenario, its actors and bounds, and the model's code (``model_digest``)."""
+        text = repr((self.describe, sorted(self.by_name), sorted(self.bounds.items()),
+                     model_digest()))
         return f"{self.name}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+@functools.cache
+def model_digest() -> str:
+    """A digest of the model's code - hardware, devices, driver, checker - since which steps
+    an operation takes and what each does live there: a schedule saved under other code (a
+    descriptor copied in two stores instead of one, say) would replay a different
+    interleaving, so it must not pass for this model's."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for package in ("hardware", "devices", "driver", "checker"):
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

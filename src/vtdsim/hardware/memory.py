@@ -92,16 +92,21 @@ class PhysicalMemory:
         return _Q.unpack_from(page, off)[0]
 
     # -- the CPU view --------------------------------------------------------------------------
+    def _allocate_line(self, line: int) -> bytearray:
+        """Bring ``line`` into the CPU cache from DRAM (clean); a line never straddles a
+        page."""
+        page = self._pages.get(line >> PAGE_SHIFT)
+        off = line & (PAGE_SIZE - 1)
+        data = self._lines[line] = (bytearray(LINE_SIZE) if page is None
+                                    else page[off : off + LINE_SIZE])
+        return data
+
     def _line_for_store(self, line: int) -> bytearray:
-        """The cached copy of ``line`` a CPU store is about to change: allocated from DRAM on
-        a miss (a line never straddles a page), posted first under a write buffer, and marked
-        dirty."""
+        """The cached copy of ``line`` a CPU store is about to change: allocated on a miss,
+        posted first under a write buffer, and marked dirty."""
         data = self._lines.get(line)
         if data is None:
-            page = self._pages.get(line >> PAGE_SHIFT)
-            off = line & (PAGE_SIZE - 1)
-            data = self._lines[line] = (bytearray(LINE_SIZE) if page is None
-                                        else page[off : off + LINE_SIZE])
+            data = self._allocate_line(line)
         if self.write_buffer and line not in self._posted:
             self._posted[line] = bytes(data)
         self._dirty.add(line)
@@ -119,7 +124,7 @@ class PhysicalMemory:
             chunk = min(n, LINE_SIZE - off)
             data = self._lines.get(line)
             if data is None and allocate:
-                data = self._lines[line] = bytearray(self._dram_read(line, LINE_SIZE))
+                data = self._allocate_line(line)
             out += data[off : off + chunk] if data is not None else self._dram_read(addr, chunk)
             addr += chunk
             n -= chunk

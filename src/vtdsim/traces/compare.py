@@ -82,7 +82,7 @@ class QemuBatch:
     """One ``vtd_inv_qi_tail`` and what QEMU fetched for it: ``slots`` hold ``(kind, qw0,
     qw1)`` for logged descriptors (waits included) and ``SILENT`` for fetched, unlogged ones.
     ``view`` (the non-wait slots as raw words or ``SILENT``), ``waits`` and ``iec`` are
-    derived once, by ``qemu_batch`` in the log worker, since every comparison reads them."""
+    derived once, by ``qemu_batch``, since every comparison reads them."""
 
     line: int
     slots: tuple
