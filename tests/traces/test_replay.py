@@ -70,17 +70,26 @@ def _tamper(lines: list[str], nth: int) -> tuple[int, list[str]]:
     raise AssertionError("not enough iotlb_inv lines")
 
 
+def _tampered_copy(tmp_path: Path, log: str, tamper) -> tuple[Path, object]:
+    """The bundled example copied to ``tmp_path`` with ``log`` ("guest.log" or "qemu.log")
+    decompressed and its lines changed in place by ``tamper``; the copy, and what ``tamper``
+    returned."""
+    copy = tmp_path / "rec"
+    copy.mkdir()
+    for name in ("config.toml", "guest.log.xz", "qemu.log.xz"):
+        if name != f"{log}.xz":
+            shutil.copy(EXAMPLE / name, copy / name)
+    with lzma.open(EXAMPLE / f"{log}.xz", "rt") as stream:
+        lines = stream.read().splitlines()
+    changed = tamper(lines)
+    (copy / log).write_text("\n".join(lines) + "\n")
+    return copy, changed
+
+
 def test_changed_descriptor_is_the_first_divergence(tmp_path):
     """One PSI changed in the guest trace: the guest stream diverges right there, the QEMU
     pairing notices the guest line no longer fits its queue-tail write, exit status 1."""
-    copy = tmp_path / "rec"
-    copy.mkdir()
-    for name in ("config.toml", "qemu.log.xz"):
-        shutil.copy(EXAMPLE / name, copy / name)
-    with lzma.open(EXAMPLE / "guest.log.xz", "rt") as stream:
-        lines = stream.read().splitlines()
-    index, words = _tamper(lines, 200)
-    (copy / "guest.log").write_text("\n".join(lines) + "\n")
+    copy, (index, words) = _tampered_copy(tmp_path, "guest.log", lambda lines: _tamper(lines, 200))
     res = run_cli(str(copy))
     out = res.output
     assert res.exit_code == 1, out
@@ -96,20 +105,17 @@ def test_changed_descriptor_is_the_first_divergence(tmp_path):
 def test_malformed_qemu_line_is_one_line_error(tmp_path):
     """A bad line in QEMU's log, read by the recorded side's worker, stops the replay with
     the line's file:line, not a traceback."""
-    copy = tmp_path / "rec"
-    copy.mkdir()
-    for name in ("config.toml", "guest.log.xz"):
-        shutil.copy(EXAMPLE / name, copy / name)
-    with lzma.open(EXAMPLE / "qemu.log.xz", "rt") as stream:
-        lines = stream.read().splitlines()
-    n = [i for i, line in enumerate(lines) if line.startswith("vtd_inv_desc ")][5000]
-    lines[n] = lines[n].replace("high 0x", "high 0xZZ")
-    (copy / "qemu.log").write_text("\n".join(lines) + "\n")
+    def corrupt(lines: list[str]) -> tuple[int, str]:
+        n = [i for i, line in enumerate(lines) if line.startswith("vtd_inv_desc ")][5000]
+        lines[n] = lines[n].replace("high 0x", "high 0xZZ")
+        return n + 1, lines[n].split(" ", 1)[1]
+
+    copy, (lineno, text) = _tampered_copy(tmp_path, "qemu.log", corrupt)
     res = run_cli(str(copy))
     assert res.exit_code == 2
     assert res.output.strip().splitlines() == [
-        f"vtdsim: error: {copy / 'qemu.log'}:{n + 1}: vtd_inv_desc text does not match "
-        f"'invalidate desc type %s high 0x%x low 0x%x': {lines[n].split(' ', 1)[1]!r}"]
+        f"vtdsim: error: {copy / 'qemu.log'}:{lineno}: vtd_inv_desc text does not match "
+        f"'invalidate desc type %s high 0x%x low 0x%x': {text!r}"]
 
 
 def test_report_is_deterministic():
