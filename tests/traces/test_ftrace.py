@@ -228,6 +228,11 @@ def test_not_an_ftrace_line(line):
     ("cache_tag_flush_range: dmar0 dev type iotlb", "pages"),
     ("cache_tag_assign: dmar0/dev type iotlb did x pasid 0 ref 1", "ref %d"),
     ("prq_report: dmar0/dev seq# 1: rid=0x1", "rid=0x%llx"),
+    # what %llx / %zu never print, though int() would take it
+    ("qi_submit: iotlb_inv dmar0: 0x7_00f2 0x2 0x3 0x4", "0x%llx"),
+    ("qi_submit: iotlb_inv dmar0: 0x1 0x0x2 0x3 0x4", "0x%llx"),
+    ("map: IOMMU: iova=0x1000 - 0x2000 paddr=0x1 size=+4096", "paddr="),
+    ("unmap: IOMMU: iova=0x1000 - 0x2000 size=4096 unmapped_size=4_096", "unmapped_size="),
 ])
 def test_known_event_with_a_wrong_payload(payload, expected):
     with pytest.raises(BadInput) as exc_info:

@@ -23,7 +23,7 @@ from sys import intern
 
 from vtdsim.errors import BadInput
 from vtdsim.traces import events as ev
-from vtdsim.traces.textio import PrintfFormat, clip, numbered_lines
+from vtdsim.traces.textio import PrintfFormat, clip, dec_word, hex_word, numbered_lines
 
 LINE_SHAPE = "<comm>-<pid> [<cpu>] <flags> <secs.usecs>: <event>: <payload>"
 
@@ -71,22 +71,22 @@ def _qi_submit(w: list[str]) -> tuple | None:
     if len(w) != 11 or w[6][-1:] != ":":
         return None
     # Interned: a handful of distinct values, so pickle sends each once per chunk (workers.py).
-    return (intern(w[5]), intern(w[6][:-1]), int(w[7], 16), int(w[8], 16), int(w[9], 16),
-            int(w[10], 16))
+    return (intern(w[5]), intern(w[6][:-1]), hex_word(w[7]), hex_word(w[8]), hex_word(w[9]),
+            hex_word(w[10]))
 
 
 def _map(w: list[str]) -> tuple | None:
-    if (len(w) != 11 or w[5] != "IOMMU:" or w[7] != "-" or w[6][:7] != "iova=0x"
-            or w[9][:8] != "paddr=0x" or w[10][:5] != "size="):
+    if len(w) != 11 or w[5] != "IOMMU:" or w[7] != "-":
         return None
-    return int(w[6][7:], 16), int(w[8], 16), int(w[9][8:], 16), int(w[10][5:])
+    return (hex_word(w[6], "iova=0x"), hex_word(w[8]), hex_word(w[9], "paddr=0x"),
+            dec_word(w[10], "size="))
 
 
 def _unmap(w: list[str]) -> tuple | None:
-    if (len(w) != 11 or w[5] != "IOMMU:" or w[7] != "-" or w[6][:7] != "iova=0x"
-            or w[9][:5] != "size=" or w[10][:14] != "unmapped_size="):
+    if len(w) != 11 or w[5] != "IOMMU:" or w[7] != "-":
         return None
-    return int(w[6][7:], 16), int(w[8], 16), int(w[9][5:]), int(w[10][14:])
+    return (hex_word(w[6], "iova=0x"), hex_word(w[8]), dec_word(w[9], "size="),
+            dec_word(w[10], "unmapped_size="))
 
 
 def _cache_tag_flush(kind: str) -> Callable[[str], tuple | None]:

@@ -107,12 +107,13 @@ def hex_word(word: str, prefix: str = "0x") -> int:
     return int(digits, 16)
 
 
-def dec_word(word: str) -> int:
-    """ASCII decimal digits only, as ``%d``/``%u`` print a non-negative value; ValueError
-    otherwise."""
-    if not word or word.strip(_DEC_DIGITS):
+def dec_word(word: str, prefix: str = "") -> int:
+    """``prefix`` then ASCII decimal digits only, as ``%d``/``%u``/``%zu`` print a
+    non-negative value; ValueError otherwise."""
+    digits = word[len(prefix):]
+    if not word.startswith(prefix) or not digits or digits.strip(_DEC_DIGITS):
         raise ValueError(word)
-    return int(word)
+    return int(digits)
 
 
 _CONVERTERS: dict[str, Callable[[str], object]] = {
