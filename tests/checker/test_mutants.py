@@ -14,6 +14,7 @@ from vtdsim.checker import mutations as mu
 from vtdsim.checker.litmus import Options
 from vtdsim.driver import steps as st
 from vtdsim.errors import BadInput
+from vtdsim.hardware.bitfield import join_qwords, split_qwords
 from vtdsim.hardware.descriptors import decode, encode
 
 LITMUS = Path(__file__).resolve().parents[2] / "litmus"
@@ -89,12 +90,12 @@ def test_reverse_run_puts_qword0_first():
 
 
 def _submission(desc):
-    yield st.CpuWrite(addr=0x1000, value=desc[0] | desc[1] << 64, size=16, why=mu.QI_WHY)
+    yield st.CpuWrite(addr=0x1000, value=join_qwords(desc[:2]), size=16, why=mu.QI_WHY)
     yield st.Annotate(event="qi_submit", why=mu.QI_WHY)
 
 
 def _words(store: st.CpuWrite) -> list[int]:
-    return [store.value & mu.QW_MASK, store.value >> 64, 0, 0]
+    return [*split_qwords(store.value, 2), 0, 0]
 
 
 def test_descriptor_rules_drop_or_change_a_whole_descriptor():

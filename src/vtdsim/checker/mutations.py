@@ -23,16 +23,16 @@ through a mutated op.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vtdsim.checker.actors import skip_reply
 from vtdsim.driver import steps as st
+from vtdsim.hardware.bitfield import join_qwords, split_qwords
 from vtdsim.hardware.descriptors import decode, encode
 
 Stack = tuple[str, ...]
 QI_WHY = "qi_submit_sync"
-QW_MASK = (1 << 64) - 1
 # A fence-only wait (FN=1, no status write, no interrupt) performs nothing; SW=IF=FN=0 is
 # rejected (QEMU vtd_process_wait_desc), which would turn a dropped flush into an IQE.
 NOOP_WAIT = encode("inv_wait", fn=1)
@@ -246,12 +246,11 @@ def _mutated(gen: Generator, mutation: Mutation) -> Generator[st.Step, Any, Any]
 
 def _rewrite_descriptor(write: st.CpuWrite, stack: Stack, mutation: Mutation) -> st.CpuWrite:
     """The slot's store with the descriptor the first matching rule makes of it."""
-    qws = tuple(write.value >> (64 * i) & QW_MASK for i in range(write.size // 8))
+    qws = split_qwords(write.value, write.size // 8)
     for rule in mutation.descriptors:
         new = rule.apply(qws, stack)
         if new is not None:
-            value = sum(q << (64 * i) for i, q in enumerate(new))
-            return st.CpuWrite(addr=write.addr, value=value, size=write.size, why=write.why)
+            return replace(write, value=join_qwords(new))
     return write
 
 

@@ -35,6 +35,7 @@ from vtdsim.driver.steps import (
     lock_steps,
 )
 from vtdsim.errors import SpecRuleBroken
+from vtdsim.hardware.bitfield import join_qwords
 from vtdsim.hardware.descriptors import TYPE_LABELS, encode
 
 Desc = tuple[int, int, int, int]
@@ -141,10 +142,9 @@ def desc_store(base: int, shift: int, slot: int, desc: Sequence[int], why: str) 
     queue at ``base``, as one store: no actor can see a slot between its qwords, since
     hardware fetches only slots an IQT write has published (spec 6.5.2), and the slot is
     published after the copy."""
-    value = desc[0] | desc[1] << 64
-    if shift == 5:
-        value |= desc[2] << 128 | desc[3] << 192
-    return CpuWrite(addr=base + (slot << shift), value=value, size=1 << shift, why=why)
+    size = 1 << shift
+    return CpuWrite(addr=base + (slot << shift), value=join_qwords(desc[: size // 8]),
+                    size=size, why=why)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,22 @@ from dataclasses import dataclass
 
 from vtdsim.errors import ModelError, hexval
 
+QWORD_MASK = (1 << 64) - 1
+
+
+def join_qwords(qws: Sequence[int]) -> int:
+    """One value from qwords, qword i in bits 64i+63:64i (as the spec numbers 128/256/512-bit
+    structures); each qword is taken modulo 2^64."""
+    value = 0
+    for qw in reversed(qws):
+        value = value << 64 | (qw & QWORD_MASK)
+    return value
+
+
+def split_qwords(value: int, count: int) -> tuple[int, ...]:
+    """The ``count`` qwords of ``value``, qword 0 first (``join_qwords`` undone)."""
+    return tuple((value >> (64 * i)) & QWORD_MASK for i in range(count))
+
 
 class Access(enum.Enum):
     """Register access kinds (VT-d spec 10.2); for table entries and descriptors, RW."""
@@ -178,13 +194,10 @@ class Layout:
         return (self.width + 63) // 64
 
     def from_qwords(self, qws: Sequence[int]) -> int:
-        v = 0
-        for i, q in enumerate(qws):
-            v |= (q & 0xFFFF_FFFF_FFFF_FFFF) << (64 * i)
-        return v & self.full_mask
+        return join_qwords(qws) & self.full_mask
 
     def to_qwords(self, value: int) -> tuple[int, ...]:
-        return tuple((value >> (64 * i)) & 0xFFFF_FFFF_FFFF_FFFF for i in range(self.qwords))
+        return split_qwords(value, self.qwords)
 
     def __repr__(self) -> str:
         return f"Layout({self.name!r}, {self.width} bits, {len(self.fields)} fields)"

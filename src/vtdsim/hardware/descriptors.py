@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from vtdsim.errors import ModelError, hexval
-from vtdsim.hardware.bitfield import F, Layout
+from vtdsim.hardware.bitfield import QWORD_MASK, F, Layout
 from vtdsim.hardware.request import format_sid
 
 PAGE_SHIFT = 12
@@ -144,7 +144,6 @@ _WIDE_ONLY = (6, 7, 8)
 # Reserved granularity encodings (spec 6.5.2.1/.3/.4/.2): they make the descriptor invalid.
 _VALID_G = {1: (1, 2, 3), 2: (1, 2, 3), 6: (2, 3), 7: (0, 1, 3)}
 
-_QW_MASK = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -183,7 +182,7 @@ def _type_of(qw0: int) -> int:
 
 def decode(qws) -> Descriptor:
     """Decode 2 or 4 qwords; never raises on garbage (an unknown type decodes with no fields)."""
-    padded = tuple(int(q) & _QW_MASK for q in qws) + (0,) * (4 - len(qws))
+    padded = tuple(int(q) & QWORD_MASK for q in qws) + (0,) * (4 - len(qws))
     qws4 = padded[:4]
     dtype = _type_of(qws4[0])
     layout = LAYOUTS.get(dtype)
@@ -280,7 +279,7 @@ def devtlb_addr(addr: int, pages: int) -> tuple[int, int]:
         return addr & ~((1 << PAGE_SHIFT) - 1), 0
     m = pages.bit_length() - 1
     size = pages << PAGE_SHIFT
-    base = addr & ~(size - 1) & _QW_MASK
+    base = addr & ~(size - 1) & QWORD_MASK
     ones = ((1 << (m - 1)) - 1) << PAGE_SHIFT
     return base | ones, 1
 
@@ -288,7 +287,7 @@ def devtlb_addr(addr: int, pages: int) -> tuple[int, int]:
 def devtlb_range(addr_field: int, s: int) -> tuple[int, int]:
     """(base, size) an ATS invalidation covers: S=0 one 4 KiB page; S=1 8 KiB << (number of
     consecutive 1 bits from bit 12), aligned to its size; 2^64 means the whole space."""
-    page = addr_field & ~((1 << PAGE_SHIFT) - 1) & _QW_MASK
+    page = addr_field & ~((1 << PAGE_SHIFT) - 1) & QWORD_MASK
     if not s:
         return page, 1 << PAGE_SHIFT
     pfn = page >> PAGE_SHIFT

@@ -95,25 +95,24 @@ def _hex(text: str) -> int:
     return int(text, 16)
 
 
-_HEX_DIGITS, _DEC_DIGITS = "0123456789abcdef", "0123456789"
+def _digits(word: str, prefix: str, alphabet: str) -> str:
+    """The digits after ``prefix``: at least one, and only from ``alphabet`` (``int`` alone
+    would also take a second ``0x``, underscores, signs or non-ASCII digits, which printf
+    never prints); ValueError otherwise."""
+    digits = word[len(prefix):]
+    if not word.startswith(prefix) or not digits or digits.strip(alphabet):
+        raise ValueError(word)
+    return digits
 
 
 def hex_word(word: str, prefix: str = "0x") -> int:
-    """``prefix`` then lower-case hex digits only, as printf's ``%x`` prints them (``int``
-    alone would also take a second ``0x``, underscores or signs); ValueError otherwise."""
-    digits = word[len(prefix):]
-    if not word.startswith(prefix) or not digits or digits.strip(_HEX_DIGITS):
-        raise ValueError(word)
-    return int(digits, 16)
+    """``prefix`` then lower-case hex digits, as ``%x``/``%llx`` print them."""
+    return int(_digits(word, prefix, "0123456789abcdef"), 16)
 
 
 def dec_word(word: str, prefix: str = "") -> int:
-    """``prefix`` then ASCII decimal digits only, as ``%d``/``%u``/``%zu`` print a
-    non-negative value; ValueError otherwise."""
-    digits = word[len(prefix):]
-    if not word.startswith(prefix) or not digits or digits.strip(_DEC_DIGITS):
-        raise ValueError(word)
-    return int(digits)
+    """``prefix`` then decimal digits, as ``%d``/``%u``/``%zu`` print a non-negative value."""
+    return int(_digits(word, prefix, "0123456789"))
 
 
 _CONVERTERS: dict[str, Callable[[str], object]] = {
