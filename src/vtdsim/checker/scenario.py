@@ -52,8 +52,10 @@ has finished (a driver hands the IOVA to its device after the map returned).  ``
 ``part = "prepare"`` (the old domain blocked, DID, device list: nothing the hardware sees) or
 ``"program"`` (the rest), so a set-up can run the part that cannot race.
 
-Operations (``op``) and their fields are listed in ``OPS``; an op may carry ``skip =
-["WaitQword"]`` (mutation: those steps are dropped, e.g. a flush submitted without waiting).
+Operations (``op``) and their fields are declared in ``scenario_ops`` (one model per op); an op
+may carry ``skip = ["WaitQword"]`` (mutation: those steps are dropped, e.g. a flush submitted
+without waiting).  Every key, type, range and cross-reference is checked by the one schema in
+``scenario_schema``, for files and for the Python API alike.
 
 Not provided: several remapping units per scenario, include files, parameterised scenarios
 (write one file per setting; the mutant helper generates variants through the Python API).
@@ -61,51 +63,23 @@ Not provided: several remapping units per scenario, include files, parameterised
 
 from __future__ import annotations
 
-import re
-import tomllib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vtdsim.checker.properties import OBSERVATIONS
+from vtdsim import validation
+from vtdsim.checker import scenario_schema as schema
+from vtdsim.checker.scenario_ops import OP_MODELS
+from vtdsim.checker.scenario_schema import (  # noqa: F401 (the names callers use)
+    CACHES,
+    OBSERVATION_VERDICTS,
+    PROPERTIES,
+    VERDICTS,
+)
 from vtdsim.errors import BadInput
 
-VERDICTS = ("holds", "violated")
-OBSERVATION_VERDICTS = ("observed", "never")  # for OBSERVATIONS (lazy_exposure ...)
-PROPERTIES = (
-    "dma_after_free",
-    "stale_after_strict_unmap",
-    "spurious_fault",
-    "torn_entry",
-    "no_snoop_coherent",
-    "stale_after_pasid_teardown",
-    "stale_after_context_change",
-    "deadlock_free",
-)
-POLICIES = ("strict", "lazy", "auto")
-CACHES = ("context_cache", "pasid_cache", "iotlb", "pscache")
-ATTACH_PARTS = ("all", "prepare", "program")
-
-# op -> (required fields, optional fields with defaults)
-OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "map": (("domain", "iova", "page"), {"size": 4096, "prot": "rw", "sync": True}),
-    "unmap": (("domain", "iova"), {"size": 4096, "sync": True}),
-    "dma_map": (("domain", "page"), {"size": 4096, "prot": "rw", "cpu": 0}),
-    "dma_unmap": (("domain", "iova"), {"size": 4096, "cpu": 0}),
-    "flush_iotlb_all": (("domain",), {}),
-    "fq_timer": (("domain",), {}),
-    "free": (("page",), {}),
-    "attach": (("domain", "device"), {"part": "all"}),  # all | prepare | program (boot.py)
-    "set_dev_pasid": (("domain", "device", "pasid"), {"old": ""}),
-    "remove_dev_pasid": (("device", "pasid"), {}),
-    "enforce_cache_coherency": (("domain",), {}),
-    "context_flip_pri": (("device",), {"enable": True}),
-    "cpu_write": (("page",), {"offset": 0, "value": 0}),
-    "cpu_read": (("page",), {"offset": 0}),
-    "clflush": (("page",), {"offset": 0}),
-    "wbinvd": ((), {}),
-}
-COMMON_OP_FIELDS = {"op": None, "skip": [], "line": 0}
+OPS = tuple(OP_MODELS)
 
 
 @dataclass(frozen=True)
@@ -131,18 +105,19 @@ def _show(value: Any) -> str:
 
 
 def op(kind: str, *, skip: tuple[str, ...] | list[str] = (), line: int = 0, **fields) -> Op:
-    """Build an ``Op`` checking its fields (the Python API's counterpart of a TOML table)."""
-    if kind not in OPS:
-        raise BadInput(f"unknown op={kind!r}; ops: {', '.join(OPS)}")
-    required, optional = OPS[kind]
-    missing = [f for f in required if f not in fields]
-    if missing:
-        raise BadInput(f"op {kind!r} lacks {', '.join(missing)}")
-    unknown = sorted(set(fields) - set(required) - set(optional))
-    if unknown:
-        raise BadInput(f"op {kind!r} has no field {', '.join(unknown)}")
-    args = {**optional, **fields}
-    return Op(kind, args, tuple(skip), line)
+    """Build an ``Op`` through its declared model (the Python API's counterpart of a TOML
+    table): unknown or missing fields, types and ranges as for a file."""
+    data = {"op": kind, **fields, "skip": list(skip)}
+    model = OP_MODELS.get(kind)
+    if model is None:
+        raise BadInput(f"unknown op {kind!r}; ops: {', '.join(OP_MODELS)}")
+    checked = validation.validate(model, data, f"op {kind!r}")
+    return _op_of(checked, line)
+
+
+def _op_of(model, line: int = 0) -> Op:
+    args = model.model_dump(exclude={"op", "skip"})
+    return Op(model.op, args, tuple(model.skip), line)
 
 
 @dataclass(frozen=True)
@@ -273,233 +248,87 @@ class Scenario:
         return sorted(found)
 
     def validate(self) -> Scenario:
-        """Cross-references and value checks; BadInput naming the file (and line)."""
-        _Validator(self).run()
+        """The schema's checks (scenario_schema) on what the Python API built."""
+        validation.validate(schema.ScenarioFile, _as_data(self), self.where())
         return self
 
 
-class _Validator:
-    def __init__(self, sc: Scenario):
-        self.sc = sc
-        self.devices = {d.name for d in sc.devices}
-        self.domains = {d.name for d in sc.domains}
-        self.pages = {p for d in sc.domains for p in d.pages}
+def _as_data(sc: Scenario) -> dict:
+    """The TOML-shaped data of a scenario built through the Python API."""
+    def ops(group: list[Op]) -> list[dict]:
+        return [{"op": o.kind, **o.args, "skip": list(o.skip)} for o in group]
 
-    def fail(self, message: str, line: int = 0) -> None:
-        where = f"{self.sc.where()}:{line}" if line else self.sc.where()
-        raise BadInput(message, where)
+    def freedoms(items: list[Freedom], model) -> list[dict]:
+        keep = model.model_fields
+        out = []
+        for f in items:
+            data = {k: list(v) if isinstance(v, tuple) else v
+                    for k, v in dataclasses.asdict(f).items() if k in keep}
+            out.append({k: v for k, v in data.items() if v is not None})
+        return out
 
-    def run(self) -> None:
-        sc = self.sc
-        if sc.policy not in POLICIES:
-            self.fail(f"policy={sc.policy!r}: expected one of {', '.join(POLICIES)}")
-        if sc.qi not in ("async", "sync"):
-            self.fail(f"hardware.qi={sc.qi!r}: expected async or sync")
-        if not sc.threads:
-            self.fail("a scenario needs at least one [[thread]]")
-        for dom in sc.domains:
-            for dev in dom.devices:
-                self.need(dev, self.devices, "device", f"domain {dom.name!r}")
-        for ops in (sc.setup_ops, *sc.threads.values()):
-            for o in ops:
-                self.check_op(o)
-        for f in (*sc.fills, *sc.evictions, *sc.ats_prefetch, *sc.dma, *sc.warm):
-            self.need(f.device, self.devices, "device", "a hardware freedom")
-            bad = sorted(set(f.caches) - set(CACHES))
-            if bad:
-                self.fail(f"caches {bad}: expected some of {', '.join(CACHES)}")
-            if f.access not in ("read", "write"):
-                self.fail(f"access={f.access!r}: expected read or write")
-            if f.after_thread:
-                self.need(f.after_thread, set(sc.threads), "thread", "a DMA's after_thread")
-        for name, gates in sc.gates.items():
-            for g in gates:
-                self.need(g.thread, set(sc.threads) - {name}, "thread", f"thread {name!r} after")
-                if g.nth < 0 or g.released < 1:
-                    self.fail(f"thread {name!r} after: nth counts from 0 (the start), "
-                              "released from 1")
-        for prop, verdict in sc.expect.items():
-            allowed = OBSERVATION_VERDICTS if prop in OBSERVATIONS else VERDICTS
-            if verdict not in allowed:
-                self.fail(f"expect.{prop}={verdict!r}: expected {' or '.join(allowed)}")
-
-    def check_op(self, o: Op) -> None:
-        for key, universe, what in (("domain", self.domains, "domain"),
-                                    ("device", self.devices, "device"),
-                                    ("page", self.pages, "page")):
-            value = o.args.get(key)
-            if value:
-                self.need(value, universe, what, f"op {o.kind!r}", o.line)
-        if o.kind == "attach" and o["part"] not in ATTACH_PARTS:
-            self.fail(f"attach part={o['part']!r}: expected one of {', '.join(ATTACH_PARTS)}",
-                      o.line)
-
-    def need(self, name: str, universe: set, what: str, user: str, line: int = 0) -> None:
-        if name not in universe:
-            known = ", ".join(sorted(universe)) or "none"
-            self.fail(f"{user} names unknown {what} {name!r} (known: {known})", line)
+    hardware = {"qi": sc.qi, "fills": freedoms(sc.fills, schema.Fill),
+                "evictions": freedoms(sc.evictions, schema.Eviction),
+                "ats_prefetch": freedoms(sc.ats_prefetch, schema.Prefetch),
+                "warm": freedoms(sc.warm, schema.Warm)}
+    return {
+        "name": sc.name, "doc": sc.doc, "preset": sc.preset, "profile": sc.profile,
+        "policy": sc.policy, "switches": dict(sc.switches),
+        "device": [{"name": d.name, "sid": d.sid, "ats": d.ats, "pasid": d.pasid}
+                   for d in sc.devices],
+        "domain": [{"name": d.name, "type": d.type, "devices": list(d.devices),
+                    "pages": list(d.pages), **({"stage": d.stage} if d.stage else {})}
+                   for d in sc.domains],
+        "setup": ops(sc.setup_ops),
+        "thread": [{"name": name, "ops": ops(group),
+                    "after": [dataclasses.asdict(g) for g in sc.gates.get(name, ())]}
+                   for name, group in sc.threads.items()],
+        "hardware": hardware, "dma": freedoms(sc.dma, schema.Dma), "expect": dict(sc.expect),
+    }
 
 
 # -- TOML ---------------------------------------------------------------------------------------
-TOP_KEYS = {"name", "doc", "preset", "profile", "policy", "switches", "device", "domain",
-            "setup", "thread", "hardware", "dma", "expect"}
-
-
 def load(path: str | Path) -> Scenario:
-    """Read one scenario file; BadInput ``file:line: message`` when it is malformed."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise BadInput(f"cannot read scenario: {err.strerror}", str(path)) from err
-    return parse(text, str(path))
+    """Read one scenario file; BadInput ``file:line: key.path: message`` when malformed."""
+    return parse(validation.read_text(path, "scenario"), str(path))
 
 
 def parse(text: str, where: str = "<scenario>") -> Scenario:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        line = re.search(r"line (\d+)", str(err))
-        raise BadInput(f"TOML: {err}", f"{where}:{line.group(1)}" if line else where) from err
-    lines = _Lines(text, where)
-    try:
-        return _build(data, lines, where).validate()
-    except BadInput as err:
-        if err.where and ":" in err.where.removeprefix(where):
-            raise
-        raise BadInput(str(err).removeprefix(f"{err.where}: ") if err.where else str(err),
-                       lines.where(_key_hint(str(err)))) from None
+    data = validation.parse_toml(text, where)
+    checked = validation.validate(schema.ScenarioFile, data, where, text)
+    return _build(checked, text, where)
 
 
-class _Lines:
-    """Finds the line of a key or value in the text (tomllib keeps no positions)."""
+def _build(f: schema.ScenarioFile, text: str, where: str) -> Scenario:
+    """The checked file as a ``Scenario`` (ops keep their line for messages at run time)."""
+    def line(*loc) -> int:
+        return validation.locate(text, loc)
 
-    def __init__(self, text: str, where: str):
-        self.text_lines = text.splitlines()
-        self.path = where
-
-    def find(self, *needles: str) -> int:
-        for number, line in enumerate(self.text_lines, 1):
-            code = line.split("#", 1)[0]
-            if all(n in code for n in needles):
-                return number
-        return 0
-
-    def where(self, needle: str | None) -> str:
-        line = self.find(needle) if needle else 0
-        return f"{self.path}:{line}" if line else self.path
-
-
-def _key_hint(message: str) -> str | None:
-    quoted = re.findall(r"'([^']+)'", message)
-    return quoted[-1] if quoted else None
-
-
-def _build(data: dict, lines: _Lines, where: str) -> Scenario:
-    unknown = sorted(set(data) - TOP_KEYS)
-    if unknown:
-        raise BadInput(f"unknown key {unknown[0]!r}; keys: {', '.join(sorted(TOP_KEYS))}",
-                       lines.where(unknown[0]))
-    hw = _table(data.get("hardware", {}), "hardware", lines)
+    hw = f.hardware
     sc = Scenario(
-        name=str(data.get("name") or Path(where).stem),
-        preset=str(data.get("preset", "qemu72-legacy")),
-        profile=str(data.get("profile", "linux-6.1")),
-        policy=str(data.get("policy", "strict")),
-        doc=str(data.get("doc", "")),
-        switches=dict(_table(data.get("switches", {}), "switches", lines)),
-        qi=str(hw.get("qi", "async")),
-        expect={k: str(v) for k, v in _table(data.get("expect", {}), "expect", lines).items()},
-        path=where,
+        name=f.name or Path(where).stem, preset=f.preset, profile=f.profile, policy=f.policy,
+        doc=f.doc, switches=dict(f.switches), qi=hw.qi, path=where,
+        expect={k: v for k, v in f.expect.model_dump().items() if v is not None},
     )
-    for d in _list(data, "device", lines):
-        sc.device(_need(d, "name", lines), _sid(_need(d, "sid", lines), lines),
-                  ats=bool(d.get("ats", False)), pasid=bool(d.get("pasid", False)))
-    for d in _list(data, "domain", lines):
-        sc.domain(_need(d, "name", lines), type=str(d.get("type", "dma")),
-                  stage=d.get("stage"), devices=tuple(d.get("devices", ())),
-                  pages=tuple(d.get("pages", ())))
-    sc.setup(*(_op(o, lines) for o in _list(data, "setup", lines)))
-    for t in _list(data, "thread", lines):
-        name = _need(t, "name", lines)
-        sc.thread(name, *(_op(o, lines) for o in t.get("ops", [])),
-                  after=tuple(_gate(g, lines) for g in t.get("after", [])))
-    sc.fills = [_freedom(f, lines) for f in hw.get("fills", [])]
-    sc.evictions = [_freedom(f, lines) for f in hw.get("evictions", [])]
-    sc.ats_prefetch = [_freedom(f, lines) for f in hw.get("ats_prefetch", [])]
-    sc.warm = [_freedom(f, lines) for f in hw.get("warm", [])]
-    sc.dma = [_freedom(f, lines) for f in _list(data, "dma", lines)]
+    for d in f.device:
+        sc.device(d.name, d.sid, ats=d.ats, pasid=d.pasid)
+    for d in f.domain:
+        sc.domain(d.name, type=d.type, stage=d.stage, devices=tuple(d.devices),
+                  pages=tuple(d.pages))
+    sc.setup(*(_op_of(o, line("setup", i)) for i, o in enumerate(f.setup)))
+    for i, t in enumerate(f.thread):
+        sc.thread(t.name, *(_op_of(o, line("thread", i, "ops", j)) for j, o in enumerate(t.ops)),
+                  after=tuple(LockGate(g.lock, g.nth, g.thread, g.released) for g in t.after))
+    sc.fills = [_freedom(x) for x in hw.fills]
+    sc.evictions = [_freedom(x) for x in hw.evictions]
+    sc.ats_prefetch = [_freedom(x) for x in hw.ats_prefetch]
+    sc.warm = [_freedom(x) for x in hw.warm]
+    sc.dma = [_freedom(x) for x in f.dma]
     return sc
 
 
-def _table(value: Any, name: str, lines: _Lines) -> dict:
-    if not isinstance(value, dict):
-        raise BadInput(f"{name} must be a table", lines.where(name))
-    return value
-
-
-def _list(data: dict, key: str, lines: _Lines) -> list[dict]:
-    value = data.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise BadInput(f"{key} must be an array of tables ([[{key}]])", lines.where(key))
-    return value
-
-
-def _need(table: dict, key: str, lines: _Lines) -> Any:
-    if key not in table:
-        shown = ", ".join(f"{k}={v!r}" for k, v in list(table.items())[:2])
-        raise BadInput(f"missing {key!r} in {{{shown}}}", lines.where(shown.split("=")[0]))
-    return table[key]
-
-
-def _sid(value: Any, lines: _Lines) -> int:
-    """A SID as an integer or as "bus:dev.fn" (hex bus and device, as lspci prints)."""
-    if isinstance(value, int):
-        return value
-    m = re.fullmatch(r"([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])", str(value))
-    if not m:
-        raise BadInput(f"sid={value!r}: expected an integer or 'bus:dev.fn'",
-                       lines.where(str(value)))
-    bus, dev, fn = (int(g, 16) for g in m.groups())
-    return bus << 8 | dev << 3 | fn
-
-
-def _op(table: dict, lines: _Lines) -> Op:
-    kind = table.get("op")
-    line = lines.find(f'"{kind}"') if kind else 0
-    fields = {k: v for k, v in table.items() if k not in ("op", "skip")}
-    try:
-        return op(str(kind), skip=tuple(table.get("skip", ())), line=line, **fields)
-    except BadInput as err:
-        raise BadInput(str(err), f"{lines.path}:{line}" if line else lines.path) from None
-
-
-def _gate(table: dict, lines: _Lines) -> LockGate:
-    known = {"lock", "nth", "thread", "released"}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise BadInput(f"unknown field {unknown[0]!r}; fields: {', '.join(sorted(known))}",
-                       lines.where(unknown[0]))
-    return LockGate(lock=str(_need(table, "lock", lines)), nth=int(table.get("nth", 0)),
-                    thread=str(_need(table, "thread", lines)),
-                    released=int(table.get("released", 1)))
-
-
-def _freedom(table: dict, lines: _Lines) -> Freedom:
-    known = {"device", "iova", "times", "caches", "access", "no_snoop", "pasid", "after_thread",
-             "negative"}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise BadInput(f"unknown field {unknown[0]!r}; fields: {', '.join(sorted(known))}",
-                       lines.where(unknown[0]))
-    return Freedom(
-        device=str(_need(table, "device", lines)),
-        iova=int(_need(table, "iova", lines)),
-        times=int(table.get("times", 1)),
-        caches=tuple(table.get("caches", ("iotlb",))),
-        access=str(table.get("access", "read")),
-        no_snoop=bool(table.get("no_snoop", False)),
-        pasid=table.get("pasid"),
-        after_thread=str(table.get("after_thread", "")),
-        negative=bool(table.get("negative", False)),
-    )
+def _freedom(table) -> Freedom:
+    fields = table.model_dump()
+    if "caches" in fields:
+        fields["caches"] = tuple(fields["caches"])
+    return Freedom(**fields)

@@ -1,0 +1,152 @@
+"""The litmus operations' schema: one small declared model per ``op`` (its fields, types,
+ranges, defaults and which fields name declared things); ``boot.OP_FACTORIES`` maps the same
+names to the driver generators they run.  Adding an op is one class here plus its factory.
+
+Not provided: ops that take another op's result (scenarios name the IOVA they expect).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+from vtdsim.checker.schema_types import (
+    U64,
+    Cpu,
+    DeviceRef,
+    DmaSize,
+    DomainRef,
+    Iova,
+    MapSize,
+    Offset,
+    OptionalDomainRef,
+    PageIova,
+    PageRef,
+    Pasid,
+    Strict,
+)
+from vtdsim.driver import steps as _steps
+
+# What ``skip`` may name: the driver's step kinds, and "qi_wait" (qi_submit_sync returns
+# without waiting for its wait descriptor) - checker.actors.skipped.
+SKIPPABLE = tuple(sorted(c.__name__ for c in _steps.Step.__subclasses__())) + ("qi_wait",)
+Prot = Literal["r", "w", "rw"]
+
+
+class OpBase(Strict):
+    """Fields every op takes; ``skip`` drops those step kinds (a mutation)."""
+
+    skip: list[Literal[SKIPPABLE]] = []  # type: ignore[valid-type]
+
+
+class Map(OpBase):
+    op: Literal["map"]
+    domain: DomainRef
+    iova: PageIova
+    page: PageRef
+    size: MapSize = 4096
+    prot: Prot = "rw"
+    sync: bool = True  # False: without iotlb_sync_map (a mutation)
+
+
+class Unmap(OpBase):
+    op: Literal["unmap"]
+    domain: DomainRef
+    iova: PageIova
+    size: MapSize = 4096
+    sync: bool = True  # False: iommu_unmap_fast without iotlb_sync
+
+
+class DmaMap(OpBase):
+    op: Literal["dma_map"]
+    domain: DomainRef
+    page: PageRef
+    size: DmaSize = 4096
+    prot: Prot = "rw"
+    cpu: Cpu = 0
+
+
+class DmaUnmap(OpBase):
+    op: Literal["dma_unmap"]
+    domain: DomainRef
+    iova: Iova
+    size: DmaSize = 4096
+    cpu: Cpu = 0
+
+
+class FlushIotlbAll(OpBase):
+    op: Literal["flush_iotlb_all"]
+    domain: DomainRef
+
+
+class FqTimer(OpBase):
+    op: Literal["fq_timer"]
+    domain: DomainRef
+
+
+class Free(OpBase):
+    op: Literal["free"]
+    page: PageRef
+
+
+class Attach(OpBase):
+    op: Literal["attach"]
+    domain: DomainRef
+    device: DeviceRef
+    part: Literal["all", "prepare", "program"] = "all"
+
+
+class SetDevPasid(OpBase):
+    op: Literal["set_dev_pasid"]
+    domain: DomainRef
+    device: DeviceRef
+    pasid: Pasid
+    old: OptionalDomainRef = ""
+
+
+class RemoveDevPasid(OpBase):
+    op: Literal["remove_dev_pasid"]
+    device: DeviceRef
+    pasid: Pasid
+
+
+class EnforceCacheCoherency(OpBase):
+    op: Literal["enforce_cache_coherency"]
+    domain: DomainRef
+
+
+class ContextFlipPri(OpBase):
+    op: Literal["context_flip_pri"]
+    device: DeviceRef
+    enable: bool = True
+
+
+class CpuWrite(OpBase):
+    op: Literal["cpu_write"]
+    page: PageRef
+    offset: Offset = 0
+    value: U64 = 0
+
+
+class CpuRead(OpBase):
+    op: Literal["cpu_read"]
+    page: PageRef
+    offset: Offset = 0
+
+
+class Clflush(OpBase):
+    op: Literal["clflush"]
+    page: PageRef
+    offset: Offset = 0
+
+
+class Wbinvd(OpBase):
+    op: Literal["wbinvd"]
+
+
+OP_MODELS: dict[str, type[OpBase]] = {
+    m.model_fields["op"].annotation.__args__[0]: m for m in OpBase.__subclasses__()
+}
+# Every op model above, told apart by ``op`` (a new subclass joins by being declared).
+AnyOp = Annotated[Union[tuple(OP_MODELS.values())], Field(discriminator="op")]  # noqa: UP007
