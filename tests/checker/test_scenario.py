@@ -63,7 +63,7 @@ def test_op_checks_fields():
         op("unmap", domain="dom")
     with pytest.raises(BadInput, match="unknown key .colour."):
         op("free", page="buf", colour="red")
-    assert op("unmap", domain="d", iova=1).args["sync"] is True
+    assert op("unmap", domain="d", iova=0x1000).args["sync"] is True
 
 
 def test_context_flip_pri_op_changes_a_present_context_entry(tmp_path):

@@ -19,10 +19,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from vtdsim.checker.explore import Counterexample
 from vtdsim.checker.world import Model, StepRecord, World, end_of_execution
 from vtdsim.errors import BadInput
+from vtdsim.validation import parse_json, read_text, validate
 
 FORMAT = "vtdsim-schedule"
 VERSION = 1
@@ -69,33 +73,38 @@ class Schedule:
 
 
 def save(schedule: Schedule, path: str | Path) -> None:
-    Path(path).write_text(schedule.to_json() + "\n")
+    try:
+        Path(path).write_text(schedule.to_json() + "\n")
+    except OSError as err:
+        raise BadInput(f"cannot write schedule: {err.strerror or err}", str(path)) from None
+
+
+class _Expect(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    prop: Annotated[str, Field(min_length=1)]
+    message: str = ""
+
+
+class _ScheduleFile(BaseModel):
+    """A schedule file's declared shape (validation.validate reports the first error)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    format: Literal[FORMAT]  # type: ignore[valid-type]
+    version: Literal[VERSION]  # type: ignore[valid-type]
+    model: Annotated[str, Field(min_length=1)]
+    fingerprint: Annotated[str, Field(min_length=1)]
+    bounds: dict[str, int | str] = {}
+    schedule: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    expect: _Expect
 
 
 def load(path: str | Path) -> Schedule:
+    """A saved schedule; BadInput ``file:line: key: message`` when malformed."""
     where = str(path)
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise BadInput(f"cannot read schedule: {err}", where) from err
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise BadInput(f"not a schedule file (format must be {FORMAT!r})", where)
-    if data.get("version") != VERSION:
-        raise BadInput(
-            f"schedule version={data.get('version')!r}, this vtdsim reads {VERSION}", where
-        )
-    try:
-        expect = data["expect"]
-        return Schedule(
-            str(data["model"]),
-            str(data["fingerprint"]),
-            tuple(str(a) for a in data["schedule"]),
-            str(expect["prop"]),
-            str(expect.get("message", "")),
-            dict(data.get("bounds", {})),
-        )
-    except (KeyError, TypeError) as err:
-        raise BadInput(f"schedule file lacks field {err}", where) from err
+    text = read_text(path, "schedule")
+    data = validate(_ScheduleFile, parse_json(text, where), where)
+    return Schedule(data.model, data.fingerprint, tuple(data.schedule), data.expect.prop,
+                    data.expect.message, dict(data.bounds))
 
 
 @dataclass

@@ -15,18 +15,20 @@ those of the first; dmesg lines of other kernels' wording are ignored, not guess
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from vtdsim.errors import BadInput
 from vtdsim.traces.events import GuestEvent, QemuEvent
 from vtdsim.traces.ftrace import parse_ftrace_lines
 from vtdsim.traces.qemu_log import parse_qemu_lines
 from vtdsim.traces.textio import PrintfFormat, clip, find_variant, numbered_lines
+from vtdsim.validation import parse_toml, read_text, validate
 
 _SECTION = "=== "
 # dmar.c alloc_iommu(): pr_info("%s: reg_base_addr %llx ver %d:%d cap %llx ecap %llx\n", ...)
@@ -83,6 +85,20 @@ class DmesgInfo:
         return "strict" if self.batching_disallowed else self.dma_policy
 
 
+class RecordingConfig(BaseModel):
+    """config.toml as shared/tools/record-linux-trace writes it: every key a string, the
+    five it always writes required (an empty file is an error, never defaults)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: Annotated[str, Field(min_length=1)]
+    qemu_iommu_device: Annotated[str, Field(pattern=r"^intel-iommu\b")]
+    kernel_cmdline: str
+    qemu_device_args: str
+    workload: str
+    guest_log: str = ""  # descriptions of the two logs (optional)
+    qemu_log: str = ""
+
+
 class Recording:
     """One recording directory; every accessor streams its file anew."""
 
@@ -105,18 +121,15 @@ class Recording:
 
     @cached_property
     def config(self) -> dict:
-        path = self.config_path
-        try:
-            with path.open("rb") as stream:
-                return tomllib.load(stream)
-        except tomllib.TOMLDecodeError as exc:
-            line = re.search(r"line (\d+)", str(exc))
-            where = f"{path}:{line.group(1)}" if line else str(path)
-            raise BadInput(f"malformed TOML: {exc}", where=where) from None
+        """config.toml checked against ``RecordingConfig`` (what record-linux-trace writes)."""
+        where = str(self.config_path)
+        text = read_text(self.config_path, "recording config")
+        data = parse_toml(text, where)
+        return validate(RecordingConfig, data, where, text).model_dump()
 
     @property
     def name(self) -> str:
-        return str(self.config.get("name", self.path.name))
+        return self.config["name"]
 
     def guest_events(self, names: Iterable[str] | None = None) -> Iterator[GuestEvent]:
         """The events of the TRACE section, streamed (only ``names``, when given)."""

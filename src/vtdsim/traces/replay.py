@@ -75,7 +75,7 @@ class Setup:
 
 
 def _kernel_cmdline(rec: Recording) -> str:
-    return str(rec.config.get("kernel_cmdline", ""))
+    return rec.config["kernel_cmdline"]
 
 
 def _trace_header_ncpus(rec: Recording) -> int:
@@ -119,7 +119,7 @@ def _traced_device(rec: Recording, dmesg: DmesgInfo, device: str | None) -> tupl
 def read_setup(rec: Recording, device: str | None = None) -> Setup:
     dmesg = rec.dmesg()
     traced, how = _traced_device(rec, dmesg, device)
-    ats = "ats=on" in str(rec.config.get("qemu_device_args", ""))
+    ats = "ats=on" in rec.config["qemu_device_args"]
     return Setup(rec.name, dmesg, _kernel_cmdline(rec), _trace_header_ncpus(rec), traced, how,
                  ats)
 
