@@ -18,12 +18,19 @@ Not provided: parallel runs, HTML reports, expectations on executions counts.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vtdsim.checker.boot import build_model
 from vtdsim.checker.explore import NOT_REACHED, VIOLATED, Counterexample, Result, explore
+from vtdsim.checker.litmus_report import (
+    Report,
+    scenario_line,
+    timing_section,
+    unexpected_detail,
+)
 from vtdsim.checker.properties import OBSERVATIONS
 from vtdsim.checker.report import causal_chain, counterexample_table, summary
 from vtdsim.checker.scenario import Scenario, load
@@ -41,6 +48,29 @@ class Options:
     max_seconds: float | None = None
     save_dir: Path | None = None
     width: int = 120
+    verbosity: int = 1  # 0: the summary line only; 1: a line per scenario; 2: everything
+    pattern: str = ""  # run only scenario files whose name contains it
+    exitfirst: bool = False  # stop after the first scenario with an unexpected verdict
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One property's (or observation's) verdict against the scenario's expectation."""
+
+    name: str
+    verdict: str
+    wanted: str | None
+    agrees: bool
+
+    def text(self) -> str:
+        return f"{self.name}: {self.verdict}" + (f" (expected {self.wanted})"
+                                                 if self.wanted else " (no expectation)")
+
+    def short(self) -> str:
+        """``prop=verdict``, with ``!(expected X)`` when it disagrees."""
+        verdict = self.verdict.replace("not reached within bounds", "not-reached")
+        mark = "" if self.agrees else f"!(expected {self.wanted or 'holds'})"
+        return f"{self.name}={verdict}{mark}"
 
 
 @dataclass
@@ -52,6 +82,7 @@ class Outcome:
     counterexamples: list[Counterexample] = field(default_factory=list)
     expected: list[str] = field(default_factory=list)  # "prop: verdict"
     unexpected: list[str] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
     exposure: tuple[int, int] = (0, 0)  # (longest window in steps, pages reached)
     observed: dict[str, Observed] = field(default_factory=dict)  # properties.OBSERVATIONS
 
@@ -69,12 +100,16 @@ class Observed:
 
 
 def collect(paths: list[str | Path]) -> list[Path]:
-    """Scenario files named directly or found (sorted) in the folders given."""
+    """Scenario files named directly or found (sorted) in the folders given; a folder
+    without any is bad input (a run that checks nothing must not look like a pass)."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found += sorted(path.glob("*.toml"))
+            inside = sorted(p for p in path.glob("*.toml") if p.is_file())
+            if not inside:
+                raise BadInput("no scenario files (*.toml) in this folder", str(path))
+            found += inside
         elif path.is_file():
             found.append(path)
         else:
@@ -82,13 +117,19 @@ def collect(paths: list[str | Path]) -> list[Path]:
     return found
 
 
-def run_scenario(sc: Scenario, opts: Options) -> Outcome:
+def run_scenario(sc: Scenario, opts: Options, tick: Callable[[int], None] | None = None
+                 ) -> Outcome:
+    """Explore ``sc``; ``tick(executions)`` after each execution (a progress display)."""
     model = build_model(sc)
     windows, seen = _ExposureTally(), _ObservationTally()
+    done = [0]
 
     def observe(world) -> None:
         windows.observe(world)
         seen.observe(world)
+        if tick is not None:
+            done[0] += 1
+            tick(done[0])
 
     result = explore(model, opts.strategy, seed=opts.seed, max_executions=opts.max_executions,
                      max_seconds=opts.max_seconds, observe=observe)
@@ -157,25 +198,28 @@ def _compare(outcome: Outcome) -> None:
     for name, prop in outcome.result.properties.items():
         wanted = expect.get(name)
         verdict = prop.verdict
-        agrees = verdict == wanted or (wanted == "holds" and verdict == NOT_REACHED)
-        line = f"{name}: {verdict}" + (f" (expected {wanted})" if wanted else "")
         if wanted is None:
-            if verdict == VIOLATED:
-                outcome.unexpected.append(line + " (no expectation)")
-        elif agrees:
-            outcome.expected.append(line)
+            agrees = verdict != VIOLATED
         else:
-            outcome.unexpected.append(line)
+            agrees = verdict == wanted or (wanted == "holds" and verdict == NOT_REACHED)
+        _note(outcome, Verdict(name, verdict, wanted, agrees))
     for name in OBSERVATIONS:
         wanted = expect.get(name)
         if wanted is None:
             continue  # an observation is never unexpected unless stated
         seen = "observed" if name in outcome.observed else "never"
-        line = f"{name}: {seen} (expected {wanted})"
         bounded = wanted == "never" and not outcome.result.exhaustive
-        (outcome.expected if seen == wanted or bounded else outcome.unexpected).append(line)
+        _note(outcome, Verdict(name, seen, wanted, seen == wanted or bounded))
     unknown = sorted(set(expect) - set(outcome.result.properties) - set(OBSERVATIONS))
     outcome.unexpected += [f"{name}: no such property" for name in unknown]
+
+
+def _note(outcome: Outcome, verdict: Verdict) -> None:
+    outcome.verdicts.append(verdict)
+    if not verdict.agrees:
+        outcome.unexpected.append(verdict.text())
+    elif verdict.wanted is not None:
+        outcome.expected.append(verdict.text().removesuffix(" (no expectation)"))
 
 
 def render_outcome(outcome: Outcome, width: int = 120) -> str:
@@ -202,14 +246,73 @@ def render_outcome(outcome: Outcome, width: int = 120) -> str:
 def run_paths(paths: list[str | Path], opts: Options,
               echo: Callable[[str], None] = print) -> tuple[int, int]:
     """Run every scenario; returns (as expected, unexpected) verdict counts."""
-    good = bad = 0
+    return run_library(paths, opts, echo).counts()
+
+
+def run_library(paths: list[str | Path], opts: Options, echo: Callable[[str], None] = print,
+                progress: Progress | None = None) -> Report:
+    """Run the scenarios one by one: a bad file is reported and skipped, Ctrl-C ends the run
+    with what was explored; then the summary line and the timing section."""
+    report, start = Report(), time.perf_counter()
+    progress = progress or Progress()
     for path in collect(paths):
-        outcome = run_scenario(load(path), opts)
+        if opts.pattern and opts.pattern not in path.stem:
+            report.skipped += 1
+            continue
+        try:
+            outcome = _run_one(path, opts, progress)
+        except BadInput as err:
+            report.bad.append((str(path), str(err)))
+            echo(f"{'BAD INPUT':<10} {err}")
+            continue
+        except KeyboardInterrupt:
+            report.interrupted = (str(path), progress.executions)
+            echo(f"{'STOPPED':<10} {path.stem}: interrupted after {progress.executions} "
+                 "executions (Ctrl-C; not exhaustive)")
+            break
+        report.outcomes.append(outcome)
+        _echo_outcome(outcome, opts, echo)
+        if opts.exitfirst and outcome.unexpected:
+            break
+    report.seconds = time.perf_counter() - start
+    if opts.verbosity:
+        echo(timing_section(report, report.seconds, opts.width))
+    echo(report.summary_line())
+    return report
+
+
+def _run_one(path: Path, opts: Options, progress: Progress) -> Outcome:
+    sc = load(path)
+    progress.start(sc.name)
+    try:
+        return run_scenario(sc, opts, progress.tick)
+    finally:
+        progress.stop()
+
+
+def _echo_outcome(outcome: Outcome, opts: Options, echo: Callable[[str], None]) -> None:
+    if opts.verbosity >= 2:
         echo(render_outcome(outcome, opts.width))
-        good += len(outcome.expected)
-        bad += len(outcome.unexpected)
-    echo(f"verdicts: {good} as expected, {bad} unexpected")
-    return good, bad
+    elif opts.verbosity == 1:
+        echo(scenario_line(outcome))
+        if outcome.unexpected:
+            echo(unexpected_detail(outcome, opts.width))
+
+
+class Progress:
+    """What a run reports while it explores (nothing here; the CLI shows it on a terminal)."""
+
+    def __init__(self):
+        self.executions = 0
+
+    def start(self, name: str) -> None:
+        self.executions = 0
+
+    def tick(self, executions: int) -> None:
+        self.executions = executions
+
+    def stop(self) -> None:
+        pass
 
 
 def replay_file(scenario_path: str | Path, schedule_path: str | Path,

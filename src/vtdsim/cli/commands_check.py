@@ -3,43 +3,74 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
 from vtdsim.checker.explore import STRATEGIES
+from vtdsim.cli.options import (
+    POSITIVE,
+    SEED,
+    WIDTH,
+    FiniteSeconds,
+    progress_for_terminal,
+    writable_dir,
+    writable_file,
+)
 
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="dpor", show_default=True,
               help="exploration strategy")
-@click.option("--seed", type=int, default=0, show_default=True, help="for random and pct")
-@click.option("--max-executions", type=int, default=None, help="stop after this many")
-@click.option("--max-seconds", type=float, default=None, help="stop after this long")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="for random and pct")
+@click.option("--max-executions", type=POSITIVE, default=None, help="stop after this many")
+@click.option("--max-seconds", type=FiniteSeconds(), default=None,
+              help="stop after this long")
 @click.option("--replay", "replay_path", type=click.Path(exists=True, dir_okay=False),
               default=None, help="re-run a saved counterexample on the (single) scenario")
-@click.option("--save-counterexample", "save_dir", type=click.Path(file_okay=False),
-              default=None, help="write each shrunk counterexample as a schedule file here")
-@click.option("--width", type=int, default=120, show_default=True, help="table width")
-def check(paths: tuple[str, ...], strategy: str, seed: int, max_executions: int | None,
-          max_seconds: float | None, replay_path: str | None, save_dir: str | None,
-          width: int) -> None:
+@click.option("--save-counterexample", "save_dir", default=None,
+              help="write each shrunk counterexample as a schedule file here")
+@click.option("--width", type=WIDTH, default=120, show_default=True, help="table width")
+@click.option("-v", "--verbose", count=True, help="every scenario's chain, table and summary")
+@click.option("-q", "--quiet", is_flag=True, help="the summary line only")
+@click.option("-k", "pattern", default="", help="only scenario files whose name contains it")
+@click.option("-x", "--exitfirst", is_flag=True, help="stop at the first unexpected verdict")
+@click.option("--json", "json_path", default=None, help="write the report as JSON here")
+@click.option("--junit", "junit_path", default=None, help="write a JUnit XML report here")
+def check(paths, strategy, seed, max_executions, max_seconds, replay_path, save_dir, width,
+          verbose, quiet, pattern, exitfirst, json_path, junit_path) -> None:
     """Is this invalidation sequence safe?  Explore each scenario (files or folders of .toml)
-    and compare the verdicts with its [expect] table; exit status 1 on any unexpected
-    verdict (or an unexpected violation)."""
+    and compare the verdicts with its [expect] table.  One line per scenario; the chain and
+    table for unexpected verdicts.  Exit status 1 on any unexpected verdict, 2 on bad input
+    (each bad file is reported and the others still run), 130 on Ctrl-C."""
     from vtdsim.checker import litmus
+    from vtdsim.checker import litmus_report as lr
 
     if replay_path is not None:
         if len(paths) != 1:
             raise click.UsageError("--replay needs exactly one scenario file")
         litmus.replay_file(paths[0], replay_path, click.echo, width)
         return
+    json_file = writable_file(json_path, "--json")
+    junit_file = writable_file(junit_path, "--junit")
     opts = litmus.Options(strategy, seed, max_executions, max_seconds,
-                          Path(save_dir) if save_dir else None, width)
-    _, unexpected = litmus.run_paths(list(paths), opts, click.echo)
-    if unexpected:
-        sys.exit(1)
+                          writable_dir(save_dir, "--save-counterexample"), width,
+                          verbosity=0 if quiet else 1 + verbose, pattern=pattern,
+                          exitfirst=exitfirst)
+    report = litmus.run_library(list(paths), opts, click.echo, progress_for_terminal())
+    if json_file:
+        lr.write_file(json_file, lr.dump_json(lr.as_json(report, report.seconds)))
+    if junit_file:
+        lr.write_file(junit_file, lr.junit_text(report))
+    sys.exit(_status(report))
+
+
+def _status(report) -> int:
+    if report.interrupted:
+        return 130
+    if report.bad:
+        return 2
+    return 1 if report.counts()[1] else 0
 
 
 def register(group: click.Group) -> None:

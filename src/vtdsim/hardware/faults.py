@@ -231,6 +231,9 @@ class Fault:
     def __bool__(self) -> bool:
         return False
 
+    def __str__(self) -> str:
+        return self.describe()
+
     def describe(self) -> str:
         kind = "write" if self.write else "read"
         pasid = "" if self.pasid is None else f" pasid={self.pasid:#x}"
