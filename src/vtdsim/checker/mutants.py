@@ -288,13 +288,31 @@ def _unexpected_or_error(sc: Scenario, opts: Options) -> list[str]:
 
 
 def table(results: list[Caught]) -> str:
-    """mutant | bug | caught by | time, one row per mutant."""
-    rows = [("mutant", "bug", "caught by", "time")]
-    rows += [(r.mutant.name, r.mutant.bug, r.by or "NOT CAUGHT", f"{r.seconds:.1f}s")
-             for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join(" | ".join([*(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)),
-                                  row[3]]) for row in rows)
+    """mutant | bug | caught by, one row per mutant (times go to ``timing``)."""
+    rows = [("mutant", "bug", "caught by")]
+    rows += [(r.mutant.name, r.mutant.bug, r.by or "NOT CAUGHT") for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "\n".join(" | ".join([*(c.ljust(w) for c, w in zip(row[:2], widths, strict=True)),
+                                  row[2]]).rstrip() for row in rows)
+
+
+def timing(results: list[Caught]) -> str:
+    """The marked section holding what differs between two runs: the seconds per mutant."""
+    from vtdsim.checker.litmus_report import TIMING_MARK
+
+    per = ", ".join(f"{r.mutant.name} {r.seconds:.1f}" for r in results)
+    return f"{TIMING_MARK}\nseconds per mutant: {per}"
+
+
+def as_json(results: list[Caught], flagged: list[str], scenarios: int) -> dict:
+    return {
+        "format": "vtdsim-mutants", "version": 1, "clean_run": {
+            "scenarios": scenarios, "unexpected": flagged},
+        "mutants": [{"name": r.mutant.name, "bug": r.mutant.bug, "caught_by": r.by,
+                     "detail": r.detail} for r in results],
+        "summary": {"caught": sum(r.by is not None for r in results), "total": len(results)},
+        "timing": {r.mutant.name: round(r.seconds, 3) for r in results},
+    }
 
 
 def select(names: list[str] | None) -> list[Mutant]:

@@ -4,49 +4,74 @@ from __future__ import annotations
 
 import click
 
-from vtdsim.errors import BadInput
+from vtdsim.cli.options import SEED, writable_file, write_json
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text, 0) if text.lower().startswith("0x") else int(text, 16)
-    except ValueError:
-        raise BadInput(f"not a hexadecimal number: {text!r}") from None
+def _qword(text: str, index: int) -> int:
+    """A descriptor qword: hexadecimal (``0x`` optional), 0 .. 2^64-1."""
+    digits = text.lower().removeprefix("0x")
+    if not digits or any(c not in "0123456789abcdef_" for c in digits) or "__" in digits \
+            or digits.startswith("_") or digits.endswith("_"):
+        raise click.BadParameter(f"{text!r} is not a hexadecimal number (qw{index})",
+                                 param_hint="QWORDS")
+    value = int(digits.replace("_", ""), 16)
+    if value >> 64:
+        raise click.BadParameter(f"{text!r} is wider than 64 bits (qw{index})",
+                                 param_hint="QWORDS")
+    return value
 
 
 @click.command()
 @click.argument("name", required=False)
-def presets(name: str | None) -> None:
-    """List the named remapping units, or decode one preset's CAP/ECAP."""
-    from vtdsim.hardware.presets import PRESETS, get_preset
+@click.option("--json", "json_path", default=None, help="write the units as JSON here")
+def presets(name: str | None, json_path: str | None) -> None:
+    """List the named remapping units, one line each, or decode one preset's CAP/ECAP."""
+    from vtdsim.hardware.presets import ABOUT, PRESETS, get_preset
 
+    json_file = writable_file(json_path, "--json")
+    names = [name] if name else list(PRESETS)
+    units = {n: get_preset(n) for n in names}
     if name:
-        caps = get_preset(name)
-        click.echo(f"{name}: cap {caps.cap:x} ecap {caps.ecap:x}")
-        click.echo(caps.describe())
-        return
-    width = max(len(n) for n in PRESETS)
-    for n, caps in PRESETS.items():
-        click.echo(f"{n:<{width}}  cap {caps.cap:016x}  ecap {caps.ecap:012x}")
+        click.echo(f"{name}: {ABOUT.get(name, '')}; {units[name].summary()}")
+        click.echo(units[name].describe())
+    else:
+        width = max(len(n) for n in names)
+        for n, caps in units.items():
+            click.echo(f"{n:<{width}}  cap {caps.cap:016x} ecap {caps.ecap:012x}  "
+                       f"{ABOUT.get(n, '')}; {caps.summary()}")
+    if json_file:
+        write_json(json_file, {"format": "vtdsim-presets", "version": 1, "presets": [
+            {"name": n, "about": ABOUT.get(n, ""), "cap": f"{c.cap:#x}", "ecap": f"{c.ecap:#x}",
+             "summary": c.summary(), "mgaw": c.mgaw, "caching_mode": bool(c.caching_mode),
+             "scalable": bool(c.smts)} for n, c in units.items()]})
 
 
 @click.command()
 @click.argument("qwords", nargs=-1, required=True)
-def decode(qwords: tuple[str, ...]) -> None:
+@click.option("--json", "json_path", default=None, help="write the decoded fields here")
+def decode(qwords: tuple[str, ...], json_path: str | None) -> None:
     """Decode an invalidation descriptor given as 1-4 hexadecimal qwords (qw0 first), e.g.
     ``vtdsim decode 0x500f2 0xfff80005``."""
     from vtdsim.hardware.descriptors import decode as decode_desc
 
     if len(qwords) > 4:
-        raise BadInput("a descriptor has at most four qwords")
-    qws = [_int(q) for q in qwords] + [0] * (4 - len(qwords))
-    click.echo(decode_desc(tuple(qws)).describe())
+        raise click.BadParameter("a descriptor has at most four qwords", param_hint="QWORDS")
+    json_file = writable_file(json_path, "--json")
+    qws = [_qword(q, i) for i, q in enumerate(qwords)] + [0] * (4 - len(qwords))
+    desc = decode_desc(tuple(qws))
+    click.echo(desc.describe())
+    if json_file:
+        write_json(json_file, {"format": "vtdsim-decode", "version": 1,
+                               "qwords": [f"{q:#x}" for q in desc.qws], "type": desc.type,
+                               "label": desc.label, "description": desc.describe(),
+                               "fields": {k: v for k, v in sorted(desc.fields.items())}})
 
 
 @click.command()
 @click.option("--preset", default="qemu72-legacy-cm-ats", show_default=True,
               help="The remapping unit (see `vtdsim presets`).")
-@click.option("--seed", default=0, show_default=True, help="Buffer placement and contents.")
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="Buffer placement and contents.")
 def demo(preset: str, seed: int) -> None:
     """A guided run: Linux boots a unit, maps a buffer, a device DMAs through its device-TLB,
     the driver unmaps, the stale DMA is blocked; then one I/O's cost under both profiles."""

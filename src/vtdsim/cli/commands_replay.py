@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from vtdsim.cli.options import SEED, writable_file, write_json
 from vtdsim.driver.profiles import PROFILES
 
 
@@ -14,11 +15,13 @@ from vtdsim.driver.profiles import PROFILES
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--profile", type=click.Choice(sorted(PROFILES)), default="linux-6.1",
               show_default=True, help="driver profile to replay with")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="draws the jiffy-tick phase the flush-queue timer runs on")
 @click.option("--device", default=None,
               help="the traced device (BB:DD.F) when the recording does not tell")
-def replay(directory: str, profile: str, seed: int, device: str | None) -> None:
+@click.option("--json", "json_path", default=None, help="write the agreement as JSON here")
+def replay(directory: str, profile: str, seed: int, device: str | None,
+           json_path: str | None) -> None:
     """Replay a recording (guest.log, qemu.log, config.toml) through the driver model and
     compare what it submits with what Linux submitted and QEMU processed.  Prints the first
     divergence with context, a summary table and, last, the agreement line."""
@@ -26,9 +29,18 @@ def replay(directory: str, profile: str, seed: int, device: str | None) -> None:
     from vtdsim.traces.replay import LAZY_TOLERANCE
     from vtdsim.traces.replay import replay as run_replay
 
+    json_file = writable_file(json_path, "--json")
     result = run_replay(directory, profile, seed, device)
     lines, verdict = compare.report(result, LAZY_TOLERANCE)
     click.echo("\n".join(lines))
+    if json_file:
+        write_json(json_file, {
+            "format": "vtdsim-replay", "version": 1, "recording": directory,
+            "profile": profile, "seed": seed, "agrees": verdict.ok, "lazy": verdict.lazy,
+            "descriptors": {"matched": verdict.desc_matched, "recorded": verdict.desc_recorded},
+            "queue_tail_writes": {"matched": verdict.tail_matched,
+                                  "recorded": verdict.tail_recorded},
+            "report": lines})
     if not verdict.ok:
         sys.exit(1)
 

@@ -6,6 +6,7 @@ one line on stderr with exit status 2 - never a Python traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -52,8 +53,29 @@ def _register() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the command; usage errors, bad input and Ctrl-C end in one line, never a
+    traceback (``VTDSIM_DEBUG=1`` shows one for an internal error, a vtdsim bug)."""
     _register()
-    cli.main(args=argv, prog_name="vtdsim")
+    try:
+        cli.main(args=argv, prog_name="vtdsim", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:  # bare `vtdsim`: the help, as click does
+        click.echo(e.ctx.get_help())
+    except click.UsageError as e:
+        command = e.ctx.command_path if e.ctx else "vtdsim"
+        click.echo(f"{command}: error: {e.format_message()} (see {command} --help)", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"vtdsim: error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("vtdsim: interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the last line of defence against a traceback
+        if os.environ.get("VTDSIM_DEBUG"):
+            raise
+        click.echo(f"vtdsim: internal error (a vtdsim bug; VTDSIM_DEBUG=1 shows where): "
+                   f"{type(e).__name__}: {e}", err=True)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ Not provided: colour themes; progress when output is piped (plain lines only).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -64,6 +66,13 @@ def writable_dir(path: str | None, option: str) -> Path | None:
     return target
 
 
+def write_json(path: Path, data: dict) -> None:
+    """A machine-readable report (sorted keys: byte-identical for identical runs)."""
+    from vtdsim.checker.litmus_report import write_file
+
+    write_file(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
 class LiveProgress(Progress):
     """``exploring NAME: N executions`` on a terminal while a scenario runs (rich)."""
 
@@ -96,3 +105,16 @@ class LiveProgress(Progress):
 def progress_for_terminal(what: str = "exploring") -> Progress:
     """The live display when stderr is a terminal, else the silent one."""
     return LiveProgress(what) if sys.stderr.isatty() else Progress()
+
+
+@contextmanager
+def live_status():
+    """``status(text)`` shown live on a terminal (rich) while the block runs; a no-op when
+    stderr is piped.  Ctrl-C inside ends the command with what was printed so far."""
+    if not sys.stderr.isatty():
+        yield lambda text: None
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status("") as shown:
+        yield shown.update

@@ -241,6 +241,16 @@ class Capabilities:
         """The values the way Linux prints them: ``ver 1:0 cap d2008c22260286 ecap f00f4a``."""
         return f"ver {self.ver_major}:{self.ver_minor} cap {self.cap:x} ecap {self.ecap:x}"
 
+    def summary(self) -> str:
+        """The unit's kind in a few words: mode, the features a driver's protocol depends on
+        (CM, RWBF, device-TLB, PASID, first/second stage, snoop control) and the width."""
+        mode = "scalable mode" if self.smts else "legacy mode"
+        flags = [name for name, on in (
+            ("CM", self.caching_mode), ("RWBF", self.rwbf), ("QI", self.qi),
+            ("DT", self.dt), ("PASID", self.pasid), ("FS", self.smts and self.fsts),
+            ("SS", not self.smts or self.ssts), ("SC", self.sc), ("C", self.coherent)) if on]
+        return f"{mode}, {' '.join(flags)}, {self.mgaw}-bit"
+
     def describe(self) -> str:
         """Every non-zero field decoded, one register per line, plus the derived sizes."""
         derived = (

@@ -80,6 +80,19 @@ PRESETS: dict[str, Capabilities] = {
     "vm-flts-cm": _VM_FLTS.with_(cm=1),
 }
 
+# What each unit is, in one phrase (`vtdsim presets`); the decoded features follow it.
+ABOUT: dict[str, str] = {
+    "qemu72-legacy": "QEMU 7.2 intel-iommu as recorded, caching-mode=off",
+    "qemu72-legacy-cm": "QEMU 7.2 intel-iommu as recorded, caching-mode=on",
+    "qemu72-legacy-ats": "QEMU 7.2 intel-iommu with device-IOTLB (ATS), caching-mode=off",
+    "qemu72-legacy-cm-ats": "QEMU 7.2 intel-iommu with device-IOTLB (ATS), caching-mode=on",
+    "qemu72-sm": "QEMU 7.2 intel-iommu in scalable mode (x-scalable-mode=on)",
+    "server-sm": "a modern server unit (synthetic)",
+    "vm-flts": "a vIOMMU offering first-stage translation only (synthetic)",
+    "qemu72-legacy-rwbf": "QEMU 7.2 legacy unit with CAP.RWBF (synthetic; seed 002)",
+    "vm-flts-cm": "first-stage-only vIOMMU with caching mode (synthetic; seed 003)",
+}
+
 
 def get_preset(name: str) -> Capabilities:
     """The named preset; ``BadInput`` listing the known names otherwise."""
