@@ -14,10 +14,15 @@ $(STAMP): pyproject.toml
 
 # The main job on the bundled default: the guided demo, the bundled recording replayed against
 # the driver model, and the litmus library through the checker.
+# Each part's JSON report feeds the closing summary; the run fails if any part did.
+RUN_OUT := .run
 run: $(STAMP)
-	$(BIN)/vtdsim demo
-	$(BIN)/vtdsim replay examples/legacy-cm-default
-	$(BIN)/vtdsim check litmus/
+	@mkdir -p $(RUN_OUT); status=0; \
+	$(BIN)/vtdsim demo | tee $(RUN_OUT)/demo.txt || status=1; \
+	$(BIN)/vtdsim replay examples/legacy-cm-default --json $(RUN_OUT)/replay.json || status=1; \
+	$(BIN)/vtdsim check litmus/ --json $(RUN_OUT)/check.json || status=1; \
+	$(BIN)/python scripts/run_summary.py $(RUN_OUT) || status=1; \
+	exit $$status
 
 test: $(STAMP) lint
 	$(BIN)/pytest
@@ -26,4 +31,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(RUN_OUT) build src/*.egg-info .pytest_cache .ruff_cache
