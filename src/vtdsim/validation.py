@@ -130,7 +130,8 @@ def _message(error: dict, loc: tuple, model: type[BaseModel], data: Any) -> str:
         return f"expected {error['ctx']['expected']}, got {_shown(value)}"
     if kind == "value_error":
         return str(error["ctx"]["error"])
-    return f"{error['msg'].replace('Input should', 'should')} (got {_shown(value)})"
+    msg = error['msg'].replace('Input should', 'should').replace('String should', 'should')
+    return f"{msg} (got {_shown(value)})"
 
 
 def _shown(value: Any) -> str:
