@@ -37,7 +37,7 @@ from vtdsim.checker.scenario import Scenario, load
 from vtdsim.checker.schedule import Schedule, replay, run_schedule, save
 from vtdsim.checker.shrink import shrink
 from vtdsim.checker.vtd_world import VtdModel
-from vtdsim.errors import BadInput
+from vtdsim.errors import BadInput, SpecRuleBroken
 
 
 @dataclass
@@ -282,10 +282,18 @@ def run_library(paths: list[str | Path], opts: Options, echo: Callable[[str], No
 
 
 def _run_one(path: Path, opts: Options, progress: Progress) -> Outcome:
+    """One scenario; what stops it (a value only a run can judge, a rule the scenario makes
+    the driver break) becomes a BadInput naming the file."""
     sc = load(path)
     progress.start(sc.name)
     try:
         return run_scenario(sc, opts, progress.tick)
+    except BadInput as err:
+        if err.where:
+            raise
+        raise BadInput(str(err), str(path)) from None
+    except SpecRuleBroken as err:
+        raise BadInput(f"the scenario makes the driver break a rule: {err}", str(path)) from None
     finally:
         progress.stop()
 

@@ -7,7 +7,7 @@ Not provided: ops that take another op's result (scenarios name the IOVA they ex
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import Field
 
@@ -35,8 +35,11 @@ Prot = Literal["r", "w", "rw"]
 
 
 class OpBase(Strict):
-    """Fields every op takes; ``skip`` drops those step kinds (a mutation)."""
+    """Fields every op takes; ``skip`` drops those step kinds (a mutation).  ``dma_api``:
+    the op goes through the DMA API (dma-iommu.c), which only a default DMA domain has (its
+    IOVA cookie and flush queue): never an ``unmanaged`` one."""
 
+    dma_api: ClassVar[bool] = False
     skip: list[Literal[SKIPPABLE]] = []  # type: ignore[valid-type]
 
 
@@ -59,6 +62,7 @@ class Unmap(OpBase):
 
 
 class DmaMap(OpBase):
+    dma_api: ClassVar[bool] = True
     op: Literal["dma_map"]
     domain: DomainRef
     page: PageRef
@@ -68,6 +72,7 @@ class DmaMap(OpBase):
 
 
 class DmaUnmap(OpBase):
+    dma_api: ClassVar[bool] = True
     op: Literal["dma_unmap"]
     domain: DomainRef
     iova: Iova
@@ -81,6 +86,7 @@ class FlushIotlbAll(OpBase):
 
 
 class FqTimer(OpBase):
+    dma_api: ClassVar[bool] = True
     op: Literal["fq_timer"]
     domain: DomainRef
 

@@ -164,6 +164,7 @@ class ScenarioFile(Strict):
     def _file_rules(self) -> ScenarioFile:
         _unique(self)
         _references(self)
+        _op_rules(self)
         _switches(self)
         _unit_supports(self)
         return self
@@ -205,6 +206,28 @@ def _references(sc: ScenarioFile) -> None:
             if gate.thread == t.name:
                 raise Problem(("thread", i, "after", j, "thread"),
                               "a thread cannot wait for its own release")
+
+
+def _op_rules(sc: ScenarioFile) -> None:
+    """What one op needs from the rest of the file: a DMA-API op a default DMA domain, a
+    ``remove_dev_pasid`` a ``set_dev_pasid`` of that PASID somewhere (the iommu core detaches
+    only an attached PASID, iommu_detach_device_pasid), a page freed once."""
+    types = {d.name: d.type for d in sc.domain}
+    ops = [(loc, o) for loc, o in _tables(sc) if loc[0] in ("setup", "thread")]
+    attached = {(o.device, o.pasid) for _, o in ops if o.op == "set_dev_pasid"}
+    freed: dict[str, tuple] = {}
+    for loc, o in ops:
+        if o.op == "free":
+            if o.page in freed:
+                raise Problem(loc, f"page {o.page!r} is freed twice (first at "
+                              f"{_path(freed[o.page])}): a double free")
+            freed[o.page] = loc
+        if o.dma_api and types.get(o.domain) == "unmanaged":
+            raise Problem((*loc, "domain"), f"{o.op} goes through the DMA API, which an "
+                          f"unmanaged domain ({o.domain!r}) does not have")
+        if o.op == "remove_dev_pasid" and (o.device, o.pasid) not in attached:
+            raise Problem(loc, f"no set_dev_pasid attaches pasid={o.pasid:#x} of device "
+                          f"{o.device!r}: nothing to remove")
 
 
 def _refs(node, loc: tuple) -> Iterator[tuple[tuple, str, str]]:

@@ -282,6 +282,10 @@ class IntelIommuDriver:
 
     def remove_dev_pasid(self, info: DeviceInfo, pasid_: int):
         """``intel_iommu_remove_dev_pasid``: tear the entry down, then drop tags and DID."""
+        if pasid_ not in info.pasid_domains:
+            # iommu_detach_device_pasid() only reaches the driver for an attached PASID.
+            raise SpecRuleBroken(f"remove_dev_pasid of pasid={pasid_:#x}, not attached to "
+                                 f"sid={info.sid:#x}", "iommu_detach_device_pasid")
         domain = info.pasid_domains.pop(pasid_)
         yield from pasid.intel_pasid_tear_down_entry(info.iommu, info, pasid_, self.profile)
         yield from self._domain_remove_dev_pasid(domain, info, pasid_)
