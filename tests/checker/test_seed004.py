@@ -68,6 +68,6 @@ def test_enforcement_leaves_nothing_to_observe():
 def test_observations_take_observed_or_never_only():
     text = NOOP.read_text().replace('no_snoop_stale_read = "observed"',
                                     'no_snoop_stale_read = "violated"')
-    with pytest.raises(BadInput, match="expected observed or never"):
+    with pytest.raises(BadInput, match="expected 'observed' or 'never'"):
         parse(text, "x.toml")
     assert set(OBSERVATIONS) == {"lazy_exposure", NO_SNOOP_STALE_READ}

@@ -95,13 +95,20 @@ class Op:
         return self.args[name]
 
     def describe(self) -> str:
-        shown = ", ".join(f"{k}={_show(v)}" for k, v in self.args.items())
-        extra = f" skip={list(self.skip)}" if self.skip else ""
+        """``unmap(domain=dom, iova=0x1000, sync=false)``: the fields as a scenario writes
+        them, those left at their default omitted."""
+        fields = OP_MODELS[self.kind].model_fields if self.kind in OP_MODELS else {}
+        shown = ", ".join(f"{k}={_show(v)}" for k, v in self.args.items()
+                          if k not in fields or fields[k].is_required() or fields[k].default != v)
+        extra = f" skip=[{', '.join(self.skip)}]" if self.skip else ""
         return f"{self.kind}({shown}){extra}"
 
 
 def _show(value: Any) -> str:
-    return f"{value:#x}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+    """A value in the scenario's notation: hex integers, TOML booleans."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:#x}" if isinstance(value, int) else str(value)
 
 
 def op(kind: str, *, skip: tuple[str, ...] | list[str] = (), line: int = 0, **fields) -> Op:
