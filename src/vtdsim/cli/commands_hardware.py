@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from vtdsim.cli.options import SEED, writable_file, write_json
+from vtdsim.hardware.presets import PRESETS
 
 
 def _qword(text: str, index: int) -> int:
@@ -68,7 +69,8 @@ def decode(qwords: tuple[str, ...], json_path: str | None) -> None:
 
 
 @click.command()
-@click.option("--preset", default="qemu72-legacy-cm-ats", show_default=True,
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="qemu72-legacy-cm-ats",
+              show_default=True,
               help="The remapping unit (see `vtdsim presets`).")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Buffer placement and contents.")
