@@ -34,7 +34,7 @@ from vtdsim.checker.litmus_report import (
 from vtdsim.checker.properties import OBSERVATIONS
 from vtdsim.checker.report import causal_chain, counterexample_table, summary
 from vtdsim.checker.scenario import Scenario, load
-from vtdsim.checker.schedule import Schedule, replay, run_schedule, save
+from vtdsim.checker.schedule import Schedule, ScheduleMismatch, replay, run_schedule, save
 from vtdsim.checker.shrink import shrink
 from vtdsim.checker.vtd_world import VtdModel
 from vtdsim.errors import BadInput, SpecRuleBroken
@@ -330,7 +330,12 @@ def replay_file(scenario_path: str | Path, schedule_path: str | Path,
 
     model = build_model(load(scenario_path))
     schedule = load_schedule(schedule_path)
-    result = replay(model, schedule)
+    try:
+        result = replay(model, schedule)
+    except ScheduleMismatch as err:  # name the file, not only the model
+        detail = str(err).removeprefix(f"{err.where}: ") if err.where else str(err)
+        raise BadInput(f"does not replay on {scenario_path}: {detail}",
+                       str(schedule_path)) from None
     cex = Counterexample(schedule.prop, result.messages[schedule.prop], schedule.actors,
                          tuple(result.records))
     echo(causal_chain(cex) + "\n\n" + counterexample_table(cex, width))

@@ -61,34 +61,39 @@ class Unmap(OpBase):
     sync: bool = True  # False: iommu_unmap_fast without iotlb_sync
 
 
-class DmaMap(OpBase):
+class _DmaApi(OpBase):
+    """iommu_dma_map_page / iommu_dma_unmap_page on a CPU (its IOVA rcache, dma-iommu.c)."""
+
     dma_api: ClassVar[bool] = True
+    domain: DomainRef
+    size: DmaSize = 4096
+    cpu: Cpu = 0
+
+
+class DmaMap(_DmaApi):
     op: Literal["dma_map"]
-    domain: DomainRef
     page: PageRef
-    size: DmaSize = 4096
     prot: Prot = "rw"
-    cpu: Cpu = 0
 
 
-class DmaUnmap(OpBase):
-    dma_api: ClassVar[bool] = True
+class DmaUnmap(_DmaApi):
     op: Literal["dma_unmap"]
-    domain: DomainRef
     iova: Iova
-    size: DmaSize = 4096
-    cpu: Cpu = 0
 
 
-class FlushIotlbAll(OpBase):
-    op: Literal["flush_iotlb_all"]
+class _OnDomain(OpBase):
+    """An op on a whole domain (no field but the domain)."""
+
     domain: DomainRef
 
 
-class FqTimer(OpBase):
+class FlushIotlbAll(_OnDomain):
+    op: Literal["flush_iotlb_all"]
+
+
+class FqTimer(_OnDomain):
     dma_api: ClassVar[bool] = True
     op: Literal["fq_timer"]
-    domain: DomainRef
 
 
 class Free(OpBase):
@@ -117,9 +122,8 @@ class RemoveDevPasid(OpBase):
     pasid: Pasid
 
 
-class EnforceCacheCoherency(OpBase):
+class EnforceCacheCoherency(_OnDomain):
     op: Literal["enforce_cache_coherency"]
-    domain: DomainRef
 
 
 class ContextFlipPri(OpBase):
@@ -128,31 +132,42 @@ class ContextFlipPri(OpBase):
     enable: bool = True
 
 
-class CpuWrite(OpBase):
-    op: Literal["cpu_write"]
+class _AtQword(OpBase):
+    """A CPU access to one qword of a data page."""
+
     page: PageRef
     offset: Offset = 0
+
+
+class CpuWrite(_AtQword):
+    op: Literal["cpu_write"]
     value: U64 = 0
 
 
-class CpuRead(OpBase):
+class CpuRead(_AtQword):
     op: Literal["cpu_read"]
-    page: PageRef
-    offset: Offset = 0
 
 
-class Clflush(OpBase):
+class Clflush(_AtQword):
     op: Literal["clflush"]
-    page: PageRef
-    offset: Offset = 0
 
 
 class Wbinvd(OpBase):
     op: Literal["wbinvd"]
 
 
+def _declared(base: type[OpBase]) -> list[type[OpBase]]:
+    """Every op model below ``base`` (a class declaring ``op``), in declaration order."""
+    found = []
+    for sub in base.__subclasses__():
+        if "op" in sub.model_fields:
+            found.append(sub)
+        found += _declared(sub)
+    return found
+
+
 OP_MODELS: dict[str, type[OpBase]] = {
-    m.model_fields["op"].annotation.__args__[0]: m for m in OpBase.__subclasses__()
+    m.model_fields["op"].annotation.__args__[0]: m for m in _declared(OpBase)
 }
 # Every op model above, told apart by ``op`` (a new subclass joins by being declared).
 AnyOp = Annotated[Union[tuple(OP_MODELS.values())], Field(discriminator="op")]  # noqa: UP007

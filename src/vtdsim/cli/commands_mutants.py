@@ -36,9 +36,14 @@ def mutants(paths: tuple[str, ...], only: tuple[str, ...], json_path: str | None
         click.echo(f"clean run: {len(scenarios)} scenarios, {len(flagged)} unexpected "
                    "verdicts")
         results = []
-        for i, m in enumerate(selected, 1):
-            status(f"mutant {i}/{len(selected)}: {m.name}")
-            results.append(mt.hunt(m, scenarios, opts))
+        try:
+            for i, m in enumerate(selected, 1):
+                status(f"mutant {i}/{len(selected)}: {m.name}")
+                results.append(mt.hunt(m, scenarios, opts))
+        except KeyboardInterrupt:  # Ctrl-C: what was hunted so far
+            click.echo(mt.table(results))
+            click.echo(f"mutants: interrupted after {len(results)}/{len(selected)} (Ctrl-C)")
+            sys.exit(130)
     click.echo(mt.table(results))
     click.echo(mt.timing(results))
     caught = sum(r.by is not None for r in results)
