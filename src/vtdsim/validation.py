@@ -220,6 +220,8 @@ class _Scanner:
         """The char range of the longest header matching a prefix of ``loc``."""
         best = (0, self.headers[0][0] if self.headers else len(self.text), loc)
         for depth in range(1, len(loc) + 1):
+            if not isinstance(loc[depth - 1], str):
+                continue  # an index: handled with the key before it
             name = ".".join(p for p in loc[:depth] if isinstance(p, str))
             index = loc[depth] if depth < len(loc) and isinstance(loc[depth], int) else None
             matches = [k for k, (_, arr, n) in enumerate(self.headers) if n == name]

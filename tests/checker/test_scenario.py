@@ -105,3 +105,19 @@ ops = [{op = "context_flip_pri", device = "dev1"}]
 torn_entry = "holds"
 deadlock_free = "holds"
 """
+
+
+@pytest.mark.parametrize(("name", "line"), [
+    ("unknown_device_key", 10),  # the unknown key's own line
+    ("device_no_sid", 6),  # a missing key: its table's header
+    ("iova_string", 22),  # inside an inline table of an inline array
+    ("fill_no_iova", 25),  # the inline table that lacks it
+    ("unknown_gate_thread", 22),  # a table of a thread's `after`
+    ("dup_sid", 13),  # the second declaration
+    ("unknown_dma_key", 31),  # an array of tables after others
+])
+def test_errors_point_at_the_line(name, line):
+    path = Path(__file__).resolve().parents[1] / "inputs" / "bad" / "scenarios" / f"{name}.toml"
+    with pytest.raises(BadInput) as err:
+        load(path)
+    assert str(err.value).startswith(f"{path}:{line}: ")
