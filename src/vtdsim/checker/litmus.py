@@ -227,7 +227,7 @@ def render_outcome(outcome: Outcome, width: int = 120) -> str:
     parts = [f"== {sc.where()}" + (f": {sc.doc}" if sc.doc else "")]
     for cex in outcome.counterexamples:
         parts.append(causal_chain(cex) + "\n\n" + counterexample_table(cex, width))
-    parts.append(summary(outcome.result, sc.name))
+    parts.append(summary(outcome.result, sc.name, timed=False))
     longest, pages = outcome.exposure
     if pages:
         parts.append(f"Exposure {sc.name} lazy window: up to {longest} steps, {pages} page(s) "

@@ -123,8 +123,9 @@ def _as_list(cex: Counterexample, width: int) -> str:
     return "\n".join(lines)
 
 
-def summary(result: Result, name: str | None = None) -> str:
-    """herd7-style closing lines."""
+def summary(result: Result, name: str | None = None, timed: bool = True) -> str:
+    """herd7-style closing lines (``timed`` False: without the ``Time`` line, which a litmus
+    run keeps in its timing section)."""
     test = name or result.model
     scope = "Exhaustive" if result.exhaustive else f"Bounded, not exhaustive: {result.limit}"
     lines = [
@@ -136,7 +137,8 @@ def summary(result: Result, name: str | None = None) -> str:
     ]
     lines += [f"Property {p.name}: {p.verdict}" for p in result.properties.values()]
     lines += [_observation(test, result, p) for p in result.properties.values()]
-    lines.append(f"Time {test} {result.seconds:.2f}")
+    if timed:
+        lines.append(f"Time {test} {result.seconds:.2f}")
     return "\n".join(lines)
 
 
