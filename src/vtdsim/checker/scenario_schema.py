@@ -288,6 +288,10 @@ def _unit_supports(sc: ScenarioFile) -> None:
         if not caps.dt:
             raise Problem(("hardware", "ats_prefetch", i), f"preset {sc.preset} lacks "
                           "ECAP.DT: Linux never enables ATS behind it")
+    for i, fill in enumerate(sc.hardware.fills):
+        if fill.negative and not caps.caching_mode:
+            raise Problem(("hardware", "fills", i, "negative"), f"preset {sc.preset} has "
+                          "CAP.CM=0: the unit never caches not-present entries (spec 6.1)")
     for i, dom in enumerate(sc.domain):
         _stage_supported(caps, dom, ("domain", i, "stage"), sc.preset)
 
