@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -144,45 +145,37 @@ def _shown(value: Any) -> str:
 
 
 def _keys_hint(model: type[BaseModel], data: Any, loc: tuple) -> str:
-    table = model
-    node = data
+    """``; keys: ...`` of the table at ``loc`` (for a tagged union: the member its tag names)."""
+    table, annotation, node = model, None, data
     for part in loc:
+        if isinstance(part, str):
+            if annotation is not None:  # resolved now that ``node`` is the table itself
+                table = _table_model(annotation, node)
+            field = table.model_fields.get(part) if table is not None else None
+            if field is None:
+                return ""
+            annotation = field.annotation
         node = _child(node, part)
-        if isinstance(part, int):
-            continue
-        table = _submodel(table, part, node)
-        if table is None:
-            return ""
-    if isinstance(node, dict) and "op" in node:
-        table = _op_model(node["op"]) or table
-    return "; keys: " + ", ".join(table.model_fields)
+    if annotation is not None:
+        table = _table_model(annotation, node)
+    return "; keys: " + ", ".join(table.model_fields) if table is not None else ""
 
 
-def _submodel(model: type[BaseModel], name: str, node: Any) -> type[BaseModel] | None:
-    field = model.model_fields.get(name)
-    if field is None:
-        return None
-    for candidate in _walk_types(field.annotation):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
-
-
-def _walk_types(annotation) -> list:
-    import typing
-
-    out, todo = [], [annotation]
+def _table_model(annotation, node: Any) -> type[BaseModel] | None:
+    """The model a table of this annotation is read with: the only one, or the union member
+    whose ``Literal`` tag field has the table's value (``op = "map"`` -> ``Map``)."""
+    found, todo = [], [annotation]
     while todo:
         t = todo.pop()
-        out.append(t)
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            found.append(t)
         todo += list(typing.get_args(t))
-    return out
-
-
-def _op_model(name: Any) -> type[BaseModel] | None:
-    from vtdsim.checker.scenario_ops import OP_MODELS
-
-    return OP_MODELS.get(name) if isinstance(name, str) else None
+    if len(found) > 1 and isinstance(node, dict):
+        tagged = [m for m in found if any(
+            typing.get_origin(f.annotation) is typing.Literal and node.get(name)
+            in typing.get_args(f.annotation) for name, f in m.model_fields.items())]
+        found = tagged or found
+    return found[0] if found else None
 
 
 # -- where a key path is in TOML text -----------------------------------------------------------
