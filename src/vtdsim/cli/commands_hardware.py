@@ -9,13 +9,13 @@ from vtdsim.hardware.presets import PRESETS
 
 
 def _qword(text: str, index: int) -> int:
-    """A descriptor qword: hexadecimal (``0x`` optional), 0 .. 2^64-1."""
+    """A descriptor qword as Linux and QEMU print one: hex digits, ``0x`` optional, at most
+    64 bits (no sign, no underscores)."""
     digits = text.lower().removeprefix("0x")
-    if not digits or any(c not in "0123456789abcdef_" for c in digits) or "__" in digits \
-            or digits.startswith("_") or digits.endswith("_"):
+    if not digits or any(c not in "0123456789abcdef" for c in digits):
         raise click.BadParameter(f"{text!r} is not a hexadecimal number (qw{index})",
                                  param_hint="QWORDS")
-    value = int(digits.replace("_", ""), 16)
+    value = int(digits, 16)
     if value >> 64:
         raise click.BadParameter(f"{text!r} is wider than 64 bits (qw{index})",
                                  param_hint="QWORDS")
