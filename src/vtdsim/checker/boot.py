@@ -261,7 +261,9 @@ def _filter(gen: Generator, skip: tuple[str, ...]) -> Generator:
 
 # -- the model ----------------------------------------------------------------------------------
 def build_model(sc: Scenario, assertions: list | None = None) -> VtdModel:
-    """Boot once, then describe the actors over the booted template."""
+    """Check the scenario against the file schema (one built or changed through the Python
+    API too), boot once, then describe the actors over the booted template."""
+    sc.validate()
     system = boot(sc)
     threads = [ac.Thread(name, [(o.describe(), factory_for(o), o) for o in ops],
                          sc.gates.get(name, ()))
