@@ -255,10 +255,13 @@ def run_library(paths: list[str | Path], opts: Options, echo: Callable[[str], No
     with what was explored; then the summary line and the timing section."""
     report, start = Report(), time.perf_counter()
     progress = progress or Progress()
-    for path in collect(paths):
-        if opts.pattern and opts.pattern not in path.stem:
-            report.skipped += 1
-            continue
+    files = collect(paths)
+    chosen = [p for p in files if opts.pattern in p.stem]
+    if not chosen:  # a run that checks nothing must not look like a pass
+        raise BadInput(f"no scenario file's name contains {opts.pattern!r}", "-k")
+    report.skipped = len(files) - len(chosen)
+    pad = max((len(p.stem) for p in chosen), default=0)  # names are usually the stems
+    for path in chosen:
         try:
             outcome = _run_one(path, opts, progress)
         except BadInput as err:
@@ -271,7 +274,7 @@ def run_library(paths: list[str | Path], opts: Options, echo: Callable[[str], No
                  "executions (Ctrl-C; not exhaustive)")
             break
         report.outcomes.append(outcome)
-        _echo_outcome(outcome, opts, echo)
+        _echo_outcome(outcome, opts, echo, pad)
         if opts.exitfirst and outcome.unexpected:
             break
     report.seconds = time.perf_counter() - start
@@ -298,11 +301,12 @@ def _run_one(path: Path, opts: Options, progress: Progress) -> Outcome:
         progress.stop()
 
 
-def _echo_outcome(outcome: Outcome, opts: Options, echo: Callable[[str], None]) -> None:
+def _echo_outcome(outcome: Outcome, opts: Options, echo: Callable[[str], None],
+                  pad: int = 0) -> None:
     if opts.verbosity >= 2:
         echo(render_outcome(outcome, opts.width))
     elif opts.verbosity == 1:
-        echo(scenario_line(outcome))
+        echo(scenario_line(outcome, pad))
         if outcome.unexpected:
             echo(unexpected_detail(outcome, opts.width))
 

@@ -47,13 +47,14 @@ class Report:
 
 
 # -- for people ---------------------------------------------------------------------------------
-def scenario_line(outcome) -> str:
-    """``ok   NAME  prop=verdict ...  N executions`` (``!`` marks an unexpected verdict)."""
+def scenario_line(outcome, pad: int = 0) -> str:
+    """``ok   NAME  prop=verdict ...  [N executions, exhaustive]`` (``!`` marks an unexpected
+    verdict; the properties shown are those the scenario states, and any violated one)."""
     res = outcome.result
     status = "UNEXPECTED" if outcome.unexpected else "ok"
     shown = [v.short() for v in outcome.verdicts if v.wanted is not None or not v.agrees]
     scope = "exhaustive" if res.exhaustive else f"bounded: {res.limit}"
-    return (f"{status:<10} {outcome.scenario.name}  {' '.join(shown)}  "
+    return (f"{status:<10} {outcome.scenario.name:<{pad}}  {' '.join(shown)}  "
             f"[{res.executions} executions, {scope}]")
 
 
