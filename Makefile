@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 RUN_OUT := .run
 run: $(STAMP)
 	@mkdir -p $(RUN_OUT); status=0; \
-	$(BIN)/vtdsim demo | tee $(RUN_OUT)/demo.txt || status=1; \
+	rm -f $(RUN_OUT)/*; echo '$$ vtdsim demo'; \
+	$(BIN)/vtdsim demo > $(RUN_OUT)/demo.txt || status=1; cat $(RUN_OUT)/demo.txt; \
+	echo '$$ vtdsim replay examples/legacy-cm-default'; \
 	$(BIN)/vtdsim replay examples/legacy-cm-default --json $(RUN_OUT)/replay.json || status=1; \
+	echo '$$ vtdsim check litmus/'; \
 	$(BIN)/vtdsim check litmus/ --json $(RUN_OUT)/check.json || status=1; \
 	$(BIN)/python scripts/run_summary.py $(RUN_OUT) || status=1; \
 	exit $$status

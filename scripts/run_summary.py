@@ -1,5 +1,5 @@
-"""The closing lines of `make run`: what each part found, read from the parts' JSON reports
-(replay.json, check.json) and the demo's last line, in the folder given."""
+"""The closing lines of `make run`: what each part found, read from the parts' reports in the
+folder given (demo.txt, replay.json, check.json); a part that left no report says so."""
 
 from __future__ import annotations
 
@@ -8,21 +8,41 @@ import sys
 from pathlib import Path
 
 
+def _demo(out: Path) -> str:
+    path = out / "demo.txt"
+    if not path.is_file():
+        return "no output (the demo failed)"
+    lines = path.read_text().splitlines()
+    retry = [line.strip() for line in lines if "retries the stale iova" in line]
+    return f"{len(lines)} lines; {retry[0] if retry else 'no stale-retry line'}"
+
+
+def _replay(out: Path) -> str:
+    path = out / "replay.json"
+    if not path.is_file():
+        return "no report (the replay failed)"
+    r = json.loads(path.read_text())
+    d, t = r["descriptors"], r["queue_tail_writes"]
+    return (f"{r['recording']}: {'agrees' if r['agrees'] else 'DIVERGES'}, "
+            f"{d['matched']}/{d['recorded']} descriptors, {t['matched']}/{t['recorded']} "
+            "queue-tail writes")
+
+
+def _check(out: Path) -> str:
+    path = out / "check.json"
+    if not path.is_file():
+        return "no report (the check failed before its end)"
+    s = json.loads(path.read_text())["summary"]
+    return (f"{s['scenarios']} scenarios, {s['as_expected']} verdicts as expected, "
+            f"{s['unexpected']} unexpected, {s['bad_inputs']} bad input file(s)")
+
+
 def main(folder: str) -> int:
     out = Path(folder)
-    demo = (out / "demo.txt").read_text().strip().splitlines()
-    replay = json.loads((out / "replay.json").read_text())
-    check = json.loads((out / "check.json").read_text())
-    s = check["summary"]
-    d, t = replay["descriptors"], replay["queue_tail_writes"]
     print("summary of make run:")
-    retry = [line.strip() for line in demo if "retries the stale iova" in line]
-    print(f"  demo:   {len(demo)} lines; {retry[0] if retry else 'no stale-retry line'}")
-    print(f"  replay: {replay['recording']}: {'agrees' if replay['agrees'] else 'DIVERGES'}, "
-          f"{d['matched']}/{d['recorded']} descriptors, {t['matched']}/{t['recorded']} "
-          "queue-tail writes")
-    print(f"  check:  {s['scenarios']} scenarios, {s['as_expected']} verdicts as expected, "
-          f"{s['unexpected']} unexpected, {s['bad_inputs']} bad input file(s)")
+    print(f"  demo:   {_demo(out)}")
+    print(f"  replay: {_replay(out)}")
+    print(f"  check:  {_check(out)}")
     return 0
 
 
