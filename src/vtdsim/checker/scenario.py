@@ -278,8 +278,10 @@ def _as_data(sc: Scenario) -> dict:
                 "evictions": freedoms(sc.evictions, schema.Eviction),
                 "ats_prefetch": freedoms(sc.ats_prefetch, schema.Prefetch),
                 "warm": freedoms(sc.warm, schema.Warm)}
+    # A file without ``name`` is named after itself, whatever characters its file name has.
+    named = {} if sc.path and Path(sc.path).stem == sc.name else {"name": sc.name}
     return {
-        "name": sc.name, "doc": sc.doc, "preset": sc.preset, "profile": sc.profile,
+        **named, "doc": sc.doc, "preset": sc.preset, "profile": sc.profile,
         "policy": sc.policy, "switches": dict(sc.switches),
         "device": [{"name": d.name, "sid": d.sid, "ats": d.ats, "pasid": d.pasid}
                    for d in sc.devices],
