@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from toml_text import toml_value
 
 from vtdsim.checker.scenario import Scenario, parse
 from vtdsim.errors import BadInput
@@ -29,20 +29,6 @@ scalars = st.one_of(
 )
 
 
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return {"nan": "nan", "inf": "inf", "-inf": "-inf"}.get(str(value), repr(value))
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
-
-
 values = st.recursive(
     scalars,
     lambda inner: st.one_of(st.lists(inner, max_size=3),
@@ -52,7 +38,7 @@ values = st.recursive(
 
 
 def _line(key: str, value) -> str:
-    return f"{key} = {_toml_value(value)}\n"
+    return f"{key} = {toml_value(value)}\n"
 
 
 @st.composite
