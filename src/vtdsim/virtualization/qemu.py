@@ -59,7 +59,12 @@ QEMU_72 = QemuVersion("qemu-7.2", default_aw_bits=39, srs_in_scalable=True, has_
                       pasid_iotlb=NOOP, pasid_cache=NOOP, pasid_types_in_legacy=NOOP)
 QEMU_100 = QemuVersion("qemu-10.0", default_aw_bits=48, srs_in_scalable=False, has_flts=True,
                        pasid_iotlb=PROCESS, pasid_cache=NOOP, pasid_types_in_legacy=REJECT)
-VERSIONS = {v.name: v for v in (QEMU_72, QEMU_100)}
+# The iommufd nesting series (merged January 2026, after 10.2; reference section 6): PASID-cache
+# descriptors re-read PASID entries and bind host HWPTs.  Used only by the nested platform.
+QEMU_NESTING = QemuVersion("qemu-nesting-2026", default_aw_bits=48, srs_in_scalable=False,
+                           has_flts=True, pasid_iotlb=PROCESS, pasid_cache=PROCESS,
+                           pasid_types_in_legacy=REJECT)
+VERSIONS = {v.name: v for v in (QEMU_72, QEMU_100, QEMU_NESTING)}
 
 
 def get_version(name: str) -> QemuVersion:
