@@ -242,6 +242,7 @@ def _context_cache(vmm: Vmm, f: dict) -> None:
         vmm.refresh_all()
         for vas in vmm._with_notifiers():
             vmm.sync(vas)
+        _pasid_resync(vmm, f)
         return
     vmm.trace("vtd_inv_desc_cc_devices", f["sid"], f["fm"])
     inv.context_cache_device(unit, f["did"], f["sid"], f["fm"])
@@ -251,6 +252,16 @@ def _context_cache(vmm: Vmm, f: dict) -> None:
             vas = vmm.address_spaces[sid]
             vmm.switch(vas)
             vmm.sync(vas)
+    _pasid_resync(vmm, f)
+
+
+def _pasid_resync(vmm: Vmm, f: dict) -> None:
+    """The nesting series resyncs the PASID cache after a context-cache invalidation too (a
+    workaround for guests that program the context entry after the PASID entry and skip
+    the PASID-cache flush; reference section 4)."""
+    if vmm.version.pasid_cache == qemu.PROCESS:
+        for hook in vmm.bind_hooks:
+            hook(1, f)
 
 
 def _iotlb(vmm: Vmm, f: dict) -> None:
