@@ -138,7 +138,7 @@ class Vmm:
         self.stats["exit_descriptors"] += 1
 
     def exit_end(self) -> None:
-        self.stats["exits_with_%d_descriptors" % self._exit_descs] += 1
+        self.stats[f"exits_with_{self._exit_descs}_descriptors"] += 1
         if self.record and self._exit_start is not None:
             work = self.stats - self._exit_start
             for key in ("exits", "exit_descriptors"):

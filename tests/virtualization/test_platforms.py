@@ -1,0 +1,154 @@
+"""Each device kind behind the VMM, on each QEMU version: the guest driver model runs
+unchanged, the VMM's exits and notifier work follow QEMU's rules."""
+
+import pytest
+
+from vtdsim.driver.dma_api import IommuDmaCookie, iommu_dma_map_page, iommu_dma_unmap_page
+from vtdsim.driver.iova import IovaDomain
+from vtdsim.errors import BadInput
+from vtdsim.hardware.descriptors import encode
+from vtdsim.simulation.machine import build
+from vtdsim.simulation.platform_demo import one_io
+from vtdsim.virtualization.backends import Vhost
+
+DEV = "01:00.0"
+PHYS = 0x4000_0000
+
+
+def _attached(platform, vmm="qemu-7.2", profile="linux-6.1", kind=None, ats=False):
+    m = build(platform, vmm=vmm, profile=profile, device_iotlb=ats)
+    m.device(DEV, kind=kind, ats=ats)
+    domain = m.guest.attach([DEV])
+    return m, IommuDmaCookie(m.guest.driver, domain, IovaDomain(ncpus=2), ncpus=2)
+
+
+@pytest.mark.parametrize("vmm", ["qemu-7.2", "qemu-10.0"])
+@pytest.mark.parametrize("platform", ["emulated", "shadow", "nested"])
+def test_one_strict_io_reaches_the_buffer_and_the_stale_retry_is_blocked(platform, vmm):
+    counts, done, stale, iova, phys, _ = one_io(platform, "linux-6.1", vmm, seed=3)
+    assert done and done.hpa == phys
+    assert not stale
+    # every guest queue-tail write is one exit, processed whole inside it
+    assert counts["exits"] == counts["guest_iqt_writes"]
+    assert counts["exit_descriptors"] == counts["descriptors"]
+
+
+def test_shadow_costs_walks_vfio_calls_and_host_invalidations():
+    counts, *_ = one_io("shadow", "linux-6.1", "qemu-7.2", seed=0)
+    # CM: a PSI on map (walk -> MAP per 4K leaf) and on unmap (walk -> UNMAP)
+    assert counts["exits"] == 2 and counts["vmm_walks"] == 2
+    assert counts["vfio_map_dma"] == 2 and counts["vfio_unmap_dma"] == 2
+    assert counts["vfio_pinned_pages"] == 2
+    assert counts["host_invalidations"] >= 2  # the host's strict unmap flushes its IOTLB
+
+
+def test_nested_forwards_the_guest_piotlb_and_needs_no_map_time_exit():
+    counts, *_ = one_io("nested", "linux-6.1", "qemu-10.0", seed=0)
+    assert counts["exits"] == 1  # first stage: no map-time flush under CM
+    assert counts["iommufd_cache_invalidate"] == 1
+    assert counts["vmm_walk_reads"] == 0
+
+
+def test_emulated_needs_no_listener_work():
+    counts, *_ = one_io("emulated", "mainline", "qemu-7.2", seed=0)
+    assert counts["vmm_walks"] == 0 and counts["vfio_map_dma"] == 0
+
+
+@pytest.mark.parametrize("ats", [False, True])
+def test_vhost_iotlb_is_invalidated_by_unmap_or_deviotlb_unmap(ats):
+    m, cookie = _attached("emulated", kind="vhost", ats=ats)
+    vhost = m.backends[DEV]
+    assert isinstance(vhost, Vhost)
+    iova = m.guest.run(iommu_dma_map_page(cookie, PHYS, 4096))
+    assert vhost.translate(iova, write=True) == PHYS
+    assert vhost.translate(iova, write=True) == PHYS  # cached
+    assert vhost.stats["vhost_iotlb_miss"] == 1
+    m.guest.run(iommu_dma_unmap_page(cookie, iova, 4096))
+    assert vhost.stats["vhost_invalidations"] >= 1
+    assert not vhost.translate(iova, write=True)  # dropped, and QEMU's walk faults
+    kind = "vmm_notify_deviotlb_unmap" if ats else "vmm_notify_unmap"
+    assert m.vmm.stats[kind] >= 1
+
+
+def test_a_map_notifier_needs_caching_mode():
+    from vtdsim.hardware.memory import PhysicalMemory
+    from vtdsim.virtualization import qemu
+    from vtdsim.virtualization.vmm import Vmm
+
+    vmm = Vmm(qemu.QEMU_72, qemu.QemuProperties(caching_mode=False), PhysicalMemory())
+    with pytest.raises(BadInput, match="caching-mode"):
+        vmm.register_notifier(0x100, frozenset({"map", "unmap"}), print)
+
+
+def test_psi_covering_a_whole_page_directory_entry_unmaps_every_page():
+    """The 2018 fix: a PSI whose range covers a whole PDE must UNMAP what it held."""
+    m, cookie = _attached("shadow")
+    shadow = m.backends[DEV]
+    domain = cookie.domain
+    iova = 0x4000_0000
+    m.guest.run(m.guest.driver.map(domain, iova, PHYS, 1 << 21, 3))
+    mapped = len(shadow.dma)
+    assert mapped >= 1
+    m.guest.run(m.guest.driver.unmap(domain, iova, 1 << 21))
+    assert all(not (iova <= b < iova + (1 << 21)) for b in shadow.dma)
+
+
+def test_dsi_walks_the_whole_domain_and_the_iova_tree_skips_what_is_unchanged():
+    m, cookie = _attached("shadow")
+    iova = m.guest.run(iommu_dma_map_page(cookie, PHYS, 4096))
+    vas = m.vmm.address_spaces[0x100]
+    maps = m.backends[DEV].stats["vfio_map_dma"]
+    m.guest.run(m.guest.driver.flush_iotlb_all(cookie.domain))  # a DSI
+    assert m.vmm.stats["vmm_walk_skipped_same"] >= 1
+    assert m.backends[DEV].stats["vfio_map_dma"] == maps  # nothing remapped
+    assert vas.iova_tree.find(iova, 4096) is not None
+
+
+def _submit(m, *descs):
+    """Write raw descriptors into the guest's queue and ring the tail (a guest doing it by
+    hand), as one exit."""
+    unit, q = m.vmm.unit, m.vmm.unit.queue
+    tail = q.tail
+    for qws in descs:
+        for i, qw in enumerate(qws[: q.width // 8]):
+            unit.memory.write_qword(q.base + tail + 8 * i, qw)
+        tail = (tail + q.width) % q.size
+    unit.mmio_write(0x88, 4, tail)  # IQT
+
+
+@pytest.mark.parametrize("vmm, iqe", [("qemu-7.2", False), ("qemu-10.0", True)])
+def test_pasid_iotlb_in_legacy_mode_is_a_noop_on_72_and_iqe_on_100(vmm, iqe):
+    m, _ = _attached("emulated", vmm=vmm)
+    before = m.vmm.stats["exits"]
+    _submit(m, encode("p_iotlb_inv", g=2, did=2, pasid=0))
+    assert m.vmm.stats["exits"] == before + 1
+    fsts = m.vmm.unit.regs.get("FSTS", "iqe")
+    assert bool(fsts) == iqe
+
+
+def test_device_tlb_invalidation_never_times_out_on_the_vmm():
+    """QEMU has no ITE: an endpoint that would never answer an ATS invalidation on
+    hardware (bare metal: ITE) is not even asked."""
+    m, _ = _attached("emulated", ats=True)
+    m.guest.endpoint(DEV).respond_to_invalidations = False
+    _submit(m, encode("dev_tlb_inv", sid=0x100, s=0, addr=0))
+    assert not m.vmm.unit.regs.get("FSTS", "ite")
+    bare = build("bare", unit="qemu72-legacy-cm-ats")
+    bare.device(DEV, ats=True)
+    bare.guest.attach([DEV])
+    bare.guest.endpoint(DEV).respond_to_invalidations = False
+    unit, q = bare.guest.unit, bare.guest.unit.queue
+    for i, qw in enumerate(encode("dev_tlb_inv", sid=0x100, s=0, addr=0)[:2]):
+        unit.memory.write_qword(q.base + q.tail + 8 * i, qw)
+    unit.mmio_write(0x88, 4, (q.tail + q.width) % q.size)
+    assert unit.regs.get("FSTS", "ite")
+
+
+def test_kvm_wbinvd_works_only_with_noncoherent_dma():
+    m = build("shadow")
+    assert not m.guest.platform.wbinvd_works
+    m.device(DEV)
+    # the host unit has ECAP.SC: enforce_cache_coherency succeeds, WBINVD stays a no-op
+    assert m.kvm.noncoherent_dma == 0 and not m.guest.platform.wbinvd_works
+    m.kvm.register_noncoherent_dma()
+    assert m.guest.platform.wbinvd_works
