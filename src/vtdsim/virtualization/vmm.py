@@ -87,6 +87,7 @@ class QemuQueue(InvalidationQueue):
     def _perform(self, desc: Descriptor) -> bool:
         vmm = self.vmm
         vmm.exit_descriptor()
+        vmm.trace("vtd_inv_qi_head", self.head // self.width)  # vtd_fetch_inv_desc
         if vmm.version.policy(desc.type, self.unit.ttm == 1) == qemu.NOOP:
             vmm.stats[f"vmm_noop_type{desc.type}"] += 1
             return True
