@@ -18,7 +18,10 @@ from vtdsim.driver.profiles import PROFILES
               help="draws the jiffy-tick phase the flush-queue timer runs on")
 @click.option("--device", default=None,
               help="the traced device (BB:DD.F) when the recording does not tell")
-def replay(directory: str, profile: str, seed: int, device: str | None) -> None:
+@click.option("--vmm", is_flag=True,
+              help="run the guest on the VMM model (QEMU's version and properties from the "
+                   "recording) and compare its actions with QEMU's own events too")
+def replay(directory: str, profile: str, seed: int, device: str | None, vmm: bool) -> None:
     """Replay a recording (guest.log, qemu.log, config.toml) through the driver model and
     compare what it submits with what Linux submitted and QEMU processed.  Prints the first
     divergence with context, a summary table and, last, the agreement line."""
@@ -26,10 +29,19 @@ def replay(directory: str, profile: str, seed: int, device: str | None) -> None:
     from vtdsim.traces.replay import LAZY_TOLERANCE
     from vtdsim.traces.replay import replay as run_replay
 
-    result = run_replay(directory, profile, seed, device)
+    vmm_ok = True
+    if vmm:
+        from vtdsim.traces.vmm_replay import replay_on_vmm
+
+        result, comparison, _ = replay_on_vmm(directory, profile, seed, device)
+        vmm_ok = comparison.ok
+    else:
+        result = run_replay(directory, profile, seed, device)
     lines, verdict = compare.report(result, LAZY_TOLERANCE)
     click.echo("\n".join(lines))
-    if not verdict.ok:
+    if vmm:
+        click.echo("\n".join(comparison.lines()))
+    if not (verdict.ok and vmm_ok):
         sys.exit(1)
 
 
