@@ -30,7 +30,8 @@ def test_bundled_example_exits_and_actions_equal_qemus():
 def _copy_with_qemu_log(tmp_path: Path, edit) -> Path:
     dst = tmp_path / "rec"
     shutil.copytree(EXAMPLE, dst)
-    lines = lzma.open(dst / "qemu.log.xz", "rt").read().splitlines()
+    with lzma.open(dst / "qemu.log.xz", "rt") as f:
+        lines = f.read().splitlines()
     with lzma.open(dst / "qemu.log.xz", "wt") as f:
         f.write("\n".join(edit(lines)) + "\n")
     return dst
