@@ -152,3 +152,11 @@ def test_kvm_wbinvd_works_only_with_noncoherent_dma():
     assert m.kvm.noncoherent_dma == 0 and not m.guest.platform.wbinvd_works
     m.kvm.register_noncoherent_dma()
     assert m.guest.platform.wbinvd_works
+
+
+def test_vfio_registers_noncoherent_dma_when_the_host_unit_cannot_force_snoop():
+    """Seed 004: without ECAP.SC enforce_cache_coherency fails, VFIO tells KVM, and the
+    guest's WBINVD is executed from then on."""
+    m = build("shadow", host_unit="qemu72-legacy")
+    m.device(DEV)
+    assert m.kvm.noncoherent_dma == 1 and m.guest.platform.wbinvd_works

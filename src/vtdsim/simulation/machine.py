@@ -99,9 +99,11 @@ class Machine:
 
 def build(platform: str, *, profile: str = "linux-6.1", vmm: str = "qemu-7.2",
           unit: str = "qemu72-legacy-cm", host_profile: str = "mainline",
-          record: bool = False, device_iotlb: bool = False) -> Machine:
+          host_unit: str = HOST_UNIT, record: bool = False,
+          device_iotlb: bool = False) -> Machine:
     """Boot ``platform``: the guest's driver ``profile`` on ``unit`` (bare) or on the VMM
-    ``vmm`` (caching mode on: device assignment needs it; first stage for ``nested``)."""
+    ``vmm`` (caching mode on: device assignment needs it; first stage for ``nested``), the
+    host's ``host_profile`` on ``host_unit`` for assigned devices."""
     if platform not in PLATFORMS:
         raise BadInput(f"unknown platform {platform!r}; known: {', '.join(PLATFORMS)}")
     if platform == "bare":
@@ -116,7 +118,7 @@ def build(platform: str, *, profile: str = "linux-6.1", vmm: str = "qemu-7.2",
     the_vmm = Vmm(version, props, memory, record=record)
     host = None
     if platform in ("shadow", "nested"):
-        host = System.boot(HOST_UNIT, host_profile, memory=memory, page_range=HOST_PAGES,
+        host = System.boot(host_unit, host_profile, memory=memory, page_range=HOST_PAGES,
                            name="host-dmar0")
     guest = System.boot(profile=profile, vmm=the_vmm, page_range=(1 << 24, GUEST_RAM))
     return Machine(platform, guest, the_vmm, Kvm(guest.platform), host)
