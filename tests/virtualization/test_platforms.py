@@ -25,7 +25,8 @@ def _attached(platform, vmm="qemu-7.2", profile="linux-6.1", kind=None, ats=Fals
 @pytest.mark.parametrize("vmm", ["qemu-7.2", "qemu-10.0"])
 @pytest.mark.parametrize("platform", ["emulated", "shadow", "nested"])
 def test_one_strict_io_reaches_the_buffer_and_the_stale_retry_is_blocked(platform, vmm):
-    counts, done, stale, iova, phys, _ = one_io(platform, "linux-6.1", vmm, seed=3)
+    counts, done, stale, iova, phys, _, exits = one_io(platform, "linux-6.1", vmm, seed=3)
+    assert [e.descriptors for e in exits] == [2] * counts["exits"]  # caller's + wait
     assert done and done.hpa == phys
     assert not stale
     # every guest queue-tail write is one exit, processed whole inside it

@@ -34,10 +34,10 @@ ROWS = (
 
 def one_io(platform: str, profile: str, vmm: str, seed: int):
     """Build ``platform``, attach the device, map / DMA / unmap once; (counts, DMA result,
-    stale retry result, iova, buffer, VMM version)."""
+    stale retry result, iova, buffer, VMM version, the I/O's exits with their work)."""
     rng = random.Random(seed)
     phys = 0x4000_0000 + rng.randrange(0x1000) * 0x1000
-    machine = build(platform, profile=profile, vmm=vmm)
+    machine = build(platform, profile=profile, vmm=vmm, record=True)
     machine.device(DEVICE)
     domain = machine.guest.attach([DEVICE])
     cookie = IommuDmaCookie(machine.guest.driver, domain, IovaDomain(ncpus=2), ncpus=2)
@@ -49,18 +49,24 @@ def one_io(platform: str, profile: str, vmm: str, seed: int):
     machine.guest.run(iommu_dma_unmap_page(cookie, iova, BUFFER_SIZE))
     stale = endpoint.dma_read(iova, len(data))
     version = machine.vmm.version.name if machine.vmm else ""
-    return machine.counts() - before, done, stale, iova, phys, version
+    counts = machine.counts() - before
+    exits = machine.vmm.exits[len(machine.vmm.exits) - counts["exits"]:] if version else []
+    return counts, done, stale, iova, phys, version, exits
 
 
 def run_platform_demo(out: Callable[[str], None], platforms: list[str], *,
                       profile: str = "linux-6.1", vmm: str = "qemu-7.2", seed: int = 0):
     rows = []
     for platform in platforms:
-        counts, done, stale, iova, phys, version = one_io(platform, profile, vmm, seed)
+        counts, done, stale, iova, phys, version, exits = one_io(platform, profile, vmm, seed)
         where = f"host {done.hpa:#x}" if done else done.fault.describe()
         out(f"== {platform}: {profile} guest" + (f" on {version}" if version else "")
             + f"; dma_map_page(phys={phys:#x}) -> iova {iova:#x}; device writes -> {where}; "
             + ("stale retry REACHED memory" if stale else "stale retry blocked"))
+        for n, work in enumerate(exits, 1):
+            done_work = ", ".join(f"{k.removeprefix('vmm_')} {v}" for k, v in
+                                  sorted(work.work.items()) if not k.startswith("exits_"))
+            out(f"  exit {n}: {work.descriptors} descriptors; VMM work: {done_work or 'none'}")
         rows.append((platform, counts))
     out(f"  {'':<26}" + "".join(f"{name:>10}" for name, _ in rows))
     for key, label in ROWS:

@@ -66,6 +66,7 @@ class VfioShadow:
     def map_dma(self, iova: int, size: int, gpa: int, prot: int) -> None:
         """``VFIO_IOMMU_MAP_DMA``: pin every page, then map IOVA -> HPA in the host unit."""
         self.stats["vfio_map_dma"] += 1
+        self.vmm.stats["vmm_vfio_map_dma"] += 1  # an ioctl inside the exit: the VMM's work
         pages = range(gpa, gpa + size, PAGE_SIZE)
         self.stats["vfio_pinned_pages"] += len(pages)
         self.pinned.update(pages)
@@ -75,6 +76,7 @@ class VfioShadow:
     def unmap_dma(self, iova: int, size: int) -> None:
         """``VFIO_IOMMU_UNMAP_DMA``: unmap (strict: the host's own invalidation), unpin."""
         self.stats["vfio_unmap_dma"] += 1
+        self.vmm.stats["vmm_vfio_unmap_dma"] += 1
         for base, (msize, gpa) in self.mappings_in(iova, size):
             self.host.run(self.host.driver.unmap(self.domain, base, msize))
             self.pinned.difference_update(range(gpa, gpa + msize, PAGE_SIZE))

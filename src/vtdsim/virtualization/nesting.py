@@ -77,6 +77,7 @@ class IommufdNested:
         if self.nested is None or f["did"] != self.bound[1] or f["pasid"] != 0:
             return
         self.stats["iommufd_cache_invalidate"] += 1
+        self.vmm.stats["vmm_iommufd_cache_invalidate"] += 1  # inside the exit
         if f["g"] == 2:
             start, end = 0, (1 << 64) - 1
         else:
