@@ -64,7 +64,12 @@ class VfioShadow:
             self.ram_mapped = True
 
     def map_dma(self, iova: int, size: int, gpa: int, prot: int) -> None:
-        """``VFIO_IOMMU_MAP_DMA``: pin every page, then map IOVA -> HPA in the host unit."""
+        """``VFIO_IOMMU_MAP_DMA``: pin every page, then map IOVA -> HPA in the host unit.  A
+        guest address outside its RAM is no memory QEMU can hand VFIO
+        (``vfio_iommu_map_notify``: the translation is not RAM, logged and skipped)."""
+        if gpa + size > GUEST_RAM or iova + size > 1 << 48:
+            self.stats["vfio_map_skipped_not_ram"] += 1
+            return
         self.stats["vfio_map_dma"] += 1
         self.vmm.stats["vmm_vfio_map_dma"] += 1  # an ioctl inside the exit: the VMM's work
         pages = range(gpa, gpa + size, PAGE_SIZE)
