@@ -88,3 +88,16 @@ def test_lazy_rule_allows_a_flush_timing_boundary_only():
     other_did = [*_exit(2) * 19, *_exit(3)]
     result = compare_items(other_did, iter(recorded), lazy=True)
     assert not result.ok and not result.at_exit_boundary
+
+
+@pytest.mark.skipif(not (SHARED / "linux612-sm-cm-flts-strict").exists(),
+                    reason="shared recordings absent")
+def test_qemu100_xflts_recording_pasid_iotlb_processed_pasid_cache_silent():
+    """QEMU 10.0.2 with x-flts: PASID-IOTLB descriptors are decoded (``p-iotlb``), the
+    PASID-cache ones fetched silently; a mainline guest stands for 6.12 on this path."""
+    _, comparison, vmm = replay_on_vmm(SHARED / "linux612-sm-cm-flts-strict", "mainline")
+    assert vmm.version.name == "qemu-10.0"
+    assert comparison.ok, comparison.lines()
+    assert comparison.model_exits == comparison.recorded_exits
+    assert vmm.stats["vmm_noop_type7"] > 0 and vmm.stats["desc:p_iotlb_inv"] == 0
+    assert vmm.unit.stats["desc:p_iotlb_inv"] > 0

@@ -48,7 +48,8 @@ from vtdsim.virtualization.address_space import (
 from vtdsim.virtualization.guest_tables import read_device_tables
 
 WHOLE = 1 << 64
-_TRACE_KIND = {1: "context-cache", 2: "iotlb", 3: "device", 4: "iec", 5: "wait"}
+_TRACE_KIND = {1: "context-cache", 2: "iotlb", 3: "device", 4: "iec", 5: "wait", 6: "p-iotlb",
+               7: "pasid-cache", 8: "device-piotlb"}  # vtd_inv_desc names
 
 
 @dataclass
