@@ -94,6 +94,11 @@ class Machine:
             out["host_iqt_writes"] = hstats["iqt_writes"]
             out["host_invalidations"] = sum(v for k, v in hstats.items()
                                             if k.startswith("desc:") and k != "desc:inv_wait")
+            # the host driver's stores: PTE installs are cmpxchgs (pfn_to_dma_pte,
+            # __domain_mapping); plain writes are PTE clears and queue slots
+            steps = self.host.executor.steps
+            out["host_pte_cmpxchg"] = steps["CpuCmpxchg"]
+            out["host_cpu_writes"] = steps["CpuWrite"]
         return out
 
 

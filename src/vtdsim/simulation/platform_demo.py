@@ -27,6 +27,7 @@ ROWS = (
     ("vfio_unmap_dma", "VFIO_IOMMU_UNMAP_DMA"),
     ("vfio_pinned_pages", "pages pinned"),
     ("iommufd_cache_invalidate", "iommufd cache invalidations"),
+    ("host_pte_cmpxchg", "host PTE installs (cmpxchg)"),
     ("host_iqt_writes", "host queue-tail writes"),
     ("host_invalidations", "host invalidation descriptors"),
 )
