@@ -161,3 +161,21 @@ def test_vfio_registers_noncoherent_dma_when_the_host_unit_cannot_force_snoop():
     m = build("shadow", host_unit="qemu72-legacy")
     m.device(DEV)
     assert m.kvm.noncoherent_dma == 1 and m.guest.platform.wbinvd_works
+
+
+def test_iqe_leaves_the_head_on_the_bad_descriptor_until_cleared_and_written_again():
+    """7.2's ``default:`` case (type 8 unknown): IQE, IQH stays, nothing fetched until the
+    guest clears FSTS.IQE and writes IQT again (then the queue resumes after it)."""
+    m, _ = _attached("emulated", vmm="qemu-7.2")
+    q, unit = m.vmm.unit.queue, m.vmm.unit
+    head = q.head
+    _submit(m, encode("p_dev_tlb_inv", sid=0x100, pasid=0, s=0, addr=0, g=0))
+    assert unit.regs.get("FSTS", "iqe") and q.head == head
+    processed = m.vmm.stats["exit_descriptors"]
+    unit.mmio_write(0x88, 4, q.tail)  # no clearing: nothing happens
+    assert m.vmm.stats["exit_descriptors"] == processed
+    unit.mmio_write(0x34, 4, unit.regs["FSTS"])  # FSTS is write-1-to-clear
+    q.unit.memory.write_qword(q.base + head, encode("iotlb_inv", g=1)[0])  # fix the slot
+    q.unit.memory.write_qword(q.base + head + 8, 0)
+    unit.mmio_write(0x88, 4, q.tail)
+    assert not unit.regs.get("FSTS", "iqe") and q.head == q.tail
