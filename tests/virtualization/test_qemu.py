@@ -25,6 +25,8 @@ def test_qemu100_words_equal_the_linux612_recordings():
     assert (flts.cap, flts.ecap) == (0x1D2008C222F0686, 0x880000F00F4A)
     legacy = qemu_caps(QEMU_100, QemuProperties(caching_mode=True))
     assert (legacy.cap, legacy.ecap) == (0xD2008C222F0686, 0xF00F4A)
+    sm = qemu_caps(QEMU_100, QemuProperties(scalable_mode=True))
+    assert (sm.cap, sm.ecap) == (0xD2008C222F0606, 0x480080F00F4A)
 
 
 def test_flts_needs_a_version_that_has_it():

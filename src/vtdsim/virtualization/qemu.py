@@ -40,7 +40,6 @@ class QemuVersion:
 
     name: str
     default_aw_bits: int  # "aw-bits" default: 39 until 9.1, 48 from 9.2
-    srs_in_scalable: bool  # ECAP.SRS with x-scalable-mode (10.0 sets it only with "svm")
     has_flts: bool  # the "x-flts" property exists (first-stage translation, FSTS)
     pasid_iotlb: str  # type 6 in scalable mode
     pasid_cache: str  # type 7 in scalable mode
@@ -55,13 +54,13 @@ class QemuVersion:
         return PROCESS if dtype in (1, 2, 3, 4, 5) else REJECT
 
 
-QEMU_72 = QemuVersion("qemu-7.2", default_aw_bits=39, srs_in_scalable=True, has_flts=False,
+QEMU_72 = QemuVersion("qemu-7.2", default_aw_bits=39, has_flts=False,
                       pasid_iotlb=NOOP, pasid_cache=NOOP, pasid_types_in_legacy=NOOP)
-QEMU_100 = QemuVersion("qemu-10.0", default_aw_bits=48, srs_in_scalable=False, has_flts=True,
+QEMU_100 = QemuVersion("qemu-10.0", default_aw_bits=48, has_flts=True,
                        pasid_iotlb=PROCESS, pasid_cache=NOOP, pasid_types_in_legacy=REJECT)
 # The iommufd nesting series (merged January 2026, after 10.2; reference section 6): PASID-cache
 # descriptors re-read PASID entries and bind host HWPTs.  Used only by the nested platform.
-QEMU_NESTING = QemuVersion("qemu-nesting-2026", default_aw_bits=48, srs_in_scalable=False,
+QEMU_NESTING = QemuVersion("qemu-nesting-2026", default_aw_bits=48,
                            has_flts=True, pasid_iotlb=PROCESS, pasid_cache=PROCESS,
                            pasid_types_in_legacy=REJECT)
 VERSIONS = {v.name: v for v in (QEMU_72, QEMU_100, QEMU_NESTING)}
@@ -93,8 +92,8 @@ class QemuProperties:
 
 def qemu_caps(version: QemuVersion, props: QemuProperties) -> Capabilities:
     """CAP/ECAP as ``vtd_cap_init`` builds them; the words equal the recorded ones (7.2:
-    the four legacy-cm-* / sm-* words; 10.0.2: ``cap d2008c222f0686 ecap f00f4a`` and, with
-    x-flts, ``cap 1d2008c222f0686 ecap 880000f00f4a``).  Neither sets CAP.ESRTPS although
+    the four legacy-cm-* / sm-* words; 10.0.2: ``cap d2008c222f0686 ecap f00f4a``, scalable
+    ``ecap 480080f00f4a`` and, with x-flts, ``cap 1d2008c222f0686 ecap 880000f00f4a``).  Neither sets CAP.ESRTPS although
     both act on every SRTP write."""
     if props.flts and not (version.has_flts and props.scalable_mode):
         raise BadInput(f"{version.name}: x-flts needs a QEMU that has it and x-scalable-mode=on")
@@ -107,7 +106,9 @@ def qemu_caps(version: QemuVersion, props: QemuProperties) -> Capabilities:
     ecap = dict(qi=1, ir=1, iro=0xF, mhmv=15, pt=int(props.pt), dt=int(props.device_iotlb),
                 sc=int(props.snoop_control))
     if props.scalable_mode:
-        ecap.update(smts=1, srs=int(version.srs_in_scalable), ssts=int(not props.flts),
+        # SRS comes with the second stage: an x-flts unit advertises neither (recorded 10.0.2
+        # words with and without x-flts)
+        ecap.update(smts=1, srs=int(not props.flts), ssts=int(not props.flts),
                     fsts=int(props.flts))
         cap["fs1gp"] = int(props.flts and props.fs1gp)
     if props.pasid:
