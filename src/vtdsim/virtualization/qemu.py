@@ -93,8 +93,8 @@ class QemuProperties:
 def qemu_caps(version: QemuVersion, props: QemuProperties) -> Capabilities:
     """CAP/ECAP as ``vtd_cap_init`` builds them; the words equal the recorded ones (7.2:
     the four legacy-cm-* / sm-* words; 10.0.2: ``cap d2008c222f0686 ecap f00f4a``, scalable
-    ``ecap 480080f00f4a`` and, with x-flts, ``cap 1d2008c222f0686 ecap 880000f00f4a``).  Neither sets CAP.ESRTPS although
-    both act on every SRTP write."""
+    ``ecap 480080f00f4a`` and, with x-flts, ``cap 1d2008c222f0686 ecap 880000f00f4a``).
+    Neither sets CAP.ESRTPS although both act on every SRTP write."""
     if props.flts and not (version.has_flts and props.scalable_mode):
         raise BadInput(f"{version.name}: x-flts needs a QEMU that has it and x-scalable-mode=on")
     aw = props.aw_bits or version.default_aw_bits
