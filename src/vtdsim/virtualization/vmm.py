@@ -16,7 +16,7 @@ Counts (``stats``): ``exits``, ``exit_descriptors``, ``vmm_walk_reads`` (guest P
 shadow walks read), ``vmm_notify_<kind>`` (events delivered), ``vmm_walks``.
 
 Not modelled: the IOTLB keyed per SID (QEMU's entries are per device, not shared in a DID;
-the spec's are per DID), QEMU reading guest structures coherently (the emulated unit obeys
+the spec's are per DID; invalidations match by DID in both), QEMU reading guest structures coherently (the emulated unit obeys
 ECAP.C=0 like hardware), the SW+IF assertion of 7.2, register-based invalidation with QI on
 (the hardware's behaviour is kept), interrupt remapping.
 """
@@ -248,6 +248,10 @@ def _context_cache(vmm: Vmm, f: dict) -> None:
         return
     vmm.trace("vtd_inv_desc_cc_devices", f["sid"], f["fm"])
     inv.context_cache_device(unit, f["did"], f["sid"], f["fm"])
+    # vtd_context_device_invalidate matches bus and masked devfn only, whatever the DID:
+    # an entry the spec's DID-tagged rule would keep is dropped too.
+    sid, fm = f["sid"], f["fm"]
+    unit.context_cache.invalidate_where(lambda _key, e: sid_matches(e.sid, sid, fm))
     for sid in sorted(vmm.address_spaces):
         if sid_matches(sid, f["sid"], f["fm"]):
             vmm.trace("vtd_inv_desc_cc_device", sid)
