@@ -179,3 +179,12 @@ def test_iqe_leaves_the_head_on_the_bad_descriptor_until_cleared_and_written_aga
     q.unit.memory.write_qword(q.base + head + 8, 0)
     unit.mmio_write(0x88, 4, q.tail)
     assert not unit.regs.get("FSTS", "iqe") and q.head == q.tail
+
+
+def test_device_selective_context_invalidation_ignores_the_did_on_qemu():
+    m, cookie = _attached("emulated")
+    iova = m.guest.run(iommu_dma_map_page(cookie, PHYS, 4096))
+    assert m.dma_endpoint(DEV).dma_read(iova, 8)  # fills the context cache
+    assert 0x100 in m.vmm.unit.context_cache
+    _submit(m, encode("cc_inv", g=3, did=99, sid=0x100, fm=0))
+    assert 0x100 not in m.vmm.unit.context_cache
