@@ -75,10 +75,12 @@ class IovaTree:
 
 @dataclass
 class Notifier:
-    """One ``IOMMUNotifier``: the event kinds it takes and where they go."""
+    """One ``IOMMUNotifier``: the event kinds it takes and where they go; ``switched`` is
+    told when the device's region changes (a memory listener's region add / del)."""
 
     kinds: frozenset[str]
     deliver: Callable[[IommuEvent], None]
+    switched: Callable[[bool], None] | None = None
 
 
 @dataclass

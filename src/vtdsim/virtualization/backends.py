@@ -41,7 +41,8 @@ class VfioShadow:
             kvm.register_noncoherent_dma()  # kvm_vfio_update_coherency
         self.ram_mapped = False
         self.dma: dict[int, tuple[int, int]] = {}  # VFIO's vfio_dma records: iova -> size, gpa
-        self.vas = vmm.register_notifier(sid, frozenset({MAP, UNMAP}), self.notify)
+        self.vas = vmm.register_notifier(sid, frozenset({MAP, UNMAP}), self.notify,
+                                         self.region_switched)
         self.region_switched(self.vas.use_iommu)
 
     def notify(self, event: IommuEvent) -> None:

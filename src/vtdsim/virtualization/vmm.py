@@ -156,13 +156,14 @@ class Vmm:
             vas = self.address_spaces[sid] = VtdAddressSpace(sid)
         return vas
 
-    def register_notifier(self, sid: int, kinds: frozenset[str], deliver) -> VtdAddressSpace:
+    def register_notifier(self, sid: int, kinds: frozenset[str], deliver,
+                          switched=None) -> VtdAddressSpace:
         """A listener (VFIO, vhost) registers on a device's IOMMU region.  A MAP notifier
         needs caching mode (``vtd_iommu_notify_flag_changed``: ENOTSUP otherwise)."""
         if MAP in kinds and not self.unit.caps.caching_mode:
             raise BadInput("a MAP notifier (device assignment) requires caching-mode=on")
         vas = self.address_space(sid)
-        vas.notifiers.append(Notifier(kinds, deliver))
+        vas.notifiers.append(Notifier(kinds, deliver, switched))
         return vas
 
     def _with_notifiers(self) -> list[VtdAddressSpace]:
@@ -207,9 +208,8 @@ class Vmm:
         if use != vas.use_iommu:
             vas.use_iommu = use
             for n in vas.notifiers:
-                switched = getattr(n.deliver, "__self__", None)
-                if hasattr(switched, "region_switched"):
-                    switched.region_switched(use)
+                if n.switched is not None:
+                    n.switched(use)
             if use:
                 self.replay(vas)
 
