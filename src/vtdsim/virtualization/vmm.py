@@ -16,9 +16,10 @@ Counts (``stats``): ``exits``, ``exit_descriptors``, ``vmm_walk_reads`` (guest P
 shadow walks read), ``vmm_notify_<kind>`` (events delivered), ``vmm_walks``.
 
 Not modelled: the IOTLB keyed per SID (QEMU's entries are per device, not shared in a DID;
-the spec's are per DID; invalidations match by DID in both), QEMU reading guest structures coherently (the emulated unit obeys
-ECAP.C=0 like hardware), the SW+IF assertion of 7.2, register-based invalidation with QI on
-(the hardware's behaviour is kept), interrupt remapping.
+the spec's are per DID; invalidations match by DID in both), QEMU reading guest structures
+coherently (the emulated unit obeys ECAP.C=0 like hardware), the SW+IF assertion of 7.2,
+register-based invalidation with QI on (the hardware's behaviour is kept), interrupt
+remapping.
 """
 
 from __future__ import annotations
