@@ -101,3 +101,15 @@ def test_qemu100_xflts_recording_pasid_iotlb_processed_pasid_cache_silent():
     assert comparison.model_exits == comparison.recorded_exits
     assert vmm.stats["vmm_noop_type7"] > 0 and vmm.stats["desc:p_iotlb_inv"] == 0
     assert vmm.unit.stats["desc:p_iotlb_inv"] > 0
+
+
+def test_cli_replay_with_vmm_prints_the_comparison_and_agrees():
+    from click.testing import CliRunner
+
+    from vtdsim.cli.main import _register, cli
+
+    _register()
+    res = CliRunner().invoke(cli, ["replay", str(EXAMPLE), "--vmm"])
+    assert res.exit_code == 0, res.output
+    assert "VMM model vs QEMU events: 41613/41613 items equal" in res.output
+    assert "exits: model 5943, QEMU 5943" in res.output

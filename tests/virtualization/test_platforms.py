@@ -188,3 +188,18 @@ def test_device_selective_context_invalidation_ignores_the_did_on_qemu():
     assert 0x100 in m.vmm.unit.context_cache
     _submit(m, encode("cc_inv", g=3, did=99, sid=0x100, fm=0))
     assert 0x100 not in m.vmm.unit.context_cache
+
+
+def test_a_dsi_walks_the_whole_domain_a_psi_only_its_range():
+    """Why Linux keeps strict mode (PSIs) under CM for second-stage domains (29b32839725f):
+    the shadowing VMM answers a DSI with a walk of the whole domain."""
+    m, cookie = _attached("shadow")
+    domain = cookie.domain
+    m.guest.run(m.guest.driver.map(domain, 0x100_0000, PHYS, 64 << 12, 3))
+    before = m.vmm.stats["vmm_walk_reads"]
+    m.guest.run(m.guest.driver.unmap(domain, 0x100_0000, 4096))  # one PSI
+    psi_reads = m.vmm.stats["vmm_walk_reads"] - before
+    before = m.vmm.stats["vmm_walk_reads"]
+    m.guest.run(m.guest.driver.flush_iotlb_all(domain))  # one DSI
+    dsi_reads = m.vmm.stats["vmm_walk_reads"] - before
+    assert psi_reads <= 3 < 512 + 512 <= dsi_reads  # every entry of the top and leaf tables
