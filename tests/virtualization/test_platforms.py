@@ -203,3 +203,14 @@ def test_a_dsi_walks_the_whole_domain_a_psi_only_its_range():
     m.guest.run(m.guest.driver.flush_iotlb_all(domain))  # one DSI
     dsi_reads = m.vmm.stats["vmm_walk_reads"] - before
     assert psi_reads <= 3 < 512 + 512 <= dsi_reads  # every entry of the top and leaf tables
+
+
+@pytest.mark.parametrize("vmm", ["qemu-7.2", "qemu-10.0"])
+def test_emulated_ats_device_atc_is_invalidated_through_deviotlb_unmap(vmm):
+    m, cookie = _attached("emulated", vmm=vmm, ats=True)
+    iova = m.guest.run(iommu_dma_map_page(cookie, PHYS, 4096))
+    device = m.dma_endpoint(DEV)
+    assert device.dma_read(iova, 8) and len(device.device_tlb) == 1
+    m.guest.run(iommu_dma_unmap_page(cookie, iova, 4096))
+    assert m.backends[DEV].stats["emulated_atc_invalidations"] == 1
+    assert len(device.device_tlb) == 0 and not device.dma_read(iova, 8)

@@ -31,7 +31,7 @@ from vtdsim.hardware.memory import PhysicalMemory
 from vtdsim.hardware.request import parse_sid
 from vtdsim.simulation.system import System
 from vtdsim.virtualization import qemu
-from vtdsim.virtualization.backends import GUEST_RAM, VfioShadow, Vhost
+from vtdsim.virtualization.backends import GUEST_RAM, EmulatedAtc, VfioShadow, Vhost
 from vtdsim.virtualization.kvm import Kvm
 from vtdsim.virtualization.nesting import IommufdNested
 from vtdsim.virtualization.vmm import Vmm
@@ -62,6 +62,8 @@ class Machine:
         sid = parse_sid(name)
         if kind == "vhost":
             self.backends[name] = Vhost(self.vmm, sid, ats=ats)
+        elif kind == "emulated" and ats and self.vmm is not None:
+            self.backends[name] = EmulatedAtc(self.vmm, self.guest.endpoint(name))
         elif kind in ("vfio", "iommufd"):
             if self.host is None:
                 raise BadInput(f"a {kind} device needs a host: platform {self.platform}")

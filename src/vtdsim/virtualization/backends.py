@@ -95,6 +95,21 @@ class VfioShadow:
                       if b >= iova and b + m[0] <= iova + size)
 
 
+class EmulatedAtc:
+    """An emulated device with an ATC (``ats=on``): QEMU delivers the guest's device-TLB
+    invalidations to it as DEVIOTLB_UNMAP (the PCI device's IOTLB notifier); it always
+    completes - QEMU has no ITE."""
+
+    def __init__(self, vmm, endpoint) -> None:
+        self.endpoint = endpoint
+        self.stats: Counter = Counter()
+        vmm.register_notifier(endpoint.sid, frozenset({DEVIOTLB_UNMAP}), self.notify)
+
+    def notify(self, event: IommuEvent) -> None:
+        self.stats["emulated_atc_invalidations"] += 1
+        self.endpoint.ats_invalidate(None, event.iova, event.size)
+
+
 def host_name(sid: int) -> str:
     return f"{sid >> 8:02x}:{sid >> 3 & 0x1F:02x}.{sid & 7}"
 
