@@ -33,13 +33,14 @@ def replay(directory: str, profile: str, seed: int, device: str | None, vmm: boo
     if vmm:
         from vtdsim.traces.vmm_replay import replay_on_vmm
 
-        result, comparison, _ = replay_on_vmm(directory, profile, seed, device)
+        result, comparison, the_vmm = replay_on_vmm(directory, profile, seed, device)
         vmm_ok = comparison.ok
     else:
         result = run_replay(directory, profile, seed, device)
     lines, verdict = compare.report(result, LAZY_TOLERANCE)
     click.echo("\n".join(lines))
     if vmm:
+        click.echo(the_vmm.summary())
         click.echo("\n".join(comparison.lines()))
     if not (verdict.ok and vmm_ok):
         sys.exit(1)

@@ -149,6 +149,16 @@ class Vmm:
             self.exits.append(ExitWork(self._exit_descs, work))
         self._exit_start = None
 
+    def summary(self) -> str:
+        """One line: exits, descriptors per exit, the VMM's work."""
+        per_exit = sorted((int(k.split("_")[2]), v) for k, v in self.stats.items()
+                          if k.startswith("exits_with_"))
+        work = {k: v for k, v in sorted(self.stats.items())
+                if k.startswith("vmm_") and not k.startswith("vmm_noop")}
+        return (f"{self.version.name}: {self.stats['exits']} exits, descriptors per exit "
+                + ", ".join(f"{n}: {v}" for n, v in per_exit)
+                + "; work " + (", ".join(f"{k} {v}" for k, v in work.items()) or "none"))
+
     # -- address spaces -------------------------------------------------------------------------
     def address_space(self, sid: int) -> VtdAddressSpace:
         """``vtd_find_add_as``: created on first use, one per device."""
