@@ -21,7 +21,11 @@ from vtdsim.driver.profiles import PROFILES
 @click.option("--vmm", is_flag=True,
               help="run the guest on the VMM model (QEMU's version and properties from the "
                    "recording) and compare its actions with QEMU's own events too")
-def replay(directory: str, profile: str, seed: int, device: str | None, vmm: bool) -> None:
+@click.option("--assign", is_flag=True,
+              help="with --vmm: the traced device assigned through VFIO (shadowed into a "
+                   "host unit); prints what the workload costs there")
+def replay(directory: str, profile: str, seed: int, device: str | None, vmm: bool,
+           assign: bool) -> None:
     """Replay a recording (guest.log, qemu.log, config.toml) through the driver model and
     compare what it submits with what Linux submitted and QEMU processed.  Prints the first
     divergence with context, a summary table and, last, the agreement line."""
@@ -33,7 +37,7 @@ def replay(directory: str, profile: str, seed: int, device: str | None, vmm: boo
     if vmm:
         from vtdsim.traces.vmm_replay import replay_on_vmm
 
-        result, comparison, the_vmm = replay_on_vmm(directory, profile, seed, device)
+        result, comparison, the_vmm = replay_on_vmm(directory, profile, seed, device, assign)
         vmm_ok = comparison.ok
     else:
         result = run_replay(directory, profile, seed, device)
@@ -41,6 +45,14 @@ def replay(directory: str, profile: str, seed: int, device: str | None, vmm: boo
     click.echo("\n".join(lines))
     if vmm:
         click.echo(the_vmm.summary())
+        for backend in the_vmm.backends:
+            counts = dict(backend.stats)
+            host = getattr(backend, "host", None)
+            if host is not None:  # the host's own queue: its strict invalidations
+                counts["host_iqt_writes"] = host.unit.stats["iqt_writes"]
+                counts["host_iotlb_inv"] = host.unit.stats["desc:iotlb_inv"]
+            click.echo(f"{type(backend).__name__}: "
+                       + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         click.echo("\n".join(comparison.lines()))
     if not (verdict.ok and vmm_ok):
         sys.exit(1)

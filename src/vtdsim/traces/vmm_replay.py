@@ -23,11 +23,14 @@ from pathlib import Path
 from vtdsim.errors import BadInput
 from vtdsim.hardware.memory import PhysicalMemory
 from vtdsim.hardware.request import parse_sid
+from vtdsim.simulation.machine import HOST_PAGES, HOST_UNIT
+from vtdsim.simulation.system import System
 from vtdsim.traces.recording import Recording
 from vtdsim.traces.replay import Replayer, Result, read_setup
 from vtdsim.traces.vmm_compare import VmmComparison, compare_items, recorded_items
 from vtdsim.traces.workers import prefetched
 from vtdsim.virtualization import qemu
+from vtdsim.virtualization.backends import VfioShadow, host_name
 from vtdsim.virtualization.vmm import Vmm
 
 _QEMU_VERSION = re.compile(r"QEMU (?:emulator version )?(\d+)\.(\d+)")
@@ -56,11 +59,17 @@ def vmm_of(rec: Recording) -> tuple[qemu.QemuVersion, qemu.QemuProperties]:
 
 
 def replay_on_vmm(path: str | Path, profile: str = "linux-6.1", seed: int = 0,
-                  device: str | None = None) -> tuple[Result, VmmComparison, Vmm]:
+                  device: str | None = None, assign: bool = False
+                  ) -> tuple[Result, VmmComparison, Vmm]:
+    """Replay ``path`` with the guest on the VMM model; with ``assign`` the traced device is
+    assigned through VFIO (its second stage shadowed into a host unit, ``host``): what the
+    recorded workload would cost with the device passed through.  QEMU's trace events do
+    not depend on the listeners, so the comparison is the same."""
     rec = Recording(path)
     setup = read_setup(rec, device)
     version, props = vmm_of(rec)
-    vmm = Vmm(version, props, PhysicalMemory(), name=setup.dmesg.iommu, record=True)
+    memory = PhysicalMemory()
+    vmm = Vmm(version, props, memory, name=setup.dmesg.iommu, record=True)
     caps = vmm.unit.caps
     if (caps.cap, caps.ecap) != (setup.dmesg.cap, setup.dmesg.ecap):
         raise BadInput(f"{version.name} with {props} builds cap {caps.cap:x} ecap "
@@ -68,7 +77,17 @@ def replay_on_vmm(path: str | Path, profile: str = "linux-6.1", seed: int = 0,
                        f"{setup.dmesg.ecap:x}", where=str(rec.path))
     for name, _ in setup.dmesg.group_adds:
         vmm.address_space(parse_sid(name))  # vtd_find_add_as at machine start
+    if assign:
+        _assign(vmm, memory, setup.traced)
     result = Replayer(rec, setup, profile, seed, vmm=vmm).run()
     comparison = compare_items(vmm.events, prefetched(recorded_items, str(rec.path)),
                                lazy=result.boot.cookie.fq is not None)
     return result, comparison, vmm
+
+
+def _assign(vmm: Vmm, memory: PhysicalMemory, sid: int) -> VfioShadow:
+    """The traced device assigned through VFIO at machine start (host: mainline, strict)."""
+    host = System.boot(HOST_UNIT, "mainline", memory=memory, page_range=HOST_PAGES,
+                       name="host-dmar0")
+    host.probe(host_name(sid))
+    return VfioShadow(vmm, host, sid)

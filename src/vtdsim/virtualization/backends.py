@@ -32,6 +32,7 @@ class VfioShadow:
     def __init__(self, vmm, host, sid: int, kvm=None) -> None:
         self.vmm, self.host, self.sid = vmm, host, sid
         self.stats: Counter = Counter()
+        vmm.backends.append(self)
         self.pinned: set[int] = set()
         self.domain = host.run(host.driver.domain_alloc_paging(host.iommu, type="unmanaged",
                                                                stage="ss"))
@@ -103,6 +104,7 @@ class EmulatedAtc:
     def __init__(self, vmm, endpoint) -> None:
         self.endpoint = endpoint
         self.stats: Counter = Counter()
+        vmm.backends.append(self)
         vmm.register_notifier(endpoint.sid, frozenset({DEVIOTLB_UNMAP}), self.notify)
 
     def notify(self, event: IommuEvent) -> None:
@@ -125,6 +127,7 @@ class Vhost:
         self.vmm, self.sid, self.ats = vmm, sid, ats
         self.iotlb = DeviceTlb(capacity, name="vhost_iotlb")
         self.stats: Counter = Counter()
+        vmm.backends.append(self)
         kinds = frozenset({DEVIOTLB_UNMAP}) if ats else frozenset({UNMAP})
         vmm.register_notifier(sid, kinds, self.notify)
 

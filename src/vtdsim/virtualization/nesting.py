@@ -32,6 +32,7 @@ class IommufdNested:
         self.vmm, self.host, self.sid = vmm, host, sid
         self.name = host_name(sid)
         self.stats: Counter = Counter()
+        vmm.backends.append(self)
         drv = host.driver
         self.parent = host.run(drv.domain_alloc_paging(host.iommu, type="unmanaged",
                                                        nest_parent=True))

@@ -122,6 +122,7 @@ class Vmm:
         self.record = record
         self._exit_start: Counter | None = None
         self._exit_descs = 0
+        self.backends: list = []  # what listens behind this VMM (VFIO, vhost, iommufd ...)
         # (descriptor type, fields) -> None: PASID-cache sync and PASID-IOTLB forwarding
         self.bind_hooks: list[Callable[[int, dict], None]] = []
 
