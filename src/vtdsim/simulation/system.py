@@ -30,7 +30,7 @@ from vtdsim.driver.intel_iommu_ops import IntelIommuDriver
 from vtdsim.driver.platform import DEFAULT_PAGE_BASE, DEFAULT_PAGE_LIMIT, Platform
 from vtdsim.driver.profiles import Profile, get_profile
 from vtdsim.driver.steps import Annotate
-from vtdsim.errors import SpecRuleBroken
+from vtdsim.errors import BadInput, SpecRuleBroken
 from vtdsim.hardware.capabilities import Capabilities
 from vtdsim.hardware.memory import PhysicalMemory
 from vtdsim.hardware.presets import get_preset
@@ -75,6 +75,9 @@ class System:
         shares with the host; ``page_range`` is where the driver allocates its pages."""
         prof = get_profile(profile) if isinstance(profile, str) else profile
         if vmm is not None:
+            if cache_config is not None or qi_mode != "sync" or memory is not None:
+                raise BadInput("a guest on a VMM takes the VMM's unit, caches, memory and "
+                               "synchronous queue: no cache_config, qi_mode or memory")
             hw, memory = vmm.unit, vmm.unit.memory
         else:
             caps = get_preset(unit) if isinstance(unit, str) else unit
