@@ -214,3 +214,11 @@ def test_emulated_ats_device_atc_is_invalidated_through_deviotlb_unmap(vmm):
     m.guest.run(iommu_dma_unmap_page(cookie, iova, 4096))
     assert m.backends[DEV].stats["emulated_atc_invalidations"] == 1
     assert len(device.device_tlb) == 0 and not device.dma_read(iova, 8)
+
+
+@pytest.mark.parametrize("am, iqe", [(18, False), (19, True)])
+def test_psi_address_mask_above_mamv_18_is_iqe(am, iqe):
+    """vtd_process_iotlb_desc rejects AM > VTD_MAMV (18), the value QEMU advertises."""
+    m, _ = _attached("emulated")
+    _submit(m, encode("iotlb_inv", g=3, did=2, addr=0, am=am, ih=0))
+    assert bool(m.vmm.unit.regs.get("FSTS", "iqe")) is iqe
