@@ -89,6 +89,9 @@ class Machine:
         if self.vmm is not None:
             for key in ("exits", "exit_descriptors", "vmm_walk_reads", "vmm_walks"):
                 out[key] = self.vmm.stats[key]
+            # QEMU translating emulated devices' DMA itself (vtd_iommu_translate)
+            out["vmm_iotlb_hit"] = self.vmm.unit.iotlb.stats.hit
+            out["vmm_iotlb_miss"] = self.vmm.unit.stats["iotlb_miss"]
         for backend in self.backends.values():
             out.update(getattr(backend, "stats", Counter()))
         if self.host is not None:

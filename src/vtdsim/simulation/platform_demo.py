@@ -21,6 +21,7 @@ ROWS = (
     ("guest_iqt_writes", "guest queue-tail writes"),
     ("exits", "VM exits (one per IQT write)"),
     ("exit_descriptors", "descriptors the VMM processed"),
+    ("vmm_iotlb_miss", "QEMU's translations that walked (emulated DMA)"),
     ("vmm_walks", "VMM shadow page walks"),
     ("vmm_walk_reads", "guest PTEs the VMM read"),
     ("vfio_map_dma", "VFIO_IOMMU_MAP_DMA"),
