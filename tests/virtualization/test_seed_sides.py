@@ -65,3 +65,21 @@ def test_seed003_first_stage_guest_on_nesting_vmm_lazy_exposure_is_host_iotlb_de
     m.guest.run(drv.flush_iotlb_all(domain))  # the flush queue's flush
     assert m.backends[DEV].stats["iommufd_cache_invalidate"] > forwarded
     assert not device.dma_read(IOVA, 8)
+
+
+def test_seed000_nesting_the_forwarded_piotlb_flushes_the_physical_device_tlb():
+    """Behind a nesting vIOMMU the guest's own device-TLB descriptor reaches no listener;
+    the forwarded PASID-IOTLB invalidation makes the host driver flush the device-TLB too
+    (cache_tag_flush_range over the nested domain's tags)."""
+    m = build("nested", profile="mainline", device_iotlb=True)
+    m.device(DEV, ats=True)
+    domain = m.guest.attach([DEV])
+    cookie = IommuDmaCookie(m.guest.driver, domain, IovaDomain(ncpus=2), ncpus=2)
+    iova = m.guest.run(iommu_dma_map_page(cookie, PHYS, 4096))
+    device = m.dma_endpoint(DEV)
+    assert device.dma_read(iova, 8) and len(device.device_tlb) == 1
+    before = m.host.unit.stats["desc:dev_tlb_inv"]
+    m.guest.run(iommu_dma_unmap_page(cookie, iova, 4096))
+    assert m.vmm.stats["vmm_notify_deviotlb_unmap"] == 0  # nobody listens to the guest's
+    assert m.host.unit.stats["desc:dev_tlb_inv"] == before + 1
+    assert len(device.device_tlb) == 0 and not device.dma_read(iova, 8)
