@@ -222,3 +222,18 @@ def test_psi_address_mask_above_mamv_18_is_iqe(am, iqe):
     m, _ = _attached("emulated")
     _submit(m, encode("iotlb_inv", g=3, did=2, addr=0, am=am, ih=0))
     assert bool(m.vmm.unit.regs.get("FSTS", "iqe")) is iqe
+
+
+@pytest.mark.parametrize("platform", ["emulated", "shadow", "nested"])
+def test_a_built_platform_pickles_whole(platform):
+    """The checker snapshots worlds by pickling: a VM platform must copy as one graph (the
+    copy's queue still belongs to the copy's VMM, its DMA still works)."""
+    import pickle
+
+    m, cookie = _attached(platform)
+    copy = pickle.loads(pickle.dumps((m, cookie)))
+    m2, cookie2 = copy
+    assert m2.vmm.unit.queue.vmm is m2.vmm
+    iova = m2.guest.run(iommu_dma_map_page(cookie2, PHYS, 4096))
+    assert m2.dma_endpoint(DEV).dma_read(iova, 8)
+    assert m.counts()["exits"] < m2.counts()["exits"]  # the original did not move
