@@ -236,4 +236,4 @@ def test_a_built_platform_pickles_whole(platform):
     assert m2.vmm.unit.queue.vmm is m2.vmm
     iova = m2.guest.run(iommu_dma_map_page(cookie2, PHYS, 4096))
     assert m2.dma_endpoint(DEV).dma_read(iova, 8)
-    assert m.counts()["exits"] < m2.counts()["exits"]  # the original did not move
+    assert not m.dma_endpoint(DEV).dma_read(iova, 8)  # the original has no such mapping
