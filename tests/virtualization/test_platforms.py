@@ -237,3 +237,15 @@ def test_a_built_platform_pickles_whole(platform):
     iova = m2.guest.run(iommu_dma_map_page(cookie2, PHYS, 4096))
     assert m2.dma_endpoint(DEV).dma_read(iova, 8)
     assert not m.dma_endpoint(DEV).dma_read(iova, 8)  # the original has no such mapping
+
+
+def test_domain_selective_context_invalidation_is_global_and_traced_as_both():
+    m = build("emulated", record=True)
+    m.device(DEV)
+    m.guest.attach([DEV])
+    assert 0x100 in m.vmm.address_spaces
+    m.vmm.events.clear()
+    _submit(m, encode("cc_inv", g=2, did=2, sid=0, fm=0))
+    names = [e[0] for e in m.vmm.events]
+    assert names.index("vtd_inv_desc_cc_domain") < names.index("vtd_inv_desc_cc_global")
+    assert "vtd_switch_address_space" in names  # every address space switched, as global

@@ -58,8 +58,10 @@ class Machine:
         "emulated", "vhost", "vfio", "iommufd"; default by platform)."""
         kind = kind or {"bare": "emulated", "emulated": "emulated", "shadow": "vfio",
                         "nested": "iommufd"}[self.platform]
-        info = self.guest.probe(name, ats=ats)
         sid = parse_sid(name)
+        if self.vmm is not None:
+            self.vmm.address_space(sid)  # vtd_find_add_as: QEMU's address space per device
+        info = self.guest.probe(name, ats=ats)
         if kind == "vhost":
             self.backends[name] = Vhost(self.vmm, sid, ats=ats)
         elif kind == "emulated" and ats and self.vmm is not None:

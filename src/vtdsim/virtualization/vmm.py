@@ -29,15 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vtdsim.errors import BadInput
-from vtdsim.hardware import invalidation as inv
-from vtdsim.hardware.caches.context_cache import sid_matches
-from vtdsim.hardware.descriptors import IQEI_INVALID_TYPE, IQEI_RESERVED, Descriptor, devtlb_range
+from vtdsim.hardware.descriptors import IQEI_INVALID_TYPE, IQEI_RESERVED, Descriptor
 from vtdsim.hardware.invalidation_queue import InvalidationQueue
 from vtdsim.hardware.memory import PhysicalMemory
 from vtdsim.hardware.remapping_unit import RemappingUnit
 from vtdsim.virtualization import qemu
 from vtdsim.virtualization.address_space import (
-    DEVIOTLB_UNMAP,
     MAP,
     UNMAP,
     IommuEvent,
@@ -47,6 +44,7 @@ from vtdsim.virtualization.address_space import (
     walk_one,
 )
 from vtdsim.virtualization.guest_tables import read_device_tables
+from vtdsim.virtualization.handlers import HANDLERS
 
 WHOLE = 1 << 64
 _TRACE_KIND = {1: "context-cache", 2: "iotlb", 3: "device", 4: "iec", 5: "wait", 6: "p-iotlb",
@@ -101,7 +99,7 @@ class QemuQueue(InvalidationQueue):
                           desc.fields["status_data"])
             self._wait(desc.fields)
             return True
-        _HANDLERS[desc.type](vmm, desc.fields)
+        HANDLERS[desc.type](vmm, desc.fields)
         return True  # QEMU has no ITE: every device-TLB invalidation completes
 
 
@@ -178,7 +176,7 @@ class Vmm:
         vas.notifiers.append(Notifier(kinds, deliver, switched))
         return vas
 
-    def _with_notifiers(self) -> list[VtdAddressSpace]:
+    def with_notifiers(self) -> list[VtdAddressSpace]:
         return [vas for vas in self.address_spaces.values() if vas.notifiers]
 
     def tables(self, vas: VtdAddressSpace):
@@ -240,114 +238,6 @@ class Vmm:
 
     def refresh_all(self) -> None:
         """``vtd_address_space_refresh_all``: unmap every notifier, switch every space."""
-        for vas in self._with_notifiers():
+        for vas in self.with_notifiers():
             self.unmap_all(vas)
         self.switch_all()
-
-
-# -- per-type handlers (vtd_process_*_desc) -----------------------------------------------------
-def _context_cache(vmm: Vmm, f: dict) -> None:
-    unit = vmm.unit
-    if f["g"] in (1, 2):
-        # vtd_process_context_cache_desc: domain-selective is treated as global.
-        vmm.trace("vtd_inv_desc_cc_global" if f["g"] == 1 else "vtd_inv_desc_cc_domain",
-                  *(() if f["g"] == 1 else (f["did"],)))
-        inv.context_cache_global(unit)
-        vmm.refresh_all()
-        for vas in vmm._with_notifiers():
-            vmm.sync(vas)
-        _pasid_resync(vmm, f)
-        return
-    vmm.trace("vtd_inv_desc_cc_devices", f["sid"], f["fm"])
-    inv.context_cache_device(unit, f["did"], f["sid"], f["fm"])
-    # vtd_context_device_invalidate matches bus and masked devfn only, whatever the DID:
-    # an entry the spec's DID-tagged rule would keep is dropped too.
-    sid, fm = f["sid"], f["fm"]
-    unit.context_cache.invalidate_where(lambda _key, e: sid_matches(e.sid, sid, fm))
-    for sid in sorted(vmm.address_spaces):
-        if sid_matches(sid, f["sid"], f["fm"]):
-            vmm.trace("vtd_inv_desc_cc_device", sid)
-            vas = vmm.address_spaces[sid]
-            vmm.switch(vas)
-            vmm.sync(vas)
-    _pasid_resync(vmm, f)
-
-
-def _pasid_resync(vmm: Vmm, f: dict) -> None:
-    """The nesting series resyncs the PASID cache after a context-cache invalidation too (a
-    workaround for guests that program the context entry after the PASID entry and skip
-    the PASID-cache flush; reference section 4)."""
-    if vmm.version.pasid_cache == qemu.PROCESS:
-        for hook in vmm.bind_hooks:
-            hook(1, f)
-
-
-def _iotlb(vmm: Vmm, f: dict) -> None:
-    unit = vmm.unit
-    if f["g"] == 1:
-        vmm.trace("vtd_inv_desc_iotlb_global")
-        inv.iotlb_global(unit)
-        for vas in vmm._with_notifiers():
-            vmm.sync(vas)
-    elif f["g"] == 2:
-        vmm.trace("vtd_inv_desc_iotlb_domain", f["did"])
-        inv.iotlb_domain(unit, f["did"])
-        for vas in vmm._with_notifiers():
-            if vmm.tables(vas).did == f["did"]:
-                vmm.sync(vas)
-    else:
-        vmm.trace("vtd_inv_desc_iotlb_pages", f["did"], f["addr"], f["am"])
-        inv.iotlb_page(unit, f["did"], f["addr"], f["am"], f["ih"])
-        _page_notify(vmm, f["did"], f["addr"], 1 << (12 + f["am"]))
-
-
-def _page_notify(vmm: Vmm, did: int, addr: int, size: int) -> None:
-    """``vtd_iotlb_page_invalidate_notify``: a range walk for MAP listeners, else one UNMAP."""
-    base = addr & ~(size - 1)
-    for vas in vmm._with_notifiers():
-        tables = vmm.tables(vas)
-        if tables.did != did or not tables.kind:
-            continue
-        if vas.has(MAP) and tables.ss_root is not None:
-            vmm.walk(vas, tables.ss_root, base, base + size, notify_unmap=True)
-        else:
-            vas.notify(IommuEvent(UNMAP, base, size), vmm.stats)
-
-
-def _device_tlb(vmm: Vmm, f: dict) -> None:
-    """``vtd_process_device_iotlb_desc``: DEVIOTLB_UNMAP to the SID's address space; no
-    address space, or nobody listening: accepted, nothing done."""
-    base, size = devtlb_range(f["addr"], f["s"])
-    vas = vmm.address_spaces.get(f["sid"])
-    if vas is not None:
-        vas.notify(IommuEvent(DEVIOTLB_UNMAP, base, size), vmm.stats)
-
-
-def _iec(vmm: Vmm, f: dict) -> None:
-    vmm.trace("vtd_inv_desc_iec", f["g"], f["iidx"], f["im"])
-    inv.iec(vmm.unit, f["g"], f["iidx"], f["im"])
-
-
-def _p_iotlb(vmm: Vmm, f: dict) -> None:
-    """10.0 ``vtd_process_piotlb_desc``: G=2 drops the (DID, PASID) entries and syncs the
-    domain's address spaces; G=3 drops the range's entries."""
-    if f["g"] == 2:
-        inv.piotlb_pasid(vmm.unit, f["did"], f["pasid"])
-        for vas in vmm._with_notifiers():
-            if vmm.tables(vas).did == f["did"]:
-                vmm.sync(vas)
-    else:
-        inv.piotlb_page(vmm.unit, f["did"], f["pasid"], f["addr"], f["am"], f["ih"])
-    for hook in vmm.bind_hooks:
-        hook(6, f)
-
-
-def _pasid_cache(vmm: Vmm, f: dict) -> None:
-    """A version that processes type 7 (the nesting series' ``vtd_process_pasid_desc``):
-    each bound device re-reads its PASID entry."""
-    for hook in vmm.bind_hooks:
-        hook(7, f)
-
-
-_HANDLERS = {1: _context_cache, 2: _iotlb, 3: _device_tlb, 4: _iec, 6: _p_iotlb,
-             7: _pasid_cache}
