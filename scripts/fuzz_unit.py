@@ -9,7 +9,11 @@ and the hardware freedoms (cache fills, evictions, write-backs, async queue step
 exception escaping the unit is a bug: the run stops and prints the seed, the input number and
 the input.
 
-Usage: ``python scripts/fuzz_unit.py [--iterations N] [--seed S] [--preset NAME]``
+With ``--vmm qemu-7.2|qemu-10.0`` the unit is the VMM model's emulated one (virtualization.vmm,
+random QEMU properties) with a MAP/UNMAP listener (shadowing, under caching mode) and a
+DEVIOTLB_UNMAP listener on the first SIDs, so garbage also reaches QEMU's notifier work.
+
+Usage: ``python scripts/fuzz_unit.py [--iterations N] [--seed S] [--preset NAME] [--vmm V]``
 
 Not covered: several units sharing memory, the driver layer.
 """
@@ -50,10 +54,12 @@ LINUX_GCMD = (0x04000000, 0x05000000, 0x06000000, 0x46000000, 0x86000000, 0x8700
 class Fuzzer:
     """One seeded run: ``step()`` applies one random input to the current unit."""
 
-    def __init__(self, seed: int, preset: str | None = None, qi_mode: str | None = None):
+    def __init__(self, seed: int, preset: str | None = None, qi_mode: str | None = None,
+                 vmm: str | None = None):
         self.rng = random.Random(seed)
         self.preset = preset
         self.qi_mode = qi_mode
+        self.vmm = vmm
         self.events: Counter[str] = Counter()
         self.totals: Counter[str] = Counter()
         self.unit: RemappingUnit | None = None
@@ -79,7 +85,10 @@ class Fuzzer:
             self.totals.update(self.unit.stats)
         name = self.preset or self.rng.choice(sorted(PRESETS))
         mode = self.qi_mode or self.rng.choice(("sync", "async"))
-        self.unit = RemappingUnit(PRESETS[name], PhysicalMemory(), qi_mode=mode)
+        if self.vmm:
+            name, mode = self.new_vmm_unit(), "sync"
+        else:
+            self.unit = RemappingUnit(PRESETS[name], PhysicalMemory(), qi_mode=mode)
         self.unit.listeners.append(lambda _u, event, _f: self.events.update([event]))
         for sid in SIDS[:3]:
             # One endpoint in five never answers ATS invalidations: device-TLB descriptors to
@@ -89,6 +98,24 @@ class Fuzzer:
         self.last = f"new unit {name} qi_mode={mode}"
         if self.rng.random() < 0.8:
             self.linux_init()
+
+    def new_vmm_unit(self) -> str:
+        """The VMM model's emulated unit with listeners; its description."""
+        from vtdsim.virtualization import qemu
+        from vtdsim.virtualization.vmm import Vmm
+
+        version = qemu.get_version(self.vmm)
+        rng = self.rng
+        props = qemu.QemuProperties(caching_mode=rng.random() < 0.7,
+                                    scalable_mode=rng.random() < 0.5,
+                                    device_iotlb=rng.random() < 0.5)
+        vmm = Vmm(version, props, PhysicalMemory())
+        self.unit = vmm.unit
+        for sid in SIDS[:3]:
+            kinds = {"deviotlb_unmap"} | ({"map", "unmap"} if props.caching_mode else set())
+            vmm.register_notifier(sid, frozenset(kinds),
+                                  lambda ev: self.events.update(["notify_" + ev.kind]))
+        return f"{version.name} {props}"
 
     def linux_init(self) -> None:
         """The register programming of Linux's init_dmars (queue, root table, TE), so that
@@ -303,9 +330,9 @@ class Fuzzer:
 
 
 def run(iterations: int, seed: int, preset: str | None = None,
-        qi_mode: str | None = None) -> Fuzzer:
+        qi_mode: str | None = None, vmm: str | None = None) -> Fuzzer:
     """Apply ``iterations`` inputs; an escaping exception is re-raised with the reproduction."""
-    fuzzer = Fuzzer(seed, preset, qi_mode)
+    fuzzer = Fuzzer(seed, preset, qi_mode, vmm)
     for n in range(iterations):
         try:
             fuzzer.step(n)
@@ -337,9 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", choices=sorted(PRESETS))
     parser.add_argument("--qi-mode", choices=("sync", "async"))
+    parser.add_argument("--vmm", choices=("qemu-7.2", "qemu-10.0"))
     args = parser.parse_args(argv)
     try:
-        fuzzer = run(args.iterations, args.seed, args.preset, args.qi_mode)
+        fuzzer = run(args.iterations, args.seed, args.preset, args.qi_mode, args.vmm)
     except AssertionError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1

@@ -74,9 +74,25 @@ def decode(qwords: tuple[str, ...], json_path: str | None) -> None:
               help="The remapping unit (see `vtdsim presets`).")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Buffer placement and contents.")
-def demo(preset: str, seed: int) -> None:
+@click.option("--platform", "platforms", multiple=True,
+              type=click.Choice(["bare", "emulated", "shadow", "nested"]),
+              help="Instead of the guided run: one strict map/DMA/unmap on this platform "
+                   "(repeatable) and its counts - exits, descriptors, VMM page-walk reads, "
+                   "VFIO calls, host invalidations.")
+@click.option("--profile", default="linux-6.1", show_default=True,
+              help="The guest driver profile (with --platform).")
+@click.option("--vmm", type=click.Choice(["qemu-7.2", "qemu-10.0", "qemu-nesting-2026"]),
+              default="qemu-7.2", show_default=True,
+              help="The VMM version: qemu-7.2 or qemu-10.0 (with --platform; nested uses the "
+                   "2026 nesting series).")
+def demo(preset: str, seed: int, platforms: tuple[str, ...], profile: str, vmm: str) -> None:
     """A guided run: Linux boots a unit, maps a buffer, a device DMAs through its device-TLB,
     the driver unmaps, the stale DMA is blocked; then one I/O's cost under both profiles."""
+    if platforms:
+        from vtdsim.simulation.platform_demo import run_platform_demo
+
+        run_platform_demo(click.echo, list(platforms), profile=profile, vmm=vmm, seed=seed)
+        return
     from vtdsim.simulation.demo import run_demo
 
     run_demo(click.echo, preset=preset, seed=seed)

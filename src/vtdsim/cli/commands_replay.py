@@ -20,8 +20,14 @@ from vtdsim.driver.profiles import PROFILES
 @click.option("--device", default=None,
               help="the traced device (BB:DD.F) when the recording does not tell")
 @click.option("--json", "json_path", default=None, help="write the agreement as JSON here")
+@click.option("--vmm", is_flag=True,
+              help="run the guest on the VMM model (QEMU's version and properties from the "
+                   "recording) and compare its actions with QEMU's own events too")
+@click.option("--assign", is_flag=True,
+              help="with --vmm: the traced device assigned through VFIO (shadowed into a "
+                   "host unit); prints what the workload costs there")
 def replay(directory: str, profile: str, seed: int, device: str | None,
-           json_path: str | None) -> None:
+           json_path: str | None, vmm: bool, assign: bool) -> None:
     """Replay a recording (guest.log, qemu.log, config.toml) through the driver model and
     compare what it submits with what Linux submitted and QEMU processed.  Prints the first
     divergence with context, a summary table and, last, the agreement line."""
@@ -30,9 +36,18 @@ def replay(directory: str, profile: str, seed: int, device: str | None,
     from vtdsim.traces.replay import replay as run_replay
 
     json_file = writable_file(json_path, "--json")
-    result = run_replay(directory, profile, seed, device)
+    vmm_ok = True
+    if vmm:
+        from vtdsim.traces.vmm_replay import replay_on_vmm
+
+        result, comparison, the_vmm = replay_on_vmm(directory, profile, seed, device, assign)
+        vmm_ok = comparison.ok
+    else:
+        result = run_replay(directory, profile, seed, device)
     lines, verdict = compare.report(result, LAZY_TOLERANCE)
     click.echo("\n".join(lines))
+    if vmm:
+        _echo_vmm(the_vmm, comparison)
     if json_file:
         write_json(json_file, {
             "format": "vtdsim-replay", "version": 1, "recording": directory,
@@ -40,10 +55,25 @@ def replay(directory: str, profile: str, seed: int, device: str | None,
             "descriptors": {"matched": verdict.desc_matched, "recorded": verdict.desc_recorded},
             "queue_tail_writes": {"matched": verdict.tail_matched,
                                   "recorded": verdict.tail_recorded},
+            "vmm_agrees": vmm_ok if vmm else None,
             "report": lines})
-    if not verdict.ok:
+    if not (verdict.ok and vmm_ok):
         sys.exit(1)
 
 
 def register(group: click.Group) -> None:
     group.add_command(replay)
+
+
+def _echo_vmm(the_vmm, comparison) -> None:
+    """The VMM model's counts and its comparison with QEMU's own events."""
+    click.echo(the_vmm.summary())
+    for backend in the_vmm.backends:
+        counts = dict(backend.stats)
+        host = getattr(backend, "host", None)
+        if host is not None:  # the host's own queue: its strict invalidations
+            counts["host_iqt_writes"] = host.unit.stats["iqt_writes"]
+            counts["host_iotlb_inv"] = host.unit.stats["desc:iotlb_inv"]
+        click.echo(f"{type(backend).__name__}: "
+                   + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    click.echo("\n".join(comparison.lines()))

@@ -210,8 +210,14 @@ class InvalidationQueue:
             if len(memo) >= _DECODE_MEMO:
                 memo.clear()
             desc = decode(qws)
-            hit = memo[qws] = (desc, validate(desc, self.unit.caps, wide), "desc:" + desc.label)
+            hit = memo[qws] = (desc, self.validate(desc, wide), "desc:" + desc.label)
         return hit
+
+    def validate(self, desc: Descriptor, wide: bool) -> int:
+        """The IQEI for ``desc`` (0: accepted): the spec's checks (``descriptors.validate``).
+        An emulated unit with other rules (a VMM's) overrides this and ``_perform``; the
+        result must stay a pure function of the raw words (it is memoised)."""
+        return validate(desc, self.unit.caps, wide)
 
     def _set_head(self, offset: int) -> None:
         self.unit.regs.set("IQH", offset & self._qh_mask)  # QH is IQH's only field

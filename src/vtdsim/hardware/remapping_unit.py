@@ -55,6 +55,8 @@ class CacheConfig:
     QEMU never does - set False to model it).  ``qemu_resets``: reset every cache on SRTP and on
     TE changes as QEMU does, instead of the spec's ESRTPS-only rule.  ``compress_faults``:
     drop a fault whose SID already has a pending record (optional; QEMU does it).
+    ``iotlb_flush_when_full``: a fill into a full IOTLB empties it whole (QEMU) instead of
+    replacing the least recently used entry.
     ``device_tlb`` is the default ATC size of endpoints built for this unit.
     """
 
@@ -66,6 +68,7 @@ class CacheConfig:
     cache_negative: bool = True
     qemu_resets: bool = False
     compress_faults: bool = True
+    iotlb_flush_when_full: bool = False
 
 
 Listener = Callable[["RemappingUnit", str, dict], None]
@@ -103,6 +106,7 @@ class RemappingUnit:
         self.context_cache = ContextCache(capacity=cache_config.context)
         self.pasid_cache = PasidCache(capacity=cache_config.pasid)
         self.iotlb = Iotlb(capacity=cache_config.iotlb)
+        self.iotlb.flush_when_full = cache_config.iotlb_flush_when_full
         self.pscache = PagingStructureCache(capacity=cache_config.pscache)
         self.queue = InvalidationQueue(self)
         self._bind_fast_path()

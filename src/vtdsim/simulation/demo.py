@@ -16,6 +16,7 @@ from collections.abc import Callable
 from vtdsim.driver.dma_api import IommuDmaCookie, iommu_dma_map_page, iommu_dma_unmap_page
 from vtdsim.driver.iova import IovaDomain
 from vtdsim.hardware.descriptors import decode
+from vtdsim.simulation.machine import build
 from vtdsim.simulation.system import System
 
 DEVICE = "01:00.0"  # behind a root port, with ATS, as in the legacy-cm-ats recording
@@ -34,7 +35,7 @@ def _descriptors(system: System, since: int, out: Out) -> int:
 
 
 def _boot(preset: str, profile: str, out: Out) -> tuple[System, IommuDmaCookie]:
-    system = System.boot(preset, profile)
+    system = build("bare", unit=preset, profile=profile).guest  # the one machine builder
     caps = system.unit.caps
     out(f"  unit {system.unit.name}: cap {caps.cap:x} ecap {caps.ecap:x} "
         f"(caching mode {int(caps.caching_mode)}, device-TLB {int(caps.dt)}, "

@@ -27,10 +27,10 @@ from vtdsim.driver.domain import DmarDomain
 from vtdsim.driver.executor import DirectExecutor
 from vtdsim.driver.intel_iommu import IntelIommu
 from vtdsim.driver.intel_iommu_ops import IntelIommuDriver
-from vtdsim.driver.platform import Platform
+from vtdsim.driver.platform import DEFAULT_PAGE_BASE, DEFAULT_PAGE_LIMIT, Platform
 from vtdsim.driver.profiles import Profile, get_profile
 from vtdsim.driver.steps import Annotate
-from vtdsim.errors import SpecRuleBroken
+from vtdsim.errors import BadInput, SpecRuleBroken
 from vtdsim.hardware.capabilities import Capabilities
 from vtdsim.hardware.memory import PhysicalMemory
 from vtdsim.hardware.presets import get_preset
@@ -63,17 +63,30 @@ class System:
         scalable: bool = True,
         ncpus: int = 2,
         enable_translation: bool = True,
+        memory: PhysicalMemory | None = None,
+        page_range: tuple[int, int] | None = None,
+        vmm: Any = None,
     ) -> System:
         """A unit (a preset name, or recorded CAP/ECAP) booted by the driver ``profile``
         (scalable mode when the unit offers it, unless ``scalable=False`` as with
         ``intel_iommu=sm_off``).  ``enable_translation=False`` stops before GCMD.TE: the caller
-        attaches domains, then runs ``iommu.iommu_enable_translation()``."""
-        caps = get_preset(unit) if isinstance(unit, str) else unit
+        attaches domains, then runs ``iommu.iommu_enable_translation()``.  A guest passes the
+        VMM (``virtualization.vmm.Vmm``) whose emulated unit it runs on, and the memory it
+        shares with the host; ``page_range`` is where the driver allocates its pages."""
         prof = get_profile(profile) if isinstance(profile, str) else profile
-        memory = PhysicalMemory()
-        hw = RemappingUnit(caps, memory, name=name, cache_config=cache_config or CacheConfig(),
-                           qi_mode=qi_mode)
-        platform = Platform(memory, [hw], ncpus=ncpus)
+        if vmm is not None:
+            if cache_config is not None or qi_mode != "sync" or memory is not None:
+                raise BadInput("a guest on a VMM takes the VMM's unit, caches, memory and "
+                               "synchronous queue: no cache_config, qi_mode or memory")
+            hw, memory = vmm.unit, vmm.unit.memory
+        else:
+            caps = get_preset(unit) if isinstance(unit, str) else unit
+            memory = memory or PhysicalMemory()
+            hw = RemappingUnit(caps, memory, name=name,
+                               cache_config=cache_config or CacheConfig(), qi_mode=qi_mode)
+        caps = hw.caps
+        base, limit = page_range or (DEFAULT_PAGE_BASE, DEFAULT_PAGE_LIMIT)
+        platform = Platform(memory, [hw], ncpus=ncpus, page_base=base, page_limit=limit)
         executor = DirectExecutor(platform)
         iommu = IntelIommu(0, caps, profile=prof, sm_on=scalable)
         system = cls(platform, executor, iommu, IntelIommuDriver(platform, prof, [iommu]), prof)

@@ -160,12 +160,14 @@ class ModelMachine:
     ``boot`` attaches the groups first), with the model's submissions taken per IQT write and
     tagged with what caused them (``recorded.ModelSubmission``)."""
 
-    def __init__(self, setup: Setup, profile_name: str):
+    def __init__(self, setup: Setup, profile_name: str, vmm=None):
         self.origin = "boot: init_hw"
         self.caps = Capabilities(setup.dmesg.cap, setup.dmesg.ecap)
+        # ``vmm``: the guest runs on the VMM model's emulated unit (vmm_replay.py) instead of
+        # a unit built from the recorded words (which the VMM's words then equal).
         self.system = System.boot(self.caps, profile_name, name=setup.dmesg.iommu,
                                   scalable=setup.dmesg.scalable_mode, ncpus=setup.ncpus,
-                                  enable_translation=False)
+                                  enable_translation=False, vmm=vmm)
         self.profile = self.system.profile
         self.unit, self.iommu = self.system.unit, self.system.iommu
         self.driver, self.executor = self.system.driver, self.system.executor
@@ -289,10 +291,10 @@ def _jiffies_ns(t_ns: int, phase_ns: int) -> int:
 class Replayer:
     """Feeds the calls to the machine and the machine's submissions to the recorded side."""
 
-    def __init__(self, rec: Recording, setup: Setup, profile: str, seed: int):
+    def __init__(self, rec: Recording, setup: Setup, profile: str, seed: int, vmm=None):
         self.rec, self.setup, self.seed = rec, setup, seed
         self.phase_ns = random.Random(seed).randrange(TICK_NS)
-        self.machine = ModelMachine(setup, profile)
+        self.machine = ModelMachine(setup, profile, vmm)
         self.boot = boot(self.machine, setup)
         self.domain = self.boot.cookie.domain
         self._hand_over = None  # where the model's submissions go (the recorded side's feed)

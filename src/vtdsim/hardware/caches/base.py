@@ -49,6 +49,10 @@ class LruCache:
     """
 
     grouped = False  # subclasses with a ``group_of`` set this
+    # A fill into a full cache empties it whole instead of replacing the LRU entry (QEMU's
+    # vtd_update_iotlb resets its IOTLB at VTD_IOTLB_MAX_SIZE; legal: hardware may evict
+    # anything at any moment, spec 6.1).  ``stats.replaced`` counts every entry so dropped.
+    flush_when_full = False
 
     def __init__(self, name: str, capacity: int):
         if capacity < 0:
@@ -107,8 +111,13 @@ class LruCache:
         else:
             if len(entries) >= self.capacity:
                 victim = next(iter(entries))
-                self._drop(victim)
-                self.stats.replaced += 1
+                if self.flush_when_full:
+                    self.stats.replaced += len(entries)
+                    entries.clear()
+                    self._groups.clear()
+                else:
+                    self._drop(victim)
+                    self.stats.replaced += 1
             if self.grouped:
                 self._groups.setdefault(self.group_of(key), {})[key] = None
         entries[key] = entry

@@ -1,0 +1,93 @@
+"""Replay a recording with the guest on the VMM model (``vtdsim replay DIR --vmm``): the VMM
+(virtualization.vmm) is built from the recording's QEMU version and ``-device intel-iommu``
+properties, its CAP/ECAP must equal the words the guest printed, the model guest replays the
+recorded calls on it (replay.py), and the VMM's trace events are compared with QEMU's
+(vmm_compare.py): exits against queue-tail writes, each descriptor's decode, context-cache
+and address-space-switch events.
+
+QEMU creates an address space for every PCI device behind the unit when the machine starts;
+the model creates one for each device of the recording's IOMMU groups before the guest boots.
+
+Lazy recordings (a flush queue) are judged by the lazy rule (vmm_compare.py): equal up to a
+flush-timing boundary, exits within 5%.
+
+Not modelled: other QEMU versions than 7.x and 10.x, the recording's device DMA
+(``vtd_dmar_translate``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from vtdsim.errors import BadInput
+from vtdsim.hardware.memory import PhysicalMemory
+from vtdsim.hardware.request import parse_sid
+from vtdsim.simulation.machine import HOST_PAGES, HOST_UNIT
+from vtdsim.simulation.system import System
+from vtdsim.traces.recording import Recording
+from vtdsim.traces.replay import Replayer, Result, read_setup
+from vtdsim.traces.vmm_compare import VmmComparison, compare_items, recorded_items
+from vtdsim.traces.workers import prefetched
+from vtdsim.virtualization import qemu
+from vtdsim.virtualization.backends import VfioShadow, host_name
+from vtdsim.virtualization.vmm import Vmm
+
+_QEMU_VERSION = re.compile(r"QEMU (?:emulator version )?(\d+)\.(\d+)")
+_MAJOR = {7: "qemu-7.2", 10: "qemu-10.0"}
+_BOOL_PROPS = {"caching-mode": "caching_mode", "x-scalable-mode": "scalable_mode",
+               "x-flts": "flts", "device-iotlb": "device_iotlb", "x-pasid-mode": "pasid",
+               "snoop-control": "snoop_control", "dma-drain": "dma_drain", "pt": "pt"}
+
+
+def vmm_of(rec: Recording) -> tuple[qemu.QemuVersion, qemu.QemuProperties]:
+    """The QEMU version (from config.toml's first comment) and the unit's properties."""
+    text = Path(rec.path, "config.toml").read_text()
+    m = _QEMU_VERSION.search(text)
+    if m is None or int(m[1]) not in _MAJOR:
+        raise BadInput("no QEMU 7.x or 10.x version in its comment",
+                       where=f"{rec.path}/config.toml")
+    device = str(rec.config.get("qemu_iommu_device", ""))
+    props = {}
+    for word in device.split(",")[1:]:
+        key, _, value = word.partition("=")
+        if key in _BOOL_PROPS:
+            props[_BOOL_PROPS[key]] = value in ("on", "true", "yes")
+        elif key == "aw-bits":
+            props["aw_bits"] = int(value)
+    return qemu.get_version(_MAJOR[int(m[1])]), qemu.QemuProperties(**props)
+
+
+def replay_on_vmm(path: str | Path, profile: str = "linux-6.1", seed: int = 0,
+                  device: str | None = None, assign: bool = False
+                  ) -> tuple[Result, VmmComparison, Vmm]:
+    """Replay ``path`` with the guest on the VMM model; with ``assign`` the traced device is
+    assigned through VFIO (its second stage shadowed into a host unit, ``host``): what the
+    recorded workload would cost with the device passed through.  QEMU's trace events do
+    not depend on the listeners, so the comparison is the same."""
+    rec = Recording(path)
+    setup = read_setup(rec, device)
+    version, props = vmm_of(rec)
+    memory = PhysicalMemory()
+    vmm = Vmm(version, props, memory, name=setup.dmesg.iommu, record=True)
+    caps = vmm.unit.caps
+    if (caps.cap, caps.ecap) != (setup.dmesg.cap, setup.dmesg.ecap):
+        raise BadInput(f"{version.name} with {props} builds cap {caps.cap:x} ecap "
+                       f"{caps.ecap:x}; the guest saw cap {setup.dmesg.cap:x} ecap "
+                       f"{setup.dmesg.ecap:x}", where=str(rec.path))
+    for name, _ in setup.dmesg.group_adds:
+        vmm.address_space(parse_sid(name))  # vtd_find_add_as at machine start
+    if assign:
+        _assign(vmm, memory, setup.traced)
+    result = Replayer(rec, setup, profile, seed, vmm=vmm).run()
+    comparison = compare_items(vmm.events, prefetched(recorded_items, str(rec.path)),
+                               lazy=result.boot.cookie.fq is not None)
+    return result, comparison, vmm
+
+
+def _assign(vmm: Vmm, memory: PhysicalMemory, sid: int) -> VfioShadow:
+    """The traced device assigned through VFIO at machine start (host: mainline, strict)."""
+    host = System.boot(HOST_UNIT, "mainline", memory=memory, page_range=HOST_PAGES,
+                       name="host-dmar0")
+    host.probe(host_name(sid))
+    return VfioShadow(vmm, host, sid)

@@ -1,0 +1,164 @@
+"""QEMU's per-device address space (``VTDAddressSpace``) with its IOMMU notifiers, the
+``iova_tree`` of what was MAPped, and the shadow page walk (QEMU hw/i386/intel_iommu.c
+``vtd_page_walk``, ``vtd_page_walk_level``, ``vtd_page_walk_one``, ``vtd_address_space_sync``,
+``vtd_address_space_unmap``, ``vtd_iommu_replay``; reference section 5).
+
+The walk reads the guest's second-stage table from guest memory the way QEMU does - fresh,
+never through the emulated unit's caches - and turns each present leaf into a MAP event and
+each non-present entry into an UNMAP event covering the entry's whole range; the iova_tree
+filters them: an identical MAP is skipped, a changed translation becomes UNMAP then MAP, an
+UNMAP of a range never mapped is skipped.  Every PTE read is counted (``walk_reads``).
+
+Not modelled: reserved-bit checks during the walk (QEMU skips such entries silently; the
+model reads them as the layout decodes them), first-stage walks (QEMU 10.0 does not shadow
+first-stage tables: x-flts devices are emulated or nested), the dirty-tracking variant of
+the whole-space unmap (December 2025).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from vtdsim.hardware import second_stage as ss
+
+MAP, UNMAP, DEVIOTLB_UNMAP = "map", "unmap", "deviotlb_unmap"
+
+
+@dataclass(frozen=True)
+class IommuEvent:
+    """``IOMMUTLBEvent``: what a notifier receives.  ``perm`` is (read, write)."""
+
+    kind: str
+    iova: int
+    size: int
+    gpa: int = 0
+    perm: tuple[bool, bool] = (False, False)
+
+
+class IovaTree:
+    """QEMU's ``iova_tree`` of one address space: non-overlapping MAPped ranges."""
+
+    def __init__(self) -> None:
+        self._bases: list[int] = []
+        self._maps: dict[int, IommuEvent] = {}
+
+    def find(self, iova: int, size: int) -> IommuEvent | None:
+        """The first mapping overlapping [iova, iova + size), or None."""
+        i = bisect.bisect_right(self._bases, iova) - 1
+        for base in self._bases[max(i, 0):]:
+            if base >= iova + size:
+                return None
+            m = self._maps[base]
+            if base + m.size > iova:
+                return m
+        return None
+
+    def insert(self, event: IommuEvent) -> None:
+        bisect.insort(self._bases, event.iova)
+        self._maps[event.iova] = event
+
+    def remove(self, iova: int, size: int) -> int:
+        """Remove every mapping overlapping the range (``iova_tree_remove``); how many."""
+        n = 0
+        while (m := self.find(iova, size)) is not None:
+            self._bases.remove(m.iova)
+            del self._maps[m.iova]
+            n += 1
+        return n
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+
+@dataclass
+class Notifier:
+    """One ``IOMMUNotifier``: the event kinds it takes and where they go; ``switched`` is
+    told when the device's region changes (a memory listener's region add / del)."""
+
+    kinds: frozenset[str]
+    deliver: Callable[[IommuEvent], None]
+    switched: Callable[[bool], None] | None = None
+
+
+@dataclass
+class VtdAddressSpace:
+    """One device's address space (no PASID: QEMU 7.2/10.0 shadow only the RID's)."""
+
+    sid: int
+    notifiers: list[Notifier] = field(default_factory=list)
+    iova_tree: IovaTree = field(default_factory=IovaTree)
+    use_iommu: bool = False  # which memory region is enabled (vtd_switch_address_space)
+
+    def has(self, kind: str) -> bool:
+        return any(kind in n.kinds for n in self.notifiers)
+
+    def notify(self, event: IommuEvent, stats: Counter) -> None:
+        """``memory_region_notify_iommu``: every notifier that takes this kind."""
+        for n in self.notifiers:
+            if event.kind in n.kinds:
+                stats["vmm_notify_" + event.kind] += 1
+                n.deliver(event)
+
+
+def walk_one(vas: VtdAddressSpace, event: IommuEvent, notify_unmap: bool,
+             stats: Counter) -> None:
+    """``vtd_page_walk_one``: filter a walk's event through the iova_tree, then notify."""
+    tree = vas.iova_tree
+    mapped = tree.find(event.iova, event.size)
+    if event.kind == MAP:
+        if mapped == event:
+            stats["vmm_walk_skipped_same"] += 1
+            return
+        if mapped is not None:
+            # A changed translation: UNMAP the range first (not atomic: a short window
+            # without mapping, as QEMU's comment notes), then MAP.
+            tree.remove(event.iova, event.size)
+            vas.notify(IommuEvent(UNMAP, event.iova, event.size), stats)
+        tree.insert(event)
+        vas.notify(event, stats)
+        return
+    if not notify_unmap or mapped is None:
+        stats["vmm_walk_skipped_unmapped"] += 1
+        return
+    tree.remove(event.iova, event.size)
+    vas.notify(event, stats)
+
+
+@dataclass(frozen=True)
+class SsRoot:
+    """Where a device's second-stage table is: root GPA and depth, the domain's DID."""
+
+    did: int
+    root: int
+    levels: int
+
+
+def page_walk(memory, root: SsRoot, start: int, end: int, emit: Callable[[IommuEvent], None],
+              stats: Counter) -> None:
+    """``vtd_page_walk`` over [start, end): one event per entry the range touches."""
+    end = min(end, 1 << ss.address_width(root.levels))
+    if start < end:
+        _walk_level(memory, root.root, root.levels, start, end, (True, True), emit, stats)
+
+
+def _walk_level(memory, table: int, level: int, start: int, end: int,
+                perm: tuple[bool, bool], emit, stats: Counter) -> None:
+    size = ss.page_size(level)
+    iova = start & ~(size - 1)
+    while iova < end:
+        pte = memory.read_qword(table + 8 * ss.ss_index(iova, level), snoop=True)
+        stats["vmm_walk_reads"] += 1
+        read, write = perm[0] and bool(pte & 1), perm[1] and bool(pte & 2)
+        if not pte & 3:
+            emit(IommuEvent(UNMAP, iova, size))
+        elif ss.is_leaf(pte, level):
+            gpa = ss.SS_PTE.get(pte, "addr") << 12 & ~(size - 1)
+            emit(IommuEvent(MAP, iova, size, gpa, (read, write)))
+        else:
+            nxt = ss.SS_PTE.get(pte, "addr") << 12
+            _walk_level(memory, nxt, level - 1, max(iova, start), min(iova + size, end),
+                        (read, write), emit, stats)
+        iova += size
