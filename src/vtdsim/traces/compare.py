@@ -285,6 +285,10 @@ class BootComparison:
     iec_batches: int = 0
     silent_as_iec: int = 0
     pre_trace: list[QemuBatch] = field(default_factory=list)
+    in_trace: list[ModelBatch] = field(default_factory=list)
+    """The model's boot batches QEMU's boot part has no room for: the guest trace started
+    before the boot's work did (6.12's ftrace is enabled from the command line, before
+    ``intel_iommu_init``), so they are compared with the traced part, first."""
 
 
 def compare_boot(model: list[ModelBatch], qemu: list[QemuBatch]) -> BootComparison:
@@ -303,8 +307,7 @@ def compare_boot(model: list[ModelBatch], qemu: list[QemuBatch]) -> BootComparis
         else:
             result.stream.push_model(pending.popleft())
             result.stream.push_recorded(batch)
-    for batch in pending:
-        result.stream.push_model(batch)
+    result.in_trace = list(pending)
     result.stream.finish()
     return result
 
@@ -467,6 +470,9 @@ def _not_modelled(result) -> list[str]:
         lines.append(f"boot-time work before the trace started, unknown to the model: "
                      f"{len(boot.pre_trace)} queue-tail writes, first "
                      f"{boot.pre_trace[0].describe()}")
+    if result.boot_mappings:
+        lines.append(f"the boot's direct mappings in the trace (another domain, before its "
+                     f"first attach), not replayed: {result.boot_mappings} map/unmap events")
     after = result.after_trace
     if after:
         parts = ", ".join(f"{n} {kind}" for kind, n in sorted(after.items()))

@@ -6,7 +6,8 @@ arrive (compare.py).  ``compare_recording`` is what replay runs in a worker proc
 The model's stream arrives as ``ModelSubmission``s, one per IQT write: ``(origin, descs)``
 with each descriptor as ``(label, qw0, qw1, qw2, qw3)``.  The first ones are the model's boot;
 QEMU's log before the trace's first submissions (found by the first ``ALIGN_WINDOW`` of them,
-``split_at_trace_start``) is compared with those.  After that, each guest submission is
+``split_at_trace_start``) is compared with those; the boot batches beyond what that part holds
+were made after the trace started (6.12) and open the traced comparison.  After that, each guest submission is
 paired with QEMU's next batch (6.1: one IQT write per ``qi_submit_sync``, so the guest line
 must fit it), and both are compared with the model's stream position by position.  The logs
 are read only as far as the model's stream has come, so memory is the lag between the two
@@ -83,6 +84,8 @@ class _RecordedSide:
         if split is not None:
             boot_batches, self.qemu_batches = split
             self.result.boot = cmp.compare_boot(boot, boot_batches)
+            for batch in self.result.boot.in_trace:
+                self.push_model(batch)
 
     def push_model(self, batch: cmp.ModelBatch) -> None:
         guest = self.result.guest

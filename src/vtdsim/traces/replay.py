@@ -242,22 +242,60 @@ def boot(m: ModelMachine, setup: Setup) -> Boot:
 
 @dataclass
 class TraceEnd:
-    """What the guest worker sends after the last call: its tally, and the trace's last
-    timestamp (the flush-queue timer may still fire before it)."""
+    """What the guest worker sends after the last call: its tally, the trace's last
+    timestamp (the flush-queue timer may still fire before it), and the boot's map/unmap
+    events the trace holds (``skip_boot_mappings``)."""
 
     calls: CallStats
     last_us: int
+    boot_mappings: int = 0
+
+
+def skip_boot_mappings(events, grouped: set[str], skipped: list[int]):
+    """The trace's events without the map/unmap events of the boot's group set-up.
+
+    A trace that starts before ``bus_iommu_probe`` (6.12's) shows each grouped device's
+    ``add_device_to_group`` and ``attach_device_to_domain``; between them
+    ``iommu_setup_default_domain`` (iommu.c) maps a group's direct regions
+    (``iommu_create_device_direct_mappings``: intel ``intel_iommu_get_resv_regions``'s
+    RMRRs and the ISA-bridge floppy region) into the new default domain before its first
+    attach - another domain than the traced device's, with no cache tag or unit yet, so it
+    submits nothing.  Those events end when every grouped device is attached; a trace that
+    starts after that (6.1's) shows no such event and loses nothing.  ``skipped[0]`` counts
+    the events left out."""
+    events, waiting, booting = iter(events), set(grouped), False
+    for event in events:
+        kind = type(event)
+        if kind is ev.AddDeviceToGroup:
+            booting = True
+        elif kind is ev.AttachDevice:
+            waiting.discard(event.device)
+            booting = bool(waiting)
+            if not booting:
+                yield event
+                break
+        elif kind is ev.Map or kind is ev.Unmap:
+            if not booting:
+                yield event
+                break
+            skipped[0] += 1
+            continue
+        yield event
+    yield from events
 
 
 def guest_calls(path: str):
     """The guest trace's calls in the order Linux made them (calls.py), then a ``TraceEnd``;
     its submissions are the recorded side's (recorded.py)."""
-    stats, last_us = CallStats(), 0
-    for item in reconstruct_calls(Recording(path).guest_events(), stats):
+    rec = Recording(path)
+    grouped = {name for group in rec.dmesg().groups for name in group.devices}
+    stats, last_us, skipped = CallStats(), 0, [0]
+    events = skip_boot_mappings(rec.guest_events(), grouped, skipped)
+    for item in reconstruct_calls(events, stats):
         last_us = max(last_us, item.ts_us)
         if type(item) is not ev.QiSubmit:
             yield item
-    yield TraceEnd(stats, last_us)
+    yield TraceEnd(stats, last_us, skipped[0])
 
 
 # -- the replay --------------------------------------------------------------------------------
@@ -279,6 +317,7 @@ class Result:
     after_trace: Counter = field(default_factory=Counter)
     misfits: int = 0
     aligned: bool = True
+    boot_mappings: int = 0  # the boot's map/unmap events in the trace, not replayed
 
 
 def _jiffies_ns(t_ns: int, phase_ns: int) -> int:
@@ -335,7 +374,7 @@ class Replayer:
         return Result(self.setup, self.machine.profile.name, self.seed, self.boot, found.boot,
                       found.guest, found.qemu, end.calls, self.machine, found.iec,
                       found.recorded_flushes, found.after_trace, found.misfits,
-                      aligned=found.boot is not None)
+                      aligned=found.boot is not None, boot_mappings=end.boot_mappings)
 
 
 def replay(path: str | Path, profile: str = "linux-6.1", seed: int = 0,
