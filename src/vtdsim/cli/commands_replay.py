@@ -12,13 +12,14 @@ from vtdsim.driver.profiles import PROFILES
 
 @click.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--profile", type=click.Choice(sorted(PROFILES)), default="linux-6.1",
-              show_default=True, help="driver profile to replay with")
+@click.option("--profile", type=click.Choice(sorted(PROFILES)), default=None,
+              help="driver profile to replay with (default: the recorded kernel's, from "
+                   "config.toml's first line: linux-6.1 or linux-6.12)")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="draws the jiffy-tick phase the flush-queue timer runs on")
 @click.option("--device", default=None,
               help="the traced device (BB:DD.F) when the recording does not tell")
-def replay(directory: str, profile: str, seed: int, device: str | None) -> None:
+def replay(directory: str, profile: str | None, seed: int, device: str | None) -> None:
     """Replay a recording (guest.log, qemu.log, config.toml) through the driver model and
     compare what it submits with what Linux submitted and QEMU processed.  Prints the first
     divergence with context, a summary table and, last, the agreement line."""

@@ -184,6 +184,19 @@ LINUX_6_12 = Profile(
 PROFILES: dict[str, Profile] = {p.name: p for p in (LINUX_6_1, LINUX_6_12, MAINLINE)}
 
 
+# The profile of each recorded kernel (major.minor); mainline is never a recorded kernel.
+KERNEL_PROFILES = {"6.1": LINUX_6_1.name, "6.12": LINUX_6_12.name}
+
+
+def profile_for_kernel(kernel: str, where: str | None = None) -> str:
+    """The profile of Linux ``kernel`` (major.minor); BadInput naming the profiles otherwise."""
+    try:
+        return KERNEL_PROFILES[kernel]
+    except KeyError:
+        raise BadInput(f"no driver profile for Linux {kernel}; profiles: "
+                       f"{', '.join(PROFILES)} (pass --profile)", where) from None
+
+
 def get_profile(name: str) -> Profile:
     """The profile called ``name``; BadInput listing the names otherwise."""
     try:

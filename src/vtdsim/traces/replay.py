@@ -39,6 +39,7 @@ from vtdsim.driver import iommu_core
 from vtdsim.driver.device import DeviceInfo
 from vtdsim.driver.dma_api import IommuDmaCookie, iommu_dma_unmap_page
 from vtdsim.driver.pgtable import IOMMU_READ, IOMMU_WRITE
+from vtdsim.driver.profiles import profile_for_kernel
 from vtdsim.errors import BadInput
 from vtdsim.hardware.capabilities import Capabilities
 from vtdsim.hardware.request import format_sid, parse_sid
@@ -377,8 +378,16 @@ class Replayer:
                       aligned=found.boot is not None, boot_mappings=end.boot_mappings)
 
 
-def replay(path: str | Path, profile: str = "linux-6.1", seed: int = 0,
+def recording_profile(rec: Recording) -> str:
+    """The driver profile of the recorded kernel (config.toml's first line names it)."""
+    versions = rec.versions
+    return profile_for_kernel(versions.kernel, versions.where)
+
+
+def replay(path: str | Path, profile: str | None = None, seed: int = 0,
            device: str | None = None) -> Result:
-    """Replay the recording at ``path``; see ``Result`` and compare.py for the report."""
+    """Replay the recording at ``path`` with ``profile`` (by default the recorded kernel's);
+    see ``Result`` and compare.py for the report."""
     rec = Recording(path)
+    profile = profile or recording_profile(rec)
     return Replayer(rec, read_setup(rec, device), profile, seed).run()
