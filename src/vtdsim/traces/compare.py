@@ -344,6 +344,10 @@ def split_at_trace_start(batches: Iterator[QemuBatch], first: list[ev.QiSubmit],
             boot.append(window.popleft())
         if len(window) == len(first) and _fill(first, window, silent):
             return boot, _chain(window, batches)
+    while window:  # the log ended: batched submissions need fewer batches than lines
+        if _fill(first, window, silent):
+            return boot, iter(window)
+        boot.append(window.popleft())
     return None
 
 
