@@ -464,8 +464,8 @@ def _flush_line(result) -> list[str]:
         return []
     c, rec = fq.counters, result.recorded_flushes
     return [f"flush queue: model {c['flushes']} flushes ({c['flushes_timer']} by the timer, "
-            f"{c['flushes_full']} by a full ring); recorded {sum(rec.values())} DSIs "
-            f"({rec['timer']} from softirq, {rec['other']} from elsewhere)"]
+            f"{c['flushes_full']} by a full ring); recorded {sum(rec.values())} domain-wide "
+            f"flushes ({rec['timer']} from softirq, {rec['other']} from elsewhere)"]
 
 
 def _consistency(result) -> tuple[list[str], bool]:

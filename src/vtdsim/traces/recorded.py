@@ -36,7 +36,10 @@ from vtdsim.traces.textio import numbered_lines
 ALIGN_WINDOW = 12
 # QEMU events the comparison needs; the rest (vtd_dmar_translate above all) is skipped unparsed.
 _QEMU_EVENTS = frozenset({"vtd_inv_qi_tail", "vtd_inv_qi_head", "vtd_inv_desc"})
-_DSI = 2  # the G field of an iotlb_inv that flushes a whole domain (the flush queue's flush)
+# The flush queue's flush (cache_tag_flush_all): an iotlb_inv DSI, or for first-stage domains a
+# PASID-selective p_iotlb_inv - both G = 2 in qw0 bits 4-5.
+_DSI = 2
+_WHOLE_DOMAIN = frozenset({"iotlb_inv", "p_iotlb_inv"})
 
 ModelSubmission = tuple[str, tuple[tuple, ...]]  # (origin, ((label, qw0..qw3), ...))
 _new_desc = ev.fast_constructor(cmp.ModelDesc)
@@ -122,7 +125,7 @@ class _RecordedSide:
         if event.label == cmp.IEC:
             result.iec["guest trace"] += 1
             return
-        if event.label == "iotlb_inv" and (event.qw0 >> 4) & 3 == _DSI:
+        if event.label in _WHOLE_DOMAIN and (event.qw0 >> 4) & 3 == _DSI:
             result.recorded_flushes["timer" if event.context == ev.SOFTIRQ else "other"] += 1
         result.guest.push_recorded(event)
 
