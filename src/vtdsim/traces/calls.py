@@ -27,9 +27,10 @@ known to be complete only when its stream does something else or the gap has pas
 are held in a small look-ahead buffer and a call is placed at its *last* chunk, where Linux
 runs its ``iotlb_sync_map``.
 
-Not handled: attach/detach and group events inside the trace (counted as ignored: the recordings
-have none), a task migrating CPUs between two chunks of one call (it would be split), drivers
-that call ``dma_map_sg`` with IRQs off (their calls would be split per chunk).
+Not handled: attach/detach and group events inside the trace (counted as ignored; the boot's,
+which 6.12's traces show, are replay.py's ``skip_boot_mappings``), a task migrating CPUs
+between two chunks of one call (it would be split), drivers that call ``dma_map_sg`` with IRQs
+off (their calls would be split per chunk).
 """
 
 from __future__ import annotations

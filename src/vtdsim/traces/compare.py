@@ -1,17 +1,18 @@
 """Compare what the driver model submitted with a recording: the guest's ``qi_submit`` lines
-(Linux 6.1 drivers/iommu/intel/dmar.c ``qi_submit_sync``, one per caller descriptor) and what
-QEMU 7.2's vIOMMU processed (hw/i386/intel_iommu.c ``vtd_process_inv_desc``: one
+(Linux drivers/iommu/intel/dmar.c ``qi_submit_sync``, one per caller descriptor) and what
+QEMU 7.2's (or 10.0's) vIOMMU processed (hw/i386/intel_iommu.c ``vtd_process_inv_desc``: one
 ``vtd_inv_qi_tail`` per IQT write, then a ``vtd_inv_qi_head`` per descriptor fetched and a
 ``vtd_inv_desc`` with its raw words for the kinds QEMU handles).
 
-QEMU's view is grouped into batches, one per IQT write.  Descriptors QEMU 7.2 treats as no-ops
-(PASID-cache, PASID-IOTLB, and in scalable mode interrupt-entry-cache) show only as a head read:
-they are "silent" slots, matched with the model's descriptors of those kinds.  Waits are
-compared by count (each non-empty batch ends with one); their status addresses are the guest's
-memory and are not compared.  Streams are compared position by position; the first difference
-is kept with the matches before it as context.
+QEMU's view is grouped into batches, one per IQT write.  Descriptors QEMU treats as no-ops
+(7.2: PASID-cache, PASID-IOTLB, and in scalable mode interrupt-entry-cache; 10.0: PASID-cache;
+qemu_log.SILENT_KINDS) show only as a head read: they are "silent" slots, matched with the
+model's descriptors of those kinds.  Waits are compared by count (each non-empty batch ends
+with one); their status addresses are the guest's memory and are not compared.  Streams are
+compared position by position; the first difference is kept with the matches before it as
+context.
 
-Not handled: mainline's batched submissions against a 6.1 recording are compared as they are
+Not handled: a profile's batched submissions against a 6.1 recording are compared as they are
 (they diverge, which is the point), QEMU's IQE handling (no recording has one), 256-bit
 descriptors' upper half (QEMU 7.2 prints only the lower 128 bits).
 """

@@ -1,8 +1,11 @@
-"""Replay a recording through the driver model (``vtdsim replay DIR``): build the unit from the
-recorded CAP/ECAP, boot it as Linux 6.1's ``intel_iommu_init`` does (``init_hw``, probe, one
-default domain per IOMMU group attached in group order, then translation on), feed the guest's
+"""Replay a recording through the driver model (``vtdsim replay DIR``): pick the recorded
+kernel's profile (config.toml's first line: linux-6.1 or linux-6.12), build the unit from the
+recorded CAP/ECAP, boot it as ``intel_iommu_init`` does (``init_hw``, probe, one default
+domain per IOMMU group attached in group order, then translation on), feed the guest's
 map/unmap calls (calls.py) in recorded order with their CPUs and times, and compare what the
-model submits with the recording (recorded.py, compare.py).
+model submits with the recording (recorded.py, compare.py).  A 6.12 trace starts before the
+boot: its group set-up's direct mappings are left out (``skip_boot_mappings``) and the
+model's boot is compared with the trace.
 
 Three processes share the work (workers.py): this one runs the model; one reads the guest
 trace and rebuilds its calls; one reads both logs' recorded submissions and compares them with
