@@ -266,6 +266,11 @@ def test_boot_direct_mappings_are_not_the_traced_devices_calls():
     assert [e.line for e in kept] == [1, 2, 3, 5, 6] and skipped == [1]
     # A trace that starts after the boot (6.1's) loses nothing.
     assert len(list(skip_boot_mappings([_map(1, 0), _map(2, 0x1000)], grouped, skipped))) == 2
+    # One that starts after some attaches ends its boot at the first map of another task.
+    driver = ev.Map(3, "kworker", 12, 1, 3, ev.TASK, False, 0xF000, 0x10000, 0xF000, 0x1000)
+    kept = list(skip_boot_mappings([_attached(1, "0000:00:1f.0"), _map(2, 0), driver],
+                                   grouped, skipped))
+    assert [e.line for e in kept] == [1, 3]
 
 
 def test_the_recorded_kernel_picks_the_profile(tmp_path):

@@ -264,22 +264,23 @@ def skip_boot_mappings(events, grouped: set[str], skipped: list[int]):
     (``iommu_create_device_direct_mappings``: intel ``intel_iommu_get_resv_regions``'s
     RMRRs and the ISA-bridge floppy region) into the new default domain before its first
     attach - another domain than the traced device's, with no cache tag or unit yet, so it
-    submits nothing.  Those events end when every grouped device is attached; a trace that
-    starts after that (6.1's) shows no such event and loses nothing.  ``skipped[0]`` counts
-    the events left out."""
-    events, waiting, booting = iter(events), set(grouped), False
+    submits nothing.  Those events end when every grouped device is attached, or when another
+    task maps (a driver: ``intel_iommu_init`` sets the groups up before any driver probes); a
+    trace that starts after that (6.1's) shows no such event and loses nothing.
+    ``skipped[0]`` counts the events left out."""
+    events, waiting, booting, task = iter(events), set(grouped), False, None
     for event in events:
         kind = type(event)
         if kind is ev.AddDeviceToGroup:
-            booting = True
+            booting, task = True, event.pid
         elif kind is ev.AttachDevice:
             waiting.discard(event.device)
-            booting = bool(waiting)
+            booting, task = bool(waiting), event.pid
             if not booting:
                 yield event
                 break
         elif kind is ev.Map or kind is ev.Unmap:
-            if not booting:
+            if not booting or event.pid != task:
                 yield event
                 break
             skipped[0] += 1
