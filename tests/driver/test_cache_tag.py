@@ -170,3 +170,17 @@ def test_612_first_stage_everything_mask_stays_page_selective():
         assert label == "p_iotlb_inv" and qw0 & 0x3F == expected[0]
         if expected[1] is not None:
             assert qw1 & 0x3F == expected[1] and qw1 >> 12 == 0
+
+
+def test_612_sets_iotlb_sync_map_at_attach_mainline_at_allocation():
+    # 6.12 dmar_domain_attach_device ORs the flag in last; mainline (cee686775f9c) fixes it
+    # in domain_alloc_paging.  Under CM a second-stage map then flushes (IOTLB PSI, IH 0).
+    for profile, at_alloc in ((LINUX_6_12, False), (MAINLINE, True)):
+        system = make_system("qemu100-legacy-cm", profile)
+        domain = system.run(system.driver.domain_alloc_paging(system.iommu))
+        assert domain.iotlb_sync_map is at_alloc
+        info = system.probe("00:03.0")
+        assert system.run(system.driver.attach_dev(domain, info)) == 0 and domain.iotlb_sync_map
+        system.take()
+        system.run(system.driver.map(domain, 0xFFFF0000, 0x2000_0000, 0x2000, 3))
+        assert system.take() == [[("iotlb_inv", (2 << 16) | 0xF2, 0xFFFF0000 | 1)]]
