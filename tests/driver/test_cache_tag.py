@@ -10,7 +10,7 @@ from vtdsim.driver import cache_tag as ct
 from vtdsim.driver.device import DeviceInfo
 from vtdsim.driver.domain import DmarDomain, IommuDomainInfo
 from vtdsim.driver.intel_iommu import IntelIommu
-from vtdsim.driver.profiles import MAINLINE
+from vtdsim.driver.profiles import LINUX_6_12, MAINLINE
 from vtdsim.hardware.presets import get_preset
 
 
@@ -124,3 +124,63 @@ def test_nested_domain_puts_nesting_tags_with_its_did_on_the_parent():
     assert (pdev[1] >> 32) & 0xFFFFF == 5
     assert system.run(system.driver.remove_dev_pasid(info, 5)) is None
     assert not any(t.type.startswith("nesting") for t in parent.cache_tags)
+
+
+# -- Linux 6.12 (profile linux-6.12) -----------------------------------------------------------
+def test_612_adds_tags_at_the_tail_mainline_keeps_each_units_tags_adjacent():
+    domain, a, b, dev = two_unit_domain()
+    for unit in (a, b):
+        unit.profile = LINUX_6_12
+    drain(ct.cache_tag_assign_domain(domain, dev[0]))
+    drain(ct.cache_tag_assign_domain(domain, dev[2]))  # cache_tag_assign: list_add_tail
+    drain(ct.cache_tag_assign_domain(domain, dev[1]))
+    assert [(k[0], k[1], k[2]) for k in kinds(domain)] == [
+        ("iotlb", "dmar0", "-"), ("devtlb", "dmar0", "01:00.0"),
+        ("iotlb", "dmar1", "-"), ("devtlb", "dmar1", "01:00.2"),
+        ("devtlb", "dmar0", "01:00.1"),
+    ]
+
+
+def fs_domain(profile):
+    system = make_system("qemu100-flts-cm", profile)
+    domain = system.run(system.driver.domain_alloc_paging(system.iommu))
+    info = system.probe("00:03.0")
+    assert domain.use_first_level and system.run(system.driver.attach_dev(domain, info)) == 0
+    system.take()
+    return system, domain
+
+
+def test_612_flush_all_walks_the_tags_itself():
+    system, domain = fs_domain(LINUX_6_12)
+    system.run(ct.cache_tag_flush_all(domain, LINUX_6_12))
+    assert system.events["cache_tag_flush_all"] == 1
+    assert not system.events["cache_tag_flush_range"]
+    (sub,) = system.take()
+    assert sub == [("p_iotlb_inv", (2 << 16) | 0x26, 0)]  # PASID-selective (DID 2), as mainline
+
+
+def test_612_first_stage_everything_mask_stays_page_selective():
+    # A range whose ends share no bit: mask 52.  6.12 hands the page count to qi_desc_piotlb
+    # (a type-6 PSI with AM 52); mainline makes it PASID-selective.
+    start, end = (1 << 63) - 0x1000, (1 << 63) + 0xFFF  # pfns 2^51 - 1 and 2^51
+    for profile, expected in ((LINUX_6_12, (0x36, 52)), (MAINLINE, (0x26, None))):
+        system, domain = fs_domain(profile)
+        system.run(ct.cache_tag_flush_range(domain, profile, start, end, 0))
+        ((label, qw0, qw1),), = system.take()
+        assert label == "p_iotlb_inv" and qw0 & 0x3F == expected[0]
+        if expected[1] is not None:
+            assert qw1 & 0x3F == expected[1] and qw1 >> 12 == 0
+
+
+def test_612_sets_iotlb_sync_map_at_attach_mainline_at_allocation():
+    # 6.12 dmar_domain_attach_device ORs the flag in last; mainline (cee686775f9c) fixes it
+    # in domain_alloc_paging.  Under CM a second-stage map then flushes (IOTLB PSI, IH 0).
+    for profile, at_alloc in ((LINUX_6_12, False), (MAINLINE, True)):
+        system = make_system("qemu100-legacy-cm", profile)
+        domain = system.run(system.driver.domain_alloc_paging(system.iommu))
+        assert domain.iotlb_sync_map is at_alloc
+        info = system.probe("00:03.0")
+        assert system.run(system.driver.attach_dev(domain, info)) == 0 and domain.iotlb_sync_map
+        system.take()
+        system.run(system.driver.map(domain, 0xFFFF0000, 0x2000_0000, 0x2000, 3))
+        assert system.take() == [[("iotlb_inv", (2 << 16) | 0xF2, 0xFFFF0000 | 1)]]

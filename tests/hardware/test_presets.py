@@ -1,4 +1,5 @@
-"""Presets pinned to the recorded dmesg lines of the Linux 6.1 guests (traces/*/guest.log.xz)."""
+"""Presets pinned to the recorded dmesg lines of the Linux 6.1 and 6.12 guests
+(traces/*/guest.log.xz)."""
 
 import lzma
 from pathlib import Path
@@ -19,6 +20,12 @@ RECORDED = {
     "legacy-nocm-strict": "qemu72-legacy",
     "legacy-nocm-ats-lazy": "qemu72-legacy-ats",
     "sm-nocm-lazy": "qemu72-sm",
+    "linux612-legacy-cm": "qemu100-legacy-cm",
+    "linux612-legacy-cm-ats": "qemu100-legacy-cm-ats",
+    "linux612-legacy-nocm-lazy": "qemu100-legacy",
+    "linux612-sm-nocm-lazy": "qemu100-sm",
+    "linux612-sm-cm-flts": "qemu100-flts-cm",
+    "linux612-sm-cm-flts-strict": "qemu100-flts-cm",
 }
 
 
@@ -72,3 +79,10 @@ def test_vm_flts_is_first_stage_only_without_caching_mode():
 def test_every_preset_has_a_consistent_register_map(name):
     regs = register_map(PRESETS[name])  # raises on overlapping registers
     assert sum(r.name.startswith("FRCD") for r in regs) == PRESETS[name].nfr
+
+
+def test_qemu100_default_unit_is_48_bit_and_x_flts_offers_first_stage_only():
+    legacy, flts = get_preset("qemu100-legacy-cm"), get_preset("qemu100-flts-cm")
+    assert (legacy.mgaw, legacy.supported_levels) == (48, frozenset({3, 4}))
+    assert get_preset("qemu72-legacy-cm").mgaw == 39
+    assert flts.fsts and flts.fs1gp and not flts.ssts and flts.caching_mode

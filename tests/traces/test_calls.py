@@ -17,7 +17,7 @@ _line = iter(range(1, 1_000_000))
 def mapped(iova, ts, *, cpu=0, pid=100, context=ev.TASK, irqs_off=False, size=PAGE,
            paddr=None):
     return ev.Map(next(_line), "dd", pid, cpu, ts, context, irqs_off, iova, iova + size,
-                  paddr if paddr is not None else 0x7000_0000 + iova % 0x100_0000, size)
+                  paddr if paddr is not None else 0x7000_0000 + 2 * (iova % 0x100_0000), size)
 
 
 def unmapped(iova, size, ts, *, cpu=1, pid=0, context=ev.HARDIRQ):
@@ -121,3 +121,26 @@ def test_bundled_recording_calls_match_its_map_flushes():
     psis = sum(1 for i in items if type(i) is ev.QiSubmit and i.label == "iotlb_inv")
     assert (stats.map_calls, stats.unmap_calls, stats.map_chunks) == (2968, 2958, 5419)
     assert stats.map_calls + stats.unmap_calls == psis == 5926
+
+
+def np_flush(ts, *, cpu=0, pid=100):
+    """6.12's ``cache_tag_flush_range_np`` event, as its iotlb_sync_map traces it."""
+    return ev.CacheTagFlush(next(_line), "dd", pid, cpu, ts, ev.TASK, True, "range_np", "dmar0",
+                            "dmar0", 0, "iotlb", 5, 0, 0, 0, 1, 0)
+
+
+def test_a_chunk_continuing_the_last_physically_is_another_call():
+    # iommu_map_sg would have merged it into the previous __iommu_map (one map event).
+    first = mapped(0xFFFE0000, 10, paddr=0x5000_0000)
+    items, _ = calls([first, mapped(0xFFFE1000, 11, paddr=0x5000_1000)])
+    assert shape(items) == [("map", 0xFFFE0000, 1), ("map", 0xFFFE1000, 1)]
+
+
+def test_sync_map_events_end_calls_and_replace_the_gap():
+    late = 10 + CONTINUE_GAP_US + 3000  # the task was preempted between two chunks
+    items, stats = calls([mapped(0xFFFF0000, 1), np_flush(2),
+                          mapped(0xFFFE0000, 10), mapped(0xFFFE1000, late),
+                          np_flush(late + 1), mapped(0xFFFE2000, late + 2)])
+    assert shape(items) == [("map", 0xFFFF0000, 1), ("map", 0xFFFE0000, 2),
+                            ("map", 0xFFFE2000, 1)]
+    assert stats.closed_by_gap == 0

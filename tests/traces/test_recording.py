@@ -197,3 +197,20 @@ def test_bad_group_line(tmp_path):
     guest = GUEST_LOG.replace("/sys/kernel/iommu_groups/0 DMA", "/sys/kernel/iommu_groups/x DMA")
     with pytest.raises(BadInput, match=r"guest\.log:8: expected '/sys/kernel/iommu_groups/"):
         Recording(make(tmp_path, guest=guest)).dmesg()
+
+
+@pytest.mark.parametrize(("first", "kernel", "qemu"), [
+    ("# Linux 6.1 (Debian 6.1.0-56-amd64, 6.1.192) guest under QEMU 7.2 (Debian 1:7.2), TCG",
+     "6.1", "7.2"),
+    ("# Linux 6.12.95+deb12-amd64 guest under QEMU emulator version 10.0.2 (Debian), TCG",
+     "6.12", "10.0"),
+])
+def test_config_first_line_names_kernel_and_qemu(tmp_path, first, kernel, qemu):
+    rec = Recording(make(tmp_path, config=first + '\nname = "tiny"\n'))
+    assert rec.versions[:2] == (kernel, qemu)
+
+
+def test_config_without_versions_is_one_line_error(tmp_path):
+    rec = Recording(make(tmp_path))
+    with pytest.raises(BadInput, match=r"config.toml:1: first line does not name the kernel"):
+        _ = rec.versions

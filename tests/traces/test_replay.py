@@ -13,15 +13,23 @@ import pytest
 from click.testing import CliRunner
 
 from vtdsim.cli.main import _register, cli
+from vtdsim.errors import BadInput
 from vtdsim.traces import compare as cmp
 from vtdsim.traces import events as ev
-from vtdsim.traces.replay import FQ_TIMER_TICKS, LAZY_TOLERANCE, TICK_NS, replay
+from vtdsim.traces.qemu_log import silent_kinds
+from vtdsim.traces.recording import Recording
+from vtdsim.traces.replay import (
+    FQ_TIMER_TICKS,
+    LAZY_TOLERANCE,
+    TICK_NS,
+    recording_profile,
+    replay,
+    skip_boot_mappings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "legacy-cm-default"
 TRACES = ROOT.parent / "shared" / "traces"
-SHARED = ["legacy-cm-ats", "legacy-cm-default", "legacy-nocm-ats-lazy", "legacy-nocm-lazy",
-          "legacy-nocm-strict", "sm-nocm-lazy"]
 # name: (lazy, DID of the traced device, recorded D, recorded T)
 EXPECTED = {
     "legacy-cm-ats": (False, 7, 72346 + 36172 + 18, 108518 + 19),
@@ -30,7 +38,16 @@ EXPECTED = {
     "legacy-nocm-lazy": (True, 5, None, None),
     "legacy-nocm-strict": (False, 5, 2958 + 2, 2958 + 3),
     "sm-nocm-lazy": (True, 5, None, None),
+    # Linux 6.12 under QEMU 10.0: the trace holds the boot's work (no QEMU boot part but the
+    # IQT=0 write); ATS batches IOTLB PSI + device-TLB in one IQT write (D > T).
+    "linux612-legacy-cm": (False, 5, 6708, 6709),
+    "linux612-legacy-cm-ats": (False, 7, 133880, 89261),
+    "linux612-sm-cm-flts-strict": (False, 5, 3373, 3374),
+    "linux612-legacy-nocm-lazy": (True, 5, None, None),
+    "linux612-sm-nocm-lazy": (True, 5, None, None),
+    "linux612-sm-cm-flts": (True, 5, None, None),
 }
+SHARED = sorted(EXPECTED)
 
 
 def run_cli(*args: str):
@@ -131,6 +148,7 @@ def test_shared_recording_agrees(name):
     result, lines, verdict = report(path)
     lazy, did, d_rec, t_rec = EXPECTED[name]
     assert verdict.ok, "\n".join(lines)
+    assert result.profile == ("linux-6.12" if name.startswith("linux612-") else "linux-6.1")
     assert verdict.lazy == lazy
     assert f"DID {did}," in next(line for line in lines if line.startswith("traced device"))
     if not lazy:
@@ -185,11 +203,89 @@ def test_boot_comparison_classifies_what_the_model_does_not_do():
     assert (boot.iec_batches, boot.silent_as_iec, boot.pre_trace) == (1, 1, [later])
 
 
-def test_boot_comparison_reports_a_missing_descriptor():
-    boot = cmp.compare_boot([_model("cc_inv", 0x11), _model("iotlb_inv", 0xD2)],
-                            [_batch(2, ("context-cache", 0x11, 0))])
-    assert not boot.stream.exact
-    assert boot.stream.first.recorded.startswith("(nothing")
+def test_boot_work_after_the_trace_started_moves_to_the_traced_part():
+    # 6.12's trace starts before intel_iommu_init: QEMU's boot part holds less than the
+    # model's boot, whose rest is compared with the trace.
+    model = [_model("cc_inv", 0x11), _model("iotlb_inv", 0xD2)]
+    boot = cmp.compare_boot(model, [_batch(2, ("context-cache", 0x11, 0))])
+    assert boot.stream.exact and boot.in_trace == model[1:]
+
+
+def test_boot_comparison_reports_a_different_descriptor():
+    boot = cmp.compare_boot([_model("cc_inv", 0x11)], [_batch(2, ("context-cache", 0x31, 0))])
+    assert not boot.stream.exact and boot.in_trace == []
+
+
+def test_qemu_10_logs_pasid_iotlb_descriptors():
+    piotlb = _model("p_iotlb_inv", 0x50026)
+    logged = _batch(1, ("p-iotlb", 0x50026, 0))
+    assert not cmp.batch_matches(logged, piotlb)  # 7.2: silent
+    assert cmp.batch_matches(logged, piotlb, silent_kinds("10.0", "x"))
+    assert cmp.batch_matches(_batch(2, cmp.SILENT), _model("pc_inv", 0x37),
+                             silent_kinds("10.0", "x"))
+    with pytest.raises(BadInput, match="QEMU 9.1: .* known QEMU versions: 7.2, 10.0"):
+        silent_kinds("9.1", "config.toml:1")
+
+
+def _submit(line, label, qw0, qw1=0):
+    return ev.QiSubmit(line, "dd", 1, 0, line, ev.TASK, True, label, "dmar0", qw0, qw1, 0, 0)
+
+
+def test_batched_submissions_fill_one_qemu_batch_slot_by_slot():
+    # 6.12 qi_batch: an IOTLB PSI and a device-TLB flush in one IQT write.
+    batch = _batch(5, ("iotlb", 0x700F2, 0xFFFF0040), ("device", 0x10000000003, 0xFFFF0000))
+    iotlb = _submit(1, "iotlb_inv", 0x700F2, 0xFFFF0040)
+    devtlb = _submit(2, "dev_tlb_inv", 0x10000000003, 0xFFFF0000)
+    assert cmp.guest_desc_fits(iotlb, batch, 0) and cmp.guest_desc_fits(devtlb, batch, 1)
+    assert not cmp.guest_desc_fits(devtlb, batch, 0)
+    assert not cmp.guest_desc_fits(devtlb, batch, 2)
+    boot, rest = cmp.split_at_trace_start(iter([_batch(1, ("iec", 0x14, 0)), batch]),
+                                          [iotlb, devtlb])
+    assert [b.line for b in boot] == [1] and [b.line for b in rest] == [5]
+
+
+def _attached(line, device):
+    return ev.AttachDevice(line, "init", 1, 0, line, ev.TASK, False, device)
+
+
+def _added(line, device):
+    return ev.AddDeviceToGroup(line, "init", 1, 0, line, ev.TASK, False, 4, device)
+
+
+def _map(line, iova):
+    return ev.Map(line, "init", 1, 0, line, ev.TASK, False, iova, iova + 0x1000, iova, 0x1000)
+
+
+def test_boot_direct_mappings_are_not_the_traced_devices_calls():
+    grouped = {"0000:00:03.0", "0000:00:1f.0"}
+    skipped = [0]
+    events = [_added(1, "0000:00:03.0"), _added(2, "0000:00:1f.0"),
+              _attached(3, "0000:00:03.0"), _map(4, 0), _attached(5, "0000:00:1f.0"),
+              _map(6, 0xFFFFF000)]
+    kept = list(skip_boot_mappings(events, grouped, skipped))
+    assert [e.line for e in kept] == [1, 2, 3, 5, 6] and skipped == [1]
+    # A trace that starts after the boot (6.1's) loses nothing.
+    assert len(list(skip_boot_mappings([_map(1, 0), _map(2, 0x1000)], grouped, skipped))) == 2
+    # One that starts after some attaches ends its boot at the first map of another task.
+    driver = ev.Map(3, "kworker", 12, 1, 3, ev.TASK, False, 0xF000, 0x10000, 0xF000, 0x1000)
+    kept = list(skip_boot_mappings([_attached(1, "0000:00:1f.0"), _map(2, 0), driver],
+                                   grouped, skipped))
+    assert [e.line for e in kept] == [1, 3]
+
+
+def test_the_recorded_kernel_picks_the_profile(tmp_path):
+    copy = tmp_path / "rec"
+    shutil.copytree(EXAMPLE, copy)
+    assert recording_profile(Recording(copy)) == "linux-6.1"
+    config = copy / "config.toml"
+    text = config.read_text().splitlines(keepends=True)
+    config.write_text("# Linux 6.6.1-amd64 guest under QEMU emulator version 10.0.2 (x)\n"
+                      + "".join(text[1:]))
+    res = run_cli(str(copy))
+    assert res.exit_code != 0
+    assert res.output.strip().endswith("no driver profile for Linux 6.6; profiles: linux-6.1, "
+                                       "linux-6.12, mainline (pass --profile)")
+    assert len(res.output.strip().splitlines()) == 1
 
 
 def test_trace_start_is_found_by_the_first_guest_submissions():

@@ -13,8 +13,9 @@ from vtdsim.driver.profiles import PROFILES
 
 @click.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--profile", type=click.Choice(sorted(PROFILES)), default="linux-6.1",
-              show_default=True, help="driver profile to replay with")
+@click.option("--profile", type=click.Choice(sorted(PROFILES)), default=None,
+              help="driver profile to replay with (default: the recorded kernel's, from "
+                   "config.toml's first line: linux-6.1 or linux-6.12)")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="draws the jiffy-tick phase the flush-queue timer runs on")
 @click.option("--device", default=None,
@@ -26,7 +27,7 @@ from vtdsim.driver.profiles import PROFILES
 @click.option("--assign", is_flag=True,
               help="with --vmm: the traced device assigned through VFIO (shadowed into a "
                    "host unit); prints what the workload costs there")
-def replay(directory: str, profile: str, seed: int, device: str | None,
+def replay(directory: str, profile: str | None, seed: int, device: str | None,
            json_path: str | None, vmm: bool, assign: bool) -> None:
     """Replay a recording (guest.log, qemu.log, config.toml) through the driver model and
     compare what it submits with what Linux submitted and QEMU processed.  Prints the first
@@ -51,7 +52,7 @@ def replay(directory: str, profile: str, seed: int, device: str | None,
     if json_file:
         write_json(json_file, {
             "format": "vtdsim-replay", "version": 1, "recording": directory,
-            "profile": profile, "seed": seed, "agrees": verdict.ok, "lazy": verdict.lazy,
+            "profile": result.profile, "seed": seed, "agrees": verdict.ok, "lazy": verdict.lazy,
             "descriptors": {"matched": verdict.desc_matched, "recorded": verdict.desc_recorded},
             "queue_tail_writes": {"matched": verdict.tail_matched,
                                   "recorded": verdict.tail_recorded},

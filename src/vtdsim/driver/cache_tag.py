@@ -1,6 +1,7 @@
-"""Mainline cache tags, Linux drivers/iommu/intel/cache.c (v6.10+: ``cache_tag_assign_domain``,
+"""Cache tags, Linux drivers/iommu/intel/cache.c (v6.10+: ``cache_tag_assign_domain``,
 ``cache_tag_unassign_domain``, ``cache_tag_flush_range``, ``cache_tag_flush_range_np``,
-``cache_tag_flush_all``, ``qi_batch_*``); Linux 6.1 has no tags (flush_linux61.py instead).
+``cache_tag_flush_all``, ``qi_batch_*``), as 6.12 and mainline have them (profile switches
+``cache_tag_insert``, ``cache_tag_flush_all_walk``); Linux 6.1 has no tags (flush_linux61.py).
 
 A tag says which cache may hold translations of the domain: an IOTLB per (unit, DID, PASID) or
 a device-TLB per (device, DID, PASID); NESTING_* tags sit on a nest parent and carry the
@@ -63,18 +64,19 @@ def cache_tag_match(tag: CacheTag, did: int, iommu, dev: DeviceInfo, pasid: int,
 
 
 def cache_tag_assign(domain: DmarDomain, did: int, dev: DeviceInfo, pasid: int, kind: str):
-    """``cache_tag_assign``: bump a matching tag, else insert the new one right after the last
-    tag of the same unit (at the head when the unit has none), so each unit's tags stay
-    adjacent and one batch serves them."""
+    """``cache_tag_assign``: bump a matching tag, else add the new one - 6.12 at the tail
+    (``list_add_tail``), mainline right after the last tag of the same unit (at the head when
+    the unit has none), so each unit's tags stay adjacent and one batch serves them."""
     yield Lock(name=domain.cache_lock, why="cache_tag_assign")
-    insert_at = 0
+    at_tail = dev.iommu.profile.cache_tag_insert == "tail"
+    insert_at = len(domain.cache_tags) if at_tail else 0
     for i, tag in enumerate(domain.cache_tags):
         if cache_tag_match(tag, did, dev.iommu, dev, pasid, kind):
             tag.users += 1
             yield Unlock(name=domain.cache_lock, why="cache_tag_assign")
             yield _trace("cache_tag_assign", tag)
             return tag
-        if tag.iommu is dev.iommu:
+        if tag.iommu is dev.iommu and not at_tail:
             insert_at = i + 1
     tag = CacheTag(kind, dev.iommu, dev if kind in DEVTLB_TYPES else None, did, pasid)
     domain.cache_tags.insert(insert_at, tag)
@@ -144,7 +146,10 @@ def _flush_iotlb(batch: qi.QiBatch, domain: DmarDomain, profile, tag: CacheTag, 
     "everything"), else a PSI - or a DSI without PSI support, above MAMV, or for everything."""
     iommu = tag.iommu
     if domain.use_first_level:
-        everything = pages == -1 or mask >= MAX_AGAW_PFN_WIDTH
+        # 6.12 hands the page count on (mask 52 stays a type-6 PSI); mainline makes it
+        # PASID-selective (``cache_tag_flush_all_walk``).
+        everything = pages == -1 or (mask >= MAX_AGAW_PFN_WIDTH
+                                     and not profile.cache_tag_flush_all_walk)
         desc = qi.desc_flush_piotlb(tag.did, tag.pasid, addr, -1 if everything else pages, ih)
     elif pages == -1 or psi_needs_dsi(iommu.caps, mask):
         desc = qi.desc_flush_iotlb(iommu, tag.did, 0, 0, qi.DMA_TLB_DSI_FLUSH)
@@ -207,8 +212,21 @@ def cache_tag_flush_range(domain: DmarDomain, profile, start: int, end: int, ih:
 
 
 def cache_tag_flush_all(domain: DmarDomain, profile):
-    """``cache_tag_flush_all``: since July 2025 simply the whole range with IH=0."""
-    yield from cache_tag_flush_range(domain, profile, 0, ULONG_MAX, 0)
+    """``cache_tag_flush_all``: 6.12 walks the tags itself - a DSI or PASID-selective type 6
+    per IOTLB tag, a full flush per device-TLB tag (``cache_tag_flush_devtlb_all``); since July
+    2025 simply the whole range with IH=0 (``cache_tag_flush_all_walk``)."""
+    if not profile.cache_tag_flush_all_walk:
+        yield from cache_tag_flush_range(domain, profile, 0, ULONG_MAX, 0)
+        return
+
+    def per_tag(batch, tag):
+        if tag.type in IOTLB_TYPES:
+            yield from _flush_iotlb(batch, domain, profile, tag, 0, -1, 0, 0)
+        else:
+            yield from _flush_devtlb(batch, tag, 0, MAX_AGAW_PFN_WIDTH)
+        yield Annotate(event="cache_tag_flush_all", data=(tag.describe(),))
+
+    yield from _flush_walk(domain, profile, "cache_tag_flush_all", per_tag)
 
 
 def cache_tag_flush_range_np(domain: DmarDomain, profile, start: int, end: int):

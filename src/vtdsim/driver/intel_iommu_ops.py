@@ -180,14 +180,15 @@ class IntelIommuDriver:
         ret = yield from self._program_rid(domain, info)
         if ret:
             return ret
-        if prof.iotlb_sync_map == "dynamic":
-            # July 2025 patch 02/11: the flag is OR-ed in after the context is live - the
-            # window Jason objected to (a concurrent map skips its flush).
-            domain.iotlb_sync_map |= domain_need_iotlb_sync_map(domain, iommu)
         if not early_tags:
             self.iommu_enable_pci_caps(info)
             if self.mainline:
                 yield from ct.cache_tag_assign_domain(domain, info, IOMMU_NO_PASID)
+        if prof.iotlb_sync_map == "dynamic":
+            # 6.12 dmar_domain_attach_device (12724ce3fe1a, July 2025, in 6.12 stable): the
+            # flag is OR-ed in last, after the context is live - the window Jason objected
+            # to (a concurrent map skips its flush).
+            domain.iotlb_sync_map |= domain_need_iotlb_sync_map(domain, iommu)
         return 0
 
     def _program_rid(self, domain: DmarDomain, info: DeviceInfo):

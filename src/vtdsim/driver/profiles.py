@@ -1,12 +1,15 @@
-"""Driver profiles: the switches that differ between Linux 6.1 and mainline intel-iommu
+"""Driver profiles: the switches that differ between Linux 6.1, 6.12 and mainline intel-iommu
 (drivers/iommu/intel/{iommu,cache,dmar,pasid}.c, drivers/iommu/dma-iommu.c), one frozen value
 per kernel; every behaviour a seed thread argues about has both settings implemented.
 
 Each field's docstring says what it means and where it comes from (reference linux-driver.md
-sections, seed threads 000-004).
+sections, seed threads 000-004).  ``linux-6.12`` is read from Debian's linux-source-6.12
+(6.12.118; the recordings ran 6.12.95, whose differences from it the recordings cannot show:
+they hold no detach); ``mainline`` is 6.12 plus the later changes, each switch naming its
+commit (README: the switch x profile table).
 
-Not modelled: kernel versions between 6.1 and mainline (a profile is a whole kernel; use
-``with_`` to build an intermediate one switch by switch).
+Not modelled: kernel versions between these (a profile is a whole kernel; use ``with_`` to
+build an intermediate one switch by switch).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ _CHOICES = {
     "iotlb_sync_map": ("notify", "dynamic", "static"),
     "sm_context_setup": ("attach", "probe"),
     "did_allocator": ("bitmap", "ida"),
+    "cache_tag_insert": ("tail", "by_unit"),
 }
 
 
@@ -44,8 +48,8 @@ class Profile:
     rework removed ``context_flip_pri``).  The litmus seed001_* files set it explicitly."""
     iotlb_sync_map: str
     """"notify": 6.1 ``__mapping_notify_one`` on every map; "dynamic": a per-domain flag set at
-    attach (12724ce3fe1a, July 2025); "static": the flag fixed at allocation (cee686775f9c;
-    seed 002)."""
+    attach (12724ce3fe1a, July 2025, in 6.12 stable: ``dmar_domain_attach_device``); "static":
+    the flag fixed at allocation (cee686775f9c; seed 002)."""
     cache_tag_assign_before_context: bool
     """RID attach assigns the new domain's cache tags before programming the entry (True) or
     after (False, mainline ``intel_iommu_attach_device``); PASID attach always assigns first
@@ -63,7 +67,8 @@ class Profile:
     per IOMMU (``qi_batch``, reference §4.2)."""
     ih_on_wire: bool
     """The IOTLB PSI carries IH: 6.1's queued ``qi_flush_iotlb`` drops it (a local ih = 0);
-    fixed by 6b38a108eeb3, October 2025 (reference §3.3, §4.4)."""
+    fixed by 6b38a108eeb3, October 2025, also in 6.12 stable (``qi_desc_iotlb``; reference
+    §3.3, §4.4)."""
     psi_unaligned_max_mask: int
     """Mask when an unaligned range's ends share no bit: BITS_PER_LONG (64) in 6.1
     ``iommu_flush_iotlb_psi``, MAX_AGAW_PFN_WIDTH (52) in ``calculate_psi_aligned_address``."""
@@ -74,10 +79,22 @@ class Profile:
     or at "probe" (mainline ``device_pasid_table_setup``; reference §4.6)."""
     context_clear_present_first: bool
     """Tear down an entry by clearing P, flushing, then zeroing (c1e4f1dccbe9, v7.0-rc1) rather
-    than zeroing first (reference §4.6)."""
+    than zeroing first (reference §4.6; in 6.12 stable: ``domain_context_clear_one``)."""
     did_allocator: str
     """Domain IDs from a "bitmap" (6.1) or an "ida" (mainline "Use ida to manage domain id");
     both hand out the lowest free ID from 2 (reference §2.2)."""
+    cache_tag_flush_all_walk: bool
+    """6.12 ``cache_tag_flush_all``: a walk of its own - per IOTLB tag a DSI (SS) or a
+    PASID-selective type 6 (FS), per device-TLB tag a full flush (``cache_tag_flush_devtlb_all``),
+    traced as ``cache_tag_flush_all`` - and ``cache_tag_flush_range`` gives FS domains a type-6
+    PSI even for the "everything" mask 52.  False: mainline since July 2025 (the
+    ``cache_tag_flush_all`` event was removed then, reference §1.3/§4.4; commit not named
+    there): flush_all is ``flush_range(0, ULONG_MAX, 0)`` and FS masks >= 52 become
+    PASID-selective.  The same descriptors for flush_all either way."""
+    cache_tag_insert: str
+    """Where ``cache_tag_assign`` puts a new tag: "tail" (6.12 ``list_add_tail``) or "by_unit"
+    (mainline: after the last tag of the same unit, so each unit's tags stay adjacent and its
+    batch is submitted once per walk; reference §4.2).  Only several units tell them apart."""
     fq_size: int = 256
     """Per-CPU flush-queue slots, ``IOVA_DEFAULT_FQ_SIZE`` (dma-iommu.c; 255 usable)."""
     fq_timeout_ns: int = 10_000_000
@@ -123,28 +140,54 @@ LINUX_6_1 = Profile(
     sm_context_setup="attach",
     context_clear_present_first=False,
     did_allocator="bitmap",
+    cache_tag_flush_all_walk=False,  # moot: no cache tags
+    cache_tag_insert="by_unit",  # moot: no cache tags
 )
 
-MAINLINE = Profile(
-    name="mainline",
-    cache_tags=True,
-    devtlb_flush_checks_caching_mode=False,
-    context_flush_under_iommu_lock=False,
-    iotlb_sync_map="static",
-    cache_tag_assign_before_context=False,
+LINUX_6_12 = Profile(
+    name="linux-6.12",
+    cache_tags=True,  # cache.c (v6.10)
+    devtlb_flush_checks_caching_mode=False,  # cache_tag_flush_devtlb_psi: no CM check
+    context_flush_under_iommu_lock=False,  # domain_context_clear_one flushes after unlock
+    iotlb_sync_map="dynamic",  # dmar_domain_attach_device: iotlb_sync_map |= ... after tags
+    cache_tag_assign_before_context=False,  # dmar_domain_attach_device: context, then tags
     rwbf_flush_before_context=False,
-    fq_allowed_under_caching_mode_first_stage=True,
+    fq_allowed_under_caching_mode_first_stage=True,  # intel_iommu_init: first_level_by_default
     enforce_cache_coherency=True,
-    qi_batch_size=16,
-    ih_on_wire=True,
-    psi_unaligned_max_mask=52,
-    psi_align_address=True,
-    sm_context_setup="probe",
-    context_clear_present_first=True,
-    did_allocator="ida",
+    qi_batch_size=16,  # QI_MAX_BATCHED_DESC_COUNT, qi_batch_increment_index
+    ih_on_wire=True,  # qi_desc_iotlb takes IH from the address's bit 0
+    psi_unaligned_max_mask=52,  # calculate_psi_aligned_address: MAX_AGAW_PFN_WIDTH
+    psi_align_address=True,  # calculate_psi_aligned_address: ALIGN_DOWN
+    sm_context_setup="probe",  # intel_iommu_probe_device -> device_pasid_table_setup
+    context_clear_present_first=True,  # domain_context_clear_one / intel_pasid_tear_down_entry
+    did_allocator="bitmap",  # domain_attach_iommu: find_first_zero_bit(iommu->domain_ids)
+    cache_tag_flush_all_walk=True,  # cache_tag_flush_all
+    cache_tag_insert="tail",  # cache_tag_assign: list_add_tail
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (LINUX_6_1, MAINLINE)}
+# Mainline: 6.12 plus each later change that alters the protocols (README: switch x profile).
+MAINLINE = LINUX_6_12.with_(
+    name="mainline",
+    iotlb_sync_map="static",  # cee686775f9c "Make iotlb_sync_map a static property" (seed 002)
+    did_allocator="ida",  # "iommu/vt-d: Use ida to manage domain id" (after 6.12)
+    cache_tag_flush_all_walk=False,  # cache_tag_flush_all folded into flush_range (July 2025)
+    cache_tag_insert="by_unit",  # cache_tag_assign keeps a unit's tags adjacent
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (LINUX_6_1, LINUX_6_12, MAINLINE)}
+
+
+# The profile of each recorded kernel (major.minor); mainline is never a recorded kernel.
+KERNEL_PROFILES = {"6.1": LINUX_6_1.name, "6.12": LINUX_6_12.name}
+
+
+def profile_for_kernel(kernel: str, where: str | None = None) -> str:
+    """The profile of Linux ``kernel`` (major.minor); BadInput naming the profiles otherwise."""
+    try:
+        return KERNEL_PROFILES[kernel]
+    except KeyError:
+        raise BadInput(f"no driver profile for Linux {kernel}; profiles: "
+                       f"{', '.join(PROFILES)} (pass --profile)", where) from None
 
 
 def get_profile(name: str) -> Profile:

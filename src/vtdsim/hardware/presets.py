@@ -1,7 +1,8 @@
 """Named remapping units: the QEMU 7.2 units as recorded, and modelled modern units (VT-d spec
 10.4.2-10.4.3 values).
 
-The ``qemu72-*`` presets are the exact CAP/ECAP words Linux 6.1 printed in the recordings
+The ``qemu72-*`` presets are the exact CAP/ECAP words Linux 6.1 printed in the recordings, the
+``qemu100-*`` ones those Linux 6.12 printed under QEMU 10.0
 (``DMAR: dmar0: reg_base_addr fed90000 ver 1:0 cap ... ecap ...``), except
 ``qemu72-legacy-rwbf`` (QEMU's word with CAP.RWBF set).  ``server-sm``, ``vm-flts`` and
 ``vm-flts-cm`` are *synthetic*: built field by field to exercise scalable-mode features, not
@@ -64,6 +65,16 @@ _VM_FLTS = Capabilities.build(
     qi=1, dt=1, ir=1, pt=1, iro=0xF, mhmv=15, srs=1, pss=19, pasid=1, smts=1, fsts=1,
 )
 
+# QEMU 10.0's intel-iommu as the recorded Linux 6.12 guests saw it (traces/linux612-*): the
+# default unit now has a 48-bit address width (aw-bits=48: CAP.MGAW 47 and SAGAW 3- and
+# 4-level, against 7.2's 39 bits and 3-level: CAP differs in bits 10, 16 and 19 only); x-flts=on
+# adds FS1GP (CAP bit 56) and, in ECAP, FSTS without SSTS (0x880000f00f4a).
+_QEMU100_CAP = 0xD2008C222F0606  # caching-mode=off
+_QEMU100_CAP_CM = 0xD2008C222F0686  # caching-mode=on
+_QEMU100_CAP_FLTS_CM = 0x1D2008C222F0686  # x-flts=on, caching-mode=on
+_QEMU100_ECAP_SM = 0x480080F00F4A  # x-scalable-mode=on (second stage)
+_QEMU100_ECAP_FLTS = 0x880000F00F4A  # x-scalable-mode=on, x-flts=on
+
 PRESETS: dict[str, Capabilities] = {
     "qemu72-legacy": Capabilities(_QEMU72_CAP, _QEMU72_ECAP),
     "qemu72-legacy-cm": Capabilities(_QEMU72_CAP_CM, _QEMU72_ECAP),
@@ -78,6 +89,11 @@ PRESETS: dict[str, Capabilities] = {
     # Synthetic: the first-stage vIOMMU of seed 003 (257ec2907419, Feb 2023) with caching mode
     # on - the unit whose default domain that patch lets stay lazy.
     "vm-flts-cm": _VM_FLTS.with_(cm=1),
+    "qemu100-legacy": Capabilities(_QEMU100_CAP, _QEMU72_ECAP),
+    "qemu100-legacy-cm": Capabilities(_QEMU100_CAP_CM, _QEMU72_ECAP),
+    "qemu100-legacy-cm-ats": Capabilities(_QEMU100_CAP_CM, _QEMU72_ECAP_ATS),
+    "qemu100-sm": Capabilities(_QEMU100_CAP, _QEMU100_ECAP_SM),
+    "qemu100-flts-cm": Capabilities(_QEMU100_CAP_FLTS_CM, _QEMU100_ECAP_FLTS),
 }
 
 # What each unit is, in one phrase (`vtdsim presets`); the decoded features follow it.

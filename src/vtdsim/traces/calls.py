@@ -27,9 +27,10 @@ known to be complete only when its stream does something else or the gap has pas
 are held in a small look-ahead buffer and a call is placed at its *last* chunk, where Linux
 runs its ``iotlb_sync_map``.
 
-Not handled: attach/detach and group events inside the trace (counted as ignored: the recordings
-have none), a task migrating CPUs between two chunks of one call (it would be split), drivers
-that call ``dma_map_sg`` with IRQs off (their calls would be split per chunk).
+Not handled: attach/detach and group events inside the trace (counted as ignored; the boot's,
+which 6.12's traces show, are replay.py's ``skip_boot_mappings``), a task migrating CPUs
+between two chunks of one call (it would be split), drivers that call ``dma_map_sg`` with IRQs
+off (their calls would be split per chunk).
 """
 
 from __future__ import annotations
@@ -119,9 +120,13 @@ class _PendingMap:
         self.end = event.end
         self.slot = slot
 
-    def continues(self, event: ev.Map) -> bool:
+    def continues(self, event: ev.Map, sync_marked: bool) -> bool:
+        # iommu_map_sg merges physically contiguous segments into one __iommu_map (one map
+        # event), so a chunk that continues the last one physically is another call's.
+        last = self.last
         return (event.iova == self.end and not event.irqs_off
-                and event.ts_us - self.last.ts_us <= CONTINUE_GAP_US)
+                and event.paddr != last.paddr + last.size
+                and (sync_marked or event.ts_us - last.ts_us <= CONTINUE_GAP_US))
 
     def add(self, event: ev.Map, slot: int) -> None:
         self.last = event
@@ -149,6 +154,7 @@ class _Reconstructor:
         self.buf: deque = deque()
         self.base = 0
         self.pending: dict[tuple[int, int, str], _PendingMap] = {}
+        self.sync_marked = False  # the trace marks each map call's end (``_synced``)
 
     def _append(self, item) -> int:
         self.buf.append(item)
@@ -161,6 +167,8 @@ class _Reconstructor:
             self._append(event)
         elif kind is ev.Map:
             self._map(event)
+        elif kind is ev.CacheTagFlush and event.kind == "range_np":
+            self._synced(event)
         elif kind is ev.Unmap:
             self._close(_stream(event))
             self._close_unmapped(event)
@@ -175,7 +183,7 @@ class _Reconstructor:
         key = _stream(event)
         self.stats.map_chunks += 1
         pending = self.pending.get(key)
-        if pending is not None and pending.continues(event):
+        if pending is not None and pending.continues(event, self.sync_marked):
             # The call moves to its newest chunk: its sync_map runs after the last one.
             self.buf[pending.slot - self.base] = None
             pending.add(event, self._append(pending))
@@ -207,8 +215,17 @@ class _Reconstructor:
                     if event.iova < p.end and p.first.iova < event.end]:
             self._close(key)
 
+    def _synced(self, event: ev.CacheTagFlush) -> None:
+        """6.12's ``intel_iommu_iotlb_sync_map`` traces ``cache_tag_flush_range_np`` per tag
+        when the domain flushes at map time (caching mode): its stream's call has ended.
+        From the first such event on, calls end there, not by the gap (a task preempted
+        between two chunks of one call stays one call)."""
+        self.stats.ignored[type(event).__name__] += 1
+        self.sync_marked = True
+        self._close(_stream(event))
+
     def _close_stale(self, now_us: int) -> None:
-        if not self.pending:
+        if not self.pending or self.sync_marked:
             return
         stale = [key for key, p in self.pending.items() if now_us - p.last.ts_us > CONTINUE_GAP_US]
         for key in stale:

@@ -1,17 +1,18 @@
 """Compare what the driver model submitted with a recording: the guest's ``qi_submit`` lines
-(Linux 6.1 drivers/iommu/intel/dmar.c ``qi_submit_sync``, one per caller descriptor) and what
-QEMU 7.2's vIOMMU processed (hw/i386/intel_iommu.c ``vtd_process_inv_desc``: one
+(Linux drivers/iommu/intel/dmar.c ``qi_submit_sync``, one per caller descriptor) and what
+QEMU 7.2's (or 10.0's) vIOMMU processed (hw/i386/intel_iommu.c ``vtd_process_inv_desc``: one
 ``vtd_inv_qi_tail`` per IQT write, then a ``vtd_inv_qi_head`` per descriptor fetched and a
 ``vtd_inv_desc`` with its raw words for the kinds QEMU handles).
 
-QEMU's view is grouped into batches, one per IQT write.  Descriptors QEMU 7.2 treats as no-ops
-(PASID-cache, PASID-IOTLB, and in scalable mode interrupt-entry-cache) show only as a head read:
-they are "silent" slots, matched with the model's descriptors of those kinds.  Waits are
-compared by count (each non-empty batch ends with one); their status addresses are the guest's
-memory and are not compared.  Streams are compared position by position; the first difference
-is kept with the matches before it as context.
+QEMU's view is grouped into batches, one per IQT write.  Descriptors QEMU treats as no-ops
+(7.2: PASID-cache, PASID-IOTLB, and in scalable mode interrupt-entry-cache; 10.0: PASID-cache;
+qemu_log.SILENT_KINDS) show only as a head read: they are "silent" slots, matched with the
+model's descriptors of those kinds.  Waits are compared by count (each non-empty batch ends
+with one); their status addresses are the guest's memory and are not compared.  Streams are
+compared position by position; the first difference is kept with the matches before it as
+context.
 
-Not handled: mainline's batched submissions against a 6.1 recording are compared as they are
+Not handled: a profile's batched submissions against a 6.1 recording are compared as they are
 (they diverge, which is the point), QEMU's IQE handling (no recording has one), 256-bit
 descriptors' upper half (QEMU 7.2 prints only the lower 128 bits).
 """
@@ -26,7 +27,8 @@ from functools import partial
 from vtdsim.traces import events as ev
 
 IEC = "iec_inv"
-# Descriptor kinds QEMU 7.2 fetches without a vtd_inv_desc line (linux-driver.md 1.4).
+# Descriptor kinds QEMU 7.2 fetches without a vtd_inv_desc line (linux-driver.md 1.4); each
+# QEMU version's set: qemu_log.SILENT_KINDS.  Every comparison takes the recording's set.
 QEMU72_SILENT = frozenset({"pc_inv", "p_iotlb_inv"})
 SILENT = "silent"
 CONTEXT_PAIRS = 3
@@ -62,13 +64,12 @@ class ModelBatch:
         """Descriptors, the wait excluded."""
         return len(self.descs)
 
-    @property
-    def silent(self) -> bool:
-        """Every descriptor is a kind QEMU 7.2 does not log (and there is at least one)."""
-        return bool(self.descs) and all(d.label in QEMU72_SILENT for d in self.descs)
+    def is_silent(self, silent: frozenset = QEMU72_SILENT) -> bool:
+        """Every descriptor is a kind QEMU does not log (and there is at least one)."""
+        return bool(self.descs) and all(d.label in silent for d in self.descs)
 
-    def qemu_view(self) -> tuple:
-        return tuple(SILENT if d.label in QEMU72_SILENT else (d.qws[0], d.qws[1])
+    def qemu_view(self, silent: frozenset = QEMU72_SILENT) -> tuple:
+        return tuple(SILENT if d.label in silent else (d.qws[0], d.qws[1])
                      for d in self.descs)
 
     def describe(self) -> str:
@@ -115,9 +116,9 @@ def qemu_batch(line: int, slots: tuple) -> QemuBatch:
                      any(s[0] == "iec" for s in logged))
 
 
-def batch_matches(qemu: QemuBatch, model: ModelBatch) -> bool:
+def batch_matches(qemu: QemuBatch, model: ModelBatch, silent: frozenset = QEMU72_SILENT) -> bool:
     """Same descriptors (raw words, or silent for silent), and one wait per non-empty batch."""
-    return model.qemu_view() == qemu.view and qemu.waits == (1 if model.descs else 0)
+    return model.qemu_view(silent) == qemu.view and qemu.waits == (1 if model.descs else 0)
 
 
 def guest_matches(recorded: ev.QiSubmit, model: ModelDesc) -> bool:
@@ -264,8 +265,9 @@ def guest_stream() -> PairedStream:
                         describe_guest, ModelDesc.describe)
 
 
-def qemu_stream(name: str) -> PairedStream:
-    return PairedStream(name, batch_matches, QemuBatch.describe, ModelBatch.describe,
+def qemu_stream(name: str, silent: frozenset = QEMU72_SILENT) -> PairedStream:
+    same = batch_matches if silent is QEMU72_SILENT else partial(batch_matches, silent=silent)
+    return PairedStream(name, same, QemuBatch.describe, ModelBatch.describe,
                         weight=_batch_weight)
 
 
@@ -285,44 +287,54 @@ class BootComparison:
     iec_batches: int = 0
     silent_as_iec: int = 0
     pre_trace: list[QemuBatch] = field(default_factory=list)
+    in_trace: list[ModelBatch] = field(default_factory=list)
+    """The model's boot batches QEMU's boot part has no room for: the guest trace started
+    before the boot's work did (6.12's ftrace is enabled from the command line, before
+    ``intel_iommu_init``), so they are compared with the traced part, first."""
 
 
-def compare_boot(model: list[ModelBatch], qemu: list[QemuBatch]) -> BootComparison:
-    result = BootComparison(qemu_stream("boot (QEMU log before the guest trace starts)"))
+def compare_boot(model: list[ModelBatch], qemu: list[QemuBatch],
+                 silent: frozenset = QEMU72_SILENT) -> BootComparison:
+    result = BootComparison(qemu_stream("boot (QEMU log before the guest trace starts)",
+                                        silent))
     pending = deque(model)
     for batch in qemu:
         if batch.iec:
             result.iec_batches += 1
-        elif pending and batch_matches(batch, pending[0]):
+        elif pending and batch_matches(batch, pending[0], silent):
             result.stream.push_model(pending.popleft())
             result.stream.push_recorded(batch)
-        elif batch.silent and not (pending and pending[0].silent):
+        elif batch.silent and not (pending and pending[0].is_silent(silent)):
             result.silent_as_iec += 1
         elif not pending:
             result.pre_trace.append(batch)
         else:
             result.stream.push_model(pending.popleft())
             result.stream.push_recorded(batch)
-    for batch in pending:
-        result.stream.push_model(batch)
+    result.in_trace = list(pending)
     result.stream.finish()
     return result
 
 
-def guest_desc_fits(recorded: ev.QiSubmit, batch: QemuBatch) -> bool:
-    """Is ``batch`` the IQT write of this guest submission (6.1: one descriptor each)?"""
+def guest_desc_fits(recorded: ev.QiSubmit, batch: QemuBatch, slot: int = 0,
+                    silent: frozenset = QEMU72_SILENT) -> bool:
+    """Is ``batch`` the IQT write of this guest submission, as its descriptor ``slot``?
+    ``qi_submit_sync`` writes IQT once per call, after the caller's descriptors and one
+    wait: 6.1 passes one descriptor a call, 6.12's ``qi_batch_flush_descs`` up to 16."""
     view = batch.view
-    if len(view) != 1 or batch.waits != 1:
+    if slot >= len(view) or batch.waits != 1:
         return False
-    if view[0] == SILENT:
-        return recorded.label == IEC or recorded.label in QEMU72_SILENT
-    return recorded.label not in QEMU72_SILENT and view[0] == (recorded.qw0, recorded.qw1)
+    if view[slot] == SILENT:
+        return recorded.label == IEC or recorded.label in silent
+    return recorded.label not in silent and view[slot] == (recorded.qw0, recorded.qw1)
 
 
 def split_at_trace_start(batches: Iterator[QemuBatch], first: list[ev.QiSubmit],
+                         silent: frozenset = QEMU72_SILENT,
                          ) -> tuple[list[QemuBatch], Iterator[QemuBatch]] | None:
-    """QEMU's batches before the guest trace's first submissions (``first``, in order), and an
-    iterator from there on; None when they never appear in that order."""
+    """QEMU's batches before the guest trace's first submissions (``first``, in order, filling
+    the IQT writes slot by slot), and an iterator from there on; None when they never appear
+    in that order."""
     if not first:
         return None
     boot: list[QemuBatch] = []
@@ -331,10 +343,25 @@ def split_at_trace_start(batches: Iterator[QemuBatch], first: list[ev.QiSubmit],
         window.append(batch)
         if len(window) > len(first):
             boot.append(window.popleft())
-        if len(window) == len(first) and all(
-                guest_desc_fits(g, b) for g, b in zip(first, window, strict=True)):
+        if len(window) == len(first) and _fill(first, window, silent):
             return boot, _chain(window, batches)
+    while window:  # the log ended: batched submissions need fewer batches than lines
+        if _fill(first, window, silent):
+            return boot, iter(window)
+        boot.append(window.popleft())
     return None
+
+
+def _fill(first: list[ev.QiSubmit], window: deque, silent: frozenset) -> bool:
+    """Do the submissions ``first`` fill the batches from ``window[0]`` on, exactly?"""
+    index, slot = 0, 0
+    for submission in first:
+        if index == len(window) or not guest_desc_fits(submission, window[index], slot, silent):
+            return False
+        slot += 1
+        if slot == len(window[index].view):
+            index, slot = index + 1, 0
+    return slot == 0
 
 
 def _chain(window: deque, rest: Iterator[QemuBatch]) -> Iterator[QemuBatch]:
@@ -438,8 +465,8 @@ def _flush_line(result) -> list[str]:
         return []
     c, rec = fq.counters, result.recorded_flushes
     return [f"flush queue: model {c['flushes']} flushes ({c['flushes_timer']} by the timer, "
-            f"{c['flushes_full']} by a full ring); recorded {sum(rec.values())} DSIs "
-            f"({rec['timer']} from softirq, {rec['other']} from elsewhere)"]
+            f"{c['flushes_full']} by a full ring); recorded {sum(rec.values())} domain-wide "
+            f"flushes ({rec['timer']} from softirq, {rec['other']} from elsewhere)"]
 
 
 def _consistency(result) -> tuple[list[str], bool]:
@@ -467,6 +494,9 @@ def _not_modelled(result) -> list[str]:
         lines.append(f"boot-time work before the trace started, unknown to the model: "
                      f"{len(boot.pre_trace)} queue-tail writes, first "
                      f"{boot.pre_trace[0].describe()}")
+    if result.boot_mappings:
+        lines.append(f"the boot's direct mappings in the trace (another domain, before its "
+                     f"first attach), not replayed: {result.boot_mappings} map/unmap events")
     after = result.after_trace
     if after:
         parts = ", ".join(f"{n} {kind}" for kind, n in sorted(after.items()))

@@ -6,9 +6,11 @@ arrive (compare.py).  ``compare_recording`` is what replay runs in a worker proc
 The model's stream arrives as ``ModelSubmission``s, one per IQT write: ``(origin, descs)``
 with each descriptor as ``(label, qw0, qw1, qw2, qw3)``.  The first ones are the model's boot;
 QEMU's log before the trace's first submissions (found by the first ``ALIGN_WINDOW`` of them,
-``split_at_trace_start``) is compared with those.  After that, each guest submission is
-paired with QEMU's next batch (6.1: one IQT write per ``qi_submit_sync``, so the guest line
-must fit it), and both are compared with the model's stream position by position.  The logs
+``split_at_trace_start``) is compared with those; the boot batches beyond what that part holds
+were made after the trace started (6.12) and open the traced comparison.  After that, the
+guest's submissions fill QEMU's batches slot by slot (one IQT write per ``qi_submit_sync``
+call: one descriptor in 6.1, up to 16 in 6.12, each guest line must fit its slot), and both
+are compared with the model's stream position by position.  The logs
 are read only as far as the model's stream has come, so memory is the lag between the two
 sides, not the recording's length.
 
@@ -25,7 +27,7 @@ from itertools import chain, islice
 
 from vtdsim.traces import compare as cmp
 from vtdsim.traces import events as ev
-from vtdsim.traces.qemu_log import parse_qemu_lines
+from vtdsim.traces.qemu_log import parse_qemu_lines, silent_kinds
 from vtdsim.traces.recording import Recording
 from vtdsim.traces.textio import numbered_lines
 
@@ -34,7 +36,10 @@ from vtdsim.traces.textio import numbered_lines
 ALIGN_WINDOW = 12
 # QEMU events the comparison needs; the rest (vtd_dmar_translate above all) is skipped unparsed.
 _QEMU_EVENTS = frozenset({"vtd_inv_qi_tail", "vtd_inv_qi_head", "vtd_inv_desc"})
-_DSI = 2  # the G field of an iotlb_inv that flushes a whole domain (the flush queue's flush)
+# The flush queue's flush (cache_tag_flush_all): an iotlb_inv DSI, or for first-stage domains a
+# PASID-selective p_iotlb_inv - both G = 2 in qw0 bits 4-5.
+_DSI = 2
+_WHOLE_DOMAIN = frozenset({"iotlb_inv", "p_iotlb_inv"})
 
 ModelSubmission = tuple[str, tuple[tuple, ...]]  # (origin, ((label, qw0..qw3), ...))
 _new_desc = ev.fast_constructor(cmp.ModelDesc)
@@ -70,19 +75,27 @@ class _RecordedSide:
 
     def __init__(self, path: str):
         self.recording = Recording(path)
+        versions = self.recording.versions
+        self.silent = silent_kinds(versions.qemu, versions.where)
         self.submissions = self.recording.guest_events(("qi_submit",))
         self.qemu_batches: Iterator[cmp.QemuBatch] = iter(())
+        self.batch: cmp.QemuBatch | None = None  # the IQT write the guest's lines fill
+        self.slot = 0  # the next guest line's descriptor slot in it
         self.result = RecordedComparison(None, cmp.guest_stream(),
-                                         cmp.qemu_stream("QEMU's queue (traced part)"))
+                                         cmp.qemu_stream("QEMU's queue (traced part)",
+                                                         self.silent))
 
     def align_boot(self, boot: list[cmp.ModelBatch]) -> None:
         """QEMU's part before the guest trace starts, against the model's boot."""
         first = list(islice(self.submissions, ALIGN_WINDOW))
         self.submissions = chain(first, self.submissions)
-        split = cmp.split_at_trace_start(qemu_log_batches(str(self.recording.qemu_log)), first)
+        split = cmp.split_at_trace_start(qemu_log_batches(str(self.recording.qemu_log)), first,
+                                         self.silent)
         if split is not None:
             boot_batches, self.qemu_batches = split
-            self.result.boot = cmp.compare_boot(boot, boot_batches)
+            self.result.boot = cmp.compare_boot(boot, boot_batches, self.silent)
+            for batch in self.result.boot.in_trace:
+                self.push_model(batch)
 
     def push_model(self, batch: cmp.ModelBatch) -> None:
         guest = self.result.guest
@@ -96,19 +109,25 @@ class _RecordedSide:
             self._recorded(event)
 
     def _recorded(self, event: ev.QiSubmit) -> None:
-        """A guest submission and its QEMU batch (6.1: one IQT write per qi_submit line)."""
+        """A guest submission and the slot of the QEMU batch it fills: one IQT write per
+        ``qi_submit_sync`` call, which has one qi_submit line per caller descriptor (6.1: one,
+        6.12's ``qi_batch``: up to 16), so a batch is taken when the last one is full."""
         result = self.result
-        batch = next(self.qemu_batches, None)
-        if batch is None or not cmp.guest_desc_fits(event, batch):
+        batch = self.batch
+        if batch is None or self.slot >= max(len(batch.view), 1):
+            batch, self.slot = next(self.qemu_batches, None), 0
+            self.batch = batch
+            if batch is not None and event.label != cmp.IEC:
+                result.qemu.push_recorded(batch)
+        if batch is None or not cmp.guest_desc_fits(event, batch, self.slot, self.silent):
             result.misfits += 1
+        self.slot += 1
         if event.label == cmp.IEC:
             result.iec["guest trace"] += 1
             return
-        if event.label == "iotlb_inv" and (event.qw0 >> 4) & 3 == _DSI:
+        if event.label in _WHOLE_DOMAIN and (event.qw0 >> 4) & 3 == _DSI:
             result.recorded_flushes["timer" if event.context == ev.SOFTIRQ else "other"] += 1
         result.guest.push_recorded(event)
-        if batch is not None:
-            result.qemu.push_recorded(batch)
 
     def finish(self) -> RecordedComparison:
         """The model is done: the rest of the guest trace, then QEMU's batches after it (the
@@ -118,6 +137,7 @@ class _RecordedSide:
         after = self.result.after_trace
         for batch in self.qemu_batches:
             after["iec" if batch.iec else "silent" if batch.silent else "other"] += 1
+        self.batch = None
         self.result.guest.finish()
         self.result.qemu.finish()
         return self.result

@@ -39,6 +39,22 @@ _DMESG_STAMP = re.compile(r"\[\s*\d+\.\d+\]\s?")
 _ECAP_SMTS = 1 << 43  # VT-d spec 11.4.3: Scalable Mode Translation Support
 
 
+# config.toml's first line, as the recording tool writes it (two wordings so far):
+# "# Linux 6.1 (Debian 6.1.0-56-amd64, ...) guest under QEMU 7.2 (...), ..." and
+# "# Linux 6.12.95+deb12-amd64 guest under QEMU emulator version 10.0.2 (...), ...".
+_VERSIONS = re.compile(r"# Linux (\d+\.\d+)[^ ]* .*guest under QEMU (?:emulator version )?"
+                       r"(\d+\.\d+)")
+VERSIONS_SHAPE = "# Linux <x.y...> ... guest under QEMU [emulator version ]<x.y...> ..."
+
+
+class Versions(NamedTuple):
+    """The guest kernel's and QEMU's major.minor versions, from config.toml's first line."""
+
+    kernel: str
+    qemu: str
+    where: str  # "<config.toml>:1", for errors about them
+
+
 class DmarUnit(NamedTuple):
     name: str  # "dmar0"
     reg_base: int
@@ -126,6 +142,18 @@ class Recording:
         text = read_text(self.config_path, "recording config")
         data = parse_toml(text, where)
         return validate(RecordingConfig, data, where, text).model_dump()
+
+    @cached_property
+    def versions(self) -> Versions:
+        """Kernel and QEMU versions named by config.toml's first line; BadInput otherwise."""
+        where = f"{self.config_path}:1"
+        with self.config_path.open(encoding="utf-8", errors="replace") as stream:
+            first = stream.readline().strip()
+        found = _VERSIONS.match(first)
+        if found is None:
+            raise BadInput(f"first line does not name the kernel and QEMU versions (expected "
+                           f"{VERSIONS_SHAPE!r}): {clip(first)!r}", where=where)
+        return Versions(found.group(1), found.group(2), where)
 
     @property
     def name(self) -> str:

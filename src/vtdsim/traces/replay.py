@@ -1,8 +1,11 @@
-"""Replay a recording through the driver model (``vtdsim replay DIR``): build the unit from the
-recorded CAP/ECAP, boot it as Linux 6.1's ``intel_iommu_init`` does (``init_hw``, probe, one
-default domain per IOMMU group attached in group order, then translation on), feed the guest's
+"""Replay a recording through the driver model (``vtdsim replay DIR``): pick the recorded
+kernel's profile (config.toml's first line: linux-6.1 or linux-6.12), build the unit from the
+recorded CAP/ECAP, boot it as ``intel_iommu_init`` does (``init_hw``, probe, one default
+domain per IOMMU group attached in group order, then translation on), feed the guest's
 map/unmap calls (calls.py) in recorded order with their CPUs and times, and compare what the
-model submits with the recording (recorded.py, compare.py).
+model submits with the recording (recorded.py, compare.py).  A 6.12 trace starts before the
+boot: its group set-up's direct mappings are left out (``skip_boot_mappings``) and the
+model's boot is compared with the trace.
 
 Three processes share the work (workers.py): this one runs the model; one reads the guest
 trace and rebuilds its calls; one reads both logs' recorded submissions and compares them with
@@ -39,6 +42,7 @@ from vtdsim.driver import iommu_core
 from vtdsim.driver.device import DeviceInfo
 from vtdsim.driver.dma_api import IommuDmaCookie, iommu_dma_unmap_page
 from vtdsim.driver.pgtable import IOMMU_READ, IOMMU_WRITE
+from vtdsim.driver.profiles import profile_for_kernel
 from vtdsim.errors import BadInput
 from vtdsim.hardware.capabilities import Capabilities
 from vtdsim.hardware.request import format_sid, parse_sid
@@ -244,22 +248,61 @@ def boot(m: ModelMachine, setup: Setup) -> Boot:
 
 @dataclass
 class TraceEnd:
-    """What the guest worker sends after the last call: its tally, and the trace's last
-    timestamp (the flush-queue timer may still fire before it)."""
+    """What the guest worker sends after the last call: its tally, the trace's last
+    timestamp (the flush-queue timer may still fire before it), and the boot's map/unmap
+    events the trace holds (``skip_boot_mappings``)."""
 
     calls: CallStats
     last_us: int
+    boot_mappings: int = 0
+
+
+def skip_boot_mappings(events, grouped: set[str], skipped: list[int]):
+    """The trace's events without the map/unmap events of the boot's group set-up.
+
+    A trace that starts before ``bus_iommu_probe`` (6.12's) shows each grouped device's
+    ``add_device_to_group`` and ``attach_device_to_domain``; between them
+    ``iommu_setup_default_domain`` (iommu.c) maps a group's direct regions
+    (``iommu_create_device_direct_mappings``: intel ``intel_iommu_get_resv_regions``'s
+    RMRRs and the ISA-bridge floppy region) into the new default domain before its first
+    attach - another domain than the traced device's, with no cache tag or unit yet, so it
+    submits nothing.  Those events end when every grouped device is attached, or when another
+    task maps (a driver: ``intel_iommu_init`` sets the groups up before any driver probes); a
+    trace that starts after that (6.1's) shows no such event and loses nothing.
+    ``skipped[0]`` counts the events left out."""
+    events, waiting, booting, task = iter(events), set(grouped), False, None
+    for event in events:
+        kind = type(event)
+        if kind is ev.AddDeviceToGroup:
+            booting, task = True, event.pid
+        elif kind is ev.AttachDevice:
+            waiting.discard(event.device)
+            booting, task = bool(waiting), event.pid
+            if not booting:
+                yield event
+                break
+        elif kind is ev.Map or kind is ev.Unmap:
+            if not booting or event.pid != task:
+                yield event
+                break
+            skipped[0] += 1
+            continue
+        yield event
+    yield from events
 
 
 def guest_calls(path: str):
     """The guest trace's calls in the order Linux made them (calls.py), then a ``TraceEnd``;
     its submissions are the recorded side's (recorded.py)."""
-    stats, last_us = CallStats(), 0
-    for item in reconstruct_calls(Recording(path).guest_events(), stats):
+    rec = Recording(path)
+    grouped = {name for group in rec.dmesg().groups for name in group.devices}
+    stats, last_us, skipped = CallStats(), 0, [0]
+    events = skip_boot_mappings(rec.guest_events(), grouped, skipped)
+    for item in reconstruct_calls(events, stats):
         last_us = max(last_us, item.ts_us)
         if type(item) is not ev.QiSubmit:
             yield item
-    yield TraceEnd(stats, last_us)
+    yield TraceEnd(stats, last_us, skipped[0])
 
 
 # -- the replay --------------------------------------------------------------------------------
@@ -281,6 +324,7 @@ class Result:
     after_trace: Counter = field(default_factory=Counter)
     misfits: int = 0
     aligned: bool = True
+    boot_mappings: int = 0  # the boot's map/unmap events in the trace, not replayed
 
 
 def _jiffies_ns(t_ns: int, phase_ns: int) -> int:
@@ -337,11 +381,19 @@ class Replayer:
         return Result(self.setup, self.machine.profile.name, self.seed, self.boot, found.boot,
                       found.guest, found.qemu, end.calls, self.machine, found.iec,
                       found.recorded_flushes, found.after_trace, found.misfits,
-                      aligned=found.boot is not None)
+                      aligned=found.boot is not None, boot_mappings=end.boot_mappings)
 
 
-def replay(path: str | Path, profile: str = "linux-6.1", seed: int = 0,
+def recording_profile(rec: Recording) -> str:
+    """The driver profile of the recorded kernel (config.toml's first line names it)."""
+    versions = rec.versions
+    return profile_for_kernel(versions.kernel, versions.where)
+
+
+def replay(path: str | Path, profile: str | None = None, seed: int = 0,
            device: str | None = None) -> Result:
-    """Replay the recording at ``path``; see ``Result`` and compare.py for the report."""
+    """Replay the recording at ``path`` with ``profile`` (by default the recorded kernel's);
+    see ``Result`` and compare.py for the report."""
     rec = Recording(path)
+    profile = profile or recording_profile(rec)
     return Replayer(rec, read_setup(rec, device), profile, seed).run()

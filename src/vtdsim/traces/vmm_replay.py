@@ -26,7 +26,7 @@ from vtdsim.hardware.request import parse_sid
 from vtdsim.simulation.machine import HOST_PAGES, HOST_UNIT
 from vtdsim.simulation.system import System
 from vtdsim.traces.recording import Recording
-from vtdsim.traces.replay import Replayer, Result, read_setup
+from vtdsim.traces.replay import Replayer, Result, read_setup, recording_profile
 from vtdsim.traces.vmm_compare import VmmComparison, compare_items, recorded_items
 from vtdsim.traces.workers import prefetched
 from vtdsim.virtualization import qemu
@@ -58,7 +58,7 @@ def vmm_of(rec: Recording) -> tuple[qemu.QemuVersion, qemu.QemuProperties]:
     return qemu.get_version(_MAJOR[int(m[1])]), qemu.QemuProperties(**props)
 
 
-def replay_on_vmm(path: str | Path, profile: str = "linux-6.1", seed: int = 0,
+def replay_on_vmm(path: str | Path, profile: str | None = None, seed: int = 0,
                   device: str | None = None, assign: bool = False
                   ) -> tuple[Result, VmmComparison, Vmm]:
     """Replay ``path`` with the guest on the VMM model; with ``assign`` the traced device is
@@ -79,6 +79,7 @@ def replay_on_vmm(path: str | Path, profile: str = "linux-6.1", seed: int = 0,
         vmm.address_space(parse_sid(name))  # vtd_find_add_as at machine start
     if assign:
         _assign(vmm, memory, setup.traced)
+    profile = profile or recording_profile(rec)
     result = Replayer(rec, setup, profile, seed, vmm=vmm).run()
     comparison = compare_items(vmm.events, prefetched(recorded_items, str(rec.path)),
                                lazy=result.boot.cookie.fq is not None)
