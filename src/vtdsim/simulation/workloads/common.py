@@ -1,0 +1,186 @@
+"""What every timed workload shares: the mode (policy, profile, platform, unit, page size,
+seed, length), the booted machine with the device's default domain as Linux gives it
+(drivers/iommu/iommu.c ``iommu_subsys_init`` + ``intel_iommu_init``'s caching-mode override),
+and the DMA API as a device driver calls it (dma-iommu.c through ``driver/dma_api.py``), timed.
+
+``policy``: ``off`` - no IOMMU (intel_iommu=off: DMA addresses are physical, nothing is
+translated); ``passthrough`` - an identity domain (the unit translates with pass-through
+context entries); ``strict`` / ``lazy`` - a DMA / DMA_FQ domain (a caching-mode unit may force
+strict, as Linux does).  The flush-queue timer is its own actor (``fq_flush_timeout`` in
+softirq): it fires ``fq_timeout_ns`` after arming and its CPU time counts as CPU work.
+
+Not modelled: ATS (devices send untranslated requests), interrupts and NAPI scheduling costs
+beyond the per-packet/per-I/O constants, NUMA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+from vtdsim.driver import iommu_core
+from vtdsim.driver.dma_api import (
+    IommuDmaCookie,
+    iommu_dma_map_page,
+    iommu_dma_map_sg,
+    iommu_dma_unmap_page,
+    iommu_dma_unmap_sg,
+)
+from vtdsim.driver.iova import IovaDomain
+from vtdsim.errors import BadInput, ModelError
+from vtdsim.simulation.engine import TimedMachine
+from vtdsim.simulation.metrics import Measure, model_counters
+from vtdsim.simulation.platforms import get_platform
+from vtdsim.simulation.system import System
+
+POLICIES = ("off", "passthrough", "strict", "lazy")
+IOVA_PAGES = {"4k": 4096, "2m": 2 << 20}
+PAGE = 4096
+DEVICE = "03:00.0"
+DATA_BASE = 0x1_0000_0000  # data buffers live above 4 GiB, clear of the page-table pages
+IOVA_TREE_LOCK = "iovad.iova_rbtree_lock"
+
+
+@dataclass(frozen=True)
+class Mode:
+    policy: str = "strict"
+    profile: str = "mainline"
+    platform: str = "bare"
+    exits: str = "trap"
+    unit: str = "server-sm"
+    iova_pages: str = "4k"
+    seed: int = 0
+    duration_ns: float | None = None
+    ios: int | None = None
+
+    def check(self) -> None:
+        if self.policy not in POLICIES:
+            raise BadInput(f"--policy {self.policy!r}: expected one of {', '.join(POLICIES)}")
+        if self.iova_pages not in IOVA_PAGES:
+            raise BadInput(f"--iova-pages {self.iova_pages!r}: expected 4k or 2m")
+        if (self.duration_ns is None) == (self.ios is None):
+            raise BadInput("give exactly one of --duration and --ios")
+        if (self.duration_ns or 1) <= 0 or (self.ios or 1) <= 0:
+            raise BadInput("--duration and --ios must be positive")
+
+
+def domain_type(mode: Mode, system: System) -> str:
+    """The device's default domain type, decided as Linux decides it."""
+    policy = iommu_core.iommu_subsys_init(
+        "lazy", cmdline_strict=mode.policy == "strict",
+        cmdline_passthrough=mode.policy == "passthrough")
+    iommu_core.intel_iommu_caching_mode_policy(policy, [system.unit.caps], system.profile)
+    return iommu_core.iommu_get_def_domain_type(policy, system.devices[DEVICE])
+
+
+class DmaWorld:
+    """The timed machine, the device's domain and cookie, and the measurements."""
+
+    def __init__(self, mode: Mode, constants, ncpus: int):
+        mode.check()
+        self.mode, self.constants = mode, constants
+        platform = get_platform(mode.platform, constants, mode.exits)
+        self.system = System.boot(mode.unit, mode.profile, ncpus=ncpus, qi_mode="async")
+        self.info = self.system.probe(DEVICE)
+        self.sid = self.info.sid
+        self.translated = mode.policy != "off"
+        dtype = domain_type(mode, self.system) if self.translated else "identity"
+        if dtype == "identity":
+            domain = self.system.driver.domain_alloc_identity()
+        else:
+            domain = self.system.run(self.system.driver.domain_alloc_paging(
+                self.system.iommu, type=dtype))
+        self.domain_type = dtype
+        self.system.attach([DEVICE], domain=domain)
+        self.cookie = IommuDmaCookie(self.system.driver, domain, IovaDomain(ncpus=ncpus),
+                                     ncpus=ncpus)
+        self.machine = TimedMachine(self.system, constants, platform)
+        self.env = self.machine.env
+        self.m = Measure()
+        self.api_ns = constants.ns("dma_api_call_cycles")
+        self.tree_ns = constants.ns("iova_tree_cycles")
+        self.pcie_ns_per_byte = 8 / constants["pcie_gbps"]
+        self.base_dma_ns = constants.ns("dma_base_latency_ns")
+        self._timer = None
+        self.start_counters = model_counters(self.machine)
+        self.start_ns = 0.0
+
+    def start_measuring(self) -> None:
+        """Forget the set-up's counts (boot, pre-filled rings)."""
+        self.start_counters = model_counters(self.machine)
+        self.start_ns = self.env.now
+        self.m = Measure()
+
+    # -- the DMA API, timed ---------------------------------------------------------------------
+    def _timed(self, gen, times) -> Generator[Any, Any, Any]:
+        start, ops = self.env.now, self.cookie.iovad.tree_ops
+        yield self.env.timeout(self.api_ns)
+        result = yield from self.machine.run_op(gen)
+        tree = self.cookie.iovad.tree_ops - ops
+        if tree:
+            yield from self.machine.hold(IOVA_TREE_LOCK, tree * self.tree_ns)
+        times.add(self.env.now - start)
+        return result
+
+    def map_page(self, cpu: int, phys: int, size: int):
+        if not self.translated:
+            return phys
+            yield  # a generator either way
+        return (yield from self._timed(iommu_dma_map_page(self.cookie, phys, size, cpu=cpu),
+                                       self.m.map))
+
+    def unmap_page(self, cpu: int, addr: int, size: int):
+        if not self.translated:
+            return
+        gen = iommu_dma_unmap_page(self.cookie, addr, size, cpu, int(self.env.now))
+        yield from self._timed(gen, self.m.unmap)
+        self._arm_timer()
+
+    def map_sg(self, cpu: int, sg: list[tuple[int, int]]):
+        if not self.translated:
+            return [phys for phys, _ in sg]
+            yield
+        return (yield from self._timed(iommu_dma_map_sg(self.cookie, sg, cpu=cpu), self.m.map))
+
+    def unmap_sg(self, cpu: int, addrs: list[int], lengths: list[int]):
+        if not self.translated:
+            return
+        gen = iommu_dma_unmap_sg(self.cookie, addrs, lengths, cpu, int(self.env.now))
+        yield from self._timed(gen, self.m.unmap)
+        self._arm_timer()
+
+    # -- the flush-queue timer --------------------------------------------------------------------
+    def _arm_timer(self) -> None:
+        fq = self.cookie.fq
+        if fq is not None and fq.timer_on and self._timer is None:
+            self._timer = self.env.process(self._fire(fq))
+
+    def _fire(self, fq):
+        yield self.env.timeout(max(0.0, fq.timer_expires_ns - self.env.now))
+        self._timer = None
+        start = self.env.now
+        yield from self.machine.run_op(fq.fq_flush_timeout(int(self.env.now)))
+        self.m.cpu_busy_ns += self.env.now - start
+
+    # -- device DMA -------------------------------------------------------------------------------
+    def dma(self, addr: int, size: int, write: bool) -> float:
+        """The device moves ``size`` bytes at DMA address ``addr``: one translation per 4 KiB
+        page touched (none with the IOMMU off); returns the latency the device sees beyond the
+        transfer itself and the PCIe base round trip."""
+        first, last = addr >> 12, (addr + size - 1) >> 12
+        m = self.m
+        m.pages_4k += last - first + 1
+        m.bytes += size
+        if not self.translated:
+            return 0.0
+        translate, sid, extra = self.machine.translate, self.sid, 0.0
+        for page in range(first, last + 1):
+            result, ns = translate(sid, page << 12, write)
+            if not result:
+                raise ModelError(f"simulated DMA to {page << 12:#x} faulted: {result.describe()}")
+            extra += ns
+        return extra
+
+    def transfer_ns(self, size: int) -> float:
+        return size * self.pcie_ns_per_byte
