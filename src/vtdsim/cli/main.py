@@ -43,12 +43,19 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from vtdsim.cli import commands_check, commands_hardware, commands_mutants, commands_replay
+    from vtdsim.cli import (
+        commands_check,
+        commands_hardware,
+        commands_mutants,
+        commands_replay,
+        commands_simulate,
+    )
 
     commands_hardware.register(cli)
     commands_check.register(cli)
     commands_replay.register(cli)
     commands_mutants.register(cli)
+    commands_simulate.register(cli)
 
 
 def main(argv: list[str] | None = None) -> None:
