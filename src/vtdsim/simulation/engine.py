@@ -13,7 +13,8 @@ releases, then pays a cache-line hand-off (``lock_handoff_ns``).  An IQT write a
 platform (``platforms.py``) what it costs; on bare metal the unit (``qi_mode="async"``) then
 performs one descriptor per ``descriptor_ns`` in its own process, and a CPU polling a status
 (``WaitQword``/``WaitRegister``) spins until the hardware has written it.  A DMA translation
-(``translate``) costs one IOTLB lookup plus one DRAM read per structure read the unit's walk made (root/context/PASID entries, paging-structure-cache misses).
+(``translate``) costs one IOTLB lookup plus one DRAM read per structure read the unit's walk made (root/context/PASID entries, paging-structure-cache
+misses).
 
 Not modelled: the order of effects inside one batch of steps (they are applied at the batch's
 start and paid for at its end: device DMA cannot see a half-made batch earlier than a
@@ -50,8 +51,8 @@ class TimedMachine:
     """A booted ``System`` under a SimPy clock, with the costs of ``constants`` and
     ``platform``."""
 
-    def __init__(self, system, constants, platform):
-        self.env = simpy.Environment()
+    def __init__(self, system, constants, platform, start_ns: float = 0.0):
+        self.env = simpy.Environment(initial_time=start_ns)
         self.system, self.constants, self.platform = system, constants, platform
         self.unit = system.unit
         self.executor = system.executor
