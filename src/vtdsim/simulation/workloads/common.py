@@ -40,6 +40,7 @@ PAGE = 4096
 DEVICE = "03:00.0"
 DATA_BASE = 0x1_0000_0000  # data buffers live above 4 GiB, clear of the page-table pages
 IOVA_TREE_LOCK = "iovad.iova_rbtree_lock"
+MSI_WINDOW_PFNS = (0xFEE00, 0xFEEFF)  # 0xfee00000-0xfeefffff
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,10 @@ class DmaWorld:
                 self.system.iommu, type=dtype))
         self.domain_type = dtype
         self.system.attach([DEVICE], domain=domain)
-        self.cookie = IommuDmaCookie(self.system.driver, domain, IovaDomain(ncpus=ncpus),
-                                     ncpus=ncpus)
+        # dma-iommu reserves the MSI window the unit never translates (intel-iommu's
+        # get_resv_regions: IOAPIC_RANGE_START..END; iova_reserve_iommu_regions).
+        iovad = IovaDomain(ncpus=ncpus, reserved=(MSI_WINDOW_PFNS,))
+        self.cookie = IommuDmaCookie(self.system.driver, domain, iovad, ncpus=ncpus)
         self.machine = TimedMachine(self.system, constants, platform)
         self.env = self.machine.env
         self.m = Measure()

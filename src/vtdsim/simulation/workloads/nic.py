@@ -117,24 +117,31 @@ class RxFlow:
         self.premapped = premapped
         self.posted: deque[Descriptor] = deque()
         self.done: deque[tuple[float, float, Descriptor | None]] = deque()
-        self.wake = None
+        self.wake = None  # the core sleeps on it while no packet is complete
+        self.refilled = None  # the wire sleeps on it while the ring is empty
 
     def refill(self):
         p, world, cpu = self.p, self.world, self.index
         phys, premapped = self.buffers.take()
         if premapped is not None:
-            self.posted.append(Descriptor([(premapped, p.desc_pages * PAGE)], [phys]))
+            self._post(Descriptor([(premapped, p.desc_pages * PAGE)], [phys]))
             return
         if p.pages_per_desc == 1:
             size = p.desc_pages * PAGE
             addr = yield from world.map_page(cpu, phys, size)
-            self.posted.append(Descriptor([(addr, size)], [phys]))
+            self._post(Descriptor([(addr, size)], [phys]))
             return
         pieces = []
         for k in range(p.desc_pages):
             addr = yield from world.map_page(cpu, phys + k * PAGE, PAGE)
             pieces.append((addr, PAGE))
-        self.posted.append(Descriptor(pieces, [phys]))
+        self._post(Descriptor(pieces, [phys]))
+
+    def _post(self, desc: Descriptor) -> None:
+        self.posted.append(desc)
+        if self.refilled is not None:
+            self.refilled.succeed()
+            self.refilled = None
 
     def packet_addr(self) -> tuple[int, Descriptor | None]:
         """The DMA address of the next packet slot; the descriptor if this fills it."""
@@ -176,30 +183,39 @@ class NicRx:
 
     def start(self) -> None:
         env = self.world.env
-        env.process(self.wire())
+        self.engine_free = 0.0
         for flow in self.flows:
+            env.process(self.wire(flow))
             env.process(self.core(flow))
 
-    def wire(self):
+    def wire(self, flow: RxFlow):
+        """The flow's share of the wire: every ``flows``-th packet (round-robin), at line
+        rate.  While the ring is empty every arriving packet is dropped: the process sleeps
+        until a refill and counts the packets that arrived meanwhile."""
         env, world, p, m = self.world.env, self.world, self.p, self.world.m
-        engine_free, i, wire_ns = 0.0, 0, p.wire_ns
-        nflows = len(self.flows)
+        gap = p.wire_ns * p.flows
+        yield env.timeout(flow.index * p.wire_ns)
         while True:
             now = env.now
-            flow = self.flows[i % nflows]
-            i += 1
-            if engine_free - now > self.lag_ns or not flow.posted:
+            if not flow.posted:
+                flow.refilled = env.event()
+                yield flow.refilled
+                missed = -(-(env.now - now) // gap)  # arrivals in [now, refill)
+                m.dropped += int(missed)
+                yield env.timeout(now + missed * gap - env.now)
+                continue
+            if self.engine_free - now > self.lag_ns:
                 m.dropped += 1
             else:
                 addr, desc = flow.packet_addr()
                 extra = world.dma(addr, p.mtu, True)
                 m.penalty.add(extra)
-                engine_free = max(now, engine_free) + world.transfer_ns(p.mtu) + extra
-                flow.done.append((engine_free, now, desc))
+                self.engine_free = max(now, self.engine_free) + world.transfer_ns(p.mtu) + extra
+                flow.done.append((self.engine_free, now, desc))
                 if flow.wake is not None:
                     flow.wake.succeed()
                     flow.wake = None
-            yield env.timeout(wire_ns)
+            yield env.timeout(gap)
 
     def core(self, flow: RxFlow):
         env, m = self.world.env, self.world.m

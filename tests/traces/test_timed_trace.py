@@ -1,0 +1,34 @@
+"""`simulate trace DIR`: the recording's calls through the timed engine make exactly the
+queue-tail writes the real driver made (strict and caching-mode recordings)."""
+
+from pathlib import Path
+
+import pytest
+
+from vtdsim.simulation import constants
+from vtdsim.traces.replay import replay
+from vtdsim.traces.timed import simulate_trace
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "traces"
+EXACT = ["legacy-nocm-strict", "legacy-cm-default"]
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_trace_tail_writes_per_io_match_the_recording(name):
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip(f"{path} absent")
+    recorded = replay(path)
+    result = simulate_trace(path, constants.load())
+    assert result["ios"] == recorded.calls.unmap_calls
+    assert result["iqt_writes"] == recorded.qemu.recorded_total
+    assert result["iqt_writes_per_io"] == round(recorded.qemu.recorded_total / result["ios"], 4)
+    assert result["unmap_ns"] > 0
+
+
+def test_trace_what_if_lazy_cuts_tail_writes():
+    path = SHARED / "legacy-nocm-strict"
+    if not path.exists():
+        pytest.skip(f"{path} absent")
+    lazy = simulate_trace(path, constants.load(), policy="lazy")
+    assert lazy["domain_type"] == "dma_fq" and lazy["iqt_writes_per_io"] < 0.1
