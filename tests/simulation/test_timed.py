@@ -7,7 +7,6 @@ import pytest
 from click.testing import CliRunner
 
 from vtdsim.cli.main import _register, cli
-from vtdsim.errors import BadInput
 from vtdsim.simulation import constants
 from vtdsim.simulation.run import Mode, make_params, simulate
 from vtdsim.simulation.workloads.common import DmaWorld

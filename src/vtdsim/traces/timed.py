@@ -123,7 +123,10 @@ class TimedTrace:
         d.subtract(before)
         m = self.m
         descriptors = sum(v for k, v in d.items() if k.startswith("desc:"))
-        per = (lambda v: round(v / m.ios, 4) if m.ios else 0.0)
+
+        def per(v: float) -> float:
+            return round(v / m.ios, 4) if m.ios else 0.0
+
         return {
             "workload": "trace", "trace": self.path.rstrip("/").rsplit("/", 1)[-1],
             "policy": self.policy, "domain_type": self.boot.cookie.domain.type,
