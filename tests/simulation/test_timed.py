@@ -7,7 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from vtdsim.cli.main import _register, cli
-from vtdsim.simulation import constants
+from vtdsim.simulation import constants, platforms
+from vtdsim.simulation.platforms import ExitPlatform, register_platform
 from vtdsim.simulation.run import Mode, make_params, simulate
 from vtdsim.simulation.workloads.common import DmaWorld
 
@@ -116,3 +117,31 @@ def test_cli_json_csv_plot(tmp_path):
     assert (tmp_path / "p.svg").read_text().lstrip().startswith("<?xml")
     out = runner.invoke(cli, ["constants"])
     assert out.exit_code == 0 and "qi_descriptor_ns" in out.output
+
+
+class _PricedExits(ExitPlatform):
+    """The vIOMMU hook as the virtualization layer uses it: every IQT write an exit, the
+    VMM's work priced per counted event (here the unit's own IOTLB invalidations)."""
+
+    name = "hook-test"
+    # The domain is first-stage on server-sm: mainline flushes it with PASID-based IOTLB
+    # invalidations (p_iotlb_inv); second-stage domains use iotlb_inv.
+    work_ns = {"desc:iotlb_inv": "vfio_call_ns", "desc:p_iotlb_inv": "vfio_call_ns"}
+
+
+@pytest.fixture
+def hook_platform():
+    register_platform("hook-test", _PricedExits)
+    yield "hook-test"
+    platforms._REGISTRY.pop("hook-test")
+
+
+def test_exit_platform_charges_each_iqt_write_as_an_exit(hook_platform):
+    bare = _run("nvme", policy="strict")
+    trap = _run("nvme", policy="strict", platform=hook_platform)
+    side = _run("nvme", policy="strict", platform=hook_platform, exits="sidecore")
+    exit_ns = TABLE.ns("vmexit_user_cycles") + TABLE["vfio_call_ns"]
+    assert trap["exits_per_io"] == trap["iqt_writes_per_io"] == 1.0
+    assert side["exits_per_io"] == 0.0 and bare["exits_per_io"] == 0.0
+    assert trap["unmap_ns"] >= exit_ns > bare["unmap_ns"]
+    assert bare["unmap_ns"] < side["unmap_ns"] < trap["unmap_ns"]

@@ -106,7 +106,10 @@ class ExitPlatform:
         return self.write_ns + self.exit_ns
 
     def iqt_write(self, delta: Mapping[str, int]) -> IqtCharge:
+        """The exit (counted) and the VMM's work; the write itself is not also charged as a
+        plain MMIO write by the engine."""
         work = sum(delta.get(key, 0) * price for key, price in self.prices.items())
+        self.exits += not self.sidecore
         if self.sidecore:
             return IqtCharge(self.write_ns, work)
         return IqtCharge(self.exit_ns + work, 0.0)
