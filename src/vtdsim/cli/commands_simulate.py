@@ -179,3 +179,32 @@ def constants_command(constants_file: str | None) -> None:
 def register(group: click.Group) -> None:
     group.add_command(simulate)
     group.add_command(constants_command)
+    group.add_command(sweep_command)
+
+
+@click.command("sweep")
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+@click.option("--scheduler", default=None, help="a Dask scheduler ADDRESS (default: a "
+              "LocalCluster of worker processes)")
+@click.option("--workers", type=int, default=2, show_default=True,
+              help="LocalCluster worker processes")
+@click.option("--serial", is_flag=True, help="run the points here, one after another")
+@click.option("--csv", "csv_file", default=None, help="write the CSV here (default stdout)")
+@click.option("--plot", "plot_file", default=None, help="FILE.svg or FILE.png")
+def sweep_command(spec, scheduler, workers, serial, csv_file, plot_file):
+    """A grid of timed runs (workload x mode x constants) on Dask distributed; the CSV is
+    identical to a serial run's."""
+    from pathlib import Path
+
+    from vtdsim.simulation import report, sweep
+
+    points, _name = sweep.load_spec(spec)
+    results = sweep.run_serial(points) if serial else sweep.run_dask(points, scheduler,
+                                                                       workers)
+    text = report.to_csv(results)
+    if csv_file:
+        Path(csv_file).write_text(text)
+    else:
+        click.echo(text, nl=False)
+    if plot_file:
+        sweep.plot(results, plot_file)

@@ -54,14 +54,18 @@ class Constants:
 
     def overridden(self, path: str | Path) -> Constants:
         """A copy with the values of the TOML file at ``path``."""
-        data = _read_toml(Path(path))
+        return self.with_values(_read_toml(Path(path)), str(path))
+
+    def with_values(self, data: dict, origin: str) -> Constants:
+        """A copy with ``data``'s values (``name = value`` or ``[name] value = ...``);
+        ``origin`` names the file in errors."""
         table = dict(self.table)
         for name, spec in data.items():
-            where = f"{path}: key {name!r}"
+            where = f"{origin}: key {name!r}"
             if name not in table:
                 raise BadInput(f"{where}: no such constant (`vtdsim constants` lists them)")
             table[name] = _override(table[name], spec, where)
-        return Constants(table, origin=str(path))
+        return Constants(table, origin=origin)
 
 
 def _read_toml(path: Path) -> dict:
