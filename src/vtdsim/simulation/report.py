@@ -77,15 +77,28 @@ def print_table(result: dict) -> None:
     Console(width=100).print(table(result))
 
 
-def plot(result: dict, path: str) -> None:
-    suffix = Path(path).suffix.lower()
-    if suffix not in (".svg", ".png"):
+def pyplot(path: str):
+    """matplotlib's pyplot on the file-only backend, once ``path`` is known to be SVG/PNG."""
+    if Path(path).suffix.lower() not in (".svg", ".png"):
         raise BadInput(f"--plot {path}: the file must end in .svg or .png")
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["svg.hashsalt"] = "vtdsim"  # clip-path ids from a fixed salt
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save(fig, path: str) -> None:
+    """Write and close ``fig``; an SVG carries no date, so one seed gives one file."""
+    svg = Path(path).suffix.lower() == ".svg"
+    fig.savefig(path, metadata={"Date": None} if svg else None)
+    fig.clf()
+
+
+def plot(result: dict, path: str) -> None:
+    plt = pyplot(path)
     rate = ("iops", result["iops"]) if "iops" in result else ("gbps", result["gbps"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
     left.bar([rate[0]], [rate[1]], color="tab:blue")
@@ -96,6 +109,5 @@ def plot(result: dict, path: str) -> None:
     right.tick_params(axis="x", labelrotation=20)
     fig.suptitle(f"{result['workload']} {result['policy']} {result['platform']}")
     fig.tight_layout()
-    # SVG embeds a date and ids unless told not to: a plot of one seed is the same file.
-    fig.savefig(path, metadata={"Date": None} if suffix == ".svg" else None)
+    save(fig, path)
     plt.close(fig)

@@ -117,14 +117,9 @@ def run_dask(points: list[dict], scheduler: str | None = None, workers: int = 2)
 
 def plot(results: list[dict], path: str) -> None:
     """One bar per grid point: Gbit/s (or IOPS for nvme)."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in (".svg", ".png"):
-        raise BadInput(f"--plot {path}: the file must end in .svg or .png")
-    import matplotlib
+    from vtdsim.simulation.report import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot(path)
     key = "iops" if all("iops" in r for r in results) else "gbps"
     labels = [f"{i}" for i in range(len(results))]
     fig, ax = plt.subplots(figsize=(max(4, len(results) * 0.6), 3.5))
@@ -132,5 +127,5 @@ def plot(results: list[dict], path: str) -> None:
     ax.set_xlabel("grid point (CSV row)")
     ax.set_ylabel(key)
     fig.tight_layout()
-    fig.savefig(path, metadata={"Date": None} if suffix == ".svg" else None)
+    save(fig, path)
     plt.close(fig)
