@@ -94,7 +94,7 @@ class Measure:
 
     ios: int = 0
     bytes: int = 0
-    pages_4k: int = 0  # 4 KiB pages the devices moved (the per-4k denominators)
+    translations: int = 0  # 4 KiB pages the devices' DMAs touched: one translation each
     dropped: int = 0
     cpu_busy_ns: float = 0.0
     latency: Histogram = field(default_factory=Histogram)

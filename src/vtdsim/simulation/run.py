@@ -73,7 +73,7 @@ def summarize(world: DmaWorld, workload: str, params) -> dict:
     d.subtract(world.start_counters)
     m, mode = world.m, world.mode
     elapsed = world.env.now - world.start_ns
-    ios, pages = m.ios, m.pages_4k
+    ios, pages = m.ios, m.bytes / 4096  # the per-4k figures are per 4 KiB of data moved
     out = {"workload": workload, **asdict(params), "policy": mode.policy,
            "domain_type": world.domain_type, "profile": mode.profile,
            "platform": mode.platform, "unit": mode.unit, "iova_pages": mode.iova_pages,
@@ -87,6 +87,7 @@ def summarize(world: DmaWorld, workload: str, params) -> dict:
         "pscache_misses_per_4k": {f"l{lv}": _per(d[f"pscache_miss_l{lv}"], pages)
                                   for lv in PSC_LEVELS},
         "translation_reads_per_4k": _per(d["walk_reads"], pages),
+        "iotlb_miss_rate": _per(d["iotlb_miss"], m.translations),  # per translation
         "exits_per_io": _per(d["exits"], ios),
         "iqt_writes_per_io": _per(d["iqt_writes"], ios),
         "descriptors_per_io": _per(descriptors, ios),

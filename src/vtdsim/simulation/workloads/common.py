@@ -29,6 +29,7 @@ from vtdsim.driver.dma_api import (
 )
 from vtdsim.driver.iova import IovaDomain
 from vtdsim.errors import BadInput, ModelError
+from vtdsim.hardware.remapping_unit import CacheConfig
 from vtdsim.simulation.engine import TimedMachine
 from vtdsim.simulation.metrics import Measure, model_counters
 from vtdsim.simulation.platforms import get_platform
@@ -66,6 +67,13 @@ class Mode:
             raise BadInput("--duration and --ios must be positive")
 
 
+def cache_config(constants) -> CacheConfig:
+    """The unit's cache sizes from the constants table (the rest as the model's default)."""
+    return CacheConfig(iotlb=int(constants["iotlb_entries"]),
+                       pscache=int(constants["pscache_entries"]),
+                       context=int(constants["context_cache_entries"]))
+
+
 def domain_type(mode: Mode, system: System) -> str:
     """The device's default domain type, decided as Linux decides it."""
     policy = iommu_core.iommu_subsys_init(
@@ -82,7 +90,8 @@ class DmaWorld:
         mode.check()
         self.mode, self.constants = mode, constants
         platform = get_platform(mode.platform, constants, mode.exits)
-        self.system = System.boot(mode.unit, mode.profile, ncpus=ncpus, qi_mode="async")
+        self.system = System.boot(mode.unit, mode.profile, ncpus=ncpus, qi_mode="async",
+                                  cache_config=cache_config(constants))
         self.info = self.system.probe(DEVICE)
         self.sid = self.info.sid
         self.translated = mode.policy != "off"
@@ -176,7 +185,7 @@ class DmaWorld:
         transfer itself and the PCIe base round trip."""
         first, last = addr >> 12, (addr + size - 1) >> 12
         m = self.m
-        m.pages_4k += last - first + 1
+        m.translations += last - first + 1
         m.bytes += size
         if not self.translated:
             return 0.0
