@@ -35,6 +35,7 @@ from vtdsim.errors import ModelError
 
 LINE = 64
 PAGE = 4096
+WAIT_KEY = "desc:inv_wait"  # the only descriptor that writes memory a CPU polls (6.5.2.8)
 
 
 class SimLock:
@@ -82,10 +83,11 @@ class TimedMachine:
         return self.env.now
 
     # -- driver operations ------------------------------------------------------------------------
-    def run_op(self, gen: Generator) -> Generator[simpy.Event, Any, Any]:
-        """Run driver operation ``gen`` in the calling SimPy process; its return value."""
+    def run_op(self, gen: Generator, pending: float = 0.0) -> Generator[simpy.Event, Any, Any]:
+        """Run driver operation ``gen`` in the calling SimPy process; its return value.
+        ``pending``: CPU time the caller spent just before (paid with the op's first batch)."""
         env, apply, cost = self.env, self.executor.apply, self.cost
-        send, reply, pending = gen.send, None, 0.0
+        send, reply = gen.send, None
         while True:
             try:
                 step = send(reply)
@@ -105,8 +107,7 @@ class TimedMachine:
                 continue
             if pending:
                 yield env.timeout(pending)
-                pending = 0.0
-            reply = yield from self._sync_step(step, kind)
+            reply, pending = yield from self._sync_step(step, kind)
 
     def _bulk_ns(self, step) -> float:
         if type(step) is st.CpuZero:
@@ -114,40 +115,40 @@ class TimedMachine:
         first = step.addr & ~(LINE - 1)
         return self.clflush_ns * max(1, -(-(step.addr + step.size - first) // LINE))
 
-    def _sync_step(self, step, kind) -> Generator[simpy.Event, Any, Any]:
-        """A step another actor can observe: time is paid up before it, and it may wait."""
-        env, apply = self.env, self.executor.apply
+    def _sync_step(self, step, kind) -> Generator[simpy.Event, Any, tuple[Any, float]]:
+        """A step another actor can observe: time is paid up before it, and it may wait.
+        Returns the step's reply and the time it takes itself, which the caller carries on
+        to the next synchronisation point (so a lock or an MMIO access adds no event)."""
+        apply, platform = self.executor.apply, self.platform
         if kind is st.Lock:
             yield from self.acquire(step.name)
-            reply = apply(step)
-            yield env.timeout(self.lock_ns)
-            return reply
+            return apply(step), self.lock_ns
         if kind is st.Unlock:
             reply = apply(step)
             self.release(step.name)
-            return reply
+            return reply, 0.0
         if kind is st.MmioWrite:
-            return (yield from self._mmio_write(step))
+            if step.offset == self.iqt_offset:
+                return None, (yield from self._iqt_write(step))
+            apply(step)
+            return None, platform.mmio_write_ns(step.offset)
         if kind is st.MmioRead:
-            yield env.timeout(self.platform.mmio_read_ns(step.offset))
-            return apply(step)
+            return apply(step), platform.mmio_read_ns(step.offset)
         if kind is st.WaitQword or kind is st.WaitRegister:
-            return (yield from self._wait(step))
-        return apply(step)  # unknown kinds: the executor names the bad step
+            return (yield from self._wait(step)), 0.0
+        return apply(step), 0.0  # unknown kinds: the executor names the bad step
 
-    def _mmio_write(self, step) -> Generator[simpy.Event, Any, None]:
-        env, platform = self.env, self.platform
-        if step.offset != self.iqt_offset:
-            self.executor.apply(step)
-            yield env.timeout(platform.mmio_write_ns(step.offset))
-            return None
+    def _iqt_write(self, step) -> Generator[simpy.Event, Any, float]:
+        """Publish the queue; the CPU time of the write.  Bare metal: the hardware starts once
+        the posted write arrives.  A synchronous platform: the queue is drained now."""
+        platform = self.platform
         self.iqt_writes += 1
         if not platform.synchronous:
             self.executor.apply(step)
-            yield env.timeout(platform.iqt_write({}).cpu_ns)
+            cpu_ns = platform.iqt_write({}).cpu_ns
             if self._hw is None:
-                self._hw = env.process(self._invalidation_hardware())
-            return None
+                self._hw = self.env.process(self._invalidation_hardware(cpu_ns))
+            return cpu_ns
         stats, keys = self.stats, platform.iqt_keys
         before = [stats[k] for k in keys]
         self.executor.apply(step)
@@ -155,26 +156,30 @@ class TimedMachine:
             pass
         delta = {k: stats[k] - b for k, b in zip(keys, before, strict=True) if stats[k] != b}
         charge = platform.iqt_write(delta)
-        yield env.timeout(charge.cpu_ns + charge.busy_ns)
         self._wake_waiters()
-        return None
+        return charge.cpu_ns + charge.busy_ns
+        yield  # a generator, for the bare-metal path's symmetry
 
-    def _invalidation_hardware(self) -> Generator[simpy.Event, Any, None]:
+    def _invalidation_hardware(self, delay: float) -> Generator[simpy.Event, Any, None]:
         """The unit fetches and performs one descriptor at a time (spec 6.5.2), each taking
-        the platform's ``descriptor_ns``; waiters re-check after each."""
-        stats, keys, unit = self.stats, self.platform.iqt_keys, self.unit
+        the platform's ``descriptor_ns``, the first after ``delay`` (the posted IQT write's
+        flight).  A descriptor's effect is made when it is fetched and its time paid after;
+        pollers re-check only after a descriptor that writes memory (an invalidation wait's
+        status) or when the queue stops (done, or an error software must clear)."""
+        stats, keys, unit, env = self.stats, self.platform.iqt_keys, self.unit, self.env
+        price = self.platform.descriptor_ns
         while True:
             before = [stats[k] for k in keys]
             if not unit.qi_step():
                 break
             delta = {k: stats[k] - b for k, b in zip(keys, before, strict=True)
                      if stats[k] != b}
-            yield self.env.timeout(self.platform.descriptor_ns(delta))
-            if self._waiters:
-                # Pollers re-check before the next descriptor is performed (zero-time yield:
-                # they were woken first, so they see this descriptor's effects only).
+            yield env.timeout(delay + price(delta))
+            delay = 0.0
+            if WAIT_KEY in delta and self._waiters:
+                # Woken pollers run before the next descriptor is fetched (zero-time yield).
                 self._wake_waiters()
-                yield self.env.timeout(0)
+                yield env.timeout(0)
         self._hw = None
         self._wake_waiters()
 

@@ -130,8 +130,7 @@ class DmaWorld:
     # -- the DMA API, timed ---------------------------------------------------------------------
     def _timed(self, gen, times) -> Generator[Any, Any, Any]:
         start, ops = self.env.now, self.cookie.iovad.tree_ops
-        yield self.env.timeout(self.api_ns)
-        result = yield from self.machine.run_op(gen)
+        result = yield from self.machine.run_op(gen, self.api_ns)
         tree = self.cookie.iovad.tree_ops - ops
         if tree:
             yield from self.machine.hold(IOVA_TREE_LOCK, tree * self.tree_ns)
