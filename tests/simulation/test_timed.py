@@ -163,3 +163,17 @@ def test_iotlb_size_is_a_constant(tmp_path):
     small_tlb = _run("dma-window", ios=2000, params=window, table=constants.load(small))
     assert big_tlb["iotlb_miss_rate"] < 0.15
     assert small_tlb["iotlb_miss_rate"] == pytest.approx(0.75, abs=0.05)
+
+
+def test_strict_flows_contend_on_the_flush_path():
+    """Several flows unmapping at once: mainline holds domain->cache_lock across the flush
+    (cache_tag_flush_range), 6.1 queues on qi->q_lock (qi_submit_sync); lazy scales."""
+    one = _run("nic-rx", ios=1500, params={"flows": 1})
+    four = _run("nic-rx", ios=3000, params={"flows": 4})
+    old = _run("nic-rx", ios=3000, params={"flows": 4}, profile="linux-6.1")
+    lazy = _run("nic-rx", ios=3000, params={"flows": 4}, policy="lazy")
+    assert one["lock_wait_ns"] == {}
+    assert four["lock_wait_ns"]["domain1.cache_lock"] > 0
+    assert old["lock_wait_ns"]["qi0.q_lock"] > 0
+    assert four["unmap_ns"] > 2 * one["unmap_ns"]
+    assert lazy["gbps"] > 2 * four["gbps"]
