@@ -37,7 +37,7 @@ def cli() -> None:
     \b
     It answers two questions:
       is this invalidation sequence safe?   vtdsim check  (interleaving checker)
-      what does it cost?                    descriptors, VM exits, IOTLB misses, walks
+      what does it cost?                    vtdsim simulate (timed workloads), sweep
     and shows that the model agrees with the real driver: vtdsim replay DIR.
     """
 
