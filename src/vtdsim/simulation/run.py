@@ -3,7 +3,11 @@ mapped), measure from then on until ``--duration`` of simulated time or ``--ios`
 report the figures a result carries (``RESULT_KEYS``), as differences of the model's own
 counters over the measured interval.
 
-Not modelled: warm-up beyond the set-up (caches start as the set-up left them).
+The set-up (boot, rings filled, windows mapped) and a warm-up of ``warmup_ios`` I/Os (each
+workload's: one cycle of its rings or queues, or enough reads to fill the IOTLB) run first and
+are not measured, so a short run does not report the pre-filled ring's burst.
+
+Not modelled: a steady-state detector (the warm-up length is fixed per workload).
 """
 
 from __future__ import annotations
@@ -26,12 +30,19 @@ FORGET_EVERY = 4096  # I/Os between two hand-overs of the driver's submission lo
 
 
 class Stop:
-    """Ends the run after ``ios`` I/Os (``None``: the caller runs until a time); also keeps
-    the driver's submission log from growing with the run."""
+    """Ends the warm-up after ``warmup`` I/Os, then the run after ``ios`` measured I/Os
+    (``None``: the caller runs until a time); also keeps the driver's submission log from
+    growing with the run."""
 
-    def __init__(self, world: DmaWorld, ios: int | None):
-        self.world, self.target = world, ios
+    def __init__(self, world: DmaWorld, ios: int | None, warmup: int = 0):
+        self.world, self.target, self.warmup = world, ios, warmup
+        self.warmed = world.env.event()
         self.event = world.env.event()
+        self._next_forget = FORGET_EVERY
+
+    def measuring(self) -> None:
+        """The warm-up is over: counts start again from zero."""
+        self.warmup = 0
         self._next_forget = FORGET_EVERY
 
     def check(self) -> None:
@@ -39,6 +50,10 @@ class Stop:
         if ios >= self._next_forget:
             self.world.system.take_submissions()
             self._next_forget = ios + FORGET_EVERY
+        if self.warmup:
+            if ios >= self.warmup and not self.warmed.triggered:
+                self.warmed.succeed()
+            return
         if self.target is not None and ios >= self.target and not self.event.triggered:
             self.event.succeed()
 
@@ -56,8 +71,13 @@ def simulate(workload: str, mode: Mode, params, constants) -> dict:
     load = WORKLOADS[workload][1](world, params, stop)
     env = world.env
     env.run(env.process(load.setup()))
+    stop.warmup = load.warmup_ios
     world.start_measuring()
     load.start()
+    if stop.warmup:
+        env.run(until=stop.warmed)
+        world.start_measuring()
+        stop.measuring()
     env.run(until=stop.event if mode.ios is not None else env.now + mode.duration_ns)
     result = summarize(world, workload, params)
     result["timing"] = {"wall_s": round(time.perf_counter() - wall, 3)}

@@ -122,10 +122,11 @@ class DmaWorld:
         self.start_ns = 0.0
 
     def start_measuring(self) -> None:
-        """Forget the set-up's counts (boot, pre-filled rings)."""
+        """Forget what was counted so far (boot, set-up, warm-up).  In place: the workload's
+        processes hold the ``Measure``."""
         self.start_counters = model_counters(self.machine)
         self.start_ns = self.env.now
-        self.m = Measure()
+        self.m.__init__()
 
     # -- the DMA API, timed ---------------------------------------------------------------------
     def _timed(self, gen, times) -> Generator[Any, Any, Any]:

@@ -44,6 +44,9 @@ class DmaWindow:
         self.rng = random.Random(world.mode.seed)
         self.base = 0
         self.slots = p.window // p.transfer
+        # Twice the IOTLB's entries: random reads have filled it by then, so the figures are
+        # the steady state of the window, not the cold start.
+        self.warmup_ios = 2 * int(world.constants["iotlb_entries"])
 
     def setup(self):
         world = self.world

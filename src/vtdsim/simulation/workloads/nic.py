@@ -173,6 +173,7 @@ class NicRx:
         self.lag_ns = c["nic_buffer_bytes"] * 8 / p.link_gbps
         premapped = world.mode.iova_pages == "2m"
         self.flows = [RxFlow(world, p, f, premapped) for f in range(p.flows)]
+        self.warmup_ios = p.flows * p.ring * p.packets_per_desc  # each ring refilled once
 
     def setup(self):
         for flow in self.flows:
@@ -256,6 +257,7 @@ class NicTx:
         self.inflight = [0] * p.flows
         self.core_wake: list = [None] * p.flows
         self.buffers = [Buffers(world, f, self.size, 4 * p.ring) for f in range(p.flows)]
+        self.warmup_ios = p.flows * p.ring  # each ring filled and completed once
 
     def setup(self):
         return

@@ -57,6 +57,7 @@ class Nvme:
         self.contiguous = world.mode.iova_pages == "2m"
         self.next_buf = [0] * p.jobs
         self.seq = 0
+        self.warmup_ios = p.jobs * p.qd  # each queue turned over once
 
     def setup(self):
         return
