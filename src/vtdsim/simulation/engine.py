@@ -149,12 +149,12 @@ class TimedMachine:
             if self._hw is None:
                 self._hw = self.env.process(self._invalidation_hardware(cpu_ns))
             return cpu_ns
-        stats, keys = self.stats, platform.iqt_keys
-        before = [stats[k] for k in keys]
+        before = platform.counters(self)
         self.executor.apply(step)
         while self.unit.qi_step():
             pass
-        delta = {k: stats[k] - b for k, b in zip(keys, before, strict=True) if stats[k] != b}
+        after = platform.counters(self)
+        delta = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
         charge = platform.iqt_write(delta)
         self._wake_waiters()
         return charge.cpu_ns + charge.busy_ns

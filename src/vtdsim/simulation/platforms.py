@@ -97,6 +97,13 @@ class ExitPlatform:
         self.iqt_keys = tuple(sorted(set(DESC_KEYS) | set(self.prices)))
         self.exits = 0
 
+    def counters(self, machine) -> Mapping[str, int]:
+        """The cumulative counts an exit's work is the difference of: here the guest unit's
+        ``iqt_keys``; a VMM platform returns its machine's counts too (the virtualization
+        layer's ``Machine.counts()``: VMM walk reads, VFIO calls, host invalidations)."""
+        stats = machine.stats
+        return {key: stats[key] for key in self.iqt_keys}
+
     def mmio_write_ns(self, offset: int) -> float:
         self.exits += not self.sidecore
         return self.write_ns + self.exit_ns
