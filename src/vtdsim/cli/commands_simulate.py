@@ -138,14 +138,15 @@ simulate.add_command(_workload_command("dma-window", WINDOW,
               show_default=True)
 @click.option("--platform", type=click.Choice(["bare", *VIRTUAL_PLATFORMS]), default="bare",
               show_default=True)
+@click.option("--exits", type=click.Choice(EXIT_MODES), default="trap", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="the traced device (BB:DD.F)")
 @click.option("--constants", "constants_file", type=click.Path(), default=None)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--csv", "as_csv", is_flag=True)
 @click.option("--plot", "plot_file", default=None)
-def trace(directory, policy, profile, platform, seed, device, constants_file, as_json, as_csv,
-          plot_file):
+def trace(directory, policy, profile, platform, exits, seed, device, constants_file, as_json,
+          as_csv, plot_file):
     """A recording's map/unmap calls at their timestamps, timed (the what-if: the same calls
     under another profile, policy or platform)."""
     from vtdsim.simulation import constants
@@ -153,7 +154,7 @@ def trace(directory, policy, profile, platform, seed, device, constants_file, as
 
     table = constants.load(constants_file)
     result = simulate_trace(directory, table, profile=profile, policy=policy,
-                            platform=platform, seed=seed, device=device)
+                            platform=platform, exits=exits, seed=seed, device=device)
     emit(result, as_json, as_csv, plot_file)
 
 

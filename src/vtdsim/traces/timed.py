@@ -32,7 +32,7 @@ POLICY_CMDLINE = {"recorded": "", "strict": " iommu.strict=1", "lazy": " iommu.s
 
 
 class TimedTrace:
-    def __init__(self, path, constants, *, profile, policy, platform, seed, device):
+    def __init__(self, path, constants, *, profile, policy, platform, exits, seed, device):
         rec = Recording(path)
         setup = rp.read_setup(rec, device)
         setup = replace(setup, cmdline=setup.cmdline + POLICY_CMDLINE[policy])
@@ -43,7 +43,7 @@ class TimedTrace:
         self.boot = rp.boot(self.model, setup)
         self.model.unit.qi_mode = "async"  # the engine steps the queue in hardware time
         self.constants = constants
-        self.platform = get_platform(platform, constants)
+        self.platform = get_platform(platform, constants, exits)
         self.m = Measure()
         self.lanes: list[deque] = []
         self.wakes: list = []
@@ -151,11 +151,11 @@ def _chain(first, rest):
 
 
 def simulate_trace(path, constants, *, profile="linux-6.1", policy="recorded",
-                   platform="bare", seed=0, device=None) -> dict:
+                   platform="bare", exits="trap", seed=0, device=None) -> dict:
     import time
 
     wall = time.perf_counter()
     result = TimedTrace(path, constants, profile=profile, policy=policy, platform=platform,
-                        seed=seed, device=device).run()
+                        exits=exits, seed=seed, device=device).run()
     result["timing"] = {"wall_s": round(time.perf_counter() - wall, 3)}
     return result
