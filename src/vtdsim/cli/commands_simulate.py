@@ -8,30 +8,7 @@ import functools
 import click
 
 from vtdsim.driver.profiles import PROFILES
-from vtdsim.errors import BadInput
 from vtdsim.simulation.platforms import EXIT_MODES, VIRTUAL_PLATFORMS
-
-UNITS = {"ns": 1, "us": 1e3, "ms": 1e6, "s": 1e9}
-
-
-def parse_duration(text: str | None) -> float | None:
-    """``10ms``, ``1.5s``, ``200us``, ``5000ns`` or a number of ns."""
-    if text is None:
-        return None
-    for suffix in sorted(UNITS, key=len, reverse=True):
-        if text.endswith(suffix):
-            number, scale = text[: -len(suffix)], UNITS[suffix]
-            break
-    else:
-        number, scale = text, 1
-    try:
-        value = float(number) * scale
-    except ValueError:
-        raise BadInput(f"--duration {text!r}: a time such as 10ms, 1s, 500us") from None
-    if value <= 0:
-        raise BadInput(f"--duration {text!r}: must be positive")
-    return value
-
 
 def common_options(func):
     """The mode and output options every workload takes."""
@@ -63,7 +40,7 @@ def common_options(func):
 
 
 def mode_from(opts: dict):
-    from vtdsim.simulation.workloads.common import Mode
+    from vtdsim.simulation.workloads.common import Mode, parse_duration
 
     duration, ios = parse_duration(opts.pop("duration")), opts.pop("ios")
     if duration is None and ios is None:

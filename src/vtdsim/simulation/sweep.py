@@ -29,7 +29,7 @@ from pathlib import Path
 from vtdsim.errors import BadInput
 from vtdsim.simulation import constants as constants_mod
 from vtdsim.simulation.run import WORKLOADS, make_params, simulate
-from vtdsim.simulation.workloads.common import Mode
+from vtdsim.simulation.workloads.common import Mode, parse_duration
 
 MODE_KEYS = ("policy", "profile", "platform", "exits", "unit", "iova_pages", "seed")
 TOP_KEYS = ("workload", "ios", "duration", "constants", "fixed", "grid")
@@ -80,8 +80,6 @@ def _check_point(point: dict, path: Path) -> None:
 def run_point(point: dict) -> dict:
     """One grid point, run where it lands (a Dask worker or here); the result without its
     wall-clock timing, with the point's constant overrides as columns."""
-    from vtdsim.cli.commands_simulate import parse_duration
-
     table = constants_mod.load(point.get("constants_file"))
     overrides = {k.split(".", 1)[1]: v for k, v in point.items() if k.startswith("constants.")}
     if overrides:

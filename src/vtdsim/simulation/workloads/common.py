@@ -67,6 +67,28 @@ class Mode:
             raise BadInput("--duration and --ios must be positive")
 
 
+DURATION_UNITS = {"ns": 1, "us": 1e3, "ms": 1e6, "s": 1e9}
+
+
+def parse_duration(text: str | None) -> float | None:
+    """``10ms``, ``1.5s``, ``200us``, ``5000ns`` or a number of ns."""
+    if text is None:
+        return None
+    for suffix in sorted(DURATION_UNITS, key=len, reverse=True):
+        if text.endswith(suffix):
+            number, scale = text[: -len(suffix)], DURATION_UNITS[suffix]
+            break
+    else:
+        number, scale = text, 1
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise BadInput(f"--duration {text!r}: a time such as 10ms, 1s, 500us") from None
+    if value <= 0:
+        raise BadInput(f"--duration {text!r}: must be positive")
+    return value
+
+
 def cache_config(constants) -> CacheConfig:
     """The unit's cache sizes from the constants table (the rest as the model's default)."""
     return CacheConfig(iotlb=int(constants["iotlb_entries"]),
