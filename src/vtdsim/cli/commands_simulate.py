@@ -10,6 +10,7 @@ import click
 from vtdsim.driver.profiles import PROFILES
 from vtdsim.simulation.platforms import EXIT_MODES, VIRTUAL_PLATFORMS
 
+
 def common_options(func):
     """The mode and output options every workload takes."""
     options = [
