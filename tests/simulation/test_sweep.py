@@ -51,3 +51,23 @@ def test_bad_spec_is_one_line(tmp_path, text, words):
     with pytest.raises(BadInput) as err:
         sweep.load_spec(path)
     assert words in str(err.value) and str(path) in str(err.value)
+
+
+def test_scheduler_address_and_cli(tmp_path):
+    """A running scheduler given by address (``--scheduler``), and the CLI's serial CSV file:
+    the same rows."""
+    distributed = pytest.importorskip("distributed")
+    from click.testing import CliRunner
+
+    from vtdsim.cli.main import _register, cli
+
+    spec = _spec(tmp_path, SPEC)
+    points, _ = sweep.load_spec(spec)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        remote = report.to_csv(sweep.run_dask(points, scheduler=cluster.scheduler_address))
+    _register()
+    out = CliRunner().invoke(cli, ["sweep", str(spec), "--serial", "--csv",
+                                   str(tmp_path / "out.csv")])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "out.csv").read_text() == remote
