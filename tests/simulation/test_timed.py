@@ -177,3 +177,15 @@ def test_strict_flows_contend_on_the_flush_path():
     assert old["lock_wait_ns"]["qi0.q_lock"] > 0
     assert four["unmap_ns"] > 2 * one["unmap_ns"]
     assert lazy["gbps"] > 2 * four["gbps"]
+
+
+def test_ats_device_adds_device_tlb_invalidations_and_translation_requests():
+    """With ATS a strict unmap also invalidates the device-TLB (one more descriptor, the ATS
+    round trip to the endpoint); a device-TLB miss is a Translation Request round trip."""
+    plain = _run("nvme", policy="strict")
+    ats = _run("nvme", policy="strict", ats=True)
+    assert plain["ats"] is False and ats["ats"] is True
+    assert ats["descriptors_per_io"] == plain["descriptors_per_io"] + 1
+    extra = TABLE["ats_invalidation_ns"] + TABLE["qi_descriptor_ns"]
+    assert ats["unmap_ns"] - plain["unmap_ns"] == pytest.approx(extra, abs=5)
+    assert ats["dma_latency_penalty_ns"] >= TABLE["ats_translation_request_ns"]

@@ -26,6 +26,7 @@ def common_options(func):
                      help="unit preset (vtdsim presets)"),
         click.option("--iova-pages", type=click.Choice(["4k", "2m"]), default="4k",
                      show_default=True),
+        click.option("--ats", is_flag=True, help="the device uses ATS (a device-TLB)"),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--duration", default=None, help="simulated time (10ms, 1s ...)"),
         click.option("--ios", type=int, default=None, help="stop after this many I/Os"),
@@ -49,7 +50,7 @@ def mode_from(opts: dict):
     return Mode(policy=opts.pop("policy"), profile=opts.pop("profile"),
                 platform=opts.pop("platform"), exits=opts.pop("exits"), unit=opts.pop("unit"),
                 iova_pages=opts.pop("iova_pages"), seed=opts.pop("seed"), duration_ns=duration,
-                ios=ios)
+                ios=ios, ats=opts.pop("ats"))
 
 
 def emit(result: dict, as_json: bool, as_csv: bool, plot_file: str | None) -> None:

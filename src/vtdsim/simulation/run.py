@@ -97,6 +97,7 @@ def summarize(world: DmaWorld, workload: str, params) -> dict:
     out = {"workload": workload, **asdict(params), "policy": mode.policy,
            "domain_type": world.domain_type, "profile": mode.profile,
            "platform": mode.platform, "unit": mode.unit, "iova_pages": mode.iova_pages,
+           "ats": world.info.ats_enabled,
            "seed": mode.seed, "sim_ns": round(elapsed, 1), "ios": ios, "dropped": m.dropped}
     if workload == "nvme":
         out["iops"] = round(ios / elapsed * 1e9, 1) if elapsed else 0.0

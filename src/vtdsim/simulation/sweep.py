@@ -13,7 +13,7 @@ Spec (TOML)::
     policy = ["strict", "lazy"]
     "constants.dram_read_ns" = [90, 150]
 
-Mode fields: policy, profile, platform, exits, unit, iova_pages, seed; workload parameters as
+Mode fields: policy, profile, platform, exits, unit, iova_pages, seed, ats; workload parameters as
 the workload's options (flows, ring, mtu, pages_per_desc, link_gbps, bs, qd, jobs, rw,
 transfer, window); ``constants.NAME`` overrides one constant.
 
@@ -31,7 +31,7 @@ from vtdsim.simulation import constants as constants_mod
 from vtdsim.simulation.run import WORKLOADS, make_params, simulate
 from vtdsim.simulation.workloads.common import Mode, parse_duration
 
-MODE_KEYS = ("policy", "profile", "platform", "exits", "unit", "iova_pages", "seed")
+MODE_KEYS = ("policy", "profile", "platform", "exits", "unit", "iova_pages", "seed", "ats")
 TOP_KEYS = ("workload", "ios", "duration", "constants", "fixed", "grid")
 
 

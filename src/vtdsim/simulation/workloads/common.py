@@ -9,8 +9,12 @@ context entries); ``strict`` / ``lazy`` - a DMA / DMA_FQ domain (a caching-mode 
 strict, as Linux does).  The flush-queue timer is its own actor (``fq_flush_timeout`` in
 softirq): it fires ``fq_timeout_ns`` after arming and its CPU time counts as CPU work.
 
-Not modelled: ATS (devices send untranslated requests), interrupts and NAPI scheduling costs
-beyond the per-packet/per-I/O constants, NUMA.
+``ats``: the device has ATS (``--ats``): its DMA goes through its device-TLB, a miss sends a
+Translation Request, and the driver's strict unmaps add device-TLB invalidations (priced with
+the ATS round trip to the endpoint).
+
+Not modelled: interrupts and NAPI scheduling costs beyond the per-packet/per-I/O constants,
+NUMA, ATS page requests (PRI).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class Mode:
     seed: int = 0
     duration_ns: float | None = None
     ios: int | None = None
+    ats: bool = False  # the device has ATS: a device-TLB, translation requests
 
     def check(self) -> None:
         if self.policy not in POLICIES:
@@ -114,7 +119,7 @@ class DmaWorld:
         platform = get_platform(mode.platform, constants, mode.exits)
         self.system = System.boot(mode.unit, mode.profile, ncpus=ncpus, qi_mode="async",
                                   cache_config=cache_config(constants))
-        self.info = self.system.probe(DEVICE)
+        self.info = self.system.probe(DEVICE, ats=mode.ats)
         self.sid = self.info.sid
         self.translated = mode.policy != "off"
         dtype = domain_type(mode, self.system) if self.translated else "identity"
@@ -133,6 +138,9 @@ class DmaWorld:
         # as is every map with the IOMMU off: the API call itself is not charged then.
         self.mapping = self.translated and not self.cookie.identity
         self.machine = TimedMachine(self.system, constants, platform)
+        self.endpoint = self.system.endpoint(DEVICE)
+        self.ats_request_ns = constants.ns("ats_translation_request_ns")
+        self.parallelism = max(1.0, constants["translation_parallelism"])
         self.env = self.machine.env
         self.m = Measure()
         self.api_ns = constants.ns("dma_api_call_cycles")
@@ -211,6 +219,8 @@ class DmaWorld:
         m.bytes += size
         if not self.translated:
             return 0.0
+        if self.info.ats_enabled:
+            return self._ats_dma(first, last, write)
         translate, sid, extra = self.machine.translate, self.sid, 0.0
         for page in range(first, last + 1):
             result, ns = translate(sid, page << 12, write)
@@ -218,6 +228,22 @@ class DmaWorld:
                 raise ModelError(f"simulated DMA to {page << 12:#x} faulted: {result.describe()}")
             extra += ns
         return extra
+
+    def _ats_dma(self, first: int, last: int, write: bool) -> float:
+        """Through the endpoint's device-TLB (PCIe ATS): a hit costs nothing beyond the DMA; a
+        miss is a Translation Request round trip plus the unit's walk reads.  One byte per
+        page goes through ``Endpoint.dma_read``/``dma_write`` (the translation, not the
+        data, is what is timed)."""
+        endpoint, stats = self.endpoint, self.system.unit.stats
+        requests, reads = endpoint.stats["translation_requests"], stats["walk_reads"]
+        for page in range(first, last + 1):
+            addr = page << 12
+            result = endpoint.dma_write(addr, b"\0") if write else endpoint.dma_read(addr, 1)
+            if not result:
+                raise ModelError(f"simulated DMA to {addr:#x} faulted: {result.fault!r}")
+        requests = endpoint.stats["translation_requests"] - requests
+        return (requests * (self.ats_request_ns + self.machine.hit_ns)
+                + (stats["walk_reads"] - reads) * self.machine.dram_ns)
 
     def transfer_ns(self, size: int) -> float:
         return size * self.pcie_ns_per_byte

@@ -10,7 +10,9 @@ pages, each mapped on its own, holding ``N * 4096 // stride`` packets, stride th
 that fits MTU plus headroom.  ``--iova-pages 2m``: buffers are carved from 2 MiB pages that a
 page pool mapped once (``page_pool`` with PP_FLAG_DMA_MAP on hugepages), so no per-packet map
 or unmap, and 2 MiB IOTLB entries.  A packet is dropped when the flow's ring has no posted
-descriptor or the NIC's DMA engine lags the wire by more than its buffer (``nic_buffer_bytes``);
+descriptor or the NIC's DMA engine lags the wire by more than its buffer (``nic_buffer_bytes``;
+the engine overlaps ``translation_parallelism`` translations, so a translation's latency
+occupies it for that fraction while the packet completes after all of it);
 the flow's core takes completed packets in order, paying ``rx_packet_cycles`` each.  An I/O is
 one packet; throughput counts MTU bytes delivered (Ethernet framing - 38 bytes - occupies the
 wire but is not counted).
@@ -211,8 +213,9 @@ class NicRx:
                 addr, desc = flow.packet_addr()
                 extra = world.dma(addr, p.mtu, True)
                 m.penalty.add(extra)
-                self.engine_free = max(now, self.engine_free) + world.transfer_ns(p.mtu) + extra
-                flow.done.append((self.engine_free, now, desc))
+                start, xfer = max(now, self.engine_free), world.transfer_ns(p.mtu)
+                self.engine_free = start + xfer + extra / world.parallelism
+                flow.done.append((start + xfer + extra, now, desc))
                 if flow.wake is not None:
                     flow.wake.succeed()
                     flow.wake = None
@@ -279,7 +282,7 @@ class NicTx:
             flow, addr, posted = self.queue.popleft()
             extra = world.dma(addr, p.mtu, False)
             m.penalty.add(extra)
-            wire_free = max(env.now, wire_free) + extra + p.wire_ns
+            wire_free = max(env.now, wire_free) + extra / world.parallelism + p.wire_ns
             yield env.timeout(wire_free - env.now)
             self.completed[flow].append((addr, posted))
             if self.core_wake[flow] is not None:

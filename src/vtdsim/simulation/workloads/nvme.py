@@ -91,9 +91,10 @@ class Nvme:
         extra = sum(world.dma(a, n, self.p.reads) for a, n in zip(addrs, lengths, strict=True))
         world.m.penalty.add(extra)
         start = max(env.now + self.latency_ns, self.dev_free)
-        self.dev_free = start + self.xfer_ns + extra
+        self.dev_free = start + self.xfer_ns + extra / world.parallelism
         self.seq += 1
-        heapq.heappush(inflight, (self.dev_free, self.seq, submitted, addrs, lengths))
+        heapq.heappush(inflight, (start + self.xfer_ns + extra, self.seq, submitted, addrs,
+                                  lengths))
 
     def job(self, job: int):
         env, world, m = self.world.env, self.world, self.world.m
