@@ -38,18 +38,25 @@ def cli() -> None:
     \b
     It answers two questions:
       is this invalidation sequence safe?   vtdsim check  (interleaving checker)
-      what does it cost?                    descriptors, VM exits, IOTLB misses, walks
+      what does it cost?                    vtdsim simulate (timed workloads), sweep
     and shows that the model agrees with the real driver: vtdsim replay DIR.
     """
 
 
 def _register() -> None:
-    from vtdsim.cli import commands_check, commands_hardware, commands_mutants, commands_replay
+    from vtdsim.cli import (
+        commands_check,
+        commands_hardware,
+        commands_mutants,
+        commands_replay,
+        commands_simulate,
+    )
 
     commands_hardware.register(cli)
     commands_check.register(cli)
     commands_replay.register(cli)
     commands_mutants.register(cli)
+    commands_simulate.register(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

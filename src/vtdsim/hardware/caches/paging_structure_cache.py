@@ -76,6 +76,9 @@ class PagingStructureCache(LruCache):
 
     def __init__(self, capacity: int = 256, name: str = "pscache"):
         super().__init__(name, capacity)
+        # Misses by level (index = the level of the entry looked for; 0 unused): a lookup that
+        # resumes at level L missed levels 1..L-1.
+        self.level_misses = [0] * 7
 
     def group_of(self, key: Hashable) -> Hashable:
         return key[:2]
@@ -84,10 +87,14 @@ class PagingStructureCache(LruCache):
                     max_level: int) -> PscEntry | None:
         """The deepest cached entry for ``iova`` (level 1 first, up to ``max_level``), so a walk
         resumes as low as possible (spec 6.2.4 lets hardware skip the cached upper levels)."""
+        misses = self.level_misses
         for level in range(1, max_level + 1):
             entry = self._get((did, pasid, stage, level, iova >> region_shift(level)))
             if entry is not None:
                 return self.lookup(entry.key)
+            # The level-``level`` entry is not cached: the walk will read the entry pointing
+            # to that table from memory (a per-level miss, as cost models count them).
+            misses[level] += 1
         self.stats.miss += 1
         return None
 

@@ -1,0 +1,237 @@
+"""Discrete-event time over the one model (SimPy): driver operations run as the steps they
+yield, each charged; spinlocks with contention; the unit's invalidation hardware busy for each
+batch a queue-tail write publishes; DMA translations paying the walk reads the unit made.
+
+A driver operation runs inside a SimPy process through ``run_op`` (``yield from``): every step
+is applied to the model by the direct executor's own handlers (``DirectExecutor.apply``: one
+set of step semantics) and charged from the constants table.  Time is handed to SimPy only at
+the points where another actor can tell the difference - a lock taken or released, a wait on
+the hardware, an IQT write, the end of the operation - so the charges of the steps in between
+are summed and paid at once (the SimPy process overhead is per synchronisation point, not per
+step).  Locks are FIFO spinlocks: a waiter spins (its CPU stays busy) until the holder
+releases, then pays a cache-line hand-off (``lock_handoff_ns``).  An IQT write asks the
+platform (``platforms.py``) what it costs; on bare metal the unit (``qi_mode="async"``) then
+performs one descriptor per ``descriptor_ns`` in its own process, and a CPU polling a status
+(``WaitQword``/``WaitRegister``) spins until the hardware has written it.  A DMA translation
+(``translate``) costs one IOTLB lookup plus one DRAM read per structure read the unit's walk
+made (root/context/PASID entries, paging-structure-cache misses).
+
+Not modelled: the order of effects inside one batch of steps (they are applied at the batch's
+start and paid for at its end: device DMA cannot see a half-made batch earlier than a
+synchronisation point), several page walkers in the unit racing one another, CPU caches' effect
+on the driver's own loads and stores (one cost per step), interrupts and preemption.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Generator
+from typing import Any
+
+import simpy
+
+from vtdsim.driver import steps as st
+from vtdsim.errors import ModelError
+
+LINE = 64
+PAGE = 4096
+WAIT_KEY = "desc:inv_wait"  # the only descriptor that writes memory a CPU polls (6.5.2.8)
+
+
+class SimLock:
+    """A FIFO spinlock in simulated time: the holder, and the SimPy events of its waiters."""
+
+    __slots__ = ("held", "waiters")
+
+    def __init__(self) -> None:
+        self.held = False
+        self.waiters: deque[simpy.Event] = deque()
+
+
+class TimedMachine:
+    """A booted ``System`` under a SimPy clock, with the costs of ``constants`` and
+    ``platform``."""
+
+    def __init__(self, system, constants, platform, start_ns: float = 0.0):
+        self.env = simpy.Environment(initial_time=start_ns)
+        self.system, self.constants, self.platform = system, constants, platform
+        self.unit = system.unit
+        self.executor = system.executor
+        self.stats = self.unit.stats
+        mem = constants.ns("cpu_mem_op_cycles")
+        # Steps with a fixed charge and no synchronisation: applied and summed.
+        self.cost: dict[type, float] = {
+            st.CpuWrite: mem, st.CpuCmpxchg: mem, st.CpuRead: mem, st.AllocPage: mem,
+            st.FreePage: mem, st.Clflush: constants.ns("clflush_cycles"),
+            st.Wbinvd: constants.ns("wbinvd_ns"), st.ReuseIova: 0.0, st.Annotate: 0.0,
+        }
+        self.zero_page_ns = constants.ns("cpu_zero_page_cycles")
+        self.clflush_ns = constants.ns("clflush_cycles")
+        self.lock_ns = constants.ns("lock_cycles")
+        self.handoff_ns = constants.ns("lock_handoff_ns")
+        self.hit_ns = constants.ns("iotlb_hit_ns")
+        self.dram_ns = constants.ns("dram_read_ns")
+        self.locks: dict[str, SimLock] = {}
+        self.lock_wait_ns: Counter[str] = Counter()  # time spent spinning, by lock
+        self._hw = None  # the invalidation hardware's process while it has work
+        self._waiters: list[simpy.Event] = []  # CPUs polling a status the hardware will write
+        self.iqt_writes = 0
+        self.iqt_offset = self.unit.regs.by_name["IQT"].offset
+
+    @property
+    def now(self) -> float:
+        return self.env.now
+
+    # -- driver operations ------------------------------------------------------------------------
+    def run_op(self, gen: Generator, pending: float = 0.0) -> Generator[simpy.Event, Any, Any]:
+        """Run driver operation ``gen`` in the calling SimPy process; its return value.
+        ``pending``: CPU time the caller spent just before (paid with the op's first batch)."""
+        env, apply, cost = self.env, self.executor.apply, self.cost
+        send, reply = gen.send, None
+        while True:
+            try:
+                step = send(reply)
+            except StopIteration as stop:
+                if pending:
+                    yield env.timeout(pending)
+                return stop.value
+            kind = type(step)
+            charge = cost.get(kind)
+            if charge is not None:
+                reply = apply(step)
+                pending += charge
+                continue
+            if kind is st.CpuZero or kind is st.ClflushRange:
+                reply = apply(step)
+                pending += self._bulk_ns(step)
+                continue
+            if pending:
+                yield env.timeout(pending)
+            reply, pending = yield from self._sync_step(step, kind)
+
+    def _bulk_ns(self, step) -> float:
+        if type(step) is st.CpuZero:
+            return self.zero_page_ns * step.size / PAGE
+        first = step.addr & ~(LINE - 1)
+        return self.clflush_ns * max(1, -(-(step.addr + step.size - first) // LINE))
+
+    def _sync_step(self, step, kind) -> Generator[simpy.Event, Any, tuple[Any, float]]:
+        """A step another actor can observe: time is paid up before it, and it may wait.
+        Returns the step's reply and the time it takes itself, which the caller carries on
+        to the next synchronisation point (so a lock or an MMIO access adds no event)."""
+        apply, platform = self.executor.apply, self.platform
+        if kind is st.Lock:
+            yield from self.acquire(step.name)
+            return apply(step), self.lock_ns
+        if kind is st.Unlock:
+            reply = apply(step)
+            self.release(step.name)
+            return reply, 0.0
+        if kind is st.MmioWrite:
+            if step.offset == self.iqt_offset:
+                return None, (yield from self._iqt_write(step))
+            apply(step)
+            return None, platform.mmio_write_ns(step.offset)
+        if kind is st.MmioRead:
+            return apply(step), platform.mmio_read_ns(step.offset)
+        if kind is st.WaitQword or kind is st.WaitRegister:
+            return (yield from self._wait(step)), 0.0
+        return apply(step), 0.0  # unknown kinds: the executor names the bad step
+
+    def _iqt_write(self, step) -> Generator[simpy.Event, Any, float]:
+        """Publish the queue; the CPU time of the write.  Bare metal: the hardware starts once
+        the posted write arrives.  A synchronous platform: the queue is drained now."""
+        platform = self.platform
+        self.iqt_writes += 1
+        if not platform.synchronous:
+            self.executor.apply(step)
+            cpu_ns = platform.iqt_write({}).cpu_ns
+            if self._hw is None:
+                self._hw = self.env.process(self._invalidation_hardware(cpu_ns))
+            return cpu_ns
+        before = platform.counters(self)
+        self.executor.apply(step)
+        while self.unit.qi_step():
+            pass
+        after = platform.counters(self)
+        delta = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+        charge = platform.iqt_write(delta)
+        self._wake_waiters()
+        return charge.cpu_ns + charge.busy_ns
+        yield  # a generator, for the bare-metal path's symmetry
+
+    def _invalidation_hardware(self, delay: float) -> Generator[simpy.Event, Any, None]:
+        """The unit fetches and performs one descriptor at a time (spec 6.5.2), each taking
+        the platform's ``descriptor_ns``, the first after ``delay`` (the posted IQT write's
+        flight).  A descriptor's effect is made when it is fetched and its time paid after;
+        pollers re-check only after a descriptor that writes memory (an invalidation wait's
+        status) or when the queue stops (done, or an error software must clear)."""
+        stats, keys, unit, env = self.stats, self.platform.iqt_keys, self.unit, self.env
+        price = self.platform.descriptor_ns
+        while True:
+            before = [stats[k] for k in keys]
+            if not unit.qi_step():
+                break
+            delta = {k: stats[k] - b for k, b in zip(keys, before, strict=True)
+                     if stats[k] != b}
+            yield env.timeout(delay + price(delta))
+            delay = 0.0
+            if WAIT_KEY in delta and self._waiters:
+                # Woken pollers run before the next descriptor is fetched (zero-time yield).
+                self._wake_waiters()
+                yield env.timeout(0)
+        self._hw = None
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for event in waiters:
+            event.succeed()
+
+    def _wait(self, step) -> Generator[simpy.Event, Any, Any]:
+        """A poll that blocks until the hardware makes its condition true (or stops the
+        queue with an error software must clear: the executor then returns unsatisfied)."""
+        ready = self.executor.ready
+        while not ready(step):
+            if self._hw is None:
+                raise ModelError(f"{step!r} can never complete: the unit is idle")
+            event = self.env.event()
+            self._waiters.append(event)
+            yield event
+        return self.executor.apply(step)
+
+    # -- locks -------------------------------------------------------------------------------------
+    def acquire(self, name: str) -> Generator[simpy.Event, Any, None]:
+        lock = self.locks.get(name)
+        if lock is None:
+            lock = self.locks[name] = SimLock()
+        if not lock.held:
+            lock.held = True
+            return
+        start, event = self.env.now, self.env.event()
+        lock.waiters.append(event)
+        yield event  # the holder handed the lock over: the line moves to this core
+        yield self.env.timeout(self.handoff_ns)
+        self.lock_wait_ns[name] += self.env.now - start
+
+    def release(self, name: str) -> None:
+        lock = self.locks[name]
+        if lock.waiters:
+            lock.waiters.popleft().succeed()  # held stays True: ownership passes
+        else:
+            lock.held = False
+
+    def hold(self, name: str, ns: float) -> Generator[simpy.Event, Any, None]:
+        """Take lock ``name``, work ``ns`` under it, release (bookkeeping that is not a
+        driver step, e.g. the IOVA rbtree)."""
+        yield from self.acquire(name)
+        yield self.env.timeout(ns + self.lock_ns)
+        self.release(name)
+
+    # -- DMA ---------------------------------------------------------------------------------------
+    def translate(self, sid: int, iova: int, write: bool):
+        """One untranslated request through the unit: (result, latency ns)."""
+        stats = self.stats
+        before = stats["walk_reads"]
+        result = self.unit.translate(sid, iova, write)
+        return result, self.hit_ns + (stats["walk_reads"] - before) * self.dram_ns

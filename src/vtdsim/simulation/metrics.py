@@ -1,0 +1,103 @@
+"""What a timed run measured: a bounded latency histogram and the counters a result reports,
+taken as differences from the model's own counters (unit stats, caches, platform exits) over
+the measured interval.
+
+Not modelled: exact percentiles (the histogram keeps 64 buckets per power of two, ~1.1%
+resolution, so memory stays flat however long the run).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+SUB_BITS = 6  # 64 buckets per power of two
+
+
+def _bucket(ns: int) -> int:
+    if ns < 1 << SUB_BITS:
+        return ns
+    shift = ns.bit_length() - SUB_BITS - 1
+    return (shift + 1) << SUB_BITS | (ns >> shift) - (1 << SUB_BITS)
+
+
+def _bucket_value(bucket: int) -> int:
+    """The smallest value of ``bucket`` (exact below 64 ns)."""
+    if bucket < 1 << SUB_BITS:
+        return bucket
+    shift = (bucket >> SUB_BITS) - 1
+    return ((bucket & ((1 << SUB_BITS) - 1)) + (1 << SUB_BITS)) << shift
+
+
+class Histogram:
+    """Latencies in integer ns, bucketed; ``percentile`` returns a bucket's lower bound."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[int] = Counter()
+        self.n = 0
+        self.total = 0.0
+
+    def add(self, ns: float) -> None:
+        self.counts[_bucket(max(0, int(ns)))] += 1
+        self.n += 1
+        self.total += ns
+
+    def percentile(self, p: float) -> int:
+        if not self.n:
+            return 0
+        rank, seen = p / 100 * self.n, 0
+        for bucket in sorted(self.counts):
+            seen += self.counts[bucket]
+            if seen >= rank:
+                return _bucket_value(bucket)
+        return _bucket_value(max(self.counts))
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else 0.0
+
+
+@dataclass
+class OpTimes:
+    """Mean duration of one kind of driver call (CPU time, waits and lock spinning
+    included)."""
+
+    n: int = 0
+    total: float = 0.0
+
+    def add(self, ns: float) -> None:
+        self.n += 1
+        self.total += ns
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else 0.0
+
+
+def model_counters(machine) -> Counter:
+    """The model's cumulative counters a result is the difference of."""
+    unit = machine.unit
+    out = Counter({k: v for k, v in unit.stats.items() if k.startswith("desc:")})
+    for key in ("iqt_writes", "iotlb_miss", "walks", "walk_reads", "faults"):
+        out[key] = unit.stats[key]
+    out["iotlb_hit"] = unit.iotlb.stats.hit
+    for level, misses in enumerate(unit.pscache.level_misses):
+        if level:
+            out[f"pscache_miss_l{level}"] = misses
+    out["exits"] = machine.platform.exits
+    return out
+
+
+@dataclass
+class Measure:
+    """Everything a workload records while it runs."""
+
+    ios: int = 0
+    bytes: int = 0
+    translations: int = 0  # 4 KiB pages the devices' DMAs touched: one translation each
+    dropped: int = 0
+    cpu_busy_ns: float = 0.0
+    latency: Histogram = field(default_factory=Histogram)
+    penalty: Histogram = field(default_factory=Histogram)
+    map: OpTimes = field(default_factory=OpTimes)
+    unmap: OpTimes = field(default_factory=OpTimes)

@@ -1,0 +1,249 @@
+"""What every timed workload shares: the mode (policy, profile, platform, unit, page size,
+seed, length), the booted machine with the device's default domain as Linux gives it
+(drivers/iommu/iommu.c ``iommu_subsys_init`` + ``intel_iommu_init``'s caching-mode override),
+and the DMA API as a device driver calls it (dma-iommu.c through ``driver/dma_api.py``), timed.
+
+``policy``: ``off`` - no IOMMU (intel_iommu=off: DMA addresses are physical, nothing is
+translated); ``passthrough`` - an identity domain (the unit translates with pass-through
+context entries); ``strict`` / ``lazy`` - a DMA / DMA_FQ domain (a caching-mode unit may force
+strict, as Linux does).  The flush-queue timer is its own actor (``fq_flush_timeout`` in
+softirq): it fires ``fq_timeout_ns`` after arming and its CPU time counts as CPU work.
+
+``ats``: the device has ATS (``--ats``): its DMA goes through its device-TLB, a miss sends a
+Translation Request, and the driver's strict unmaps add device-TLB invalidations (priced with
+the ATS round trip to the endpoint).
+
+Not modelled: interrupts and NAPI scheduling costs beyond the per-packet/per-I/O constants,
+NUMA, ATS page requests (PRI).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+from vtdsim.driver import iommu_core
+from vtdsim.driver.dma_api import (
+    IommuDmaCookie,
+    iommu_dma_map_page,
+    iommu_dma_map_sg,
+    iommu_dma_unmap_page,
+    iommu_dma_unmap_sg,
+)
+from vtdsim.driver.iova import IovaDomain
+from vtdsim.errors import BadInput, ModelError
+from vtdsim.hardware.remapping_unit import CacheConfig
+from vtdsim.simulation.engine import TimedMachine
+from vtdsim.simulation.metrics import Measure, model_counters
+from vtdsim.simulation.platforms import get_platform
+from vtdsim.simulation.system import System
+
+POLICIES = ("off", "passthrough", "strict", "lazy")
+IOVA_PAGES = {"4k": 4096, "2m": 2 << 20}
+PAGE = 4096
+DEVICE = "03:00.0"
+DATA_BASE = 0x1_0000_0000  # data buffers live above 4 GiB, clear of the page-table pages
+IOVA_TREE_LOCK = "iovad.iova_rbtree_lock"
+MSI_WINDOW_PFNS = (0xFEE00, 0xFEEFF)  # 0xfee00000-0xfeefffff
+
+
+@dataclass(frozen=True)
+class Mode:
+    policy: str = "strict"
+    profile: str = "mainline"
+    platform: str = "bare"
+    exits: str = "trap"
+    unit: str = "server-sm"
+    iova_pages: str = "4k"
+    seed: int = 0
+    duration_ns: float | None = None
+    ios: int | None = None
+    ats: bool = False  # the device has ATS: a device-TLB, translation requests
+
+    def check(self) -> None:
+        if self.policy not in POLICIES:
+            raise BadInput(f"--policy {self.policy!r}: expected one of {', '.join(POLICIES)}")
+        if self.iova_pages not in IOVA_PAGES:
+            raise BadInput(f"--iova-pages {self.iova_pages!r}: expected 4k or 2m")
+        if (self.duration_ns is None) == (self.ios is None):
+            raise BadInput("give exactly one of --duration and --ios")
+        if (self.duration_ns or 1) <= 0 or (self.ios or 1) <= 0:
+            raise BadInput("--duration and --ios must be positive")
+
+
+DURATION_UNITS = {"ns": 1, "us": 1e3, "ms": 1e6, "s": 1e9}
+
+
+def parse_duration(text: str | None) -> float | None:
+    """``10ms``, ``1.5s``, ``200us``, ``5000ns`` or a number of ns."""
+    if text is None:
+        return None
+    for suffix in sorted(DURATION_UNITS, key=len, reverse=True):
+        if text.endswith(suffix):
+            number, scale = text[: -len(suffix)], DURATION_UNITS[suffix]
+            break
+    else:
+        number, scale = text, 1
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise BadInput(f"--duration {text!r}: a time such as 10ms, 1s, 500us") from None
+    if value <= 0:
+        raise BadInput(f"--duration {text!r}: must be positive")
+    return value
+
+
+def cache_config(constants) -> CacheConfig:
+    """The unit's cache sizes from the constants table (the rest as the model's default)."""
+    return CacheConfig(iotlb=int(constants["iotlb_entries"]),
+                       pscache=int(constants["pscache_entries"]),
+                       context=int(constants["context_cache_entries"]))
+
+
+def domain_type(mode: Mode, system: System) -> str:
+    """The device's default domain type, decided as Linux decides it."""
+    policy = iommu_core.iommu_subsys_init(
+        "lazy", cmdline_strict=mode.policy == "strict",
+        cmdline_passthrough=mode.policy == "passthrough")
+    iommu_core.intel_iommu_caching_mode_policy(policy, [system.unit.caps], system.profile)
+    return iommu_core.iommu_get_def_domain_type(policy, system.devices[DEVICE])
+
+
+class DmaWorld:
+    """The timed machine, the device's domain and cookie, and the measurements."""
+
+    def __init__(self, mode: Mode, constants, ncpus: int):
+        mode.check()
+        self.mode, self.constants = mode, constants
+        platform = get_platform(mode.platform, constants, mode.exits)
+        self.system = System.boot(mode.unit, mode.profile, ncpus=ncpus, qi_mode="async",
+                                  cache_config=cache_config(constants))
+        self.info = self.system.probe(DEVICE, ats=mode.ats)
+        self.sid = self.info.sid
+        self.translated = mode.policy != "off"
+        dtype = domain_type(mode, self.system) if self.translated else "identity"
+        if dtype == "identity":
+            domain = self.system.driver.domain_alloc_identity()
+        else:
+            domain = self.system.run(self.system.driver.domain_alloc_paging(
+                self.system.iommu, type=dtype))
+        self.domain_type = dtype
+        self.system.attach([DEVICE], domain=domain)
+        # dma-iommu reserves the MSI window the unit never translates (intel-iommu's
+        # get_resv_regions: IOAPIC_RANGE_START..END; iova_reserve_iommu_regions).
+        iovad = IovaDomain(ncpus=ncpus, reserved=(MSI_WINDOW_PFNS,))
+        self.cookie = IommuDmaCookie(self.system.driver, domain, iovad, ncpus=ncpus)
+        # An identity domain's map is dma-direct's (dma_map_direct: no IOVA, no page table),
+        # as is every map with the IOMMU off: the API call itself is not charged then.
+        self.mapping = self.translated and not self.cookie.identity
+        self.machine = TimedMachine(self.system, constants, platform)
+        self.endpoint = self.system.endpoint(DEVICE)
+        self.ats_request_ns = constants.ns("ats_translation_request_ns")
+        self.parallelism = max(1.0, constants["translation_parallelism"])
+        self.env = self.machine.env
+        self.m = Measure()
+        self.api_ns = constants.ns("dma_api_call_cycles")
+        self.tree_ns = constants.ns("iova_tree_cycles")
+        self.pcie_ns_per_byte = 8 / constants["pcie_gbps"]
+        self.base_dma_ns = constants.ns("dma_base_latency_ns")
+        self._timer = None
+        self.start_counters = model_counters(self.machine)
+        self.start_ns = 0.0
+
+    def start_measuring(self) -> None:
+        """Forget what was counted so far (boot, set-up, warm-up).  In place: the workload's
+        processes hold the ``Measure``."""
+        self.start_counters = model_counters(self.machine)
+        self.start_ns = self.env.now
+        self.m.__init__()
+
+    # -- the DMA API, timed ---------------------------------------------------------------------
+    def _timed(self, gen, times) -> Generator[Any, Any, Any]:
+        start, ops = self.env.now, self.cookie.iovad.tree_ops
+        result = yield from self.machine.run_op(gen, self.api_ns)
+        tree = self.cookie.iovad.tree_ops - ops
+        if tree:
+            yield from self.machine.hold(IOVA_TREE_LOCK, tree * self.tree_ns)
+        times.add(self.env.now - start)
+        return result
+
+    def map_page(self, cpu: int, phys: int, size: int):
+        if not self.mapping:
+            return phys
+            yield  # a generator either way
+        return (yield from self._timed(iommu_dma_map_page(self.cookie, phys, size, cpu=cpu),
+                                       self.m.map))
+
+    def unmap_page(self, cpu: int, addr: int, size: int):
+        if not self.mapping:
+            return
+        gen = iommu_dma_unmap_page(self.cookie, addr, size, cpu, int(self.env.now))
+        yield from self._timed(gen, self.m.unmap)
+        self._arm_timer()
+
+    def map_sg(self, cpu: int, sg: list[tuple[int, int]]):
+        if not self.mapping:
+            return [phys for phys, _ in sg]
+            yield
+        return (yield from self._timed(iommu_dma_map_sg(self.cookie, sg, cpu=cpu), self.m.map))
+
+    def unmap_sg(self, cpu: int, addrs: list[int], lengths: list[int]):
+        if not self.mapping:
+            return
+        gen = iommu_dma_unmap_sg(self.cookie, addrs, lengths, cpu, int(self.env.now))
+        yield from self._timed(gen, self.m.unmap)
+        self._arm_timer()
+
+    # -- the flush-queue timer --------------------------------------------------------------------
+    def _arm_timer(self) -> None:
+        fq = self.cookie.fq
+        if fq is not None and fq.timer_on and self._timer is None:
+            self._timer = self.env.process(self._fire(fq))
+
+    def _fire(self, fq):
+        yield self.env.timeout(max(0.0, fq.timer_expires_ns - self.env.now))
+        self._timer = None
+        start = self.env.now
+        yield from self.machine.run_op(fq.fq_flush_timeout(int(self.env.now)))
+        self.m.cpu_busy_ns += self.env.now - start
+
+    # -- device DMA -------------------------------------------------------------------------------
+    def dma(self, addr: int, size: int, write: bool) -> float:
+        """The device moves ``size`` bytes at DMA address ``addr``: one translation per 4 KiB
+        page touched (none with the IOMMU off); returns the latency the device sees beyond the
+        transfer itself and the PCIe base round trip."""
+        first, last = addr >> 12, (addr + size - 1) >> 12
+        m = self.m
+        m.translations += last - first + 1
+        m.bytes += size
+        if not self.translated:
+            return 0.0
+        if self.info.ats_enabled:
+            return self._ats_dma(first, last, write)
+        translate, sid, extra = self.machine.translate, self.sid, 0.0
+        for page in range(first, last + 1):
+            result, ns = translate(sid, page << 12, write)
+            if not result:
+                raise ModelError(f"simulated DMA to {page << 12:#x} faulted: {result.describe()}")
+            extra += ns
+        return extra
+
+    def _ats_dma(self, first: int, last: int, write: bool) -> float:
+        """Through the endpoint's device-TLB (PCIe ATS): a hit costs nothing beyond the DMA; a
+        miss is a Translation Request round trip plus the unit's walk reads.  One byte per
+        page goes through ``Endpoint.dma_read``/``dma_write`` (the translation, not the
+        data, is what is timed)."""
+        endpoint, stats = self.endpoint, self.system.unit.stats
+        requests, reads = endpoint.stats["translation_requests"], stats["walk_reads"]
+        for page in range(first, last + 1):
+            addr = page << 12
+            result = endpoint.dma_write(addr, b"\0") if write else endpoint.dma_read(addr, 1)
+            if not result:
+                raise ModelError(f"simulated DMA to {addr:#x} faulted: {result.fault!r}")
+        requests = endpoint.stats["translation_requests"] - requests
+        return (requests * (self.ats_request_ns + self.machine.hit_ns)
+                + (stats["walk_reads"] - reads) * self.machine.dram_ns)
+
+    def transfer_ns(self, size: int) -> float:
+        return size * self.pcie_ns_per_byte

@@ -1,0 +1,73 @@
+"""Random DMA over a mapped window, like pcie-bench's latency test (``dma-window``): the
+window is mapped once (``--iova-pages 4k``: physically scattered 4 KiB pages through
+``dma_map_sg``; ``2m``: a 2 MiB-aligned contiguous buffer through ``dma_map_page``, which the
+IOMMU core maps with 2 MiB pages), then the device reads ``transfer`` bytes at random
+``transfer``-aligned offsets, one at a time; each read's latency is the PCIe base round trip,
+the transfer, and the unit's translations (IOTLB lookups, walk reads from DRAM).  The penalty
+is that latency minus the same read with no IOMMU (``dma_latency_penalty_ns``, its mean).
+
+Not modelled: the device's own outstanding-request parallelism (one read at a time), host
+cache effects on the data itself.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from vtdsim.errors import BadInput
+from vtdsim.simulation.workloads.common import DATA_BASE, PAGE, DmaWorld
+
+HUGE = 2 << 20
+
+
+@dataclass(frozen=True)
+class WindowParams:
+    transfer: int = 64
+    window: int = 8 << 20
+
+    def check(self) -> None:
+        if self.transfer < 1 or self.window < self.transfer:
+            raise BadInput("--transfer must be at least 1 and at most --window")
+        if self.window % PAGE:
+            raise BadInput(f"--window {self.window}: a multiple of 4096")
+        if self.window > 1 << 32:
+            raise BadInput(f"--window {self.window}: at most 4 GiB")
+
+
+class DmaWindow:
+    def __init__(self, world: DmaWorld, p: WindowParams, stop):
+        p.check()
+        if world.mode.iova_pages == "2m" and p.window % HUGE:
+            raise BadInput(f"--window {p.window}: a multiple of 2 MiB with --iova-pages 2m")
+        self.world, self.p, self.stop = world, p, stop
+        self.rng = random.Random(world.mode.seed)
+        self.base = 0
+        self.slots = p.window // p.transfer
+        # Twice the IOTLB's entries: random reads have filled it by then, so the figures are
+        # the steady state of the window, not the cold start.
+        self.warmup_ios = 2 * int(world.constants["iotlb_entries"])
+
+    def setup(self):
+        world = self.world
+        if world.mode.iova_pages == "2m":
+            self.base = yield from world.map_page(0, DATA_BASE, self.p.window)
+            return
+        sg = [(DATA_BASE + 2 * k * PAGE, PAGE) for k in range(self.p.window // PAGE)]
+        addrs = yield from world.map_sg(0, sg)
+        self.base = addrs[0]
+
+    def start(self) -> None:
+        self.world.env.process(self.device())
+
+    def device(self):
+        env, world, m, p = self.world.env, self.world, self.world.m, self.p
+        fixed = world.base_dma_ns + world.transfer_ns(p.transfer)
+        while True:
+            addr = self.base + self.rng.randrange(self.slots) * p.transfer
+            extra = world.dma(addr, p.transfer, False)
+            m.penalty.add(extra)
+            m.latency.add(fixed + extra)
+            m.ios += 1
+            yield env.timeout(fixed + extra)
+            self.stop.check()

@@ -1,0 +1,325 @@
+"""NIC receive and transmit like iperf (``nic-rx``, ``nic-tx``): one flow per core, a ring of
+descriptors per flow, the wire at line rate, the NIC's DMA engine translating every 4 KiB page
+it touches through the unit, and the driver mapping and unmapping buffers through the DMA API
+(Linux drivers/net: a receive buffer is unmapped once its packets are taken and a fresh one is
+mapped to refill the ring; a sent packet is mapped at xmit and unmapped at completion).
+
+Receive: ``pages_per_desc`` 1 is one buffer per packet (``ceil((mtu + headroom) / 4 KiB)``
+pages, one ``dma_map_page``); above 1 it is an mlx5 striding receive queue: a descriptor of N
+pages, each mapped on its own, holding ``N * 4096 // stride`` packets, stride the power of two
+that fits MTU plus headroom.  ``--iova-pages 2m``: buffers are carved from 2 MiB pages that a
+page pool mapped once (``page_pool`` with PP_FLAG_DMA_MAP on hugepages), so no per-packet map
+or unmap, and 2 MiB IOTLB entries.  A packet is dropped when the flow's ring has no posted
+descriptor or the NIC's DMA engine lags the wire by more than its buffer (``nic_buffer_bytes``;
+the engine overlaps ``translation_parallelism`` translations, so a translation's latency
+occupies it for that fraction while the packet completes after all of it);
+the flow's core takes completed packets in order, paying ``rx_packet_cycles`` each.  An I/O is
+one packet; throughput counts MTU bytes delivered (Ethernet framing - 38 bytes - occupies the
+wire but is not counted).
+
+Not modelled: TCP's reaction to drops (the offered load stays at line rate), GRO/LRO merging,
+RSS hashing (packets go to flows round-robin), interrupt moderation, transmit from premapped
+pages (nic-tx maps every packet).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from vtdsim.errors import BadInput
+from vtdsim.simulation.workloads.common import DATA_BASE, PAGE, DmaWorld, Mode
+
+FRAMING = 38  # preamble + SFD 8, header 14, FCS 4, inter-frame gap 12
+HEADROOM = 320  # NET_SKB_PAD + skb_shared_info, roughly: what a receive buffer adds to MTU
+HUGE = 2 << 20
+FLOW_SPAN = 1 << 34  # each flow's buffers in their own physical region
+
+
+@dataclass(frozen=True)
+class NicParams:
+    flows: int = 1
+    ring: int = 512
+    mtu: int = 1500
+    pages_per_desc: int = 1
+    link_gbps: float = 100.0
+
+    def check(self) -> None:
+        for name in ("flows", "ring", "mtu", "pages_per_desc"):
+            if getattr(self, name) < 1:
+                raise BadInput(f"--{name.replace('_', '-')} must be at least 1")
+        if self.link_gbps <= 0:
+            raise BadInput("--link-gbps must be positive")
+        if self.mtu > 9216:
+            raise BadInput(f"--mtu {self.mtu}: above the 9216-byte jumbo frame")
+
+    @property
+    def stride(self) -> int:
+        return 1 << (self.mtu + HEADROOM - 1).bit_length()
+
+    @property
+    def desc_pages(self) -> int:
+        return max(self.pages_per_desc, -(-(self.mtu + HEADROOM) // PAGE))
+
+    @property
+    def packets_per_desc(self) -> int:
+        if self.pages_per_desc == 1:
+            return 1
+        return max(1, self.desc_pages * PAGE // self.stride)
+
+    @property
+    def wire_ns(self) -> float:
+        return (self.mtu + FRAMING) * 8 / self.link_gbps
+
+
+class Descriptor:
+    """A posted receive descriptor: its mapped pieces and how many packets it took."""
+
+    __slots__ = ("pieces", "phys", "used")
+
+    def __init__(self, pieces: list[tuple[int, int]], phys: list[int]):
+        self.pieces, self.phys, self.used = pieces, phys, 0
+
+
+class Buffers:
+    """One flow's data pages: fresh 4 KiB buffers in turn (4k), or slices of 2 MiB pages a
+    page pool mapped once (2m)."""
+
+    def __init__(self, world: DmaWorld, flow: int, nbytes: int, count: int):
+        self.world, self.flow, self.nbytes = world, flow, nbytes
+        self.base = DATA_BASE + flow * FLOW_SPAN
+        self.count, self.next = count, 0
+        self.huge: list[int] = []  # DMA address of each premapped 2 MiB page
+
+    def premap(self):
+        """2m: map the pool's hugepages once (the page pool's own dma_map_page)."""
+        per_huge = HUGE // self.nbytes
+        for i in range(-(-self.count // per_huge)):
+            addr = yield from self.world.map_page(self.flow, self.base + i * HUGE, HUGE)
+            self.huge.append(addr)
+
+    def take(self) -> tuple[int, int | None]:
+        """(physical address, premapped DMA address or None) of the next buffer."""
+        i = self.next
+        self.next = (i + 1) % self.count
+        if not self.huge:
+            return self.base + i * self.nbytes, None
+        per_huge = HUGE // self.nbytes
+        off = (i % per_huge) * self.nbytes
+        return self.base + (i // per_huge) * HUGE + off, self.huge[i // per_huge] + off
+
+
+class RxFlow:
+    """A flow's ring (posted descriptors), its completions and its core."""
+
+    def __init__(self, world: DmaWorld, p: NicParams, index: int, premapped: bool):
+        self.world, self.p, self.index = world, p, index
+        nbytes = p.desc_pages * PAGE
+        self.buffers = Buffers(world, index, nbytes, 4 * p.ring)
+        self.premapped = premapped
+        self.posted: deque[Descriptor] = deque()
+        self.done: deque[tuple[float, float, Descriptor | None]] = deque()
+        self.wake = None  # the core sleeps on it while no packet is complete
+        self.refilled = None  # the wire sleeps on it while the ring is empty
+
+    def refill(self):
+        p, world, cpu = self.p, self.world, self.index
+        phys, premapped = self.buffers.take()
+        if premapped is not None:
+            self._post(Descriptor([(premapped, p.desc_pages * PAGE)], [phys]))
+            return
+        if p.pages_per_desc == 1:
+            size = p.desc_pages * PAGE
+            addr = yield from world.map_page(cpu, phys, size)
+            self._post(Descriptor([(addr, size)], [phys]))
+            return
+        pieces = []
+        for k in range(p.desc_pages):
+            addr = yield from world.map_page(cpu, phys + k * PAGE, PAGE)
+            pieces.append((addr, PAGE))
+        self._post(Descriptor(pieces, [phys]))
+
+    def _post(self, desc: Descriptor) -> None:
+        self.posted.append(desc)
+        if self.refilled is not None:
+            self.refilled.succeed()
+            self.refilled = None
+
+    def packet_addr(self) -> tuple[int, Descriptor | None]:
+        """The DMA address of the next packet slot; the descriptor if this fills it."""
+        desc = self.posted[0]
+        slot = desc.used
+        desc.used += 1
+        if self.p.packets_per_desc == 1:
+            addr = desc.pieces[0][0]
+        else:
+            offset = slot * self.p.stride
+            addr = desc.pieces[offset // PAGE][0] + offset % PAGE
+        if desc.used < self.p.packets_per_desc:
+            return addr, None
+        self.posted.popleft()
+        return addr, desc
+
+    def release(self, desc: Descriptor):
+        if self.premapped:
+            return
+        for addr, size in desc.pieces:
+            yield from self.world.unmap_page(self.index, addr, size)
+
+
+class NicRx:
+    def __init__(self, world: DmaWorld, p: NicParams, stop):
+        self.world, self.p, self.stop = world, p, stop
+        c = world.constants
+        self.rx_ns = c.ns("rx_packet_cycles")
+        self.lag_ns = c["nic_buffer_bytes"] * 8 / p.link_gbps
+        premapped = world.mode.iova_pages == "2m"
+        self.flows = [RxFlow(world, p, f, premapped) for f in range(p.flows)]
+        self.warmup_ios = p.flows * p.ring * p.packets_per_desc  # each ring refilled once
+
+    def setup(self):
+        for flow in self.flows:
+            if flow.premapped:
+                yield from flow.buffers.premap()
+            for _ in range(self.p.ring):
+                yield from flow.refill()
+
+    def start(self) -> None:
+        env = self.world.env
+        self.engine_free = 0.0
+        for flow in self.flows:
+            env.process(self.wire(flow))
+            env.process(self.core(flow))
+
+    def wire(self, flow: RxFlow):
+        """The flow's share of the wire: every ``flows``-th packet (round-robin), at line
+        rate.  While the ring is empty every arriving packet is dropped: the process sleeps
+        until a refill and counts the packets that arrived meanwhile."""
+        env, world, p, m = self.world.env, self.world, self.p, self.world.m
+        gap = p.wire_ns * p.flows
+        yield env.timeout(flow.index * p.wire_ns)
+        while True:
+            now = env.now
+            if not flow.posted:
+                flow.refilled = env.event()
+                yield flow.refilled
+                missed = -(-(env.now - now) // gap)  # arrivals in [now, refill)
+                m.dropped += int(missed)
+                yield env.timeout(now + missed * gap - env.now)
+                continue
+            if self.engine_free - now > self.lag_ns:
+                m.dropped += 1
+            else:
+                addr, desc = flow.packet_addr()
+                extra = world.dma(addr, p.mtu, True)
+                m.penalty.add(extra)
+                start, xfer = max(now, self.engine_free), world.transfer_ns(p.mtu)
+                self.engine_free = start + xfer + extra / world.parallelism
+                flow.done.append((start + xfer + extra, now, desc))
+                if flow.wake is not None:
+                    flow.wake.succeed()
+                    flow.wake = None
+            yield env.timeout(gap)
+
+    def core(self, flow: RxFlow):
+        env, m = self.world.env, self.world.m
+        while True:
+            if not flow.done:
+                flow.wake = env.event()
+                yield flow.wake
+            ready, arrival, desc = flow.done[0]
+            if ready > env.now:
+                yield env.timeout(ready - env.now)
+            flow.done.popleft()
+            start = env.now
+            yield env.timeout(self.rx_ns)
+            m.ios += 1
+            m.latency.add(env.now - arrival)
+            if desc is not None:
+                yield from flow.release(desc)
+                yield from flow.refill()
+            m.cpu_busy_ns += env.now - start
+            self.stop.check()
+
+
+class NicTx:
+    """Each flow's core maps and posts packets while its ring has room and unmaps what the
+    NIC completed; the NIC sends the posted packets in order at line rate, reading each
+    through the unit."""
+
+    def __init__(self, world: DmaWorld, p: NicParams, stop):
+        if world.mode.iova_pages != "4k":
+            raise BadInput("nic-tx maps every packet with dma_map_single: --iova-pages 2m "
+                           "(premapped page pools) applies to nic-rx")
+        self.world, self.p, self.stop = world, p, stop
+        self.tx_ns = world.constants.ns("tx_packet_cycles")
+        self.size = p.desc_pages * PAGE
+        self.queue: deque[tuple[int, int, float]] = deque()  # (flow, addr, posted at)
+        self.nic_wake = None
+        self.completed = [deque() for _ in range(p.flows)]
+        self.inflight = [0] * p.flows
+        self.core_wake: list = [None] * p.flows
+        self.buffers = [Buffers(world, f, self.size, 4 * p.ring) for f in range(p.flows)]
+        self.warmup_ios = p.flows * p.ring  # each ring filled and completed once
+
+    def setup(self):
+        return
+        yield
+
+    def start(self) -> None:
+        env = self.world.env
+        env.process(self.nic())
+        for f in range(self.p.flows):
+            env.process(self.core(f))
+
+    def nic(self):
+        env, world, p, m = self.world.env, self.world, self.p, self.world.m
+        wire_free = 0.0
+        while True:
+            if not self.queue:
+                self.nic_wake = env.event()
+                yield self.nic_wake
+            flow, addr, posted = self.queue.popleft()
+            extra = world.dma(addr, p.mtu, False)
+            m.penalty.add(extra)
+            wire_free = max(env.now, wire_free) + extra / world.parallelism + p.wire_ns
+            yield env.timeout(wire_free - env.now)
+            self.completed[flow].append((addr, posted))
+            if self.core_wake[flow] is not None:
+                self.core_wake[flow].succeed()
+                self.core_wake[flow] = None
+
+    def core(self, f: int):
+        env, world, m = self.world.env, self.world, self.world.m
+        while True:
+            start = env.now
+            while self.completed[f]:
+                addr, posted = self.completed[f].popleft()
+                yield from world.unmap_page(f, addr, self.size)
+                self.inflight[f] -= 1
+                m.ios += 1
+                m.latency.add(env.now - posted)
+            if self.inflight[f] < self.p.ring:
+                posted = env.now
+                yield env.timeout(self.tx_ns)
+                phys, _ = self.buffers[f].take()
+                addr = yield from world.map_page(f, phys, self.p.mtu)
+                self.inflight[f] += 1
+                self.queue.append((f, addr, posted))
+                if self.nic_wake is not None:
+                    self.nic_wake.succeed()
+                    self.nic_wake = None
+                m.cpu_busy_ns += env.now - start
+            else:
+                m.cpu_busy_ns += env.now - start
+                self.core_wake[f] = env.event()
+                yield self.core_wake[f]
+            self.stop.check()
+
+
+def build(kind: str, world: DmaWorld, params: NicParams, stop):
+    params.check()
+    return (NicRx if kind == "nic-rx" else NicTx)(world, params, stop)
+
+
+__all__ = ["NicParams", "NicRx", "NicTx", "build", "Mode"]
