@@ -50,6 +50,7 @@ def _register() -> None:
         commands_mutants,
         commands_replay,
         commands_simulate,
+        commands_study,
     )
 
     commands_hardware.register(cli)
@@ -57,6 +58,7 @@ def _register() -> None:
     commands_replay.register(cli)
     commands_mutants.register(cli)
     commands_simulate.register(cli)
+    commands_study.register(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

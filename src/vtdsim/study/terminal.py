@@ -1,0 +1,76 @@
+"""The study in the terminal: one rich panel per seed (question, claims, verdicts before and
+after with each violation's chain, the figures with their sources, the conclusion), from the
+report dict ``runner.run_study`` returns.
+
+Not provided: the counterexample tables (report.html and ``vtdsim check -v`` show them).
+"""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from vtdsim.study.evidence import fmt
+
+WORD_STYLE = {"violated": "bold red", "observed": "yellow", "holds": "green"}
+
+
+def render(report: dict, console: Console) -> None:
+    for study in report["seeds"]:
+        console.print(panel(study))
+    bundled = report["bundled"]
+    console.print(f"bundled recording {bundled['recording']}: "
+                  + "; ".join(_figure_text(f) for f in bundled["figures"]))
+
+
+def panel(study: dict) -> Panel:
+    parts = [Text(study["question"], style="bold")]
+    for claim in study["claims"]:
+        parts.append(Text(f"{claim['who']} ({claim['when']}): \u201c{claim['quote']}\u201d",
+                          style="italic"))
+    parts += [verdict_table(study), chains(study), figure_table(study)]
+    conclusion = Text("Conclusion: ", style="bold")
+    conclusion.append(study["conclusion"])
+    parts.append(conclusion)
+    if study["note"]:
+        parts.append(Text(f"NOTE: {study['note']}", style="bold red"))
+    if study["open"]:
+        parts.append(Text(f"Open: {study['open']}", style="dim"))
+    return Panel(Group(*parts), title=f"seed {study['number']}: {study['title']}",
+                 subtitle=study["thread"], expand=True)
+
+
+def verdict_table(study: dict) -> Table:
+    t = Table(title="checker verdicts (exhaustive DPOR)", title_justify="left", expand=True)
+    for column in ("side", "scenario", "verdict", "properties", "executions"):
+        t.add_column(column, overflow="fold")
+    for s in study["scenarios"]:
+        props = ", ".join(f"{v['property']}={v['verdict']}" + ("" if v["agrees"] else " (!)")
+                          for v in s["verdicts"])
+        t.add_row(s["side"], s["name"], Text(s["word"], style=WORD_STYLE.get(s["word"], "")),
+                  props, str(s["executions"]))
+    return t
+
+
+def chains(study: dict) -> Group:
+    lines = [Text(f"{s['name']}: {c['chain']}", style=WORD_STYLE.get(s["word"], ""))
+             for s in study["scenarios"] for c in s["chains"]]
+    return Group(*lines) if lines else Group(Text("no violation, no observation"))
+
+
+def figure_table(study: dict) -> Table:
+    t = Table(title="costs and measurements", title_justify="left", expand=True)
+    for column in ("figure", "value", "source"):
+        t.add_column(column, overflow="fold")
+    for f in study["figures"] + study["published"]:
+        value = (f"[{f['note']}]" if f["value"] is None else f"{fmt(f['value'])} {f['unit']}")
+        t.add_row(f["label"], value, f"{f['source']}: {f['detail']}")
+    return t
+
+
+def _figure_text(f: dict) -> str:
+    if f["value"] is None:
+        return f"{f['label']} [{f['note']}]"
+    return f"{f['label']} {fmt(f['value'])} {f['unit']} ({f['source']})"
