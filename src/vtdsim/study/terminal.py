@@ -21,8 +21,8 @@ def render(report: dict, console: Console) -> None:
     for study in report["seeds"]:
         console.print(panel(study))
     bundled = report["bundled"]
-    console.print(f"bundled recording {bundled['recording']}: "
-                  + "; ".join(_figure_text(f) for f in bundled["figures"]))
+    console.print(Text(f"bundled recording {bundled['recording']}: "
+                       + "; ".join(_figure_text(f) for f in bundled["figures"])))
 
 
 def panel(study: dict) -> Panel:
@@ -49,8 +49,9 @@ def verdict_table(study: dict) -> Table:
     for s in study["scenarios"]:
         props = ", ".join(f"{v['property']}={v['verdict']}" + ("" if v["agrees"] else " (!)")
                           for v in s["verdicts"])
-        t.add_row(s["side"], s["name"], Text(s["word"], style=WORD_STYLE.get(s["word"], "")),
-                  props, str(s["executions"]))
+        t.add_row(s["side"], Text(s["name"]),
+                  Text(s["word"], style=WORD_STYLE.get(s["word"], "")), Text(props),
+                  str(s["executions"]))
     return t
 
 
@@ -66,7 +67,7 @@ def figure_table(study: dict) -> Table:
         t.add_column(column, overflow="fold")
     for f in study["figures"] + study["published"]:
         value = (f"[{f['note']}]" if f["value"] is None else f"{fmt(f['value'])} {f['unit']}")
-        t.add_row(f["label"], value, f"{f['source']}: {f['detail']}")
+        t.add_row(Text(f["label"]), Text(value), Text(f"{f['source']}: {f['detail']}"))
     return t
 
 
