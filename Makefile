@@ -13,18 +13,21 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job on the bundled default: the guided demo, the bundled recording replayed against
-# the driver model, and the litmus library through the checker.
-# Each part's JSON report feeds the closing summary; the run fails if any part did.
+# the driver model, the litmus library through the checker (their one-line summary), then the
+# seed study - the five threads answered - which ends the output (report in .run/study/).
+# Each part's JSON report feeds the parts' summary; the run fails if any part did.
 RUN_OUT := .run
 run: $(STAMP)
 	@mkdir -p $(RUN_OUT); status=0; \
-	rm -f $(RUN_OUT)/*; echo '$$ vtdsim demo'; \
+	rm -rf $(RUN_OUT)/*; echo '$$ vtdsim demo'; \
 	$(BIN)/vtdsim demo > $(RUN_OUT)/demo.txt || status=1; cat $(RUN_OUT)/demo.txt; \
 	echo '$$ vtdsim replay examples/legacy-cm-default'; \
 	$(BIN)/vtdsim replay examples/legacy-cm-default --json $(RUN_OUT)/replay.json || status=1; \
 	echo '$$ vtdsim check litmus/'; \
 	$(BIN)/vtdsim check litmus/ --json $(RUN_OUT)/check.json || status=1; \
 	$(BIN)/python scripts/run_summary.py $(RUN_OUT) || status=1; \
+	echo '$$ vtdsim study --out $(RUN_OUT)/study'; \
+	$(BIN)/vtdsim study --out $(RUN_OUT)/study || status=1; \
 	exit $$status
 
 test: $(STAMP) lint

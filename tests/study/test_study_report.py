@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import THREADS, load, run_study
 
+from conftest import THREADS, load, run_study
 from vtdsim.study.costs import Costs, Run
 from vtdsim.study.evidence import NOT_MODELLED, NOT_PRESENT, SOURCES
 from vtdsim.study.recordings import Recordings
