@@ -75,8 +75,8 @@ class Costs:
         modelled yet)."""
         detail = run.command(self.ios, self.seed)
         result = self.result(run)
-        if isinstance(result, str):
-            return missing(label, unit, "model run", detail, NOT_MODELLED, side)
+        if isinstance(result, str):  # the marker, with the simulator's reason
+            return missing(label, unit, "model run", detail, result, side)
         return Figure(label, float(result[key]), unit, "model run", f"{detail} -> {key}", side)
 
     def constant(self, name: str) -> float:

@@ -17,7 +17,14 @@ import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
 
 COLOURS = {"model run": "#4c72b0", "recording": "#dd8452", "cited": "#55a868",
            "derived": "#8172b3"}
-MAX_UNITS = 4
+MAX_UNITS = 5
+
+
+def _axis(f: dict) -> str:
+    """The panel a figure goes in: its unit, and what it is counted per (``exits per
+    map+unmap`` and a total of exits are not drawn on one axis)."""
+    _, per, rest = f["label"].partition(" per ")
+    return f"{f['unit']} per {rest.split()[0]}" if per else f["unit"]
 
 
 def seed_svg(study: dict) -> str | None:
@@ -25,7 +32,7 @@ def seed_svg(study: dict) -> str | None:
     by_unit: dict[str, list[dict]] = {}
     for f in study["figures"] + study["published"]:
         if f["value"] is not None:
-            by_unit.setdefault(f["unit"], []).append(f)
+            by_unit.setdefault(_axis(f), []).append(f)
     if not by_unit:
         return None
     units = list(by_unit)[:MAX_UNITS]

@@ -48,10 +48,11 @@ def verdict_table(study: dict) -> Table:
         t.add_column(column, overflow="fold")
     for s in study["scenarios"]:
         props = ", ".join(f"{v['property']}={v['verdict']}" + ("" if v["agrees"] else " (!)")
-                          for v in s["verdicts"])
+                          for v in s["verdicts"]
+                          if v["verdict"] not in ("holds", "never") or not v["agrees"])
         t.add_row(s["side"], Text(s["name"]),
-                  Text(s["word"], style=WORD_STYLE.get(s["word"], "")), Text(props),
-                  str(s["executions"]))
+                  Text(s["word"], style=WORD_STYLE.get(s["word"], "")),
+                  Text(props or "all hold"), str(s["executions"]))
     return t
 
 
@@ -62,11 +63,14 @@ def chains(study: dict) -> Group:
 
 
 def figure_table(study: dict) -> Table:
-    t = Table(title="costs and measurements", title_justify="left", expand=True)
-    for column in ("figure", "value", "source"):
-        t.add_column(column, overflow="fold")
+    t = Table(title="costs and measurements (each source in full: report.html/json)",
+              title_justify="left", expand=True)
+    t.add_column("figure", ratio=4)
+    t.add_column("value", ratio=2)
+    t.add_column("source", ratio=3, no_wrap=True, overflow="ellipsis")
     for f in study["figures"] + study["published"]:
-        value = (f"[{f['note']}]" if f["value"] is None else f"{fmt(f['value'])} {f['unit']}")
+        value = (f"[{f['note'].split(' (')[0]}]" if f["value"] is None
+                 else f"{fmt(f['value'])} {f['unit']}")
         t.add_row(Text(f["label"]), Text(value), Text(f"{f['source']}: {f['detail']}"))
     return t
 
