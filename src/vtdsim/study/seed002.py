@@ -21,8 +21,8 @@ WITH = Run("nvme", "qemu100-legacy-cm", "mainline", "strict")
 
 def figures(ctx: Context) -> list:
     out = []
-    for run, side, what in ((WITHOUT, "before", "no walk (flag clear, CM=0)"),
-                            (WITH, "after", "the walk and its flush (CM=1)")):
+    for run, side, what in ((WITHOUT, "flag clear", "no walk (flag clear, CM=0)"),
+                            (WITH, "flag set", "the walk and its flush (CM=1)")):
         out += [ctx.costs.figure(run, "map_ns", f"map time, {what}", "ns", side),
                 ctx.costs.figure(run, "iqt_writes_per_io", f"queue-tail writes per I/O, "
                                  f"{what}", "writes", side)]
