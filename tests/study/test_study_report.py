@@ -104,3 +104,17 @@ def test_piped_output_is_plain_panels_ending_with_the_summary(study_out):
         assert f"seed {number}:" in text
     lines = text.splitlines()
     assert lines[-2].startswith("study: 3 seed(s) in ") and lines[-1].startswith("wrote ")
+
+
+def test_a_broken_shared_recording_is_one_line_bad_input(tmp_path):
+    import subprocess
+    import sys
+
+    broken = tmp_path / "traces" / "linux612-sm-cm-flts"
+    broken.mkdir(parents=True)
+    (broken / "config.toml").write_text("garbage = [\n")
+    done = subprocess.run([sys.executable, "-m", "vtdsim.cli.main", "study", "--quick",
+                           "--thread", "003", "--traces", str(tmp_path / "traces")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "config.toml:1:" in done.stderr
