@@ -58,7 +58,9 @@ SEED = Seed(
     figures=figures,
     published=(),
     conclusion=(
-        "Both are partly right. Lu Baolu is right for the patch as posted: there the tags are "
+        "Both are partly right: the flag is harmless where Lu Baolu says, but Jason "
+        "Gunthorpe's order (tags and flag before the context entry) is what closes every race. "
+        "Lu Baolu is right for the patch as posted: there the tags are "
         "assigned after the context too, so in the race window the tag walk would have "
         "flushed nothing either - the race is the tags' order, and it exists with or without "
         "the flag. Jason Gunthorpe is right on the order: with the tags (and the flag) set "

@@ -23,6 +23,30 @@ def render(report: dict, console: Console) -> None:
     bundled = report["bundled"]
     console.print(Text(f"bundled recording {bundled['recording']}: "
                        + "; ".join(_figure_text(f) for f in bundled["figures"])))
+    console.print(closing_table(report))
+
+
+def closing_table(report: dict) -> Table:
+    """The study in one row per seed: the verdicts on each side and the conclusion's first
+    sentence (the panels above hold the evidence)."""
+    t = Table(title="the seed threads answered", title_justify="left", expand=True)
+    t.add_column("seed", no_wrap=True)
+    t.add_column("before", ratio=1)
+    t.add_column("after", ratio=1)
+    t.add_column("answer", ratio=4)
+    for study in report["seeds"]:
+        sides = [_tally(study, side) for side in ("before", "after")]
+        answer = study["conclusion"].split(". ")[0].rstrip(".") + "."
+        if study["note"]:
+            answer = f"NOTE: {study['note']}"
+        t.add_row(study["number"], *sides, Text(answer))
+    return t
+
+
+def _tally(study: dict, side: str) -> Text:
+    words = [s["word"] for s in study["scenarios"] if s["side"] == side]
+    return Text(", ".join(f"{words.count(w)} {w}" for w in ("violated", "observed", "holds")
+                          if w in words))
 
 
 def panel(study: dict) -> Panel:
