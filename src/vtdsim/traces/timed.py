@@ -152,6 +152,7 @@ class TimedTrace:
             "seed": self.seed, "sim_ns": round(elapsed, 1), "ios": m.ios,
             "map_calls": m.map.n, "iqt_writes": d["iqt_writes"],
             "iqt_writes_per_io": per(d["iqt_writes"]), "exits_per_io": per(d["exits"]),
+            "vmm_ns_per_io": per(d["vmm_ns"]),
             "descriptors_per_io": per(descriptors), "map_ns": round(m.map.mean, 1),
             "unmap_ns": round(m.unmap.mean, 1), "cpu_ns_per_io": per(m.cpu_busy_ns),
             "latency_ns_p50": m.latency.percentile(50),
