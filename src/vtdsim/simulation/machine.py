@@ -99,6 +99,9 @@ class Machine:
         if self.vmm is not None:
             for key in ("exits", "exit_descriptors", "vmm_walk_reads", "vmm_walks"):
                 out[key] = self.vmm.stats[key]
+            # the work the VMM did inside exits: VFIO calls, forwarded iommufd invalidations
+            out.update({k: v for k, v in self.vmm.stats.items()
+                        if k.startswith(("vmm_vfio_", "vmm_iommufd_"))})
             # QEMU translating emulated devices' DMA itself (vtd_iommu_translate)
             out["vmm_iotlb_hit"] = self.vmm.unit.iotlb.stats.hit
             out["vmm_iotlb_miss"] = self.vmm.unit.stats["iotlb_miss"]

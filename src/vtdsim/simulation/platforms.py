@@ -53,6 +53,7 @@ class BarePlatform:
     one after another in hardware time while the CPU polls the wait's status."""
 
     name = "bare"
+    machine = "bare"  # what ``machine.build`` boots for it
     iqt_keys = DESC_KEYS
     synchronous = False  # the engine steps the unit's queue in time (``descriptor_ns``)
 
@@ -87,6 +88,7 @@ class ExitPlatform:
     reads, VFIO calls, host invalidations) and registers the platform name."""
 
     name = "exit"
+    machine = "bare"  # a hook priced from the unit's own counts; a VMM platform builds a VM
     synchronous = True  # the VMM performs the whole queue inside the exit
     work_ns: dict[str, str] = {}  # counter -> constant pricing one event
 

@@ -96,7 +96,8 @@ def summarize(world: DmaWorld, workload: str, params) -> dict:
     ios, pages = m.ios, m.bytes / 4096  # the per-4k figures are per 4 KiB of data moved
     out = {"workload": workload, **asdict(params), "policy": mode.policy,
            "domain_type": world.domain_type, "profile": mode.profile,
-           "platform": mode.platform, "exits": mode.exits, "unit": mode.unit, "iova_pages": mode.iova_pages,
+           "platform": mode.platform, "exits": mode.exits, "unit": mode.unit,
+           "iova_pages": mode.iova_pages,
            "ats": world.info.ats_enabled,
            "seed": mode.seed, "sim_ns": round(elapsed, 1), "ios": ios, "dropped": m.dropped}
     if workload == "nvme":

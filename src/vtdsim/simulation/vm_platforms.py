@@ -41,15 +41,15 @@ class VmmPlatform(ExitPlatform):
 
     def __init__(self, constants, exits: str = "trap", name: str = "emulated"):
         super().__init__(constants, exits)
-        self.name = name
-        self.machine = None
+        self.name = self.machine = name
+        self.built = None
 
-    def bind(self, machine) -> None:
+    def bind(self, built) -> None:
         """The built ``simulation.machine.Machine`` whose counts price the exits."""
-        self.machine = machine
+        self.built = built
 
     def counters(self, timed) -> Mapping[str, int]:
-        counts = self.machine.counts()
+        counts = self.built.counts()
         stats = timed.stats
         out = {key: stats[key] for key in self.iqt_keys if key.startswith("desc:")}
         out.update({key: counts[key] for key in self.prices})

@@ -119,7 +119,7 @@ class DmaWorld:
         mode.check()
         self.mode, self.constants = mode, constants
         platform = get_platform(mode.platform, constants, mode.exits)
-        self.vm = build(mode.platform, profile=mode.profile, unit=mode.unit, ncpus=ncpus,
+        self.vm = build(platform.machine, profile=mode.profile, unit=mode.unit, ncpus=ncpus,
                         cache_config=cache_config(constants), qi_mode="async",
                         host_unit=mode.unit)
         if hasattr(platform, "bind"):
