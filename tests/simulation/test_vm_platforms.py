@@ -76,7 +76,7 @@ def test_nvme_and_window_run_on_an_assigned_device():
 
 # Seed 003 (Tina Zhang, 257ec2907419): iperf receive on a first-stage vIOMMU with caching
 # mode, Sapphire Rapids, 100 GbE: ~51 Gbit/s lazy vs ~39.3 forced strict = 1.30.  Constants
-# fixed before this was measured (data/constants.toml).  The model gives ~29 with every
+# fixed before this was measured (data/constants.toml).  The model gives ~31 with every
 # receive buffer unmapped per packet and 1.0 with a premapped page pool: the published
 # figure lies between - the receive path's buffer recycling (page_pool / ice page reuse)
 # and the ACKs the receiver sends (TX map/unmap) are not modelled, and vmexit_user_cycles
@@ -100,6 +100,6 @@ def test_seed_003_bounds_bracket_the_published_ratio():
 
 
 @pytest.mark.xfail(strict=True, reason="seed 003's 1.30 needs receive-buffer recycling and "
-                   "ACK transmission, not modelled: the model gives ~29 (README)")
+                   "ACK transmission, not modelled: the model gives ~31 (README)")
 def test_seed_003_ratio_within_ten_percent_of_published():
     assert _ratio_003("4k") == pytest.approx(PUBLISHED_003, rel=0.10)
