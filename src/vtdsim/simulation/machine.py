@@ -28,6 +28,7 @@ from typing import Any
 
 from vtdsim.errors import BadInput
 from vtdsim.hardware.memory import PhysicalMemory
+from vtdsim.hardware.presets import get_preset
 from vtdsim.hardware.remapping_unit import CacheConfig
 from vtdsim.hardware.request import parse_sid
 from vtdsim.simulation.system import System
@@ -138,6 +139,11 @@ def build(platform: str, *, profile: str = "linux-6.1", vmm: str = "qemu-7.2",
                                              cache_config=cache_config))
     version = qemu.get_version(vmm)
     nested = platform == "nested"
+    if nested and not get_preset(host_unit).nest:
+        # iommufd's nest parent needs a host unit that walks a first stage over a second
+        # (ECAP.NEST, spec 3.8); Linux refuses IOMMU_HWPT_ALLOC_NEST_PARENT without it
+        raise BadInput(f"--platform nested: host unit {host_unit} has no nested translation "
+                       f"(ECAP.NEST); use one that has (e.g. {HOST_UNIT})")
     if nested and version.pasid_cache != qemu.PROCESS:
         version = qemu.QEMU_NESTING
     props = qemu.QemuProperties(caching_mode=True, scalable_mode=nested, flts=nested,
