@@ -103,3 +103,21 @@ def test_seed_003_bounds_bracket_the_published_ratio():
                    "ACK transmission, not modelled: the model gives ~31 (README)")
 def test_seed_003_ratio_within_ten_percent_of_published():
     assert _ratio_003("4k") == pytest.approx(PUBLISHED_003, rel=0.10)
+
+
+def test_passthrough_guest_of_an_assigned_device_has_guest_ram_mapped():
+    """An identity domain in the guest: QEMU disables the device's IOMMU region, VFIO maps
+    guest RAM 1:1 and stops listening - the whole-space UNMAP of enabling DMAR must not
+    take that mapping away (it did: every DMA faulted)."""
+    pt = _nic(platform="shadow", policy="passthrough")
+    assert pt["domain_type"] == "identity" and pt["exits_per_io"] == 0
+    assert pt["gbps"] == _nic(policy="off")["gbps"]
+
+
+def test_ats_device_on_a_vmm_gets_device_iotlb_and_its_invalidations():
+    """``--ats`` on a VM: QEMU offers device-iotlb=on, so the guest enables ATS and a strict
+    unmap adds a device-TLB invalidation to the exit."""
+    plain = _nic(platform="emulated", policy="strict")
+    ats = _nic(platform="emulated", policy="strict", ats=True)
+    assert ats["ats"] and ats["exits_per_io"] == plain["exits_per_io"]
+    assert ats["descriptors_per_io"] == plain["descriptors_per_io"] + 1

@@ -121,7 +121,7 @@ class DmaWorld:
         platform = get_platform(mode.platform, constants, mode.exits)
         self.vm = build(platform.machine, profile=mode.profile, unit=mode.unit, ncpus=ncpus,
                         cache_config=cache_config(constants), qi_mode="async",
-                        host_unit=mode.unit)
+                        host_unit=mode.unit, device_iotlb=mode.ats)
         if hasattr(platform, "bind"):
             platform.bind(self.vm)
         self.system = self.vm.guest
