@@ -108,3 +108,12 @@ def test_trace_nested_needs_a_first_stage_recording():
     _register()
     out = CliRunner().invoke(cli, ["simulate", "trace", str(example), "--platform", "nested"])
     assert out.exit_code == 2 and "x-flts=on" in out.output and "Traceback" not in out.output
+
+
+def test_trace_shadow_of_a_first_stage_vmm_is_refused():
+    path = SHARED / "linux612-sm-cm-flts-strict"
+    if not path.exists():
+        pytest.skip(f"{path} absent")
+    _register()
+    out = CliRunner().invoke(cli, ["simulate", "trace", str(path), "--platform", "shadow"])
+    assert out.exit_code == 2 and "x-flts=on" in out.output and "Traceback" not in out.output

@@ -177,6 +177,11 @@ def _recorded_vmm(rec, setup, platform: str):
     if platform == "nested" and not (props.flts and props.scalable_mode):
         raise BadInput(f"--platform nested needs a first-stage vIOMMU recording (x-flts=on, "
                        f"x-scalable-mode=on): {rec.path}/config.toml")
+    if platform == "shadow" and props.flts:
+        # x-flts: QEMU shadows no first stage; an assigned device must use the iommufd
+        # backend with a nesting host (vtd_check_hiod refuses a legacy VFIO container)
+        raise BadInput(f"--platform shadow: a first-stage vIOMMU (x-flts=on) cannot shadow; "
+                       f"use --platform nested: {rec.path}/config.toml")
     host = System.boot(HOST_UNIT, "mainline", memory=memory, page_range=HOST_PAGES,
                        name="host-dmar0")
     name = host_name(setup.traced)
