@@ -9,6 +9,11 @@ context entries); ``strict`` / ``lazy`` - a DMA / DMA_FQ domain (a caching-mode 
 strict, as Linux does).  The flush-queue timer is its own actor (``fq_flush_timeout`` in
 softirq): it fires ``fq_timeout_ns`` after arming and its CPU time counts as CPU work.
 
+``platform``: the machine is ``machine.build``'s - bare metal, or a guest on QEMU's emulated
+unit with the device emulated (``emulated``) or assigned (``shadow``: VFIO, ``nested``:
+iommufd); the engine drives the guest's driver, the device's DMA is translated by the unit
+that carries it (``Machine.dma_unit``), and its buffers live where that unit can reach them.
+
 ``ats``: the device has ATS (``--ats``): its DMA goes through its device-TLB, a miss sends a
 Translation Request, and the driver's strict unmaps add device-TLB invalidations (priced with
 the ATS round trip to the endpoint).
