@@ -71,3 +71,16 @@ def test_scheduler_address_and_cli(tmp_path):
                                    str(tmp_path / "out.csv")])
     assert out.exit_code == 0, out.output
     assert (tmp_path / "out.csv").read_text() == remote
+
+
+def test_platform_is_a_grid_column(tmp_path):
+    """A grid over platforms: each row names its platform and its exits per I/O."""
+    spec = _spec(tmp_path, 'workload = "nic-rx"\nios = 150\n[fixed]\nring = 64\n'
+                 'profile = "linux-6.12"\n[grid]\nplatform = ["bare", "nested"]\n')
+    points, _ = sweep.load_spec(spec)
+    results = sweep.run_serial(points)
+    assert [r["platform"] for r in results] == ["bare", "nested"]
+    assert results[0]["exits_per_io"] == 0 and results[1]["exits_per_io"] == 1.0
+    header, bare, nested = report.to_csv(results).splitlines()
+    column = header.split(",").index("platform")
+    assert bare.split(",")[column] == "bare" and nested.split(",")[column] == "nested"

@@ -90,7 +90,8 @@ def test_nvme_reports_iops_and_latency_above_the_device():
 
 
 @pytest.mark.parametrize("args, words", [
-    (["nic-rx", "--platform", "nested"], "virtualization layer"),
+    (["nic-rx", "--platform", "nested", "--ring", "70000"], "smaller --ring"),
+    (["nic-rx", "--platform", "nested", "--unit", "qemu72-legacy"], "ECAP.NEST"),
     (["nic-rx", "--exits", "sidecore"], "bare metal takes no VM exits"),
     (["nvme", "--bs", "100"], "--bs 100"),
     (["dma-window", "--duration", "soon"], "--duration"),

@@ -113,8 +113,8 @@ simulate.add_command(_workload_command("dma-window", WINDOW,
 @click.option("--policy", type=click.Choice(["recorded", "strict", "lazy"]),
               default="recorded", show_default=True,
               help="the recording's own policy, or force another")
-@click.option("--profile", type=click.Choice(sorted(PROFILES)), default="linux-6.1",
-              show_default=True)
+@click.option("--profile", type=click.Choice(sorted(PROFILES)), default=None,
+              help="driver profile [default: the recorded kernel's]")
 @click.option("--platform", type=click.Choice(["bare", *VIRTUAL_PLATFORMS]), default="bare",
               show_default=True)
 @click.option("--exits", type=click.Choice(EXIT_MODES), default="trap", show_default=True)

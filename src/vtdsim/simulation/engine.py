@@ -52,10 +52,13 @@ class TimedMachine:
     """A booted ``System`` under a SimPy clock, with the costs of ``constants`` and
     ``platform``."""
 
-    def __init__(self, system, constants, platform, start_ns: float = 0.0):
+    def __init__(self, system, constants, platform, start_ns: float = 0.0, *,
+                 dma_unit=None, walk_read_ns: float | None = None):
         self.env = simpy.Environment(initial_time=start_ns)
         self.system, self.constants, self.platform = system, constants, platform
         self.unit = system.unit
+        # the unit translating the devices' DMA (a host's, for a device assigned to a guest)
+        self.dma_unit = dma_unit or system.unit
         self.executor = system.executor
         self.stats = self.unit.stats
         mem = constants.ns("cpu_mem_op_cycles")
@@ -70,7 +73,7 @@ class TimedMachine:
         self.lock_ns = constants.ns("lock_cycles")
         self.handoff_ns = constants.ns("lock_handoff_ns")
         self.hit_ns = constants.ns("iotlb_hit_ns")
-        self.dram_ns = constants.ns("dram_read_ns")
+        self.dram_ns = constants.ns("dram_read_ns") if walk_read_ns is None else walk_read_ns
         self.locks: dict[str, SimLock] = {}
         self.lock_wait_ns: Counter[str] = Counter()  # time spent spinning, by lock
         self._hw = None  # the invalidation hardware's process while it has work
@@ -230,8 +233,9 @@ class TimedMachine:
 
     # -- DMA ---------------------------------------------------------------------------------------
     def translate(self, sid: int, iova: int, write: bool):
-        """One untranslated request through the unit: (result, latency ns)."""
-        stats = self.stats
+        """One untranslated request through the DMA's unit: (result, latency ns)."""
+        unit = self.dma_unit
+        stats = unit.stats
         before = stats["walk_reads"]
-        result = self.unit.translate(sid, iova, write)
+        result = unit.translate(sid, iova, write)
         return result, self.hit_ns + (stats["walk_reads"] - before) * self.dram_ns

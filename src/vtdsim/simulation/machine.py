@@ -28,6 +28,8 @@ from typing import Any
 
 from vtdsim.errors import BadInput
 from vtdsim.hardware.memory import PhysicalMemory
+from vtdsim.hardware.presets import get_preset
+from vtdsim.hardware.remapping_unit import CacheConfig
 from vtdsim.hardware.request import parse_sid
 from vtdsim.simulation.system import System
 from vtdsim.virtualization import qemu
@@ -38,6 +40,8 @@ from vtdsim.virtualization.vmm import Vmm
 
 PLATFORMS = ("bare", "emulated", "shadow", "nested")
 HOST_PAGES = (GUEST_RAM, GUEST_RAM + (1 << 30))  # the host driver's page-table pages
+GUEST_PAGES = (1 << 24, 1 << 30)  # the guest driver's page-table pages
+GUEST_DATA = (1 << 30, GUEST_RAM)  # guest RAM left for a workload's data buffers
 HOST_UNIT = "server-sm"  # a host part with SC and NEST
 
 
@@ -81,6 +85,11 @@ class Machine:
             return self.host.endpoint(name)
         return self.guest.endpoint(name)
 
+    def dma_unit(self, name: str):
+        """The unit translating the device's DMA: the host's for an assigned device, else the
+        guest's (the emulated unit QEMU translates with, or bare metal's own)."""
+        return self.dma_endpoint(name).unit
+
     def counts(self) -> Counter:
         """What the platform cost so far: exits, descriptors, VMM walk reads, VFIO calls,
         host invalidations."""
@@ -91,6 +100,9 @@ class Machine:
         if self.vmm is not None:
             for key in ("exits", "exit_descriptors", "vmm_walk_reads", "vmm_walks"):
                 out[key] = self.vmm.stats[key]
+            # the work the VMM did inside exits: VFIO calls, forwarded iommufd invalidations
+            out.update({k: v for k, v in self.vmm.stats.items()
+                        if k.startswith(("vmm_vfio_", "vmm_iommufd_"))})
             # QEMU translating emulated devices' DMA itself (vtd_iommu_translate)
             out["vmm_iotlb_hit"] = self.vmm.unit.iotlb.stats.hit
             out["vmm_iotlb_miss"] = self.vmm.unit.stats["iotlb_miss"]
@@ -101,6 +113,7 @@ class Machine:
             out["host_iqt_writes"] = hstats["iqt_writes"]
             out["host_invalidations"] = sum(v for k, v in hstats.items()
                                             if k.startswith("desc:") and k != "desc:inv_wait")
+            out["host_descriptors"] = out["host_invalidations"] + hstats["desc:inv_wait"]
             # the host driver's stores: PTE installs are cmpxchgs (pfn_to_dma_pte,
             # __domain_mapping); plain writes are PTE clears and queue slots
             steps = self.host.executor.steps
@@ -112,16 +125,25 @@ class Machine:
 def build(platform: str, *, profile: str = "linux-6.1", vmm: str = "qemu-7.2",
           unit: str = "qemu72-legacy-cm", host_profile: str = "mainline",
           host_unit: str = HOST_UNIT, record: bool = False,
-          device_iotlb: bool = False) -> Machine:
+          device_iotlb: bool = False, ncpus: int = 2,
+          cache_config: CacheConfig | None = None, qi_mode: str = "sync") -> Machine:
     """Boot ``platform``: the guest's driver ``profile`` on ``unit`` (bare) or on the VMM
     ``vmm`` (caching mode on: device assignment needs it; first stage for ``nested``), the
-    host's ``host_profile`` on ``host_unit`` for assigned devices."""
+    host's ``host_profile`` on ``host_unit`` for assigned devices.  ``ncpus``: the (guest's)
+    CPUs; ``cache_config``: the physical unit's caches (bare metal's, or the host's);
+    ``qi_mode``: bare metal's queue (the timed engine steps it: "async")."""
     if platform not in PLATFORMS:
         raise BadInput(f"unknown platform {platform!r}; known: {', '.join(PLATFORMS)}")
     if platform == "bare":
-        return Machine(platform, System.boot(unit, profile))
+        return Machine(platform, System.boot(unit, profile, ncpus=ncpus, qi_mode=qi_mode,
+                                             cache_config=cache_config))
     version = qemu.get_version(vmm)
     nested = platform == "nested"
+    if nested and not get_preset(host_unit).nest:
+        # iommufd's nest parent needs a host unit that walks a first stage over a second
+        # (ECAP.NEST, spec 3.8); Linux refuses IOMMU_HWPT_ALLOC_NEST_PARENT without it
+        raise BadInput(f"--platform nested: host unit {host_unit} has no nested translation "
+                       f"(ECAP.NEST); use one that has (e.g. {HOST_UNIT})")
     if nested and version.pasid_cache != qemu.PROCESS:
         version = qemu.QEMU_NESTING
     props = qemu.QemuProperties(caching_mode=True, scalable_mode=nested, flts=nested,
@@ -131,6 +153,7 @@ def build(platform: str, *, profile: str = "linux-6.1", vmm: str = "qemu-7.2",
     host = None
     if platform in ("shadow", "nested"):
         host = System.boot(host_unit, host_profile, memory=memory, page_range=HOST_PAGES,
-                           name="host-dmar0")
-    guest = System.boot(profile=profile, vmm=the_vmm, page_range=(1 << 24, GUEST_RAM))
+                           name="host-dmar0", cache_config=cache_config)
+    guest = System.boot(profile=profile, vmm=the_vmm, page_range=GUEST_PAGES,
+                        ncpus=ncpus)
     return Machine(platform, guest, the_vmm, Kvm(guest.platform), host)

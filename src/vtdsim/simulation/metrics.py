@@ -75,16 +75,20 @@ class OpTimes:
 
 
 def model_counters(machine) -> Counter:
-    """The model's cumulative counters a result is the difference of."""
-    unit = machine.unit
+    """The model's cumulative counters a result is the difference of: the driver's queue
+    (``machine.unit``) and the translations of the devices' DMA (``machine.dma_unit``: the
+    host's unit under a guest whose device is assigned)."""
+    unit, dma = machine.unit, machine.dma_unit
     out = Counter({k: v for k, v in unit.stats.items() if k.startswith("desc:")})
-    for key in ("iqt_writes", "iotlb_miss", "walks", "walk_reads", "faults"):
-        out[key] = unit.stats[key]
-    out["iotlb_hit"] = unit.iotlb.stats.hit
-    for level, misses in enumerate(unit.pscache.level_misses):
+    out["iqt_writes"] = unit.stats["iqt_writes"]
+    for key in ("iotlb_miss", "walks", "walk_reads", "faults"):
+        out[key] = dma.stats[key]
+    out["iotlb_hit"] = dma.iotlb.stats.hit
+    for level, misses in enumerate(dma.pscache.level_misses):
         if level:
             out[f"pscache_miss_l{level}"] = misses
     out["exits"] = machine.platform.exits
+    out["vmm_ns"] = machine.platform.vmm_ns
     return out
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from vtdsim.errors import BadInput
 
 HEADLINE = ("gbps", "iops", "ios", "dropped", "cpu_ns_per_io", "map_ns", "unmap_ns",
-            "iqt_writes_per_io", "exits_per_io", "descriptors_per_io", "iotlb_misses_per_4k",
+            "iqt_writes_per_io", "exits_per_io", "vmm_ns_per_io", "descriptors_per_io",
+            "iotlb_misses_per_4k",
             "iotlb_miss_rate",
             "translation_reads_per_4k", "latency_ns_p50", "latency_ns_p99",
             "dma_latency_penalty_ns")

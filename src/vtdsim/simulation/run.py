@@ -96,7 +96,8 @@ def summarize(world: DmaWorld, workload: str, params) -> dict:
     ios, pages = m.ios, m.bytes / 4096  # the per-4k figures are per 4 KiB of data moved
     out = {"workload": workload, **asdict(params), "policy": mode.policy,
            "domain_type": world.domain_type, "profile": mode.profile,
-           "platform": mode.platform, "unit": mode.unit, "iova_pages": mode.iova_pages,
+           "platform": mode.platform, "exits": mode.exits, "unit": mode.unit,
+           "iova_pages": mode.iova_pages,
            "ats": world.info.ats_enabled,
            "seed": mode.seed, "sim_ns": round(elapsed, 1), "ios": ios, "dropped": m.dropped}
     if workload == "nvme":
@@ -110,6 +111,7 @@ def summarize(world: DmaWorld, workload: str, params) -> dict:
         "translation_reads_per_4k": _per(d["walk_reads"], pages),
         "iotlb_miss_rate": _per(d["iotlb_miss"], m.translations),  # per translation
         "exits_per_io": _per(d["exits"], ios),
+        "vmm_ns_per_io": _per(d["vmm_ns"], ios),  # the VMM's priced work (exits or side core)
         "iqt_writes_per_io": _per(d["iqt_writes"], ios),
         "descriptors_per_io": _per(descriptors, ios),
         "map_ns": round(m.map.mean, 1),

@@ -21,12 +21,21 @@ from dataclasses import replace
 
 from vtdsim.driver.dma_api import iommu_dma_unmap_page
 from vtdsim.driver.pgtable import IOMMU_READ, IOMMU_WRITE
+from vtdsim.errors import BadInput
+from vtdsim.hardware.memory import PhysicalMemory
+from vtdsim.hardware.request import format_sid, parse_sid
 from vtdsim.simulation.engine import TimedMachine
+from vtdsim.simulation.machine import HOST_PAGES, HOST_UNIT, Machine
 from vtdsim.simulation.metrics import Measure, model_counters
 from vtdsim.simulation.platforms import get_platform
+from vtdsim.simulation.system import System
 from vtdsim.traces import replay as rp
 from vtdsim.traces.calls import MapCall
 from vtdsim.traces.recording import Recording
+from vtdsim.traces.vmm_replay import vmm_of
+from vtdsim.virtualization.backends import VfioShadow, host_name
+from vtdsim.virtualization.nesting import IommufdNested
+from vtdsim.virtualization.vmm import Vmm
 
 POLICY_CMDLINE = {"recorded": "", "strict": " iommu.strict=1", "lazy": " iommu.strict=0"}
 
@@ -39,11 +48,18 @@ class TimedTrace:
         self.path, self.policy = str(path), policy
         self.platform_name, self.seed = platform, seed
         self.phase_ns = random.Random(seed).randrange(rp.TICK_NS)
-        self.model = rp.ModelMachine(setup, profile)
-        self.boot = rp.boot(self.model, setup)
-        self.model.unit.qi_mode = "async"  # the engine steps the queue in hardware time
-        self.constants = constants
         self.platform = get_platform(platform, constants, exits)
+        vmm, host, backends = (None, None, {}) if platform == "bare" else \
+            _recorded_vmm(rec, setup, platform)
+        self.model = rp.ModelMachine(setup, profile or rp.recording_profile(rec), vmm=vmm)
+        self.boot = rp.boot(self.model, setup)
+        self.traced = setup.traced
+        self.vm = Machine(platform, self.model.system, vmm, None, host, backends)
+        if vmm is None:
+            self.model.unit.qi_mode = "async"  # the engine steps the queue in hardware time
+        else:
+            self.platform.bind(self.vm)
+        self.constants = constants
         self.m = Measure()
         self.lanes: list[deque] = []
         self.wakes: list = []
@@ -105,7 +121,8 @@ class TimedTrace:
         calls = (c for c in rp.guest_calls(self.path) if type(c) is not rp.TraceEnd)
         first = next(calls, None)
         start_ns = first.ts_us * 1000 if first is not None else 0
-        self.machine = TimedMachine(self.model.system, self.constants, self.platform, start_ns)
+        self.machine = TimedMachine(self.model.system, self.constants, self.platform, start_ns,
+                                    dma_unit=self.vm.dma_unit(format_sid(self.traced)))
         ncpus = max(1, self.model.system.platform.ncpus)
         self.lanes = [deque() for _ in range(ncpus)]
         self.wakes = [None] * ncpus
@@ -135,6 +152,7 @@ class TimedTrace:
             "seed": self.seed, "sim_ns": round(elapsed, 1), "ios": m.ios,
             "map_calls": m.map.n, "iqt_writes": d["iqt_writes"],
             "iqt_writes_per_io": per(d["iqt_writes"]), "exits_per_io": per(d["exits"]),
+            "vmm_ns_per_io": per(d["vmm_ns"]),
             "descriptors_per_io": per(descriptors), "map_ns": round(m.map.mean, 1),
             "unmap_ns": round(m.unmap.mean, 1), "cpu_ns_per_io": per(m.cpu_busy_ns),
             "latency_ns_p50": m.latency.percentile(50),
@@ -145,12 +163,39 @@ class TimedTrace:
         }
 
 
+def _recorded_vmm(rec, setup, platform: str):
+    """The VMM the recording ran on (QEMU version and ``-device intel-iommu`` properties, as
+    ``replay --vmm`` builds it), with the traced device emulated by QEMU, or assigned through
+    VFIO (``shadow``) or iommufd (``nested``) to a host unit (mainline, strict)."""
+    version, props = vmm_of(rec)
+    memory = PhysicalMemory()
+    vmm = Vmm(version, props, memory, name=setup.dmesg.iommu)
+    for name, _ in setup.dmesg.group_adds:
+        vmm.address_space(parse_sid(name))  # vtd_find_add_as at machine start
+    if platform == "emulated":
+        return vmm, None, {}
+    if platform == "nested" and not (props.flts and props.scalable_mode):
+        raise BadInput(f"--platform nested needs a first-stage vIOMMU recording (x-flts=on, "
+                       f"x-scalable-mode=on): {rec.path}/config.toml")
+    if platform == "shadow" and props.flts:
+        # x-flts: QEMU shadows no first stage; an assigned device must use the iommufd
+        # backend with a nesting host (vtd_check_hiod refuses a legacy VFIO container)
+        raise BadInput(f"--platform shadow: a first-stage vIOMMU (x-flts=on) cannot shadow; "
+                       f"use --platform nested: {rec.path}/config.toml")
+    host = System.boot(HOST_UNIT, "mainline", memory=memory, page_range=HOST_PAGES,
+                       name="host-dmar0")
+    name = host_name(setup.traced)
+    host.probe(name)
+    cls = IommufdNested if platform == "nested" else VfioShadow
+    return vmm, host, {name: cls(vmm, host, setup.traced)}
+
+
 def _chain(first, rest):
     yield first
     yield from rest
 
 
-def simulate_trace(path, constants, *, profile="linux-6.1", policy="recorded",
+def simulate_trace(path, constants, *, profile=None, policy="recorded",
                    platform="bare", exits="trap", seed=0, device=None) -> dict:
     import time
 

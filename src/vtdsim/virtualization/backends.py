@@ -47,7 +47,11 @@ class VfioShadow:
         self.region_switched(self.vas.use_iommu)
 
     def notify(self, event: IommuEvent) -> None:
-        """``vfio_iommu_map_notify``."""
+        """``vfio_iommu_map_notify``.  Only while the device's IOMMU region is in use: in
+        pass-through (or with DMAR off) QEMU disables that region and VFIO's listener drops
+        its IOMMU notifier (``vfio_listener_region_del``), guest RAM staying mapped 1:1."""
+        if not self.vas.use_iommu:
+            return
         if event.kind == MAP:
             prot = (IOMMU_READ if event.perm[0] else 0) | (IOMMU_WRITE if event.perm[1] else 0)
             self.map_dma(event.iova, event.size, event.gpa, prot)

@@ -9,6 +9,11 @@ context entries); ``strict`` / ``lazy`` - a DMA / DMA_FQ domain (a caching-mode 
 strict, as Linux does).  The flush-queue timer is its own actor (``fq_flush_timeout`` in
 softirq): it fires ``fq_timeout_ns`` after arming and its CPU time counts as CPU work.
 
+``platform``: the machine is ``machine.build``'s - bare metal, or a guest on QEMU's emulated
+unit with the device emulated (``emulated``) or assigned (``shadow``: VFIO, ``nested``:
+iommufd); the engine drives the guest's driver, the device's DMA is translated by the unit
+that carries it (``Machine.dma_unit``), and its buffers live where that unit can reach them.
+
 ``ats``: the device has ATS (``--ats``): its DMA goes through its device-TLB, a miss sends a
 Translation Request, and the driver's strict unmaps add device-TLB invalidations (priced with
 the ATS round trip to the endpoint).
@@ -35,6 +40,7 @@ from vtdsim.driver.iova import IovaDomain
 from vtdsim.errors import BadInput, ModelError
 from vtdsim.hardware.remapping_unit import CacheConfig
 from vtdsim.simulation.engine import TimedMachine
+from vtdsim.simulation.machine import GUEST_DATA, build
 from vtdsim.simulation.metrics import Measure, model_counters
 from vtdsim.simulation.platforms import get_platform
 from vtdsim.simulation.system import System
@@ -44,6 +50,7 @@ IOVA_PAGES = {"4k": 4096, "2m": 2 << 20}
 PAGE = 4096
 DEVICE = "03:00.0"
 DATA_BASE = 0x1_0000_0000  # data buffers live above 4 GiB, clear of the page-table pages
+DATA_END = 1 << 46
 IOVA_TREE_LOCK = "iovad.iova_rbtree_lock"
 MSI_WINDOW_PFNS = (0xFEE00, 0xFEEFF)  # 0xfee00000-0xfeefffff
 
@@ -117,10 +124,19 @@ class DmaWorld:
         mode.check()
         self.mode, self.constants = mode, constants
         platform = get_platform(mode.platform, constants, mode.exits)
-        self.system = System.boot(mode.unit, mode.profile, ncpus=ncpus, qi_mode="async",
-                                  cache_config=cache_config(constants))
-        self.info = self.system.probe(DEVICE, ats=mode.ats)
+        self.vm = build(platform.machine, profile=mode.profile, unit=mode.unit, ncpus=ncpus,
+                        cache_config=cache_config(constants), qi_mode="async",
+                        host_unit=mode.unit, device_iotlb=mode.ats)
+        if hasattr(platform, "bind"):
+            platform.bind(self.vm)
+        self.system = self.vm.guest
+        self.info = self.vm.device(DEVICE, ats=mode.ats)
         self.sid = self.info.sid
+        # Where the data buffers live: above the page-table pages on bare metal, in the part
+        # of guest RAM the guest driver's pages leave free on a VM (an assigned device can
+        # only reach guest RAM: VFIO and the nest parent map nothing else).
+        self.data_base, self.data_end = ((DATA_BASE, DATA_END) if self.vm.vmm is None
+                                         else GUEST_DATA)
         self.translated = mode.policy != "off"
         dtype = domain_type(mode, self.system) if self.translated else "identity"
         if dtype == "identity":
@@ -137,8 +153,12 @@ class DmaWorld:
         # An identity domain's map is dma-direct's (dma_map_direct: no IOVA, no page table),
         # as is every map with the IOMMU off: the API call itself is not charged then.
         self.mapping = self.translated and not self.cookie.identity
-        self.machine = TimedMachine(self.system, constants, platform)
-        self.endpoint = self.system.endpoint(DEVICE)
+        dma_unit = self.vm.dma_unit(DEVICE)
+        walk_read = "dram_read_ns" if dma_unit is not self.system.unit or self.vm.vmm is None \
+            else "vmm_walk_read_ns"  # QEMU translating an emulated device's DMA in software
+        self.machine = TimedMachine(self.system, constants, platform, dma_unit=dma_unit,
+                                    walk_read_ns=constants.ns(walk_read))
+        self.endpoint = self.vm.dma_endpoint(DEVICE)
         self.ats_request_ns = constants.ns("ats_translation_request_ns")
         self.parallelism = max(1.0, constants["translation_parallelism"])
         self.env = self.machine.env
@@ -234,7 +254,7 @@ class DmaWorld:
         miss is a Translation Request round trip plus the unit's walk reads.  One byte per
         page goes through ``Endpoint.dma_read``/``dma_write`` (the translation, not the
         data, is what is timed)."""
-        endpoint, stats = self.endpoint, self.system.unit.stats
+        endpoint, stats = self.endpoint, self.machine.dma_unit.stats
         requests, reads = endpoint.stats["translation_requests"], stats["walk_reads"]
         for page in range(first, last + 1):
             addr = page << 12
@@ -244,6 +264,15 @@ class DmaWorld:
         requests = endpoint.stats["translation_requests"] - requests
         return (requests * (self.ats_request_ns + self.machine.hit_ns)
                 + (stats["walk_reads"] - reads) * self.machine.dram_ns)
+
+    def region(self, index: int, count: int, span: int, need: int) -> int:
+        """The base of data region ``index`` of ``count`` (at most ``span`` bytes apart),
+        which must hold ``need`` bytes."""
+        span = min(span, (self.data_end - self.data_base) // count)
+        if need > span:
+            raise BadInput(f"the workload needs {need} bytes of buffers per flow/job, the "
+                           f"{self.mode.platform} platform has {span}: smaller --ring/--qd")
+        return self.data_base + index * span
 
     def transfer_ns(self, size: int) -> float:
         return size * self.pcie_ns_per_byte

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 
 from vtdsim.errors import BadInput
-from vtdsim.simulation.workloads.common import DATA_BASE, PAGE, DmaWorld
+from vtdsim.simulation.workloads.common import PAGE, DmaWorld
 
 HUGE = 2 << 20
 
@@ -50,10 +50,11 @@ class DmaWindow:
 
     def setup(self):
         world = self.world
+        data = world.region(0, 1, 2 * self.p.window, 2 * self.p.window)
         if world.mode.iova_pages == "2m":
-            self.base = yield from world.map_page(0, DATA_BASE, self.p.window)
+            self.base = yield from world.map_page(0, data, self.p.window)
             return
-        sg = [(DATA_BASE + 2 * k * PAGE, PAGE) for k in range(self.p.window // PAGE)]
+        sg = [(data + 2 * k * PAGE, PAGE) for k in range(self.p.window // PAGE)]
         addrs = yield from world.map_sg(0, sg)
         self.base = addrs[0]
 

@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from vtdsim.errors import BadInput
-from vtdsim.simulation.workloads.common import DATA_BASE, PAGE, DmaWorld, Mode
+from vtdsim.simulation.workloads.common import PAGE, DmaWorld, Mode
 
 FRAMING = 38  # preamble + SFD 8, header 14, FCS 4, inter-frame gap 12
 HEADROOM = 320  # NET_SKB_PAD + skb_shared_info, roughly: what a receive buffer adds to MTU
@@ -85,9 +85,10 @@ class Buffers:
     """One flow's data pages: fresh 4 KiB buffers in turn (4k), or slices of 2 MiB pages a
     page pool mapped once (2m)."""
 
-    def __init__(self, world: DmaWorld, flow: int, nbytes: int, count: int):
+    def __init__(self, world: DmaWorld, flow: int, nbytes: int, count: int, flows: int):
         self.world, self.flow, self.nbytes = world, flow, nbytes
-        self.base = DATA_BASE + flow * FLOW_SPAN
+        need = -(-count // max(1, HUGE // nbytes)) * HUGE  # whole hugepages, for 2m
+        self.base = world.region(flow, flows, FLOW_SPAN, need)
         self.count, self.next = count, 0
         self.huge: list[int] = []  # DMA address of each premapped 2 MiB page
 
@@ -115,7 +116,7 @@ class RxFlow:
     def __init__(self, world: DmaWorld, p: NicParams, index: int, premapped: bool):
         self.world, self.p, self.index = world, p, index
         nbytes = p.desc_pages * PAGE
-        self.buffers = Buffers(world, index, nbytes, 4 * p.ring)
+        self.buffers = Buffers(world, index, nbytes, 4 * p.ring, p.flows)
         self.premapped = premapped
         self.posted: deque[Descriptor] = deque()
         self.done: deque[tuple[float, float, Descriptor | None]] = deque()
@@ -259,7 +260,7 @@ class NicTx:
         self.completed = [deque() for _ in range(p.flows)]
         self.inflight = [0] * p.flows
         self.core_wake: list = [None] * p.flows
-        self.buffers = [Buffers(world, f, self.size, 4 * p.ring) for f in range(p.flows)]
+        self.buffers = [Buffers(world, f, self.size, 4 * p.ring, p.flows) for f in range(p.flows)]
         self.warmup_ios = p.flows * p.ring  # each ring filled and completed once
 
     def setup(self):

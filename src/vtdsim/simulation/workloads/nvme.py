@@ -17,7 +17,7 @@ import heapq
 from dataclasses import dataclass
 
 from vtdsim.errors import BadInput
-from vtdsim.simulation.workloads.common import DATA_BASE, PAGE, DmaWorld
+from vtdsim.simulation.workloads.common import PAGE, DmaWorld
 
 RW = ("read", "randread", "write", "randwrite")
 HUGE = 2 << 20
@@ -56,6 +56,9 @@ class Nvme:
         self.pages = -(-p.bs // PAGE)
         self.contiguous = world.mode.iova_pages == "2m"
         self.next_buf = [0] * p.jobs
+        # 2*qd buffers a job, every other page (or whole hugepages): room for twice that
+        need = 2 * p.qd * max(2 * self.pages * PAGE, 2 << 20 if self.contiguous else 0)
+        self.bases = [world.region(job, p.jobs, JOB_SPAN, need) for job in range(p.jobs)]
         self.seq = 0
         self.warmup_ios = p.jobs * p.qd  # each queue turned over once
 
@@ -71,7 +74,7 @@ class Nvme:
         """The next of the job's 2*qd buffers, as its scatterlist."""
         i = self.next_buf[job]
         self.next_buf[job] = (i + 1) % (2 * self.p.qd)
-        base = DATA_BASE + job * JOB_SPAN
+        base = self.bases[job]
         if self.contiguous:
             per_huge = max(1, HUGE // (self.pages * PAGE))
             start = base + (i // per_huge) * HUGE + (i % per_huge) * self.pages * PAGE
