@@ -19,15 +19,16 @@ $(STAMP): pyproject.toml
 RUN_OUT := .run
 run: $(STAMP)
 	@mkdir -p $(RUN_OUT); status=0; \
-	rm -rf $(RUN_OUT)/*; echo '$$ vtdsim demo'; \
-	$(BIN)/vtdsim demo > $(RUN_OUT)/demo.txt || status=1; cat $(RUN_OUT)/demo.txt; \
+	rm -rf $(RUN_OUT)/*; echo '$$ vtdsim demo > $(RUN_OUT)/demo.txt'; \
+	$(BIN)/vtdsim demo > $(RUN_OUT)/demo.txt || status=1; \
 	echo '$$ vtdsim replay examples/legacy-cm-default'; \
-	$(BIN)/vtdsim replay examples/legacy-cm-default --json $(RUN_OUT)/replay.json || status=1; \
-	echo '$$ vtdsim check litmus/'; \
-	$(BIN)/vtdsim check litmus/ --json $(RUN_OUT)/check.json || status=1; \
+	$(BIN)/vtdsim replay examples/legacy-cm-default --json $(RUN_OUT)/replay.json \
+	  > $(RUN_OUT)/replay.txt || status=1; tail -n 1 $(RUN_OUT)/replay.txt; \
+	echo '$$ vtdsim check litmus/ -q'; \
+	$(BIN)/vtdsim check litmus/ -q --json $(RUN_OUT)/check.json || status=1; \
+	echo '$$ vtdsim study --brief --out $(RUN_OUT)/study'; \
+	$(BIN)/vtdsim study --brief --out $(RUN_OUT)/study || status=1; \
 	$(BIN)/python scripts/run_summary.py $(RUN_OUT) || status=1; \
-	echo '$$ vtdsim study --out $(RUN_OUT)/study'; \
-	$(BIN)/vtdsim study --out $(RUN_OUT)/study || status=1; \
 	exit $$status
 
 test: $(STAMP) lint

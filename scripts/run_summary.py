@@ -1,5 +1,6 @@
 """The closing lines of `make run`: what each part found, read from the parts' reports in the
-folder given (demo.txt, replay.json, check.json); a part that left no report says so."""
+folder given (demo.txt, replay.json, check.json, study/report.json); a part that left no
+report says so."""
 
 from __future__ import annotations
 
@@ -37,12 +38,24 @@ def _check(out: Path) -> str:
             f"{s['unexpected']} unexpected, {s['bad_inputs']} bad input file(s)")
 
 
+def _study(out: Path) -> str:
+    path = out / "study" / "report.json"
+    if not path.is_file():
+        return "no report (the study failed before its end)"
+    seeds = json.loads(path.read_text())["seeds"]
+    notes = [s["number"] for s in seeds if s["note"]]
+    return (f"{len(seeds)} seed threads answered"
+            + (f", verdicts differ from the conclusion in {', '.join(notes)}" if notes else "")
+            + f"; full report {path.with_name('report.html')}")
+
+
 def main(folder: str) -> int:
     out = Path(folder)
     print("summary of make run:")
     print(f"  demo:   {_demo(out)}")
     print(f"  replay: {_replay(out)}")
     print(f"  check:  {_check(out)}")
+    print(f"  study:  {_study(out)}")
     return 0
 
 

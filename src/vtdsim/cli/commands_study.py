@@ -25,6 +25,9 @@ def _default(path: Path, fallback: str) -> str:
 @click.option("--thread", "threads", multiple=True,
               help="study only this seed thread (000..004; repeatable)")
 @click.option("--out", "out_dir", default=None, help="write report.html and report.json here")
+@click.option("--brief", is_flag=True,
+              help="print only the closing table, one row per seed (the panels' evidence: "
+                   "report.html/json with --out)")
 @click.option("--quick", is_flag=True, help="shorter timed runs (300 I/Os instead of 1000)")
 @click.option("--litmus", "litmus_dir", default=_default(REPO / "litmus", "litmus"),
               show_default=True, help="the litmus library")
@@ -35,7 +38,7 @@ def _default(path: Path, fallback: str) -> str:
               show_default=True, help="the shared recordings (missing ones are marked)")
 @click.option("--bundled", "bundled_dir", default=_default(REPO / "examples", "examples"),
               show_default=True, help="the bundled recordings")
-def study(seed, threads, out_dir, quick, litmus_dir, traces_dir, bundled_dir) -> None:
+def study(seed, threads, out_dir, brief, quick, litmus_dir, traces_dir, bundled_dir) -> None:
     """Who was right in each seed thread, by what evidence, at what cost: the checker's
     verdicts before and after each patch (with every violation's chain), the simulator's
     costs, the recordings that measure the same thing and the figures the thread published."""
@@ -50,7 +53,8 @@ def study(seed, threads, out_dir, quick, litmus_dir, traces_dir, bundled_dir) ->
     with _progress(steps_for(select(inputs.numbers))) as step:
         report = run_study(inputs, step)
     tty = sys.stdout.isatty()
-    terminal.render(report, Console(width=None if tty else 120, force_terminal=tty or None))
+    terminal.render(report, Console(width=None if tty else 120, force_terminal=tty or None),
+                    brief)
     click.echo(f"study: {len(report['seeds'])} seed(s) in {report['timing']['total_s']:.0f} s"
                + (f"; {_unexpected(report)}" if _unexpected(report) else ""))
     if out is not None:

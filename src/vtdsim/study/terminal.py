@@ -17,8 +17,10 @@ from vtdsim.study.evidence import fmt
 WORD_STYLE = {"violated": "bold red", "observed": "yellow", "holds": "green"}
 
 
-def render(report: dict, console: Console) -> None:
-    for study in report["seeds"]:
+def render(report: dict, console: Console, brief: bool = False) -> None:
+    """A panel per seed then the closing table; ``brief``: the closing table alone (the
+    panels' evidence is in report.html/json)."""
+    for study in () if brief else report["seeds"]:
         console.print(panel(study))
     bundled = report["bundled"]
     console.print(Text(f"bundled recording {bundled['recording']}: "
