@@ -118,3 +118,19 @@ def test_a_broken_shared_recording_is_one_line_bad_input(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "config.toml:1:" in done.stderr
+
+
+def test_brief_prints_the_closing_table_alone(study_out):
+    import io
+
+    from rich.console import Console
+
+    from vtdsim.study import terminal
+
+    out = io.StringIO()
+    terminal.render(load(study_out), Console(width=120, file=out), brief=True)
+    text = out.getvalue()
+    assert "the seed threads answered" in text
+    assert not any(f"seed {number}:" in text for number in THREADS)  # no panel titles
+    for number in THREADS:
+        assert re.search(rf"^│ {number} ", text, re.M)
