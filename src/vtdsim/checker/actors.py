@@ -45,6 +45,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from vtdsim.checker.properties import describe_fault
 from vtdsim.checker.world import Footprint, StepRecord
 from vtdsim.driver import steps as st
 from vtdsim.errors import ModelError
@@ -98,7 +99,9 @@ def reg(unit: int, offset: int) -> tuple:
 # attach op ends or an unmap begins) and the flush queue's counters, which classify what a DMA
 # did (spurious_fault; dma_after_free or lazy exposure).
 MAPPED = ("monitor", "mapped")
-MAPPING_OPS = frozenset({"attach", "map", "dma_map", "unmap", "dma_unmap"})
+MAPPING_OPS = frozenset({"attach", "map", "dma_map", "unmap", "dma_unmap", "detach",
+                         "attach_blocking", "release", "set_dev_pasid", "remove_dev_pasid",
+                         "ats_disable", "alloc"})
 
 
 def finished_location(thread: str) -> tuple:
@@ -271,9 +274,10 @@ class Thread:
         base = self._footprint(world)
         s = self.state(world)
         op = s.ops[s.index][2]
-        # The flush queue's counters (they change inside the timer's flush) and an unmap's
-        # start (op_begin forgets the IOVA) change what decides a DMA's verdict.
-        if op.kind == "fq_timer" or (s.pending is None and op.kind in ("unmap", "dma_unmap")):
+        # The flush queue's counters (they change inside the timer's flush) and an op's start
+        # (the ledger forgets an unmapped IOVA, grants a mapped page, marks a device moving)
+        # change what decides a DMA's verdict.
+        if op.kind == "fq_timer" or (s.pending is None and op.kind in MAPPING_OPS):
             base = fp(base.reads, base.writes | {MAPPED}, base.guard)
         if not _may_end_op(s):
             return base, None
@@ -323,7 +327,7 @@ class Thread:
         self._track_locks(s, step, skipped)
         text = ("(skipped) " if skipped else "") + describe_step(step)
         label = chain_label(step, skipped)
-        world.monitor.thread_step(self.name, step, reply, skipped)
+        world.monitor.thread_step(self.name, step, reply, skipped, s.ops[s.index][2])
         walker = _outer_walker(s.gen) if _walker_step(step) else None
         try:
             s.pending = s.gen.send(reply)
@@ -597,11 +601,13 @@ class Dma(Bounded):
     """``<dev>:dma r|w@<iova>``: the device issues a DMA (through its ATC when ATS is on)."""
 
     def __init__(self, name: str, times: int, device: str, iova: int, write: bool,
-                 no_snoop: bool, pasid: int | None, after_thread: str = ""):
+                 no_snoop: bool, pasid: int | None, after_thread: str = "",
+                 expect_fault: bool = False):
         super().__init__(name, times)
         self.device, self.iova, self.write = device, iova, write
         self.no_snoop, self.pasid = no_snoop, pasid
         self.after_thread = after_thread  # the driver starts the device once it returned
+        self.expect_fault = expect_fault  # declared to fault: never a spurious_fault
 
     def ready(self, world) -> bool:
         return not self.after_thread or world.threads[self.after_thread].done
@@ -610,7 +616,9 @@ class Dma(Bounded):
         walk = world.walk(self.device, self.iova, self.pasid)
         cache = world.universe.device_locations(self.device, self.iova)
         # A faulting DMA records the fault (reading the queue-error bits for the event).
-        writes = cache | walk.ad_writes | {fault_location(0)} | ({DATA} if self.write else set())
+        writes = cache | walk.ad_writes | {fault_location(0)}
+        if self.write:  # its page is known only once translated: any data or recycled page
+            writes |= {DATA} | {("page", p) for p in world.recycled}
         gate = {finished_location(self.after_thread)} if self.after_thread else set()
         return fp(walk.reads | {ALLOC, DATA, MAPPED, reg(0, 0x34)} | gate, writes, gate)
 
@@ -623,13 +631,13 @@ class Dma(Bounded):
             result = ep.dma_read(self.iova, 8, self.pasid, self.no_snoop)
         self.fire(world)
         violated = world.monitor.dma(self.device, self.iova, self.write, result, world.clock,
-                                     self.pasid)
+                                     self.pasid, self.expect_fault)
         world.monitor.hardware_step(ep.sid)
         kind = "write" if self.write else "read"
         if self.pasid is not None:
             kind = f"{kind} pasid={self.pasid:#x}"
         if result.fault is not None:
-            text = f"dma {kind} {self.iova:#x} faults: {result.fault}"
+            text = f"dma {kind} {self.iova:#x} faults: {describe_fault(result.fault)}"
         else:
             text = f"dma {kind} {self.iova:#x} -> {result.hpa:#x}"
         return StepRecord(self.name, text, {"key": True, "chain": text if not violated
@@ -650,7 +658,10 @@ class AtsPrefetch(Bounded):
     def footprint(self, world) -> Footprint:
         walk = world.walk(self.device, self.iova, self.pasid)
         cache = world.universe.device_locations(self.device, self.iova)
-        return fp(walk.reads | {reg(0, 0x34)}, cache | walk.ad_writes | {fault_location(0)})
+        # Whether ATS is enabled changes only where an op writes MAPPED (attach, detach,
+        # ats_disable): the prefetch waits on it.
+        return fp(walk.reads | {reg(0, 0x34)}, cache | walk.ad_writes | {fault_location(0)},
+                  {MAPPED})
 
     def step(self, world) -> StepRecord:
         ep = world.system.endpoint(self.device)

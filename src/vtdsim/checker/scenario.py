@@ -104,6 +104,11 @@ OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "cpu_read": (("page",), {"offset": 0}),
     "clflush": (("page",), {"offset": 0}),
     "wbinvd": ((), {}),
+    "alloc": (("page",), {}),  # the allocator's next page becomes this data page
+    "detach": (("device",), {}),
+    "attach_blocking": (("device",), {}),
+    "release": (("device",), {}),  # intel_iommu_release_device
+    "ats_disable": (("device",), {}),
 }
 COMMON_OP_FIELDS = {"op": None, "skip": [], "line": 0}
 
@@ -176,6 +181,7 @@ class Freedom:
     pasid: int | None = None
     after_thread: str = ""  # DMA only: the device starts once this thread has finished
     negative: bool = False  # fills only: only not-present (caching-mode) entries
+    expect_fault: bool = False  # DMA only: declared to fault (never a spurious_fault)
 
 
 @dataclass(frozen=True)
@@ -251,9 +257,11 @@ class Scenario:
         return self
 
     def dma_actor(self, device: str, iova: int, *, access: str = "read", times: int = 1,
-                  no_snoop: bool = False, pasid: int | None = None, after_thread: str = ""):
+                  no_snoop: bool = False, pasid: int | None = None, after_thread: str = "",
+                  expect_fault: bool = False):
         self.dma.append(Freedom(device, iova, times, access=access, no_snoop=no_snoop,
-                                pasid=pasid, after_thread=after_thread))
+                                pasid=pasid, after_thread=after_thread,
+                                expect_fault=expect_fault))
         return self
 
     def expecting(self, **verdicts: str):
@@ -487,7 +495,7 @@ def _gate(table: dict, lines: _Lines) -> LockGate:
 
 def _freedom(table: dict, lines: _Lines) -> Freedom:
     known = {"device", "iova", "times", "caches", "access", "no_snoop", "pasid", "after_thread",
-             "negative"}
+             "negative", "expect_fault"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise BadInput(f"unknown field {unknown[0]!r}; fields: {', '.join(sorted(known))}",
@@ -502,4 +510,5 @@ def _freedom(table: dict, lines: _Lines) -> Freedom:
         pasid=table.get("pasid"),
         after_thread=str(table.get("after_thread", "")),
         negative=bool(table.get("negative", False)),
+        expect_fault=bool(table.get("expect_fault", False)),
     )

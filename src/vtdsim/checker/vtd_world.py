@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vtdsim.checker import actors as ac
+from vtdsim.checker.lifecycle import PageLedger
 from vtdsim.checker.properties import PROPERTIES, Assertion, Monitor
 from vtdsim.checker.world import Footprint, StepRecord, Violation
 from vtdsim.driver import steps as st
@@ -51,6 +52,7 @@ class System:
     pasid_members: dict = field(default_factory=dict)  # (device, pasid) -> domain name
     iova_pages: dict = field(default_factory=dict)  # (domain, iova page) -> data page
     force_snoop: bool = False
+    ledger: PageLedger = field(default_factory=PageLedger)  # page owners, grants, contents
 
     def unit(self, i: int):
         return self.platform.units[i]
@@ -225,8 +227,9 @@ _STEP_FOOTPRINTS = {
     st.WaitRegister: lambda s, x: _wait_fp({ac.reg(x.unit, x.offset)}, x.unit),
     st.Lock: lambda s, x: ac.fp(writes={("lock", x.name)}, guard={("lock", x.name)}),
     st.Unlock: lambda s, x: ac.fp(writes={("lock", x.name)}),
-    st.AllocPage: lambda s, x: ac.fp(writes={ac.ALLOC}),
-    st.FreePage: lambda s, x: ac.fp(writes={ac.ALLOC}),
+    # A page changing hands changes how the ledger judges a DMA or a CPU read of it.
+    st.AllocPage: lambda s, x: ac.fp(writes={ac.ALLOC, ac.DATA}),
+    st.FreePage: lambda s, x: ac.fp(writes={ac.ALLOC, ac.DATA}),
     st.ReuseIova: lambda s, x: ac.fp(),
     st.Annotate: lambda s, x: ac.fp(),
 }
