@@ -145,6 +145,8 @@ OP_FACTORIES = {
                                                why="CPU")),
     "cpu_read": _one(lambda s, o: st.CpuRead(addr=_page_addr(s, o), why="CPU")),
     "clflush": _one(lambda s, o: st.Clflush(addr=_page_addr(s, o), why="CPU")),
+    "cpu_zero": _one(lambda s, o: st.CpuZero(addr=_page_addr(s, o), size=o["size"],
+                                             why="CPU")),
     "wbinvd": _one(lambda s, o: st.Wbinvd(why="CPU")),
     # Pages and devices changing hands (device_ops.py).
     "alloc": device_ops.alloc,

@@ -103,6 +103,7 @@ OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "cpu_write": (("page",), {"offset": 0, "value": 0}),
     "cpu_read": (("page",), {"offset": 0}),
     "clflush": (("page",), {"offset": 0}),
+    "cpu_zero": (("page",), {"offset": 0, "size": 4096}),  # memset(0) of the buffer
     "wbinvd": ((), {}),
     "alloc": (("page",), {}),  # the allocator's next page becomes this data page
     "detach": (("device",), {}),
