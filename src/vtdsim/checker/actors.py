@@ -672,3 +672,70 @@ class AtsPrefetch(Bounded):
         got = f" -> {hpa:#x}" if entry and getattr(entry, "read", False) else " (nothing)"
         text = f"ats {self.device}@{self.iova:#x}{got}"
         return StepRecord(self.name, text, {"key": True, "chain": text})
+
+
+class TornFill(Bounded):
+    """``hw:torn-fill <cache> <dev>@<iova> (<first> first)``: the unit fetches the multi-qword
+    entries of a walk (root, context, PASID entries) in 64-bit pieces at two moments - first
+    qword 0, the one with P (``first = "p"``), or the other qwords (``"rest"``) - then reads the
+    remaining pieces and fills ``cache`` from the combination (no atomicity wider than a qword
+    is promised for these reads).  An invalidation of the cache location in between drops the
+    early pieces: a fetch in flight across an invalidation must not leave a stale entry."""
+
+    def __init__(self, name: str, times: int, device: str, iova: int, cache: str,
+                 pasid: int | None = None, first: str = "p"):
+        super().__init__(name, times)
+        self.device, self.iova, self.cache, self.pasid = device, iova, cache, pasid
+        self.first = first
+
+    def early(self, world) -> dict | None:
+        return world.pieces.get(self.name)
+
+    def location(self) -> tuple:
+        return ("torn", self.name)
+
+    def cache_locations(self, world) -> set:
+        return world.universe.cache_locations(self.device, self.iova, self.cache)
+
+    def _fills(self, world) -> list:
+        ep = world.system.endpoint(self.device)
+        fills = ep.unit.possible_fills(ep.sid, self.iova, self.pasid, self.early(world))
+        return [f for f in fills if f.cache == self.cache]
+
+    def ready(self, world) -> bool:
+        if self.early(world) is None:
+            return bool(world.walk(self.device, self.iova, self.pasid).fills)
+        return bool(self._fills(world))
+
+    def footprint(self, world) -> Footprint:
+        walk = world.walk(self.device, self.iova, self.pasid)
+        mine = {self.location()}
+        if self.early(world) is None:  # reading the early pieces changes nothing shared
+            return fp(walk.reads, mine, walk.reads)
+        cache = self.cache_locations(world)
+        return fp(walk.reads | mine, cache | mine | walk.ad_writes, walk.reads | mine)
+
+    def step(self, world) -> StepRecord:
+        ep = world.system.endpoint(self.device)
+        if self.early(world) is None:
+            world.pieces[self.name] = self._read_early(ep.unit, ep.sid)
+            text = f"torn-fill {self.cache} {self.device}@{self.iova:#x}: {self.first} read"
+            return StepRecord(self.name, text, {"key": True, "chain": text})
+        fills = self._fills(world)
+        for f in fills:
+            ep.unit.apply_fill(f)
+        del world.pieces[self.name]
+        self.fire(world)
+        via = next((f.entry.raw for f in fills if f.cache == "context_cache"), None)
+        world.monitor.hardware_step(ep.sid, via)
+        text = f"torn-fill {self.cache} {self.device}@{self.iova:#x}: rest read, filled"
+        return StepRecord(self.name, text, {"key": True, "chain": text})
+
+    def _read_early(self, unit, sid: int) -> dict:
+        """The early pieces, as the unit reads structures (snooped iff ECAP.C)."""
+        found = {}
+        for addr, qwords in unit.entry_pieces(sid, self.iova, self.pasid):
+            picked = [addr] if self.first == "p" else [addr + 8 * i for i in range(1, qwords)]
+            for a in picked:
+                found[a] = unit.memory.read_qword(a, snoop=unit.caps.coherent)
+        return found

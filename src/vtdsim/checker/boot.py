@@ -325,6 +325,10 @@ def _hardware_actors(sc: Scenario) -> list:
         for cache in f.caches:
             name = f"hw:evict {cache} {f.device}@{f.iova:#x}{_tag(f)}"
             found.append(ac.CacheEvict(name, f.times, f.device, f.iova, cache, f.pasid))
+    for f in sc.torn_fills:
+        for cache in f.caches:
+            name = f"hw:torn-fill {cache} {f.device}@{f.iova:#x}{_tag(f)} ({f.first} first)"
+            found.append(ac.TornFill(name, f.times, f.device, f.iova, cache, f.pasid, f.first))
     for f in sc.ats_prefetch:
         found.append(ac.AtsPrefetch(f"{f.device}:ats@{f.iova:#x}{_tag(f)}", f.times, f.device,
                                     f.iova, f.pasid))
@@ -346,8 +350,11 @@ def bounds(sc: Scenario) -> dict:
     """The explicit bounds the report prints (the warm-up DMA only when there is one, so the
     fingerprints of saved schedules without it stay valid)."""
     warm = {"warm": len(sc.warm)} if sc.warm else {}
+    torn = {"torn_fills": sum(f.times * len(f.caches) for f in sc.torn_fills)} \
+        if sc.torn_fills else {}
     return {
         **warm,
+        **torn,
         "threads": len(sc.threads),
         "ops": sum(len(o) for o in sc.threads.values()),
         "iovas": ",".join(f"{i:#x}" for i in sc.iovas()),

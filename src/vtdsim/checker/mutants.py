@@ -258,6 +258,11 @@ CATALOGUE: tuple[Mutant, ...] = (
            ("seed002_rwbf_tags_before_context",),
            mu.Mutation(rules=(mu.Drop(mu.Match(why="iommu_flush_write_buffer",
                                                within="cache_tag_flush_range_np")),))),
+    Mutant("teardown_cc_flush_dropped", "6.1's context teardown (domain_context_clear_one) "
+           "skips the context-cache invalidation: a fetch of the entry in 64-bit pieces that "
+           "began before the teardown joins the old DID to the new entry's table pointer",
+           ("issue10_p5_torn_context_reattach",),
+           drop_desc("cc_inv", "_flush_cleared_linux61")),
     Mutant("ledger_reuse_untracked", "checker bookkeeping: a page's re-allocation is not a new "
            "owner, so a stale DMA into a freed page reused as a page table passes",
            ("issue10_p2_stale_iotlb_writes_reused_table",),

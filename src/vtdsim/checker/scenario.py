@@ -34,6 +34,8 @@ A scenario file::
     evictions = []                      # same shape as fills
     ats_prefetch = []                   # {device, iova, times}
     warm = []                           # {device, iova, pasid}: DMA reads made at set-up
+    torn_fills = []                     # fills whose entries are read in 64-bit pieces:
+                                        # {device, iova, caches, times, first = "p" | "rest"}
     [[dma]]                             # a device's DMA actor
     device = "dev1"
     iova = 0x1000
@@ -183,6 +185,7 @@ class Freedom:
     after_thread: str = ""  # DMA only: the device starts once this thread has finished
     negative: bool = False  # fills only: only not-present (caching-mode) entries
     expect_fault: bool = False  # DMA only: declared to fault (never a spurious_fault)
+    first: str = "p"  # torn fills only: the early 64-bit pieces, qword 0 ("p") or "rest"
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,7 @@ class Scenario:
     evictions: list[Freedom] = field(default_factory=list)
     ats_prefetch: list[Freedom] = field(default_factory=list)
     warm: list[Freedom] = field(default_factory=list)  # the initial state's cached translations
+    torn_fills: list[Freedom] = field(default_factory=list)  # fills read in 64-bit pieces
     dma: list[Freedom] = field(default_factory=list)
     expect: dict[str, str] = field(default_factory=dict)
     path: str = ""
@@ -276,7 +280,7 @@ class Scenario:
     def iovas(self) -> list[int]:
         """Every IOVA page the scenario names (the universe of abstract cache locations)."""
         found = {f.iova & ~0xFFF for f in (*self.fills, *self.evictions, *self.ats_prefetch,
-                                            *self.dma, *self.warm)}
+                                            *self.dma, *self.warm, *self.torn_fills)}
         for ops in (self.setup_ops, *self.threads.values()):
             found |= {o.args["iova"] & ~0xFFF for o in ops if "iova" in o.args}
         return sorted(found)
@@ -312,8 +316,11 @@ class _Validator:
         for ops in (sc.setup_ops, *sc.threads.values()):
             for o in ops:
                 self.check_op(o)
-        for f in (*sc.fills, *sc.evictions, *sc.ats_prefetch, *sc.dma, *sc.warm):
+        for f in (*sc.fills, *sc.evictions, *sc.ats_prefetch, *sc.dma, *sc.warm,
+                  *sc.torn_fills):
             self.need(f.device, self.devices, "device", "a hardware freedom")
+            if f.first not in ("p", "rest"):
+                self.fail(f"first={f.first!r}: expected p or rest")
             bad = sorted(set(f.caches) - set(CACHES))
             if bad:
                 self.fail(f"caches {bad}: expected some of {', '.join(CACHES)}")
@@ -437,6 +444,7 @@ def _build(data: dict, lines: _Lines, where: str) -> Scenario:
     sc.evictions = [_freedom(f, lines) for f in hw.get("evictions", [])]
     sc.ats_prefetch = [_freedom(f, lines) for f in hw.get("ats_prefetch", [])]
     sc.warm = [_freedom(f, lines) for f in hw.get("warm", [])]
+    sc.torn_fills = [_freedom(f, lines) for f in hw.get("torn_fills", [])]
     sc.dma = [_freedom(f, lines) for f in _list(data, "dma", lines)]
     return sc
 
@@ -496,7 +504,7 @@ def _gate(table: dict, lines: _Lines) -> LockGate:
 
 def _freedom(table: dict, lines: _Lines) -> Freedom:
     known = {"device", "iova", "times", "caches", "access", "no_snoop", "pasid", "after_thread",
-             "negative", "expect_fault"}
+             "negative", "expect_fault", "first"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise BadInput(f"unknown field {unknown[0]!r}; fields: {', '.join(sorted(known))}",
@@ -512,4 +520,5 @@ def _freedom(table: dict, lines: _Lines) -> Freedom:
         after_thread=str(table.get("after_thread", "")),
         negative=bool(table.get("negative", False)),
         expect_fault=bool(table.get("expect_fault", False)),
+        first=str(table.get("first", "p")),
     )

@@ -374,6 +374,7 @@ class VtdWorld:
                                list(model.assertions), watch=model.watch)
         self.schedule: list[str] = []  # the actors stepped so far (observations' chains)
         self.recycled: set[int] = set(model.recycled)
+        self.pieces: dict[str, dict] = {}  # torn fill -> the entry pieces it read early
         self.clock = 0
         self._patterns = 0
         self._walks: dict[tuple[str, int], Walk] = {}
@@ -418,7 +419,7 @@ class VtdWorld:
         # The footprint predicted before the step (the engine asked for it, or the cached walks
         # need its writes); replayed steps the engine knows already skip it.
         parts = self._fps.pop(actor, None)
-        if parts is None and self._walks:
+        if parts is None and (self._walks or self.pieces):
             parts = self._parts(actor)
         self._fps.clear()
         self.clock += 1
@@ -437,7 +438,17 @@ class VtdWorld:
             self._walks.clear()  # a walk's reads name the recycled pages
             self.recycled |= freed
         self._forget_walks(written)
+        if isinstance(self.model.by_name[actor], ac.Thread | ac.QueueEngine):
+            self._drop_pieces(written)  # fills and DMA write caches too, but invalidate none
         return record
+
+    def _drop_pieces(self, written: frozenset) -> None:
+        """An invalidation of a torn fill's cache location between its two reads ends the fetch
+        (``actors.TornFill``): its early pieces are dropped."""
+        for name in list(self.pieces):
+            who = self.model.by_name[name]
+            if not who.cache_locations(self).isdisjoint(written):
+                del self.pieces[name]
 
     def _forget_walks(self, written: frozenset) -> None:
         """A dry walk is a function of the memory it read and of the unit's registers (root
