@@ -327,6 +327,10 @@ class Thread:
         self._track_locks(s, step, skipped)
         text = ("(skipped) " if skipped else "") + describe_step(step)
         label = chain_label(step, skipped)
+        if isinstance(step, st.AllocPage) and isinstance(reply, int):
+            text = f"{text} -> {reply:#x}"
+            if reply in world.recycled:  # a page freed before changes hands: name it
+                label = f"alloc {step.what or 'page'} {reply:#x} (a freed page reused)"
         world.monitor.thread_step(self.name, step, reply, skipped, s.ops[s.index][2])
         walker = _outer_walker(s.gen) if _walker_step(step) else None
         try:

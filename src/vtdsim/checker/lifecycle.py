@@ -61,6 +61,7 @@ class Owner:
 class Mapping:
     page: int
     prot: int
+    origin: str = ""  # the op that made it: "set-up map(...)" or "T0 map(...)"
 
 
 @dataclass
@@ -70,7 +71,7 @@ class PageLedger:
     owners: dict[int, Owner] = field(default_factory=dict)
     epochs: dict[int, int] = field(default_factory=dict)
     freed_at: dict[int, int] = field(default_factory=dict)  # page -> step of its last free
-    grants: set = field(default_factory=set)  # (domain, page, epoch)
+    grants: dict = field(default_factory=dict)  # (domain, page, epoch) -> the granting op
     mapped: dict[tuple[str, int], Mapping] = field(default_factory=dict)  # completed maps
     latest: dict[int, int] = field(default_factory=dict)  # data qword -> last value stored
     moving: dict[tuple, int] = field(default_factory=dict)  # (device, pasid) -> open moves
@@ -151,12 +152,14 @@ class PageLedger:
             del self.latest[qword]
 
     # -- operations ---------------------------------------------------------------------------
-    def op_begin(self, op, system) -> None:
+    def op_begin(self, op, system, who: str = "set-up") -> None:
+        """``who``: the thread running ``op`` ("set-up" for [[setup]] and the boot)."""
         kind = op.kind
         if kind in ("map", "dma_map"):
             # From here on a PTE may point at the page: the domain holds it in this epoch.
             page = system.pages[op["page"]]
-            self.grants.add((op["domain"], page, self.epochs.get(page, 0)))
+            self.grants[(op["domain"], page, self.epochs.get(page, 0))] = \
+                f"{who} {op.describe()}"
         elif kind in ("unmap", "dma_unmap"):
             for iova in _pages(op["iova"], op["size"]):
                 self.mapped.pop((op["domain"], iova), None)
@@ -166,14 +169,15 @@ class PageLedger:
             if op.args.get("domain"):
                 self.history.setdefault(key, set()).add(op["domain"])
 
-    def op_done(self, op, value, system) -> None:
+    def op_done(self, op, value, system, who: str = "set-up") -> None:
         kind = op.kind
         if kind == "map" or (kind == "dma_map" and isinstance(value, int)):
             iova = op["iova"] if kind == "map" else value
             page = system.pages[op["page"]]
             prot = {"r": 1, "w": 2, "rw": 3}[op["prot"]]
+            origin = f"{who} {op.describe()}"
             for i, first in enumerate(_pages(iova, op["size"])):
-                self.mapped[(op["domain"], first)] = Mapping(page + i * PAGE_SIZE, prot)
+                self.mapped[(op["domain"], first)] = Mapping(page + i * PAGE_SIZE, prot, origin)
         elif kind == "alloc":
             self.name_data(op["page"], system.pages[op["page"]], fresh=False)
         if kind in MOVING_OPS and op.args.get("part", "all") != "prepare":
@@ -198,10 +202,19 @@ class PageLedger:
             return None
         return owner
 
-    def maps(self, domain: str | None, iova: int, write: bool) -> bool:
-        """A completed map of ``domain`` covers ``iova`` with the access's permission."""
+    def maps(self, domain: str | None, iova: int, write: bool) -> Mapping | None:
+        """The completed map of ``domain`` covering ``iova`` with the access's permission."""
         found = self.mapped.get((domain, iova & PAGE_MASK)) if domain else None
-        return found is not None and bool(found.prot & (IOMMU_WRITE if write else 1))
+        if found is not None and found.prot & (IOMMU_WRITE if write else 1):
+            return found
+        return None
+
+    def granted_by(self, addr: int, domains: set) -> str:
+        """The op that last granted the page to one of ``domains`` (any epoch), or ""."""
+        page = addr & PAGE_MASK
+        found = [(e, origin) for (d, p, e), origin in self.grants.items()
+                 if p == page and d in domains]
+        return max(found)[1] if found else ""
 
     def in_transit(self, device: str, pasid: int | None) -> bool:
         return (device, pasid) in self.moving

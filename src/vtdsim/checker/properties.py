@@ -114,10 +114,10 @@ class Monitor:
     # -- thread events ----------------------------------------------------------------------
     def op_begin(self, thread: str, op) -> None:
         self.pasids.op_begin(op)
-        self.ledger.op_begin(op, self.system)
+        self.ledger.op_begin(op, self.system, thread)
 
     def op_done(self, thread: str, op, value: Any) -> None:
-        self.ledger.op_done(op, value, self.system)
+        self.ledger.op_done(op, value, self.system, thread)
         if op.kind == "unmap" and op["sync"]:
             self._strict_unmap_done(op["domain"], op["iova"], op["size"])
         elif op.kind == "dma_unmap":
@@ -167,7 +167,9 @@ class Monitor:
         for hpa in result.pages:
             owner = self.ledger.foreign(hpa, domains)
             if owner is not None:
-                return self._reached_foreign(hpa & _PAGE_MASK, iova, owner, write) or stale
+                granted = self.ledger.granted_by(hpa, domains)
+                return self._reached_foreign(hpa & _PAGE_MASK, iova, owner, write,
+                                             granted) or stale
         if write and result.pages:
             self.ledger.dma_stored(result.pages[0], self.system.platform.memory)
         return stale
@@ -180,15 +182,19 @@ class Monitor:
         ledger = self.ledger
         domain = (self.system.domain_of(device) if pasid is None
                   else self.system.pasid_members.get((device, pasid)))
-        if ledger.in_transit(device, pasid) or not ledger.maps(domain, iova, write):
+        mapping = None if ledger.in_transit(device, pasid) else ledger.maps(domain, iova, write)
+        if mapping is None:
             return None
         return self.flag(SPURIOUS_FAULT, f"{device} faulted at iova={iova:#x}, mapped in "
-                                         f"{domain}: {describe_fault(fault)}")
+                                         f"{domain} by {mapping.origin}: "
+                                         f"{describe_fault(fault)}")
 
-    def _reached_foreign(self, page: int, iova: int, owner, write: bool) -> str | None:
+    def _reached_foreign(self, page: int, iova: int, owner, write: bool,
+                         granted: str) -> str | None:
         kind = "write" if write else "read"
         freed = self.freed.get(page)
         when = f", freed at step {freed}" if freed is not None else ""
+        when += f"; mapped by {granted}" if granted else "; never mapped in its domain"
         lazy = self.lazy.get(page)
         if lazy is not None and freed is not None and self._window_open(*lazy):
             window = self.exposure.setdefault(page, Exposure(page, freed))
