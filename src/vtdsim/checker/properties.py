@@ -89,6 +89,10 @@ class Monitor:
     pasids: PasidWatch | None = None  # seed 001's properties (built here)
     observed: dict[str, str] = field(default_factory=dict)  # observation -> first message
     watch: frozenset = frozenset()  # observations also flagged as violations (shrinking)
+    # The raw event log (tuples, in order) an independent oracle re-derives properties from
+    # (tests/checker/oracle.py): ("free"|"alloc", page), ("grant", domain, page),
+    # ("attach", device, pasid, domain), ("dma", device, pasid, pages) of a successful DMA.
+    events: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.pasids = PasidWatch(self.system, self.flag)
@@ -115,6 +119,10 @@ class Monitor:
     def op_begin(self, thread: str, op) -> None:
         self.pasids.op_begin(op)
         self.ledger.op_begin(op, self.system, thread)
+        if op.kind in ("map", "dma_map"):
+            self.events.append(("grant", op["domain"], self.system.pages[op["page"]]))
+        elif op.kind in ("attach", "set_dev_pasid"):
+            self.events.append(("attach", op["device"], op.args.get("pasid"), op["domain"]))
 
     def op_done(self, thread: str, op, value: Any) -> None:
         self.ledger.op_done(op, value, self.system, thread)
@@ -139,6 +147,10 @@ class Monitor:
             return
         self.ledger.clock = self.clock
         self.ledger.step(step, reply, op, self.system.platform.memory)
+        if isinstance(step, st.FreePage):
+            self.events.append(("free", step.addr & _PAGE_MASK))
+        elif isinstance(step, st.AllocPage) and isinstance(reply, int):
+            self.events.append(("alloc", reply & _PAGE_MASK))
         if isinstance(step, st.CpuRead) and self.ledger.is_data(step.addr):
             self._cpu_read(step, reply)
         self._check_assertions()
@@ -163,6 +175,7 @@ class Monitor:
             return None if expect_fault else self._fault(device, iova, write, result.fault,
                                                            pasid)
         stale = self.pasids.dma(device, pasid, iova, result)
+        self.events.append(("dma", device, pasid, tuple(h & _PAGE_MASK for h in result.pages)))
         domains = self.ledger.domains_of(device, pasid)
         for hpa in result.pages:
             owner = self.ledger.foreign(hpa, domains)
