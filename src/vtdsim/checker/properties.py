@@ -1,17 +1,24 @@
 """The named properties of a VT-d world, decided from what its actors report (VT-d spec 6.5:
 invalidation completes before software reuses what it unmapped; 6.1 caching mode; 3.9 snoop).
 
-* ``dma_after_free``: no DMA reaches a page after it was freed - unless the IOVA was unmapped
-  lazily and the flush queue has not flushed it yet: that is lazy mode's accepted *exposure*,
-  recorded in ``exposure`` (steps the page stayed reachable, pages) and not a violation;
+Every property judges against the page ledger (``lifecycle.PageLedger``, in ``System``):
+
+* ``dma_after_free``: a DMA reaches only pages its device's domains own - a data page they
+  mapped, in the page's current epoch; a page freed, or reused by anyone (a page table, another
+  buffer), is a violation - unless the IOVA was unmapped lazily and the flush queue has not
+  flushed it yet: that is lazy mode's accepted *exposure*, recorded in ``exposure`` (steps the
+  page stayed reachable, pages) and not a violation;
 * ``stale_after_strict_unmap``: when a synced unmap completes, no IOTLB entry of the domain's
   DIDs and no device-TLB entry of its devices still translates the IOVA;
-* ``spurious_fault``: a DMA to an IOVA whose map completed (and that no unmap has started on)
-  does not fault (the caching-mode map flush, spec 6.1);
+* ``spurious_fault``: a DMA faults although a completed map (set-up or thread) of the domain
+  its device (or PASID) is attached to covers the IOVA with the access's permission, the
+  device is not inside an attach/detach, and the DMA is not declared ``expect_fault`` (the
+  caching-mode map flush, spec 6.1; Linux's RID attach is not hitless);
 * ``torn_entry``: every context- or PASID-cache entry the hardware held is a value the entry
   had between operations (set-up or an op's end), never a half-written one;
-* ``no_snoop_coherent``: a CPU read of a data page returns the last value DMA or the CPU wrote,
-  when the domain enforces snooping or WBINVD works (seed 004);
+* ``no_snoop_coherent``: a CPU read of a page currently owned as a data page returns the last
+  value DMA or the CPU stored there (zeroing included), when the domain enforces snooping or
+  WBINVD works (seed 004); page-table walker reads are named as such;
 * ``stale_after_pasid_teardown``, ``stale_after_context_change`` (seed 001): no translation
   of a PASID survives its ``remove_dev_pasid``; no PASID-cache/IOTLB entry fetched through a
   changed context entry survives ``context_flip_pri`` (``pasid_staleness.PasidWatch``);
