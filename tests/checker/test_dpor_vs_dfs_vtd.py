@@ -35,6 +35,9 @@ def scenarios(draw) -> Scenario:
     if "unmap" in names and "unmap_nosync" in names:
         names.remove("unmap_nosync")
     sc.thread("T0", *(THREAD_OPS[n] for n in names))
+    second = draw(hs.sampled_from([None, "free", "write", "read", "zero"]))
+    if second is not None and second not in names:  # a racing thread: frees vs DMA, stores
+        sc.thread("T1", THREAD_OPS[second])
     if draw(hs.booleans()):
         sc.fill("dev1", 0x1000, caches=[draw(hs.sampled_from(["iotlb", "context_cache"]))])
     for iova in draw(hs.lists(hs.sampled_from([0x1000, 0x2000]), max_size=2, unique=True)):

@@ -10,7 +10,8 @@ Abstract locations (``world.Footprint``):
   change it); ``("status", addr)`` a 32-bit word of a queue's status page; ``("page", pfn)``
   every line of a page that was freed once (a stale walk may read a recycled page-table page);
 * ``("qslot", unit, offset)`` a queue slot published by an IQT write;
-* ``("monitor", "mapped")`` what classifies a DMA (``MAPPED``), ``("finished", thread)``,
+* what classifies a DMA (``verdict_locations``: owners, maps, members, the lazy window),
+  ``("finished", thread)``,
   ``("pgtable",)`` (see below);
 * ``("reg", unit, "IQT"|"IQH"|"FSTS"|"OTHER")`` (FSTS: the queue-error bits IQE/ICE/ITE, what
   the driver's ``qi_check_fault`` and the queue engine look at), ``("reg", unit, "FAULT")``:
@@ -45,6 +46,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from vtdsim.checker import verdict_locations as vl
 from vtdsim.checker.properties import describe_fault
 from vtdsim.checker.world import Footprint, StepRecord
 from vtdsim.driver import steps as st
@@ -93,15 +95,6 @@ def dram_line(addr: int) -> tuple:
 
 def reg(unit: int, offset: int) -> tuple:
     return ("reg", unit, _REG_NAMES.get(offset, "OTHER"))
-
-
-# The monitor's record of mapped IOVAs and of domain members (written when a map, unmap or
-# attach op ends or an unmap begins) and the flush queue's counters, which classify what a DMA
-# did (spurious_fault; dma_after_free or lazy exposure).
-MAPPED = ("monitor", "mapped")
-MAPPING_OPS = frozenset({"attach", "map", "dma_map", "unmap", "dma_unmap", "detach",
-                         "attach_blocking", "release", "set_dev_pasid", "remove_dev_pasid",
-                         "ats_disable", "alloc"})
 
 
 def finished_location(thread: str) -> tuple:
@@ -276,17 +269,18 @@ class Thread:
         op = s.ops[s.index][2]
         # The flush queue's counters (they change inside the timer's flush) and an op's start
         # (the ledger forgets an unmapped IOVA, grants a mapped page, marks a device moving)
-        # change what decides a DMA's verdict.
-        if op.kind == "fq_timer" or (s.pending is None and op.kind in MAPPING_OPS):
-            base = fp(base.reads, base.writes | {MAPPED}, base.guard)
+        # change what decides a DMA's verdict (verdict_locations).
+        system = world.system
+        if op.kind == "fq_timer":
+            base = fp(base.reads, base.writes | {vl.LAZY}, base.guard)
+        if s.pending is None:
+            base = fp(base.reads, base.writes | vl.op_begin(op, system), base.guard)
         if not _may_end_op(s):
             return base, None
         # What the monitor does when an op ends (properties.Monitor.op_done / op_begin of the
         # next op): note mapped IOVAs and domain members, check a strict unmap's caches.
         after = s.ops[s.index + 1][2] if s.index + 1 < len(s.ops) else None
-        writes = set()
-        if op.kind in MAPPING_OPS or (after is not None and after.kind in MAPPING_OPS):
-            writes.add(MAPPED)
+        writes = vl.op_end(op) | (vl.op_begin(after, system) if after is not None else set())
         if after is None:
             writes.add(finished_location(self.name))
         return base, fp(world.universe.unmap_check(op), writes)
@@ -323,6 +317,10 @@ class Thread:
         if s.pending is None:
             return self._begin(world, s, "")
         step, skipped = s.pending, self._skipped(s)
+        op = s.ops[s.index][2]
+        if type(step) is st.AllocPage and op.kind in vl.NON_ALLOCATING_OPS:
+            raise ModelError(f"{op.kind} allocated a page: verdict_locations.NON_ALLOCATING_OPS "
+                             "claims a footprint that does not hold")
         reply = skip_reply(step) if skipped else world.stepper.apply(step, self.name)
         self._track_locks(s, step, skipped)
         text = ("(skipped) " if skipped else "") + describe_step(step)
@@ -624,7 +622,8 @@ class Dma(Bounded):
         if self.write:  # its page is known only once translated: any data or recycled page
             writes |= {DATA} | {("page", p) for p in world.recycled}
         gate = {finished_location(self.after_thread)} if self.after_thread else set()
-        return fp(walk.reads | {ALLOC, DATA, MAPPED, reg(0, 0x34)} | gate, writes, gate)
+        verdict = vl.dma_reads(world, self.device, self.iova, self.pasid)
+        return fp(walk.reads | verdict | {reg(0, 0x34)} | gate, writes, gate)
 
     def step(self, world) -> StepRecord:
         ep = world.system.endpoint(self.device)
@@ -662,10 +661,11 @@ class AtsPrefetch(Bounded):
     def footprint(self, world) -> Footprint:
         walk = world.walk(self.device, self.iova, self.pasid)
         cache = world.universe.device_locations(self.device, self.iova)
-        # Whether ATS is enabled changes only where an op writes MAPPED (attach, detach,
-        # ats_disable): the prefetch waits on it.
+        # Whether ATS is enabled changes only where an op writes the device's member location
+        # (attach, detach, ats_disable): the prefetch waits on it.
+        member = {("member", self.device)}
         return fp(walk.reads | {reg(0, 0x34)}, cache | walk.ad_writes | {fault_location(0)},
-                  {MAPPED})
+                  member)
 
     def step(self, world) -> StepRecord:
         ep = world.system.endpoint(self.device)

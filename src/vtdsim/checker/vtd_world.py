@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vtdsim.checker import actors as ac
+from vtdsim.checker import verdict_locations as vl
 from vtdsim.checker.lifecycle import PageLedger
 from vtdsim.checker.properties import PROPERTIES, Assertion, Monitor
 from vtdsim.checker.world import Footprint, StepRecord, Violation
@@ -136,6 +137,18 @@ class Stepper:
             locs.add(ac.DATA)
         return locs
 
+    def alloc_page(self) -> Footprint:
+        """The allocator's order, and the page it hands out next (LIFO: knowable now)."""
+        nxt = self.platform.pages.peek()
+        owner = {vl.owner(nxt)} if nxt is not None else set()
+        return ac.fp(writes={ac.ALLOC, ac.DATA} | owner)
+
+    def free_page(self, addr: int) -> Footprint:
+        """The page's owner; the allocator's order only while an op that may allocate is left
+        (two frees then commute: no allocation can tell their order)."""
+        order = {ac.ALLOC} if self.world.may_allocate() else set()
+        return ac.fp(writes={vl.owner(addr), ac.DATA} | order)
+
     def mmio_write(self, step: st.MmioWrite) -> Footprint:
         location = ac.reg(step.unit, step.offset)
         if location[2] == "IQT":
@@ -228,8 +241,8 @@ _STEP_FOOTPRINTS = {
     st.Lock: lambda s, x: ac.fp(writes={("lock", x.name)}, guard={("lock", x.name)}),
     st.Unlock: lambda s, x: ac.fp(writes={("lock", x.name)}),
     # A page changing hands changes how the ledger judges a DMA or a CPU read of it.
-    st.AllocPage: lambda s, x: ac.fp(writes={ac.ALLOC, ac.DATA}),
-    st.FreePage: lambda s, x: ac.fp(writes={ac.ALLOC, ac.DATA}),
+    st.AllocPage: lambda s, x: s.alloc_page(),
+    st.FreePage: lambda s, x: s.free_page(x.addr),
     st.ReuseIova: lambda s, x: ac.fp(),
     st.Annotate: lambda s, x: ac.fp(),
 }
@@ -481,6 +494,12 @@ class VtdWorld:
         return self.model.by_name[actor].optional
 
     # -- services for the actors --------------------------------------------------------------
+    def may_allocate(self) -> bool:
+        """Some thread's current or later op may allocate a page (checked: actors.Thread)."""
+        return any(op.kind not in vl.NON_ALLOCATING_OPS
+                   for s in self.threads.values() if not s.done
+                   for _, _, op in s.ops[s.index:])
+
     def walk(self, device: str, iova: int, pasid: int | None = None) -> Walk:
         key = (device, iova, pasid)
         if key not in self._walks:
