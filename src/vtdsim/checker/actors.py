@@ -289,16 +289,9 @@ class Thread:
         s = self.state(world)
         if s.pending is None:
             held = {("lock", g.lock) for g in self._gates(s, None)}
-            return fp(held, set() if _caller_only(s, s.index) else {DRV}, held)
+            return fp(held, {DRV}, held)
         step = s.pending
         base = world.stepper.footprint(step) if not self._skipped(s) else fp()
-        if _caller_only(s, s.index):
-            # The caller's own one-step op: no driver code runs - unless ending it begins a
-            # driver op, whose code up to its first step runs in this transition.
-            after = s.index + 1
-            if after < len(s.ops) and not _caller_only(s, after):
-                return fp(base.reads, base.writes | {DRV}, base.guard)
-            return base
         if s.ops[s.index][2].kind in PGTABLE_WRITERS:
             return fp(base.reads, base.writes | {DRV, PGTABLE}, base.guard)
         if _walker_step(step):
@@ -384,15 +377,6 @@ class Thread:
         record = self._begin(world, s, f"{text}; ")
         return StepRecord(self.name, record.text, {"key": bool(label),
                                                    "chain": label or record.text})
-
-
-# Scenario ops that are the caller's own single step (boot.OP_FACTORIES ``_one``): they run no
-# driver code and touch no driver bookkeeping.
-CALLER_OPS = frozenset({"free", "cpu_write", "cpu_read", "cpu_zero", "clflush", "wbinvd"})
-
-
-def _caller_only(s: ThreadState, index: int) -> bool:
-    return s.ops[index][2].kind in CALLER_OPS
 
 
 def _may_end_op(s: ThreadState) -> bool:
