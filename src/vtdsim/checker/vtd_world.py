@@ -123,9 +123,7 @@ class Stepper:
         write buffer it also posts the line, which changes what the unit reads (spec 6.8)."""
         dram = self.dram(addr, size)
         posted = dram if self.memory.write_buffer else set()
-        # The ledger records a store to a data page: whether it is one is the page's owner.
-        owners = {vl.owner(a) for a in range(addr & ~(PAGE_SIZE - 1), addr + size, PAGE_SIZE)}
-        return ac.fp(dram | owners, self.mem(addr, size) | posted)
+        return ac.fp(dram, self.mem(addr, size) | posted)
 
     def dram(self, addr: int, size: int) -> set:
         return mem_locations(addr, size, self.world.universe.status_pages, "dram")
@@ -143,13 +141,13 @@ class Stepper:
         """The allocator's order, and the page it hands out next (LIFO: knowable now)."""
         nxt = self.platform.pages.peek()
         owner = {vl.owner(nxt)} if nxt is not None else set()
-        return ac.fp(writes={ac.ALLOC} | owner)
+        return ac.fp(writes={ac.ALLOC, ac.DATA} | owner)
 
     def free_page(self, addr: int) -> Footprint:
         """The page's owner; the allocator's order only while an op that may allocate is left
         (two frees then commute: no allocation can tell their order)."""
         order = {ac.ALLOC} if self.world.may_allocate() else set()
-        return ac.fp(writes={vl.owner(addr)} | order)
+        return ac.fp(writes={vl.owner(addr), ac.DATA} | order)
 
     def mmio_write(self, step: st.MmioWrite) -> Footprint:
         location = ac.reg(step.unit, step.offset)
@@ -232,9 +230,7 @@ _STEP_FOOTPRINTS = {
     st.CpuWrite: lambda s, x: s.store(x.addr, x.size),
     st.CpuCmpxchg: lambda s, x: s.store(x.addr, 8),
     st.CpuZero: lambda s, x: s.store(x.addr, x.size),
-    # A CPU read is judged (no_snoop_coherent) only while its page is a data page.
-    st.CpuRead: lambda s, x: ac.fp(reads=s.mem(x.addr, x.size) | s.dram(x.addr, x.size)
-                                   | {vl.owner(x.addr)}),
+    st.CpuRead: lambda s, x: ac.fp(reads=s.mem(x.addr, x.size) | s.dram(x.addr, x.size)),
     st.Clflush: lambda s, x: ac.fp(writes=s.mem(x.addr, 1) | s.dram(x.addr, 1)),
     st.ClflushRange: lambda s, x: ac.fp(writes=s.mem(x.addr, x.size) | s.dram(x.addr, x.size)),
     st.Wbinvd: lambda s, x: ac.fp(writes=s.dirty() | {ac.DATA}),
