@@ -114,12 +114,21 @@ def test_preemption_bounding_prefers_fewest_preemptions():
 
 @pytest.mark.parametrize("strategy", ["random", "pct"])
 def test_sampling_is_seeded_and_never_exhaustive(strategy):
-    a = explore(stale_cache(), strategy, seed=7, max_executions=300)
-    b = explore(stale_cache(), strategy, seed=7, max_executions=300)
+    a = explore(stale_cache(), strategy, seed=7, max_executions=300, stop_at_first=False)
+    b = explore(stale_cache(), strategy, seed=7, max_executions=300, stop_at_first=False)
     assert not a.exhaustive and a.limit == "max_executions=300 reached"
     assert a.verdicts()["dma_after_free"] == VIOLATED
     assert a.counterexample.schedule == b.counterexample.schedule
     assert a.steps == b.steps
+
+
+@pytest.mark.parametrize("strategy", ["random", "pct"])
+def test_sampling_stops_at_the_first_violation_by_default_and_says_when(strategy):
+    result = explore(stale_cache(), strategy, seed=7, max_executions=300)
+    assert result.violated and not result.exhaustive and result.executions < 300
+    assert result.limit == (f"stopped at the first violation, after {result.executions} "
+                            "executions")
+    assert explore(stale_cache(), "dpor").exhaustive  # tree searches go on to the end
 
 
 def test_sampling_without_budget_defaults_to_1000_executions():

@@ -192,7 +192,22 @@ def test_seed004_second_stage_sets_snp_in_later_ptes_and_is_permanent():
     system.run(system.driver.map(domain, 0x10000, 0x200000, 0x1000, 3))
     _paddr, _level, pte = domain.pgtable.lookup(system.platform.memory, 0x10000)
     assert pte & (1 << 11)  # SNP
-    assert system.run(system.driver.enforce_cache_coherency(domain)) is True
+    # 0fa6f0893466's intel_iommu_enforce_cache_coherency_ss checks has_mappings on every call:
+    # a repeat call on the now-mapped domain is refused, but the enforcement stays.
+    assert system.run(system.driver.enforce_cache_coherency(domain)) is False
+    assert domain.force_snooping and domain.pgtable.force_snoop
+
+
+def test_enforce_on_a_mapped_second_stage_domain_is_refused_by_mainline_only():
+    """e645c20e8e9c (v6.7): old PTEs would keep SNP=0 while coherency is promised."""
+    for profile, accepted in ((MAINLINE, False), (LINUX_6_1, True)):
+        system = make_system("server-sm", profile)
+        info = system.probe("00:02.0")
+        domain = system.run(system.driver.domain_alloc_paging(system.iommu, stage="ss"))
+        assert system.run(system.driver.attach_dev(domain, info)) == 0
+        system.run(system.driver.map(domain, 0x10000, 0x200000, 0x1000, 3))
+        assert system.run(system.driver.enforce_cache_coherency(domain)) is accepted
+        assert domain.force_snooping is accepted
 
 
 def test_seed004_first_stage_sets_pgsnp_and_flushes_the_present_entry():

@@ -10,7 +10,8 @@ Abstract locations (``world.Footprint``):
   change it); ``("status", addr)`` a 32-bit word of a queue's status page; ``("page", pfn)``
   every line of a page that was freed once (a stale walk may read a recycled page-table page);
 * ``("qslot", unit, offset)`` a queue slot published by an IQT write;
-* ``("monitor", "mapped")`` what classifies a DMA (``MAPPED``), ``("finished", thread)``,
+* what classifies a DMA (``verdict_locations``: owners, maps, members, the lazy window),
+  ``("finished", thread)``,
   ``("pgtable",)`` (see below);
 * ``("reg", unit, "IQT"|"IQH"|"FSTS"|"OTHER")`` (FSTS: the queue-error bits IQE/ICE/ITE, what
   the driver's ``qi_check_fault`` and the queue engine look at), ``("reg", unit, "FAULT")``:
@@ -45,6 +46,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from vtdsim.checker import verdict_locations as vl
+from vtdsim.checker.properties import describe_fault
 from vtdsim.checker.world import Footprint, StepRecord
 from vtdsim.driver import steps as st
 from vtdsim.errors import ModelError
@@ -92,13 +95,6 @@ def dram_line(addr: int) -> tuple:
 
 def reg(unit: int, offset: int) -> tuple:
     return ("reg", unit, _REG_NAMES.get(offset, "OTHER"))
-
-
-# The monitor's record of mapped IOVAs and of domain members (written when a map, unmap or
-# attach op ends or an unmap begins) and the flush queue's counters, which classify what a DMA
-# did (spurious_fault; dma_after_free or lazy exposure).
-MAPPED = ("monitor", "mapped")
-MAPPING_OPS = frozenset({"attach", "map", "dma_map", "unmap", "dma_unmap"})
 
 
 def finished_location(thread: str) -> tuple:
@@ -271,18 +267,20 @@ class Thread:
         base = self._footprint(world)
         s = self.state(world)
         op = s.ops[s.index][2]
-        # The flush queue's counters (they change inside the timer's flush) and an unmap's
-        # start (op_begin forgets the IOVA) change what decides a DMA's verdict.
-        if op.kind == "fq_timer" or (s.pending is None and op.kind in ("unmap", "dma_unmap")):
-            base = fp(base.reads, base.writes | {MAPPED}, base.guard)
+        # The flush queue's counters (they change inside the timer's flush) and an op's start
+        # (the ledger forgets an unmapped IOVA, grants a mapped page, marks a device moving)
+        # change what decides a DMA's verdict (verdict_locations).
+        system = world.system
+        if op.kind == "fq_timer":
+            base = fp(base.reads, base.writes | {vl.LAZY}, base.guard)
+        if s.pending is None:
+            base = fp(base.reads, base.writes | vl.op_begin(op, system), base.guard)
         if not _may_end_op(s):
             return base, None
         # What the monitor does when an op ends (properties.Monitor.op_done / op_begin of the
         # next op): note mapped IOVAs and domain members, check a strict unmap's caches.
         after = s.ops[s.index + 1][2] if s.index + 1 < len(s.ops) else None
-        writes = set()
-        if op.kind in MAPPING_OPS or (after is not None and after.kind in MAPPING_OPS):
-            writes.add(MAPPED)
+        writes = vl.op_end(op) | (vl.op_begin(after, system) if after is not None else set())
         if after is None:
             writes.add(finished_location(self.name))
         return base, fp(world.universe.unmap_check(op), writes)
@@ -319,11 +317,19 @@ class Thread:
         if s.pending is None:
             return self._begin(world, s, "")
         step, skipped = s.pending, self._skipped(s)
+        op = s.ops[s.index][2]
+        if type(step) is st.AllocPage and op.kind in vl.NON_ALLOCATING_OPS:
+            raise ModelError(f"{op.kind} allocated a page: verdict_locations.NON_ALLOCATING_OPS "
+                             "claims a footprint that does not hold")
         reply = skip_reply(step) if skipped else world.stepper.apply(step, self.name)
         self._track_locks(s, step, skipped)
         text = ("(skipped) " if skipped else "") + describe_step(step)
         label = chain_label(step, skipped)
-        world.monitor.thread_step(self.name, step, reply, skipped)
+        if isinstance(step, st.AllocPage) and isinstance(reply, int):
+            text = f"{text} -> {reply:#x}"
+            if reply in world.recycled:  # a page freed before changes hands: name it
+                label = f"alloc {step.what or 'page'} {reply:#x} (a freed page reused)"
+        world.monitor.thread_step(self.name, step, reply, skipped, s.ops[s.index][2])
         walker = _outer_walker(s.gen) if _walker_step(step) else None
         try:
             s.pending = s.gen.send(reply)
@@ -597,11 +603,13 @@ class Dma(Bounded):
     """``<dev>:dma r|w@<iova>``: the device issues a DMA (through its ATC when ATS is on)."""
 
     def __init__(self, name: str, times: int, device: str, iova: int, write: bool,
-                 no_snoop: bool, pasid: int | None, after_thread: str = ""):
+                 no_snoop: bool, pasid: int | None, after_thread: str = "",
+                 expect_fault: bool = False):
         super().__init__(name, times)
         self.device, self.iova, self.write = device, iova, write
         self.no_snoop, self.pasid = no_snoop, pasid
         self.after_thread = after_thread  # the driver starts the device once it returned
+        self.expect_fault = expect_fault  # declared to fault: never a spurious_fault
 
     def ready(self, world) -> bool:
         return not self.after_thread or world.threads[self.after_thread].done
@@ -610,9 +618,12 @@ class Dma(Bounded):
         walk = world.walk(self.device, self.iova, self.pasid)
         cache = world.universe.device_locations(self.device, self.iova)
         # A faulting DMA records the fault (reading the queue-error bits for the event).
-        writes = cache | walk.ad_writes | {fault_location(0)} | ({DATA} if self.write else set())
+        writes = cache | walk.ad_writes | {fault_location(0)}
+        if self.write:  # its page is known only once translated: any data or recycled page
+            writes |= {DATA} | {("page", p) for p in world.recycled}
         gate = {finished_location(self.after_thread)} if self.after_thread else set()
-        return fp(walk.reads | {ALLOC, DATA, MAPPED, reg(0, 0x34)} | gate, writes, gate)
+        verdict = vl.dma_reads(world, self.device, self.iova, self.pasid)
+        return fp(walk.reads | verdict | {reg(0, 0x34)} | gate, writes, gate)
 
     def step(self, world) -> StepRecord:
         ep = world.system.endpoint(self.device)
@@ -623,13 +634,13 @@ class Dma(Bounded):
             result = ep.dma_read(self.iova, 8, self.pasid, self.no_snoop)
         self.fire(world)
         violated = world.monitor.dma(self.device, self.iova, self.write, result, world.clock,
-                                     self.pasid)
+                                     self.pasid, self.expect_fault)
         world.monitor.hardware_step(ep.sid)
         kind = "write" if self.write else "read"
         if self.pasid is not None:
             kind = f"{kind} pasid={self.pasid:#x}"
         if result.fault is not None:
-            text = f"dma {kind} {self.iova:#x} faults: {result.fault}"
+            text = f"dma {kind} {self.iova:#x} faults: {describe_fault(result.fault)}"
         else:
             text = f"dma {kind} {self.iova:#x} -> {result.hpa:#x}"
         return StepRecord(self.name, text, {"key": True, "chain": text if not violated
@@ -650,7 +661,11 @@ class AtsPrefetch(Bounded):
     def footprint(self, world) -> Footprint:
         walk = world.walk(self.device, self.iova, self.pasid)
         cache = world.universe.device_locations(self.device, self.iova)
-        return fp(walk.reads | {reg(0, 0x34)}, cache | walk.ad_writes | {fault_location(0)})
+        # Whether ATS is enabled changes only where an op writes the device's member location
+        # (attach, detach, ats_disable): the prefetch waits on it.
+        member = {("member", self.device)}
+        return fp(walk.reads | {reg(0, 0x34)}, cache | walk.ad_writes | {fault_location(0)},
+                  member)
 
     def step(self, world) -> StepRecord:
         ep = world.system.endpoint(self.device)
@@ -661,3 +676,70 @@ class AtsPrefetch(Bounded):
         got = f" -> {hpa:#x}" if entry and getattr(entry, "read", False) else " (nothing)"
         text = f"ats {self.device}@{self.iova:#x}{got}"
         return StepRecord(self.name, text, {"key": True, "chain": text})
+
+
+class TornFill(Bounded):
+    """``hw:torn-fill <cache> <dev>@<iova> (<first> first)``: the unit fetches the multi-qword
+    entries of a walk (root, context, PASID entries) in 64-bit pieces at two moments - first
+    qword 0, the one with P (``first = "p"``), or the other qwords (``"rest"``) - then reads the
+    remaining pieces and fills ``cache`` from the combination (no atomicity wider than a qword
+    is promised for these reads).  An invalidation of the cache location in between drops the
+    early pieces: a fetch in flight across an invalidation must not leave a stale entry."""
+
+    def __init__(self, name: str, times: int, device: str, iova: int, cache: str,
+                 pasid: int | None = None, first: str = "p"):
+        super().__init__(name, times)
+        self.device, self.iova, self.cache, self.pasid = device, iova, cache, pasid
+        self.first = first
+
+    def early(self, world) -> dict | None:
+        return world.pieces.get(self.name)
+
+    def location(self) -> tuple:
+        return ("torn", self.name)
+
+    def cache_locations(self, world) -> set:
+        return world.universe.cache_locations(self.device, self.iova, self.cache)
+
+    def _fills(self, world) -> list:
+        ep = world.system.endpoint(self.device)
+        fills = ep.unit.possible_fills(ep.sid, self.iova, self.pasid, self.early(world))
+        return [f for f in fills if f.cache == self.cache]
+
+    def ready(self, world) -> bool:
+        if self.early(world) is None:
+            return bool(world.walk(self.device, self.iova, self.pasid).fills)
+        return bool(self._fills(world))
+
+    def footprint(self, world) -> Footprint:
+        walk = world.walk(self.device, self.iova, self.pasid)
+        mine = {self.location()}
+        if self.early(world) is None:  # reading the early pieces changes nothing shared
+            return fp(walk.reads, mine, walk.reads)
+        cache = self.cache_locations(world)
+        return fp(walk.reads | mine, cache | mine | walk.ad_writes, walk.reads | mine)
+
+    def step(self, world) -> StepRecord:
+        ep = world.system.endpoint(self.device)
+        if self.early(world) is None:
+            world.pieces[self.name] = self._read_early(ep.unit, ep.sid)
+            text = f"torn-fill {self.cache} {self.device}@{self.iova:#x}: {self.first} read"
+            return StepRecord(self.name, text, {"key": True, "chain": text})
+        fills = self._fills(world)
+        for f in fills:
+            ep.unit.apply_fill(f)
+        del world.pieces[self.name]
+        self.fire(world)
+        via = next((f.entry.raw for f in fills if f.cache == "context_cache"), None)
+        world.monitor.hardware_step(ep.sid, via)
+        text = f"torn-fill {self.cache} {self.device}@{self.iova:#x}: rest read, filled"
+        return StepRecord(self.name, text, {"key": True, "chain": text})
+
+    def _read_early(self, unit, sid: int) -> dict:
+        """The early pieces, as the unit reads structures (snooped iff ECAP.C)."""
+        found = {}
+        for addr, qwords in unit.entry_pieces(sid, self.iova, self.pasid):
+            picked = [addr] if self.first == "p" else [addr + 8 * i for i in range(1, qwords)]
+            for a in picked:
+                found[a] = unit.memory.read_qword(a, snoop=unit.caps.coherent)
+        return found

@@ -18,6 +18,7 @@ from collections.abc import Generator
 from typing import Any
 
 from vtdsim.checker import actors as ac
+from vtdsim.checker import device_ops
 from vtdsim.checker.scenario import Op, Scenario
 from vtdsim.checker.vtd_world import System, Universe, VtdModel
 from vtdsim.driver import steps as st
@@ -144,7 +145,15 @@ OP_FACTORIES = {
                                                why="CPU")),
     "cpu_read": _one(lambda s, o: st.CpuRead(addr=_page_addr(s, o), why="CPU")),
     "clflush": _one(lambda s, o: st.Clflush(addr=_page_addr(s, o), why="CPU")),
+    "cpu_zero": _one(lambda s, o: st.CpuZero(addr=_page_addr(s, o), size=o["size"],
+                                             why="CPU")),
     "wbinvd": _one(lambda s, o: st.Wbinvd(why="CPU")),
+    # Pages and devices changing hands (device_ops.py).
+    "alloc": device_ops.alloc,
+    "detach": device_ops.detach,
+    "attach_blocking": device_ops.detach,  # mainline's detach is the blocking domain's attach
+    "release": device_ops.release,
+    "ats_disable": device_ops.ats_disable,
 }
 
 
@@ -180,7 +189,10 @@ def boot(sc: Scenario) -> System:
                         wbinvd_works=bool(sc.switches.get("wbinvd_works", True)))
     system = System(platform, DirectExecutor(platform), endpoints=endpoints)
     iommu = IntelIommu(0, profile=profile)
-    run = system.executor.run
+
+    def run(gen):
+        return _run(system, gen)
+
     run(iommu.init_hw())
     system.driver = IntelIommuDriver(platform, profile, [iommu])
     for d in sc.devices:
@@ -211,10 +223,14 @@ def _domains(system: System, sc: Scenario, iommu, caps, profile) -> None:
     iommu_core.intel_iommu_caching_mode_policy(policy, [caps], profile)
     for dom in sc.domains:
         kind = policy.def_domain_type if dom.type == "dma" else dom.type
-        domain = system.executor.run(system.driver.domain_alloc_paging(iommu, kind, dom.stage))
+        domain = _run(system, system.driver.domain_alloc_paging(iommu, kind, dom.stage),
+                      Op("domain_alloc_paging", {"domain": dom.name}))
         system.domains[dom.name] = domain
+        if domain.pgtable is not None:
+            system.ledger.name_root(dom.name, domain.pgtable.root, domain.pgtable.levels)
         for page in dom.pages:
             system.pages[page] = system.platform.pages.alloc()
+            system.ledger.name_data(page, system.pages[page], fresh=True)
         for dev in dom.devices:
             _run_op(system, Op("attach", {"domain": dom.name, "device": dev}))
         if kind in ("dma", "dma_fq") and _uses_dma_api(sc, dom.name):
@@ -235,8 +251,30 @@ def _cookie(system: System, domain):
 
 
 def _run_op(system: System, op: Op) -> Any:
+    """One set-up op, run directly; the ledger sees its begin, every step and its end, as
+    the monitor does for a thread's op."""
+    system.ledger.op_begin(op, system)
     gen = _skipping(system, op, OP_FACTORIES[op.kind](system, op))
-    return system.executor.run(gen)
+    value = _run(system, gen, op)
+    system.ledger.op_done(op, value, system)
+    return value
+
+
+def _run(system: System, gen: Generator, op: Op | None = None) -> Any:
+    return system.executor.run(_observed(system, gen, op))
+
+
+def _observed(system: System, gen: Generator, op: Op | None) -> Generator:
+    """Pass ``gen``'s steps through, showing each applied one to the page ledger."""
+    ledger, memory = system.ledger, system.platform.memory
+    reply = None
+    try:
+        while True:
+            step = gen.send(reply)
+            reply = yield step
+            ledger.step(step, reply, op, memory)
+    except StopIteration as stop:
+        return stop.value
 
 
 def _skipping(system: System, op: Op, gen: Generator) -> Generator:
@@ -289,6 +327,10 @@ def _hardware_actors(sc: Scenario) -> list:
         for cache in f.caches:
             name = f"hw:evict {cache} {f.device}@{f.iova:#x}{_tag(f)}"
             found.append(ac.CacheEvict(name, f.times, f.device, f.iova, cache, f.pasid))
+    for f in sc.torn_fills:
+        for cache in f.caches:
+            name = f"hw:torn-fill {cache} {f.device}@{f.iova:#x}{_tag(f)} ({f.first} first)"
+            found.append(ac.TornFill(name, f.times, f.device, f.iova, cache, f.pasid, f.first))
     for f in sc.ats_prefetch:
         found.append(ac.AtsPrefetch(f"{f.device}:ats@{f.iova:#x}{_tag(f)}", f.times, f.device,
                                     f.iova, f.pasid))
@@ -296,7 +338,7 @@ def _hardware_actors(sc: Scenario) -> list:
         kind = "w" if f.access == "write" else "r"
         name = f"{f.device}:dma {kind}@{f.iova:#x}{_tag(f)}"
         found.append(ac.Dma(name, f.times, f.device, f.iova, f.access == "write", f.no_snoop,
-                            f.pasid, f.after_thread))
+                            f.pasid, f.after_thread, f.expect_fault))
     return found
 
 
@@ -310,8 +352,11 @@ def bounds(sc: Scenario) -> dict:
     """The explicit bounds the report prints (the warm-up DMA only when there is one, so the
     fingerprints of saved schedules without it stay valid)."""
     warm = {"warm": len(sc.warm)} if sc.warm else {}
+    torn = {"torn_fills": sum(f.times * len(f.caches) for f in sc.torn_fills)} \
+        if sc.torn_fills else {}
     return {
         **warm,
+        **torn,
         "threads": len(sc.threads),
         "ops": sum(len(o) for o in sc.threads.values()),
         "iovas": ",".join(f"{i:#x}" for i in sc.iovas()),

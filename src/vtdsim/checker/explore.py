@@ -37,6 +37,7 @@ HOLDS = "holds"
 VIOLATED = "violated"
 NOT_REACHED = "not reached within bounds"
 STRATEGIES = ("dfs", "dpor", "preemption", "bfs", "random", "pct")
+SAMPLING = ("random", "pct")  # never exhaustive: they stop at the first violation by default
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ class _Run:
 
     def stop(self) -> str | None:
         if self.stop_at_first and self.tally.found():
-            return "stopped at the first violation"
+            return f"stopped at the first violation, after {self.meter.executions} executions"
         return self.meter.spent()
 
     def depth_limit(self) -> str | None:
@@ -383,15 +384,19 @@ def explore(
     max_preemptions: int | None = None,
     pct_depth: int = 3,
     seed: int = 0,
-    stop_at_first: bool = False,
+    stop_at_first: bool | None = None,
     observe: Observer | None = None,
 ) -> Result:
     """Explore ``model``'s executions with ``strategy`` (one of ``STRATEGIES``).
 
     ``observe(world)`` is called on the final state of every complete execution (tests use it
     to compare the states different strategies reach).  Sampling strategies default to
-    ``max_executions=1000``.  ``stop_at_first`` ends any strategy at its first violation.
+    ``max_executions=1000``.  ``stop_at_first`` ends any strategy at its first violation; by
+    default the sampling ones (random, pct) stop there - their later executions add no
+    verdict a user acts on - and the tree searches go on for complete verdicts.
     """
+    if stop_at_first is None:
+        stop_at_first = strategy in SAMPLING
     meter = Meter(max_executions, max_seconds)
     run = _Run(model, meter, max_depth, seed, stop_at_first, observe)
     if strategy in ("dfs", "dpor"):

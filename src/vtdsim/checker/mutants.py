@@ -22,6 +22,7 @@ from pathlib import Path
 
 from vtdsim.checker import boot
 from vtdsim.checker import mutations as mu
+from vtdsim.checker.lifecycle import DATA, PAGE_MASK, Owner, PageLedger
 from vtdsim.checker.litmus import Options, collect, run_scenario
 from vtdsim.checker.scenario import Scenario, load
 from vtdsim.driver import context as ctx
@@ -141,6 +142,24 @@ def _dma_clear_pte() -> mu.Match:
     return mu.Match(kinds=(st.CpuWrite,), why="dma_clear_pte")
 
 
+# Bugs in the properties' own bookkeeping (lifecycle.PageLedger): a checker that misjudges is
+# as wrong as a driver that misbehaves, so the library must catch these too.
+_LEDGER_STEP = PageLedger.step
+
+
+def _wrong_allocated_keeps_owner(self, addr, what, op):
+    """An allocation is not seen as a change of owner: a freed page handed to anyone else
+    still counts as the data page it was, in the epoch its old domain mapped it."""
+    page = addr & PAGE_MASK
+    self.owners[page] = Owner(DATA, "", 0, self.epochs.get(page, 0))
+
+
+def _wrong_step_without_zeroing(self, step, reply, op, memory):
+    """A zeroing store (CpuZero) is not seen as a store."""
+    if type(step) is not st.CpuZero:
+        _LEDGER_STEP(self, step, reply, op, memory)
+
+
 CATALOGUE: tuple[Mutant, ...] = (
     Mutant("iotlb_psi_dropped", "6.1 iotlb_sync sends no IOTLB PSI for the unmapped range",
            ("unmap_free_race_flush_wait",),
@@ -189,7 +208,8 @@ CATALOGUE: tuple[Mutant, ...] = (
            mu.Mutation(rules=(mu.ReverseRun(mu.Match(kinds=(st.CpuWrite,),
                                                      within="write_entry_present_last")),))),
     Mutant("context_cm_flush_dropped", "no context-cache invalidation after a context entry "
-           "becomes present under caching mode", ("cm_attach_context_flush",),
+           "becomes present under caching mode",
+           ("cm_attach_context_flush", "issue10_p3_setup_mapping_cm_attach"),
            drop_desc("cc_inv", "context_present_cache_flush")),
     Mutant("context_written_after_flush", "the context entry is stored after its caching-mode "
            "flush (at the unlock)", ("cm_attach_context_flush",),
@@ -238,6 +258,18 @@ CATALOGUE: tuple[Mutant, ...] = (
            ("seed002_rwbf_tags_before_context",),
            mu.Mutation(rules=(mu.Drop(mu.Match(why="iommu_flush_write_buffer",
                                                within="cache_tag_flush_range_np")),))),
+    Mutant("teardown_cc_flush_dropped", "6.1's context teardown (domain_context_clear_one) "
+           "skips the context-cache invalidation: a fetch of the entry in 64-bit pieces that "
+           "began before the teardown joins the old DID to the new entry's table pointer",
+           ("issue10_p5_torn_context_reattach",),
+           drop_desc("cc_inv", "_flush_cleared_linux61")),
+    Mutant("ledger_reuse_untracked", "checker bookkeeping: a page's re-allocation is not a new "
+           "owner, so a stale DMA into a freed page reused as a page table passes",
+           ("issue10_p2_stale_iotlb_writes_reused_table",),
+           swaps=(Swap(PageLedger, "_allocated", _wrong_allocated_keeps_owner),)),
+    Mutant("ledger_zeroing_unseen", "checker bookkeeping: a zeroing store is not seen, so a "
+           "read of zeroes looks stale", ("issue10_p1_zeroed_buffer_reads_zero",),
+           swaps=(Swap(PageLedger, "step", _wrong_step_without_zeroing),)),
 )
 
 

@@ -1,17 +1,24 @@
 """The named properties of a VT-d world, decided from what its actors report (VT-d spec 6.5:
 invalidation completes before software reuses what it unmapped; 6.1 caching mode; 3.9 snoop).
 
-* ``dma_after_free``: no DMA reaches a page after it was freed - unless the IOVA was unmapped
-  lazily and the flush queue has not flushed it yet: that is lazy mode's accepted *exposure*,
-  recorded in ``exposure`` (steps the page stayed reachable, pages) and not a violation;
+Every property judges against the page ledger (``lifecycle.PageLedger``, in ``System``):
+
+* ``dma_after_free``: a DMA reaches only pages its device's domains own - a data page they
+  mapped, in the page's current epoch; a page freed, or reused by anyone (a page table, another
+  buffer), is a violation - unless the IOVA was unmapped lazily and the flush queue has not
+  flushed it yet: that is lazy mode's accepted *exposure*, recorded in ``exposure`` (steps the
+  page stayed reachable, pages) and not a violation;
 * ``stale_after_strict_unmap``: when a synced unmap completes, no IOTLB entry of the domain's
   DIDs and no device-TLB entry of its devices still translates the IOVA;
-* ``spurious_fault``: a DMA to an IOVA whose map completed (and that no unmap has started on)
-  does not fault (the caching-mode map flush, spec 6.1);
+* ``spurious_fault``: a DMA faults although a completed map (set-up or thread) of the domain
+  its device (or PASID) is attached to covers the IOVA with the access's permission, the
+  device is not inside an attach/detach, and the DMA is not declared ``expect_fault`` (the
+  caching-mode map flush, spec 6.1; Linux's RID attach is not hitless);
 * ``torn_entry``: every context- or PASID-cache entry the hardware held is a value the entry
   had between operations (set-up or an op's end), never a half-written one;
-* ``no_snoop_coherent``: a CPU read of a data page returns the last value DMA or the CPU wrote,
-  when the domain enforces snooping or WBINVD works (seed 004);
+* ``no_snoop_coherent``: a CPU read of a page currently owned as a data page returns the last
+  value DMA or the CPU stored there (zeroing included), when the domain enforces snooping or
+  WBINVD works (seed 004); page-table walker reads are named as such;
 * ``stale_after_pasid_teardown``, ``stale_after_context_change`` (seed 001): no translation
   of a PASID survives its ``remove_dev_pasid``; no PASID-cache/IOTLB entry fetched through a
   changed context entry survives ``context_flip_pri`` (``pasid_staleness.PasidWatch``);
@@ -55,6 +62,7 @@ LAZY_EXPOSURE = "lazy_exposure"
 NO_SNOOP_STALE_READ = "no_snoop_stale_read"
 OBSERVATIONS = (LAZY_EXPOSURE, NO_SNOOP_STALE_READ)
 _PAGE_MASK = ~(PAGE_SIZE - 1)
+WALKER_READS = frozenset({"pfn_to_dma_pte"})  # the driver's page-table walker (pgtable.py)
 
 Assertion = tuple[str, Callable[[Any], str | None]]
 
@@ -74,25 +82,36 @@ class Exposure:
 
 @dataclass
 class Monitor:
-    """Per-execution bookkeeping of the properties; ``system`` is the world's copy."""
+    """Per-execution bookkeeping of the properties; ``system`` is the world's copy, whose
+    ``ledger`` (``lifecycle.PageLedger``) holds page owners, grants, mappings and contents."""
 
     system: Any
     stable: dict  # (cache, key) -> set of raw values seen between operations
     assertions: list[Assertion] = field(default_factory=list)
     found: list[Violation] = field(default_factory=list)
-    freed: dict[int, int] = field(default_factory=dict)  # page -> step it was freed at
-    mapped: dict[tuple[str, int], int] = field(default_factory=dict)  # (domain, iova) -> page
     lazy: dict[int, tuple[Any, int]] = field(default_factory=dict)  # page -> (fq, counter)
     exposure: dict[int, Exposure] = field(default_factory=dict)
-    latest: dict[int, int] = field(default_factory=dict)  # data qword addr -> last value
     seen: set = field(default_factory=set)  # (cache, key, raw) the hardware held
     clock: int = 0  # the world's step number (set before each step)
     pasids: PasidWatch | None = None  # seed 001's properties (built here)
     observed: dict[str, str] = field(default_factory=dict)  # observation -> first message
     watch: frozenset = frozenset()  # observations also flagged as violations (shrinking)
+    # The raw event log (tuples, in order) an independent oracle re-derives properties from
+    # (tests/checker/oracle.py): ("free"|"alloc", page), ("grant", domain, page),
+    # ("attach", device, pasid, domain), ("dma", device, pasid, pages) of a successful DMA.
+    events: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.pasids = PasidWatch(self.system, self.flag)
+
+    @property
+    def ledger(self):
+        return self.system.ledger
+
+    @property
+    def freed(self) -> dict[int, int]:
+        """Pages freed at least once (page -> the step of the last free)."""
+        return self.ledger.freed_at
 
     def flag(self, prop: str, message: str) -> str:
         self.found.append(Violation(prop, message))
@@ -106,16 +125,15 @@ class Monitor:
     # -- thread events ----------------------------------------------------------------------
     def op_begin(self, thread: str, op) -> None:
         self.pasids.op_begin(op)
-        if op.kind in ("unmap", "dma_unmap"):
-            self.mapped.pop((op["domain"], op["iova"] & _PAGE_MASK), None)
+        self.ledger.op_begin(op, self.system, thread)
+        if op.kind in ("map", "dma_map"):
+            self.events.append(("grant", op["domain"], self.system.pages[op["page"]]))
+        elif op.kind in ("attach", "set_dev_pasid"):
+            self.events.append(("attach", op["device"], op.args.get("pasid"), op["domain"]))
 
     def op_done(self, thread: str, op, value: Any) -> None:
-        system = self.system
-        if op.kind in ("map",):
-            self.mapped[(op["domain"], op["iova"] & _PAGE_MASK)] = system.pages[op["page"]]
-        elif op.kind == "dma_map":
-            self.mapped[(op["domain"], value & _PAGE_MASK)] = system.pages[op["page"]]
-        elif op.kind == "unmap" and op["sync"]:
+        self.ledger.op_done(op, value, self.system, thread)
+        if op.kind == "unmap" and op["sync"]:
             self._strict_unmap_done(op["domain"], op["iova"], op["size"])
         elif op.kind == "dma_unmap":
             self._dma_unmap_done(op)
@@ -130,21 +148,19 @@ class Monitor:
         else:
             self._strict_unmap_done(op["domain"], op["iova"], op["size"])
 
-    def thread_step(self, thread: str, step: st.Step, reply: Any, skipped: bool) -> None:
+    def thread_step(self, thread: str, step: st.Step, reply: Any, skipped: bool,
+                    op=None) -> None:
         if skipped:
             return
+        self.ledger.clock = self.clock
+        self.ledger.step(step, reply, op, self.system.platform.memory)
         if isinstance(step, st.FreePage):
-            self.freed[step.addr & _PAGE_MASK] = self.clock
+            self.events.append(("free", step.addr & _PAGE_MASK))
         elif isinstance(step, st.AllocPage) and isinstance(reply, int):
-            self.freed.pop(reply & _PAGE_MASK, None)
-        elif isinstance(step, st.CpuWrite) and self._data(step.addr):
-            self.latest[step.addr & ~7] = step.value
-        elif isinstance(step, st.CpuRead) and self._data(step.addr):
-            self._cpu_read(step.addr, reply)
+            self.events.append(("alloc", reply & _PAGE_MASK))
+        if isinstance(step, st.CpuRead) and self.ledger.is_data(step.addr):
+            self._cpu_read(step, reply)
         self._check_assertions()
-
-    def _data(self, addr: int) -> bool:
-        return addr & _PAGE_MASK in self.system.data_pages
 
     # -- hardware events --------------------------------------------------------------------
     def hardware_step(self, sid: int | None = None, via: int | None = None) -> None:
@@ -160,43 +176,54 @@ class Monitor:
         self._check_assertions()
 
     def dma(self, device: str, iova: int, write: bool, result, clock: int,
-            pasid: int | None = None) -> str | None:
+            pasid: int | None = None, expect_fault: bool = False) -> str | None:
         """Returns the property the DMA violated (for the counterexample's chain)."""
         if result.fault is not None:
-            return self._fault(device, iova, result.fault, pasid)
+            return None if expect_fault else self._fault(device, iova, write, result.fault,
+                                                           pasid)
         stale = self.pasids.dma(device, pasid, iova, result)
+        self.events.append(("dma", device, pasid, tuple(h & _PAGE_MASK for h in result.pages)))
+        domains = self.ledger.domains_of(device, pasid)
         for hpa in result.pages:
-            page = hpa & _PAGE_MASK
-            if page in self.freed:
-                return self._reached_freed(page, iova) or stale
+            owner = self.ledger.foreign(hpa, domains)
+            if owner is not None:
+                granted = self.ledger.granted_by(hpa, domains)
+                return self._reached_foreign(hpa & _PAGE_MASK, iova, owner, write,
+                                             granted) or stale
         if write and result.pages:
-            self._record_dma_write(result)
+            self.ledger.dma_stored(result.pages[0], self.system.platform.memory)
         return stale
 
-    def _record_dma_write(self, result) -> None:
-        hpa = result.pages[0]
-        memory = self.system.platform.memory
-        self.latest[hpa & ~7] = memory.dram_qword(hpa & ~7)
-
-    def _fault(self, device: str, iova: int, fault, pasid: int | None) -> str | None:
-        # A request with a PASID is translated by the domain attached to that PASID.
+    def _fault(self, device: str, iova: int, write: bool, fault,
+               pasid: int | None) -> str | None:
+        """A fault is spurious when a completed map of the domain the device (or the PASID)
+        is attached to covers the IOVA with the access's permission, and no attach or detach
+        of it is under way (Linux's RID attach blocks translation first: not hitless)."""
+        ledger = self.ledger
         domain = (self.system.domain_of(device) if pasid is None
                   else self.system.pasid_members.get((device, pasid)))
-        if domain is not None and (domain, iova & _PAGE_MASK) in self.mapped:
-            return self.flag(SPURIOUS_FAULT, f"{device} faulted at mapped iova={iova:#x}: "
-                                             f"{fault}")
-        return None
-
-    def _reached_freed(self, page: int, iova: int) -> str | None:
-        lazy = self.lazy.get(page)
-        if lazy is not None and self._window_open(*lazy):
-            window = self.exposure.setdefault(page, Exposure(page, self.freed[page]))
-            window.last_reached = self.clock
-            self.observe(LAZY_EXPOSURE, f"DMA at iova={iova:#x} reached page={page:#x} freed "
-                                        f"at step {self.freed[page]}, its unmap still queued")
+        mapping = None if ledger.in_transit(device, pasid) else ledger.maps(domain, iova, write)
+        if mapping is None:
             return None
-        return self.flag(DMA_AFTER_FREE, f"DMA at iova={iova:#x} reached page={page:#x} "
-                                         f"freed at step {self.freed[page]}")
+        return self.flag(SPURIOUS_FAULT, f"{device} faulted at iova={iova:#x}, mapped in "
+                                         f"{domain} by {mapping.origin}: "
+                                         f"{describe_fault(fault)}")
+
+    def _reached_foreign(self, page: int, iova: int, owner, write: bool,
+                         granted: str) -> str | None:
+        kind = "write" if write else "read"
+        freed = self.freed.get(page)
+        when = f", freed at step {freed}" if freed is not None else ""
+        when += f"; mapped by {granted}" if granted else "; never mapped in its domain"
+        lazy = self.lazy.get(page)
+        if lazy is not None and freed is not None and self._window_open(*lazy):
+            window = self.exposure.setdefault(page, Exposure(page, freed))
+            window.last_reached = self.clock
+            self.observe(LAZY_EXPOSURE, f"DMA {kind} at iova={iova:#x} reached page={page:#x} "
+                                        f"({owner.describe()}{when}), its unmap still queued")
+            return None
+        return self.flag(DMA_AFTER_FREE, f"DMA {kind} at iova={iova:#x} reached page="
+                                         f"{page:#x}, now {owner.describe()}{when}")
 
     def _window_open(self, domain: str, counter: int) -> bool:
         fq = self.system.cookies[domain].fq
@@ -219,11 +246,18 @@ class Monitor:
                     self.flag(STALE_AFTER_STRICT_UNMAP, f"device-TLB of {dev} still maps "
                                                         f"iova={first:#x} after the unmap")
 
-    def _cpu_read(self, addr: int, value: int) -> None:
-        expected = self.latest.get(addr & ~7)
-        if expected is None or value == expected:
+    def _cpu_read(self, step: st.CpuRead, value: int) -> None:
+        """A read of a data page (its current owner is a data page) must return the last
+        value the CPU or a DMA stored there, where coherency is promised."""
+        addr = step.addr
+        expected = self.ledger.latest.get(addr & ~7)
+        if expected is None or (addr & 7) + step.size > 8:
             return
-        message = f"CPU read [{addr:#x}]={value:#x}, last written {expected:#x}"
+        expected = expected >> 8 * (addr & 7) & ((1 << 8 * step.size) - 1)
+        if value == expected:
+            return
+        who = "page-table walker read" if step.why in WALKER_READS else "CPU read"
+        message = f"{who} [{addr:#x}]={value:#x}, last written {expected:#x}"
         if self.system.coherency_promised():
             self.flag(NO_SNOOP_COHERENT, message)
         else:  # nothing promised: the driver's data is corrupted, which the report shows
@@ -244,6 +278,12 @@ class Monitor:
                 if raw not in self.stable.get((c, k), ())]
         return [Violation(TORN_ENTRY, f"{c}[{k}] held raw={raw:#x}, a value the entry had "
                                       "only half-way through an update") for c, k, raw in torn]
+
+
+def describe_fault(fault) -> str:
+    """A fault in the field's words: reason name and code, SID as BB:DD.F, address in hex."""
+    describe = getattr(fault, "describe", None)
+    return describe() if describe is not None else str(fault)
 
 
 def _covers(entry, iova: int) -> bool:

@@ -158,6 +158,8 @@ class Freedom:
     pasid: int | None = None
     after_thread: str = ""  # DMA only: the device starts once this thread has finished
     negative: bool = False  # fills only: only not-present (caching-mode) entries
+    expect_fault: bool = False  # DMA only: declared to fault (never a spurious_fault)
+    first: str = "p"  # torn fills only: the early 64-bit pieces, qword 0 ("p") or "rest"
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,7 @@ class Scenario:
     gates: dict[str, tuple[LockGate, ...]] = field(default_factory=dict)  # thread -> gates
     qi: str = "async"
     fills: list[Freedom] = field(default_factory=list)
+    torn_fills: list[Freedom] = field(default_factory=list)  # fills read in 64-bit pieces
     evictions: list[Freedom] = field(default_factory=list)
     ats_prefetch: list[Freedom] = field(default_factory=list)
     warm: list[Freedom] = field(default_factory=list)  # the initial state's cached translations
@@ -233,9 +236,11 @@ class Scenario:
         return self
 
     def dma_actor(self, device: str, iova: int, *, access: str = "read", times: int = 1,
-                  no_snoop: bool = False, pasid: int | None = None, after_thread: str = ""):
+                  no_snoop: bool = False, pasid: int | None = None, after_thread: str = "",
+                  expect_fault: bool = False):
         self.dma.append(Freedom(device, iova, times, access=access, no_snoop=no_snoop,
-                                pasid=pasid, after_thread=after_thread))
+                                pasid=pasid, after_thread=after_thread,
+                                expect_fault=expect_fault))
         return self
 
     def expecting(self, **verdicts: str):
@@ -249,7 +254,7 @@ class Scenario:
     def iovas(self) -> list[int]:
         """Every IOVA page the scenario names (the universe of abstract cache locations)."""
         found = {f.iova & ~0xFFF for f in (*self.fills, *self.evictions, *self.ats_prefetch,
-                                            *self.dma, *self.warm)}
+                                            *self.dma, *self.warm, *self.torn_fills)}
         for ops in (self.setup_ops, *self.threads.values()):
             found |= {o.args["iova"] & ~0xFFF for o in ops if "iova" in o.args}
         return sorted(found)
@@ -277,7 +282,8 @@ def _as_data(sc: Scenario) -> dict:
     hardware = {"qi": sc.qi, "fills": freedoms(sc.fills, schema.Fill),
                 "evictions": freedoms(sc.evictions, schema.Eviction),
                 "ats_prefetch": freedoms(sc.ats_prefetch, schema.Prefetch),
-                "warm": freedoms(sc.warm, schema.Warm)}
+                "warm": freedoms(sc.warm, schema.Warm),
+                "torn_fills": freedoms(sc.torn_fills, schema.TornFill)}
     # A file without ``name`` is named after itself, whatever characters its file name has.
     named = {} if sc.path and Path(sc.path).stem == sc.name else {"name": sc.name}
     return {
@@ -332,6 +338,7 @@ def _build(f: schema.ScenarioFile, text: str, where: str) -> Scenario:
     sc.evictions = [_freedom(x) for x in hw.evictions]
     sc.ats_prefetch = [_freedom(x) for x in hw.ats_prefetch]
     sc.warm = [_freedom(x) for x in hw.warm]
+    sc.torn_fills = [_freedom(x) for x in hw.torn_fills]
     sc.dma = [_freedom(x) for x in f.dma]
     return sc
 

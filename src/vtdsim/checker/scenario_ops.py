@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from vtdsim.checker.schema_types import (
     U64,
@@ -152,8 +152,51 @@ class Clflush(_AtQword):
     op: Literal["clflush"]
 
 
+class CpuZero(_AtQword):
+    """memset(0) of ``size`` bytes from ``offset`` (a buffer or table page being zeroed)."""
+
+    op: Literal["cpu_zero"]
+    size: Annotated[int, Field(ge=8, le=4096, multiple_of=8)] = 4096
+
+    @model_validator(mode="after")
+    def _inside_the_page(self):
+        if self.offset + self.size > 4096:
+            raise ValueError(f"offset {self.offset:#x} + size {self.size:#x} runs past the page")
+        return self
+
+
 class Wbinvd(OpBase):
     op: Literal["wbinvd"]
+
+
+class Alloc(OpBase):
+    """The page allocator's next page becomes this data page (a page handed to a new owner:
+    it may be one a thread freed, as alloc_pages' per-CPU lists hand back)."""
+
+    op: Literal["alloc"]
+    page: PageRef
+
+
+class _OnDevice(OpBase):
+    """An op on one device (no field but the device)."""
+
+    device: DeviceRef
+
+
+class Detach(_OnDevice):
+    op: Literal["detach"]
+
+
+class AttachBlocking(_OnDevice):
+    op: Literal["attach_blocking"]  # mainline's detach is the blocking domain's attach
+
+
+class Release(_OnDevice):
+    op: Literal["release"]  # intel_iommu_release_device: scalable-mode context teardown
+
+
+class AtsDisable(_OnDevice):
+    op: Literal["ats_disable"]  # iommu_disable_pci_caps / pci_disable_ats
 
 
 def _declared(base: type[OpBase]) -> list[type[OpBase]]:

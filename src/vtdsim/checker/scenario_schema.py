@@ -120,10 +120,17 @@ class Fill(Eviction):
     negative: bool = False  # only not-present entries (caching mode, spec 6.1)
 
 
+class TornFill(Eviction):
+    """A fill whose multi-qword context/PASID entry is read in 64-bit pieces at different
+    moments (spec 9.4/9.6 entries are 128-512 bits; the unit may fetch them in pieces)."""
+    first: Literal["p", "rest"] = "p"  # the early pieces: qword 0 (Present) or the rest
+
+
 class Dma(Prefetch):
     access: Literal["read", "write"] = "read"
     no_snoop: bool = False
     after_thread: OptionalThreadRef = ""
+    expect_fault: bool = False  # declared to fault: never a spurious_fault
 
 
 class Hardware(Strict):
@@ -132,6 +139,7 @@ class Hardware(Strict):
     evictions: list[Eviction] = []
     ats_prefetch: list[Prefetch] = []
     warm: list[Warm] = []
+    torn_fills: list[TornFill] = []
 
 
 Verdict = Literal[VERDICTS]  # type: ignore[valid-type]
@@ -302,7 +310,7 @@ def _tables(sc: ScenarioFile) -> Iterator[tuple[tuple, BaseModel]]:
     for i, t in enumerate(sc.thread):
         for j, o in enumerate(t.ops):
             yield ("thread", i, "ops", j), o
-    for key in ("fills", "evictions", "ats_prefetch", "warm"):
+    for key in ("fills", "evictions", "ats_prefetch", "warm", "torn_fills"):
         for i, f in enumerate(getattr(sc.hardware, key)):
             yield ("hardware", key, i), f
     for i, d in enumerate(sc.dma):

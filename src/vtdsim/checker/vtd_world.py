@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from vtdsim.checker import actors as ac
+from vtdsim.checker import verdict_locations as vl
+from vtdsim.checker.lifecycle import PageLedger
 from vtdsim.checker.properties import PROPERTIES, Assertion, Monitor
 from vtdsim.checker.world import Footprint, StepRecord, Violation
 from vtdsim.driver import steps as st
@@ -51,6 +53,7 @@ class System:
     pasid_members: dict = field(default_factory=dict)  # (device, pasid) -> domain name
     iova_pages: dict = field(default_factory=dict)  # (domain, iova page) -> data page
     force_snoop: bool = False
+    ledger: PageLedger = field(default_factory=PageLedger)  # page owners, grants, contents
 
     def unit(self, i: int):
         return self.platform.units[i]
@@ -133,6 +136,18 @@ class Stepper:
         if page in self.world.system.data_pages:
             locs.add(ac.DATA)
         return locs
+
+    def alloc_page(self) -> Footprint:
+        """The allocator's order, and the page it hands out next (LIFO: knowable now)."""
+        nxt = self.platform.pages.peek()
+        owner = {vl.owner(nxt)} if nxt is not None else set()
+        return ac.fp(writes={ac.ALLOC, ac.DATA} | owner)
+
+    def free_page(self, addr: int) -> Footprint:
+        """The page's owner; the allocator's order only while an op that may allocate is left
+        (two frees then commute: no allocation can tell their order)."""
+        order = {ac.ALLOC} if self.world.may_allocate() else set()
+        return ac.fp(writes={vl.owner(addr), ac.DATA} | order)
 
     def mmio_write(self, step: st.MmioWrite) -> Footprint:
         location = ac.reg(step.unit, step.offset)
@@ -225,8 +240,9 @@ _STEP_FOOTPRINTS = {
     st.WaitRegister: lambda s, x: _wait_fp({ac.reg(x.unit, x.offset)}, x.unit),
     st.Lock: lambda s, x: ac.fp(writes={("lock", x.name)}, guard={("lock", x.name)}),
     st.Unlock: lambda s, x: ac.fp(writes={("lock", x.name)}),
-    st.AllocPage: lambda s, x: ac.fp(writes={ac.ALLOC}),
-    st.FreePage: lambda s, x: ac.fp(writes={ac.ALLOC}),
+    # A page changing hands changes how the ledger judges a DMA or a CPU read of it.
+    st.AllocPage: lambda s, x: s.alloc_page(),
+    st.FreePage: lambda s, x: s.free_page(x.addr),
     st.ReuseIova: lambda s, x: ac.fp(),
     st.Annotate: lambda s, x: ac.fp(),
 }
@@ -371,6 +387,7 @@ class VtdWorld:
                                list(model.assertions), watch=model.watch)
         self.schedule: list[str] = []  # the actors stepped so far (observations' chains)
         self.recycled: set[int] = set(model.recycled)
+        self.pieces: dict[str, dict] = {}  # torn fill -> the entry pieces it read early
         self.clock = 0
         self._patterns = 0
         self._walks: dict[tuple[str, int], Walk] = {}
@@ -415,7 +432,7 @@ class VtdWorld:
         # The footprint predicted before the step (the engine asked for it, or the cached walks
         # need its writes); replayed steps the engine knows already skip it.
         parts = self._fps.pop(actor, None)
-        if parts is None and self._walks:
+        if parts is None and (self._walks or self.pieces):
             parts = self._parts(actor)
         self._fps.clear()
         self.clock += 1
@@ -434,7 +451,17 @@ class VtdWorld:
             self._walks.clear()  # a walk's reads name the recycled pages
             self.recycled |= freed
         self._forget_walks(written)
+        if isinstance(self.model.by_name[actor], ac.Thread | ac.QueueEngine):
+            self._drop_pieces(written)  # fills and DMA write caches too, but invalidate none
         return record
+
+    def _drop_pieces(self, written: frozenset) -> None:
+        """An invalidation of a torn fill's cache location between its two reads ends the fetch
+        (``actors.TornFill``): its early pieces are dropped."""
+        for name in list(self.pieces):
+            who = self.model.by_name[name]
+            if not who.cache_locations(self).isdisjoint(written):
+                del self.pieces[name]
 
     def _forget_walks(self, written: frozenset) -> None:
         """A dry walk is a function of the memory it read and of the unit's registers (root
@@ -467,6 +494,12 @@ class VtdWorld:
         return self.model.by_name[actor].optional
 
     # -- services for the actors --------------------------------------------------------------
+    def may_allocate(self) -> bool:
+        """Some thread's current or later op may allocate a page (checked: actors.Thread)."""
+        return any(op.kind not in vl.NON_ALLOCATING_OPS
+                   for s in self.threads.values() if not s.done
+                   for _, _, op in s.ops[s.index:])
+
     def walk(self, device: str, iova: int, pasid: int | None = None) -> Walk:
         key = (device, iova, pasid)
         if key not in self._walks:

@@ -301,8 +301,9 @@ class IntelIommuDriver:
     def map_pages(self, domain: DmarDomain, iova: int, paddr: int, pgsize: int, pgcount: int,
                   prot: int) -> Generator[Step, Any, int]:
         size = pgsize * pgcount
-        yield from domain.pgtable.map(iova, paddr, size, prot)
+        # __domain_mapping sets has_mappings before it writes a PTE (e645c20e8e9c).
         domain.has_mappings = True
+        yield from domain.pgtable.map(iova, paddr, size, prot)
         return size
 
     def unmap_pages(self, domain: DmarDomain, iova: int, pgsize: int, pgcount: int, gather):
@@ -364,7 +365,9 @@ class IntelIommuDriver:
             return False
         yield Lock(name=domain.lock, why="intel_iommu_enforce_cache_coherency")
         ok = True
-        if not domain.force_snooping:
+        if self._refuses_mapped(domain):
+            ok = False
+        elif not domain.force_snooping:
             ok = all(iommu.caps.sc for iommu in self.attached_iommus(domain))
             if ok:
                 yield from self._domain_set_force_snooping(domain)
@@ -372,10 +375,16 @@ class IntelIommuDriver:
         yield Unlock(name=domain.lock, why="intel_iommu_enforce_cache_coherency")
         return ok
 
+    def _refuses_mapped(self, domain: DmarDomain) -> bool:
+        """Mainline refuses a second-stage domain with mappings, whose PTEs would keep SNP=0
+        (e645c20e8e9c, v6.7; kept by 0fa6f0893466's ``intel_iommu_enforce_cache_coherency_ss``,
+        which checks ``has_mappings`` on every call, even on a force-snooped domain)."""
+        return (self.profile.enforce_coherency_empty_only and not domain.use_first_level
+                and domain.has_mappings)
+
     def _domain_set_force_snooping(self, domain: DmarDomain):
         if not domain.use_first_level:
-            # Existing PTEs keep SNP=0: older kernels refused a domain with mappings, the
-            # newest do not check (linux-driver.md 4.11).
+            # Existing PTEs keep SNP=0 where the profile lets a mapped domain through (6.1).
             domain.pgtable.force_snoop = True
             return
         for info in list(domain.devices):

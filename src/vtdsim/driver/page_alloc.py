@@ -44,6 +44,12 @@ class PageAllocator:
         self.allocated.add(addr)
         return addr
 
+    def peek(self) -> int | None:
+        """The page ``alloc`` would hand out now (None: the window is exhausted)."""
+        if self._free:
+            return self._free[-1]
+        return self._next if self._next < self.limit else None
+
     def free(self, addr: int) -> None:
         """Return a page; freeing a page that is not allocated is a driver bug (double free)."""
         if addr not in self.allocated:

@@ -62,6 +62,11 @@ class Profile:
     backported to 5.15-stable; unconfirmed for the Debian 6.1 build; seed 003)."""
     enforce_cache_coherency: bool
     """Implement the ``enforce_cache_coherency`` domain op (SNP / PGSNP; v5.19, seed 004)."""
+    enforce_coherency_empty_only: bool
+    """Refuse ``enforce_cache_coherency`` on a second-stage domain that has mappings (their
+    PTEs keep SNP=0): e645c20e8e9c "Support enforce_cache_coherency only for empty domains"
+    (v6.7, in 6.6-stable), kept by 0fa6f0893466 (v6.17, ``..._ss``: ``has_mappings`` refuses).
+    Off for 6.1: not in v6.1; a 6.1-stable backport is unconfirmed."""
     qi_batch_size: int
     """Descriptors per ``qi_submit_sync``: 6.1 submits one at a time, mainline batches up to 16
     per IOMMU (``qi_batch``, reference §4.2)."""
@@ -133,6 +138,7 @@ LINUX_6_1 = Profile(
     rwbf_flush_before_context=False,
     fq_allowed_under_caching_mode_first_stage=False,
     enforce_cache_coherency=True,
+    enforce_coherency_empty_only=False,
     qi_batch_size=1,
     ih_on_wire=False,
     psi_unaligned_max_mask=64,
@@ -154,6 +160,9 @@ LINUX_6_12 = Profile(
     rwbf_flush_before_context=False,
     fq_allowed_under_caching_mode_first_stage=True,  # intel_iommu_init: first_level_by_default
     enforce_cache_coherency=True,
+    # intel_iommu_enforce_cache_coherency: refused on a second-stage domain with mappings
+    # (e645c20e8e9c, v6.7; kept by 0fa6f0893466's split, v6.17)
+    enforce_coherency_empty_only=True,
     qi_batch_size=16,  # QI_MAX_BATCHED_DESC_COUNT, qi_batch_increment_index
     ih_on_wire=True,  # qi_desc_iotlb takes IH from the address's bit 0
     psi_unaligned_max_mask=52,  # calculate_psi_aligned_address: MAX_AGAW_PFN_WIDTH

@@ -200,9 +200,15 @@ class RemappingUnit:
         self.endpoints[endpoint.sid] = endpoint
 
     # -- hardware freedoms -------------------------------------------------------------------------
-    def possible_fills(self, sid: int, iova: int, pasid: int | None = None) -> list:
-        """Cache fills hardware could do now for this request, from current memory."""
-        return translation.possible_fills(self, sid, iova, pasid)
+    def possible_fills(self, sid: int, iova: int, pasid: int | None = None,
+                       earlier: dict | None = None) -> list:
+        """Cache fills hardware could do now for this request, from current memory (with
+        ``earlier``: some qwords of multi-qword entries as an earlier 64-bit piece read them)."""
+        return translation.possible_fills(self, sid, iova, pasid, earlier)
+
+    def entry_pieces(self, sid: int, iova: int, pasid: int | None = None) -> list:
+        """The multi-qword entries (address, qwords) a walk for this request reads now."""
+        return translation.entry_pieces(self, sid, iova, pasid)
 
     def apply_fill(self, fill: Any) -> None:
         translation.apply_fill(self, fill)

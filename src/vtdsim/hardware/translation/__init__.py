@@ -50,7 +50,7 @@ from vtdsim.hardware.request import AT_TRANSLATION_REQUEST, DmaRequest
 from vtdsim.hardware.translation.flow import RequestFlow
 from vtdsim.hardware.translation.outcome import WALK_REASONS, Abort, Fill, no_access, pass_through
 
-__all__ = ["Fill", "access", "apply_fill", "bind_translate", "possible_fills"]
+__all__ = ["Fill", "access", "apply_fill", "bind_translate", "entry_pieces", "possible_fills"]
 
 
 # -- the public entry points ----------------------------------------------------------------------
@@ -99,15 +99,27 @@ def access(unit: Any, req: DmaRequest):
     return _run(unit, req)
 
 
-def possible_fills(unit: Any, sid: int, iova: int, pasid: int | None = None) -> list[Fill]:
+def possible_fills(unit: Any, sid: int, iova: int, pasid: int | None = None,
+                   earlier: dict | None = None) -> list[Fill]:
     """Every cache entry a walk of *current memory* for an untranslated read could insert,
-    without changing caches, memory or stats (the checker's hardware freedom, spec 6.1)."""
-    if not unit.translation_enabled:
-        return []
-    flow = RequestFlow(unit, DmaRequest(sid, iova, pasid=pasid), dry=True)
-    with contextlib.suppress(Abort):
-        flow.run()
-    return flow.fills
+    without changing caches, memory or stats (the checker's hardware freedom, spec 6.1);
+    ``earlier``: qword address -> the value an earlier 64-bit piece of a multi-qword entry
+    read (``RequestFlow.read_entry``)."""
+    return _dry(unit, sid, iova, pasid, earlier).fills
+
+
+def entry_pieces(unit: Any, sid: int, iova: int, pasid: int | None = None) -> list[tuple]:
+    """The multi-qword entries (address, qwords) a walk of current memory reads, in order:
+    what a fetch in 64-bit pieces may read at different moments."""
+    return _dry(unit, sid, iova, pasid, None).entries
+
+
+def _dry(unit: Any, sid: int, iova: int, pasid: int | None, earlier: dict | None):
+    flow = RequestFlow(unit, DmaRequest(sid, iova, pasid=pasid), dry=True, earlier=earlier)
+    if unit.translation_enabled:
+        with contextlib.suppress(Abort):
+            flow.run()
+    return flow
 
 
 def apply_fill(unit: Any, fill: Fill) -> None:

@@ -32,8 +32,12 @@ class RequestFlow(ScalableSteps):
 
     def __init__(self, unit: Any, req: DmaRequest, *, dry: bool = False,
                  ce: ContextCacheEntry | None = None, probed: bool = False,
-                 entry: IotlbEntry | None = None):
+                 entry: IotlbEntry | None = None, earlier: dict | None = None):
         self.unit, self.req, self.dry = unit, req, dry
+        # Qwords of multi-qword entries the unit read in an earlier 64-bit piece (a dry walk's
+        # freedom: read_entry); ``entries`` lists each multi-qword entry read, in order.
+        self.earlier = earlier or {}
+        self.entries: list[tuple[int, int]] = []
         self.caps = unit.caps
         self.scalable = unit.ttm == 1
         self.haw = min(self.caps.mgaw, 52)
@@ -61,8 +65,17 @@ class RequestFlow(ScalableSteps):
         return read
 
     def read_entry(self, addr: int, qwords: int) -> int:
-        read = self.read_structure
-        return sum(read(addr + 8 * i) << (64 * i) for i in range(qwords))
+        """A root, context, PASID-directory or PASID entry.  The unit may fetch a 128-, 256- or
+        512-bit entry in 64-bit pieces at different moments (no atomicity beyond a qword is
+        promised; software orders its stores - P last on set-up, first on teardown - for that
+        reason): qwords in ``earlier`` are the values an earlier piece read."""
+        read, earlier = self.read_structure, self.earlier
+        if qwords > 1:
+            self.entries.append((addr, qwords))
+        if not earlier:  # the common case: every piece read now
+            return sum(read(addr + 8 * i) << (64 * i) for i in range(qwords))
+        return sum((earlier[a] if a in earlier else read(a)) << (64 * i)
+                   for i, a in enumerate(range(addr, addr + 8 * qwords, 8)))
 
     def lookup(self, cache: str, key: Any) -> Any:
         if self.dry:
