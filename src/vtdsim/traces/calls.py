@@ -46,15 +46,38 @@ from vtdsim.traces import events as ev
 CONTINUE_GAP_US = 250
 
 
+def stream_key(cpu: int, pid: int, context: str) -> tuple:
+    """The sequential unit of execution a trace line belongs to: a task on its CPU, or one
+    CPU's softirq, hard-IRQ or NMI context.  An interrupt runs to completion before what it
+    interrupted resumes, and hard IRQs (run with IRQs off) or softirqs do not nest on one CPU,
+    so one CPU's lines of one interrupt context follow one another whatever task they
+    interrupted (the pid ftrace prints there is the interrupted task's)."""
+    if context == ev.TASK:
+        return cpu, context, pid
+    return cpu, context
+
+
+@ev.record
+class SubmitMark:
+    """Where a stream took the invalidation queue: a ``qi_submit`` line's header only (its
+    descriptor words are the recorded answer and stay with the recorded side)."""
+
+    line: int
+    ts_us: int
+    stream: tuple
+
+
 @ev.record
 class MapCall:
     """One ``iommu_map_sg`` (or ``iommu_map``) call: ``chunks`` are ``(paddr, size)`` mapped
-    back to back from ``iova``; ``line``/``ts_us`` are those of the last chunk."""
+    back to back from ``iova``; ``line``/``ts_us`` are those of the last chunk; ``stream``
+    is ``stream_key`` of its lines."""
 
     line: int
     ts_us: int
     cpu: int
     context: str
+    stream: tuple
     iova: int
     chunks: tuple[tuple[int, int], ...]
 
@@ -71,6 +94,7 @@ class UnmapCall:
     ts_us: int
     cpu: int
     context: str
+    stream: tuple
     iova: int
     size: int
     unmapped_size: int
@@ -131,7 +155,8 @@ class _PendingMap:
 
     def call(self) -> MapCall:
         last = self.last
-        return MapCall(last.line, last.ts_us, last.cpu, last.context, self.first.iova,
+        return MapCall(last.line, last.ts_us, last.cpu, last.context,
+                       stream_key(last.cpu, last.pid, last.context), self.first.iova,
                        tuple(self.chunks))
 
 
@@ -165,6 +190,7 @@ class _Reconstructor:
             self._close(_stream(event))
             self._close_unmapped(event)
             self._append(UnmapCall(event.line, event.ts_us, event.cpu, event.context,
+                                   stream_key(event.cpu, event.pid, event.context),
                                    event.iova, event.size, event.unmapped_size))
             self.stats.unmap_calls += 1
             self.stats.by_context["unmap", event.context] += 1

@@ -45,7 +45,8 @@ from vtdsim.hardware.request import format_sid, parse_sid
 from vtdsim.simulation.system import System
 from vtdsim.traces import compare as cmp
 from vtdsim.traces import events as ev
-from vtdsim.traces.calls import CallStats, MapCall, reconstruct_calls
+from vtdsim.traces.calls import CallStats, MapCall, SubmitMark, reconstruct_calls, stream_key
+from vtdsim.traces.cpus import CpuStreams
 from vtdsim.traces.recorded import ModelSubmission, compare_recording
 from vtdsim.traces.recording import DmesgInfo, Recording
 from vtdsim.traces.textio import numbered_lines
@@ -177,8 +178,8 @@ class ModelMachine:
         self.executor.run(gen)
         return self.take_submissions()
 
-    def take_submissions(self) -> list[ModelSubmission]:
-        origin = self.origin
+    def take_submissions(self, origin: str | None = None) -> list[ModelSubmission]:
+        origin = self.origin if origin is None else origin
         return [(origin, tuple(descs)) for descs in self.system.take_submissions()]
 
 
@@ -250,13 +251,17 @@ class TraceEnd:
 
 
 def guest_calls(path: str):
-    """The guest trace's calls in the order Linux made them (calls.py), then a ``TraceEnd``;
-    its submissions are the recorded side's (recorded.py)."""
+    """The guest trace's calls in the order Linux made them (calls.py), each ``qi_submit``
+    as the ``SubmitMark`` of its stream (when, never what: cpus.py), then a ``TraceEnd``.
+    ``iec_inv`` lines (interrupt remapping, not modelled) give no mark."""
     stats, last_us = CallStats(), 0
     for item in reconstruct_calls(Recording(path).guest_events(), stats):
         last_us = max(last_us, item.ts_us)
         if type(item) is not ev.QiSubmit:
             yield item
+        elif item.label != cmp.IEC:
+            yield SubmitMark(item.line, item.ts_us,
+                             stream_key(item.cpu, item.pid, item.context))
     yield TraceEnd(stats, last_us)
 
 
@@ -296,6 +301,8 @@ class Replayer:
         self.boot = boot(self.machine, setup)
         self.domain = self.boot.cookie.domain
         self._hand_over = None  # where the model's submissions go (the recorded side's feed)
+        self.cpus = CpuStreams(self.machine.executor, self.machine.iommu.qi.lock,
+                               self._submitted)
 
     def _call(self, call) -> None:
         now_ns = call.ts_us * 1000
@@ -308,28 +315,36 @@ class Replayer:
             gen = iommu_dma_unmap_page(self.boot.cookie, call.iova, call.size, call.cpu,
                                        _jiffies_ns(now_ns, self.phase_ns))
             origin = f"unmap, guest line {call.line}"
-        self._submitted(self.machine.run(gen, origin))
+        self.cpus.start(call.stream, gen, origin)
 
-    def _submitted(self, submissions: list[ModelSubmission]) -> None:
-        for submission in submissions:
+    def _submitted(self, origin: str) -> int:
+        """Hand the IQT writes made since the last call over; how many descriptors."""
+        descs = 0
+        for submission in self.machine.take_submissions(origin):
             self._hand_over(submission)
+            descs += len(submission[1])
+        return descs
 
     def _fire_timer(self, now_ns: int) -> None:
         fq = self.boot.cookie.fq
         while fq is not None and fq.timer_due(now_ns):
             expires = fq.timer_expires_ns
-            origin = f"flush-queue timer, {expires / 1e9:.6f} s"
-            self._submitted(self.machine.run(fq.fq_flush_timeout(expires), origin))
+            self.cpus.run_now(fq.fq_flush_timeout(expires),
+                              f"flush-queue timer, {expires / 1e9:.6f} s")
 
     def run(self) -> Result:
         path = str(self.rec.path)
         with Offloaded(compare_recording, path, self.boot.submissions) as recorded:
             self._hand_over = recorded.put
             for item in prefetched(guest_calls, path):
-                if type(item) is TraceEnd:
+                kind = type(item)
+                if kind is SubmitMark:
+                    self.cpus.mark(item.stream)
+                elif kind is TraceEnd:
                     end = item
-                    continue
-                self._call(item)
+                else:
+                    self._call(item)
+            self.cpus.finish()
             self._fire_timer(end.last_us * 1000)  # a flush the trace still caught
             found = recorded.result()
         return Result(self.setup, self.machine.profile.name, self.seed, self.boot, found.boot,

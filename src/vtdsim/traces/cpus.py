@@ -1,0 +1,197 @@
+"""Replay's CPUs: each recorded (CPU, context) stream runs its driver call as a thread of its
+own, and a stream enters ``qi_submit_sync`` when the recording shows that stream taking the
+invalidation queue (drivers/iommu/intel/dmar.c ``qi_submit_sync``, Linux 6.1).
+
+Why: ``qi_submit_sync`` prints ``qi_submit`` under ``qi->q_lock``, right before its IQT write,
+so the trace's ``qi_submit`` lines are the order in which CPUs took the queue.  Between a
+call's ``unmap`` line (``__iommu_unmap``) and its ``iotlb_sync``, or between a scatter-list's
+last ``map`` line and its ``iotlb_sync_map``, the CPU can stall for milliseconds (a vCPU the
+host did not run: 14 ms in legacy-nocm-par-strict) while the other CPU submits.  Which CPU wins
+the queue is a race the model cannot predict, so it reads *when* each stream took the queue -
+a ``SubmitMark``: the line's CPU, context and task, never its descriptor words - and decides
+*what* the stream submits by itself.
+
+The rules, each from how 6.1 runs a call:
+
+* A stream is one CPU's task (by pid), or one CPU's softirq, hard-IRQ or NMI context: an
+  interrupt runs to completion before what it interrupted resumes, and interrupts of one
+  context do not nest on a CPU, so that is the unit of sequential execution (``stream_key``).
+* A call runs on its stream from its line on; its steps up to its first entry into the queue
+  lock run at once (page-table work touches no other stream's state that descriptors show).
+* A stream takes the queue lock for a new submission only once the recording has shown more
+  ``qi_submit`` lines on the stream than the model has submitted descriptors there since the
+  call began: each descriptor is one line (6.1 prints one per descriptor, the wait excluded).
+  The re-take after spinning on the wait status (``qi_submit_sync``'s unlock/relax/lock loop)
+  belongs to the submission already under way and does not wait.
+* A lock held by a waiting stream makes the stream that wants it wait behind it (it spins);
+  when the waiting stream is forced on, so is the holder, first.
+* A stream's call must have finished when the stream's next call starts, and every call has
+  finished at the end of the trace: a call still waiting then is run on (the model submitted
+  where the recording shows none; the comparison reports it).
+* Work with no recorded stream of its own (the flush-queue timer, whose firing time the model
+  computes) runs at once, forcing on any stream holding a lock it needs.
+
+Not modelled: a task migrating CPUs inside one call, the order of two streams' page-table
+writes (no descriptor shows it), ``iec_inv`` lines (interrupt remapping takes the queue too;
+those lines never release a stream - the model makes no such submission).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any
+
+from vtdsim.driver.steps import Lock, Unlock, WaitQword
+from vtdsim.errors import ModelError
+from vtdsim.traces import events as ev
+
+_STOPS = frozenset({Lock, Unlock, WaitQword})
+
+StreamKey = tuple
+
+
+def stream_key(cpu: int, pid: int, context: str) -> StreamKey:
+    """The sequential unit a trace line belongs to (module docstring, first rule)."""
+    if context == ev.TASK:
+        return cpu, context, pid
+    return cpu, context
+
+
+class _Stream:
+    """One stream's call in progress: its generator, the step it waits at (unapplied), the
+    reply its last step got, the locks it holds; and the stream's lines and descriptors
+    counted since the call began."""
+
+    __slots__ = ("key", "gen", "step", "reply", "origin", "locks", "after_spin", "marks",
+                 "descs")
+
+    def __init__(self, key: StreamKey):
+        self.key = key
+        self.gen: Generator | None = None
+        self.step = None
+        self.reply: Any = None
+        self.origin = ""
+        self.locks: set[str] = set()
+        self.after_spin = False
+        self.marks = 0
+        self.descs = 0
+
+
+Submitted = Callable[[str], int]
+
+
+class CpuStreams:
+    """Runs calls on streams through ``executor``.  ``submitted(origin)`` is called whenever a
+    stream stops at a lock or returns: the caller takes the IQT writes made since (all that
+    stream's) with their origin and says how many descriptors they held.  ``queue_lock`` is
+    the name of the invalidation queue's lock."""
+
+    def __init__(self, executor, queue_lock: str, submitted: Submitted):
+        self.executor = executor
+        self.queue_lock = queue_lock
+        self.submitted = submitted
+        self.streams: dict[StreamKey, _Stream] = {}
+        self.waiting: dict[StreamKey, _Stream] = {}  # insertion order: the order they stopped
+        self.unmatched_marks = 0  # qi_submit lines of a stream with no call waiting
+
+    # -- the three inputs ----------------------------------------------------------------------
+    def start(self, key: StreamKey, gen: Generator, origin: str) -> None:
+        """A call begins on ``key``: the stream's previous call has finished by now."""
+        stream = self.streams.get(key)
+        if stream is None:
+            stream = self.streams[key] = _Stream(key)
+        elif stream.gen is not None:
+            self._force(stream)
+        stream.gen, stream.step, stream.reply, stream.origin = gen, None, None, origin
+        stream.marks = stream.descs = 0
+        stream.after_spin = False
+        self._advance(stream, forced=False)
+        self._retry()
+
+    def mark(self, key: StreamKey) -> None:
+        """The recording shows ``key`` submitting one descriptor."""
+        stream = self.streams.get(key)
+        if stream is None or stream.gen is None:
+            self.unmatched_marks += 1
+            return
+        stream.marks += 1
+        if key in self.waiting:
+            self._advance(stream, forced=False)
+            self._retry()
+
+    def run_now(self, gen: Generator, origin: str) -> None:
+        """Work of no recorded stream (the flush-queue timer): it runs through at once."""
+        stream = _Stream(("now",))
+        stream.gen, stream.origin = gen, origin
+        self._advance(stream, forced=True)
+
+    def finish(self) -> None:
+        """The trace has ended: every call still waiting runs on, in the order they stopped."""
+        while self.waiting:
+            self._force(next(iter(self.waiting.values())))
+
+    # -- running a stream ------------------------------------------------------------------------
+    def _advance(self, stream: _Stream, forced: bool) -> None:
+        """Run ``stream`` until it waits (a queue entry the recording has not reached, or a
+        lock another stream holds) or its call returns; ``forced`` waits for nothing."""
+        self.waiting.pop(stream.key, None)
+        executor = self.executor
+        while True:
+            step = stream.step
+            if step is None:
+                step, _ = executor.run_until(stream.gen, stream.reply, _STOPS)
+                if step is None:
+                    stream.gen = None
+                    break
+                stream.step = step
+            kind = type(step)
+            if kind is Lock:
+                # What the stream submitted so far is its own: hand it over, count it.
+                stream.descs += self.submitted(stream.origin)
+                if self._must_wait(stream, step, forced):
+                    self.waiting[stream.key] = stream
+                    return
+                stream.locks.add(step.name)
+                stream.after_spin = False
+            elif kind is Unlock:
+                stream.locks.discard(step.name)
+            else:
+                stream.after_spin = True
+            stream.step = None
+            stream.reply = executor.apply(step)
+        stream.descs += self.submitted(stream.origin)
+
+    def _must_wait(self, stream: _Stream, step: Lock, forced: bool) -> bool:
+        holder = self._holder(step.name)
+        if holder is not None:
+            if not forced:
+                return True
+            self._force(holder)
+        return not forced and not self._may_enter(stream)
+
+    def _may_enter(self, stream: _Stream) -> bool:
+        """May the lock ``stream`` waits at be taken, as far as the recording goes?"""
+        return (stream.step.name != self.queue_lock or stream.after_spin
+                or stream.marks > stream.descs)
+
+    def _holder(self, lock: str) -> _Stream | None:
+        if lock not in self.executor.held:
+            return None
+        for other in self.waiting.values():
+            if lock in other.locks:
+                return other
+        raise ModelError(f"{lock} is held by no waiting stream")
+
+    def _force(self, stream: _Stream) -> None:
+        self._advance(stream, forced=True)
+
+    def _retry(self) -> None:
+        """Streams waiting for a lock may go once its holder has moved on."""
+        progressed = True
+        while progressed:
+            progressed = False
+            for stream in list(self.waiting.values()):
+                if stream.step.name in self.executor.held or not self._may_enter(stream):
+                    continue
+                self._advance(stream, forced=False)
+                progressed = True
