@@ -22,9 +22,14 @@ The rules, each from how 6.1 runs a call:
   ``qi_submit`` lines on the stream than the model has submitted descriptors there since the
   call began: each descriptor is one line (6.1 prints one per descriptor, the wait excluded).
   The re-take after spinning on the wait status (``qi_submit_sync``'s unlock/relax/lock loop)
-  belongs to the submission already under way and does not wait.
-* A lock held by a waiting stream makes the stream that wants it wait behind it (it spins);
-  when the waiting stream is forced on, so is the holder, first.
+  belongs to the submission already under way and does not wait.  Once a call has submitted,
+  it takes no other lock either before its next line: what follows a flush is the next flush
+  (6.1 ``iommu_flush_iotlb_psi`` takes ``domain->lock`` for the device-TLB flush after the
+  IOTLB one), and the recording shows when the stream got there.
+* A lock whose holder is a stream waiting for its next line without one does not block: the
+  recording shows that stream had not reached the lock yet, so the stream that wants it
+  takes it too (the holder's hold counts from later).  Any other holder makes the stream
+  wait behind it, and a stream forced on forces such a holder on first.
 * A stream's call must have finished when the stream's next call starts, and every call has
   finished at the end of the trace: a call still waiting then is run on (the model submitted
   where the recording shows none; the comparison reports it).
@@ -42,7 +47,6 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from vtdsim.driver.steps import Lock, Unlock, WaitQword
-from vtdsim.errors import ModelError
 from vtdsim.traces import events as ev
 
 _STOPS = frozenset({Lock, Unlock, WaitQword})
@@ -59,11 +63,10 @@ def stream_key(cpu: int, pid: int, context: str) -> StreamKey:
 
 class _Stream:
     """One stream's call in progress: its generator, the step it waits at (unapplied), the
-    reply its last step got, the locks it holds; and the stream's lines and descriptors
+    reply its last step got; and the stream's lines and descriptors
     counted since the call began."""
 
-    __slots__ = ("key", "gen", "step", "reply", "origin", "locks", "after_spin", "marks",
-                 "descs")
+    __slots__ = ("key", "gen", "step", "reply", "origin", "after_spin", "marks", "descs")
 
     def __init__(self, key: StreamKey):
         self.key = key
@@ -71,7 +74,6 @@ class _Stream:
         self.step = None
         self.reply: Any = None
         self.origin = ""
-        self.locks: set[str] = set()
         self.after_spin = False
         self.marks = 0
         self.descs = 0
@@ -92,6 +94,7 @@ class CpuStreams:
         self.submitted = submitted
         self.streams: dict[StreamKey, _Stream] = {}
         self.waiting: dict[StreamKey, _Stream] = {}  # insertion order: the order they stopped
+        self.owners: dict[str, list[_Stream]] = {}  # lock -> streams holding it (see _blocking)
         self.unmatched_marks = 0  # qi_submit lines of a stream with no call waiting
 
     # -- the three inputs ----------------------------------------------------------------------
@@ -151,36 +154,57 @@ class CpuStreams:
                 if self._must_wait(stream, step, forced):
                     self.waiting[stream.key] = stream
                     return
-                stream.locks.add(step.name)
+                self._take(stream, step)
                 stream.after_spin = False
             elif kind is Unlock:
-                stream.locks.discard(step.name)
+                self._release(stream, step)
             else:
                 stream.after_spin = True
+                stream.reply = executor.apply(step)
             stream.step = None
-            stream.reply = executor.apply(step)
         stream.descs += self.submitted(stream.origin)
 
     def _must_wait(self, stream: _Stream, step: Lock, forced: bool) -> bool:
-        holder = self._holder(step.name)
-        if holder is not None:
+        if not forced and not self._may_enter(stream):
+            return True
+        for holder in self._blocking(step.name):
             if not forced:
                 return True
             self._force(holder)
-        return not forced and not self._may_enter(stream)
+        return False
 
     def _may_enter(self, stream: _Stream) -> bool:
-        """May the lock ``stream`` waits at be taken, as far as the recording goes?"""
-        return (stream.step.name != self.queue_lock or stream.after_spin
-                or stream.marks > stream.descs)
+        """May the lock ``stream`` stopped at be taken, as far as the recording goes?  Not the
+        queue's before the recording shows the stream's next descriptor, nor any other while
+        the stream waits for that descriptor after submitting in this call: past its first
+        submission a call is on its way to the next (6.1 ``iommu_flush_iotlb_psi`` takes
+        ``domain->lock`` for the device-TLB flush after the IOTLB one)."""
+        if stream.after_spin or stream.marks > stream.descs:
+            return True
+        return stream.step.name != self.queue_lock and stream.descs == 0
 
-    def _holder(self, lock: str) -> _Stream | None:
-        if lock not in self.executor.held:
-            return None
-        for other in self.waiting.values():
-            if lock in other.locks:
-                return other
-        raise ModelError(f"{lock} is held by no waiting stream")
+    def _blocking(self, lock: str) -> list[_Stream]:
+        """The holders of ``lock`` that the recording shows as having it: a holder waiting for
+        its next descriptor with no mark had not reached the lock yet (it takes it after the
+        stream the recording shows first), so it does not block."""
+        return [h for h in self.owners.get(lock, ()) if h.gen is not None
+                and (h.key not in self.waiting or self._may_enter(h))]
+
+    def _take(self, stream: _Stream, step: Lock) -> None:
+        owners = self.owners.setdefault(step.name, [])
+        if not owners:
+            self.executor.apply(step)  # the executor's lock table sees the outermost owner
+        owners.append(stream)
+
+    def _release(self, stream: _Stream, step: Unlock) -> None:
+        owners = self.owners.get(step.name)
+        if not owners or stream not in owners:
+            self.executor.apply(step)  # not ours: the executor reports the driver bug
+            return
+        owners.remove(stream)
+        if not owners:
+            del self.owners[step.name]
+            self.executor.apply(step)
 
     def _force(self, stream: _Stream) -> None:
         self._advance(stream, forced=True)
@@ -191,7 +215,7 @@ class CpuStreams:
         while progressed:
             progressed = False
             for stream in list(self.waiting.values()):
-                if stream.step.name in self.executor.held or not self._may_enter(stream):
+                if not self._may_enter(stream) or self._blocking(stream.step.name):
                     continue
                 self._advance(stream, forced=False)
                 progressed = True
