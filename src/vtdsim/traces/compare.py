@@ -319,6 +319,33 @@ def guest_desc_fits(recorded: ev.QiSubmit, batch: QemuBatch) -> bool:
     return recorded.label not in QEMU72_SILENT and view[0] == (recorded.qw0, recorded.qw1)
 
 
+def tie_order(group: list[ev.QiSubmit], batches: list[QemuBatch]) -> list[int] | None:
+    """QEMU's batches of a group of guest lines printed with one timestamp, by CPU: which
+    batch is each line's (indices in guest order), or None when they do not fit together.
+
+    Why: ftrace merges its per-CPU buffers by timestamp and on a tie prints the lower CPU
+    first (kernel/trace/trace.c ``__find_next_entry`` keeps the first smallest), and a
+    lagging vCPU's clock reads the last value any CPU read (arch/x86/kernel/pvclock.c
+    ``pvclock_clocksource_read``'s ``last_value``), so tied lines of different CPUs are in no
+    known order - QEMU's log, one IQT write at a time, has the queue's.  Each CPU's own lines
+    are ordered, so a fit must keep each CPU's batches in its order."""
+    used = [False] * len(batches)
+    order = []
+    for event in group:
+        index = next((i for i, batch in enumerate(batches)
+                      if not used[i] and guest_desc_fits(event, batch)), None)
+        if index is None:
+            return None
+        used[index] = True
+        order.append(index)
+    last: dict[int, int] = {}
+    for event, index in zip(group, order, strict=True):
+        if last.get(event.cpu, -1) > index:
+            return None
+        last[event.cpu] = index
+    return order
+
+
 def split_at_trace_start(batches: Iterator[QemuBatch], first: list[ev.QiSubmit],
                          ) -> tuple[list[QemuBatch], Iterator[QemuBatch]] | None:
     """QEMU's batches before the guest trace's first submissions (``first``, in order), and an
@@ -451,6 +478,10 @@ def _consistency(result) -> tuple[list[str], bool]:
     if result.misfits:
         lines.append(f"{result.misfits} guest submissions have no matching QEMU queue-tail "
                      "write")
+    if result.tie_groups:
+        lines.append(f"{result.tie_groups} groups of guest lines of one timestamp from several "
+                     "CPUs are in another order in QEMU's log (ftrace prints a tie lower CPU "
+                     "first): QEMU's batches compared in the guest's order")
     if not result.aligned:
         lines.append("could not find the guest trace's first submissions in QEMU's log")
     return lines, ok and not result.misfits and result.aligned

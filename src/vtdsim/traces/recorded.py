@@ -63,6 +63,7 @@ class RecordedComparison:
     recorded_flushes: Counter = field(default_factory=Counter)  # DSIs: "timer" / "other"
     after_trace: Counter = field(default_factory=Counter)  # QEMU batches after the trace
     misfits: int = 0  # guest submissions whose QEMU batch does not hold them
+    tie_groups: int = 0  # groups of tied guest lines QEMU's log shows in another order
 
 
 class _RecordedSide:
@@ -74,6 +75,7 @@ class _RecordedSide:
         self.qemu_batches: Iterator[cmp.QemuBatch] = iter(())
         self.result = RecordedComparison(None, cmp.guest_stream(),
                                          cmp.qemu_stream("QEMU's queue (traced part)"))
+        self.group: list[ev.QiSubmit] = []  # guest lines of one timestamp, not yet paired
 
     def align_boot(self, boot: list[cmp.ModelBatch]) -> None:
         """QEMU's part before the guest trace starts, against the model's boot."""
@@ -96,9 +98,28 @@ class _RecordedSide:
             self._recorded(event)
 
     def _recorded(self, event: ev.QiSubmit) -> None:
-        """A guest submission and its QEMU batch (6.1: one IQT write per qi_submit line)."""
+        """A guest submission, paired with its QEMU batch once its timestamp's group is
+        complete (``_pair_group``)."""
+        if self.group and event.ts_us != self.group[0].ts_us:
+            self._pair_group()
+        self.group.append(event)
+
+    def _pair_group(self) -> None:
+        """Guest lines of one timestamp and as many QEMU batches (6.1: one IQT write per
+        qi_submit line); lines of several CPUs take their batches in QEMU's order where they
+        fit (``compare.tie_order``), so both streams are compared in the guest's order."""
+        group, self.group = self.group, []
+        batches = list(islice(self.qemu_batches, len(group)))
+        if len({event.cpu for event in group}) > 1:
+            order = cmp.tie_order(group, batches)
+            if order is not None and order != sorted(order):
+                self.result.tie_groups += 1
+                batches = [batches[i] for i in order]
+        for i, event in enumerate(group):
+            self._pair(event, batches[i] if i < len(batches) else None)
+
+    def _pair(self, event: ev.QiSubmit, batch: cmp.QemuBatch | None) -> None:
         result = self.result
-        batch = next(self.qemu_batches, None)
         if batch is None or not cmp.guest_desc_fits(event, batch):
             result.misfits += 1
         if event.label == cmp.IEC:
@@ -115,6 +136,7 @@ class _RecordedSide:
         trace was read out while the guest still ran: not compared, counted by kind)."""
         for event in self.submissions:
             self._recorded(event)
+        self._pair_group()
         after = self.result.after_trace
         for batch in self.qemu_batches:
             after["iec" if batch.iec else "silent" if batch.silent else "other"] += 1

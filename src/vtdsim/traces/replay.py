@@ -283,6 +283,7 @@ class Result:
     recorded_flushes: Counter = field(default_factory=Counter)
     after_trace: Counter = field(default_factory=Counter)
     misfits: int = 0
+    tie_groups: int = 0
     aligned: bool = True
 
 
@@ -350,6 +351,7 @@ class Replayer:
         return Result(self.setup, self.machine.profile.name, self.seed, self.boot, found.boot,
                       found.guest, found.qemu, end.calls, self.machine, found.iec,
                       found.recorded_flushes, found.after_trace, found.misfits,
+                      found.tie_groups,
                       aligned=found.boot is not None)
 
 
