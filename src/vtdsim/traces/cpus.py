@@ -33,8 +33,11 @@ The rules, each from how 6.1 runs a call:
 * A stream's call must have finished when the stream's next call starts, and every call has
   finished at the end of the trace: a call still waiting then is run on (the model submitted
   where the recording shows none; the comparison reports it).
-* Work with no recorded stream of its own (the flush-queue timer, whose firing time the model
-  computes) runs at once, forcing on any stream holding a lock it needs.
+* Work with no stream of its own runs at once (``run_now``), forcing on any stream holding a
+  lock it needs the recording shows it holding.  Work of a context but of no known CPU - the
+  flush-queue timer's callback, a softirq on whichever CPU the timer wheel chose - waits
+  (``defer``) until a ``qi_submit`` line of that context no call of its stream explains,
+  no earlier than the time it gives; what still waits at the end of the trace never ran.
 
 Not modelled: a task migrating CPUs inside one call, the order of two streams' page-table
 writes (no descriptor shows it), ``iec_inv`` lines (interrupt remapping takes the queue too;
@@ -96,6 +99,8 @@ class CpuStreams:
         self.waiting: dict[StreamKey, _Stream] = {}  # insertion order: the order they stopped
         self.owners: dict[str, list[_Stream]] = {}  # lock -> streams holding it (see _blocking)
         self.unmatched_marks = 0  # qi_submit lines of a stream with no call waiting
+        # context -> (earliest trace time in us, generator factory, origin)
+        self.deferred: dict[str, tuple[int, Callable[[], Generator], str]] = {}
 
     # -- the three inputs ----------------------------------------------------------------------
     def start(self, key: StreamKey, gen: Generator, origin: str) -> None:
@@ -111,11 +116,16 @@ class CpuStreams:
         self._advance(stream, forced=False)
         self._retry()
 
-    def mark(self, key: StreamKey) -> None:
-        """The recording shows ``key`` submitting one descriptor."""
+    def mark(self, key: StreamKey, ts_us: int) -> None:
+        """The recording shows ``key`` submitting one descriptor at ``ts_us``."""
         stream = self.streams.get(key)
         if stream is None or stream.gen is None:
-            self.unmatched_marks += 1
+            work = self.deferred.get(key[1])
+            if work is not None and ts_us >= work[0]:
+                del self.deferred[key[1]]
+                self.run_now(work[1](), work[2])
+            else:
+                self.unmatched_marks += 1
             return
         stream.marks += 1
         if key in self.waiting:
@@ -127,6 +137,12 @@ class CpuStreams:
         stream = _Stream(("now",))
         stream.gen, stream.origin = gen, origin
         self._advance(stream, forced=True)
+
+    def defer(self, context: str, not_before_us: int, start: Callable[[], Generator],
+              origin: str) -> None:
+        """Run ``start()`` at the first unexplained ``qi_submit`` line of ``context`` from
+        ``not_before_us`` on (one such work per context at a time)."""
+        self.deferred[context] = (not_before_us, start, origin)
 
     def finish(self) -> None:
         """The trace has ended: every call still waiting runs on, in the order they stopped."""

@@ -19,20 +19,23 @@ queue), so the recorded IOVAs, not the model's IOVA allocator, decide addresses.
 The flush-queue timer runs on jiffies (Debian's CONFIG_HZ=250, 4 ms ticks): ``mod_timer(jiffies
 + msecs_to_jiffies(10))`` is 3 ticks, and the timer wheel rounds a level-0 expiry up by one
 tick so it never fires early (kernel/time/timer.c ``calc_index``), so the timer fires on the 4th
-tick after the one that armed it: 12 to 16 ms after the unmap (the recordings show 12.6-17.2
-ms).  Where the ticks fall relative to the trace clock is unknowable: ``seed`` draws it.
+tick after the one that armed it: no earlier than 12 ms after the unmap.  When its softirq
+then runs is the guest's scheduling (the tick's CPU: ``get_nohz_timer_target`` may queue it on
+the other CPU; ksoftirqd; a vCPU the host did not run - with both CPUs busy the recordings
+show up to 45 ms), so the callback runs at the first softirq ``qi_submit`` line no call
+explains from then on (cpus.py ``defer``), and decides itself what it flushes.
 
 Not modelled: interrupt remapping (its ``iec_inv`` descriptors are counted apart), devices
 other than the traced one doing DMA during the trace, boot-time work between the model's boot
-and the trace's start, softirq latency after the tick, the IOVA allocator (IOVAs are recorded),
+and the trace's start, the IOVA allocator (IOVAs are recorded),
 several DMAR units.
 """
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from vtdsim.driver import iommu_core
@@ -57,6 +60,8 @@ TICK_NS = 1_000_000_000 // HZ
 FQ_TIMEOUT_MS = 10  # IOVA_DEFAULT_FQ_TIMEOUT
 # msecs_to_jiffies rounds up; the timer wheel adds one tick (see the module docstring).
 FQ_TIMER_TICKS = -(-FQ_TIMEOUT_MS * HZ // 1000) + 1
+# Armed just before a tick, the 4th tick comes 3 ticks later: the earliest it can fire.
+FQ_EARLIEST_NS = (FQ_TIMER_TICKS - 1) * TICK_NS
 ATS_QUEUE_DEPTH = 32  # QEMU's ATS capability advertises 0, which means 32 (PCIe 10.5.1.2)
 LAZY_TOLERANCE = 0.05
 
@@ -237,7 +242,7 @@ def boot(m: ModelMachine, setup: Setup) -> Boot:
     group_types, domains = _attach_groups(m, setup, policy, infos, submissions)
     submissions += m.run(m.iommu.iommu_enable_translation(), "boot: translation on")
     cookie = IommuDmaCookie(m.driver, domains[setup.traced], RecordedIovas(),
-                            ncpus=setup.ncpus, fq_timeout_ns=FQ_TIMER_TICKS * TICK_NS)
+                            ncpus=setup.ncpus, fq_timeout_ns=FQ_EARLIEST_NS)
     return Boot(submissions, policy, group_types, infos[setup.traced], cookie)
 
 
@@ -287,36 +292,31 @@ class Result:
     aligned: bool = True
 
 
-def _jiffies_ns(t_ns: int, phase_ns: int) -> int:
-    """The trace time rounded down to the last tick: the timer's clock is jiffies."""
-    return phase_ns + (t_ns - phase_ns) // TICK_NS * TICK_NS
-
-
 class Replayer:
     """Feeds the calls to the machine and the machine's submissions to the recorded side."""
 
     def __init__(self, rec: Recording, setup: Setup, profile: str, seed: int):
         self.rec, self.setup, self.seed = rec, setup, seed
-        self.phase_ns = random.Random(seed).randrange(TICK_NS)
         self.machine = ModelMachine(setup, profile)
         self.boot = boot(self.machine, setup)
         self.domain = self.boot.cookie.domain
         self._hand_over = None  # where the model's submissions go (the recorded side's feed)
         self.cpus = CpuStreams(self.machine.executor, self.machine.iommu.qi.lock,
                                self._submitted)
+        self._timer_deferred = False
 
     def _call(self, call) -> None:
         now_ns = call.ts_us * 1000
-        self._fire_timer(now_ns)
         if type(call) is MapCall:
             gen = self.machine.driver.map_sg(self.domain, call.iova, call.chunks,
                                              IOMMU_READ | IOMMU_WRITE)
             origin = f"map call, guest line {call.line}"
         else:
             gen = iommu_dma_unmap_page(self.boot.cookie, call.iova, call.size, call.cpu,
-                                       _jiffies_ns(now_ns, self.phase_ns))
+                                       now_ns)
             origin = f"unmap, guest line {call.line}"
         self.cpus.start(call.stream, gen, origin)
+        self._defer_timer()
 
     def _submitted(self, origin: str) -> int:
         """Hand the IQT writes made since the last call over; how many descriptors."""
@@ -326,12 +326,19 @@ class Replayer:
             descs += len(submission[1])
         return descs
 
-    def _fire_timer(self, now_ns: int) -> None:
+    def _defer_timer(self) -> None:
+        """An armed flush-queue timer waits for its softirq (module docstring)."""
         fq = self.boot.cookie.fq
-        while fq is not None and fq.timer_due(now_ns):
-            expires = fq.timer_expires_ns
-            self.cpus.run_now(fq.fq_flush_timeout(expires),
-                              f"flush-queue timer, {expires / 1e9:.6f} s")
+        if fq is None or not fq.timer_on or self._timer_deferred:
+            return
+        self._timer_deferred = True
+        expires = fq.timer_expires_ns
+        self.cpus.defer(ev.SOFTIRQ, expires // 1000, partial(self._fire_timer, expires),
+                        f"flush-queue timer, armed to fire from {expires / 1e9:.6f} s")
+
+    def _fire_timer(self, expires: int):
+        self._timer_deferred = False
+        return self.boot.cookie.fq.fq_flush_timeout(expires)
 
     def run(self) -> Result:
         path = str(self.rec.path)
@@ -340,13 +347,12 @@ class Replayer:
             for item in prefetched(guest_calls, path):
                 kind = type(item)
                 if kind is SubmitMark:
-                    self.cpus.mark(item.stream)
+                    self.cpus.mark(item.stream, item.ts_us)
                 elif kind is TraceEnd:
                     end = item
                 else:
                     self._call(item)
-            self.cpus.finish()
-            self._fire_timer(end.last_us * 1000)  # a flush the trace still caught
+            self.cpus.finish()  # a timer still waiting fired after the trace ended
             found = recorded.result()
         return Result(self.setup, self.machine.profile.name, self.seed, self.boot, found.boot,
                       found.guest, found.qemu, end.calls, self.machine, found.iec,
