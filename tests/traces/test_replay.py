@@ -15,13 +15,15 @@ from click.testing import CliRunner
 from vtdsim.cli.main import _register, cli
 from vtdsim.traces import compare as cmp
 from vtdsim.traces import events as ev
-from vtdsim.traces.replay import FQ_TIMER_TICKS, LAZY_TOLERANCE, TICK_NS, replay
+from vtdsim.traces.replay import FQ_EARLIEST_NS, FQ_TIMER_TICKS, LAZY_TOLERANCE, TICK_NS, replay
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "legacy-cm-default"
 TRACES = ROOT.parent / "shared" / "traces"
 SHARED = ["legacy-cm-ats", "legacy-cm-default", "legacy-nocm-ats-lazy", "legacy-nocm-lazy",
-          "legacy-nocm-strict", "sm-nocm-lazy"]
+          "legacy-nocm-strict", "sm-nocm-lazy",
+          # parallel4.sh: both vCPUs map and unmap at once
+          "legacy-nocm-par-strict", "sm-nocm-par-lazy", "legacy-cm-ats-par"]
 # name: (lazy, DID of the traced device, recorded D, recorded T)
 EXPECTED = {
     "legacy-cm-ats": (False, 7, 72346 + 36172 + 18, 108518 + 19),
@@ -30,6 +32,9 @@ EXPECTED = {
     "legacy-nocm-lazy": (True, 5, None, None),
     "legacy-nocm-strict": (False, 5, 2958 + 2, 2958 + 3),
     "sm-nocm-lazy": (True, 5, None, None),
+    "legacy-nocm-par-strict": (False, 5, 6416, 6417),
+    "sm-nocm-par-lazy": (True, 5, None, None),
+    "legacy-cm-ats-par": (False, 7, 107456, 107457),
 }
 
 
@@ -143,8 +148,9 @@ def test_shared_recording_agrees(name):
 
 
 def test_fq_timer_fires_on_the_fourth_tick():
-    # msecs_to_jiffies(10) at HZ=250 is 3 ticks, plus the timer wheel's round-up.
-    assert (FQ_TIMER_TICKS, TICK_NS) == (4, 4_000_000)
+    # msecs_to_jiffies(10) at HZ=250 is 3 ticks, plus the timer wheel's round-up; armed just
+    # before a tick, the fourth comes 12 ms later.
+    assert (FQ_TIMER_TICKS, TICK_NS, FQ_EARLIEST_NS) == (4, 4_000_000, 12_000_000)
 
 
 # -- QEMU-side pieces on hand-made input -------------------------------------------------------
