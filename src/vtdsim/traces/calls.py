@@ -5,16 +5,28 @@
 ``__iommu_map`` emits one ``map`` event per physically contiguous chunk, and ``iommu_map_sg``
 maps the chunks of one scatter-list back to back from one IOVA, then runs ``iotlb_sync_map``
 once over their union.  So a ``map`` event continues the call of its *stream* - one task on one
-CPU in one context (an interrupt on that CPU is another stream) - when its IOVA starts where the
-previous chunk ended, it follows within ``CONTINUE_GAP_US``, and IRQs are on.  Why each test
-(checked against the caching-mode recordings, where every call's PSI shows where it ended):
+CPU, or one CPU's interrupt context (an interrupt on that CPU is another stream: ftrace prints
+each line's CPU and context flags; with several CPUs their lines interleave) - only when all of
+these hold.  Rules that follow from 6.1's code:
 
-* separate ``dma_map_page`` calls of NVMe allocate IOVAs top-down, so they do not continue
-  upwards - except a page mapped right after a large buffer freed above it; those came 674 us
-  or more after the previous chunk, while chunks of one call came at most 92 us apart;
-* an unmap touching a pending call's IOVAs means that call has returned: NVMe's next request
-  may get the IOVAs just above it (rcache reuse) within the gap;
-* virtio-blk (6.1 ``vring_map_one_sg``) maps each scatter-list entry with its own
+* its IOVA starts where the previous chunk ended (one IOVA range per call, chunks back to back);
+* its physical address does not continue the previous chunk's (``__iommu_map_sg`` merges
+  physically contiguous segments into one ``__iommu_map``, so such a chunk would be part of
+  the previous one);
+* the call's start stays size-aligned for the grown size (``iommu_dma_alloc_iova`` allocates
+  the whole range at once with ``alloc_iova_fast(..., size_aligned=true)``, the size rounded
+  up to a power of two).
+
+And measured on the recordings, where the code leaves the choice open (checked against the
+caching-mode ones, where every call's PSI shows where it ended):
+
+* it follows within ``CONTINUE_GAP_US``: separate ``dma_map_page`` calls of NVMe allocate IOVAs
+  top-down, so they do not continue upwards - except a page mapped right after a large buffer
+  freed above it; those came 674 us or more after the previous chunk, while chunks of one call
+  came at most 92 us apart;
+* no unmap touched the pending call's IOVAs (that call has returned: NVMe's next request may get
+  the IOVAs just above it, rcache reuse, within the gap);
+* IRQs are on: virtio-blk (6.1 ``vring_map_one_sg``) maps each scatter-list entry with its own
   ``dma_map_page`` under the virtqueue lock, IRQs off, and its IOVAs often do continue upwards
   (rcache reuse); ``iommu_map_sg``'s callers in the recordings (blk-mq ``dma_map_sg``,
   ``dma_alloc_coherent``) run with IRQs on.  So a map logged with IRQs off is a call of its own.
@@ -22,7 +34,8 @@ previous chunk ended, it follows within ``CONTINUE_GAP_US``, and IRQs are on.  W
 ``unmap`` events are one per call.
 
 Only map/unmap events decide the calls: ``qi_submit`` events (the answer replay compares with)
-are passed through untouched, in trace order, and never close or shape a call.  A map call is
+are passed through untouched, in trace order, and never close or shape a call (replay takes
+from them only where each stream took the queue: cpus.py).  A map call is
 known to be complete only when its stream does something else or the gap has passed, so items
 are held in a small look-ahead buffer and a call is placed at its *last* chunk, where Linux
 runs its ``iotlb_sync_map``.
@@ -44,6 +57,16 @@ from vtdsim.traces import events as ev
 # Past the gap a pending call is complete even if its stream stays silent, which also bounds
 # the look-ahead buffer.
 CONTINUE_GAP_US = 250
+PAGE_SIZE = 4096
+
+
+def _size_aligned(iova: int, size: int) -> bool:
+    """Could one DMA-API call own ``[iova, iova + size)``?  6.1 ``iommu_dma_alloc_iova``
+    allocates a call's whole range at once, size-aligned (``alloc_iova_fast(..., true)``: the
+    start aligned to the size rounded up to a power of two, in pages); a call growing past
+    a chunk keeps that start, so each prefix must already fit the alignment."""
+    pages = -(-size // PAGE_SIZE)
+    return iova % (PAGE_SIZE << max(pages - 1, 0).bit_length()) == 0
 
 
 def stream_key(cpu: int, pid: int, context: str) -> tuple:
@@ -144,8 +167,11 @@ class _PendingMap:
         self.slot = slot
 
     def continues(self, event: ev.Map) -> bool:
+        last = self.last
         return (event.iova == self.end and not event.irqs_off
-                and event.ts_us - self.last.ts_us <= CONTINUE_GAP_US)
+                and event.paddr != last.paddr + last.size
+                and _size_aligned(self.first.iova, event.end - self.first.iova)
+                and event.ts_us - last.ts_us <= CONTINUE_GAP_US)
 
     def add(self, event: ev.Map, slot: int) -> None:
         self.last = event
