@@ -94,6 +94,10 @@ class System:
             # The IQT write that carries it comes after the annotation: count it already.
             self.submitted.append((self.unit.stats["iqt_writes"] + 1, *step.data))
 
+    def submissions_pending(self) -> bool:
+        """Has an IQT write been made since the last ``take_submissions``?"""
+        return self.unit.stats["iqt_writes"] != self._iqt_taken
+
     def take_submissions(self) -> list[list[tuple]]:
         """Every IQT write since the last call, in order, each as the list of descriptors
         ``(label, qw0, qw1, qw2, qw3)`` that ``qi_submit`` put behind it (an IQT write

@@ -183,10 +183,11 @@ class CpuStreams:
     def _must_wait(self, stream: _Stream, step: Lock, forced: bool) -> bool:
         if not forced and not self._may_enter(stream):
             return True
-        for holder in self._blocking(step.name):
-            if not forced:
-                return True
-            self._force(holder)
+        if step.name in self.owners:
+            for holder in self._blocking(step.name):
+                if not forced:
+                    return True
+                self._force(holder)
         return False
 
     def _may_enter(self, stream: _Stream) -> bool:
@@ -207,14 +208,16 @@ class CpuStreams:
                 and (h.key not in self.waiting or self._may_enter(h))]
 
     def _take(self, stream: _Stream, step: Lock) -> None:
-        owners = self.owners.setdefault(step.name, [])
-        if not owners:
+        owners = self.owners.get(step.name)
+        if owners is None:
+            self.owners[step.name] = [stream]
             self.executor.apply(step)  # the executor's lock table sees the outermost owner
-        owners.append(stream)
+        else:
+            owners.append(stream)
 
     def _release(self, stream: _Stream, step: Unlock) -> None:
         owners = self.owners.get(step.name)
-        if not owners or stream not in owners:
+        if owners is None or stream not in owners:
             self.executor.apply(step)  # not ours: the executor reports the driver bug
             return
         owners.remove(stream)
@@ -227,7 +230,7 @@ class CpuStreams:
 
     def _retry(self) -> None:
         """Streams waiting for a lock may go once its holder has moved on."""
-        progressed = True
+        progressed = bool(self.waiting)
         while progressed:
             progressed = False
             for stream in list(self.waiting.values()):
