@@ -208,3 +208,34 @@ def test_trace_start_is_found_by_the_first_guest_submissions():
     assert [b.line for b in boot] == [1]
     assert [b.line for b in rest] == [2, 3, 4]
     assert cmp.split_at_trace_start(iter(batches[:1]), first) is None
+
+
+# -- which device the trace is about -------------------------------------------------------------
+def _without_pci_function_line(lines: list[str]) -> None:
+    lines[:] = [line for line in lines if ": pci function " not in line]
+
+
+def test_traced_device_found_from_qemus_translations(tmp_path):
+    """No driver names its device in dmesg: QEMU's log shows which device's DMA went through
+    the IOVAs the trace mapped, to the pages it mapped them to."""
+    copy, _ = _tampered_copy(tmp_path, "guest.log", _without_pci_function_line)
+    res = run_cli(str(copy))
+    assert res.exit_code == 0, res.output
+    assert ("traced device 00:03.0 (QEMU's log: translates the trace's mappings): group 3"
+            in res.output)
+
+
+def test_unknown_traced_device_is_an_error_listing_the_candidates(tmp_path):
+    copy, _ = _tampered_copy(tmp_path, "guest.log", _without_pci_function_line)
+    with lzma.open(EXAMPLE / "qemu.log.xz", "rt") as stream:
+        kept = [line for line in stream.read().splitlines()
+                if not line.startswith("vtd_dmar_translate ")]
+    (copy / "qemu.log.xz").unlink()
+    (copy / "qemu.log").write_text("\n".join(kept) + "\n")
+    res = run_cli(str(copy))
+    assert res.exit_code == 2
+    message = res.output.strip()
+    assert message.startswith(f"vtdsim: error: {copy}: cannot tell which device")
+    assert "(devices in DMA groups: 00:00.0, 00:01.0, 00:02.0, 00:03.0, 00:1f.0, 00:1f.2, " \
+           "00:1f.3); pass --device BB:DD.F" in message
+    assert run_cli(str(copy), "--device", "00:03.0").exit_code == 0

@@ -50,6 +50,7 @@ from vtdsim.traces import compare as cmp
 from vtdsim.traces import events as ev
 from vtdsim.traces.calls import CallStats, MapCall, SubmitMark, reconstruct_calls, stream_key
 from vtdsim.traces.cpus import CpuStreams
+from vtdsim.traces.qemu_log import parse_qemu_lines
 from vtdsim.traces.recorded import ModelSubmission, compare_recording
 from vtdsim.traces.recording import DmesgInfo, Recording
 from vtdsim.traces.textio import numbered_lines
@@ -64,6 +65,9 @@ FQ_TIMER_TICKS = -(-FQ_TIMEOUT_MS * HZ // 1000) + 1
 FQ_EARLIEST_NS = (FQ_TIMER_TICKS - 1) * TICK_NS
 ATS_QUEUE_DEPTH = 32  # QEMU's ATS capability advertises 0, which means 32 (PCIe 10.5.1.2)
 LAZY_TOLERANCE = 0.05
+PAGE_SIZE = 4096
+PAGE_MASK = PAGE_SIZE - 1
+MAPPED_PAGES = 64  # enough of the trace's first mappings to recognise its device's DMA
 
 
 # -- what the recording tells the model --------------------------------------------------------
@@ -98,28 +102,70 @@ def _trace_header_ncpus(rec: Recording) -> int:
     return 2
 
 
-def _pci_function_line(rec: Recording) -> int | None:
-    """A driver's "pci function <bdf>" dmesg line (nvme_probe prints it)."""
+def _pci_function_lines(rec: Recording) -> set[int]:
+    """Devices a driver's "pci function <bdf>" dmesg line names (nvme_probe prints it)."""
+    found = set()
     for _, line in numbered_lines(rec.guest_log):
         if line.startswith("=== GROUPS"):
-            return None
+            break
         if ": pci function " in line:
-            return parse_sid(line.rsplit("pci function ", 1)[1].split()[0])
+            found.add(parse_sid(line.rsplit("pci function ", 1)[1].split()[0]))
+    return found
+
+
+def _dma_candidates(dmesg: DmesgInfo) -> set[int]:
+    """Devices whose IOMMU group has a paging default domain (sysfs type DMA or DMA-FQ): only
+    those make ``iommu:map``/``unmap`` events through the DMA API."""
+    return {parse_sid(name) for g in dmesg.groups if g.type in ("DMA", "DMA-FQ")
+            for name in g.devices}
+
+
+def _first_mapped_pages(rec: Recording) -> set[tuple[int, int]]:
+    """(IOVA page, physical page) of the trace's first ``MAPPED_PAGES`` mapped pages."""
+    pages: set[tuple[int, int]] = set()
+    for event in rec.guest_events(("map",)):
+        for offset in range(0, event.size, PAGE_SIZE):
+            pages.add((event.iova + offset, event.paddr + offset))
+        if len(pages) >= MAPPED_PAGES:
+            break
+    return pages
+
+
+def _translating_device(rec: Recording, candidates: set[int]) -> int | None:
+    """The candidate QEMU's log shows translating one of the trace's mapped pages to the
+    physical page the trace mapped it to (``vtd_dmar_translate``: the device's DMA reached the
+    IOVA the guest mapped for it); the first such translation decides, since devices sharing
+    a group share the mappings."""
+    pages = _first_mapped_pages(rec)
+    if not pages:
+        return None
+    wanted = frozenset({"vtd_dmar_translate"})
+    for event in parse_qemu_lines(numbered_lines(rec.qemu_log), str(rec.qemu_log), wanted):
+        if (event.sid in candidates
+                and (event.iova & ~PAGE_MASK, event.gpa & ~PAGE_MASK) in pages):
+            return event.sid
     return None
 
 
 def _traced_device(rec: Recording, dmesg: DmesgInfo, device: str | None) -> tuple[int, str]:
+    """Whose map/unmap events the trace holds: ``--device``; else the one device a driver
+    named in dmesg; else the one device in a DMA group; else the device QEMU's log shows
+    translating the trace's mappings.  Otherwise an error listing the candidates."""
     if device is not None:
         return parse_sid(device), "given with --device"
-    sid = _pci_function_line(rec)
+    candidates = _dma_candidates(dmesg)
+    named = _pci_function_lines(rec) & candidates if candidates else _pci_function_lines(rec)
+    if len(named) == 1:
+        return named.pop(), "dmesg: pci function"
+    if len(candidates) == 1:
+        return next(iter(candidates)), "the only device in a DMA group"
+    sid = _translating_device(rec, candidates)
     if sid is not None:
-        return sid, "dmesg: pci function"
-    behind_bridge = sorted({parse_sid(name) for name, _ in dmesg.group_adds
-                            if parse_sid(name) >> 8})
-    if len(behind_bridge) == 1:
-        return behind_bridge[0], "the only device behind a bridge"
-    raise BadInput("cannot tell which device the trace's map/unmap events belong to; "
-                   "pass --device BB:DD.F", where=str(rec.path))
+        return sid, "QEMU's log: translates the trace's mappings"
+    names = ", ".join(format_sid(c) for c in sorted(candidates)) or "none"
+    raise BadInput(f"cannot tell which device the trace's map/unmap events belong to "
+                   f"(devices in DMA groups: {names}); pass --device BB:DD.F",
+                   where=str(rec.path))
 
 
 def read_setup(rec: Recording, device: str | None = None) -> Setup:
