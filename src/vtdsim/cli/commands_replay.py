@@ -15,7 +15,8 @@ from vtdsim.driver.profiles import PROFILES
 @click.option("--profile", type=click.Choice(sorted(PROFILES)), default="linux-6.1",
               show_default=True, help="driver profile to replay with")
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="draws the jiffy-tick phase the flush-queue timer runs on")
+              help="reported only: replay draws nothing (the trace's softirq lines time the "
+                   "flush-queue timer)")
 @click.option("--device", default=None,
               help="the traced device (BB:DD.F) when the recording does not tell")
 def replay(directory: str, profile: str, seed: int, device: str | None) -> None:
