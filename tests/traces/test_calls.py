@@ -75,6 +75,21 @@ def test_a_call_starts_size_aligned():
     assert shape(items) == [("map", 0xFFFE2000, 2)]
 
 
+def test_the_streams_other_line_ends_its_call():
+    # Under caching mode iotlb_sync_map submits after the last chunk: a scatter-list mapped
+    # right after it at the next IOVAs is another call.
+    psi = submitted(12)
+    items, _ = calls([mapped(0xFFFE0000, 10), mapped(0xFFFE1000, 11), psi,
+                      mapped(0xFFFE2000, 13), mapped(0xFFFE3000, 14)])
+    assert shape(items) == [("map", 0xFFFE0000, 2), ("qi", psi.line), ("map", 0xFFFE2000, 2)]
+
+
+def test_a_stalled_cpu_does_not_split_its_call():
+    # A vCPU the host did not run for 4 ms between two chunks of one scatter-list.
+    items, _ = calls([mapped(0xFFFE0000, 10), mapped(0xFFFE1000, 4010)])
+    assert shape(items) == [("map", 0xFFFE0000, 2)]
+
+
 def test_top_down_allocations_are_separate_calls():
     items, stats = calls([mapped(0xFFFFF000, 10), mapped(0xFFFFE000, 11)])
     assert shape(items) == [("map", 0xFFFFF000, 1), ("map", 0xFFFFE000, 1)]

@@ -20,10 +20,13 @@ these hold.  Rules that follow from 6.1's code:
 And measured on the recordings, where the code leaves the choice open (checked against the
 caching-mode ones, where every call's PSI shows where it ended):
 
-* it follows within ``CONTINUE_GAP_US``: separate ``dma_map_page`` calls of NVMe allocate IOVAs
-  top-down, so they do not continue upwards - except a page mapped right after a large buffer
-  freed above it; those came 674 us or more after the previous chunk, while chunks of one call
-  came at most 92 us apart;
+* the stream logged nothing else since the previous chunk: the map loop logs only its chunks,
+  and ``iotlb_sync_map`` follows the last one (under caching mode its ``qi_submit``; 6.12's
+  ``cache_tag_flush_range_np``), so a caching-mode call ends at its flush - two scatter-lists
+  mapped back to back at contiguous IOVAs stay two calls;
+* it follows within ``CONTINUE_GAP_US`` (50 ms, longer than the vCPU stalls the recordings
+  show inside one call: a 16-chunk scatter-list of linux612-legacy-cm stalled 3.9 ms after its
+  first chunk);
 * no unmap touched the pending call's IOVAs (that call has returned: NVMe's next request may get
   the IOVAs just above it, rcache reuse, within the gap);
 * IRQs are on: virtio-blk (6.1 ``vring_map_one_sg``) maps each scatter-list entry with its own
@@ -53,10 +56,10 @@ from dataclasses import dataclass, field
 
 from vtdsim.traces import events as ev
 
-# Chunks of one call came <= 92 us apart in the recordings, separate calls >= 674 us (above).
-# Past the gap a pending call is complete even if its stream stays silent, which also bounds
-# the look-ahead buffer.
-CONTINUE_GAP_US = 250
+# A CPU may stall inside one iommu_map_sg for as long as the host does not run its vCPU (the
+# recordings show stalls up to 45 ms); past this a pending call is complete even if its
+# stream stays silent, which also bounds the look-ahead buffer.
+CONTINUE_GAP_US = 50_000
 PAGE_SIZE = 4096
 
 
@@ -208,12 +211,16 @@ class _Reconstructor:
     def feed(self, event: ev.GuestEvent) -> None:
         self._close_stale(event.ts_us)
         kind = type(event)
+        if kind is not ev.Map and self.pending:
+            # The map loop logs nothing but its chunks: the stream's next other line comes
+            # after the call's iotlb_sync_map (its qi_submit under caching mode; 6.12's
+            # cache_tag_flush_range_np).
+            self._close(_stream(event))
         if kind is ev.QiSubmit:
             self._append(event)
         elif kind is ev.Map:
             self._map(event)
         elif kind is ev.Unmap:
-            self._close(_stream(event))
             self._close_unmapped(event)
             self._append(UnmapCall(event.line, event.ts_us, event.cpu, event.context,
                                    stream_key(event.cpu, event.pid, event.context),
