@@ -103,18 +103,19 @@ class CpuStreams:
         self.deferred: dict[str, tuple[int, Callable[[], Generator], str]] = {}
 
     # -- the three inputs ----------------------------------------------------------------------
-    def start(self, key: StreamKey, gen: Generator, origin: str) -> None:
-        """A call begins on ``key``: the stream's previous call has finished by now."""
+    def start(self, key: StreamKey, gen: Generator, origin: str, marks: int = 0) -> None:
+        """A call begins on ``key``: the stream's previous call has finished by now;
+        ``marks`` of the stream's lines that follow at once come with it."""
         stream = self.streams.get(key)
         if stream is None:
             stream = self.streams[key] = _Stream(key)
         elif stream.gen is not None:
             self._force(stream)
         stream.gen, stream.step, stream.reply, stream.origin = gen, None, None, origin
-        stream.marks = stream.descs = 0
+        stream.marks, stream.descs = marks, 0
         stream.after_spin = False
         self._advance(stream, forced=False)
-        self._retry()
+        self._retry(stream)
 
     def mark(self, key: StreamKey, ts_us: int) -> None:
         """The recording shows ``key`` submitting one descriptor at ``ts_us``."""
@@ -130,7 +131,7 @@ class CpuStreams:
         stream.marks += 1
         if key in self.waiting:
             self._advance(stream, forced=False)
-            self._retry()
+            self._retry(stream)
 
     def run_now(self, gen: Generator, origin: str) -> None:
         """Work of no recorded stream (the flush-queue timer): it runs through at once."""
@@ -165,8 +166,6 @@ class CpuStreams:
                 stream.step = step
             kind = type(step)
             if kind is Lock:
-                # What the stream submitted so far is its own: hand it over, count it.
-                stream.descs += self.submitted(stream.origin)
                 if self._must_wait(stream, step, forced):
                     self.waiting[stream.key] = stream
                     return
@@ -174,6 +173,9 @@ class CpuStreams:
                 stream.after_spin = False
             elif kind is Unlock:
                 self._release(stream, step)
+                if step.name == self.queue_lock:
+                    # Its IQT write is made: hand it over, count its descriptors.
+                    stream.descs += self.submitted(stream.origin)
             else:
                 stream.after_spin = True
                 stream.reply = executor.apply(step)
@@ -228,9 +230,10 @@ class CpuStreams:
     def _force(self, stream: _Stream) -> None:
         self._advance(stream, forced=True)
 
-    def _retry(self) -> None:
-        """Streams waiting for a lock may go once its holder has moved on."""
-        progressed = bool(self.waiting)
+    def _retry(self, moved: _Stream) -> None:
+        """Streams waiting for a lock may go once its holder (``moved``) has moved on."""
+        waiting = self.waiting
+        progressed = len(waiting) > 1 or (len(waiting) == 1 and moved.key not in waiting)
         while progressed:
             progressed = False
             for stream in list(self.waiting.values()):

@@ -302,17 +302,33 @@ class TraceEnd:
 
 
 def guest_calls(path: str):
-    """The guest trace's calls in the order Linux made them (calls.py), each ``qi_submit``
-    as the ``SubmitMark`` of its stream (when, never what: cpus.py), then a ``TraceEnd``.
-    ``iec_inv`` lines (interrupt remapping, not modelled) give no mark."""
+    """The guest trace's calls in the order Linux made them (calls.py), each as ``(call,
+    marks)``, each ``qi_submit`` as the ``SubmitMark`` of its stream (when, never what:
+    cpus.py), then a ``TraceEnd``.  ``iec_inv`` lines (interrupt remapping, not modelled) give
+    no mark.  Marks of a call's stream that come right after it, before anything else, travel
+    with it as ``marks``: granting them at the call's start changes nothing (no other item
+    comes between) and spares a message and a wake-up each."""
     stats, last_us = CallStats(), 0
+    call, marks = None, 0
     for item in reconstruct_calls(Recording(path).guest_events(), stats):
         last_us = max(last_us, item.ts_us)
-        if type(item) is not ev.QiSubmit:
+        if type(item) is ev.QiSubmit:
+            if item.label == cmp.IEC:
+                continue
+            key = stream_key(item.cpu, item.pid, item.context)
+            if call is not None and key == call.stream:
+                marks += 1
+                continue
+            item = SubmitMark(item.line, item.ts_us, key)
+        if call is not None:
+            yield call, marks
+            call = None
+        if type(item) is SubmitMark:
             yield item
-        elif item.label != cmp.IEC:
-            yield SubmitMark(item.line, item.ts_us,
-                             stream_key(item.cpu, item.pid, item.context))
+        else:
+            call, marks = item, 0
+    if call is not None:
+        yield call, marks
     yield TraceEnd(stats, last_us)
 
 
@@ -351,7 +367,7 @@ class Replayer:
                                self._submitted)
         self._timer_deferred = False
 
-    def _call(self, call) -> None:
+    def _call(self, call, marks: int) -> None:
         now_ns = call.ts_us * 1000
         if type(call) is MapCall:
             gen = self.machine.driver.map_sg(self.domain, call.iova, call.chunks,
@@ -361,7 +377,7 @@ class Replayer:
             gen = iommu_dma_unmap_page(self.boot.cookie, call.iova, call.size, call.cpu,
                                        now_ns)
             origin = f"unmap, guest line {call.line}"
-        self.cpus.start(call.stream, gen, origin)
+        self.cpus.start(call.stream, gen, origin, marks)
         self._defer_timer()
 
     def _submitted(self, origin: str) -> int:
@@ -394,12 +410,12 @@ class Replayer:
             self._hand_over = recorded.put
             for item in prefetched(guest_calls, path):
                 kind = type(item)
-                if kind is SubmitMark:
+                if kind is tuple:
+                    self._call(*item)
+                elif kind is SubmitMark:
                     self.cpus.mark(item.stream, item.ts_us)
-                elif kind is TraceEnd:
-                    end = item
                 else:
-                    self._call(item)
+                    end = item
             self.cpus.finish()  # a timer still waiting fired after the trace ended
             found = recorded.result()
         return Result(self.setup, self.machine.profile.name, self.seed, self.boot, found.boot,
