@@ -96,7 +96,7 @@ def test_a_lock_taken_early_by_a_stream_without_its_line_does_not_block():
     assert m.system.executor.held.get("x")  # CPU1's hold
     m.cpus.mark(CPU1, 0)
     assert [origin for origin, _ in m.order] == ["cpu0", "cpu1"]
-    assert not m.system.executor.held and not m.cpus.owners
+    assert not m.system.executor.held and not m.cpus.shared
 
 
 def test_the_streams_next_call_means_the_previous_one_finished():

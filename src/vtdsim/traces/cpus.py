@@ -52,7 +52,8 @@ from typing import Any
 from vtdsim.driver.steps import Lock, Unlock, WaitQword
 from vtdsim.traces import events as ev
 
-_STOPS = frozenset({Lock, Unlock, WaitQword})
+_LOCK_STOPS = frozenset({Lock, WaitQword})
+_STOPS = _LOCK_STOPS | {Unlock}
 
 StreamKey = tuple
 
@@ -97,7 +98,8 @@ class CpuStreams:
         self.submitted = submitted
         self.streams: dict[StreamKey, _Stream] = {}
         self.waiting: dict[StreamKey, _Stream] = {}  # insertion order: the order they stopped
-        self.owners: dict[str, list[_Stream]] = {}  # lock -> streams holding it (see _blocking)
+        self.holder: dict[str, _Stream] = {}  # lock -> the stream that took it last
+        self.shared: dict[str, list[_Stream]] = {}  # lock -> streams it is lent to (_take)
         self.unmatched_marks = 0  # qi_submit lines of a stream with no call waiting
         # context -> (earliest trace time in us, generator factory, origin)
         self.deferred: dict[str, tuple[int, Callable[[], Generator], str]] = {}
@@ -153,19 +155,23 @@ class CpuStreams:
     # -- running a stream ------------------------------------------------------------------------
     def _advance(self, stream: _Stream, forced: bool) -> None:
         """Run ``stream`` until it waits (a queue entry the recording has not reached, or a
-        lock another stream holds) or its call returns; ``forced`` waits for nothing."""
+        lock another stream holds) or its call returns; ``forced`` waits for nothing.  Only
+        locks stop the run (and releases while a lock is shared: ``_take``)."""
         self.waiting.pop(stream.key, None)
         executor = self.executor
         while True:
             step = stream.step
             if step is None:
-                step, _ = executor.run_until(stream.gen, stream.reply, _STOPS)
+                stops = _STOPS if self.shared else _LOCK_STOPS
+                step, _ = executor.run_until(stream.gen, stream.reply, stops)
                 if step is None:
                     stream.gen = None
                     break
                 stream.step = step
             kind = type(step)
             if kind is Lock:
+                # What the stream submitted so far is its own: hand it over, count it.
+                stream.descs += self.submitted(stream.origin)
                 if self._must_wait(stream, step, forced):
                     self.waiting[stream.key] = stream
                     return
@@ -173,9 +179,6 @@ class CpuStreams:
                 stream.after_spin = False
             elif kind is Unlock:
                 self._release(stream, step)
-                if step.name == self.queue_lock:
-                    # Its IQT write is made: hand it over, count its descriptors.
-                    stream.descs += self.submitted(stream.origin)
             else:
                 stream.after_spin = True
                 stream.reply = executor.apply(step)
@@ -185,7 +188,7 @@ class CpuStreams:
     def _must_wait(self, stream: _Stream, step: Lock, forced: bool) -> bool:
         if not forced and not self._may_enter(stream):
             return True
-        if step.name in self.owners:
+        if step.name in self.executor.held:
             for holder in self._blocking(step.name):
                 if not forced:
                     return True
@@ -202,30 +205,43 @@ class CpuStreams:
             return True
         return stream.step.name != self.queue_lock and stream.descs == 0
 
+    def _owners(self, lock: str) -> list[_Stream]:
+        """The streams holding ``lock`` (the executor's lock table knows it is held, not by
+        whom): the one that took it, and those it was lent to."""
+        if lock not in self.executor.held:
+            return []
+        first = self.holder.get(lock)
+        return ([first] if first is not None else []) + self.shared.get(lock, [])
+
     def _blocking(self, lock: str) -> list[_Stream]:
         """The holders of ``lock`` that the recording shows as having it: a holder waiting for
         its next descriptor with no mark had not reached the lock yet (it takes it after the
         stream the recording shows first), so it does not block."""
-        return [h for h in self.owners.get(lock, ()) if h.gen is not None
+        return [h for h in self._owners(lock) if h.gen is not None
                 and (h.key not in self.waiting or self._may_enter(h))]
 
     def _take(self, stream: _Stream, step: Lock) -> None:
-        owners = self.owners.get(step.name)
-        if owners is None:
-            self.owners[step.name] = [stream]
-            self.executor.apply(step)  # the executor's lock table sees the outermost owner
+        if step.name in self.executor.held:
+            # Lent: the executor's table keeps one hold; releases stop the runs until it ends.
+            self.shared.setdefault(step.name, []).append(stream)
         else:
-            owners.append(stream)
+            self.executor.apply(step)
+            self.holder[step.name] = stream
 
     def _release(self, stream: _Stream, step: Unlock) -> None:
-        owners = self.owners.get(step.name)
-        if owners is None or stream not in owners:
+        others = self.shared.get(step.name)
+        if not others:
+            self.executor.apply(step)
+            return
+        if stream in others:
+            others.remove(stream)
+        elif self.holder.get(step.name) is stream:
+            self.holder[step.name] = others.pop(0)  # the executor's hold passes on
+        else:
             self.executor.apply(step)  # not ours: the executor reports the driver bug
             return
-        owners.remove(stream)
-        if not owners:
-            del self.owners[step.name]
-            self.executor.apply(step)
+        if not others:
+            del self.shared[step.name]
 
     def _force(self, stream: _Stream) -> None:
         self._advance(stream, forced=True)
@@ -236,7 +252,7 @@ class CpuStreams:
         progressed = len(waiting) > 1 or (len(waiting) == 1 and moved.key not in waiting)
         while progressed:
             progressed = False
-            for stream in list(self.waiting.values()):
+            for stream in list(waiting.values()):
                 if not self._may_enter(stream) or self._blocking(stream.step.name):
                     continue
                 self._advance(stream, forced=False)
