@@ -386,7 +386,7 @@ class Replayer:
 
     def _submitted(self, origin: str) -> int:
         """Hand the IQT writes made since the last call over; how many descriptors."""
-        if not self.machine.system.submissions_pending():
+        if not self.machine.system.descriptors_pending():
             return 0
         descs = 0
         for submission in self.machine.take_submissions(origin):
