@@ -27,8 +27,8 @@ def unmapped(iova, size, ts, *, cpu=1, pid=0, context=ev.HARDIRQ):
                     size)
 
 
-def submitted(ts, *, cpu=0, pid=100):
-    return ev.QiSubmit(next(_line), "dd", pid, cpu, ts, ev.TASK, True, "iotlb_inv", "dmar0",
+def submitted(ts, *, cpu=0, pid=100, context=ev.TASK):
+    return ev.QiSubmit(next(_line), "dd", pid, cpu, ts, context, True, "iotlb_inv", "dmar0",
                        0x500F2, 0xFFFF0000, 0, 0)
 
 
@@ -163,13 +163,6 @@ def np_flush(ts, *, cpu=0, pid=100):
                             "dmar0", 0, "iotlb", 5, 0, 0, 0, 1, 0)
 
 
-def test_a_chunk_continuing_the_last_physically_is_another_call():
-    # iommu_map_sg would have merged it into the previous __iommu_map (one map event).
-    first = mapped(0xFFFE0000, 10, paddr=0x5000_0000)
-    items, _ = calls([first, mapped(0xFFFE1000, 11, paddr=0x5000_1000)])
-    assert shape(items) == [("map", 0xFFFE0000, 1), ("map", 0xFFFE1000, 1)]
-
-
 def test_sync_map_events_end_calls_and_replace_the_gap():
     late = 10 + CONTINUE_GAP_US + 3000  # the task was preempted between two chunks
     items, stats = calls([mapped(0xFFFF0000, 1), np_flush(2),
@@ -178,3 +171,25 @@ def test_sync_map_events_end_calls_and_replace_the_gap():
     assert shape(items) == [("map", 0xFFFF0000, 1), ("map", 0xFFFE0000, 2),
                             ("map", 0xFFFE2000, 1)]
     assert stats.closed_by_gap == 0
+
+
+def test_calls_marked_by_sync_map_events_still_start_size_aligned():
+    # The trace marks every call's end, yet a chunk that would leave the call's start
+    # misaligned is another call (iommu_dma_alloc_iova), and one continuing the last
+    # physically too (iommu_map_sg merges such segments).
+    items, _ = calls([mapped(0xFFFF0000, 1), np_flush(2),
+                      mapped(0xFFFE1000, 10), mapped(0xFFFE2000, 11), np_flush(12),
+                      mapped(0xFFFD0000, 20, paddr=0x5000_0000),
+                      mapped(0xFFFD1000, 21, paddr=0x5000_1000), np_flush(22)])
+    assert shape(items) == [("map", 0xFFFF0000, 1), ("map", 0xFFFE1000, 1),
+                            ("map", 0xFFFE2000, 1), ("map", 0xFFFD0000, 1),
+                            ("map", 0xFFFD1000, 1)]
+
+
+def test_a_softirq_is_one_stream_whatever_task_it_interrupted():
+    # The pid ftrace prints in a softirq is the interrupted task's: the CPU's softirq lines
+    # are one stream, so the map call goes on across them and ends at the stream's next line.
+    psi = submitted(13, pid=7, context=ev.SOFTIRQ)
+    items, _ = calls([mapped(0xFFFE0000, 10, pid=5, context=ev.SOFTIRQ),
+                      mapped(0xFFFE1000, 11, pid=6, context=ev.SOFTIRQ), psi])
+    assert shape(items) == [("map", 0xFFFE0000, 2), ("qi", psi.line)]

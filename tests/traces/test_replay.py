@@ -23,6 +23,7 @@ from vtdsim.traces.replay import (
     FQ_TIMER_TICKS,
     LAZY_TOLERANCE,
     TICK_NS,
+    read_setup,
     recording_profile,
     replay,
     skip_boot_mappings,
@@ -319,6 +320,18 @@ def test_traced_device_found_from_qemus_translations(tmp_path):
     assert res.exit_code == 0, res.output
     assert ("traced device 00:03.0 (QEMU's log: translates the trace's mappings): group 3"
             in res.output)
+
+
+def test_traced_device_from_translations_past_the_boots_direct_mappings():
+    """linux612-legacy-cm-ats: every group is DMA (caching mode), no driver names its device,
+    and the trace opens with the boot's direct mappings (RMRRs into other domains, no DMA
+    through them): QEMU's translations of the first mappings after those name 01:00.0."""
+    path = TRACES / "linux612-legacy-cm-ats"
+    if not path.is_dir():
+        pytest.skip(f"recording not present under {TRACES}")
+    setup = read_setup(Recording(path))
+    assert (setup.traced, setup.traced_how) == (0x100, "QEMU's log: translates the trace's "
+                                                "mappings")
 
 
 def test_unknown_traced_device_is_an_error_listing_the_candidates(tmp_path):

@@ -194,9 +194,8 @@ class _PendingMap:
                        tuple(self.chunks))
 
 
-def _stream(event: ev.GuestEvent) -> tuple[int, int, str]:
-    # The pid of an interrupt is the interrupted task's, so the context is part of the key.
-    return event.cpu, event.pid, event.context
+def _stream(event: ev.GuestEvent) -> tuple:
+    return stream_key(event.cpu, event.pid, event.context)
 
 
 class _Reconstructor:
@@ -207,7 +206,7 @@ class _Reconstructor:
         self.stats = stats
         self.buf: deque = deque()
         self.base = 0
-        self.pending: dict[tuple[int, int, str], _PendingMap] = {}
+        self.pending: dict[tuple, _PendingMap] = {}
         self.sync_marked = False  # the trace marks each map call's end (``_synced``)
 
     def _append(self, item) -> int:
@@ -255,7 +254,7 @@ class _Reconstructor:
         else:
             self.pending[key] = pending
 
-    def _close(self, key: tuple[int, int, str]) -> None:
+    def _close(self, key: tuple) -> None:
         pending = self.pending.pop(key, None)
         if pending is not None:
             self._finish(pending)
