@@ -33,11 +33,12 @@ The rules, each from how 6.1 runs a call:
 * A stream's call must have finished when the stream's next call starts, and every call has
   finished at the end of the trace: a call still waiting then is run on (the model submitted
   where the recording shows none; the comparison reports it).
-* Work with no stream of its own runs at once (``run_now``), forcing on any stream holding a
-  lock it needs the recording shows it holding.  Work of a context but of no known CPU - the
-  flush-queue timer's callback, a softirq on whichever CPU the timer wheel chose - waits
-  (``defer``) until a ``qi_submit`` line of that context no call of its stream explains,
-  no earlier than the time it gives; what still waits at the end of the trace never ran.
+* Work of a context but of no known CPU - the flush-queue timer's callback, a softirq on
+  whichever CPU the timer wheel chose - waits (``defer``) until a ``qi_submit`` line of that
+  context no call of its stream explains, no earlier than the time it gives, and then runs as
+  a call of that line's stream, the line its first: its further submissions wait for the
+  stream's further lines like any call's (6.1's flush of an ATS domain is two
+  ``qi_submit_sync`` calls, two lines).  What still waits at the end of the trace never ran.
 
 Not modelled: a task migrating CPUs inside one call, the order of two streams' page-table
 writes (no descriptor shows it), ``iec_inv`` lines (interrupt remapping takes the queue too;
@@ -62,7 +63,8 @@ class _Stream:
     reply its last step got; and the stream's lines and descriptors
     counted since the call began."""
 
-    __slots__ = ("key", "gen", "step", "reply", "origin", "after_spin", "marks", "descs")
+    __slots__ = ("key", "gen", "step", "reply", "origin", "after_spin", "marks", "descs",
+                 "mark_us")
 
     def __init__(self, key: StreamKey):
         self.key = key
@@ -73,6 +75,7 @@ class _Stream:
         self.after_spin = False
         self.marks = 0
         self.descs = 0
+        self.mark_us = 0  # the trace time of its last line
 
 
 Submitted = Callable[[str], int]
@@ -82,12 +85,16 @@ class CpuStreams:
     """Runs calls on streams through ``executor``.  ``submitted(origin)`` is called whenever a
     stream stops at a lock or returns: the caller takes the IQT writes made since (all that
     stream's) with their origin and says how many descriptors they held.  ``queue_lock`` is
-    the name of the invalidation queue's lock."""
+    the name of the invalidation queue's lock.  ``returned()`` is called when a call returns
+    with lines of its stream it did not explain, before those lines are taken as other
+    work's (``_surplus``): the caller defers what the call set up (the flush-queue timer)."""
 
-    def __init__(self, executor, queue_lock: str, submitted: Submitted):
+    def __init__(self, executor, queue_lock: str, submitted: Submitted,
+                 returned: Callable[[], None] | None = None):
         self.executor = executor
         self.queue_lock = queue_lock
         self.submitted = submitted
+        self.returned = returned
         self.streams: dict[StreamKey, _Stream] = {}
         self.waiting: dict[StreamKey, _Stream] = {}  # insertion order: the order they stopped
         self.holder: dict[str, _Stream] = {}  # lock -> the stream that took it last
@@ -97,16 +104,18 @@ class CpuStreams:
         self.deferred: dict[str, tuple[int, Callable[[], Generator], str]] = {}
 
     # -- the three inputs ----------------------------------------------------------------------
-    def start(self, key: StreamKey, gen: Generator, origin: str, marks: int = 0) -> None:
+    def start(self, key: StreamKey, gen: Generator, origin: str, marks: int = 0,
+              marks_us: int = 0) -> None:
         """A call begins on ``key``: the stream's previous call has finished by now;
-        ``marks`` of the stream's lines that follow at once come with it."""
+        ``marks`` of the stream's lines that follow at once come with it, the last at
+        ``marks_us``."""
         stream = self.streams.get(key)
         if stream is None:
             stream = self.streams[key] = _Stream(key)
         elif stream.gen is not None:
             self._force(stream)
         stream.gen, stream.step, stream.reply, stream.origin = gen, None, None, origin
-        stream.marks, stream.descs = marks, 0
+        stream.marks, stream.descs, stream.mark_us = marks, 0, marks_us
         stream.after_spin = False
         self._advance(stream, forced=False)
         self._retry(stream)
@@ -115,23 +124,33 @@ class CpuStreams:
         """The recording shows ``key`` submitting one descriptor at ``ts_us``."""
         stream = self.streams.get(key)
         if stream is None or stream.gen is None:
-            work = self.deferred.get(key[1])
-            if work is not None and ts_us >= work[0]:
-                del self.deferred[key[1]]
-                self.run_now(work[1](), work[2])
-            else:
-                self.unmatched_marks += 1
+            self._unexplained(key, ts_us)
             return
         stream.marks += 1
+        stream.mark_us = ts_us
         if key in self.waiting:
             self._advance(stream, forced=False)
             self._retry(stream)
 
-    def run_now(self, gen: Generator, origin: str) -> None:
-        """Work of no recorded stream (the flush-queue timer): it runs through at once."""
-        stream = _Stream(("now",))
-        stream.gen, stream.origin = gen, origin
-        self._advance(stream, forced=True)
+    def _unexplained(self, key: StreamKey, ts_us: int, lines: int = 1) -> None:
+        """``lines`` lines of ``key`` no call of the stream explains, the last at ``ts_us``:
+        deferred work of its context starts there as the stream's call if its time has come
+        (``defer``); otherwise they are counted apart."""
+        work = self.deferred.get(key[1])
+        if work is None or ts_us < work[0]:
+            self.unmatched_marks += lines
+            return
+        del self.deferred[key[1]]
+        self.start(key, work[1](), work[2], lines, ts_us)
+
+    def _surplus(self, stream: _Stream) -> None:
+        """The stream's call returned with lines of the stream it did not explain (a lazy
+        unmap submits nothing; 6.12 traces show the flush-queue timer's softirq right after
+        an unmap in the same CPU's softirq, nothing between): those are other work's."""
+        if self.returned is not None:
+            self.returned()
+        lines, stream.marks = stream.marks - stream.descs, stream.descs
+        self._unexplained(stream.key, stream.mark_us, lines)
 
     def defer(self, context: str, not_before_us: int, start: Callable[[], Generator],
               origin: str) -> None:
@@ -176,6 +195,8 @@ class CpuStreams:
                 stream.reply = executor.apply(step)
             stream.step = None
         stream.descs += self.submitted(stream.origin)
+        if stream.marks > stream.descs:
+            self._surplus(stream)
 
     def _must_wait(self, stream: _Stream, step: Lock, forced: bool) -> bool:
         if not forced and not self._may_enter(stream):

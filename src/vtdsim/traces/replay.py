@@ -24,18 +24,23 @@ queue), so the recorded IOVAs, not the model's IOVA allocator, decide addresses.
 The flush-queue timer runs on jiffies (Debian's CONFIG_HZ=250, 4 ms ticks): ``mod_timer(jiffies
 + msecs_to_jiffies(10))`` is 3 ticks, and the timer wheel rounds a level-0 expiry up by one
 tick so it never fires early (kernel/time/timer.c ``calc_index``), so the timer fires on the 4th
-tick after the one that armed it: no earlier than 12 ms after the unmap.  When its softirq
-then runs is the guest's scheduling (the tick's CPU: ``get_nohz_timer_target`` may queue it on
-the other CPU; ksoftirqd; a vCPU the host did not run - with both CPUs busy the recordings
-show up to 45 ms), so the callback runs at the first softirq ``qi_submit`` line no call
-explains from then on (cpus.py ``defer``), and decides itself what it flushes.
+tick after the one that armed it: 12 to 16 ms after the unmap in jiffies.  But jiffies is not
+the trace clock: it advances in the tick handler, and a tick delivered late (a vCPU the host
+did not run; TCG) is caught up at once from the clocksource (kernel/time/tick-sched.c
+``tick_do_update_jiffies64``), so in trace time the timer may fire sooner - the 6.12
+recordings show flushes 10.0 and 8.8 ms after the only unmap that could have armed them.  And
+when its softirq then runs is the guest's scheduling (the tick's CPU:
+``get_nohz_timer_target`` may queue it on the other CPU; ksoftirqd; a vCPU the host did not
+run - with both CPUs busy the recordings show up to 45 ms).  So the callback runs at the
+first softirq ``qi_submit`` line no call explains after the arming (cpus.py ``defer``), and
+decides itself what it flushes.
 
 Not modelled: interrupt remapping (its ``iec_inv`` descriptors are counted apart), devices
 other than the traced one doing DMA during the trace, boot-time work between the model's boot
 and the trace's start, the IOVA allocator and its per-CPU rcaches (IOVAs are recorded),
 several DMAR units, a hard IRQ nested in the timer's softirq re-arming the timer before the
-flush's ``qi_submit`` line (the model's callback starts at that line, so it re-arms later:
-sm-nocm-par-lazy flushes 5 times fewer than recorded, 166 vs 171).
+flush's ``qi_submit`` line (the model's callback starts at that line, so it would re-arm
+later).
 """
 
 from __future__ import annotations
@@ -69,8 +74,9 @@ TICK_NS = 1_000_000_000 // HZ
 FQ_TIMEOUT_MS = 10  # IOVA_DEFAULT_FQ_TIMEOUT
 # msecs_to_jiffies rounds up; the timer wheel adds one tick (see the module docstring).
 FQ_TIMER_TICKS = -(-FQ_TIMEOUT_MS * HZ // 1000) + 1
-# Armed just before a tick, the 4th tick comes 3 ticks later: the earliest it can fire.
-FQ_EARLIEST_NS = (FQ_TIMER_TICKS - 1) * TICK_NS
+# In trace time the timer may fire any time after its arming (module docstring): replay arms
+# it for at once and waits for its softirq line.
+FQ_REPLAY_NS = 0
 ATS_QUEUE_DEPTH = 32  # QEMU's ATS capability advertises 0, which means 32 (PCIe 10.5.1.2)
 LAZY_TOLERANCE = 0.05
 PAGE_SIZE = 4096
@@ -291,7 +297,7 @@ def _attach_groups(m: ModelMachine, setup: Setup, policy, infos: dict[int, Devic
     return group_types, domains
 
 
-def boot(m: ModelMachine, setup: Setup, fq_timeout_ns: int = FQ_EARLIEST_NS) -> Boot:
+def boot(m: ModelMachine, setup: Setup, fq_timeout_ns: int = FQ_REPLAY_NS) -> Boot:
     """init_hw, probe every device, one default domain per group attached in group order
     (DIDs from 2 in that order), then translation on (6.1 ``intel_iommu_init``)."""
     submissions = m.take_submissions()  # System.boot ran init_hw
@@ -353,7 +359,7 @@ def skip_boot_mappings(events, grouped: set[str], skipped: list[int]):
 
 def guest_calls(path: str):
     """The guest trace's calls in the order Linux made them (calls.py), each as ``(call,
-    marks)``, each ``qi_submit`` as the ``SubmitMark`` of its stream (when, never what:
+    marks, marks_us)``, each ``qi_submit`` as the ``SubmitMark`` of its stream (when, never what:
     cpus.py), then a ``TraceEnd``.  ``iec_inv`` lines (interrupt remapping, not modelled) give
     no mark.  Marks of a call's stream that come right after it, before anything else, travel
     with it as ``marks``: granting them at the call's start changes nothing (no other item
@@ -361,7 +367,7 @@ def guest_calls(path: str):
     rec = Recording(path)
     grouped = {name for group in rec.dmesg().groups for name in group.devices}
     stats, last_us, skipped = CallStats(), 0, [0]
-    call, marks = None, 0
+    call, marks, marks_us = None, 0, 0
     events = skip_boot_mappings(rec.guest_events(), grouped, skipped)
     for item in reconstruct_calls(events, stats):
         last_us = max(last_us, item.ts_us)
@@ -370,18 +376,18 @@ def guest_calls(path: str):
                 continue
             key = stream_key(item.cpu, item.pid, item.context)
             if call is not None and key == call.stream:
-                marks += 1
+                marks, marks_us = marks + 1, item.ts_us
                 continue
             item = SubmitMark(item.line, item.ts_us, key)
         if call is not None:
-            yield call, marks
+            yield call, marks, marks_us
             call = None
         if type(item) is SubmitMark:
             yield item
         else:
-            call, marks = item, 0
+            call, marks, marks_us = item, 0, 0
     if call is not None:
-        yield call, marks
+        yield call, marks, marks_us
     yield TraceEnd(stats, last_us, skipped[0])
 
 
@@ -418,10 +424,10 @@ class Replayer:
         self.domain = self.boot.cookie.domain
         self._hand_over = None  # where the model's submissions go (the recorded side's feed)
         self.cpus = CpuStreams(self.machine.executor, self.machine.iommu.qi.lock,
-                               self._submitted)
+                               self._submitted, self._defer_timer)
         self._timer_deferred = False
 
-    def _call(self, call, marks: int) -> None:
+    def _call(self, call, marks: int, marks_us: int) -> None:
         now_ns = call.ts_us * 1000
         if type(call) is MapCall:
             gen = self.machine.driver.map_sg(self.domain, call.iova, call.chunks,
@@ -431,7 +437,7 @@ class Replayer:
             gen = iommu_dma_unmap_page(self.boot.cookie, call.iova, call.size, call.cpu,
                                        now_ns)
             origin = f"unmap, guest line {call.line}"
-        self.cpus.start(call.stream, gen, origin, marks)
+        self.cpus.start(call.stream, gen, origin, marks, marks_us)
         self._defer_timer()
 
     def _submitted(self, origin: str) -> int:
@@ -452,7 +458,7 @@ class Replayer:
         self._timer_deferred = True
         expires = fq.timer_expires_ns
         self.cpus.defer(ev.SOFTIRQ, expires // 1000, partial(self._fire_timer, expires),
-                        f"flush-queue timer, armed to fire from {expires / 1e9:.6f} s")
+                        f"flush-queue timer, armed at {expires / 1e9:.6f} s")
 
     def _fire_timer(self, expires: int):
         self._timer_deferred = False
