@@ -1,6 +1,6 @@
 """Replay's CPUs: each recorded (CPU, context) stream runs its driver call as a thread of its
 own, and a stream enters ``qi_submit_sync`` when the recording shows that stream taking the
-invalidation queue (drivers/iommu/intel/dmar.c ``qi_submit_sync``, Linux 6.1).
+invalidation queue (drivers/iommu/intel/dmar.c ``qi_submit_sync``, Linux 6.1 and 6.12).
 
 Why: ``qi_submit_sync`` prints ``qi_submit`` under ``qi->q_lock``, right before its IQT write,
 so the trace's ``qi_submit`` lines are the order in which CPUs took the queue.  Between a
@@ -20,7 +20,8 @@ The rules, each from how 6.1 runs a call:
   lock run at once (page-table work touches no other stream's state that descriptors show).
 * A stream takes the queue lock for a new submission only once the recording has shown more
   ``qi_submit`` lines on the stream than the model has submitted descriptors there since the
-  call began: each descriptor is one line (6.1 prints one per descriptor, the wait excluded).
+  call began: each descriptor is one line (6.1 and 6.12 print one per descriptor, the wait excluded:
+  a 6.12 batch of n descriptors is n lines before its one IQT write).
   The re-take after spinning on the wait status (``qi_submit_sync``'s unlock/relax/lock loop)
   belongs to the submission already under way and does not wait.  Once a call has submitted,
   it takes no other lock either before its next line: what follows a flush is the next flush
