@@ -16,9 +16,11 @@ the workers' peak, reported apart: an xz stream is decoded with a window of up t
 dictionary size (64 MiB for the shared recordings, ``xz -lvv``), so a worker's memory grows
 with the bytes it has decompressed until the window is full - a property of the file, not of
 the replay.
+The same figures for a recording with both CPUs mapping and unmapping at once (``--par``,
+legacy-cm-ats-par: its calls run as CPU streams, traces/cpus.py) come as ``*_par``.
 Targets: events_per_s >= 200,000; this process's RSS not growing with the trace.
 
-Usage: python benchmarks/replay.py [DIR] [--runs N] [--profile-top N]
+Usage: python benchmarks/replay.py [DIR] [--par DIR] [--runs N] [--profile-top N]
 The last line printed is a JSON object.
 """
 
@@ -41,6 +43,7 @@ from vtdsim.traces.textio import numbered_lines
 from vtdsim.traces.workers import prefetched
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "traces" / "legacy-cm-ats"
+DEFAULT_PAR = DEFAULT.with_name("legacy-cm-ats-par")
 SAMPLE_S = 0.1
 
 
@@ -107,55 +110,71 @@ def replay_once(directory: str, profiler: cProfile.Profile | None) -> dict:
     return run
 
 
+def measure(directory: str, runs: int, profiler: cProfile.Profile | None = None,
+            top: int = 0) -> dict:
+    """Replay ``directory`` ``runs`` times (once when profiled) and print the table; the
+    figures of the best run."""
+    # Counted in a worker too, so that this process's peak RSS is the replay's alone.
+    guest_events, qemu_lines = prefetched(count_events, directory)
+    events = guest_events + qemu_lines
+    done = [replay_once(directory, profiler) for _ in range(1 if profiler else max(runs, 1))]
+    best = min(done, key=lambda r: r["seconds"])
+    print(f"{Path(directory).name}: {best['verdict_line']}")
+    if profiler:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
+    print(f"{events} trace events ({guest_events} guest, {qemu_lines} QEMU log lines)")
+    print(f"{'run':>3}  {'seconds':>7}  {'events/s':>9}  {'model cpu s':>11}  "
+          f"{'workers cpu s':>13}  RSS MB at 1/4, 1/2, 3/4, end")
+    for i, r in enumerate(done, 1):
+        print(f"{i:>3}  {r['seconds']:>7.2f}  {events / r['seconds']:>9,.0f}  "
+              f"{r['model_cpu_s']:>11.2f}  {r['workers_cpu_s']:>13.2f}  {r['rss_mb_quarters']}")
+    return {
+        "recording": Path(directory).name,
+        "guest_events": guest_events,
+        "qemu_lines": qemu_lines,
+        "submissions": best["submissions"],
+        "runs": len(done),
+        "seconds": round(best["seconds"], 2),
+        "model_cpu_s": round(best["model_cpu_s"], 2),
+        "workers_cpu_s": round(best["workers_cpu_s"], 2),
+        "events_per_s": round(events / best["seconds"]),
+        "events_per_s_runs": [round(events / r["seconds"]) for r in done],
+        "guest_events_per_s": round(guest_events / best["seconds"]),
+        "submissions_per_s": round(best["submissions"] / best["seconds"]),
+        "rss_mb_quarters": best["rss_mb_quarters"],
+        "agreement": all(r["agreement"] for r in done),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", nargs="?", default=str(DEFAULT))
+    parser.add_argument("--par", default=str(DEFAULT_PAR),
+                        help="the recording with both CPUs at work (events_per_s_par); "
+                             "'' to skip it")
     parser.add_argument("--runs", type=int, default=3, help="replays; the best one counts")
     parser.add_argument("--profile-top", type=int, default=0,
                         help="one profiled run; print the N functions with the most own time "
                              "(cProfile: exact call counts, but its per-call cost inflates "
                              "the generator-heavy driver code)")
     args = parser.parse_args()
-    if not Path(args.directory).is_dir():
-        sys.exit(f"no recording at {args.directory}")
-    # Counted in a worker too, so that this process's peak RSS is the replay's alone.
-    guest_events, qemu_lines = prefetched(count_events, args.directory)
-    events = guest_events + qemu_lines
+    for directory in (args.directory, args.par):
+        if directory and not Path(directory).is_dir():
+            sys.exit(f"no recording at {directory}")
     profiler = cProfile.Profile() if args.profile_top else None
-    runs = [replay_once(args.directory, profiler)
-            for _ in range(1 if profiler else max(args.runs, 1))]
-    best = min(runs, key=lambda r: r["seconds"])
-    print(best["verdict_line"])
-    if profiler:
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile_top)
-    print(f"{events} trace events ({guest_events} guest, {qemu_lines} QEMU log lines)")
-    print(f"{'run':>3}  {'seconds':>7}  {'events/s':>9}  {'model cpu s':>11}  "
-          f"{'workers cpu s':>13}  RSS MB at 1/4, 1/2, 3/4, end")
-    for i, r in enumerate(runs, 1):
-        print(f"{i:>3}  {r['seconds']:>7.2f}  {events / r['seconds']:>9,.0f}  "
-              f"{r['model_cpu_s']:>11.2f}  {r['workers_cpu_s']:>13.2f}  {r['rss_mb_quarters']}")
-    figures = {
-        "recording": Path(args.directory).name,
-        "guest_events": guest_events,
-        "qemu_lines": qemu_lines,
-        "submissions": best["submissions"],
-        "runs": len(runs),
-        "seconds": round(best["seconds"], 2),
-        "model_cpu_s": round(best["model_cpu_s"], 2),
-        "workers_cpu_s": round(best["workers_cpu_s"], 2),
-        "events_per_s": round(events / best["seconds"]),
-        "events_per_s_runs": [round(events / r["seconds"]) for r in runs],
-        "guest_events_per_s": round(guest_events / best["seconds"]),
-        "submissions_per_s": round(best["submissions"] / best["seconds"]),
-        "rss_mb_quarters": best["rss_mb_quarters"],
-        "peak_rss_mb": round(max_rss_mb(resource.RUSAGE_SELF), 1),
-        "worker_peak_rss_mb": round(max_rss_mb(resource.RUSAGE_CHILDREN), 1),
-        "agreement": all(r["agreement"] for r in runs),
-        "profiled": bool(profiler),
-    }
-    print(f"best run: {figures['events_per_s']:,} events/s; this process's RSS "
-          f"{figures['rss_mb_quarters']} MB through it, peak {figures['peak_rss_mb']} MB; "
-          f"workers' peak {figures['worker_peak_rss_mb']} MB")
+    figures = measure(args.directory, args.runs, profiler, args.profile_top)
+    if args.par and not profiler:
+        par = measure(args.par, args.runs)
+        figures.update({f"{key}_par": par[key] for key in (
+            "recording", "events_per_s", "events_per_s_runs", "rss_mb_quarters", "agreement")})
+    figures.update(peak_rss_mb=round(max_rss_mb(resource.RUSAGE_SELF), 1),
+                   worker_peak_rss_mb=round(max_rss_mb(resource.RUSAGE_CHILDREN), 1),
+                   profiled=bool(profiler))
+    print(f"best run: {figures['events_per_s']:,} events/s"
+          + (f", {figures['events_per_s_par']:,} with both CPUs ({figures['recording_par']})"
+             if "events_per_s_par" in figures else "")
+          + f"; this process's peak RSS {figures['peak_rss_mb']} MB; workers' peak "
+          f"{figures['worker_peak_rss_mb']} MB")
     print(json.dumps(figures))
 
 

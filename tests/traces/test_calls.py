@@ -16,8 +16,10 @@ _line = iter(range(1, 1_000_000))
 
 def mapped(iova, ts, *, cpu=0, pid=100, context=ev.TASK, irqs_off=False, size=PAGE,
            paddr=None):
+    # By default pages lie top-down in physical memory, as the page allocator hands them out:
+    # chunks of one scatter-list are physically discontiguous (iommu_map_sg merges the rest).
     return ev.Map(next(_line), "dd", pid, cpu, ts, context, irqs_off, iova, iova + size,
-                  paddr if paddr is not None else 0x7000_0000 + 2 * (iova % 0x100_0000), size)
+                  paddr if paddr is not None else 0x7100_0000 - iova % 0x100_0000, size)
 
 
 def unmapped(iova, size, ts, *, cpu=1, pid=0, context=ev.HARDIRQ):
@@ -25,8 +27,8 @@ def unmapped(iova, size, ts, *, cpu=1, pid=0, context=ev.HARDIRQ):
                     size)
 
 
-def submitted(ts, *, cpu=0, pid=100):
-    return ev.QiSubmit(next(_line), "dd", pid, cpu, ts, ev.TASK, True, "iotlb_inv", "dmar0",
+def submitted(ts, *, cpu=0, pid=100, context=ev.TASK):
+    return ev.QiSubmit(next(_line), "dd", pid, cpu, ts, context, True, "iotlb_inv", "dmar0",
                        0x500F2, 0xFFFF0000, 0, 0)
 
 
@@ -54,6 +56,38 @@ def test_ascending_contiguous_chunks_are_one_call():
     assert shape(items) == [("map", 0xFFFE0000, 3)]
     assert items[0].size == 3 * PAGE and items[0].ts_us == 12
     assert (stats.map_calls, stats.map_sg_calls, stats.map_chunks) == (1, 1, 3)
+
+
+def test_physically_contiguous_chunks_are_separate_calls():
+    # __iommu_map_sg maps each maximal physically contiguous run with one __iommu_map: a chunk
+    # continuing the previous one physically would have been part of it.
+    first = mapped(0xFFFE0000, 10, paddr=0x5000_0000)
+    items, _ = calls([first, mapped(0xFFFE1000, 11, paddr=0x5000_1000)])
+    assert shape(items) == [("map", 0xFFFE0000, 1), ("map", 0xFFFE1000, 1)]
+
+
+def test_a_call_starts_size_aligned():
+    # iommu_dma_alloc_iova allocates the whole range size-aligned: two pages from 0xFFFE1000
+    # (aligned to one page only) cannot be one call; from 0xFFFE2000 they can.
+    items, _ = calls([mapped(0xFFFE1000, 10), mapped(0xFFFE2000, 11)])
+    assert shape(items) == [("map", 0xFFFE1000, 1), ("map", 0xFFFE2000, 1)]
+    items, _ = calls([mapped(0xFFFE2000, 20), mapped(0xFFFE3000, 21)])
+    assert shape(items) == [("map", 0xFFFE2000, 2)]
+
+
+def test_the_streams_other_line_ends_its_call():
+    # Under caching mode iotlb_sync_map submits after the last chunk: a scatter-list mapped
+    # right after it at the next IOVAs is another call.
+    psi = submitted(12)
+    items, _ = calls([mapped(0xFFFE0000, 10), mapped(0xFFFE1000, 11), psi,
+                      mapped(0xFFFE2000, 13), mapped(0xFFFE3000, 14)])
+    assert shape(items) == [("map", 0xFFFE0000, 2), ("qi", psi.line), ("map", 0xFFFE2000, 2)]
+
+
+def test_a_stalled_cpu_does_not_split_its_call():
+    # A vCPU the host did not run for 4 ms between two chunks of one scatter-list.
+    items, _ = calls([mapped(0xFFFE0000, 10), mapped(0xFFFE1000, 4010)])
+    assert shape(items) == [("map", 0xFFFE0000, 2)]
 
 
 def test_top_down_allocations_are_separate_calls():
@@ -129,13 +163,6 @@ def np_flush(ts, *, cpu=0, pid=100):
                             "dmar0", 0, "iotlb", 5, 0, 0, 0, 1, 0)
 
 
-def test_a_chunk_continuing_the_last_physically_is_another_call():
-    # iommu_map_sg would have merged it into the previous __iommu_map (one map event).
-    first = mapped(0xFFFE0000, 10, paddr=0x5000_0000)
-    items, _ = calls([first, mapped(0xFFFE1000, 11, paddr=0x5000_1000)])
-    assert shape(items) == [("map", 0xFFFE0000, 1), ("map", 0xFFFE1000, 1)]
-
-
 def test_sync_map_events_end_calls_and_replace_the_gap():
     late = 10 + CONTINUE_GAP_US + 3000  # the task was preempted between two chunks
     items, stats = calls([mapped(0xFFFF0000, 1), np_flush(2),
@@ -144,3 +171,25 @@ def test_sync_map_events_end_calls_and_replace_the_gap():
     assert shape(items) == [("map", 0xFFFF0000, 1), ("map", 0xFFFE0000, 2),
                             ("map", 0xFFFE2000, 1)]
     assert stats.closed_by_gap == 0
+
+
+def test_calls_marked_by_sync_map_events_still_start_size_aligned():
+    # The trace marks every call's end, yet a chunk that would leave the call's start
+    # misaligned is another call (iommu_dma_alloc_iova), and one continuing the last
+    # physically too (iommu_map_sg merges such segments).
+    items, _ = calls([mapped(0xFFFF0000, 1), np_flush(2),
+                      mapped(0xFFFE1000, 10), mapped(0xFFFE2000, 11), np_flush(12),
+                      mapped(0xFFFD0000, 20, paddr=0x5000_0000),
+                      mapped(0xFFFD1000, 21, paddr=0x5000_1000), np_flush(22)])
+    assert shape(items) == [("map", 0xFFFF0000, 1), ("map", 0xFFFE1000, 1),
+                            ("map", 0xFFFE2000, 1), ("map", 0xFFFD0000, 1),
+                            ("map", 0xFFFD1000, 1)]
+
+
+def test_a_softirq_is_one_stream_whatever_task_it_interrupted():
+    # The pid ftrace prints in a softirq is the interrupted task's: the CPU's softirq lines
+    # are one stream, so the map call goes on across them and ends at the stream's next line.
+    psi = submitted(13, pid=7, context=ev.SOFTIRQ)
+    items, _ = calls([mapped(0xFFFE0000, 10, pid=5, context=ev.SOFTIRQ),
+                      mapped(0xFFFE1000, 11, pid=6, context=ev.SOFTIRQ), psi])
+    assert shape(items) == [("map", 0xFFFE0000, 2), ("qi", psi.line)]

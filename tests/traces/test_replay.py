@@ -22,6 +22,7 @@ from vtdsim.traces.replay import (
     FQ_TIMER_TICKS,
     LAZY_TOLERANCE,
     TICK_NS,
+    read_setup,
     recording_profile,
     replay,
     skip_boot_mappings,
@@ -38,6 +39,10 @@ EXPECTED = {
     "legacy-nocm-lazy": (True, 5, None, None),
     "legacy-nocm-strict": (False, 5, 2958 + 2, 2958 + 3),
     "sm-nocm-lazy": (True, 5, None, None),
+    # parallel4.sh: both vCPUs map and unmap at once
+    "legacy-nocm-par-strict": (False, 5, 6416, 6417),
+    "sm-nocm-par-lazy": (True, 5, None, None),
+    "legacy-cm-ats-par": (False, 7, 107456, 107457),
     # Linux 6.12 under QEMU 10.0: the trace holds the boot's work (no QEMU boot part but the
     # IQT=0 write); ATS batches IOTLB PSI + device-TLB in one IQT write (D > T).
     "linux612-legacy-cm": (False, 5, 6708, 6709),
@@ -161,7 +166,8 @@ def test_shared_recording_agrees(name):
 
 
 def test_fq_timer_fires_on_the_fourth_tick():
-    # msecs_to_jiffies(10) at HZ=250 is 3 ticks, plus the timer wheel's round-up.
+    # msecs_to_jiffies(10) at HZ=250 is 3 ticks, plus the timer wheel's round-up (the timed
+    # simulator's timer; replay waits for the softirq line instead).
     assert (FQ_TIMER_TICKS, TICK_NS) == (4, 4_000_000)
 
 
@@ -298,3 +304,46 @@ def test_trace_start_is_found_by_the_first_guest_submissions():
     assert [b.line for b in boot] == [1]
     assert [b.line for b in rest] == [2, 3, 4]
     assert cmp.split_at_trace_start(iter(batches[:1]), first) is None
+
+
+# -- which device the trace is about -------------------------------------------------------------
+def _without_pci_function_line(lines: list[str]) -> None:
+    lines[:] = [line for line in lines if ": pci function " not in line]
+
+
+def test_traced_device_found_from_qemus_translations(tmp_path):
+    """No driver names its device in dmesg: QEMU's log shows which device's DMA went through
+    the IOVAs the trace mapped, to the pages it mapped them to."""
+    copy, _ = _tampered_copy(tmp_path, "guest.log", _without_pci_function_line)
+    res = run_cli(str(copy))
+    assert res.exit_code == 0, res.output
+    assert ("traced device 00:03.0 (QEMU's log: translates the trace's mappings): group 3"
+            in res.output)
+
+
+def test_traced_device_from_translations_past_the_boots_direct_mappings():
+    """linux612-legacy-cm-ats: every group is DMA (caching mode), no driver names its device,
+    and the trace opens with the boot's direct mappings (RMRRs into other domains, no DMA
+    through them): QEMU's translations of the first mappings after those name 01:00.0."""
+    path = TRACES / "linux612-legacy-cm-ats"
+    if not path.is_dir():
+        pytest.skip(f"recording not present under {TRACES}")
+    setup = read_setup(Recording(path))
+    assert (setup.traced, setup.traced_how) == (0x100, "QEMU's log: translates the trace's "
+                                                "mappings")
+
+
+def test_unknown_traced_device_is_an_error_listing_the_candidates(tmp_path):
+    copy, _ = _tampered_copy(tmp_path, "guest.log", _without_pci_function_line)
+    with lzma.open(EXAMPLE / "qemu.log.xz", "rt") as stream:
+        kept = [line for line in stream.read().splitlines()
+                if not line.startswith("vtd_dmar_translate ")]
+    (copy / "qemu.log.xz").unlink()
+    (copy / "qemu.log").write_text("\n".join(kept) + "\n")
+    res = run_cli(str(copy))
+    assert res.exit_code == 2
+    message = res.output.strip()
+    assert message.startswith(f"vtdsim: error: {copy}: cannot tell which device")
+    assert "(devices in DMA groups: 00:00.0, 00:01.0, 00:02.0, 00:03.0, 00:1f.0, 00:1f.2, " \
+           "00:1f.3); pass --device BB:DD.F" in message
+    assert run_cli(str(copy), "--device", "00:03.0").exit_code == 0

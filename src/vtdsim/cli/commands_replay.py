@@ -17,7 +17,8 @@ from vtdsim.driver.profiles import PROFILES
               help="driver profile to replay with (default: the recorded kernel's, from "
                    "config.toml's first line: linux-6.1 or linux-6.12)")
 @click.option("--seed", type=SEED, default=0, show_default=True,
-              help="draws the jiffy-tick phase the flush-queue timer runs on")
+              help="reported only: replay draws nothing (the trace's softirq lines time the "
+                   "flush-queue timer)")
 @click.option("--device", default=None,
               help="the traced device (BB:DD.F) when the recording does not tell")
 @click.option("--json", "json_path", default=None, help="write the agreement as JSON here")

@@ -55,7 +55,8 @@ class IommuDmaCookie:
                 # checker copies its template world that way).
                 f"domain{domain.ident}", ncpus, partial(driver.flush_iotlb_all, domain),
                 iovad.free_iova_fast,
-                size=prof.fq_size, timeout_ns=fq_timeout_ns or prof.fq_timeout_ns)
+                size=prof.fq_size, timeout_ns=prof.fq_timeout_ns if fq_timeout_ns is None
+                else fq_timeout_ns)
 
     @property
     def identity(self) -> bool:

@@ -38,6 +38,7 @@ _FSTS_NAME = "FSTS"
 _FSTS_QUEUE_ERRORS = 0x70  # IQE (4), ICE (5), ITE (6): the queue waits for software
 
 Listener = Callable[[st.Annotate], None]
+_NO_STOPS: frozenset[type] = frozenset()
 
 
 def _where(gen: Generator) -> str:
@@ -91,12 +92,21 @@ class DirectExecutor:
     def run(self, gen: Generator) -> Any:
         """Drive ``gen`` to completion.  The handler table is keyed by exact step class, so a
         lookup miss is where ``check_step`` runs (a non-Step, or a Step we do not know)."""
+        return self.run_until(gen, None, _NO_STOPS)[1]
+
+    def run_until(self, gen: Generator, reply: Any, stops: frozenset[type]
+                  ) -> tuple[st.Step | None, Any]:
+        """Drive ``gen`` as ``run`` does, sending ``reply`` first, but hand back the first step
+        whose class is in ``stops`` unapplied: ``(step, None)``; ``(None, value)`` once ``gen``
+        returns.  Replay's CPU streams (traces/cpus.py) decide themselves when such a step
+        (a lock) may go, and apply it with ``apply``."""
         handlers, counts, send = self._handlers, self._applied, gen.send
-        reply = None
         try:
             while True:
                 step = send(reply)
                 kind = type(step)
+                if kind in stops:
+                    return step, None
                 try:
                     handler = handlers[kind]
                 except KeyError:
@@ -106,7 +116,7 @@ class DirectExecutor:
                 counts[kind] += 1
                 reply = handler(step)
         except StopIteration as stop:
-            return stop.value
+            return None, stop.value
 
     # -- one step at a time (the checker's entry points) ----------------------------------------
     def apply(self, step: st.Step) -> Any:

@@ -107,6 +107,12 @@ class System:
             # The IQT write that carries it comes after the annotation: count it already.
             self.submitted.append((self.unit.stats["iqt_writes"] + 1, *step.data))
 
+    def descriptors_pending(self) -> bool:
+        """Has ``qi_submit`` put a descriptor in the queue since the last
+        ``take_submissions``?  (An IQT write without one - the queue's set-up - waits for the
+        next take that has one.)"""
+        return bool(self.submitted)
+
     def take_submissions(self) -> list[list[tuple]]:
         """Every IQT write since the last call, in order, each as the list of descriptors
         ``(label, qw0, qw1, qw2, qw3)`` that ``qi_submit`` put behind it (an IQT write

@@ -1,28 +1,48 @@
 """Reconstruct the driver calls behind a recorded guest trace: which ``iommu_map_sg`` /
 ``iommu_map`` and ``iommu_unmap_fast`` calls (drivers/iommu/iommu.c, dma-iommu.c) produced the
-``iommu:map`` / ``iommu:unmap`` events of a Linux 6.1 ftrace (linux-driver.md 1.2, 3.2).
+``iommu:map`` / ``iommu:unmap`` events of a Linux 6.1 or 6.12 ftrace (linux-driver.md 1.2, 3.2).
 
 ``__iommu_map`` emits one ``map`` event per physically contiguous chunk, and ``iommu_map_sg``
 maps the chunks of one scatter-list back to back from one IOVA, then runs ``iotlb_sync_map``
 once over their union.  So a ``map`` event continues the call of its *stream* - one task on one
-CPU in one context (an interrupt on that CPU is another stream) - when its IOVA starts where the
-previous chunk ended, it follows within ``CONTINUE_GAP_US``, and IRQs are on.  Why each test
-(checked against the caching-mode recordings, where every call's PSI shows where it ended):
+CPU, or one CPU's interrupt context (an interrupt on that CPU is another stream: ftrace prints
+each line's CPU and context flags; with several CPUs their lines interleave) - only when all of
+these hold.  Rules that follow from the code (6.1's and 6.12's alike):
 
-* separate ``dma_map_page`` calls of NVMe allocate IOVAs top-down, so they do not continue
-  upwards - except a page mapped right after a large buffer freed above it; those came 674 us
-  or more after the previous chunk, while chunks of one call came at most 92 us apart;
-* an unmap touching a pending call's IOVAs means that call has returned: NVMe's next request
-  may get the IOVAs just above it (rcache reuse) within the gap;
-* virtio-blk (6.1 ``vring_map_one_sg``) maps each scatter-list entry with its own
+* its IOVA starts where the previous chunk ended (one IOVA range per call, chunks back to back);
+* its physical address does not continue the previous chunk's (``__iommu_map_sg`` merges
+  physically contiguous segments into one ``__iommu_map``, so such a chunk would be part of
+  the previous one);
+* the call's start stays size-aligned for the grown size (``iommu_dma_alloc_iova`` allocates
+  the whole range at once with ``alloc_iova_fast(..., size_aligned=true)``, the size rounded
+  up to a power of two).
+
+And measured on the recordings, where the code leaves the choice open (checked against the
+caching-mode ones, where every call's PSI shows where it ended):
+
+* the stream logged nothing else since the previous chunk: the map loop logs only its chunks,
+  and ``iotlb_sync_map`` follows the last one (under caching mode its ``qi_submit``; 6.12's
+  ``cache_tag_flush_range_np``), so a caching-mode call ends at its flush - two scatter-lists
+  mapped back to back at contiguous IOVAs stay two calls;
+* it follows within ``CONTINUE_GAP_US`` (50 ms, longer than the vCPU stalls the recordings
+  show inside one call: a 16-chunk scatter-list of linux612-legacy-cm stalled 3.9 ms after its
+  first chunk) - unless the trace marks every map call's end: from its first
+  ``cache_tag_flush_range_np`` on (6.12's ``intel_iommu_iotlb_sync_map`` under caching mode,
+  once per map call) a call ends only at its stream's next line, so a task preempted between
+  two chunks of one call for longer stays one call;
+* no unmap touched the pending call's IOVAs (that call has returned: NVMe's next request may get
+  the IOVAs just above it, rcache reuse, within the gap);
+* IRQs are on: virtio-blk (6.1 ``vring_map_one_sg``) maps each scatter-list entry with its own
   ``dma_map_page`` under the virtqueue lock, IRQs off, and its IOVAs often do continue upwards
   (rcache reuse); ``iommu_map_sg``'s callers in the recordings (blk-mq ``dma_map_sg``,
   ``dma_alloc_coherent``) run with IRQs on.  So a map logged with IRQs off is a call of its own.
 
 ``unmap`` events are one per call.
 
-Only map/unmap events decide the calls: ``qi_submit`` events (the answer replay compares with)
-are passed through untouched, in trace order, and never close or shape a call.  A map call is
+Only map/unmap events shape the calls: ``qi_submit`` events (the answer replay compares with)
+are passed through untouched, in trace order; one ends its stream's pending call (the stream
+did something else) but never shapes a call, and replay takes from them only where each
+stream took the queue (cpus.py).  A map call is
 known to be complete only when its stream does something else or the gap has passed, so items
 are held in a small look-ahead buffer and a call is placed at its *last* chunk, where Linux
 runs its ``iotlb_sync_map``.
@@ -41,21 +61,54 @@ from dataclasses import dataclass, field
 
 from vtdsim.traces import events as ev
 
-# Chunks of one call came <= 92 us apart in the recordings, separate calls >= 674 us (above).
-# Past the gap a pending call is complete even if its stream stays silent, which also bounds
-# the look-ahead buffer.
-CONTINUE_GAP_US = 250
+# A CPU may stall inside one iommu_map_sg for as long as the host does not run its vCPU (the
+# recordings show stalls up to 45 ms); past this a pending call is complete even if its
+# stream stays silent, which also bounds the look-ahead buffer.
+CONTINUE_GAP_US = 50_000
+PAGE_SIZE = 4096
+
+
+def _size_aligned(iova: int, size: int) -> bool:
+    """Could one DMA-API call own ``[iova, iova + size)``?  6.1 ``iommu_dma_alloc_iova``
+    allocates a call's whole range at once, size-aligned (``alloc_iova_fast(..., true)``: the
+    start aligned to the size rounded up to a power of two, in pages); a call growing past
+    a chunk keeps that start, so each prefix must already fit the alignment."""
+    pages = -(-size // PAGE_SIZE)
+    return iova % (PAGE_SIZE << max(pages - 1, 0).bit_length()) == 0
+
+
+def stream_key(cpu: int, pid: int, context: str) -> tuple:
+    """The sequential unit of execution a trace line belongs to: a task on its CPU, or one
+    CPU's softirq, hard-IRQ or NMI context.  An interrupt runs to completion before what it
+    interrupted resumes, and hard IRQs (run with IRQs off) or softirqs do not nest on one CPU,
+    so one CPU's lines of one interrupt context follow one another whatever task they
+    interrupted (the pid ftrace prints there is the interrupted task's)."""
+    if context == ev.TASK:
+        return cpu, context, pid
+    return cpu, context
+
+
+@ev.record
+class SubmitMark:
+    """Where a stream took the invalidation queue: a ``qi_submit`` line's header only (its
+    descriptor words are the recorded answer and stay with the recorded side)."""
+
+    line: int
+    ts_us: int
+    stream: tuple
 
 
 @ev.record
 class MapCall:
     """One ``iommu_map_sg`` (or ``iommu_map``) call: ``chunks`` are ``(paddr, size)`` mapped
-    back to back from ``iova``; ``line``/``ts_us`` are those of the last chunk."""
+    back to back from ``iova``; ``line``/``ts_us`` are those of the last chunk; ``stream``
+    is ``stream_key`` of its lines."""
 
     line: int
     ts_us: int
     cpu: int
     context: str
+    stream: tuple
     iova: int
     chunks: tuple[tuple[int, int], ...]
 
@@ -72,6 +125,7 @@ class UnmapCall:
     ts_us: int
     cpu: int
     context: str
+    stream: tuple
     iova: int
     size: int
     unmapped_size: int
@@ -121,11 +175,10 @@ class _PendingMap:
         self.slot = slot
 
     def continues(self, event: ev.Map, sync_marked: bool) -> bool:
-        # iommu_map_sg merges physically contiguous segments into one __iommu_map (one map
-        # event), so a chunk that continues the last one physically is another call's.
         last = self.last
         return (event.iova == self.end and not event.irqs_off
                 and event.paddr != last.paddr + last.size
+                and _size_aligned(self.first.iova, event.end - self.first.iova)
                 and (sync_marked or event.ts_us - last.ts_us <= CONTINUE_GAP_US))
 
     def add(self, event: ev.Map, slot: int) -> None:
@@ -136,13 +189,13 @@ class _PendingMap:
 
     def call(self) -> MapCall:
         last = self.last
-        return MapCall(last.line, last.ts_us, last.cpu, last.context, self.first.iova,
+        return MapCall(last.line, last.ts_us, last.cpu, last.context,
+                       stream_key(last.cpu, last.pid, last.context), self.first.iova,
                        tuple(self.chunks))
 
 
-def _stream(event: ev.GuestEvent) -> tuple[int, int, str]:
-    # The pid of an interrupt is the interrupted task's, so the context is part of the key.
-    return event.cpu, event.pid, event.context
+def _stream(event: ev.GuestEvent) -> tuple:
+    return stream_key(event.cpu, event.pid, event.context)
 
 
 class _Reconstructor:
@@ -153,7 +206,7 @@ class _Reconstructor:
         self.stats = stats
         self.buf: deque = deque()
         self.base = 0
-        self.pending: dict[tuple[int, int, str], _PendingMap] = {}
+        self.pending: dict[tuple, _PendingMap] = {}
         self.sync_marked = False  # the trace marks each map call's end (``_synced``)
 
     def _append(self, item) -> int:
@@ -163,6 +216,11 @@ class _Reconstructor:
     def feed(self, event: ev.GuestEvent) -> None:
         self._close_stale(event.ts_us)
         kind = type(event)
+        if kind is not ev.Map and self.pending:
+            # The map loop logs nothing but its chunks: the stream's next other line comes
+            # after the call's iotlb_sync_map (its qi_submit under caching mode; 6.12's
+            # cache_tag_flush_range_np).
+            self._close(_stream(event))
         if kind is ev.QiSubmit:
             self._append(event)
         elif kind is ev.Map:
@@ -170,9 +228,9 @@ class _Reconstructor:
         elif kind is ev.CacheTagFlush and event.kind == "range_np":
             self._synced(event)
         elif kind is ev.Unmap:
-            self._close(_stream(event))
             self._close_unmapped(event)
             self._append(UnmapCall(event.line, event.ts_us, event.cpu, event.context,
+                                   stream_key(event.cpu, event.pid, event.context),
                                    event.iova, event.size, event.unmapped_size))
             self.stats.unmap_calls += 1
             self.stats.by_context["unmap", event.context] += 1
@@ -196,7 +254,7 @@ class _Reconstructor:
         else:
             self.pending[key] = pending
 
-    def _close(self, key: tuple[int, int, str]) -> None:
+    def _close(self, key: tuple) -> None:
         pending = self.pending.pop(key, None)
         if pending is not None:
             self._finish(pending)

@@ -329,6 +329,72 @@ def guest_desc_fits(recorded: ev.QiSubmit, batch: QemuBatch, slot: int = 0,
     return recorded.label not in silent and view[slot] == (recorded.qw0, recorded.qw1)
 
 
+class BatchFiller:
+    """Which QEMU batch (IQT write) and slot each guest ``qi_submit`` line is.
+
+    ``qi_submit_sync`` prints one line per caller descriptor under ``qi->q_lock``, then
+    writes IQT once (6.1: one descriptor a call; 6.12's ``qi_batch_flush_descs``: up to 16),
+    so one CPU's consecutive lines fill one batch slot by slot, and no other CPU's line comes
+    between them (the lock).  But ftrace merges its per-CPU buffers by timestamp and on a tie
+    prints the lower CPU first (kernel/trace/trace.c ``__find_next_entry`` keeps the first
+    smallest), and a lagging vCPU's clock reads the last value any CPU read
+    (arch/x86/kernel/pvclock.c ``pvclock_clocksource_read``'s ``last_value``), so tied lines
+    of different CPUs are in no known order - QEMU's log, one IQT write at a time, has the
+    queue's.  ``fill_tied`` gives each new batch of such a group to the CPU whose next line
+    fits its first slot (the first in guest order when several do), the batch's CPU fills
+    the rest, and each CPU's own lines keep their order."""
+
+    def __init__(self, batches: Iterator[QemuBatch], silent: frozenset = QEMU72_SILENT):
+        self.batches = batches
+        self.silent = silent
+        self.batch: QemuBatch | None = None  # the IQT write being filled
+        self.slot = 0  # the next line's slot in it
+        self.owner = -1  # the CPU filling it
+
+    def _open(self) -> bool:
+        batch = self.batch
+        return batch is not None and self.slot < max(len(batch.view), 1)
+
+    def _take(self) -> QemuBatch | None:
+        self.batch, self.slot = next(self.batches, None), 0
+        return self.batch
+
+    def _place(self, event: ev.QiSubmit) -> tuple[QemuBatch | None, int]:
+        placed = self.batch, self.slot
+        self.slot += 1
+        self.owner = event.cpu
+        return placed
+
+    def fill(self, event: ev.QiSubmit) -> tuple[QemuBatch | None, int]:
+        """The batch and slot of the next line, lines taken in trace order."""
+        if not self._open():
+            self._take()
+        return self._place(event)
+
+    def fits(self, event: ev.QiSubmit, batch: QemuBatch | None, slot: int) -> bool:
+        return batch is not None and guest_desc_fits(event, batch, slot, self.silent)
+
+    def fill_tied(self, group: list[ev.QiSubmit]) -> tuple[list[tuple], bool]:
+        """Batch and slot of each line of ``group`` (one timestamp, several CPUs), in guest
+        order, and whether QEMU's log has the group's batches in another order."""
+        queues: dict[int, deque[int]] = {}
+        for i, event in enumerate(group):
+            queues.setdefault(event.cpu, deque()).append(i)
+        placed: list[tuple] = [(None, 0)] * len(group)
+        openers = []
+        for _ in group:
+            if self._open() and queues.get(self.owner):
+                i = queues[self.owner].popleft()
+            else:
+                batch = self._take()
+                heads = sorted(q[0] for q in queues.values() if q)
+                i = next((h for h in heads if self.fits(group[h], batch, 0)), heads[0])
+                queues[group[i].cpu].popleft()
+                openers.append(i)
+            placed[i] = self._place(group[i])
+        return placed, openers != sorted(openers)
+
+
 def split_at_trace_start(batches: Iterator[QemuBatch], first: list[ev.QiSubmit],
                          silent: frozenset = QEMU72_SILENT,
                          ) -> tuple[list[QemuBatch], Iterator[QemuBatch]] | None:
@@ -478,6 +544,10 @@ def _consistency(result) -> tuple[list[str], bool]:
     if result.misfits:
         lines.append(f"{result.misfits} guest submissions have no matching QEMU queue-tail "
                      "write")
+    if result.tie_groups:
+        lines.append(f"{result.tie_groups} groups of guest lines of one timestamp from several "
+                     "CPUs are in another order in QEMU's log (ftrace prints a tie lower CPU "
+                     "first): QEMU's batches compared in the guest's order")
     if not result.aligned:
         lines.append("could not find the guest trace's first submissions in QEMU's log")
     return lines, ok and not result.misfits and result.aligned

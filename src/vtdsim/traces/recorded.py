@@ -9,9 +9,10 @@ QEMU's log before the trace's first submissions (found by the first ``ALIGN_WIND
 ``split_at_trace_start``) is compared with those; the boot batches beyond what that part holds
 were made after the trace started (6.12) and open the traced comparison.  After that, the
 guest's submissions fill QEMU's batches slot by slot (one IQT write per ``qi_submit_sync``
-call: one descriptor in 6.1, up to 16 in 6.12, each guest line must fit its slot), and both
-are compared with the model's stream position by position.  The logs
-are read only as far as the model's stream has come, so memory is the lag between the two
+call: one descriptor in 6.1, up to 16 in 6.12, each guest line must fit its slot; lines of
+one timestamp from several CPUs take QEMU's order, ``compare.BatchFiller``), and both are
+compared with the model's stream position by position.  The logs are read only as far as
+the model's stream has come, so memory is the lag between the two
 sides, not the recording's length.
 
 Not modelled: interrupt remapping - ``iec_inv`` submissions are counted apart, never compared
@@ -68,6 +69,7 @@ class RecordedComparison:
     recorded_flushes: Counter = field(default_factory=Counter)  # DSIs: "timer" / "other"
     after_trace: Counter = field(default_factory=Counter)  # QEMU batches after the trace
     misfits: int = 0  # guest submissions whose QEMU batch does not hold them
+    tie_groups: int = 0  # groups of tied guest lines QEMU's log shows in another order
 
 
 class _RecordedSide:
@@ -79,11 +81,11 @@ class _RecordedSide:
         self.silent = silent_kinds(versions.qemu, versions.where)
         self.submissions = self.recording.guest_events(("qi_submit",))
         self.qemu_batches: Iterator[cmp.QemuBatch] = iter(())
-        self.batch: cmp.QemuBatch | None = None  # the IQT write the guest's lines fill
-        self.slot = 0  # the next guest line's descriptor slot in it
+        self.filler = cmp.BatchFiller(iter(()), self.silent)
         self.result = RecordedComparison(None, cmp.guest_stream(),
                                          cmp.qemu_stream("QEMU's queue (traced part)",
                                                          self.silent))
+        self.group: list[ev.QiSubmit] = []  # guest lines of one timestamp, not yet paired
 
     def align_boot(self, boot: list[cmp.ModelBatch]) -> None:
         """QEMU's part before the guest trace starts, against the model's boot."""
@@ -93,6 +95,7 @@ class _RecordedSide:
                                          self.silent)
         if split is not None:
             boot_batches, self.qemu_batches = split
+            self.filler = cmp.BatchFiller(self.qemu_batches, self.silent)
             self.result.boot = cmp.compare_boot(boot, boot_batches, self.silent)
             for batch in self.result.boot.in_trace:
                 self.push_model(batch)
@@ -109,19 +112,37 @@ class _RecordedSide:
             self._recorded(event)
 
     def _recorded(self, event: ev.QiSubmit) -> None:
-        """A guest submission and the slot of the QEMU batch it fills: one IQT write per
-        ``qi_submit_sync`` call, which has one qi_submit line per caller descriptor (6.1: one,
-        6.12's ``qi_batch``: up to 16), so a batch is taken when the last one is full."""
+        """A guest submission, paired with its QEMU batch once its timestamp's group is
+        complete (``_pair_group``)."""
+        group = self.group
+        if group and event.ts_us != group[0].ts_us:
+            self._pair_group()
+        self.group.append(event)
+
+    def _pair_group(self) -> None:
+        """Guest lines of one timestamp and the QEMU batch slots they fill (one IQT write per
+        ``qi_submit_sync`` call, one line per caller descriptor: 6.1 one, 6.12's ``qi_batch``
+        up to 16); lines of several CPUs take their batches in QEMU's order where they fit
+        (``compare.BatchFiller``), so both streams are compared in the guest's order."""
+        group, self.group = self.group, []
+        if not group:
+            return
+        filler, cpu = self.filler, group[0].cpu
+        if all(event.cpu == cpu for event in group):
+            for event in group:
+                self._pair(event, *filler.fill(event))
+            return
+        placed, reordered = filler.fill_tied(group)
+        self.result.tie_groups += reordered
+        for event, (batch, slot) in zip(group, placed, strict=True):
+            self._pair(event, batch, slot)
+
+    def _pair(self, event: ev.QiSubmit, batch: cmp.QemuBatch | None, slot: int) -> None:
         result = self.result
-        batch = self.batch
-        if batch is None or self.slot >= max(len(batch.view), 1):
-            batch, self.slot = next(self.qemu_batches, None), 0
-            self.batch = batch
-            if batch is not None and event.label != cmp.IEC:
-                result.qemu.push_recorded(batch)
-        if batch is None or not cmp.guest_desc_fits(event, batch, self.slot, self.silent):
+        if slot == 0 and batch is not None and event.label != cmp.IEC:
+            result.qemu.push_recorded(batch)
+        if not self.filler.fits(event, batch, slot):
             result.misfits += 1
-        self.slot += 1
         if event.label == cmp.IEC:
             result.iec["guest trace"] += 1
             return
@@ -134,10 +155,10 @@ class _RecordedSide:
         trace was read out while the guest still ran: not compared, counted by kind)."""
         for event in self.submissions:
             self._recorded(event)
+        self._pair_group()
         after = self.result.after_trace
         for batch in self.qemu_batches:
             after["iec" if batch.iec else "silent" if batch.silent else "other"] += 1
-        self.batch = None
         self.result.guest.finish()
         self.result.qemu.finish()
         return self.result

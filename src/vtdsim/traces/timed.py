@@ -40,6 +40,11 @@ from vtdsim.virtualization.vmm import Vmm
 POLICY_CMDLINE = {"recorded": "", "strict": " iommu.strict=1", "lazy": " iommu.strict=0"}
 
 
+def _jiffies_ns(t_ns: int, phase_ns: int) -> int:
+    """The time rounded down to the last tick: the flush-queue timer's clock is jiffies."""
+    return phase_ns + (t_ns - phase_ns) // rp.TICK_NS * rp.TICK_NS
+
+
 class TimedTrace:
     def __init__(self, path, constants, *, profile, policy, platform, exits, seed, device):
         rec = Recording(path)
@@ -52,7 +57,9 @@ class TimedTrace:
         vmm, host, backends = (None, None, {}) if platform == "bare" else \
             _recorded_vmm(rec, setup, platform)
         self.model = rp.ModelMachine(setup, profile or rp.recording_profile(rec), vmm=vmm)
-        self.boot = rp.boot(self.model, setup)
+        # The timer fires on the 4th jiffy after the arming one (replay.py's HZ rule); replay
+        # itself arms for the earliest and waits for the softirq line instead.
+        self.boot = rp.boot(self.model, setup, rp.FQ_TIMER_TICKS * rp.TICK_NS)
         self.traced = setup.traced
         self.vm = Machine(platform, self.model.system, vmm, None, host, backends)
         if vmm is None:
@@ -72,7 +79,7 @@ class TimedTrace:
         if type(call) is MapCall:
             return self.model.driver.map_sg(domain, call.iova, call.chunks,
                                             IOMMU_READ | IOMMU_WRITE), self.m.map
-        now = rp._jiffies_ns(int(self.machine.env.now), self.phase_ns)
+        now = _jiffies_ns(int(self.machine.env.now), self.phase_ns)
         return iommu_dma_unmap_page(cookie, call.iova, call.size, call.cpu, now), self.m.unmap
 
     def lane(self, cpu: int):
@@ -118,7 +125,8 @@ class TimedTrace:
                 self.wakes[cpu] = None
 
     def run(self) -> dict:
-        calls = (c for c in rp.guest_calls(self.path) if type(c) is not rp.TraceEnd)
+        # guest_calls gives (call, marks) pairs, SubmitMarks and a TraceEnd: the calls only.
+        calls = (c[0] for c in rp.guest_calls(self.path) if type(c) is tuple)
         first = next(calls, None)
         start_ns = first.ts_us * 1000 if first is not None else 0
         self.machine = TimedMachine(self.model.system, self.constants, self.platform, start_ns,
