@@ -17,7 +17,6 @@ Not modelled: other QEMU versions than 7.x and 10.x, the recording's device DMA
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from vtdsim.errors import BadInput
@@ -33,20 +32,19 @@ from vtdsim.virtualization import qemu
 from vtdsim.virtualization.backends import VfioShadow, host_name
 from vtdsim.virtualization.vmm import Vmm
 
-_QEMU_VERSION = re.compile(r"QEMU (?:emulator version )?(\d+)\.(\d+)")
-_MAJOR = {7: "qemu-7.2", 10: "qemu-10.0"}
+_VMM_OF_QEMU = {"7.2": "qemu-7.2", "10.0": "qemu-10.0"}  # major.minor -> the VMM model
 _BOOL_PROPS = {"caching-mode": "caching_mode", "x-scalable-mode": "scalable_mode",
                "x-flts": "flts", "device-iotlb": "device_iotlb", "x-pasid-mode": "pasid",
                "snoop-control": "snoop_control", "dma-drain": "dma_drain", "pt": "pt"}
 
 
 def vmm_of(rec: Recording) -> tuple[qemu.QemuVersion, qemu.QemuProperties]:
-    """The QEMU version (from config.toml's first comment) and the unit's properties."""
-    text = Path(rec.path, "config.toml").read_text()
-    m = _QEMU_VERSION.search(text)
-    if m is None or int(m[1]) not in _MAJOR:
-        raise BadInput("no QEMU 7.x or 10.x version in its comment",
-                       where=f"{rec.path}/config.toml")
+    """The QEMU version (config.toml's first line, ``Recording.versions``) and the unit's
+    properties."""
+    versions = rec.versions
+    if versions.qemu not in _VMM_OF_QEMU:
+        raise BadInput(f"no VMM model of QEMU {versions.qemu}; known: "
+                       f"{', '.join(_VMM_OF_QEMU)}", where=versions.where)
     device = str(rec.config.get("qemu_iommu_device", ""))
     props = {}
     for word in device.split(",")[1:]:
@@ -55,7 +53,7 @@ def vmm_of(rec: Recording) -> tuple[qemu.QemuVersion, qemu.QemuProperties]:
             props[_BOOL_PROPS[key]] = value in ("on", "true", "yes")
         elif key == "aw-bits":
             props["aw_bits"] = int(value)
-    return qemu.get_version(_MAJOR[int(m[1])]), qemu.QemuProperties(**props)
+    return qemu.get_version(_VMM_OF_QEMU[versions.qemu]), qemu.QemuProperties(**props)
 
 
 def replay_on_vmm(path: str | Path, profile: str | None = None, seed: int = 0,
