@@ -91,6 +91,16 @@ NVME = [click.option("--bs", type=int, default=4096, show_default=True),
         click.option("--jobs", type=int, default=1, show_default=True),
         click.option("--rw", type=click.Choice(["read", "randread", "write", "randwrite"]),
                      default="randread", show_default=True)]
+CONTEXT = [click.option("--pasids", type=int, default=4, show_default=True,
+                        help="PASIDs of the flipping device besides RID_PASID, a domain each"),
+           click.option("--contenders", type=int, default=2, show_default=True,
+                        help="CPUs taking iommu->lock on other devices"),
+           click.option("--contend", type=click.Choice(["attach", "pasid"]), default="attach",
+                        show_default=True, help="what the contenders do"),
+           click.option("--flush", type=click.Choice(["inside", "outside"]), default="inside",
+                        show_default=True, help="the invalidations inside or after iommu->lock"),
+           click.option("--gap-ns", type=float, default=0.0, show_default=True,
+                        help="the flipping CPU's pause between two changes")]
 WINDOW = [click.option("--transfer", type=int, default=64, show_default=True),
           click.option("--window", type=int, default=8 << 20, show_default=True)]
 
@@ -106,6 +116,10 @@ simulate.add_command(_workload_command("nic-tx", NIC, "iperf-like send, one flow
 simulate.add_command(_workload_command("nvme", NVME, "fio-like NVMe I/O."))
 simulate.add_command(_workload_command("dma-window", WINDOW,
                                        "pcie-bench-like random DMA over a mapped window."))
+simulate.add_command(_workload_command(
+    "context-flush", CONTEXT,
+    "Seed 001: one CPU changes a present context entry (context_flip_pri) while others take "
+    "iommu->lock; its hold and wait times, flushes inside or outside the lock."))
 
 
 @simulate.command("trace")

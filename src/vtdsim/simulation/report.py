@@ -20,6 +20,8 @@ HEADLINE = ("gbps", "iops", "ios", "dropped", "cpu_ns_per_io", "map_ns", "unmap_
             "iotlb_miss_rate",
             "translation_reads_per_4k", "latency_ns_p50", "latency_ns_p99",
             "dma_latency_penalty_ns")
+# the per-level PSC misses, lock waits, and context-flush's iommu->lock figures
+LOCK_PREFIXES = ("pscache", "lock_wait", "flip_", "contender_", "iommu_lock", "affected")
 PLOT_KEYS = ("cpu_ns_per_io", "map_ns", "unmap_ns", "dma_latency_penalty_ns")
 
 
@@ -65,7 +67,7 @@ def table(result: dict):
         if key in rows:
             t.add_row(key, f"{rows[key]:,}" if isinstance(rows[key], int | float) else
                       str(rows[key]))
-    for key in sorted(k for k in rows if k.startswith(("pscache", "lock_wait"))):
+    for key in sorted(k for k in rows if k.startswith(LOCK_PREFIXES)):
         t.add_row(key, f"{rows[key]:,}")
     t.add_row("simulated time (ns)", f"{result['sim_ns']:,}")
     if "timing" in result:

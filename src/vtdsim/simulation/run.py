@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict
 
 from vtdsim.simulation.metrics import model_counters
-from vtdsim.simulation.workloads import dma_window, nic, nvme
+from vtdsim.simulation.workloads import context_flush, dma_window, nic, nvme
 from vtdsim.simulation.workloads.common import DmaWorld, Mode
 
 WORKLOADS = {
@@ -24,6 +24,7 @@ WORKLOADS = {
     "nic-tx": (nic.NicParams, lambda w, p, s: nic.build("nic-tx", w, p, s)),
     "nvme": (nvme.NvmeParams, nvme.Nvme),
     "dma-window": (dma_window.WindowParams, dma_window.DmaWindow),
+    "context-flush": (context_flush.ContextFlushParams, context_flush.ContextFlush),
 }
 PSC_LEVELS = (1, 2, 3, 4)
 FORGET_EVERY = 4096  # I/Os between two hand-overs of the driver's submission log
@@ -59,7 +60,8 @@ class Stop:
 
 
 def ncpus_for(params) -> int:
-    return max(2, getattr(params, "flows", 1), getattr(params, "jobs", 1))
+    return max(2, getattr(params, "flows", 1), getattr(params, "jobs", 1),
+               getattr(params, "cpus", 1))
 
 
 def simulate(workload: str, mode: Mode, params, constants) -> dict:
@@ -80,6 +82,8 @@ def simulate(workload: str, mode: Mode, params, constants) -> dict:
         stop.measuring()
     env.run(until=stop.event if mode.ios is not None else env.now + mode.duration_ns)
     result = summarize(world, workload, params)
+    if hasattr(load, "figures"):  # a workload's own figures (context-flush: the lock's)
+        result.update(load.figures(env.now - world.start_ns))
     result["timing"] = {"wall_s": round(time.perf_counter() - wall, 3)}
     return result
 
