@@ -100,7 +100,9 @@ CONTEXT = [click.option("--pasids", type=int, default=4, show_default=True,
            click.option("--flush", type=click.Choice(["inside", "outside"]), default="inside",
                         show_default=True, help="the invalidations inside or after iommu->lock"),
            click.option("--gap-ns", type=float, default=0.0, show_default=True,
-                        help="the flipping CPU's pause between two changes")]
+                        help="the flipping CPU's pause between two changes"),
+           click.option("--think-ns", type=float, default=2000.0, show_default=True,
+                        help="a contender's mean pause between operations (exponential)")]
 WINDOW = [click.option("--transfer", type=int, default=64, show_default=True),
           click.option("--window", type=int, default=8 << 20, show_default=True)]
 

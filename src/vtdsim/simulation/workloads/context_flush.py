@@ -16,8 +16,9 @@ RID_PASID, each attached to a domain of its own: ``--pasids + 1`` DIDs are flush
 It has ATS, as Linux requires for PRI (``intel_iommu_enable_iopf``: -ENODEV without
 ``ats_enabled``), so each change ends with a device-TLB invalidation.
 
-What the contenders do (``--contend``), each on its own device, back to back - the paths that
-take iommu->lock in Linux 6.12 (iommu.c, pasid.c):
+What the contenders do (``--contend``), each on its own device, pausing an exponential time of
+mean ``--think-ns`` between operations (from ``--seed``) - the paths that take iommu->lock in
+Linux 6.12 (iommu.c, pasid.c):
 
 * ``attach``: ``intel_iommu_attach_device`` alternating between two paging domains: the old
   RID_PASID entry torn down (``intel_pasid_tear_down_entry``: iommu->lock around the entry),
@@ -42,6 +43,7 @@ domain, so both variants flush the same DIDs); 6.12 stable's later removal of th
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from vtdsim.driver.context import context_flip_pri
@@ -64,6 +66,7 @@ class ContextFlushParams:
     contend: str = "attach"
     flush: str = "inside"
     gap_ns: float = 0.0  # the flipping CPU's pause between two changes
+    think_ns: float = 2000.0  # a contender's mean pause between two operations (exponential)
 
     def check(self) -> None:
         if self.flush not in FLUSH:
@@ -75,8 +78,9 @@ class ContextFlushParams:
                            f"one directory page)")
         if not 1 <= self.contenders <= MAX_CONTENDERS:
             raise BadInput(f"--contenders {self.contenders}: 1 to {MAX_CONTENDERS}")
-        if self.gap_ns < 0:
-            raise BadInput(f"--gap-ns {self.gap_ns}: must not be negative")
+        for name, value in (("--gap-ns", self.gap_ns), ("--think-ns", self.think_ns)):
+            if not value >= 0:  # NaN too
+                raise BadInput(f"{name} {value}: must not be negative")
 
     @property
     def cpus(self) -> int:
@@ -112,6 +116,10 @@ class ContextFlush:
         self.flip_ns, self.op_ns = Histogram(), Histogram()
         self.ops, self.flips_total = 0, 0
         self.epoch = world.start_ns
+        # Contenders pause a random (exponential) time between operations, drawn from the
+        # run's seed: without it the CPUs fall into lockstep and a deterministic phase, not
+        # the lock, decides whether they ever collide.
+        self.rng = random.Random(world.mode.seed)
         self.warmup_ios = 2  # the first changes walk cold PASID-table lines
 
     def _role(self, process) -> str:
@@ -192,6 +200,8 @@ class ContextFlush:
             self._measuring()
             self.op_ns.add(env.now - start)
             self.ops += 1
+            if self.p.think_ns:
+                yield env.timeout(self.rng.expovariate(1 / self.p.think_ns))
 
     # -- figures -----------------------------------------------------------------------------
     def figures(self, elapsed_ns: float) -> dict:
