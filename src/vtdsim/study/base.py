@@ -2,8 +2,8 @@
 the litmus scenarios before and after the patch, the timed runs and recordings that price it,
 the figures published in the thread, and the conclusion with the verdicts it rests on.
 
-Not provided: judgement - a conclusion whose verdicts the checker does not reproduce is printed
-with a note naming the verdicts that differ.
+Not provided: judgement - a conclusion whose verdicts the checker does not reproduce, or whose
+figures its seed's ``disagrees`` finds against it, is printed with a note saying which.
 """
 
 from __future__ import annotations
@@ -46,15 +46,23 @@ class Seed:
     conclusion: str
     rests_on: dict[str, str] = field(default_factory=dict)  # scenario -> verdict word
     open_questions: str = ""
+    # what in the figures would contradict the conclusion ("" when nothing does)
+    disagrees: Callable[[list[Figure]], str] | None = None
 
     def scenarios(self) -> list[str]:
         return [*self.before, *self.after]
 
-    def note_on(self, words: dict[str, str]) -> str:
-        """Empty when the checker gave the verdicts the conclusion rests on; otherwise the
-        scenarios whose verdict differs."""
+    def note_on(self, words: dict[str, str], figures: list[Figure] = ()) -> str:
+        """Empty when the checker gave the verdicts the conclusion rests on and the figures
+        bear it out; otherwise the scenarios whose verdict differs, and what in the figures
+        does not fit."""
+        notes = []
         differ = [f"{name} is {words.get(name, 'not run')}, the conclusion assumes {want}"
                   for name, want in sorted(self.rests_on.items()) if words.get(name) != want]
-        if not differ:
-            return ""
-        return "the verdicts differ from those this conclusion rests on: " + "; ".join(differ)
+        if differ:
+            notes.append("the verdicts differ from those this conclusion rests on: "
+                         + "; ".join(differ))
+        against = self.disagrees(list(figures)) if self.disagrees else ""
+        if against:
+            notes.append(f"the figures do not bear this conclusion out: {against}")
+        return "; ".join(notes)

@@ -32,9 +32,11 @@ class Run:
     platform: str = "bare"
     ats: bool = False
     params: tuple[tuple[str, object], ...] = ()  # workload parameters (hashable)
+    ios: int | None = None  # the run's own length (context-flush: changes), else the study's
 
     def command(self, ios: int, seed: int) -> str:
         """The equivalent ``vtdsim simulate`` command line (what a reader re-runs)."""
+        ios = self.ios or ios
         extra = "".join(f" --{k.replace('_', '-')} {v}" for k, v in sorted(self.params))
         ats = " --ats" if self.ats else ""
         return (f"vtdsim simulate {self.workload} --unit {self.unit} --profile {self.profile}"
@@ -59,7 +61,7 @@ class Costs:
 
     def _simulate(self, run: Run) -> dict | str:
         mode = Mode(policy=run.policy, profile=run.profile, platform=run.platform,
-                    unit=run.unit, seed=self.seed, ios=self.ios, ats=run.ats)
+                    unit=run.unit, seed=self.seed, ios=run.ios or self.ios, ats=run.ats)
         try:
             result = simulate(run.workload, mode, make_params(run.workload, **dict(run.params)),
                               self.table)

@@ -103,6 +103,6 @@ def _one(seed: Seed, results: list[dict], ctx: Context, step) -> dict:
         "scenarios": results,
         "figures": [f.as_json() for f in figures],
         "published": [f.as_json() for f in seed.published],
-        "conclusion": seed.conclusion, "note": seed.note_on(words),
+        "conclusion": seed.conclusion, "note": seed.note_on(words, figures),
         "open": seed.open_questions,
     }
