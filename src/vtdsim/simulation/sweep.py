@@ -15,7 +15,8 @@ Spec (TOML)::
 
 Mode fields: policy, profile, platform, exits, unit, iova_pages, seed, ats; workload parameters as
 the workload's options (flows, ring, mtu, pages_per_desc, link_gbps, bs, qd, jobs, rw,
-transfer, window); ``constants.NAME`` overrides one constant.
+transfer, window, pasids, contenders, contend, flush, gap_ns, think_ns);
+``constants.NAME`` overrides one constant.
 
 Not modelled: sweeping ``trace`` runs (recordings are read where the worker runs).
 """
