@@ -30,7 +30,9 @@ Linux 6.12 (iommu.c, pasid.c):
 Plain map/unmap never takes iommu->lock (``intel_iommu_map_pages``, ``cache_tag_flush_range``
 take ``domain->cache_lock`` and the queue's ``qi->q_lock`` only), so DMA-API traffic is not a
 contender here; it shares only the invalidation queue (q_lock) with the flips, whichever side
-of iommu->lock they run on.
+of iommu->lock they run on.  Of the mode, ``--unit``, ``--profile``, ``--platform`` and
+``--seed`` matter; ``--policy``, ``--iova-pages`` and ``--ats`` shape only ``DmaWorld``'s own
+device, which makes no DMA here.
 
 Not modelled: Linux's walk visits every PASID up to ``max_pasid`` through
 ``intel_pasid_get_entry`` (allocating absent leaf tables, GFP_ATOMIC); the model's walk reads
