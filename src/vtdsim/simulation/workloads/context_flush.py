@@ -27,6 +27,12 @@ Linux 6.12 (iommu.c, pasid.c):
 * ``pasid``: ``intel_iommu_set_dev_pasid`` then ``intel_iommu_remove_dev_pasid`` of PASID 1
   (the same four iommu->lock sections, as SVA bind/unbind or an iommufd PASID attach makes).
 
+The other iommu->lock takers are not run as contenders: ``domain_context_mapping_one`` /
+``domain_context_clear_one`` (legacy mode), ``device_pasid_table_setup`` / ``_teardown``
+(probe/release; both hold it around ``iommu_context_addr`` and the entry, 6.12 flushing after
+the unlock), ``intel_pasid_setup_page_snoop_control``, ``intel_pasid_setup_dirty_tracking``,
+``copy_translation_tables`` (kdump).
+
 Plain map/unmap never takes iommu->lock (``intel_iommu_map_pages``, ``cache_tag_flush_range``
 take ``domain->cache_lock`` and the queue's ``qi->q_lock`` only), so DMA-API traffic is not a
 contender here; it shares only the invalidation queue (q_lock) with the flips, whichever side
