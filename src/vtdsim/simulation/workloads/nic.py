@@ -36,18 +36,28 @@ HUGE = 2 << 20
 FLOW_SPAN = 1 << 34  # each flow's buffers in their own physical region
 
 
+RX_BUFFERS = ("page-pool", "map")
+
+
 @dataclass(frozen=True)
 class NicParams:
     flows: int = 1
-    ring: int = 512
+    ring: int = 1024  # mlx5: MLX5E_PARAMS_DEFAULT_LOG_RQ_SIZE 0xa -> 1024 MTU frames
     mtu: int = 1500
     pages_per_desc: int = 1
     link_gbps: float = 100.0
+    rx_buffers: str = "page-pool"  # nic-rx: a page_pool (mlx5 and most drivers) or map/packet
+    pool_size: int = 0  # page-pool: ptr_ring entries; 0 = the ring's pages, as mlx5 sizes it
 
     def check(self) -> None:
         for name in ("flows", "ring", "mtu", "pages_per_desc"):
             if getattr(self, name) < 1:
                 raise BadInput(f"--{name.replace('_', '-')} must be at least 1")
+        if self.rx_buffers not in RX_BUFFERS:
+            raise BadInput(f"--rx-buffers {self.rx_buffers!r}: expected one of "
+                           f"{', '.join(RX_BUFFERS)}")
+        if self.pool_size < 0:
+            raise BadInput("--pool-size must be 0 (the ring's pages) or positive")
         if self.link_gbps <= 0:
             raise BadInput("--link-gbps must be positive")
         if self.mtu > 9216:
@@ -146,6 +156,13 @@ class RxFlow:
             self.refilled.succeed()
             self.refilled = None
 
+    def available(self) -> bool:
+        return bool(self.posted)
+
+    def dma(self, addr: int, desc) -> float:
+        """The NIC writes one packet at ``addr``; the translation latency beyond the DMA."""
+        return self.world.dma(addr, self.p.mtu, True)
+
     def packet_addr(self) -> tuple[int, Descriptor | None]:
         """The DMA address of the next packet slot; the descriptor if this fills it."""
         desc = self.posted[0]
@@ -201,7 +218,7 @@ class NicRx:
         yield env.timeout(flow.index * p.wire_ns)
         while True:
             now = env.now
-            if not flow.posted:
+            if not flow.available():
                 flow.refilled = env.event()
                 yield flow.refilled
                 missed = -(-(env.now - now) // gap)  # arrivals in [now, refill)
@@ -212,7 +229,7 @@ class NicRx:
                 m.dropped += 1
             else:
                 addr, desc = flow.packet_addr()
-                extra = world.dma(addr, p.mtu, True)
+                extra = flow.dma(addr, desc)
                 m.penalty.add(extra)
                 start, xfer = max(now, self.engine_free), world.transfer_ns(p.mtu)
                 self.engine_free = start + xfer + extra / world.parallelism
@@ -320,7 +337,12 @@ class NicTx:
 
 def build(kind: str, world: DmaWorld, params: NicParams, stop):
     params.check()
-    return (NicRx if kind == "nic-rx" else NicTx)(world, params, stop)
+    if kind == "nic-tx":
+        return NicTx(world, params, stop)
+    if params.rx_buffers == "page-pool":
+        from vtdsim.simulation.workloads.nic_pool import PoolRx
+        return PoolRx(world, params, stop)
+    return NicRx(world, params, stop)
 
 
 __all__ = ["NicParams", "NicRx", "NicTx", "build", "Mode"]
