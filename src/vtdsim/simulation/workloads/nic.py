@@ -4,10 +4,11 @@ it touches through the unit, and the driver mapping and unmapping buffers throug
 (Linux drivers/net: a receive buffer is unmapped once its packets are taken and a fresh one is
 mapped to refill the ring; a sent packet is mapped at xmit and unmapped at completion).
 
-Receive: ``pages_per_desc`` 1 is one buffer per packet (``ceil((mtu + headroom) / 4 KiB)``
-pages, one ``dma_map_page``); above 1 it is an mlx5 striding receive queue: a descriptor of N
-pages, each mapped on its own, holding ``N * 4096 // stride`` packets, stride the power of two
-that fits MTU plus headroom.  ``--iova-pages 2m``: buffers are carved from 2 MiB pages that a
+Receive (``--rx-buffers map``; the default ``page-pool`` is ``nic_pool.PoolRx``, which reuses
+this module's wire): ``pages_per_desc`` 1 is one buffer per packet
+(``ceil((mtu + headroom) / 4 KiB)`` pages, one ``dma_map_page``); above 1 it is an mlx5
+striding receive queue: a descriptor of N pages, each mapped on its own, holding
+``N * 4096 // stride`` packets, stride the power of two that fits MTU plus headroom.  ``--iova-pages 2m``: buffers are carved from 2 MiB pages that a
 page pool mapped once (``page_pool`` with PP_FLAG_DMA_MAP on hugepages), so no per-packet map
 or unmap, and 2 MiB IOTLB entries.  A packet is dropped when the flow's ring has no posted
 descriptor or the NIC's DMA engine lags the wire by more than its buffer (``nic_buffer_bytes``;
@@ -239,16 +240,21 @@ class NicRx:
                     flow.wake = None
             yield env.timeout(gap)
 
+    def wait_done(self, flow):
+        """Sleep until the flow's oldest completion is ready (its DMA finished)."""
+        env = self.world.env
+        if not flow.done:
+            flow.wake = env.event()
+            yield flow.wake
+        ready = flow.done[0][0]
+        if ready > env.now:
+            yield env.timeout(ready - env.now)
+
     def core(self, flow: RxFlow):
         env, m = self.world.env, self.world.m
         while True:
-            if not flow.done:
-                flow.wake = env.event()
-                yield flow.wake
-            ready, arrival, desc = flow.done[0]
-            if ready > env.now:
-                yield env.timeout(ready - env.now)
-            flow.done.popleft()
+            yield from self.wait_done(flow)
+            _ready, arrival, desc = flow.done.popleft()
             start = env.now
             yield env.timeout(self.rx_ns)
             m.ios += 1

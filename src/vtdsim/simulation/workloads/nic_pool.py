@@ -149,11 +149,7 @@ class PoolRx(NicRx):
     def core(self, flow: PoolRxFlow):
         env, m = self.world.env, self.world.m
         while True:
-            if not flow.done:
-                flow.wake = env.event()
-                yield flow.wake
-            if flow.done[0][0] > env.now:
-                yield env.timeout(flow.done[0][0] - env.now)
+            yield from self.wait_done(flow)
             batch = []
             while flow.done and len(batch) < self.gro_segs and flow.done[0][0] <= env.now:
                 batch.append(flow.done.popleft())
