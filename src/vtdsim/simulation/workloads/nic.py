@@ -8,9 +8,10 @@ Receive (``--rx-buffers map``; the default ``page-pool`` is ``nic_pool.PoolRx``,
 this module's wire): ``pages_per_desc`` 1 is one buffer per packet
 (``ceil((mtu + headroom) / 4 KiB)`` pages, one ``dma_map_page``); above 1 it is an mlx5
 striding receive queue: a descriptor of N pages, each mapped on its own, holding
-``N * 4096 // stride`` packets, stride the power of two that fits MTU plus headroom.  ``--iova-pages 2m``: buffers are carved from 2 MiB pages that a
-page pool mapped once (``page_pool`` with PP_FLAG_DMA_MAP on hugepages), so no per-packet map
-or unmap, and 2 MiB IOTLB entries.  A packet is dropped when the flow's ring has no posted
+``N * 4096 // stride`` packets, stride the power of two that fits MTU plus headroom.
+``--iova-pages 2m``: buffers are carved from 2 MiB pages that a page pool mapped once
+(``page_pool`` with PP_FLAG_DMA_MAP on hugepages), so no per-packet map or unmap, and 2 MiB
+IOTLB entries.  A packet is dropped when the flow's ring has no posted
 descriptor or the NIC's DMA engine lags the wire by more than its buffer (``nic_buffer_bytes``;
 the engine overlaps ``translation_parallelism`` translations, so a translation's latency
 occupies it for that fraction while the packet completes after all of it);
@@ -18,8 +19,8 @@ the flow's core takes completed packets in order, paying ``rx_packet_cycles`` ea
 one packet; throughput counts MTU bytes delivered (Ethernet framing - 38 bytes - occupies the
 wire but is not counted).
 
-Not modelled: TCP's reaction to drops (the offered load stays at line rate), GRO/LRO merging,
-RSS hashing (packets go to flows round-robin), interrupt moderation, transmit from premapped
+Not modelled: TCP's reaction to drops (the offered load stays at line rate), GRO/LRO merging
+in this per-packet path (the page-pool path merges GRO segments), RSS hashing (packets go to flows round-robin), interrupt moderation, transmit from premapped
 pages (nic-tx maps every packet).
 """
 
