@@ -20,8 +20,9 @@ one packet; throughput counts MTU bytes delivered (Ethernet framing - 38 bytes -
 wire but is not counted).
 
 Not modelled: TCP's reaction to drops (the offered load stays at line rate), GRO/LRO merging
-in this per-packet path (the page-pool path merges GRO segments), RSS hashing (packets go to flows round-robin), interrupt moderation, transmit from premapped
-pages (nic-tx maps every packet).
+in this per-packet path (the page-pool path merges GRO segments), RSS hashing (packets go to
+flows round-robin), interrupt moderation, transmit from premapped pages (nic-tx maps every
+packet).
 """
 
 from __future__ import annotations
