@@ -99,6 +99,9 @@ def test_nvme_reports_iops_and_latency_above_the_device():
     (["nvme", "--bs", "100"], "--bs 100"),
     (["dma-window", "--duration", "soon"], "--duration"),
     (["dma-window", "--iova-pages", "2m", "--window", "4096"], "2 MiB"),
+    (["nic-rx", "--pool-size", "-1"], "--pool-size"),
+    (["nic-rx", "--iova-pages", "2m"], "--rx-buffers map"),
+    (["nic-rx", "--mtu", "40"], "--mtu 40"),
 ])
 def test_bad_modes_are_one_line_errors(args, words):
     _register()
