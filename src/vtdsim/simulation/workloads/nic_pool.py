@@ -15,8 +15,10 @@ the window's right edge advances - an ACK per GRO segment), ``ack_tx_cycles`` pl
 transmit DMA: mlx5e_sq_xmit maps the ACK's linear data (``dma_map_single``), the NIC reads
 it through the unit, and the next poll's TX completion unmaps it (``mlx5e_tx_dma_unmap``).
 A page returns to the pool when its last reference drops: the driver's when its frames are
-all taken (NAPI context: direct recycling), a packet's when the reader has copied it
-(process context: the ptr_ring).  Only pages leaving or entering the pool are (un)mapped.
+all taken (NAPI context: direct recycling into the alloc cache), a packet's when the reader
+has copied it (skb_attempt_defer_free on the allocating CPU: kfree_skb_napi_cache with BH
+off, direct while the queue's NAPI is scheduled on this CPU, else the ptr_ring).  Only pages
+leaving or entering the pool are (un)mapped.
 
 Not modelled: a reader on another core lagging behind NAPI (its socket backlog is what would
 overflow the pool's ring and make recycle misses; here the reader keeps up), delayed ACKs
@@ -161,9 +163,13 @@ class PoolRx(NicRx):
                 for page in packet.done_pages:  # NAPI: the driver's reference, direct
                     flow.in_ring -= 1
                     yield from flow.pool.unref(page, True)
-            for _ready, arrival, packet in batch:  # the reader copied it: process context
+            # The reader copied them and frees the skbs on this CPU (skb_attempt_defer_free ->
+            # kfree_skb_napi_cache, BH off): direct recycling while the queue's NAPI is still
+            # scheduled here (page_pool_napi_local: napi->list_owner), i.e. more completions wait.
+            direct = bool(flow.done)
+            for _ready, arrival, packet in batch:
                 for page in packet.pages:
-                    yield from flow.pool.unref(page, False)
+                    yield from flow.pool.unref(page, direct)
                 m.ios += 1
                 m.latency.add(env.now - arrival)
             yield from flow.refill()
