@@ -76,6 +76,7 @@ def test_scheduler_address_and_cli(tmp_path):
 def test_platform_is_a_grid_column(tmp_path):
     """A grid over platforms: each row names its platform and its exits per I/O."""
     spec = _spec(tmp_path, 'workload = "nic-rx"\nios = 150\n[fixed]\nring = 64\n'
+                 'rx_buffers = "map"\n'
                  'profile = "linux-6.12"\n[grid]\nplatform = ["bare", "nested"]\n')
     points, _ = sweep.load_spec(spec)
     results = sweep.run_serial(points)

@@ -43,10 +43,13 @@ def test_strict_unmap_waits_for_the_hardware(tmp_path):
     assert slower["unmap_ns"] - base["unmap_ns"] == pytest.approx(2 * 1000, abs=1)
 
 
+MAP = {"rx_buffers": "map"}  # a fresh dma_map per receive buffer: one unmap per packet
+
+
 def test_lazy_batches_invalidations_and_off_translates_nothing():
-    strict = _run("nic-rx", policy="strict")
-    lazy = _run("nic-rx", policy="lazy")
-    off = _run("nic-rx", policy="off")
+    strict = _run("nic-rx", policy="strict", params=MAP)
+    lazy = _run("nic-rx", policy="lazy", params=MAP)
+    off = _run("nic-rx", policy="off", params=MAP)
     assert strict["iqt_writes_per_io"] == 1.0
     assert lazy["iqt_writes_per_io"] < 0.05
     assert lazy["unmap_ns"] < strict["unmap_ns"]
@@ -96,6 +99,9 @@ def test_nvme_reports_iops_and_latency_above_the_device():
     (["nvme", "--bs", "100"], "--bs 100"),
     (["dma-window", "--duration", "soon"], "--duration"),
     (["dma-window", "--iova-pages", "2m", "--window", "4096"], "2 MiB"),
+    (["nic-rx", "--pool-size", "-1"], "--pool-size"),
+    (["nic-rx", "--iova-pages", "2m"], "--rx-buffers map"),
+    (["nic-rx", "--mtu", "40"], "--mtu 40"),
 ])
 def test_bad_modes_are_one_line_errors(args, words):
     _register()
@@ -169,10 +175,10 @@ def test_iotlb_size_is_a_constant(tmp_path):
 def test_strict_flows_contend_on_the_flush_path():
     """Several flows unmapping at once: mainline holds domain->cache_lock across the flush
     (cache_tag_flush_range), 6.1 queues on qi->q_lock (qi_submit_sync); lazy scales."""
-    one = _run("nic-rx", ios=1000, params={"flows": 1, "ring": 128})
-    four = _run("nic-rx", ios=2000, params={"flows": 4, "ring": 128})
-    old = _run("nic-rx", ios=2000, params={"flows": 4, "ring": 128}, profile="linux-6.1")
-    lazy = _run("nic-rx", ios=2000, params={"flows": 4, "ring": 128}, policy="lazy")
+    one = _run("nic-rx", ios=1000, params={"flows": 1, "ring": 128, **MAP})
+    four = _run("nic-rx", ios=2000, params={"flows": 4, "ring": 128, **MAP})
+    old = _run("nic-rx", ios=2000, params={"flows": 4, "ring": 128, **MAP}, profile="linux-6.1")
+    lazy = _run("nic-rx", ios=2000, params={"flows": 4, "ring": 128, **MAP}, policy="lazy")
     assert one["lock_wait_ns"] == {}
     assert four["lock_wait_ns"]["domain1.cache_lock"] > 0
     assert old["lock_wait_ns"]["qi0.q_lock"] > 0

@@ -82,10 +82,17 @@ def _workload_command(name: str, params_options: list, help_text: str):
 
 
 NIC = [click.option("--flows", type=int, default=1, show_default=True),
-       click.option("--ring", type=int, default=512, show_default=True),
+       click.option("--ring", type=int, default=1024, show_default=True,
+                    help="RX/TX ring entries (MTU frames; mlx5's default RQ size)"),
        click.option("--mtu", type=int, default=1500, show_default=True),
        click.option("--pages-per-desc", type=int, default=1, show_default=True),
-       click.option("--link-gbps", type=float, default=100.0, show_default=True)]
+       click.option("--link-gbps", type=float, default=100.0, show_default=True),
+       click.option("--rx-buffers", type=click.Choice(["page-pool", "map"]),
+                    default="page-pool", show_default=True,
+                    help="nic-rx: pages recycled by a page_pool that maps them once, or a "
+                         "fresh dma_map per buffer"),
+       click.option("--pool-size", type=int, default=0, show_default=True,
+                    help="page-pool ptr_ring entries (0: the ring's pages, as mlx5)")]
 NVME = [click.option("--bs", type=int, default=4096, show_default=True),
         click.option("--qd", type=int, default=32, show_default=True),
         click.option("--jobs", type=int, default=1, show_default=True),

@@ -229,14 +229,15 @@ class DmaWorld:
         self.m.cpu_busy_ns += self.env.now - start
 
     # -- device DMA -------------------------------------------------------------------------------
-    def dma(self, addr: int, size: int, write: bool) -> float:
+    def dma(self, addr: int, size: int, write: bool, payload: bool = True) -> float:
         """The device moves ``size`` bytes at DMA address ``addr``: one translation per 4 KiB
         page touched (none with the IOMMU off); returns the latency the device sees beyond the
-        transfer itself and the PCIe base round trip."""
+        transfer itself and the PCIe base round trip.  ``payload`` False: the bytes are not
+        the workload's data (a receiver's ACK), only their translations count."""
         first, last = addr >> 12, (addr + size - 1) >> 12
         m = self.m
         m.translations += last - first + 1
-        m.bytes += size
+        m.bytes += size if payload else 0
         if not self.translated:
             return 0.0
         if self.info.ats_enabled:

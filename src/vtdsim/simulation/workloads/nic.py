@@ -4,12 +4,14 @@ it touches through the unit, and the driver mapping and unmapping buffers throug
 (Linux drivers/net: a receive buffer is unmapped once its packets are taken and a fresh one is
 mapped to refill the ring; a sent packet is mapped at xmit and unmapped at completion).
 
-Receive: ``pages_per_desc`` 1 is one buffer per packet (``ceil((mtu + headroom) / 4 KiB)``
-pages, one ``dma_map_page``); above 1 it is an mlx5 striding receive queue: a descriptor of N
-pages, each mapped on its own, holding ``N * 4096 // stride`` packets, stride the power of two
-that fits MTU plus headroom.  ``--iova-pages 2m``: buffers are carved from 2 MiB pages that a
-page pool mapped once (``page_pool`` with PP_FLAG_DMA_MAP on hugepages), so no per-packet map
-or unmap, and 2 MiB IOTLB entries.  A packet is dropped when the flow's ring has no posted
+Receive (``--rx-buffers map``; the default ``page-pool`` is ``nic_pool.PoolRx``, which reuses
+this module's wire): ``pages_per_desc`` 1 is one buffer per packet
+(``ceil((mtu + headroom) / 4 KiB)`` pages, one ``dma_map_page``); above 1 it is an mlx5
+striding receive queue: a descriptor of N pages, each mapped on its own, holding
+``N * 4096 // stride`` packets, stride the power of two that fits MTU plus headroom.
+``--iova-pages 2m``: buffers are carved from 2 MiB pages that a page pool mapped once
+(``page_pool`` with PP_FLAG_DMA_MAP on hugepages), so no per-packet map or unmap, and 2 MiB
+IOTLB entries.  A packet is dropped when the flow's ring has no posted
 descriptor or the NIC's DMA engine lags the wire by more than its buffer (``nic_buffer_bytes``;
 the engine overlaps ``translation_parallelism`` translations, so a translation's latency
 occupies it for that fraction while the packet completes after all of it);
@@ -17,9 +19,10 @@ the flow's core takes completed packets in order, paying ``rx_packet_cycles`` ea
 one packet; throughput counts MTU bytes delivered (Ethernet framing - 38 bytes - occupies the
 wire but is not counted).
 
-Not modelled: TCP's reaction to drops (the offered load stays at line rate), GRO/LRO merging,
-RSS hashing (packets go to flows round-robin), interrupt moderation, transmit from premapped
-pages (nic-tx maps every packet).
+Not modelled: TCP's reaction to drops (the offered load stays at line rate), GRO/LRO merging
+in this per-packet path (the page-pool path merges GRO segments), RSS hashing (packets go to
+flows round-robin), interrupt moderation, transmit from premapped pages (nic-tx maps every
+packet).
 """
 
 from __future__ import annotations
@@ -36,18 +39,28 @@ HUGE = 2 << 20
 FLOW_SPAN = 1 << 34  # each flow's buffers in their own physical region
 
 
+RX_BUFFERS = ("page-pool", "map")
+
+
 @dataclass(frozen=True)
 class NicParams:
     flows: int = 1
-    ring: int = 512
+    ring: int = 1024  # mlx5: MLX5E_PARAMS_DEFAULT_LOG_RQ_SIZE 0xa -> 1024 MTU frames
     mtu: int = 1500
     pages_per_desc: int = 1
     link_gbps: float = 100.0
+    rx_buffers: str = "page-pool"  # nic-rx: a page_pool (mlx5 and most drivers) or map/packet
+    pool_size: int = 0  # page-pool: ptr_ring entries; 0 = the ring's pages, as mlx5 sizes it
 
     def check(self) -> None:
         for name in ("flows", "ring", "mtu", "pages_per_desc"):
             if getattr(self, name) < 1:
                 raise BadInput(f"--{name.replace('_', '-')} must be at least 1")
+        if self.rx_buffers not in RX_BUFFERS:
+            raise BadInput(f"--rx-buffers {self.rx_buffers!r}: expected one of "
+                           f"{', '.join(RX_BUFFERS)}")
+        if self.pool_size < 0:
+            raise BadInput("--pool-size must be 0 (the ring's pages) or positive")
         if self.link_gbps <= 0:
             raise BadInput("--link-gbps must be positive")
         if self.mtu > 9216:
@@ -146,6 +159,13 @@ class RxFlow:
             self.refilled.succeed()
             self.refilled = None
 
+    def available(self) -> bool:
+        return bool(self.posted)
+
+    def dma(self, addr: int, desc) -> float:
+        """The NIC writes one packet at ``addr``; the translation latency beyond the DMA."""
+        return self.world.dma(addr, self.p.mtu, True)
+
     def packet_addr(self) -> tuple[int, Descriptor | None]:
         """The DMA address of the next packet slot; the descriptor if this fills it."""
         desc = self.posted[0]
@@ -201,7 +221,7 @@ class NicRx:
         yield env.timeout(flow.index * p.wire_ns)
         while True:
             now = env.now
-            if not flow.posted:
+            if not flow.available():
                 flow.refilled = env.event()
                 yield flow.refilled
                 missed = -(-(env.now - now) // gap)  # arrivals in [now, refill)
@@ -212,7 +232,7 @@ class NicRx:
                 m.dropped += 1
             else:
                 addr, desc = flow.packet_addr()
-                extra = world.dma(addr, p.mtu, True)
+                extra = flow.dma(addr, desc)
                 m.penalty.add(extra)
                 start, xfer = max(now, self.engine_free), world.transfer_ns(p.mtu)
                 self.engine_free = start + xfer + extra / world.parallelism
@@ -222,16 +242,21 @@ class NicRx:
                     flow.wake = None
             yield env.timeout(gap)
 
+    def wait_done(self, flow):
+        """Sleep until the flow's oldest completion is ready (its DMA finished)."""
+        env = self.world.env
+        if not flow.done:
+            flow.wake = env.event()
+            yield flow.wake
+        ready = flow.done[0][0]
+        if ready > env.now:
+            yield env.timeout(ready - env.now)
+
     def core(self, flow: RxFlow):
         env, m = self.world.env, self.world.m
         while True:
-            if not flow.done:
-                flow.wake = env.event()
-                yield flow.wake
-            ready, arrival, desc = flow.done[0]
-            if ready > env.now:
-                yield env.timeout(ready - env.now)
-            flow.done.popleft()
+            yield from self.wait_done(flow)
+            _ready, arrival, desc = flow.done.popleft()
             start = env.now
             yield env.timeout(self.rx_ns)
             m.ios += 1
@@ -320,7 +345,12 @@ class NicTx:
 
 def build(kind: str, world: DmaWorld, params: NicParams, stop):
     params.check()
-    return (NicRx if kind == "nic-rx" else NicTx)(world, params, stop)
+    if kind == "nic-tx":
+        return NicTx(world, params, stop)
+    if params.rx_buffers == "page-pool":
+        from vtdsim.simulation.workloads.nic_pool import PoolRx
+        return PoolRx(world, params, stop)
+    return NicRx(world, params, stop)
 
 
 __all__ = ["NicParams", "NicRx", "NicTx", "build", "Mode"]

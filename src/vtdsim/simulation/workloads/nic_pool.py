@@ -1,0 +1,192 @@
+"""nic-rx with a page pool (``--rx-buffers page-pool``, the default): an iperf receiver on a
+NIC whose driver takes receive pages from ``page_pool`` with DMA mapping done by the pool, as
+mlx5 does in Linux 6.12 (en_main.c ``mlx5e_alloc_rq``: ``PP_FLAG_DMA_MAP``, ``pool_size`` =
+the ring's pages; en_rx.c builds each skb around its stride and marks it for recycling).
+
+The ring holds ``ring`` MTU frames in pages of ``PAGE // stride`` frames (mlx5's linear
+striding RQ: stride = MTU + headroom + skb_shared_info rounded to a power of two, two
+1500-byte frames per page; a frame above a page spans whole pages).  The flow's core runs
+NAPI and the reader to completion, one GRO segment at a time: up to ``napi_gro_receive``'s
+limit of packets (``GRO_LEGACY_MAX_SIZE`` 64 KiB of TCP payload), each paying
+``rx_driver_packet_cycles``; the segment ``tcp_segment_cycles``; the copy to the reader's
+buffer ``copy_cycles_per_byte`` per payload byte (tcp_recvmsg); and one ACK per segment
+(``__tcp_ack_snd_check``: more than one full frame received and a reader that keeps up, so
+the window's right edge advances - an ACK per GRO segment), ``ack_tx_cycles`` plus its
+transmit DMA: mlx5e_sq_xmit maps the ACK's linear data (``dma_map_single``), the NIC reads
+it through the unit, and the next poll's TX completion unmaps it (``mlx5e_tx_dma_unmap``).
+A page returns to the pool when its last reference drops: the driver's when its frames are
+all taken (NAPI context: direct recycling into the alloc cache), a packet's when the reader
+has copied it (skb_attempt_defer_free on the allocating CPU: kfree_skb_napi_cache with BH
+off, direct while the queue's NAPI is scheduled on this CPU, else the ptr_ring).  Only pages
+leaving or entering the pool are (un)mapped.
+
+Not modelled: a reader on another core lagging behind NAPI (its socket backlog is what would
+overflow the pool's ring and make recycle misses; here the reader keeps up), delayed ACKs
+(the reader keeps up, so none is delayed), PSH-bounded GRO segments, LRO / HW-GRO, TCP's
+reaction to drops, interrupt moderation.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from vtdsim.errors import BadInput
+from vtdsim.simulation.workloads.common import PAGE, DmaWorld
+from vtdsim.simulation.workloads.nic import FLOW_SPAN, HEADROOM, NicParams, NicRx
+from vtdsim.simulation.workloads.page_pool import ALLOC_CACHE_SIZE, PagePool
+
+GRO_MAX_SIZE = 65536  # GRO_LEGACY_MAX_SIZE: netdev->gro_max_size's default
+TCP_IP_HEADERS = 52  # IPv4 20 + TCP 20 + the timestamp option 12: MSS = MTU - 52
+ACK_BYTES = 66  # Ethernet 14 + IPv4 20 + TCP 32 (timestamps): a pure ACK's linear data
+ACK_SLOTS = 64  # ACK skbs' heads in flight come from a few slab pages
+
+
+class Packet:
+    """A received frame: the pool pages it was written to, and the ring pages whose last
+    frame it was (the driver drops its reference on those when NAPI has taken it)."""
+
+    __slots__ = ("addr", "pages", "done_pages")
+
+    def __init__(self, addr: int, pages: list, done_pages: list):
+        self.addr, self.pages, self.done_pages = addr, pages, done_pages
+
+
+class PoolRxFlow:
+    """One flow's RX ring of pool pages, its pool, completions and pending ACKs."""
+
+    def __init__(self, world: DmaWorld, p: NicParams, index: int):
+        self.world, self.p, self.index = world, p, index
+        stride = p.stride
+        self.slots = max(1, PAGE // stride)  # frames per page
+        self.span = 1 if stride <= PAGE else -(-(p.mtu + HEADROOM) // PAGE)  # pages a frame
+        self.target = -(-p.ring // self.slots) * self.span  # pages posted to the ring
+        pool_size = p.pool_size or self.target
+        count = 4 * (self.target + pool_size) + 4 * ALLOC_CACHE_SIZE
+        base = world.region(index, p.flows, FLOW_SPAN, (count + 1) * PAGE)
+        self.ack_phys = base + count * PAGE  # one page of ACK heads
+        self.pool = PagePool(world, index, pool_size,
+                             [base + i * PAGE for i in reversed(range(count))])
+        self.posted: deque = deque()
+        self.in_ring = 0  # pages posted and not yet released by NAPI (the ring's WQEs)
+        self.used = 0  # frames taken from the head page
+        self.done: deque = deque()
+        self.acks: deque[tuple[float, int]] = deque()  # (completed at, DMA address)
+        self.ack_slot = 0
+        self.wake = None
+        self.refilled = None
+
+    def refill(self):
+        """Post pool pages until the ring holds ``target`` (mlx5e_post_rx_mpwqes: a WQE of
+        ``pages_per_desc`` pages at a time, once NAPI has released a whole one)."""
+        bulk = min(self.p.pages_per_desc, self.target)
+        while self.target - self.in_ring >= bulk:
+            for _ in range(bulk):
+                page = yield from self.pool.alloc()
+                page.refs = 1  # the driver's reference while posted
+                self.posted.append(page)
+                self.in_ring += 1
+        if self.refilled is not None and self.available():
+            self.refilled.succeed()
+            self.refilled = None
+
+    def available(self) -> bool:
+        return len(self.posted) >= self.span
+
+    def packet_addr(self) -> tuple[int, Packet]:
+        """The next frame's DMA address and its packet (the wire checks ``posted``)."""
+        if self.slots > 1:
+            page = self.posted[0]
+            addr = page.dma + self.used * self.p.stride
+            page.refs += 1
+            self.used += 1
+            done = []
+            if self.used == self.slots:
+                self.posted.popleft()
+                self.used = 0
+                done = [page]
+            return addr, Packet(addr, [page], done)
+        pages = [self.posted.popleft() for _ in range(self.span)]
+        for page in pages:
+            page.refs += 1
+        return pages[0].dma, Packet(pages[0].dma, pages, pages)
+
+    def dma(self, addr: int, packet: Packet) -> float:
+        world, mtu = self.world, self.p.mtu
+        if len(packet.pages) == 1:
+            return world.dma(addr, mtu, True)
+        extra = 0.0
+        for k, page in enumerate(packet.pages):
+            extra += world.dma(page.dma, min(PAGE, mtu - k * PAGE), True)
+        return extra
+
+    def ack_buffer(self) -> int:
+        slot, self.ack_slot = self.ack_slot, (self.ack_slot + 1) % ACK_SLOTS
+        return self.ack_phys + slot * (PAGE // ACK_SLOTS)
+
+
+class PoolRx(NicRx):
+    """The wire as ``NicRx``'s; the core runs NAPI, GRO, TCP and the reader per segment."""
+
+    def __init__(self, world: DmaWorld, p: NicParams, stop):
+        if world.mode.iova_pages != "4k":
+            raise BadInput("--iova-pages 2m is the premapped hugepage pool of --rx-buffers map; "
+                           "a page pool maps 4 KiB pages")
+        mss = p.mtu - TCP_IP_HEADERS
+        if mss < 1:
+            raise BadInput(f"--mtu {p.mtu}: a TCP segment needs more than {TCP_IP_HEADERS} bytes")
+        self.world, self.p, self.stop = world, p, stop
+        c = world.constants
+        self.lag_ns = c["nic_buffer_bytes"] * 8 / p.link_gbps
+        self.mss, self.gro_segs = mss, max(1, (GRO_MAX_SIZE - TCP_IP_HEADERS) // mss)
+        self.packet_ns = c.ns("rx_driver_packet_cycles") + mss * c.ns("copy_cycles_per_byte")
+        self.segment_ns = c.ns("tcp_segment_cycles") + c.ns("ack_tx_cycles")
+        self.flows = [PoolRxFlow(world, p, f) for f in range(p.flows)]
+        # two turns of every ring: the pool's pages have cycled through its ptr_ring
+        self.warmup_ios = 2 * p.flows * p.ring
+
+    def setup(self):
+        for flow in self.flows:
+            yield from flow.refill()
+
+    def core(self, flow: PoolRxFlow):
+        env, m = self.world.env, self.world.m
+        while True:
+            yield from self.wait_done(flow)
+            batch = []
+            while flow.done and len(batch) < self.gro_segs and flow.done[0][0] <= env.now:
+                batch.append(flow.done.popleft())
+            start = env.now
+            yield from self.reap_acks(flow)
+            yield env.timeout(len(batch) * self.packet_ns + self.segment_ns)
+            yield from self.send_ack(flow)
+            for _ready, _arrival, packet in batch:
+                for page in packet.done_pages:  # NAPI: the driver's reference, direct
+                    flow.in_ring -= 1
+                    yield from flow.pool.unref(page, True)
+            # The reader copied them and frees the skbs on this CPU (skb_attempt_defer_free ->
+            # kfree_skb_napi_cache, BH off): direct recycling while the queue's NAPI is still
+            # scheduled here (page_pool_napi_local: napi->list_owner), i.e. more completions wait.
+            direct = bool(flow.done)
+            for _ready, arrival, packet in batch:
+                for page in packet.pages:
+                    yield from flow.pool.unref(page, direct)
+                m.ios += 1
+                m.latency.add(env.now - arrival)
+            yield from flow.refill()
+            m.cpu_busy_ns += env.now - start
+            self.stop.check()
+
+    def send_ack(self, flow: PoolRxFlow):
+        """mlx5e_sq_xmit: map the ACK's linear data; the NIC reads it (its translation
+        counts, its bytes are not received data); completed one PCIe round trip later."""
+        world = self.world
+        addr = yield from world.map_page(flow.index, flow.ack_buffer(), ACK_BYTES)
+        extra = world.dma(addr, ACK_BYTES, False, payload=False)
+        flow.acks.append((world.env.now + world.base_dma_ns + extra, addr))
+
+    def reap_acks(self, flow: PoolRxFlow):
+        """The TX completion queue, polled first in mlx5e_napi_poll: unmap sent ACKs."""
+        now = self.world.env.now
+        while flow.acks and flow.acks[0][0] <= now:
+            _, addr = flow.acks.popleft()
+            yield from self.world.unmap_page(flow.index, addr, ACK_BYTES)

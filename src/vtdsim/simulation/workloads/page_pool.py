@@ -1,0 +1,105 @@
+"""A receive queue's page pool with DMA mapping done by the pool (Linux 6.12
+net/core/page_pool.c, ``PP_FLAG_DMA_MAP``): a page is mapped once when it enters the pool
+from the page allocator and unmapped only when it leaves it, so a recycled page costs the
+IOMMU nothing.
+
+Allocation (``page_pool_alloc_pages``): the lockless alloc cache (``PP_ALLOC_CACHE_SIZE``
+128) first; empty, it is refilled with up to ``PP_ALLOC_CACHE_REFILL`` (64) pages from the
+ptr_ring (``page_pool_refill_alloc_cache``); both empty, the slow path takes 64 fresh pages
+from the page allocator and maps each one (``__page_pool_alloc_pages_slow`` ->
+``page_pool_dma_map``).  Return (``page_pool_put_unrefed_page`` once a page's last reference
+is dropped): into the alloc cache when the caller is the pool's own NAPI context
+(``allow_direct`` / ``page_pool_napi_local``) and the cache has room, else into the ptr_ring
+of ``pool_size`` entries (``page_pool_recycle_in_ring``), else - ring full - the page leaves
+the pool: unmapped (``__page_pool_release_page_dma``) and freed (``page_pool_return_page``).
+
+Not modelled: NUMA-node checks on refill (one node), ``pfmemalloc`` pages, the page
+fragment API's bias counting beyond one reference per user (``Page.refs``), the ring's
+producer lock contention (one flow per pool).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from vtdsim.errors import BadInput
+
+PAGE = 4096
+ALLOC_CACHE_SIZE = 128  # PP_ALLOC_CACHE_SIZE (include/net/page_pool/types.h)
+ALLOC_CACHE_REFILL = 64  # PP_ALLOC_CACHE_REFILL: refill batch and slow-path bulk
+RING_MAX = 16384  # page_pool_init caps ptr_ring size at min(pool_size, 16384)
+
+
+class Page:
+    """One pool page: its physical and DMA address and the references held on it (the
+    driver's while posted to the ring, one per packet built on it)."""
+
+    __slots__ = ("phys", "dma", "refs")
+
+    def __init__(self, phys: int, dma: int):
+        self.phys, self.dma, self.refs = phys, dma, 0
+
+
+class PagePool:
+    """One RX queue's pool: ``world`` maps and unmaps through the timed DMA API on ``cpu``;
+    fresh pages come from ``phys_pages`` (physical addresses, reused LIFO like the
+    allocator's per-CPU lists)."""
+
+    def __init__(self, world, cpu: int, pool_size: int, phys_pages: list[int]):
+        if pool_size < 1:
+            raise BadInput("--pool-size must be at least 1")
+        self.world, self.cpu = world, cpu
+        self.ring_size = min(pool_size, RING_MAX)
+        self.cache: list[Page] = []
+        self.ring: deque[Page] = deque()
+        self.free_phys = phys_pages
+        self.alloc_ns = world.constants.ns("page_alloc_cycles")
+        self.stats = {"alloc_fast": 0, "alloc_refill": 0, "alloc_slow": 0, "recycle_cached": 0,
+                      "recycle_ring": 0, "recycle_ring_full": 0, "mapped": 0, "unmapped": 0}
+
+    def alloc(self):
+        """A page for the RX ring (generator: the slow path maps pages)."""
+        if self.cache:
+            self.stats["alloc_fast"] += 1
+            return self.cache.pop()
+        if self.ring:
+            self.stats["alloc_refill"] += 1
+            take = min(ALLOC_CACHE_REFILL, len(self.ring))
+            self.cache.extend(self.ring.popleft() for _ in range(take))
+            return self.cache.pop()
+        yield from self._alloc_slow()
+        return self.cache.pop()
+
+    def _alloc_slow(self):
+        if len(self.free_phys) < ALLOC_CACHE_REFILL:
+            raise BadInput("the page pool ran out of data pages: a smaller --ring or --pool-size")
+        self.stats["alloc_slow"] += 1
+        yield self.world.env.timeout(self.alloc_ns * ALLOC_CACHE_REFILL)
+        for _ in range(ALLOC_CACHE_REFILL):
+            phys = self.free_phys.pop()
+            dma = yield from self.world.map_page(self.cpu, phys, PAGE)
+            self.stats["mapped"] += 1
+            self.cache.append(Page(phys, dma))
+
+    def put(self, page: Page, direct: bool):
+        """The page's last reference was dropped (generator: a full ring unmaps it).
+        ``direct``: the caller runs in the pool's NAPI context on its CPU."""
+        if direct and len(self.cache) < ALLOC_CACHE_SIZE:
+            self.stats["recycle_cached"] += 1
+            self.cache.append(page)
+            return
+        if len(self.ring) < self.ring_size:
+            self.stats["recycle_ring"] += 1
+            self.ring.append(page)
+            return
+        self.stats["recycle_ring_full"] += 1
+        yield from self.world.unmap_page(self.cpu, page.dma, PAGE)
+        self.stats["unmapped"] += 1
+        yield self.world.env.timeout(self.alloc_ns)
+        self.free_phys.append(page.phys)
+
+    def unref(self, page: Page, direct: bool):
+        """Drop one reference (generator); the last one returns the page to the pool."""
+        page.refs -= 1
+        if page.refs == 0:
+            yield from self.put(page, direct)
