@@ -88,6 +88,12 @@ class DirectExecutor:
     def reset_steps(self) -> None:
         self._applied.clear()
 
+    def dispatch(self) -> tuple[dict[type, Callable[[Any], Any]], Counter[type]]:
+        """The handler ``apply`` runs per exact step class, and the live per-class count, for
+        a runner that dispatches steps itself (the timed engine's hot loop): it must count
+        every step it hands a handler, as ``apply`` does.  Read-only tables."""
+        return self._handlers, self._applied
+
     # -- the loop ----------------------------------------------------------------------------------
     def run(self, gen: Generator) -> Any:
         """Drive ``gen`` to completion.  The handler table is keyed by exact step class, so a
