@@ -128,20 +128,17 @@ class InvalidationQueue:
 
     def pending(self) -> int:
         """Descriptors hardware can process now (0 while disabled, stopped by an error, or the
-        tail is invalid).  (``_enabled``/``_error_pending`` inlined: a timed run asks once
-        per descriptor.)"""
-        regs = self.unit.regs.raw
-        if self._stopped or not regs["GSTS"] & self._qies or regs["FSTS"] & self._fsts_stop:
+        tail is invalid)."""
+        if self._stopped or not self._enabled() or self._error_pending():
             return 0
         return max(self._published(), 0)
 
     def _published(self) -> int:
         """Descriptors from IQH up to IQT, or minus the IQEI of an invalid tail."""
         _, width, size, wide = self._geometry_now()
-        regs = self.unit.regs.raw
-        tail = regs["IQT"] & self._qt_mask
+        tail = self.tail
         iqei = self._tail_error_at(tail, size, wide)
-        return -iqei if iqei else ((tail - (regs["IQH"] & self._qh_mask)) % size) // width
+        return -iqei if iqei else ((tail - self.head) % size) // width
 
     def step(self) -> bool:
         """Fetch, validate and perform the descriptor at IQH; False if there is none to do."""

@@ -371,13 +371,6 @@ class RegisterFile:
         """The raw stored value (WO fields included)."""
         return self._values[name]
 
-    @property
-    def raw(self) -> dict[str, int]:
-        """Every raw stored value by register name: the live table, for hardware that reads
-        several registers per step (the invalidation queue).  Read only: hardware writes go
-        through ``set``/``update``, which keep the layouts' masks."""
-        return self._values
-
     def get(self, name: str, field_name: str) -> int:
         return self.by_name[name].layout.get(self._values[name], field_name)
 
