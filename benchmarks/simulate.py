@@ -125,6 +125,9 @@ def main() -> None:
               "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
               "rss_growth_mb": round(long["peak_rss_mb"] - short["peak_rss_mb"], 1),
               "model_only_ios_per_s": ceiling, "target_ios_per_s": 250_000, "runs": runs}
+    print(f"steady state ({short['duration_ms']} -> {long['duration_ms']} ms): "
+          f"{result['steady_ios_per_s']} I/Os per second; peak RSS grew "
+          f"{result['rss_growth_mb']} MB")
     if args.instructions:
         result["instructions_per_io"] = instructions_per_io()
         print(f"CPU instructions per measured I/O (callgrind): {result['instructions_per_io']}")
