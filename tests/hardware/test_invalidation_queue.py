@@ -158,9 +158,20 @@ def test_async_mode_processes_one_descriptor_per_step():
     assert queue.pending() == 2 and drv.reg(IQH) == 0 and drv.status(0) == 0
     assert drv.unit.qi_step()
     assert queue.pending() == 1 and drv.reg(IQH) == 0x10 and drv.status(0) == 0
+    assert queue.performed == "desc:iotlb_inv"  # what the timed engine prices a step by
     assert drv.unit.qi_step()
     assert queue.pending() == 0 and drv.status(0) == DONE
+    assert queue.performed == "desc:inv_wait"
     assert not drv.unit.qi_step()
+    assert queue.performed == ""
+
+
+def test_a_rejected_descriptor_is_not_performed():
+    drv = Driver("server-sm", wide=True, qs=1, qi_mode="async")
+    drv.queue(encode("iotlb_inv", g=3, did=2, am=10, addr=0), wait(0))  # AM beyond MAMV
+    drv.doorbell()
+    assert drv.unit.qi_step()
+    assert drv.reg(FSTS, 4) & FSTS_IQE and drv.unit.queue.performed == ""
 
 
 def test_wait_with_if_sets_iwc_and_the_completion_interrupt():

@@ -196,3 +196,24 @@ def test_ats_device_adds_device_tlb_invalidations_and_translation_requests():
     extra = TABLE["ats_invalidation_ns"] + TABLE["qi_descriptor_ns"]
     assert ats["unmap_ns"] - plain["unmap_ns"] == pytest.approx(extra, abs=5)
     assert ats["dma_latency_penalty_ns"] >= TABLE["ats_translation_request_ns"]
+
+
+def test_the_engine_counts_the_steps_it_applies_as_the_direct_executor_does():
+    """``run_op`` dispatches charged steps itself (``DirectExecutor.dispatch``): a strict map
+    and unmap count the same steps by kind as the same calls run straight through."""
+    from vtdsim.driver.dma_api import iommu_dma_map_page, iommu_dma_unmap_page
+
+    timed, direct = (DmaWorld(Mode(ios=1), TABLE, 2) for _ in range(2))
+    for world in (timed, direct):
+        world.system.executor.reset_steps()
+
+    def ops():
+        addr = yield from timed.machine.run_op(iommu_dma_map_page(timed.cookie, 1 << 32, 4096))
+        yield from timed.machine.run_op(iommu_dma_unmap_page(timed.cookie, addr, 4096))
+
+    timed.env.run(timed.env.process(ops()))
+    addr = direct.system.run(iommu_dma_map_page(direct.cookie, 1 << 32, 4096))
+    direct.system.run(iommu_dma_unmap_page(direct.cookie, addr, 4096))
+    counted = timed.system.executor.steps
+    assert counted == direct.system.executor.steps
+    assert counted["CpuCmpxchg"] >= 1 and counted["MmioWrite"] >= 1 and counted["Lock"] >= 2

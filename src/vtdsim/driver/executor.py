@@ -57,7 +57,6 @@ class DirectExecutor:
     def __init__(self, platform, listeners: list[Listener] | None = None):
         self.platform = platform
         self.memory = platform.memory
-        self._applied: Counter[type] = Counter()  # by class: no name lookup per step
         self.held: dict[str, str] = {}  # lock name -> the step's ``why`` that took it
         self.listeners: list[Listener] = list(listeners or [])
         self._handlers: dict[type, Callable[[Any], Any]] = {
@@ -79,14 +78,24 @@ class DirectExecutor:
             st.ReuseIova: _noop,
             st.Annotate: self._annotate,
         }
+        # Applied steps by class: a plain dict holding every class (an exact dict's ``+=`` is
+        # the interpreter's fast path; a Counter's is not), so no name lookup per step.
+        self._applied: dict[type, int] = dict.fromkeys(self._handlers, 0)
 
     @property
     def steps(self) -> Counter[str]:
         """Applied steps by step-class name."""
-        return Counter({cls.__name__: n for cls, n in self._applied.items()})
+        return Counter({cls.__name__: n for cls, n in self._applied.items() if n})
 
     def reset_steps(self) -> None:
-        self._applied.clear()
+        for kind in self._applied:  # in place: a runner may hold the table (``dispatch``)
+            self._applied[kind] = 0
+
+    def dispatch(self) -> tuple[dict[type, Callable[[Any], Any]], dict[type, int]]:
+        """The handler ``apply`` runs per exact step class, and the live per-class count, for
+        a runner that dispatches steps itself (the timed engine's hot loop): it must count
+        every step it hands a handler, as ``apply`` does.  Read-only tables."""
+        return self._handlers, self._applied
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self, gen: Generator) -> Any:

@@ -49,6 +49,8 @@ _ADDR = SS_PTE["addr"].in_place  # same bits 51:12 in both formats
 
 _SS_TABLE = SS_PTE.encode(r=1, w=1)
 _FS_TABLE = FS_PTE.encode(p=1, rw=1, us=1, a=1)
+_PS = 0x80  # PS is bit 7 in both formats
+_PRESENT = {"ss": 3, "fs": 1}  # the bits ``_present`` tests, inlined in the walks below
 
 
 @dataclass
@@ -78,7 +80,7 @@ def _present(stage: str, pte: int) -> bool:
 
 
 def _is_leaf(pte: int, level: int) -> bool:
-    return level == 1 or bool(pte & 0x80)  # PS is bit 7 in both formats
+    return level == 1 or bool(pte & _PS)
 
 
 class DomainPageTable:
@@ -91,6 +93,7 @@ class DomainPageTable:
         if levels not in (3, 4, 5) or (stage == "fs" and levels == 3):
             raise BadInput(f"{stage} page tables cannot have {levels} levels")
         self.stage = stage
+        self._present_bits = _PRESENT[stage]
         self.levels = levels
         self.coherent = coherent
         self.force_snoop = force_snoop
@@ -176,17 +179,18 @@ class DomainPageTable:
         """``pfn_to_dma_pte``: walk down, installing missing tables, to the slot of the leaf
         at ``level``.  A large page whose slot already holds a table falls back to the next
         smaller size; (slot, level) of the leaf."""
-        table, lvl = self.root, self.levels
-        while True:
-            slot = table + 8 * ss_index(iova, lvl)
+        table, lvl, present = self.root, self.levels, self._present_bits
+        while True:  # ``ss_index``, ``_present``, ``_is_leaf`` inlined: every map walks here
+            slot = table + 8 * ((iova >> (3 + 9 * lvl)) & 511)
             pte = yield qword_read(slot, "pfn_to_dma_pte")
-            if lvl == level and not (_present(self.stage, pte) and not _is_leaf(pte, lvl)):
+            leaf = lvl == 1 or pte & _PS
+            if lvl == level and not (pte & present and not leaf):
                 return slot, level
             if lvl == level:
                 level -= 1  # a table is in the way of the large page
-            if not _present(self.stage, pte):
+            if not pte & present:
                 pte = yield from self._install_table(slot)
-            elif _is_leaf(pte, lvl):
+            elif leaf:
                 raise SpecRuleBroken(f"map {hexval('iova', iova)}: a large page at level {lvl} "
                                      "is already there", "__domain_mapping")
             table, lvl = pte & _ADDR, lvl - 1
@@ -217,29 +221,32 @@ class DomainPageTable:
         return result
 
     def _leaf_level_at(self, iova: int) -> Generator[Step, Any, int]:
-        table, lvl = self.root, self.levels
+        # ``ss_index``, ``_present`` and ``_is_leaf`` inlined: every unmap walks here.
+        table, lvl, present = self.root, self.levels, self._present_bits
         while True:
-            pte = yield qword_read(table + 8 * ss_index(iova, lvl), "unmap")
-            if not _present(self.stage, pte):
+            pte = yield qword_read(table + 8 * ((iova >> (3 + 9 * lvl)) & 511), "unmap")
+            if not pte & present:
                 return 0
-            if _is_leaf(pte, lvl):
+            if lvl == 1 or pte & _PS:
                 return lvl
             table, lvl = pte & _ADDR, lvl - 1
 
     def _clear_level(self, level: int, table: int, pfn: int, start: int, last: int,
                      result: UnmapResult) -> Generator[Step, Any, None]:
         """``dma_pte_clear_level``: entries of this table overlapping [start, last]."""
-        span = 1 << (level_shift(level) - 12)  # pages one entry covers
+        shift = level_shift(level) - 12
+        span = 1 << shift  # pages one entry covers
         pfn = max(start, pfn)
         first = cleared = None
-        idx = (pfn >> (level_shift(level) - 12)) & 511
+        idx = (pfn >> shift) & 511
+        present = self._present_bits  # ``_present`` and ``_is_leaf`` inlined: every unmap
         while idx < 512 and pfn <= last:
             slot = table + 8 * idx
             level_pfn = pfn & ~(span - 1)
             pte = yield qword_read(slot, "dma_pte_clear_level")
-            if _present(self.stage, pte):
+            if pte & present:
                 if start <= level_pfn and last >= level_pfn + span - 1:
-                    if level > 1 and not _is_leaf(pte, level):
+                    if level > 1 and not pte & _PS:
                         yield from self._list_pagetables(level - 1, pte & _ADDR, result)
                     yield CpuWrite(addr=slot, value=0, size=8, why="dma_clear_pte")
                     first = slot if first is None else first

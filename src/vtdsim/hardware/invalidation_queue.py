@@ -57,6 +57,9 @@ class InvalidationQueue:
         self._qies = by_name["GSTS"].layout["qies"].in_place
         # raw words -> (decoded, IQEI, counter), one memo per queue width (see ``_fetch``)
         self._decoded: dict[bool, dict[tuple, tuple]] = {False: {}, True: {}}
+        # The ``stats`` counter of the last descriptor performed ("desc:<label>"; "" when the
+        # latest ``step`` performed none): what a timed engine prices a step by.
+        self.performed = ""
 
     def __getstate__(self) -> dict:
         # The decode memo is derived data: the checker's world copies start without it.
@@ -139,6 +142,7 @@ class InvalidationQueue:
 
     def step(self) -> bool:
         """Fetch, validate and perform the descriptor at IQH; False if there is none to do."""
+        self.performed = ""
         return self._run(min(self.pending(), 1)) > 0
 
     def _run(self, count: int) -> int:
@@ -157,6 +161,7 @@ class InvalidationQueue:
                 return taken
             completed = self._perform(desc)
             stats[counter] += 1
+            self.performed = counter
             head = (head + width) % size
             self._set_head(head)
             if not completed:

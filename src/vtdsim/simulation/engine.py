@@ -32,6 +32,7 @@ import simpy
 
 from vtdsim.driver import steps as st
 from vtdsim.errors import ModelError
+from vtdsim.simulation.platforms import DESC_KEYS
 
 LINE = 64
 PAGE = 4096
@@ -68,6 +69,10 @@ class TimedMachine:
             st.FreePage: mem, st.Clflush: constants.ns("clflush_cycles"),
             st.Wbinvd: constants.ns("wbinvd_ns"), st.ReuseIova: 0.0, st.Annotate: 0.0,
         }
+        # The hot loop's table: step class -> (the executor's handler, charge), prepared once
+        # so a step costs one lookup (``run_op``); the executor still counts every step.
+        handlers, self._applied = self.executor.dispatch()
+        self._fixed = {kind: (handlers[kind], ns) for kind, ns in self.cost.items()}
         self.zero_page_ns = constants.ns("cpu_zero_page_cycles")
         self.clflush_ns = constants.ns("clflush_cycles")
         self.lock_ns = constants.ns("lock_cycles")
@@ -79,6 +84,8 @@ class TimedMachine:
         self._hw = None  # the invalidation hardware's process while it has work
         self._waiters: list[simpy.Event] = []  # CPUs polling a status the hardware will write
         self.iqt_writes = 0
+        keys = frozenset(platform.iqt_keys)
+        self._desc_keys_only = keys if keys <= frozenset(DESC_KEYS) else frozenset()
         self.iqt_offset = self.unit.regs.by_name["IQT"].offset
 
     @property
@@ -89,7 +96,7 @@ class TimedMachine:
     def run_op(self, gen: Generator, pending: float = 0.0) -> Generator[simpy.Event, Any, Any]:
         """Run driver operation ``gen`` in the calling SimPy process; its return value.
         ``pending``: CPU time the caller spent just before (paid with the op's first batch)."""
-        env, apply, cost = self.env, self.executor.apply, self.cost
+        env, apply, fixed, applied = self.env, self.executor.apply, self._fixed, self._applied
         send, reply = gen.send, None
         while True:
             try:
@@ -99,10 +106,11 @@ class TimedMachine:
                     yield env.timeout(pending)
                 return stop.value
             kind = type(step)
-            charge = cost.get(kind)
-            if charge is not None:
-                reply = apply(step)
-                pending += charge
+            entry = fixed.get(kind)
+            if entry is not None:
+                applied[kind] += 1
+                reply = entry[0](step)
+                pending += entry[1]
                 continue
             if kind is st.CpuZero or kind is st.ClflushRange:
                 reply = apply(step)
@@ -169,14 +177,11 @@ class TimedMachine:
         flight).  A descriptor's effect is made when it is fetched and its time paid after;
         pollers re-check only after a descriptor that writes memory (an invalidation wait's
         status) or when the queue stops (done, or an error software must clear)."""
-        stats, keys, unit, env = self.stats, self.platform.iqt_keys, self.unit, self.env
-        price = self.platform.descriptor_ns
+        unit, env, price = self.unit, self.env, self.platform.descriptor_ns
         while True:
-            before = [stats[k] for k in keys]
-            if not unit.qi_step():
+            delta = self._descriptor_step(unit)
+            if delta is None:
                 break
-            delta = {k: stats[k] - b for k, b in zip(keys, before, strict=True)
-                     if stats[k] != b}
             yield env.timeout(delay + price(delta))
             delay = 0.0
             if WAIT_KEY in delta and self._waiters:
@@ -185,6 +190,22 @@ class TimedMachine:
                 yield env.timeout(0)
         self._hw = None
         self._wake_waiters()
+
+    def _descriptor_step(self, unit) -> dict[str, int] | None:
+        """One ``qi_step``: None if the unit did nothing, else the platform's ``iqt_keys``
+        that moved.  When those are all descriptor counters, a step moves at most the one of
+        the descriptor it performed (``queue.performed``), so no snapshot of the keys is
+        needed."""
+        keys, stats = self.platform.iqt_keys, self.stats
+        if self._desc_keys_only:
+            if not unit.qi_step():
+                return None
+            counter = unit.queue.performed
+            return {counter: 1} if counter in self._desc_keys_only else {}
+        before = [stats[k] for k in keys]
+        if not unit.qi_step():
+            return None
+        return {k: stats[k] - b for k, b in zip(keys, before, strict=True) if stats[k] != b}
 
     def _wake_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []

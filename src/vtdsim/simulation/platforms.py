@@ -77,7 +77,7 @@ class BarePlatform:
 
     def descriptor_ns(self, delta: Mapping[str, int]) -> float:
         """Hardware time of what one ``qi_step`` did (one descriptor, by its label)."""
-        devtlb = sum(delta.get(key, 0) for key in DEVTLB_KEYS)
+        devtlb = delta.get(DEVTLB_KEYS[0], 0) + delta.get(DEVTLB_KEYS[1], 0)
         return self.desc_ns + devtlb * self.ats_ns
 
 
