@@ -24,7 +24,7 @@ CASES = {
                                 "--ring", "64", "--ios", "800"],
     "nic-rx-mlx5-ats": ["nic-rx", "--pages-per-desc", "4", "--ats", "--ring", "64",
                         "--ios", "600"],
-    "nic-rx-2m": ["nic-rx", "--iova-pages", "2m", "--ios", "800"],
+    "nic-rx-2m": ["nic-rx", "--iova-pages", "2m", "--rx-buffers", "map", "--ios", "800"],
     "nic-rx-off": ["nic-rx", "--policy", "off", "--ios", "500"],
     "nic-rx-passthrough": ["nic-rx", "--policy", "passthrough", "--ios", "500"],
     "nic-tx-strict": ["nic-tx", "--ios", "800", "--ring", "64"],
