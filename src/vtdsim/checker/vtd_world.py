@@ -54,6 +54,8 @@ class System:
     iova_pages: dict = field(default_factory=dict)  # (domain, iova page) -> data page
     force_snoop: bool = False
     ledger: PageLedger = field(default_factory=PageLedger)  # page owners, grants, contents
+    machine: Any = None  # the builder's Machine (simulation.machine): VMM, host, backends
+    assigned: set = field(default_factory=set)  # devices whose DMA the host unit translates
 
     def unit(self, i: int):
         return self.platform.units[i]
