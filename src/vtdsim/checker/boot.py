@@ -324,7 +324,7 @@ def build_model(sc: Scenario, assertions: list | None = None) -> VtdModel:
     hardware = _hardware_actors(sc)
     universe = Universe({d.name: d.sid for d in sc.devices},
                         {d.name for d in sc.devices if system.endpoint(d.name).ats},
-                        sc.iovas())
+                        sc.iovas(), frozenset(system.assigned))
     return VtdModel(sc.name, system, threads, hardware, universe, bounds(sc),
                     list(assertions or []), describe=repr(sc))
 

@@ -109,7 +109,7 @@ def walk_one(vas: VtdAddressSpace, event: IommuEvent, notify_unmap: bool,
     tree = vas.iova_tree
     mapped = tree.find(event.iova, event.size)
     if event.kind == MAP:
-        if mapped == event:
+        if same_mapping(mapped, event):
             stats["vmm_walk_skipped_same"] += 1
             return
         if mapped is not None:
@@ -125,6 +125,12 @@ def walk_one(vas: VtdAddressSpace, event: IommuEvent, notify_unmap: bool,
         return
     tree.remove(event.iova, event.size)
     vas.notify(event, stats)
+
+
+def same_mapping(mapped: IommuEvent | None, event: IommuEvent) -> bool:
+    """``vtd_page_walk_one``'s memcmp: the tree holds this very mapping - range, GPA and
+    permissions - so the MAP is skipped; any difference is a changed translation."""
+    return mapped == event
 
 
 @dataclass(frozen=True)
@@ -153,7 +159,7 @@ def _walk_level(memory, table: int, level: int, start: int, end: int,
         stats["vmm_walk_reads"] += 1
         read, write = perm[0] and bool(pte & 1), perm[1] and bool(pte & 2)
         if not pte & 3:
-            emit(IommuEvent(UNMAP, iova, size))
+            not_present(emit, iova, size, level)
         elif ss.is_leaf(pte, level):
             gpa = ss.SS_PTE.get(pte, "addr") << 12 & ~(size - 1)
             emit(IommuEvent(MAP, iova, size, gpa, (read, write)))
@@ -162,3 +168,11 @@ def _walk_level(memory, table: int, level: int, start: int, end: int,
             _walk_level(memory, nxt, level - 1, max(iova, start), min(iova + size, end),
                         (read, write), emit, stats)
         iova += size
+
+
+def not_present(emit, iova: int, size: int, level: int) -> None:
+    """``vtd_page_walk_level`` on a non-present entry: UNMAP its whole range, whatever its
+    level - an entry above the leaf level stands for a whole page directory (QEMU's 2018
+    "send PSI always even if across PDEs", a SECURITY IMPLICATION fix: skipping it left
+    VFIO's stale mappings)."""
+    emit(IommuEvent(UNMAP, iova, size))
