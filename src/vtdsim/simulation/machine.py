@@ -83,6 +83,12 @@ class Machine:
             self.host.probe(name, ats=ats, ats_qdep=ats_qdep, pasid=pasid)
             cls = VfioShadow if kind == "vfio" else IommufdNested
             self.backends[name] = cls(self.vmm, self.host, sid, self.kvm)
+        if self.vmm is not None:
+            # QEMU realizes the device before the guest runs, so the guest's DMAR enable
+            # (vtd_handle_gcmd_te -> vtd_switch_address_space_all) found its address space:
+            # with DMAR on it is in the IOMMU region even before the guest programs a context
+            # entry (vtd_switch_address_space: not pass-through) - no 1:1 map of guest RAM.
+            self.vmm.switch(self.vmm.address_space(sid))
         return info
 
     def dma_endpoint(self, name: str):
