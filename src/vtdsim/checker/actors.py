@@ -34,9 +34,13 @@ the lock; a page-table walker read (``WALKER_STEPS``) runs only walker code up t
 next step (checked after the step) and reads ``("pgtable",)``, the page-table fields that only
 an ``enforce_cache_coherency`` op changes (its transitions write it).
 
+On a VM platform an assigned device's freedoms act on the host unit (its endpoint's unit;
+its cache locations carry unit index 1, ``vtd_world.HOST_UNIT``).
+
 Not modelled: stale walks through a *live* table reached from a stale cached pointer (the dry
 walk of current memory gives the lines read; a recycled page is covered by ``("page", pfn)``),
-several units (unit 0 only), DMA from CPUs other than through threads' ops.
+several guest units (the driver's unit 0 only), the host unit's fault recording as its own
+location (a faulting DMA writes unit 0's), DMA from CPUs other than through threads' ops.
 """
 
 from __future__ import annotations

@@ -6,15 +6,22 @@ A scenario file::
 
     name = "unmap_free_race_flush_wait"
     doc = "strict unmap then free, racing a DMA: the flush + wait closes the race"
-    preset = "qemu72-legacy"            # hardware.presets name
+    preset = "qemu72-legacy"            # hardware.presets name (bare metal only)
     profile = "linux-6.1"               # driver.profiles name
     policy = "strict"                   # default DMA domain: strict | lazy | auto (Linux's)
+    [platform]                          # optional: a guest on QEMU (simulation.machine)
+    kind = "shadow"                     # bare (default) | emulated | shadow | nested
+    vmm = "qemu-7.2"                    # qemu-7.2 | qemu-10.0 | qemu-nesting-2026
+    device_iotlb = true                 # QEMU's device-iotlb=on (ECAP.DT)
+    host_unit = "server-sm"             # the host's unit and driver profile (assigned devices)
+    host_profile = "mainline"
     [switches]                          # Profile fields overridden (seed switches)
     devtlb_flush_checks_caching_mode = true
     [[device]]                          # endpoints behind unit 0
     name = "dev1"
     sid = 0x10                          # or "00:02.0"
     ats = false
+    backend = "vfio"                    # on a VM: emulated | vfio | iommufd (by platform)
     [[domain]]
     name = "dom"
     type = "dma"                        # dma | dma_fq | unmanaged; stage = "ss" | "fs"
@@ -29,7 +36,7 @@ A scenario file::
     name = "T0"
     ops = [{op = "unmap", domain = "dom", iova = 0x1000}, {op = "free", page = "buf"}]
     [hardware]                          # bounds of the hardware's freedoms
-    qi = "async"
+    qi = "async"                        # default: async on bare metal, sync on a VM
     fills = [{device = "dev1", iova = 0x1000, caches = ["iotlb"], times = 1}]
     evictions = []                      # same shape as fills
     ats_prefetch = []                   # {device, iova, times}
