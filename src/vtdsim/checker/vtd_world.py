@@ -190,7 +190,9 @@ class Stepper:
         iommufd binds and forwarded flushes (``HOST``, the host unit's caches)."""
         if self.world.system.machine is None or self.world.system.machine.vmm is None:
             return done
-        reads = set()
+        # A data page recycled as a table is written under DATA (``mem``): reading DATA keeps
+        # the exit ordered with stores to it without reading every data line.
+        reads = {ac.DATA}
         data = self.world.system.data_pages
         for page in sorted(self.platform.pages.allocated - data):
             reads |= self.mem(page, PAGE_SIZE) | self.dram(page, PAGE_SIZE)
