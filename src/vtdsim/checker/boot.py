@@ -175,8 +175,11 @@ def boot(sc: Scenario) -> System:
     profile = _profile(get_profile(sc.profile), sc)
     built = _machine(sc, profile)
     guest = built.guest
-    # The builder's submission log serves replay; a checker world would carry it in every copy.
-    guest.executor.listeners.remove(guest._on_annotate)
+    # The builder's submission logs serve replay; a checker world would carry them in every
+    # copy.
+    for side in (guest, built.host):
+        if side is not None:
+            side.executor.listeners.remove(side._on_annotate)
     system = System(guest.platform, guest.executor, driver=guest.driver, machine=built)
     for d in sc.devices:
         _device(system, d)
