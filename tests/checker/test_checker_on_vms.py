@@ -100,3 +100,16 @@ def test_library_vm_scenarios_name_their_platform():
     names = sorted(p.stem for p in LITMUS.glob("issue11_*.toml"))
     kinds = {load(LITMUS / f"{n}.toml").platform_table().kind for n in names}
     assert kinds == {"emulated", "shadow", "nested"} and len(names) >= 12
+
+
+@pytest.mark.parametrize("name", ["issue11_seed003_shadow_lazy",
+                                  "issue11_seed000_flush_all_emulated_ats_linux61"])
+def test_dpor_over_vm_exits_agrees_with_plain_dfs(name):
+    """The exit's footprint is what DPOR's reduction rests on: every verdict and observation
+    of the reduced search equals the exhaustive one's."""
+    from vtdsim.checker.litmus import Options, run_scenario
+
+    sc = load(LITMUS / f"{name}.toml")
+    dpor, dfs = (run_scenario(sc, Options(strategy=s)) for s in ("dpor", "dfs"))
+    assert not dpor.unexpected and not dfs.unexpected
+    assert dpor.verdicts == dfs.verdicts
