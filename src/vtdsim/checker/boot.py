@@ -1,6 +1,8 @@
-"""From a litmus ``Scenario`` to a checker model: boot the platform and the driver as Linux
-does (intel_iommu_init: init_hw, probe, default domains, attach), run the set-up operations
-directly, and list the actors with the scenario's bounds.
+"""From a litmus ``Scenario`` to a checker model: boot the platform through the one machine
+builder (``simulation.machine.build``: bare metal, or a guest on QEMU's emulated unit with the
+host behind it) and the driver as Linux does (intel_iommu_init: init_hw, probe, default
+domains, attach), run the set-up operations directly, and list the actors with the scenario's
+bounds.
 
 The operation vocabulary (``OP_FACTORIES``) maps each scenario op to the driver generator it
 runs; the direct run of the set-up and the checker's threads use the same factories.  Mutations
@@ -8,8 +10,9 @@ are op options: ``sync = false`` (map without ``iotlb_sync_map``, unmap without
 ``iotlb_sync``) and ``skip`` (step kinds never applied; ``"qi_wait"`` makes ``qi_submit_sync``
 return without waiting for its wait descriptor).
 
-Not modelled: several units, hot-plug, devices outside the scenario, the IOVA an op returns
-other than through the deterministic allocator (scenarios name the IOVA they expect).
+Not modelled: several guest units, hot-plug, devices outside the scenario, the IOVA an op
+returns other than through the deterministic allocator (scenarios name the IOVA they expect),
+vhost devices (no DMA actor issues through vhost's IOTLB).
 """
 
 from __future__ import annotations
@@ -214,6 +217,8 @@ def _device(system: System, d) -> None:
     from vtdsim.hardware.request import format_sid
 
     built, key = system.machine, format_sid(d.sid)
+    # ats_qdep 0: the descriptors the checker has always shown (the field is carried for
+    # MIP only, devices.endpoint)
     system.devices[d.name] = built.device(key, ats=d.ats, kind=d.backend, ats_qdep=0,
                                           pasid=d.pasid)
     endpoint = built.dma_endpoint(key)
