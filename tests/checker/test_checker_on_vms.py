@@ -4,6 +4,7 @@ carrying an assigned device's DMA, and the ``[platform]`` table through the sche
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,16 @@ def test_dpor_over_vm_exits_agrees_with_plain_dfs(name):
     dpor, dfs = (run_scenario(sc, Options(strategy=s)) for s in ("dpor", "dfs"))
     assert not dpor.unexpected and not dfs.unexpected
     assert dpor.verdicts == dfs.verdicts
+
+
+def test_a_counterexample_names_the_exits_work():
+    """The chain of the shadow attach/map race shows the exit in which VFIO mapped."""
+    from vtdsim.checker.vtd_world import exit_work
+
+    assert exit_work(Counter({"vmm_vfio_unmap_dma": 2, "vmm_walks": 1})) == "exit: VFIO unmap x2"
+    assert exit_work(Counter({"vmm_walks": 1})) == ""
+    world = build_model(_scenario("shadow").validate()).new_world()
+    while not world.threads["T0"].done:
+        record = world.step("T0")
+        if "IQT" in record.text:
+            assert "[exit: VFIO unmap x1]" in record.detail["chain"]

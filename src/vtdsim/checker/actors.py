@@ -329,6 +329,9 @@ class Thread:
         self._track_locks(s, step, skipped)
         text = ("(skipped) " if skipped else "") + describe_step(step)
         label = chain_label(step, skipped)
+        if world.stepper.exit_work:  # a VM exit whose work reached VFIO / iommufd / an ATC
+            text = f"{text} [{world.stepper.exit_work}]"
+            label = f"{label or describe_step(step)} [{world.stepper.exit_work}]"
         if isinstance(step, st.AllocPage) and isinstance(reply, int):
             text = f"{text} -> {reply:#x}"
             if reply in world.recycled:  # a page freed before changes hands: name it

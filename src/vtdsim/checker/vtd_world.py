@@ -124,11 +124,21 @@ class Stepper:
         self.executor = system.executor
         self.memory = system.platform.memory
         self.platform = system.platform
+        machine = system.machine
+        self.vmm = machine.vmm if machine is not None else None
+        self.exit_work = ""  # what the VMM did in the exit of the last register write
+
     def ready(self, step: st.Step, skipped: bool) -> bool:
         return skipped or self.executor.ready(step)
 
     def apply(self, step: st.Step, thread: str) -> Any:
-        return self.executor.apply(step)
+        self.exit_work = ""
+        if self.vmm is None or type(step) is not st.MmioWrite:
+            return self.executor.apply(step)
+        before = self.vmm.stats.copy()
+        reply = self.executor.apply(step)
+        self.exit_work = exit_work(self.vmm.stats - before)
+        return reply
 
     def footprint(self, step: st.Step) -> Footprint:
         return _STEP_FOOTPRINTS[type(step)](self, step)
@@ -238,6 +248,19 @@ class Stepper:
         pages = self.world.universe.status_pages
         return {loc for a in self.memory.dirty_lines() for view in ("mem", "dram")
                 for loc in mem_locations(a, 64, pages, view)}
+
+
+# The VMM's work a counterexample names (vmm.Vmm.stats keys): what reaches a device's DMA.
+_EXIT_WORK = (("vmm_vfio_map_dma", "VFIO map"), ("vmm_vfio_unmap_dma", "VFIO unmap"),
+              ("vmm_iommufd_cache_invalidate", "iommufd flush"),
+              ("vmm_notify_deviotlb_unmap", "DEVIOTLB_UNMAP"))
+
+
+def exit_work(done: Counter) -> str:
+    """``exit: VFIO unmap x1, ...`` for one VM exit's work (empty when it reached no
+    listener)."""
+    parts = [f"{name} x{done[key]}" for key, name in _EXIT_WORK if done[key]]
+    return "exit: " + ", ".join(parts) if parts else ""
 
 
 def slot_location(unit: int, offset: int) -> tuple:
