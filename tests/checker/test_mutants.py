@@ -20,7 +20,9 @@ from vtdsim.hardware.descriptors import decode, encode
 LITMUS = Path(__file__).resolve().parents[2] / "litmus"
 # Mutants whose expected catcher runs in about a second (CI); the rest run in the slow test.
 FAST = ["iotlb_psi_dropped", "psi_ih_with_freed_tables", "entry_present_first",
-        "snp_dropped_after_enforce", "fq_finish_before_flush", "mainline_psi_wrong_page"]
+        "snp_dropped_after_enforce", "fq_finish_before_flush", "mainline_psi_wrong_page",
+        "vmm_pde_unmap_dropped", "vmm_dsi_as_psi", "vmm_iova_tree_skips_changed",
+        "vmm_forwarded_flush_dropped"]
 
 
 def _inner():

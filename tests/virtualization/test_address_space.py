@@ -70,3 +70,44 @@ def test_guest_garbage_never_raises_and_never_times_out_on_the_vmm():
         stats = fuzzer.summary()
         assert stats["iqe"] > 0 and stats["ite"] == 0
         assert sum(v for k, v in fuzzer.events.items() if k.startswith("notify_")) > 0
+
+
+def _tables():
+    mem = PhysicalMemory()
+    top, mid, leaf = 0x10000, 0x11000, 0x12000
+    mem.write_qword(top, mid | 3)
+    mem.write_qword(mid, leaf | 3)
+    mem.write_qword(leaf + 8, 0x7000 | 3)
+    return mem, SsRoot(2, top, 3)
+
+
+def test_a_quiet_run_of_empty_entries_ends_as_the_per_entry_walk():
+    """The run skip (``quiet``) is an optimisation only: notifications, the iova_tree and
+    every count end as when each empty entry goes through walk_one."""
+    ends = []
+    for quiet in (False, True):
+        mem, root = _tables()
+        vas, got = _space()
+        vas.iova_tree.insert(IommuEvent(MAP, 0x5000, 0x1000, 0x9000, (True, True)))
+        stats = Counter()
+
+        def skip(lo, hi, vas=vas):
+            return vas.iova_tree.find(lo, hi - lo) is None
+
+        page_walk(mem, root, 0, 1 << 39, lambda ev, vas=vas, s=stats: walk_one(vas, ev, True, s),
+                  stats, skip if quiet else None)
+        ends.append((got, len(vas.iova_tree), dict(stats)))
+    assert ends[0] == ends[1]
+    got, tree, stats = ends[1]
+    assert got == [IommuEvent(MAP, 0x1000, 0x1000, 0x7000, (True, True)),
+                   IommuEvent(UNMAP, 0x5000, 0x1000)] and tree == 1
+    assert stats["vmm_walk_reads"] == 3 * 512
+
+
+def test_read_qwords_is_read_qword_in_one_pass():
+    mem = PhysicalMemory()
+    mem.write_qword(0x3000, 5)
+    mem.cpu_store(0x3008, 7, 8)  # only in the CPU cache: a snooped read sees it
+    assert mem.read_qwords(0x3000, 3) == (5, 7, 0)
+    assert mem.read_qwords(0x3000, 3, snoop=False) == (5, 0, 0)
+    assert mem.read_qwords(0x3000, 3) == tuple(mem.read_qword(0x3000 + 8 * i) for i in range(3))

@@ -34,9 +34,13 @@ the lock; a page-table walker read (``WALKER_STEPS``) runs only walker code up t
 next step (checked after the step) and reads ``("pgtable",)``, the page-table fields that only
 an ``enforce_cache_coherency`` op changes (its transitions write it).
 
+On a VM platform an assigned device's freedoms act on the host unit (its endpoint's unit;
+its cache locations carry unit index 1, ``vtd_world.HOST_UNIT``).
+
 Not modelled: stale walks through a *live* table reached from a stale cached pointer (the dry
 walk of current memory gives the lines read; a recycled page is covered by ``("page", pfn)``),
-several units (unit 0 only), DMA from CPUs other than through threads' ops.
+several guest units (the driver's unit 0 only), the host unit's fault recording as its own
+location (a faulting DMA writes unit 0's), DMA from CPUs other than through threads' ops.
 """
 
 from __future__ import annotations
@@ -325,6 +329,9 @@ class Thread:
         self._track_locks(s, step, skipped)
         text = ("(skipped) " if skipped else "") + describe_step(step)
         label = chain_label(step, skipped)
+        if world.stepper.exit_work:  # a VM exit whose work reached VFIO / iommufd / an ATC
+            text = f"{text} [{world.stepper.exit_work}]"
+            label = f"{label or describe_step(step)} [{world.stepper.exit_work}]"
         if isinstance(step, st.AllocPage) and isinstance(reply, int):
             text = f"{text} -> {reply:#x}"
             if reply in world.recycled:  # a page freed before changes hands: name it

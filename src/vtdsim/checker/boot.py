@@ -1,6 +1,8 @@
-"""From a litmus ``Scenario`` to a checker model: boot the platform and the driver as Linux
-does (intel_iommu_init: init_hw, probe, default domains, attach), run the set-up operations
-directly, and list the actors with the scenario's bounds.
+"""From a litmus ``Scenario`` to a checker model: boot the platform through the one machine
+builder (``simulation.machine.build``: bare metal, or a guest on QEMU's emulated unit with the
+host behind it) and the driver as Linux does (intel_iommu_init: init_hw, probe, default
+domains, attach), run the set-up operations directly, and list the actors with the scenario's
+bounds.
 
 The operation vocabulary (``OP_FACTORIES``) maps each scenario op to the driver generator it
 runs; the direct run of the set-up and the checker's threads use the same factories.  Mutations
@@ -8,8 +10,9 @@ are op options: ``sync = false`` (map without ``iotlb_sync_map``, unmap without
 ``iotlb_sync``) and ``skip`` (step kinds never applied; ``"qi_wait"`` makes ``qi_submit_sync``
 return without waiting for its wait descriptor).
 
-Not modelled: several units, hot-plug, devices outside the scenario, the IOVA an op returns
-other than through the deterministic allocator (scenarios name the IOVA they expect).
+Not modelled: several guest units, hot-plug, devices outside the scenario, the IOVA an op
+returns other than through the deterministic allocator (scenarios name the IOVA they expect),
+vhost devices (no DMA actor issues through vhost's IOTLB).
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ def _attach(system: System, op: Op):
     else:
         ret = yield from driver.attach_dev(domain, info)
     system.members[op["device"]] = op["domain"]
-    system.endpoint(op["device"]).ats = bool(info.ats_enabled)  # PCI ATS Control.Enable
+    if op["device"] not in system.assigned:  # an assigned function's ATS is the host's
+        system.endpoint(op["device"]).ats = bool(info.ats_enabled)  # PCI ATS Control.Enable
     return ret
 
 
@@ -165,47 +169,66 @@ def factory_for(op: Op):
 
 # -- booting ------------------------------------------------------------------------------------
 def boot(sc: Scenario) -> System:
-    """Platform, unit 0 in async QI mode, endpoints, the driver, probe, domains, attach,
-    data pages, then the set-up ops - all run directly."""
-    from vtdsim.devices.endpoint import Endpoint
-    from vtdsim.driver.device import DeviceInfo
-    from vtdsim.driver.executor import DirectExecutor
-    from vtdsim.driver.intel_iommu import IntelIommu
-    from vtdsim.driver.intel_iommu_ops import IntelIommuDriver
-    from vtdsim.driver.platform import Platform
+    """The machine from the one builder (``simulation.machine.build``: bare metal with unit 0
+    in the scenario's queue mode, or a guest on QEMU's emulated unit with the host behind it),
+    the scenario's devices probed and wired as the platform does, domains, attach, data pages,
+    then the set-up ops - all run directly."""
     from vtdsim.driver.profiles import get_profile
-    from vtdsim.hardware.memory import PhysicalMemory
-    from vtdsim.hardware.presets import get_preset
-    from vtdsim.hardware.remapping_unit import RemappingUnit
 
-    caps = get_preset(sc.preset)
     profile = _profile(get_profile(sc.profile), sc)
-    memory = PhysicalMemory()
-    unit = RemappingUnit(caps, memory, qi_mode=sc.qi)
-    endpoints = {d.name: Endpoint(d.sid, ats=False, pasid_capable=d.pasid) for d in sc.devices}
-    for ep in endpoints.values():
-        ep.connect(unit)
-    platform = Platform(memory, [unit], endpoints.values(),
-                        wbinvd_works=bool(sc.switches.get("wbinvd_works", True)))
-    system = System(platform, DirectExecutor(platform), endpoints=endpoints)
-    iommu = IntelIommu(0, profile=profile)
-
-    def run(gen):
-        return _run(system, gen)
-
-    run(iommu.init_hw())
-    system.driver = IntelIommuDriver(platform, profile, [iommu])
+    built = _machine(sc, profile)
+    guest = built.guest
+    # The builder's submission logs serve replay; a checker world would carry them in every
+    # copy.
+    for side in (guest, built.host):
+        if side is not None:
+            side.executor.listeners.remove(side._on_annotate)
+    system = System(guest.platform, guest.executor, driver=guest.driver, machine=built)
     for d in sc.devices:
-        info = DeviceInfo(d.sid, iommu, ats_supported=d.ats, pasid_supported=d.pasid)
-        run(system.driver.probe_device(info))
-        system.devices[d.name] = info
-    _domains(system, sc, iommu, caps, profile)
+        _device(system, d)
+    _domains(system, sc, guest.iommu, guest.unit.caps, profile)
     for op in sc.setup_ops:
         _run_op(system, op)
     for f in sc.warm:
         # The initial state's caches: translations the device used before the threads start.
         system.endpoint(f.device).dma_read(f.iova, 8, f.pasid)
     return system
+
+
+def _machine(sc: Scenario, profile):
+    from vtdsim.simulation import machine
+
+    plat = sc.platform_table()
+    if plat.kind == "bare":
+        built = machine.build("bare", profile=profile, unit=sc.unit_preset,
+                              qi_mode=sc.queue_mode)
+        built.guest.platform.wbinvd_works = bool(sc.switches.get("wbinvd_works", True))
+        return built
+    # On a VM, KVM decides whether WBINVD works (virtualization.kvm), and the guest's queue
+    # is QEMU's: processed inside the exit of the IQT write (sync).
+    return machine.build(plat.kind, profile=profile, vmm=plat.vmm,
+                         device_iotlb=plat.device_iotlb, host_unit=plat.host_unit,
+                         host_profile=plat.host_profile)
+
+
+def _device(system: System, d) -> None:
+    """Probe one scenario device and wire it (``Machine.device``); its endpoint is the one
+    whose DMA the actors issue: the host's for an assigned device."""
+    from vtdsim.hardware.request import format_sid
+
+    built, key = system.machine, format_sid(d.sid)
+    # ats_qdep 0: the descriptors the checker has always shown (the field is carried for
+    # MIP only, devices.endpoint)
+    system.devices[d.name] = built.device(key, ats=d.ats, kind=d.backend, ats_qdep=0,
+                                          pasid=d.pasid)
+    endpoint = built.dma_endpoint(key)
+    if built.assigned(key):
+        # The host owns the physical function's ATS (its driver enabled it at VFIO's attach).
+        system.assigned.add(d.name)
+        endpoint.ats = bool(built.host.devices[key].ats_enabled)
+    else:
+        endpoint.ats = False  # PCI ATS Control.Enable: set when the guest attaches (_attach)
+    system.endpoints[d.name] = endpoint
 
 
 def _profile(profile, sc: Scenario):
@@ -309,14 +332,14 @@ def build_model(sc: Scenario, assertions: list | None = None) -> VtdModel:
     hardware = _hardware_actors(sc)
     universe = Universe({d.name: d.sid for d in sc.devices},
                         {d.name for d in sc.devices if system.endpoint(d.name).ats},
-                        sc.iovas())
+                        sc.iovas(), frozenset(system.assigned))
     return VtdModel(sc.name, system, threads, hardware, universe, bounds(sc),
                     list(assertions or []), describe=repr(sc))
 
 
 def _hardware_actors(sc: Scenario) -> list:
     found: list = []
-    if sc.qi == "async":
+    if sc.queue_mode == "async":
         found.append(ac.QueueEngine("hw:qi", 0))
     for f in sc.fills:
         for cache in f.caches:
@@ -365,5 +388,15 @@ def bounds(sc: Scenario) -> dict:
         "evictions": sum(f.times * len(f.caches) for f in sc.evictions),
         "ats_prefetches": sum(f.times for f in sc.ats_prefetch),
         "dma": sum(f.times for f in sc.dma),
-        "qi": sc.qi,
+        "qi": sc.queue_mode,
+        **_platform_bounds(sc),
     }
+
+
+def _platform_bounds(sc: Scenario) -> dict:
+    """A VM platform in the report's bounds (none on bare metal: saved schedules' fingerprints
+    stay valid)."""
+    plat = sc.platform_table()
+    if plat.kind == "bare":
+        return {}
+    return {"platform": f"{plat.kind} {plat.vmm}"}

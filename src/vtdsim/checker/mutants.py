@@ -7,9 +7,12 @@ for the few bugs a stream cannot express, ``Swap``s that replace one driver func
 deliberately wrong one while the mutant runs (named ``_wrong_*`` below).  Ops of the set-up and
 of the threads run mutated; the boot (init_hw, probe) does not.
 
+The VMM's bugs (``vmm_*``) are swaps of QEMU's functions in ``vtdsim.virtualization``, caught
+by the ``issue11_*`` scenarios on emulated, shadow and nested platforms.
+
 Not covered: locks released early outside seed 001's context change, the cache-tag/context
-order of seed 002 (a profile switch with scenarios on both sides, not a seeded bug), mutants
-of the virtualization layer.
+order of seed 002 (a profile switch with scenarios on both sides, not a seeded bug), VMM bugs
+in vhost's device IOTLB (no checker actor issues vhost DMA).
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from vtdsim.driver.pasid import present_pasid_dids
 from vtdsim.driver.psi import psi_mask_linux61
 from vtdsim.errors import BadInput
 from vtdsim.hardware.second_stage import SS_PTE
+from vtdsim.virtualization import address_space as vas
+from vtdsim.virtualization import handlers
+from vtdsim.virtualization.nesting import IommufdNested
 
 NEVER = mu.Match(where=lambda step: False)  # a Delay until the op's end
 
@@ -160,6 +166,33 @@ def _wrong_step_without_zeroing(self, step, reply, op, memory):
         _LEDGER_STEP(self, step, reply, op, memory)
 
 
+# Bugs of the VMM (QEMU's intel-iommu and what it drives), caught by the issue11_* scenarios.
+def _wrong_pde_not_present(emit, iova: int, size: int, level: int) -> None:
+    """QEMU before its 2018 fix: a non-present entry covering a whole page directory (or
+    more) sends no UNMAP - VFIO keeps the stale mappings below it."""
+    if level == 1:
+        emit(vas.IommuEvent(vas.UNMAP, iova, size))
+
+
+def _wrong_dsi_as_psi(vmm, f: dict) -> None:
+    """A domain-selective IOTLB invalidation handled as a page-selective one: the DSI's
+    address and mask fields (zero) select one page at IOVA 0."""
+    handlers._iotlb_page(vmm, {**f, "addr": f.get("addr", 0), "am": f.get("am", 0),
+                               "ih": f.get("ih", 0)})
+
+
+def _wrong_same_range_is_same_mapping(mapped, event) -> bool:
+    """vtd_page_walk_one comparing only the range: a changed translation (same IOVA, another
+    GPA) is skipped as if it were the mapping the tree holds."""
+    return mapped is not None and (mapped.iova, mapped.size) == (event.iova, event.size)
+
+
+def _wrong_forward_dropped(self, f: dict) -> None:
+    """The VMM accepts the guest's PASID-IOTLB invalidation but forwards nothing to the
+    host's nested HWPT (vtd_flush_host_piotlb_all_locked never called)."""
+    self.stats["iommufd_cache_invalidate_dropped"] += 1
+
+
 CATALOGUE: tuple[Mutant, ...] = (
     Mutant("iotlb_psi_dropped", "6.1 iotlb_sync sends no IOTLB PSI for the unmapped range",
            ("unmap_free_race_flush_wait",),
@@ -270,6 +303,22 @@ CATALOGUE: tuple[Mutant, ...] = (
     Mutant("ledger_zeroing_unseen", "checker bookkeeping: a zeroing store is not seen, so a "
            "read of zeroes looks stale", ("issue10_p1_zeroed_buffer_reads_zero",),
            swaps=(Swap(PageLedger, "step", _wrong_step_without_zeroing),)),
+    Mutant("vmm_pde_unmap_dropped", "VMM: a PSI whose walk finds a whole page directory not "
+           "present sends no UNMAP (QEMU before 2018's 'send PSI always even if across PDEs')",
+           ("issue11_shadow_unmap_whole_pde",),
+           swaps=(Swap(vas, "not_present", _wrong_pde_not_present),)),
+    Mutant("vmm_dsi_as_psi", "VMM: a domain-selective IOTLB invalidation handled as a "
+           "page-selective one (one page at IOVA 0 synced, not the domain)",
+           ("issue11_seed000_flush_all_shadow_linux61",),
+           swaps=(Swap(handlers, "_iotlb_domain", _wrong_dsi_as_psi),)),
+    Mutant("vmm_iova_tree_skips_changed", "VMM: the iova_tree skips a MAP whose range it "
+           "holds although the translation changed (vtd_page_walk_one compares the range "
+           "only)", ("issue11_shadow_remap_changed_translation",),
+           swaps=(Swap(vas, "same_mapping", _wrong_same_range_is_same_mapping),)),
+    Mutant("vmm_forwarded_flush_dropped", "VMM: the guest's PASID-IOTLB invalidation is not "
+           "forwarded to the host's nested HWPT (iommufd cache invalidation dropped)",
+           ("issue11_seed003_nested_strict",),
+           swaps=(Swap(IommufdNested, "forward", _wrong_forward_dropped),)),
 )
 
 

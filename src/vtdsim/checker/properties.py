@@ -242,9 +242,24 @@ class Monitor:
                     self.flag(STALE_AFTER_STRICT_UNMAP, f"iotlb still maps iova={first:#x} "
                                                         f"(did={key[0]}) after the unmap")
             for dev in system.devices_of(domain_name):
+                self._host_iotlb_maps(dev, first)
                 if _atc_maps(system.endpoint(dev).device_tlb, first):
                     self.flag(STALE_AFTER_STRICT_UNMAP, f"device-TLB of {dev} still maps "
                                                         f"iova={first:#x} after the unmap")
+
+    def _host_iotlb_maps(self, device: str, iova: int) -> None:
+        """An assigned device's guest IOVA is translated by the host unit (VFIO's shadow, the
+        nested HWPT): the guest's strict unmap returned only after the VMM's exit had that
+        unit invalidate it (vfio_dma_do_unmap, intel_nested_cache_invalidate_user)."""
+        unit, dids = self.system.host_dids(device)
+        if unit is None:
+            return
+        for key in unit.iotlb.keys():  # noqa: SIM118 - LruCache has no __iter__
+            entry = unit.iotlb.peek(key)
+            if key[0] in dids and entry.present and _covers(entry, iova):
+                self.flag(STALE_AFTER_STRICT_UNMAP, f"host iotlb still maps iova={iova:#x} "
+                                                    f"of {device} (host did={key[0]}) after "
+                                                    "the unmap")
 
     def _cpu_read(self, step: st.CpuRead, value: int) -> None:
         """A read of a data page (its current owner is a data page) must return the last

@@ -6,15 +6,22 @@ A scenario file::
 
     name = "unmap_free_race_flush_wait"
     doc = "strict unmap then free, racing a DMA: the flush + wait closes the race"
-    preset = "qemu72-legacy"            # hardware.presets name
+    preset = "qemu72-legacy"            # hardware.presets name (bare metal only)
     profile = "linux-6.1"               # driver.profiles name
     policy = "strict"                   # default DMA domain: strict | lazy | auto (Linux's)
+    [platform]                          # optional: a guest on QEMU (simulation.machine)
+    kind = "shadow"                     # bare (default) | emulated | shadow | nested
+    vmm = "qemu-7.2"                    # qemu-7.2 | qemu-10.0 | qemu-nesting-2026
+    device_iotlb = true                 # QEMU's device-iotlb=on (ECAP.DT)
+    host_unit = "server-sm"             # the host's unit and driver profile (assigned devices)
+    host_profile = "mainline"
     [switches]                          # Profile fields overridden (seed switches)
     devtlb_flush_checks_caching_mode = true
     [[device]]                          # endpoints behind unit 0
     name = "dev1"
     sid = 0x10                          # or "00:02.0"
     ats = false
+    backend = "vfio"                    # on a VM: emulated | vfio | iommufd (by platform)
     [[domain]]
     name = "dom"
     type = "dma"                        # dma | dma_fq | unmanaged; stage = "ss" | "fs"
@@ -29,7 +36,7 @@ A scenario file::
     name = "T0"
     ops = [{op = "unmap", domain = "dom", iova = 0x1000}, {op = "free", page = "buf"}]
     [hardware]                          # bounds of the hardware's freedoms
-    qi = "async"
+    qi = "async"                        # default: async on bare metal, sync on a VM
     fills = [{device = "dev1", iova = 0x1000, caches = ["iotlb"], times = 1}]
     evictions = []                      # same shape as fills
     ats_prefetch = []                   # {device, iova, times}
@@ -133,6 +140,7 @@ class Device:
     sid: int
     ats: bool = False
     pasid: bool = False
+    backend: str | None = None  # on a VM: "emulated" | "vfio" | "iommufd" (platform's default)
 
 
 @dataclass(frozen=True)
@@ -180,7 +188,7 @@ class Scenario:
     """Everything one litmus test says; built by ``load`` or by the methods below."""
 
     name: str
-    preset: str = "qemu72-legacy"
+    preset: str | None = None  # bare metal's unit (DEFAULT_PRESET when not given)
     profile: str = "linux-6.1"
     policy: str = "strict"
     doc: str = ""
@@ -190,7 +198,8 @@ class Scenario:
     setup_ops: list[Op] = field(default_factory=list)
     threads: dict[str, list[Op]] = field(default_factory=dict)
     gates: dict[str, tuple[LockGate, ...]] = field(default_factory=dict)  # thread -> gates
-    qi: str = "async"
+    qi: str | None = None  # "async" | "sync"; not given: async on bare metal, sync on a VM
+    platform: dict = field(default_factory=dict)  # the [platform] table's keys as given
     fills: list[Freedom] = field(default_factory=list)
     torn_fills: list[Freedom] = field(default_factory=list)  # fills read in 64-bit pieces
     evictions: list[Freedom] = field(default_factory=list)
@@ -201,8 +210,14 @@ class Scenario:
     path: str = ""
 
     # -- the Python API (each returns self, to chain) --------------------------------------
-    def device(self, name: str, sid: int, *, ats: bool = False, pasid: bool = False):
-        self.devices.append(Device(name, sid, ats, pasid))
+    def device(self, name: str, sid: int, *, ats: bool = False, pasid: bool = False,
+               backend: str | None = None):
+        self.devices.append(Device(name, sid, ats, pasid, backend))
+        return self
+
+    def on(self, kind: str, **table):
+        """The platform (``[platform]``: kind, vmm, device_iotlb, host_unit, host_profile)."""
+        self.platform = {"kind": kind, **table}
         return self
 
     def domain(self, name: str, *, type: str = "dma", stage: str | None = None,
@@ -251,6 +266,21 @@ class Scenario:
     def where(self) -> str:
         return self.path or self.name
 
+    def platform_table(self) -> schema.PlatformTable:
+        """The ``[platform]`` table with its defaults (bare metal when absent)."""
+        return schema.PlatformTable(**self.platform)
+
+    @property
+    def unit_preset(self) -> str:
+        """Bare metal's unit: the preset named, else the default one."""
+        return self.preset or schema.DEFAULT_PRESET
+
+    @property
+    def queue_mode(self) -> str:
+        """The guest's queue: as given, else async on bare metal (the queue engine is an
+        actor) and sync on a VM (QEMU processes the queue inside the IQT write's exit)."""
+        return self.qi or ("async" if self.platform_table().kind == "bare" else "sync")
+
     def iovas(self) -> list[int]:
         """Every IOVA page the scenario names (the universe of abstract cache locations)."""
         found = {f.iova & ~0xFFF for f in (*self.fills, *self.evictions, *self.ats_prefetch,
@@ -279,7 +309,7 @@ def _as_data(sc: Scenario) -> dict:
             out.append({k: v for k, v in data.items() if v is not None})
         return out
 
-    hardware = {"qi": sc.qi, "fills": freedoms(sc.fills, schema.Fill),
+    hardware = {**({"qi": sc.qi} if sc.qi else {}), "fills": freedoms(sc.fills, schema.Fill),
                 "evictions": freedoms(sc.evictions, schema.Eviction),
                 "ats_prefetch": freedoms(sc.ats_prefetch, schema.Prefetch),
                 "warm": freedoms(sc.warm, schema.Warm),
@@ -287,10 +317,11 @@ def _as_data(sc: Scenario) -> dict:
     # A file without ``name`` is named after itself, whatever characters its file name has.
     named = {} if sc.path and Path(sc.path).stem == sc.name else {"name": sc.name}
     return {
-        **named, "doc": sc.doc, "preset": sc.preset, "profile": sc.profile,
-        "policy": sc.policy, "switches": dict(sc.switches),
-        "device": [{"name": d.name, "sid": d.sid, "ats": d.ats, "pasid": d.pasid}
-                   for d in sc.devices],
+        **named, "doc": sc.doc, **({"preset": sc.preset} if sc.preset else {}),
+        "profile": sc.profile, "policy": sc.policy, "switches": dict(sc.switches),
+        **({"platform": dict(sc.platform)} if sc.platform else {}),
+        "device": [{"name": d.name, "sid": d.sid, "ats": d.ats, "pasid": d.pasid,
+                    **({"backend": d.backend} if d.backend else {})} for d in sc.devices],
         "domain": [{"name": d.name, "type": d.type, "devices": list(d.devices),
                     "pages": list(d.pages), **({"stage": d.stage} if d.stage else {})}
                    for d in sc.domains],
@@ -323,10 +354,11 @@ def _build(f: schema.ScenarioFile, text: str, where: str) -> Scenario:
     sc = Scenario(
         name=f.name or Path(where).stem, preset=f.preset, profile=f.profile, policy=f.policy,
         doc=f.doc, switches=dict(f.switches), qi=hw.qi, path=where,
+        platform=f.platform.model_dump(exclude_unset=True),
         expect={k: v for k, v in f.expect.model_dump().items() if v is not None},
     )
     for d in f.device:
-        sc.device(d.name, d.sid, ats=d.ats, pasid=d.pasid)
+        sc.device(d.name, d.sid, ats=d.ats, pasid=d.pasid, backend=d.backend)
     for d in f.domain:
         sc.domain(d.name, type=d.type, stage=d.stage, devices=tuple(d.devices),
                   pages=tuple(d.pages))

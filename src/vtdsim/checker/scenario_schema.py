@@ -32,6 +32,8 @@ from vtdsim.checker.schema_types import (
 from vtdsim.driver.profiles import PROFILES, Profile
 from vtdsim.errors import BadInput
 from vtdsim.hardware.presets import PRESETS
+from vtdsim.simulation import machine
+from vtdsim.virtualization import qemu
 
 PROPERTIES = (
     "dma_after_free",
@@ -46,6 +48,7 @@ PROPERTIES = (
 VERDICTS = ("holds", "violated")
 OBSERVATION_VERDICTS = ("observed", "never")
 CACHES = ("context_cache", "pasid_cache", "iotlb", "pscache")
+DEFAULT_PRESET = "qemu72-legacy"
 SID_TEXT = re.compile(r"([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])")
 Cache = Literal[CACHES]  # type: ignore[valid-type]
 Caches = Annotated[list[Cache], Field(min_length=1)]
@@ -64,6 +67,8 @@ class DeviceTable(Strict):
     sid: int | str  # 0..0xffff, or "BB:DD.F" as lspci prints it
     ats: bool = False
     pasid: bool = False
+    # What carries its DMA on a VM (machine.DEFAULT_BACKEND by platform when not given).
+    backend: Literal["emulated", "vfio", "iommufd"] | None = None
 
     @field_validator("sid")
     @classmethod
@@ -134,12 +139,23 @@ class Dma(Prefetch):
 
 
 class Hardware(Strict):
-    qi: Literal["async", "sync"] = "async"
+    qi: Literal["async", "sync"] | None = None  # async on bare metal, sync on a VM
     fills: list[Fill] = []
     evictions: list[Eviction] = []
     ats_prefetch: list[Prefetch] = []
     warm: list[Warm] = []
     torn_fills: list[TornFill] = []
+
+
+class PlatformTable(Strict):
+    """Where the guest driver runs (``simulation.machine.build``): bare metal, or on QEMU's
+    emulated unit (``vmm``, ``device_iotlb``) with the host's unit and driver behind it."""
+
+    kind: Literal[machine.PLATFORMS] = "bare"  # type: ignore[valid-type]
+    vmm: Literal[tuple(qemu.VERSIONS)] = "qemu-7.2"  # type: ignore[valid-type]
+    device_iotlb: bool = False  # QEMU's device-iotlb=on: ECAP.DT, the guest may enable ATS
+    host_unit: Literal[tuple(PRESETS)] = machine.HOST_UNIT  # type: ignore[valid-type]
+    host_profile: Literal[tuple(PROFILES)] = "mainline"  # type: ignore[valid-type]
 
 
 Verdict = Literal[VERDICTS]  # type: ignore[valid-type]
@@ -156,10 +172,11 @@ class ScenarioFile(Strict):
 
     name: Name | None = None
     doc: str = ""
-    preset: Literal[tuple(PRESETS)] = "qemu72-legacy"  # type: ignore[valid-type]
+    preset: Literal[tuple(PRESETS)] | None = None  # type: ignore[valid-type]
     profile: Literal[tuple(PROFILES)] = "linux-6.1"  # type: ignore[valid-type]
     policy: Literal["strict", "lazy", "auto"] = "strict"
     switches: dict[str, object] = {}  # Profile fields: types checked by _switches
+    platform: PlatformTable = PlatformTable()
     device: list[DeviceTable] = []
     domain: list[DomainTable] = []
     setup: list[AnyOp] = []
@@ -174,6 +191,7 @@ class ScenarioFile(Strict):
         _references(self)
         _op_rules(self)
         _switches(self)
+        _platform_rules(self)
         _unit_supports(self)
         return self
 
@@ -275,8 +293,77 @@ def _switches(sc: ScenarioFile) -> None:
         raise Problem(("switches",), str(err)) from None
 
 
+def _platform_rules(sc: ScenarioFile) -> None:
+    """What a platform admits: a VM's guest unit is QEMU's (no preset), its queue is processed
+    inside the exit (sync), KVM decides whether WBINVD works; a nested first stage needs the
+    iommufd nesting series and a host unit with ECAP.NEST; a backend needs its platform."""
+    plat = sc.platform
+    if plat.kind == "bare":
+        extra = sorted(plat.model_fields_set - {"kind"})
+        if extra:
+            raise Problem(("platform", extra[0]), "bare metal has no VMM or host: "
+                          f"{extra[0]} needs kind = emulated, shadow or nested")
+    else:
+        _vm_rules(sc, plat)
+    for i, d in enumerate(sc.device):
+        if d.backend is not None and d.backend not in _BACKENDS[plat.kind]:
+            raise Problem(("device", i, "backend"), f"backend {d.backend!r} needs platform "
+                          f"{_NEEDS[d.backend]}; platform {plat.kind} offers "
+                          + ", ".join(_BACKENDS[plat.kind]))
+
+
+_BACKENDS = {"bare": ("emulated",), "emulated": ("emulated",), "shadow": ("emulated", "vfio"),
+             "nested": ("emulated", "iommufd")}
+_NEEDS = {"emulated": "bare or a VM", "vfio": "shadow", "iommufd": "nested"}
+
+
+def _vm_rules(sc: ScenarioFile, plat: PlatformTable) -> None:
+    if sc.preset is not None:
+        raise Problem(("preset",), f"on platform {plat.kind} the guest's unit is QEMU's "
+                      f"({plat.vmm}): drop preset")
+    if sc.hardware.qi == "async":
+        raise Problem(("hardware", "qi"), f"on platform {plat.kind} QEMU processes the queue "
+                      "inside the IQT write's exit (vtd_handle_iqt_write): qi is sync")
+    if "wbinvd_works" in sc.switches:
+        raise Problem(("switches", "wbinvd_works"), "on a VM KVM decides whether WBINVD "
+                      "works (non-coherent DMA registered by VFIO): drop the switch")
+    if plat.kind == "nested":
+        if qemu.VERSIONS[plat.vmm].pasid_cache != qemu.PROCESS:
+            raise Problem(("platform", "vmm"), f"{plat.vmm} does not bind a nested first "
+                          "stage (its PASID-cache descriptors are no-ops): use "
+                          f"{qemu.QEMU_NESTING.name}")
+        if not PRESETS[plat.host_unit].nest:
+            raise Problem(("platform", "host_unit"), f"host unit {plat.host_unit} has no "
+                          "nested translation (ECAP.NEST, spec 3.8)")
+
+
+def _unit_name(sc: ScenarioFile) -> str:
+    if sc.platform.kind == "bare":
+        return f"preset {sc.preset or DEFAULT_PRESET}"
+    return f"{sc.platform.vmm}'s emulated unit"
+
+
+def _guest_caps(sc: ScenarioFile):
+    """The CAP/ECAP the guest driver reads: the preset's, or QEMU's on a VM."""
+    plat = sc.platform
+    if plat.kind == "bare":
+        return PRESETS[sc.preset or DEFAULT_PRESET]
+    return qemu.qemu_caps(qemu.VERSIONS[plat.vmm],
+                          machine.vm_properties(plat.kind, plat.device_iotlb))
+
+
+def _dma_caps(sc: ScenarioFile, device: DeviceTable):
+    """(CAP/ECAP, its name) of the unit translating the device's DMA: the host's for an
+    assigned device."""
+    plat = sc.platform
+    backend = device.backend or machine.DEFAULT_BACKEND[plat.kind]
+    if plat.kind != "bare" and backend in machine.ASSIGNED:
+        return PRESETS[plat.host_unit], f"host unit {plat.host_unit}"
+    return _guest_caps(sc), _unit_name(sc)
+
+
 def _unit_supports(sc: ScenarioFile) -> None:
-    caps = PRESETS[sc.preset]
+    caps, unit = _guest_caps(sc), _unit_name(sc)
     width = caps.mgaw
     devices = {d.name: d for d in sc.device}
     for loc, table in _tables(sc):
@@ -284,24 +371,34 @@ def _unit_supports(sc: ScenarioFile) -> None:
         end = (iova or 0) + getattr(table, "size", 1) - 1
         if iova is not None and end >> width:
             raise Problem((*loc, "iova"), f"iova={iova:#x} (to {end:#x}) is beyond the "
-                          f"unit's {width}-bit address width (CAP.MGAW, preset {sc.preset})")
+                          f"unit's {width}-bit address width (CAP.MGAW, {unit})")
         pasid = getattr(table, "pasid", None)
         if pasid is not None:
-            _pasid_supported(caps, devices.get(getattr(table, "device", "")), pasid, loc, sc)
+            _pasid_supported(caps, devices.get(getattr(table, "device", "")), pasid, loc, unit)
     for i, pre in enumerate(sc.hardware.ats_prefetch):
         if not devices[pre.device].ats:
             raise Problem(("hardware", "ats_prefetch", i, "device"),
                           f"device {pre.device!r} has no ATS (ats = false): it cannot "
                           "send translation requests (PCIe ATS)")
-        if not caps.dt:
-            raise Problem(("hardware", "ats_prefetch", i), f"preset {sc.preset} lacks "
+        dma_caps, dma_unit = _dma_caps(sc, devices[pre.device])
+        if not dma_caps.dt:
+            raise Problem(("hardware", "ats_prefetch", i), f"{dma_unit} lacks "
                           "ECAP.DT: Linux never enables ATS behind it")
     for i, fill in enumerate(sc.hardware.fills):
-        if fill.negative and not caps.caching_mode:
-            raise Problem(("hardware", "fills", i, "negative"), f"preset {sc.preset} has "
-                          "CAP.CM=0: the unit never caches not-present entries (spec 6.1)")
+        if fill.negative:
+            _negative_fill(sc, devices[fill.device], ("hardware", "fills", i, "negative"))
     for i, dom in enumerate(sc.domain):
-        _stage_supported(caps, dom, ("domain", i, "stage"), sc.preset)
+        _stage_supported(caps, dom, ("domain", i, "stage"), unit)
+
+
+def _negative_fill(sc: ScenarioFile, device: DeviceTable, loc: tuple) -> None:
+    caps, unit = _dma_caps(sc, device)
+    if sc.platform.kind != "bare" and unit == _unit_name(sc):
+        raise Problem(loc, f"{unit} never caches not-present entries although CAP.CM=1 "
+                      "(QEMU caches only successful walks)")
+    if not caps.caching_mode:
+        raise Problem(loc, f"{unit} has CAP.CM=0: the unit never caches not-present "
+                      "entries (spec 6.1)")
 
 
 def _tables(sc: ScenarioFile) -> Iterator[tuple[tuple, BaseModel]]:
@@ -317,9 +414,9 @@ def _tables(sc: ScenarioFile) -> Iterator[tuple[tuple, BaseModel]]:
         yield ("dma", i), d
 
 
-def _pasid_supported(caps, device, pasid: int, loc: tuple, sc: ScenarioFile) -> None:
+def _pasid_supported(caps, device, pasid: int, loc: tuple, unit: str) -> None:
     if not caps.pasid:
-        raise Problem((*loc, "pasid"), f"preset {sc.preset} lacks ECAP.PASID: no request "
+        raise Problem((*loc, "pasid"), f"{unit} lacks ECAP.PASID: no request "
                       "carries a PASID")
     if pasid >> caps.pss:
         raise Problem((*loc, "pasid"), f"pasid={pasid:#x} needs more than the unit's "
@@ -329,12 +426,12 @@ def _pasid_supported(caps, device, pasid: int, loc: tuple, sc: ScenarioFile) -> 
                       "(pasid = false)")
 
 
-def _stage_supported(caps, dom: DomainTable, loc: tuple, preset: str) -> None:
+def _stage_supported(caps, dom: DomainTable, loc: tuple, unit: str) -> None:
     if dom.stage == "fs" and not (caps.smts and caps.fsts):
-        raise Problem(loc, f"preset {preset} has no first-stage translation (ECAP.SMTS and "
+        raise Problem(loc, f"{unit} has no first-stage translation (ECAP.SMTS and "
                       "ECAP.FSTS)")
     if dom.stage == "ss" and caps.smts and not caps.ssts:
-        raise Problem(loc, f"preset {preset} has no second-stage translation in scalable "
+        raise Problem(loc, f"{unit} has no second-stage translation in scalable "
                       "mode (ECAP.SSTS)")
 
 

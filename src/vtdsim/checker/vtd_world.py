@@ -32,8 +32,11 @@ from vtdsim.driver import steps as st
 from vtdsim.hardware.descriptors import devtlb_range
 from vtdsim.hardware.global_command import requested_commands
 from vtdsim.hardware.memory import LINE_SIZE, PAGE_SIZE
+from vtdsim.hardware.request import format_sid
 
 DMAR_GCMD_REG = 0x18
+HOST_UNIT = 1  # the host unit's index in cache locations (unit 0 is the guest's)
+HOST = ("host",)  # the host unit's translation state: its tables, context, registers
 
 
 # -- the system a world runs on -----------------------------------------------------------------
@@ -54,6 +57,8 @@ class System:
     iova_pages: dict = field(default_factory=dict)  # (domain, iova page) -> data page
     force_snoop: bool = False
     ledger: PageLedger = field(default_factory=PageLedger)  # page owners, grants, contents
+    machine: Any = None  # the builder's Machine (simulation.machine): VMM, host, backends
+    assigned: set = field(default_factory=set)  # devices whose DMA the host unit translates
 
     def unit(self, i: int):
         return self.platform.units[i]
@@ -77,6 +82,17 @@ class System:
         if iommus is None:
             return [getattr(domain, "did", 0)]
         return [info.did for info in iommus()]
+
+    def host_dids(self, device: str) -> tuple[Any, set[int]]:
+        """(host unit, DIDs) translating an assigned device's guest IOVAs (VFIO's shadow
+        domain, iommufd's nested HWPT); (None, set()) for any other device."""
+        if device not in self.assigned:
+            return None, set()
+        key = format_sid(self.endpoints[device].sid)
+        domain = self.machine.host_domain(key)
+        if domain is None:
+            return None, set()
+        return self.machine.host.unit, {info.did for info in domain.iommus()}
 
     def coherency_promised(self) -> bool:
         """No-snoop DMA must look coherent: the domain blocks no-snoop, or WBINVD works."""
@@ -108,11 +124,21 @@ class Stepper:
         self.executor = system.executor
         self.memory = system.platform.memory
         self.platform = system.platform
+        machine = system.machine
+        self.vmm = machine.vmm if machine is not None else None
+        self.exit_work = ""  # what the VMM did in the exit of the last register write
+
     def ready(self, step: st.Step, skipped: bool) -> bool:
         return skipped or self.executor.ready(step)
 
     def apply(self, step: st.Step, thread: str) -> Any:
-        return self.executor.apply(step)
+        self.exit_work = ""
+        if self.vmm is None or type(step) is not st.MmioWrite:
+            return self.executor.apply(step)
+        before = self.vmm.stats.copy()
+        reply = self.executor.apply(step)
+        self.exit_work = exit_work(self.vmm.stats - before)
+        return reply
 
     def footprint(self, step: st.Step) -> Footprint:
         return _STEP_FOOTPRINTS[type(step)](self, step)
@@ -162,7 +188,27 @@ class Stepper:
         if step.offset == DMAR_GCMD_REG and requested_commands(
                 step.value, self.platform.unit(step.unit).regs["GSTS"]) == ["wbf"]:
             return ac.fp(writes={location} | posted)  # a write-buffer flush and nothing else
-        return ac.fp(writes={location} | posted | self.world.universe.everything(step.unit))
+        done = ac.fp(writes={location} | posted | self.world.universe.everything(step.unit))
+        return self._with_exit(done)
+
+    def _with_exit(self, done: Footprint) -> Footprint:
+        """On a VM a guest register write is a VM exit, atomic for the vCPU that makes it:
+        QEMU's handler (``vtd_handle_iqt_write``, ``vtd_handle_gcmd_te``/``_srtp``) reads the
+        guest's remapping structures fresh - root, context and PASID entries, the shadow
+        walk's page tables: every page the guest's driver allocated, data pages aside - and
+        changes the host side: VFIO map/unmap with the host driver's own invalidations,
+        iommufd binds and forwarded flushes (``HOST``, the host unit's caches)."""
+        if self.world.system.machine is None or self.world.system.machine.vmm is None:
+            return done
+        # A data page recycled as a table is written under DATA (``mem``): reading DATA keeps
+        # the exit ordered with stores to it without reading every data line.
+        reads = {ac.DATA}
+        data = self.world.system.data_pages
+        for page in sorted(self.platform.pages.allocated - data):
+            reads |= self.mem(page, PAGE_SIZE) | self.dram(page, PAGE_SIZE)
+        writes = {HOST} | self.world.universe.everything(HOST_UNIT)
+        return Footprint(done.reads | frozenset(reads) | writes, done.writes | writes,
+                         done.guard)
 
 
     def _iqt_write(self, step: st.MmioWrite, location: tuple) -> Footprint:
@@ -176,7 +222,7 @@ class Stepper:
             done = ac.slot_footprint(self.world, step.unit, slot[2])
             reads |= done.reads - {slot}
             writes |= done.writes
-        return ac.fp(reads, writes)
+        return self._with_exit(ac.fp(reads, writes))
 
     def _published(self, step: st.MmioWrite) -> set:
         """The slots an IQT write hands to the hardware: from the old tail to the new one (a
@@ -202,6 +248,19 @@ class Stepper:
         pages = self.world.universe.status_pages
         return {loc for a in self.memory.dirty_lines() for view in ("mem", "dram")
                 for loc in mem_locations(a, 64, pages, view)}
+
+
+# The VMM's work a counterexample names (vmm.Vmm.stats keys): what reaches a device's DMA.
+_EXIT_WORK = (("vmm_vfio_map_dma", "VFIO map"), ("vmm_vfio_unmap_dma", "VFIO unmap"),
+              ("vmm_iommufd_cache_invalidate", "iommufd flush"),
+              ("vmm_notify_deviotlb_unmap", "DEVIOTLB_UNMAP"))
+
+
+def exit_work(done: Counter) -> str:
+    """``exit: VFIO unmap x1, ...`` for one VM exit's work (empty when it reached no
+    listener)."""
+    parts = [f"{name} x{done[key]}" for key, name in _EXIT_WORK if done[key]]
+    return "exit: " + ", ".join(parts) if parts else ""
 
 
 def slot_location(unit: int, offset: int) -> tuple:
@@ -252,19 +311,22 @@ _STEP_FOOTPRINTS = {
 class Universe:
     """The scenario's devices and IOVA pages: the finite set of cache locations."""
 
-    def __init__(self, devices: dict[str, int], atc: set[str], iovas: list[int]):
+    def __init__(self, devices: dict[str, int], atc: set[str], iovas: list[int],
+                 assigned: frozenset = frozenset()):
         self.sids = devices  # name -> sid
         self.atc = atc  # devices with a device-TLB
         self.pages = sorted({i & ~(PAGE_SIZE - 1) for i in iovas})
         self.status_pages: frozenset = frozenset()  # set by VtdModel from the booted driver
+        self.assigned = assigned  # devices whose DMA the host unit translates (HOST_UNIT)
 
     def cache_locations(self, device: str, iova: int, cache: str) -> set:
         sid, page = self.sids[device], iova & ~(PAGE_SIZE - 1)
+        unit = HOST_UNIT if device in self.assigned else 0
         if cache == "context_cache":
-            return {("cc", 0, sid)}
+            return {("cc", unit, sid)}
         if cache == "pasid_cache":
-            return {("pc", 0, sid)}
-        return {("tlb" if cache == "iotlb" else "psc", 0, page)}
+            return {("pc", unit, sid)}
+        return {("tlb" if cache == "iotlb" else "psc", unit, page)}
 
     def unmap_check(self, op) -> set:
         """What the monitor reads when a synced unmap ends (stale_after_strict_unmap): the
@@ -274,7 +336,8 @@ class Universe:
         start = op["iova"] & ~(PAGE_SIZE - 1)
         end = op["iova"] + op["size"]
         pages = [p for p in self.pages if start <= p < end]
-        found = {("tlb", 0, p) for p in pages}
+        units = (0, HOST_UNIT) if self.assigned else (0,)
+        found = {("tlb", u, p) for u in units for p in pages}
         return found | {("atc", self.sids[d], p) for d in self.atc for p in pages}
 
     def device_locations(self, device: str, iova: int) -> set:
@@ -504,7 +567,11 @@ class VtdWorld:
         key = (device, iova, pasid)
         if key not in self._walks:
             ep = self.system.endpoint(device)
-            self._walks[key] = dry_walk(ep.unit, ep.sid, iova, self.recycled, pasid)
+            walk = dry_walk(ep.unit, ep.sid, iova, self.recycled, pasid)
+            if device in self.system.assigned:
+                # The host unit's tables and context change only inside a VM exit.
+                walk = Walk(walk.fills, walk.reads | {HOST})
+            self._walks[key] = walk
         return self._walks[key]
 
     def next_pattern(self) -> bytes:
@@ -561,14 +628,18 @@ class VtdModel:
 
 @functools.cache
 def model_digest() -> str:
-    """A digest of the model's code - hardware, devices, driver, checker - since which steps
-    an operation takes and what each does live there: a schedule saved under other code (a
+    """A digest of the model's code - hardware, devices, driver, the VMM, the machine builder,
+    checker - since which steps an operation takes and what each does live there: a schedule
+    saved under other code (a
     descriptor copied in two stores instead of one, say) would replay a different
     interleaving, so it must not pass for this model's."""
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for package in ("hardware", "devices", "driver", "checker"):
-        for path in sorted((root / package).rglob("*.py")):
-            digest.update(path.relative_to(root).as_posix().encode())
-            digest.update(path.read_bytes())
+    files = [p for package in ("hardware", "devices", "driver", "virtualization", "checker")
+             for p in sorted((root / package).rglob("*.py"))]
+    # the one machine builder the checker boots through
+    files += [root / "simulation" / "machine.py", root / "simulation" / "system.py"]
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

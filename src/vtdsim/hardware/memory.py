@@ -239,6 +239,13 @@ class PhysicalMemory:
                 return _Q.unpack_from(data, addr & (LINE_SIZE - 1))[0]
         return self.dram_qword(addr)
 
+    def read_qwords(self, addr: int, count: int, *, snoop: bool = True) -> tuple[int, ...]:
+        """``count`` consecutive ``read_qword``s in one pass (a walk scanning a table)."""
+        if self._posted:
+            return tuple(self.read_qword(addr + 8 * i, snoop=snoop) for i in range(count))
+        data = self.cpu_read(addr, 8 * count) if snoop else self._dram_read(addr, 8 * count)
+        return struct.unpack_from(f"<{count}Q", data)
+
     def write_qword(self, addr: int, value: int, *, snoop: bool = True) -> None:
         """A hardware qword write (A/D-bit updates)."""
         self._dma_store(_Q, addr, value & 0xFFFF_FFFF_FFFF_FFFF, snoop)

@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from vtdsim.driver.profiles import Profile
 from vtdsim.errors import BadInput
 from vtdsim.hardware.memory import PhysicalMemory
 from vtdsim.hardware.presets import get_preset
@@ -43,6 +44,11 @@ HOST_PAGES = (GUEST_RAM, GUEST_RAM + (1 << 30))  # the host driver's page-table 
 GUEST_PAGES = (1 << 24, 1 << 30)  # the guest driver's page-table pages
 GUEST_DATA = (1 << 30, GUEST_RAM)  # guest RAM left for a workload's data buffers
 HOST_UNIT = "server-sm"  # a host part with SC and NEST
+# What carries a device's DMA unless asked otherwise: QEMU's own emulation, VFIO's shadow, or
+# iommufd's nested first stage.
+DEFAULT_BACKEND = {"bare": "emulated", "emulated": "emulated", "shadow": "vfio",
+                   "nested": "iommufd"}
+ASSIGNED = ("vfio", "iommufd")  # backends whose DMA the host unit translates
 
 
 @dataclass
@@ -57,15 +63,16 @@ class Machine:
     host: System | None = None
     backends: dict[str, Any] = field(default_factory=dict)
 
-    def device(self, name: str, *, ats: bool = False, kind: str | None = None):
-        """Probe ``name`` in the guest and wire it as the platform does (``kind``:
-        "emulated", "vhost", "vfio", "iommufd"; default by platform)."""
-        kind = kind or {"bare": "emulated", "emulated": "emulated", "shadow": "vfio",
-                        "nested": "iommufd"}[self.platform]
+    def device(self, name: str, *, ats: bool = False, kind: str | None = None,
+               ats_qdep: int = 32, pasid: bool = False):
+        """Probe ``name`` (BB:DD.F) in the guest and wire it as the platform does (``kind``:
+        "emulated", "vhost", "vfio", "iommufd"; default by platform); ``ats``, ``ats_qdep``
+        and ``pasid``: the function's capabilities (``System.probe``)."""
+        kind = kind or DEFAULT_BACKEND[self.platform]
         sid = parse_sid(name)
         if self.vmm is not None:
             self.vmm.address_space(sid)  # vtd_find_add_as: QEMU's address space per device
-        info = self.guest.probe(name, ats=ats)
+        info = self.guest.probe(name, ats=ats, ats_qdep=ats_qdep, pasid=pasid)
         if kind == "vhost":
             self.backends[name] = Vhost(self.vmm, sid, ats=ats)
         elif kind == "emulated" and ats and self.vmm is not None:
@@ -73,17 +80,36 @@ class Machine:
         elif kind in ("vfio", "iommufd"):
             if self.host is None:
                 raise BadInput(f"a {kind} device needs a host: platform {self.platform}")
-            self.host.probe(name, ats=ats)
+            self.host.probe(name, ats=ats, ats_qdep=ats_qdep, pasid=pasid)
             cls = VfioShadow if kind == "vfio" else IommufdNested
             self.backends[name] = cls(self.vmm, self.host, sid, self.kvm)
+        if self.vmm is not None:
+            # QEMU realizes the device before the guest runs, so the guest's DMAR enable
+            # (vtd_handle_gcmd_te -> vtd_switch_address_space_all) found its address space:
+            # with DMAR on it is in the IOMMU region even before the guest programs a context
+            # entry (vtd_switch_address_space: not pass-through) - no 1:1 map of guest RAM.
+            self.vmm.switch(self.vmm.address_space(sid))
         return info
 
     def dma_endpoint(self, name: str):
         """The endpoint whose DMA is the device's: the host's for an assigned device."""
-        if self.host is not None and isinstance(self.backends.get(name),
-                                                (VfioShadow, IommufdNested)):
+        if self.assigned(name):
             return self.host.endpoint(name)
         return self.guest.endpoint(name)
+
+    def assigned(self, name: str) -> bool:
+        """Is the device assigned (VFIO or iommufd): its DMA the host unit's to translate?"""
+        return self.host is not None and isinstance(self.backends.get(name),
+                                                    (VfioShadow, IommufdNested))
+
+    def host_domain(self, name: str):
+        """The host domain translating the guest's IOVAs of an assigned device: VFIO's
+        UNMANAGED shadow, or iommufd's nested HWPT once bound (None otherwise: the nest
+        parent translates GPAs, not IOVAs)."""
+        backend = self.backends.get(name)
+        if isinstance(backend, VfioShadow):
+            return backend.domain
+        return getattr(backend, "nested", None)
 
     def dma_unit(self, name: str):
         """The unit translating the device's DMA: the host's for an assigned device, else the
@@ -122,8 +148,8 @@ class Machine:
         return out
 
 
-def build(platform: str, *, profile: str = "linux-6.1", vmm: str = "qemu-7.2",
-          unit: str = "qemu72-legacy-cm", host_profile: str = "mainline",
+def build(platform: str, *, profile: str | Profile = "linux-6.1", vmm: str = "qemu-7.2",
+          unit: str = "qemu72-legacy-cm", host_profile: str | Profile = "mainline",
           host_unit: str = HOST_UNIT, record: bool = False,
           device_iotlb: bool = False, ncpus: int = 2,
           cache_config: CacheConfig | None = None, qi_mode: str = "sync") -> Machine:
@@ -146,8 +172,7 @@ def build(platform: str, *, profile: str = "linux-6.1", vmm: str = "qemu-7.2",
                        f"(ECAP.NEST); use one that has (e.g. {HOST_UNIT})")
     if nested and version.pasid_cache != qemu.PROCESS:
         version = qemu.QEMU_NESTING
-    props = qemu.QemuProperties(caching_mode=True, scalable_mode=nested, flts=nested,
-                                device_iotlb=device_iotlb)
+    props = vm_properties(platform, device_iotlb)
     memory = PhysicalMemory()
     the_vmm = Vmm(version, props, memory, record=record)
     host = None
@@ -157,3 +182,12 @@ def build(platform: str, *, profile: str = "linux-6.1", vmm: str = "qemu-7.2",
     guest = System.boot(profile=profile, vmm=the_vmm, page_range=GUEST_PAGES,
                         ncpus=ncpus)
     return Machine(platform, guest, the_vmm, Kvm(guest.platform), host)
+
+
+def vm_properties(platform: str, device_iotlb: bool = False) -> qemu.QemuProperties:
+    """The ``-device intel-iommu`` properties a VM platform runs with: caching mode on (VFIO
+    refuses assignment without it, ``vtd_iommu_notify_flag_changed``); scalable mode with
+    x-flts for ``nested`` (the guest's first stage is what the host unit nests)."""
+    nested = platform == "nested"
+    return qemu.QemuProperties(caching_mode=True, scalable_mode=nested, flts=nested,
+                               device_iotlb=device_iotlb)

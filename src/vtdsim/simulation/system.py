@@ -131,12 +131,13 @@ class System:
               pasid: bool = False) -> DeviceInfo:
         """A PCI function appears: the driver probes it, an endpoint joins the bus.  ``ats``
         and ``pasid``: the function's ATS and PASID capabilities (``ats_qdep``: its ATS
-        invalidate queue depth)."""
+        invalidate queue depth; a PASID-capable endpoint may prefix its requests)."""
         sid = parse_sid(name)
         info = DeviceInfo(sid, self.iommu, ats_supported=ats, ats_qdep=ats_qdep if ats else 0,
                           pasid_supported=pasid)
         self.run(self.driver.probe_device(info))
         endpoint = Endpoint(sid, ats=ats, ats_queue_depth=ats_qdep if ats else 0,
+                            pasid_capable=pasid,
                             device_tlb_capacity=self.unit.cache_config.device_tlb)
         endpoint.connect(self.unit)
         key = format_sid(sid)

@@ -60,7 +60,9 @@ SEED = Seed(
               "translation) relies on the correct devtlb behavior from the guest otherwise "
               "it's already broken."),
     ),
-    before=("seed000_flush_all_devtlb_linux61", "seed000_unmap_devtlb_linux61"),
+    before=("seed000_flush_all_devtlb_linux61", "seed000_unmap_devtlb_linux61",
+            "issue11_seed000_flush_all_shadow_linux61", "issue11_seed000_flush_all_nested_linux61",
+            "issue11_seed000_flush_all_emulated_ats_linux61"),
     after=("seed000_flush_all_devtlb_mainline",),
     recordings=("legacy-cm-default", "legacy-cm-ats", "linux612-legacy-cm-ats"),
     figures=figures,
@@ -72,12 +74,21 @@ SEED = Seed(
         "never broken (its check is `!cm || !map`). Kevin's cost worry is answered by the "
         "batching he asked for: with cache tags the device-TLB invalidation rides in the same "
         "queue submission, so the guest writes the queue tail less often per map+unmap, not "
-        "more - in the model runs and in the 6.1 vs 6.12 recordings alike."),
+        "more - in the model runs and in the 6.1 vs 6.12 recordings alike. Kevin's second "
+        "claim holds for the vIOMMUs he names: behind a shadowing vIOMMU (VFIO) the host's own "
+        "strict unmap flushes the physical device-TLB, behind a nesting one (iommufd) the "
+        "host expands the forwarded PASID-IOTLB flush to it, so 6.1's skipped flush loses "
+        "nothing there; but a device QEMU emulates with an ATC (an emulated ATS endpoint; "
+        "vhost with device-iotlb takes the same DEVIOTLB_UNMAP path) relies on the guest's "
+        "device-TLB flush, and 6.1 leaves it stale."),
     rests_on={"seed000_flush_all_devtlb_linux61": "violated",
               "seed000_unmap_devtlb_linux61": "holds",
-              "seed000_flush_all_devtlb_mainline": "holds"},
+              "seed000_flush_all_devtlb_mainline": "holds",
+              "issue11_seed000_flush_all_shadow_linux61": "holds",
+              "issue11_seed000_flush_all_nested_linux61": "holds",
+              "issue11_seed000_flush_all_emulated_ats_linux61": "violated"},
     open_questions=(
         "The guest's time per I/O on an emulated vIOMMU needs the simulator's vIOMMU platform; "
-        "Kevin's second claim (no vIOMMU relies on the guest's device-TLB flushes) is about "
-        "today's VMMs, which the checker does not survey."),
+        "vhost's device IOTLB is checked only through the emulated ATS device that shares its "
+        "notification path."),
 )

@@ -65,7 +65,8 @@ SEED = Seed(
     ),
     before=("seed003_fs_default_cm_strict_before_patch", "seed003_cm_forces_strict"),
     after=("seed003_fs_default_cm_lazy", "seed003_fs_map_no_cm_flush",
-           "seed003_lazy_exposure_legacy"),
+           "seed003_lazy_exposure_legacy", "issue11_seed003_nested_lazy",
+           "issue11_seed003_nested_strict"),
     recordings=("linux612-sm-cm-flts", "linux612-sm-cm-flts-strict"),
     figures=figures,
     published=(Figure("iperf receive without the patch (forced strict)", 39.3, "Gbit/s",
@@ -80,12 +81,18 @@ SEED = Seed(
         "adds no violation: its only exposure is lazy mode's usual window, observed the same "
         "way on bare metal. The pre-patch forced strict mode is safe too - it only pays a "
         "queue-tail write (a VM exit) per unmap, which the recordings show directly: the "
-        "strict guest exits about once per map+unmap, the lazy one a few times per hundred."),
+        "strict guest exits about once per map+unmap, the lazy one a few times per hundred. "
+        "On the nesting vIOMMU the commit assumes (iommufd, the host walking the guest's first "
+        "stage) the lazy guest's window reaches the host's nested IOTLB until the forwarded "
+        "flush - the same accepted window - and the strict guest's forwarded PSI closes it "
+        "inside the exit."),
     rests_on={"seed003_fs_default_cm_strict_before_patch": "holds",
               "seed003_cm_forces_strict": "holds",
               "seed003_fs_default_cm_lazy": "observed",
               "seed003_fs_map_no_cm_flush": "holds",
-              "seed003_lazy_exposure_legacy": "observed"},
+              "seed003_lazy_exposure_legacy": "observed",
+              "issue11_seed003_nested_lazy": "observed",
+              "issue11_seed003_nested_strict": "holds"},
     open_questions=(
         "The nesting vIOMMU's lazy/strict throughput ratio is far above the published 1.30: "
         "the model unmaps every receive page (no page_pool recycling, no ACK traffic, no "

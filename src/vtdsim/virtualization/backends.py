@@ -33,7 +33,6 @@ class VfioShadow:
         self.vmm, self.host, self.sid = vmm, host, sid
         self.stats: Counter = Counter()
         vmm.backends.append(self)
-        self.pinned: set[int] = set()
         self.domain = host.run(host.driver.domain_alloc_paging(host.iommu, type="unmanaged",
                                                                stage="ss"))
         host.attach([host_name(sid)], domain=self.domain)
@@ -78,9 +77,9 @@ class VfioShadow:
             return
         self.stats["vfio_map_dma"] += 1
         self.vmm.stats["vmm_vfio_map_dma"] += 1  # an ioctl inside the exit: the VMM's work
-        pages = range(gpa, gpa + size, PAGE_SIZE)
-        self.stats["vfio_pinned_pages"] += len(pages)
-        self.pinned.update(pages)
+        # vfio_pin_pages_remote: every page of the range pinned (what is pinned is the
+        # vfio_dma records' ranges: ``pinned_pages``)
+        self.stats["vfio_pinned_pages"] += size // PAGE_SIZE
         self.host.run(self.host.driver.map(self.domain, iova, gpa, size, prot))
         self.dma[iova] = (size, gpa)
 
@@ -88,11 +87,15 @@ class VfioShadow:
         """``VFIO_IOMMU_UNMAP_DMA``: unmap (strict: the host's own invalidation), unpin."""
         self.stats["vfio_unmap_dma"] += 1
         self.vmm.stats["vmm_vfio_unmap_dma"] += 1
-        for base, (msize, gpa) in self.mappings_in(iova, size):
+        for base, (msize, _gpa) in self.mappings_in(iova, size):
             self.host.run(self.host.driver.unmap(self.domain, base, msize))
-            self.pinned.difference_update(range(gpa, gpa + msize, PAGE_SIZE))
             self.stats["vfio_unpinned_pages"] += msize // PAGE_SIZE
             del self.dma[base]
+
+    @property
+    def pinned_pages(self) -> int:
+        """Pages pinned now: those of every vfio_dma record (unpinned with their unmap)."""
+        return sum(size // PAGE_SIZE for size, _gpa in self.dma.values())
 
     def mappings_in(self, iova: int, size: int) -> list[tuple[int, tuple[int, int]]]:
         """Mappings inside [iova, iova + size) (type1 unmaps whole vfio_dma entries)."""

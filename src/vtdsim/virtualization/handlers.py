@@ -56,22 +56,37 @@ def _pasid_resync(vmm, f: dict) -> None:
 
 
 def _iotlb(vmm, f: dict) -> None:
-    unit = vmm.unit
+    """``vtd_process_iotlb_desc`` by granularity (global, domain, page)."""
     if f["g"] == 1:
-        vmm.trace("vtd_inv_desc_iotlb_global")
-        inv.iotlb_global(unit)
-        for vas in vmm.with_notifiers():
-            vmm.sync(vas)
+        _iotlb_global(vmm, f)
     elif f["g"] == 2:
-        vmm.trace("vtd_inv_desc_iotlb_domain", f["did"])
-        inv.iotlb_domain(unit, f["did"])
-        for vas in vmm.with_notifiers():
-            if vmm.tables(vas).did == f["did"]:
-                vmm.sync(vas)
+        _iotlb_domain(vmm, f)
     else:
-        vmm.trace("vtd_inv_desc_iotlb_pages", f["did"], f["addr"], f["am"])
-        inv.iotlb_page(unit, f["did"], f["addr"], f["am"], f["ih"])
-        _page_notify(vmm, f["did"], f["addr"], 1 << (12 + f["am"]))
+        _iotlb_page(vmm, f)
+
+
+def _iotlb_global(vmm, f: dict) -> None:
+    vmm.trace("vtd_inv_desc_iotlb_global")
+    inv.iotlb_global(vmm.unit)
+    for vas in vmm.with_notifiers():
+        vmm.sync(vas)
+
+
+def _iotlb_domain(vmm, f: dict) -> None:
+    """``vtd_iotlb_domain_invalidate``: the DID's entries dropped, then one full sync of
+    every notifier address space in that domain (Peter Xu's 2018 rework)."""
+    vmm.trace("vtd_inv_desc_iotlb_domain", f["did"])
+    inv.iotlb_domain(vmm.unit, f["did"])
+    for vas in vmm.with_notifiers():
+        if vmm.tables(vas).did == f["did"]:
+            vmm.sync(vas)
+
+
+def _iotlb_page(vmm, f: dict) -> None:
+    """``vtd_iotlb_page_invalidate``: the range's entries dropped, then its notify."""
+    vmm.trace("vtd_inv_desc_iotlb_pages", f["did"], f["addr"], f["am"])
+    inv.iotlb_page(vmm.unit, f["did"], f["addr"], f["am"], f["ih"])
+    _page_notify(vmm, f["did"], f["addr"], 1 << (12 + f["am"]))
 
 
 def _page_notify(vmm, did: int, addr: int, size: int) -> None:

@@ -195,8 +195,12 @@ class Vmm:
 
     def walk(self, vas: VtdAddressSpace, root, start: int, end: int, notify_unmap: bool):
         self.stats["vmm_walks"] += 1
+
+        def quiet(lo: int, hi: int) -> bool:  # walk_one would skip every UNMAP in [lo, hi)
+            return not notify_unmap or vas.iova_tree.find(lo, hi - lo) is None
+
         page_walk(self.unit.memory, root, start, end,
-                  lambda ev: walk_one(vas, ev, notify_unmap, self.stats), self.stats)
+                  lambda ev: walk_one(vas, ev, notify_unmap, self.stats), self.stats, quiet)
 
     def unmap_all(self, vas: VtdAddressSpace) -> None:
         """``vtd_address_space_unmap``: one UNMAP of the whole space, the tree emptied."""
