@@ -129,16 +129,32 @@ def _page_addr(system: System, op: Op) -> int:
     return system.pages[op["page"]] + op.args.get("offset", 0)
 
 
+def _group_mutex(factory):
+    """The IOMMU core moves a device between domains under its group's ``group->mutex``
+    (``iommu_attach_device``, ``iommu_detach_device``, ``iommu_attach_device_pasid``,
+    ``iommu_detach_device_pasid``, ``__iommu_group_set_domain`` for the blocking domain,
+    ``__iommu_group_remove_device`` at release), so two such ops on one device never overlap.
+    (6.1 calls ``release_device`` outside the mutex, but a device is removed once and not
+    attached while being removed - device-core lifetime rules - so the same lock stands in.)"""
+    def run(system: System, op: Op):
+        name = f"group->mutex {op['device']}"
+        yield st.Lock(name=name, why="iommu core: group->mutex")
+        ret = yield from factory(system, op)
+        yield st.Unlock(name=name, why="iommu core: group->mutex")
+        return ret
+    return run
+
+
 OP_FACTORIES = {
     "map": _map,
     "unmap": _unmap,
     "dma_map": _dma_map,
     "dma_unmap": _dma_unmap,
     "fq_timer": _fq_timer,
-    "attach": _attach,
-    "set_dev_pasid": _set_dev_pasid,
+    "attach": _group_mutex(_attach),
+    "set_dev_pasid": _group_mutex(_set_dev_pasid),
     "flush_iotlb_all": lambda s, o: s.driver.flush_iotlb_all(s.domains[o["domain"]]),
-    "remove_dev_pasid": _remove_dev_pasid,
+    "remove_dev_pasid": _group_mutex(_remove_dev_pasid),
     "enforce_cache_coherency": lambda s, o: s.driver.enforce_cache_coherency(
         s.domains[o["domain"]]),
     # Seed 001: a present -> present scalable-mode context change (v6.11 context_flip_pri).
@@ -154,9 +170,10 @@ OP_FACTORIES = {
     "wbinvd": _one(lambda s, o: st.Wbinvd(why="CPU")),
     # Pages and devices changing hands (device_ops.py).
     "alloc": device_ops.alloc,
-    "detach": device_ops.detach,
-    "attach_blocking": device_ops.detach,  # mainline's detach is the blocking domain's attach
-    "release": device_ops.release,
+    "detach": _group_mutex(device_ops.detach),
+    # mainline's detach is the blocking domain's attach
+    "attach_blocking": _group_mutex(device_ops.detach),
+    "release": _group_mutex(device_ops.release),
     "ats_disable": device_ops.ats_disable,
 }
 
