@@ -160,8 +160,9 @@ def __iommu_unmap(ops, domain, iova: int, size: int, gather: IommuIotlbGather):
 
 
 def iommu_unmap_fast(ops, domain, iova: int, size: int, gather: IommuIotlbGather):
-    """``iommu_unmap_fast``: clear the PTEs, leave the flush to the caller's gather."""
-    return (yield from __iommu_unmap(ops, domain, iova, size, gather))
+    """``iommu_unmap_fast``: clear the PTEs, leave the flush to the caller's gather (the
+    generator of ``__iommu_unmap`` itself: one frame fewer for each of its steps)."""
+    return __iommu_unmap(ops, domain, iova, size, gather)
 
 
 def iommu_unmap(ops, domain, iova: int, size: int):

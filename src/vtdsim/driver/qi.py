@@ -152,7 +152,7 @@ class WaitSlotSteps:
     """The steps of one ``qi_submit_sync`` that depend only on the queue and the slot of its
     wait descriptor: the queue lock, the status word set in use, the wait's store, the IQT
     write that publishes everything up to it, the status poll and the spin on it.  Steps are
-    immutable values, so each slot's are built once (``wait_slot_steps``)."""
+    immutable values, so each slot's are built once (``_wait_slot_steps``)."""
 
     lock: Lock
     unlock: Unlock
@@ -161,11 +161,6 @@ class WaitSlotSteps:
     publish: MmioWrite
     poll: CpuRead
     spin: WaitQword
-
-
-def wait_slot_steps(iommu, q, wait_index: int, pd: bool = False) -> WaitSlotSteps:
-    return _wait_slot_steps(iommu.index, q.lock, q.base, q.shift, q.status_addr(wait_index),
-                            wait_index, pd)
 
 
 @lru_cache(maxsize=8 * QI_LENGTH)
@@ -190,62 +185,68 @@ def _wait_slot_steps(unit: int, lock: str, base: int, shift: int, status: int, s
 def qi_submit_sync(iommu, descs: Sequence[Desc], pd: bool = False) -> Generator[Step, Any, int]:
     """Submit ``descs`` plus a wait, one IQT write, spin until the wait's status is QI_DONE:
     0, or -EINVAL when the unit rejected our first descriptor (IQE); an ITE that aborted our
-    wait restarts the whole submission (-EAGAIN in dmar.c)."""
+    wait restarts the whole submission (-EAGAIN in dmar.c's ``restart`` label).
+
+    The restart is this function's loop and the first status poll is made here, not in
+    nested generators: every step of every submission passes through each generator frame
+    it is yielded from, and a synchronous unit completes the wait at the first poll."""
     if len(descs) + 2 > QI_LENGTH:
         raise SpecRuleBroken(f"qi_submit_sync of {len(descs)} descriptors", "QI_LENGTH")
+    why = "qi_submit_sync"
+    q = iommu.qi
+    lock, unlock = lock_steps(q.lock, why)
     while True:
-        rc = yield from _submit_once(iommu, iommu.qi, descs, pd)
+        yield lock
+        while q.free_cnt < len(descs) + 2:
+            # Wait for count + 2 free slots: descriptors, the wait, one gap (another CPU
+            # reclaims).
+            yield unlock
+            yield lock
+        index = q.free_head
+        wait_index = (index + len(descs)) % QI_LENGTH
+        steps = _wait_slot_steps(iommu.index, q.lock, q.base, q.shift,
+                                 q.status_addr(wait_index), wait_index, pd)
+        for i, desc in enumerate(descs):
+            slot = (index + i) % QI_LENGTH
+            yield desc_store(q.base, q.shift, slot, desc, why)
+            q.desc_status[slot] = QI_IN_USE
+            label = TYPE_LABELS.get(desc[0] & 0xF) or str(desc[0] & 0xF)
+            yield Annotate(event="qi_submit", data=(label, iommu.name, *desc), why=why)
+        q.desc_status[wait_index] = QI_IN_USE
+        q.wait_slots.add(wait_index)
+        yield steps.status_in_use
+        yield steps.store
+        q.free_head = (wait_index + 1) % QI_LENGTH
+        q.free_cnt -= len(descs) + 1
+        yield steps.publish
+        if (yield steps.poll) == QI_DONE:
+            q.desc_status[wait_index] = QI_DONE
+            rc = 0
+        else:
+            rc = yield from _wait_done(iommu, q, index, wait_index, steps)
+        for i in range(len(descs)):
+            q.desc_status[(index + i) % QI_LENGTH] = QI_DONE
+        yield from reclaim_free_desc(q)
+        yield steps.unlock
         if rc != EAGAIN:
             return rc
 
 
-def _submit_once(iommu, q, descs: Sequence[Desc], pd: bool) -> Generator[Step, Any, int]:
-    why = "qi_submit_sync"
-    lock, unlock = lock_steps(q.lock, why)
-    yield lock
-    while q.free_cnt < len(descs) + 2:
-        # Wait for count + 2 free slots: descriptors, the wait, one gap (another CPU reclaims).
-        yield unlock
-        yield lock
-    index = q.free_head
-    wait_index = (index + len(descs)) % QI_LENGTH
-    steps = wait_slot_steps(iommu, q, wait_index, pd)
-    for i, desc in enumerate(descs):
-        slot = (index + i) % QI_LENGTH
-        yield desc_store(q.base, q.shift, slot, desc, why)
-        q.desc_status[slot] = QI_IN_USE
-        label = TYPE_LABELS.get(desc[0] & 0xF) or str(desc[0] & 0xF)
-        yield Annotate(event="qi_submit", data=(label, iommu.name, *desc), why=why)
-    q.desc_status[wait_index] = QI_IN_USE
-    q.wait_slots.add(wait_index)
-    yield steps.status_in_use
-    yield steps.store
-    q.free_head = (wait_index + 1) % QI_LENGTH
-    q.free_cnt -= len(descs) + 1
-    yield steps.publish
-    rc = yield from _wait_done(iommu, q, index, wait_index, steps)
-    for i in range(len(descs)):
-        q.desc_status[(index + i) % QI_LENGTH] = QI_DONE
-    yield from reclaim_free_desc(q)
-    yield steps.unlock
-    return rc
-
-
 def _wait_done(iommu, q, index: int, wait_index: int,
                steps: WaitSlotSteps) -> Generator[Step, Any, int]:
-    """Spin on the wait slot's status, checking FSTS each round; the lock is dropped while
-    spinning (``raw_spin_unlock; cpu_relax; raw_spin_lock``), so other CPUs may submit."""
+    """The wait is not done at the first poll: check FSTS, then spin on the wait slot's
+    status with the lock dropped (``raw_spin_unlock; cpu_relax; raw_spin_lock``, so other
+    CPUs may submit) and poll again, checking FSTS each round."""
     while True:
-        status = yield steps.poll
-        if status == QI_DONE:
-            q.desc_status[wait_index] = QI_DONE
-            return 0
         rc = yield from qi_check_fault(iommu, q, index, wait_index)
         if rc:
             return rc
         yield steps.unlock
         yield steps.spin
         yield steps.lock
+        if (yield steps.poll) == QI_DONE:
+            q.desc_status[wait_index] = QI_DONE
+            return 0
 
 
 def qi_check_fault(iommu, q, index: int, wait_index: int) -> Generator[Step, Any, int]:
@@ -293,6 +294,13 @@ def _abort_in_use(iommu, q, why: str) -> Generator[Step, Any, None]:
             break
 
 
+@lru_cache(maxsize=8 * QI_LENGTH)
+def _status_read(addr: int) -> CpuRead:
+    """``reclaim_free_desc``'s load of a wait slot's status word, built once per slot (a step
+    is an immutable value)."""
+    return CpuRead(addr=addr, size=4, why="reclaim_free_desc")
+
+
 def reclaim_free_desc(q) -> Generator[Step, Any, None]:
     """Free slots from the tail while they are DONE or ABORT.  A wait slot still marked in use
     may have been completed by the hardware for another CPU: its status word is read."""
@@ -300,7 +308,7 @@ def reclaim_free_desc(q) -> Generator[Step, Any, None]:
         slot = q.free_tail
         state = q.desc_status[slot]
         if state == QI_IN_USE and slot in q.wait_slots:
-            state = yield CpuRead(addr=q.status_addr(slot), size=4, why="reclaim_free_desc")
+            state = yield _status_read(q.status_addr(slot))
         if state not in (QI_DONE, QI_ABORT):
             return
         q.desc_status[slot] = QI_FREE

@@ -37,6 +37,7 @@ MAX_PHYS_ADDR = 1 << 52  # x86 architectural limit on physical addresses
 _Q = struct.Struct("<Q")
 _L = struct.Struct("<L")
 _INTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: _L, 8: _Q}
+_QWORDS = {2: struct.Struct("<2Q"), 4: struct.Struct("<4Q")}
 
 
 class PhysicalMemory:
@@ -155,6 +156,20 @@ class PhysicalMemory:
             return fmt.unpack_from(line, off)[0]
         page = self._pages.get(addr >> PAGE_SHIFT)
         return 0 if page is None else fmt.unpack_from(page, addr & (PAGE_SIZE - 1))[0]
+
+    def cpu_load_qwords(self, addr: int, count: int) -> tuple[int, ...]:
+        """``count`` consecutive qwords as CPU loads.  Two or four within one line (a 128- or
+        256-bit queue slot, naturally aligned) unpack in one go from the cached line or the
+        DRAM page; anything else loads qword by qword."""
+        fmt = _QWORDS.get(count)
+        off = addr & (LINE_SIZE - 1)
+        if fmt is None or off + fmt.size > LINE_SIZE or not 0 <= addr <= MAX_PHYS_ADDR - fmt.size:
+            return tuple(self.cpu_load(addr + 8 * i, 8) for i in range(count))
+        line = self._lines.get(addr - off)
+        if line is not None:
+            return fmt.unpack_from(line, off)
+        page = self._pages.get(addr >> PAGE_SHIFT)
+        return (0,) * count if page is None else fmt.unpack_from(page, addr & (PAGE_SIZE - 1))
 
     def cpu_store(self, addr: int, value: int, size: int) -> None:
         """A CPU store of ``value`` as a ``size``-byte little-endian integer (truncated to it).

@@ -423,6 +423,7 @@ class Replayer:
         self.boot = boot(self.machine, setup)
         self.domain = self.boot.cookie.domain
         self._hand_over = None  # where the model's submissions go (the recorded side's feed)
+        self._pending = self.machine.system.descriptors_pending  # asked at every lock
         self.cpus = CpuStreams(self.machine.executor, self.machine.iommu.qi.lock,
                                self._submitted, self._defer_timer)
         self._timer_deferred = False
@@ -442,7 +443,7 @@ class Replayer:
 
     def _submitted(self, origin: str) -> int:
         """Hand the IQT writes made since the last call over; how many descriptors."""
-        if not self.machine.system.descriptors_pending():
+        if not self._pending():
             return 0
         descs = 0
         for submission in self.machine.take_submissions(origin):
