@@ -57,7 +57,9 @@ class DirectExecutor:
     def __init__(self, platform, listeners: list[Listener] | None = None):
         self.platform = platform
         self.memory = platform.memory
-        self._applied: Counter[type] = Counter()  # by class: no name lookup per step
+        # by class: no name lookup per step; a plain dict with every class at 0, so that the
+        # count in the loop is a dict's own item access
+        self._applied: dict[type, int] = {}
         self.held: dict[str, str] = {}  # lock name -> the step's ``why`` that took it
         self.listeners: list[Listener] = list(listeners or [])
         self._handlers: dict[type, Callable[[Any], Any]] = {
@@ -79,14 +81,15 @@ class DirectExecutor:
             st.ReuseIova: _noop,
             st.Annotate: self._annotate,
         }
+        self.reset_steps()
 
     @property
     def steps(self) -> Counter[str]:
         """Applied steps by step-class name."""
-        return Counter({cls.__name__: n for cls, n in self._applied.items()})
+        return Counter({cls.__name__: n for cls, n in self._applied.items() if n})
 
     def reset_steps(self) -> None:
-        self._applied.clear()
+        self._applied = dict.fromkeys(self._handlers, 0)
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self, gen: Generator) -> Any:

@@ -70,8 +70,15 @@ def desc_flush_iotlb(iommu, did: int, addr: int, size_order: int, granu: int,
     """``qi_flush_iotlb``: type 2; DR/DW whenever CAP.DRD/DWD advertise draining.  ``ih`` is
     what reaches the wire: 6.1 passes 0 (its local ``ih = 0``; the profile's ``ih_on_wire``)."""
     caps = iommu.caps
-    return encode("iotlb_inv", g=granu, did=did, dr=int(caps.drd), dw=int(caps.dwd),
-                  addr=addr & _PAGE_MASK, ih=ih, am=size_order)
+    return _iotlb_desc(int(caps.drd), int(caps.dwd), did, addr & _PAGE_MASK, size_order, granu,
+                       ih)
+
+
+@lru_cache(maxsize=4096)
+def _iotlb_desc(dr: int, dw: int, did: int, addr: int, am: int, granu: int, ih: int) -> Desc:
+    """Memoised by its positional fields: every unmap and every map under CM builds one (a
+    cache keyed by keyword arguments costs more than the encoding it saves)."""
+    return encode("iotlb_inv", g=granu, did=did, dr=dr, dw=dw, addr=addr, ih=ih, am=am)
 
 
 def _pfsid_fields(pfsid: int) -> dict[str, int]:
@@ -79,6 +86,7 @@ def _pfsid_fields(pfsid: int) -> dict[str, int]:
     return {"pfsid_lo": pfsid & 0xF, "pfsid_hi": (pfsid >> 4) & 0xFFF}
 
 
+@lru_cache(maxsize=4096)  # pure; every unmap of an ATS device builds one
 def desc_flush_dev_iotlb(sid: int, pfsid: int, qdep: int, addr: int, mask: int) -> Desc:
     """``qi_flush_dev_iotlb``: type 3.  With a mask, Linux ORs ones into address bits
     12..12+mask-2 of the address it is given (not aligned first: 6.1 passes the unaligned start

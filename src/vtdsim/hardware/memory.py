@@ -38,6 +38,7 @@ _Q = struct.Struct("<Q")
 _L = struct.Struct("<L")
 _INTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: _L, 8: _Q}
 _QWORDS = {2: struct.Struct("<2Q"), 4: struct.Struct("<4Q")}
+_STORE_MASKS = {size: (1 << 8 * size) - 1 for size in (1, 2, 4, 8, 16, 32)}
 
 
 class PhysicalMemory:
@@ -175,7 +176,8 @@ class PhysicalMemory:
         """A CPU store of ``value`` as a ``size``-byte little-endian integer (truncated to it).
         One within a line (an entry, a PTE, a 16- or 32-byte descriptor) goes straight into
         the line; anything else stores the bytes."""
-        value &= (1 << 8 * size) - 1
+        mask = _STORE_MASKS.get(size)
+        value &= (1 << 8 * size) - 1 if mask is None else mask
         off = addr & (LINE_SIZE - 1)
         if off + size > LINE_SIZE or not 0 <= addr <= MAX_PHYS_ADDR - size:
             self.cpu_write(addr, value.to_bytes(size, "little"))

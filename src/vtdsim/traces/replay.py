@@ -412,6 +412,8 @@ class Result:
     tie_groups: int = 0
     aligned: bool = True
     boot_mappings: int = 0  # the boot's map/unmap events in the trace, not replayed
+    # tied groups QEMU took in another order: the model's IQT writes in QEMU's order
+    exit_orders: list[tuple[int, ...]] = field(default_factory=list)
 
 
 class Replayer:
@@ -483,7 +485,7 @@ class Replayer:
                       found.guest, found.qemu, end.calls, self.machine, found.iec,
                       found.recorded_flushes, found.after_trace, found.misfits,
                       found.tie_groups, aligned=found.boot is not None,
-                      boot_mappings=end.boot_mappings)
+                      boot_mappings=end.boot_mappings, exit_orders=found.exit_orders)
 
 
 def recording_profile(rec: Recording) -> str:

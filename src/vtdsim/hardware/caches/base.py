@@ -176,6 +176,8 @@ class LruCache:
 
     def domain_groups(self, did: int) -> list[Hashable]:
         """The groups of domain ``did``, for caches grouped by ``(did, pasid)``."""
+        if not self._groups:
+            return []  # every invalidation asks; replay and the checker often cache nothing
         return [g for g in self._groups if g[0] == did]
 
     # -- inspection -----------------------------------------------------------------------------
