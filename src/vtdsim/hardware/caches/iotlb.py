@@ -153,16 +153,8 @@ class Iotlb(LruCache):
                        sid: int | None) -> IotlbEntry | None:
         """``lookup_iova`` in a requester-tagged IOTLB: QEMU's ``vtd_lookup_iotlb`` probes
         each level with the requester's source-id in the key."""
-        get = self._get
-        for level in IOTLB_LEVELS:
-            key = (did, pasid, level, iova >> level_shift(level), sid)
-            entry = get(key)
-            if entry is not None:
-                self._touch(key)
-                self.stats.hit += 1
-                return entry
-        self.stats.miss += 1
-        return None
+        return self.lookup_first([(did, pasid, level, iova >> level_shift(level), sid)
+                                  for level in IOTLB_LEVELS])
 
     def fill_entry(self, entry: IotlbEntry) -> Hashable | None:
         return self.fill(entry.key, entry)
