@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from vtdsim.errors import BadInput
+from vtdsim.traces import compare as cmp
+from vtdsim.traces import events as ev
+from vtdsim.traces import recorded
 from vtdsim.traces.recording import Recording
 from vtdsim.traces.vmm_compare import collapse_switch_runs, compare_items
 from vtdsim.traces.vmm_replay import replay_on_vmm, vmm_of
@@ -126,3 +129,68 @@ def test_the_recorded_workload_with_its_device_assigned_through_vfio():
     assert vfio.host.unit.stats["desc:iotlb_inv"] >= vfio.stats["vfio_unmap_dma"] - 10
     # what VFIO still maps is what QEMU's iova_tree holds: the guest's live mappings
     assert len(vfio.dma) == len(vfio.vas.iova_tree) > 0
+
+
+# -- tied timestamps: the model's exits compared in QEMU's order ------------------------------
+def _psi_exit(addr: int) -> list[tuple]:
+    """One exit of the VMM model: a PSI at ``addr`` and its wait."""
+    return [("vtd_inv_qi_tail", 0), ("vtd_inv_qi_head", 0),
+            ("vtd_inv_desc", "iotlb", 0x700F2, addr), ("vtd_inv_desc_iotlb_pages", 7, addr, 0, 0),
+            ("vtd_inv_qi_head", 0), ("vtd_inv_desc", "wait", 0x25, 0x1000),
+            ("vtd_inv_desc_wait_sw", 0x1000, 2)]
+
+
+def _guest_line(cpu: int, ts_us: int, addr: int) -> ev.QiSubmit:
+    return ev.QiSubmit(1, "<idle>", 0, cpu, ts_us, ev.HARDIRQ, True, "iotlb_inv", "dmar0",
+                       0x700F2, addr, 0, 0)
+
+
+def _qemu_batch(line: int, addr: int) -> cmp.QemuBatch:
+    return cmp.qemu_batch(line, (("iotlb", 0x700F2, addr), ("wait", 0x25, 0x1000)))
+
+
+def _exit_orders(qemu_addrs: tuple[int, ...]) -> tuple[list, int]:
+    """CPU0 and CPU1 print a PSI each at one timestamp (CPU0 first: ftrace's tie order), a
+    later line of CPU0 closes the group; the model made its IQT writes 0, 1, 2 in the trace's
+    order; QEMU's log has the batches of ``qemu_addrs`` in that order.  What the recorded side
+    reports: the model's exits in QEMU's order per reordered group, and the tie groups."""
+    addrs = (0xA000, 0xC000, 0xB000)
+    lines = [_guest_line(0, 100, addrs[0]), _guest_line(1, 100, addrs[1]),
+             _guest_line(0, 101, addrs[2])]
+    batches = [_qemu_batch(10 * (i + 1), addr) for i, addr in enumerate(qemu_addrs)]
+    side = recorded._RecordedSide(iter(lines), cmp.QEMU72_SILENT, iter(batches))
+    for write, addr in enumerate(addrs):
+        side.push_model(recorded.model_batch(("hand-made", (("iotlb_inv", 0x700F2, addr, 0, 0),))),
+                        write)
+    found = side.finish()
+    assert found.guest.matched == 3 and found.misfits == 0
+    return found.exit_orders, found.tie_groups
+
+
+def test_tied_lines_give_the_model_exits_in_qemus_order():
+    assert _exit_orders((0xC000, 0xA000, 0xB000)) == ([(1, 0)], 1)
+    assert _exit_orders((0xA000, 0xC000, 0xB000)) == ([], 0)  # QEMU in the trace's order
+
+
+def test_vmm_exits_of_a_tied_group_compare_in_qemus_order():
+    boot = [("vtd_dmar_enable", True), ("vtd_switch_address_space", 8, True)]
+    model = boot + _psi_exit(0xA000) + _psi_exit(0xC000) + _psi_exit(0xB000)
+    qemu = boot + _psi_exit(0xC000) + _psi_exit(0xA000) + _psi_exit(0xB000)
+    in_trace_order = compare_items(model, iter(qemu))
+    assert not in_trace_order.ok and "0xa000" not in in_trace_order.divergence
+    assert in_trace_order.matched == 4  # up to the first exit's descriptor
+    result = compare_items(model, iter(qemu), exit_orders=[(1, 0)])
+    assert result.ok and result.matched == result.compared == 2 + 3 * 7
+    assert result.reordered == 1 and "QEMU's order" in result.lines()[-1]
+    # a group whose last exit is the model's last
+    assert compare_items(model, iter(boot + _psi_exit(0xA000) + _psi_exit(0xB000)
+                                      + _psi_exit(0xC000)), exit_orders=[(0, 2, 1)]).ok
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "legacy-cm-ats-par").exists(), reason="shared recordings absent")
+def test_parallel_recording_vmm_events_equal_qemus_item_by_item():
+    result, comparison, _ = replay_on_vmm(SHARED / "legacy-cm-ats-par")
+    assert comparison.ok, comparison.lines()
+    assert comparison.model_exits == comparison.recorded_exits == 107_457
+    assert comparison.reordered == result.tie_groups == 53

@@ -75,16 +75,7 @@ class DeviceTlb(LruCache):
 
     def lookup(self, pasid: int | None, iova: int) -> DeviceTlbEntry | None:
         """The entry translating ``iova`` for ``pasid``, refreshing its recency."""
-        get = self._get
-        for shift in self._shifts:
-            key = (pasid, shift, iova >> shift)
-            entry = get(key)
-            if entry is not None:
-                self._touch(key)
-                self.stats.hit += 1
-                return entry
-        self.stats.miss += 1
-        return None
+        return self.lookup_first([(pasid, shift, iova >> shift) for shift in self._shifts])
 
     def fill(self, key: Hashable, entry: DeviceTlbEntry) -> Hashable | None:
         check_range(entry.base, entry.size)

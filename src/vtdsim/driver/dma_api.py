@@ -127,6 +127,8 @@ def iommu_dma_map_page(cookie: IommuDmaCookie, phys: int, size: int,
 
 def iommu_dma_unmap_page(cookie: IommuDmaCookie, dma_addr: int, size: int, cpu: int = 0,
                          now_ns: int = 0):
+    """The unmap's generator itself, not one delegating to it: each step of an unmap passes
+    through every generator frame on its way out (replay's hot path)."""
     if cookie.identity:
         return _returns()
     return __iommu_dma_unmap(cookie, dma_addr, size, cpu, now_ns)

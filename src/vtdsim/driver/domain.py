@@ -81,7 +81,10 @@ class DmarDomain:
     # -- per-unit DIDs -------------------------------------------------------------------------
     def iommus(self) -> list[IommuDomainInfo]:
         """The units this domain is attached to, in xarray (unit index) order."""
-        return [self.iommu_array[i] for i in sorted(self.iommu_array)]
+        array = self.iommu_array
+        if len(array) < 2:  # every flush asks: most domains sit behind one unit
+            return list(array.values())
+        return [array[i] for i in sorted(array)]
 
     def domain_id_iommu(self, iommu) -> int:
         """``domain_id_iommu``: the DID on ``iommu``; identity domains always use DID 1."""

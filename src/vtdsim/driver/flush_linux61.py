@@ -90,10 +90,11 @@ def aligned_nrpages(addr: int, size: int) -> int:
 
 
 def intel_iommu_iotlb_sync_map_linux61(domain: DmarDomain, profile, iova: int, size: int):
-    """6.1 ``intel_iommu_iotlb_sync_map``: notify every unit the domain is attached to."""
+    """6.1 ``intel_iommu_iotlb_sync_map``: notify every unit the domain is attached to; 0."""
     pages = aligned_nrpages(iova, size)
     for dinfo in domain.iommus():
         yield from mapping_notify_one(dinfo.iommu, domain, profile, iova >> PAGE_SHIFT, pages)
+    return 0
 
 
 def intel_iommu_tlb_sync_linux61(domain: DmarDomain, profile, gather):

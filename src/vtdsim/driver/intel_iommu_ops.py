@@ -300,11 +300,12 @@ class IntelIommuDriver:
     # -- map / unmap ---------------------------------------------------------------------------
     def map_pages(self, domain: DmarDomain, iova: int, paddr: int, pgsize: int, pgcount: int,
                   prot: int) -> Generator[Step, Any, int]:
-        size = pgsize * pgcount
-        # __domain_mapping sets has_mappings before it writes a PTE (e645c20e8e9c).
+        """The page table's map generator itself (it returns the size): one frame fewer for
+        each of its steps."""
+        # __domain_mapping sets has_mappings before it writes a PTE (e645c20e8e9c): the
+        # caller's ``yield from`` calls this right before the generator's first step.
         domain.has_mappings = True
-        yield from domain.pgtable.map(iova, paddr, size, prot)
-        return size
+        return domain.pgtable.map(iova, paddr, pgsize * pgcount, prot)
 
     def unmap_pages(self, domain: DmarDomain, iova: int, pgsize: int, pgcount: int, gather):
         """The range goes into the gather unless the caller queues it (flush queue)."""
@@ -317,10 +318,14 @@ class IntelIommuDriver:
 
     def iotlb_sync_map(self, domain: DmarDomain, iova: int, size: int):
         """6.1: notify every unit (``__mapping_notify_one``); mainline: flush only when the
-        domain's iotlb_sync_map flag says so (seed 002)."""
+        domain's iotlb_sync_map flag says so (seed 002).  Either generator itself (each
+        returns 0), not one delegating to it: one frame fewer for each step of every map."""
         if self.profile.iotlb_sync_map == "notify":
-            yield from f61.intel_iommu_iotlb_sync_map_linux61(domain, self.profile, iova, size)
-        elif domain.iotlb_sync_map:
+            return f61.intel_iommu_iotlb_sync_map_linux61(domain, self.profile, iova, size)
+        return self._iotlb_sync_map_flag(domain, iova, size)
+
+    def _iotlb_sync_map_flag(self, domain: DmarDomain, iova: int, size: int):
+        if domain.iotlb_sync_map:
             yield from ct.cache_tag_flush_range_np(domain, self.profile, iova, iova + size - 1)
         return 0
 

@@ -70,8 +70,15 @@ def desc_flush_iotlb(iommu, did: int, addr: int, size_order: int, granu: int,
     """``qi_flush_iotlb``: type 2; DR/DW whenever CAP.DRD/DWD advertise draining.  ``ih`` is
     what reaches the wire: 6.1 passes 0 (its local ``ih = 0``; the profile's ``ih_on_wire``)."""
     caps = iommu.caps
-    return encode("iotlb_inv", g=granu, did=did, dr=int(caps.drd), dw=int(caps.dwd),
-                  addr=addr & _PAGE_MASK, ih=ih, am=size_order)
+    return _iotlb_desc(int(caps.drd), int(caps.dwd), did, addr & _PAGE_MASK, size_order, granu,
+                       ih)
+
+
+@lru_cache(maxsize=4096)
+def _iotlb_desc(dr: int, dw: int, did: int, addr: int, am: int, granu: int, ih: int) -> Desc:
+    """Memoised by its positional fields: every unmap and every map under CM builds one (a
+    cache keyed by keyword arguments costs more than the encoding it saves)."""
+    return encode("iotlb_inv", g=granu, did=did, dr=dr, dw=dw, addr=addr, ih=ih, am=am)
 
 
 def _pfsid_fields(pfsid: int) -> dict[str, int]:
@@ -79,6 +86,7 @@ def _pfsid_fields(pfsid: int) -> dict[str, int]:
     return {"pfsid_lo": pfsid & 0xF, "pfsid_hi": (pfsid >> 4) & 0xFFF}
 
 
+@lru_cache(maxsize=4096)  # pure; every unmap of an ATS device builds one
 def desc_flush_dev_iotlb(sid: int, pfsid: int, qdep: int, addr: int, mask: int) -> Desc:
     """``qi_flush_dev_iotlb``: type 3.  With a mask, Linux ORs ones into address bits
     12..12+mask-2 of the address it is given (not aligned first: 6.1 passes the unaligned start
@@ -152,7 +160,7 @@ class WaitSlotSteps:
     """The steps of one ``qi_submit_sync`` that depend only on the queue and the slot of its
     wait descriptor: the queue lock, the status word set in use, the wait's store, the IQT
     write that publishes everything up to it, the status poll and the spin on it.  Steps are
-    immutable values, so each slot's are built once (``wait_slot_steps``)."""
+    immutable values, so each slot's are built once (``_wait_slot_steps``)."""
 
     lock: Lock
     unlock: Unlock
@@ -161,11 +169,6 @@ class WaitSlotSteps:
     publish: MmioWrite
     poll: CpuRead
     spin: WaitQword
-
-
-def wait_slot_steps(iommu, q, wait_index: int, pd: bool = False) -> WaitSlotSteps:
-    return _wait_slot_steps(iommu.index, q.lock, q.base, q.shift, q.status_addr(wait_index),
-                            wait_index, pd)
 
 
 @lru_cache(maxsize=8 * QI_LENGTH)
@@ -190,62 +193,68 @@ def _wait_slot_steps(unit: int, lock: str, base: int, shift: int, status: int, s
 def qi_submit_sync(iommu, descs: Sequence[Desc], pd: bool = False) -> Generator[Step, Any, int]:
     """Submit ``descs`` plus a wait, one IQT write, spin until the wait's status is QI_DONE:
     0, or -EINVAL when the unit rejected our first descriptor (IQE); an ITE that aborted our
-    wait restarts the whole submission (-EAGAIN in dmar.c)."""
+    wait restarts the whole submission (-EAGAIN in dmar.c's ``restart`` label).
+
+    The restart is this function's loop and the first status poll is made here, not in
+    nested generators: every step of every submission passes through each generator frame
+    it is yielded from, and a synchronous unit completes the wait at the first poll."""
     if len(descs) + 2 > QI_LENGTH:
         raise SpecRuleBroken(f"qi_submit_sync of {len(descs)} descriptors", "QI_LENGTH")
+    why = "qi_submit_sync"
+    q = iommu.qi
+    lock, unlock = lock_steps(q.lock, why)
     while True:
-        rc = yield from _submit_once(iommu, iommu.qi, descs, pd)
+        yield lock
+        while q.free_cnt < len(descs) + 2:
+            # Wait for count + 2 free slots: descriptors, the wait, one gap (another CPU
+            # reclaims).
+            yield unlock
+            yield lock
+        index = q.free_head
+        wait_index = (index + len(descs)) % QI_LENGTH
+        steps = _wait_slot_steps(iommu.index, q.lock, q.base, q.shift,
+                                 q.status_addr(wait_index), wait_index, pd)
+        for i, desc in enumerate(descs):
+            slot = (index + i) % QI_LENGTH
+            yield desc_store(q.base, q.shift, slot, desc, why)
+            q.desc_status[slot] = QI_IN_USE
+            label = TYPE_LABELS.get(desc[0] & 0xF) or str(desc[0] & 0xF)
+            yield Annotate(event="qi_submit", data=(label, iommu.name, *desc), why=why)
+        q.desc_status[wait_index] = QI_IN_USE
+        q.wait_slots.add(wait_index)
+        yield steps.status_in_use
+        yield steps.store
+        q.free_head = (wait_index + 1) % QI_LENGTH
+        q.free_cnt -= len(descs) + 1
+        yield steps.publish
+        if (yield steps.poll) == QI_DONE:
+            q.desc_status[wait_index] = QI_DONE
+            rc = 0
+        else:
+            rc = yield from _wait_done(iommu, q, index, wait_index, steps)
+        for i in range(len(descs)):
+            q.desc_status[(index + i) % QI_LENGTH] = QI_DONE
+        yield from reclaim_free_desc(q)
+        yield steps.unlock
         if rc != EAGAIN:
             return rc
 
 
-def _submit_once(iommu, q, descs: Sequence[Desc], pd: bool) -> Generator[Step, Any, int]:
-    why = "qi_submit_sync"
-    lock, unlock = lock_steps(q.lock, why)
-    yield lock
-    while q.free_cnt < len(descs) + 2:
-        # Wait for count + 2 free slots: descriptors, the wait, one gap (another CPU reclaims).
-        yield unlock
-        yield lock
-    index = q.free_head
-    wait_index = (index + len(descs)) % QI_LENGTH
-    steps = wait_slot_steps(iommu, q, wait_index, pd)
-    for i, desc in enumerate(descs):
-        slot = (index + i) % QI_LENGTH
-        yield desc_store(q.base, q.shift, slot, desc, why)
-        q.desc_status[slot] = QI_IN_USE
-        label = TYPE_LABELS.get(desc[0] & 0xF) or str(desc[0] & 0xF)
-        yield Annotate(event="qi_submit", data=(label, iommu.name, *desc), why=why)
-    q.desc_status[wait_index] = QI_IN_USE
-    q.wait_slots.add(wait_index)
-    yield steps.status_in_use
-    yield steps.store
-    q.free_head = (wait_index + 1) % QI_LENGTH
-    q.free_cnt -= len(descs) + 1
-    yield steps.publish
-    rc = yield from _wait_done(iommu, q, index, wait_index, steps)
-    for i in range(len(descs)):
-        q.desc_status[(index + i) % QI_LENGTH] = QI_DONE
-    yield from reclaim_free_desc(q)
-    yield steps.unlock
-    return rc
-
-
 def _wait_done(iommu, q, index: int, wait_index: int,
                steps: WaitSlotSteps) -> Generator[Step, Any, int]:
-    """Spin on the wait slot's status, checking FSTS each round; the lock is dropped while
-    spinning (``raw_spin_unlock; cpu_relax; raw_spin_lock``), so other CPUs may submit."""
+    """The wait is not done at the first poll: check FSTS, then spin on the wait slot's
+    status with the lock dropped (``raw_spin_unlock; cpu_relax; raw_spin_lock``, so other
+    CPUs may submit) and poll again, checking FSTS each round."""
     while True:
-        status = yield steps.poll
-        if status == QI_DONE:
-            q.desc_status[wait_index] = QI_DONE
-            return 0
         rc = yield from qi_check_fault(iommu, q, index, wait_index)
         if rc:
             return rc
         yield steps.unlock
         yield steps.spin
         yield steps.lock
+        if (yield steps.poll) == QI_DONE:
+            q.desc_status[wait_index] = QI_DONE
+            return 0
 
 
 def qi_check_fault(iommu, q, index: int, wait_index: int) -> Generator[Step, Any, int]:
@@ -293,6 +302,13 @@ def _abort_in_use(iommu, q, why: str) -> Generator[Step, Any, None]:
             break
 
 
+@lru_cache(maxsize=8 * QI_LENGTH)
+def _status_read(addr: int) -> CpuRead:
+    """``reclaim_free_desc``'s load of a wait slot's status word, built once per slot (a step
+    is an immutable value)."""
+    return CpuRead(addr=addr, size=4, why="reclaim_free_desc")
+
+
 def reclaim_free_desc(q) -> Generator[Step, Any, None]:
     """Free slots from the tail while they are DONE or ABORT.  A wait slot still marked in use
     may have been completed by the hardware for another CPU: its status word is read."""
@@ -300,7 +316,7 @@ def reclaim_free_desc(q) -> Generator[Step, Any, None]:
         slot = q.free_tail
         state = q.desc_status[slot]
         if state == QI_IN_USE and slot in q.wait_slots:
-            state = yield CpuRead(addr=q.status_addr(slot), size=4, why="reclaim_free_desc")
+            state = yield _status_read(q.status_addr(slot))
         if state not in (QI_DONE, QI_ABORT):
             return
         q.desc_status[slot] = QI_FREE

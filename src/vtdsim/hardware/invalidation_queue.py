@@ -204,11 +204,8 @@ class InvalidationQueue:
         of recycled IOVAs).  A memo is emptied when it reaches ``_DECODE_MEMO`` entries."""
         if addr + width > MAX_PHYS_ADDR:
             return None, IQEI_FETCH_ERROR, ""
-        load = self.unit.memory.cpu_load  # the CPU view = a snooped read
-        if wide:
-            qws = (load(addr, 8), load(addr + 8, 8), load(addr + 16, 8), load(addr + 24, 8))
-        else:
-            qws = (load(addr, 8), load(addr + 8, 8))
+        # the CPU view = a snooped read
+        qws = self.unit.memory.cpu_load_qwords(addr, 4 if wide else 2)
         memo = self._decoded[wide]
         hit = memo.get(qws)
         if hit is None:

@@ -37,6 +37,8 @@ MAX_PHYS_ADDR = 1 << 52  # x86 architectural limit on physical addresses
 _Q = struct.Struct("<Q")
 _L = struct.Struct("<L")
 _INTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: _L, 8: _Q}
+_QWORDS = {2: struct.Struct("<2Q"), 4: struct.Struct("<4Q")}
+_STORE_MASKS = {size: (1 << 8 * size) - 1 for size in (1, 2, 4, 8, 16, 32)}
 
 
 class PhysicalMemory:
@@ -156,11 +158,26 @@ class PhysicalMemory:
         page = self._pages.get(addr >> PAGE_SHIFT)
         return 0 if page is None else fmt.unpack_from(page, addr & (PAGE_SIZE - 1))[0]
 
+    def cpu_load_qwords(self, addr: int, count: int) -> tuple[int, ...]:
+        """``count`` consecutive qwords as CPU loads.  Two or four within one line (a 128- or
+        256-bit queue slot, naturally aligned) unpack in one go from the cached line or the
+        DRAM page; anything else loads qword by qword."""
+        fmt = _QWORDS.get(count)
+        off = addr & (LINE_SIZE - 1)
+        if fmt is None or off + fmt.size > LINE_SIZE or not 0 <= addr <= MAX_PHYS_ADDR - fmt.size:
+            return tuple(self.cpu_load(addr + 8 * i, 8) for i in range(count))
+        line = self._lines.get(addr - off)
+        if line is not None:
+            return fmt.unpack_from(line, off)
+        page = self._pages.get(addr >> PAGE_SHIFT)
+        return (0,) * count if page is None else fmt.unpack_from(page, addr & (PAGE_SIZE - 1))
+
     def cpu_store(self, addr: int, value: int, size: int) -> None:
         """A CPU store of ``value`` as a ``size``-byte little-endian integer (truncated to it).
         One within a line (an entry, a PTE, a 16- or 32-byte descriptor) goes straight into
         the line; anything else stores the bytes."""
-        value &= (1 << 8 * size) - 1
+        mask = _STORE_MASKS.get(size)
+        value &= (1 << 8 * size) - 1 if mask is None else mask
         off = addr & (LINE_SIZE - 1)
         if off + size > LINE_SIZE or not 0 <= addr <= MAX_PHYS_ADDR - size:
             self.cpu_write(addr, value.to_bytes(size, "little"))

@@ -416,7 +416,7 @@ class RegisterFile:
         if rsvd:
             # RsvdZ bits: software must write 0, hardware ignores them (spec 10.2).
             self._event("reserved_bits_written", reg=reg.name, bits=rsvd)
-        if not wmask & reg.writable_mask():
+        if not wmask & reg._writable:
             self._event("read_only_write", reg=reg.name, value=value)
         old = self._values[reg.name]
         new = reg.apply_write(old, wval, wmask)

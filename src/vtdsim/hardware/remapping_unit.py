@@ -56,7 +56,9 @@ class CacheConfig:
     TE changes as QEMU does, instead of the spec's ESRTPS-only rule.  ``compress_faults``:
     drop a fault whose SID already has a pending record (optional; QEMU does it).
     ``iotlb_flush_when_full``: a fill into a full IOTLB empties it whole (QEMU) instead of
-    replacing the least recently used entry.
+    replacing the least recently used entry.  ``iotlb_tag_sid``: IOTLB entries are tagged
+    with their requester's source-id, as QEMU keys them (``vtd_lookup_iotlb``), instead of
+    being shared by the devices of a domain (caches/iotlb.py).
     ``device_tlb`` is the default ATC size of endpoints built for this unit.
     """
 
@@ -69,6 +71,7 @@ class CacheConfig:
     qemu_resets: bool = False
     compress_faults: bool = True
     iotlb_flush_when_full: bool = False
+    iotlb_tag_sid: bool = False
 
 
 Listener = Callable[["RemappingUnit", str, dict], None]
@@ -107,6 +110,7 @@ class RemappingUnit:
         self.pasid_cache = PasidCache(capacity=cache_config.pasid)
         self.iotlb = Iotlb(capacity=cache_config.iotlb)
         self.iotlb.flush_when_full = cache_config.iotlb_flush_when_full
+        self.iotlb.tag_sid = cache_config.iotlb_tag_sid
         self.pscache = PagingStructureCache(capacity=cache_config.pscache)
         self.queue = InvalidationQueue(self)
         self._bind_fast_path()

@@ -102,10 +102,11 @@ class System:
         return self.executor.run(gen)
 
     def _on_annotate(self, step: Annotate) -> None:
-        self.events[step.event] += 1
-        if step.event == "qi_submit":
+        event = step.event
+        self.events[event] += 1
+        if event == "qi_submit":
             # The IQT write that carries it comes after the annotation: count it already.
-            self.submitted.append((self.unit.stats["iqt_writes"] + 1, *step.data))
+            self.submitted.append((self.platform.units[0].stats["iqt_writes"] + 1, *step.data))
 
     def descriptors_pending(self) -> bool:
         """Has ``qi_submit`` put a descriptor in the queue since the last
@@ -120,8 +121,8 @@ class System:
         writes = self.unit.stats["iqt_writes"]
         out: list[list[tuple]] = [[] for _ in range(writes - self._iqt_taken)]
         first = self._iqt_taken + 1
-        for at, label, _unit, *qws in self.submitted:
-            out[at - first].append((label, *qws))
+        for item in self.submitted:  # (at, label, unit name, qw0..qw3)
+            out[item[0] - first].append((item[1], *item[3:]))
         self.submitted.clear()
         self._iqt_taken = writes
         return out

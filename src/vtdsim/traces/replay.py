@@ -412,6 +412,8 @@ class Result:
     tie_groups: int = 0
     aligned: bool = True
     boot_mappings: int = 0  # the boot's map/unmap events in the trace, not replayed
+    # tied groups QEMU took in another order: the model's IQT writes in QEMU's order
+    exit_orders: list[tuple[int, ...]] = field(default_factory=list)
 
 
 class Replayer:
@@ -423,6 +425,7 @@ class Replayer:
         self.boot = boot(self.machine, setup)
         self.domain = self.boot.cookie.domain
         self._hand_over = None  # where the model's submissions go (the recorded side's feed)
+        self._pending = self.machine.system.descriptors_pending  # asked at every lock
         self.cpus = CpuStreams(self.machine.executor, self.machine.iommu.qi.lock,
                                self._submitted, self._defer_timer)
         self._timer_deferred = False
@@ -442,7 +445,7 @@ class Replayer:
 
     def _submitted(self, origin: str) -> int:
         """Hand the IQT writes made since the last call over; how many descriptors."""
-        if not self.machine.system.descriptors_pending():
+        if not self._pending():
             return 0
         descs = 0
         for submission in self.machine.take_submissions(origin):
@@ -482,7 +485,7 @@ class Replayer:
                       found.guest, found.qemu, end.calls, self.machine, found.iec,
                       found.recorded_flushes, found.after_trace, found.misfits,
                       found.tie_groups, aligned=found.boot is not None,
-                      boot_mappings=end.boot_mappings)
+                      boot_mappings=end.boot_mappings, exit_orders=found.exit_orders)
 
 
 def recording_profile(rec: Recording) -> str:

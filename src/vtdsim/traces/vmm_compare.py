@@ -15,7 +15,15 @@ recorded records are turned into them).  Normalisation, each with its reason:
   QEMU walks its address spaces in glib hash-table order, which no model can know;
 * queue indexes (tail, head) and wait descriptors' status words are compared by presence
   only: the set-aside exits occupied queue slots and status slots the model's queue never
-  used (compare.py leaves waits' status addresses out for the same reason).
+  used (compare.py leaves waits' status addresses out for the same reason);
+* the model's exits that come from guest ``qi_submit`` lines of one timestamp on several CPUs
+  are compared in QEMU's order where QEMU's log has them in another
+  (``replay.Result.exit_orders``, found by the guest-side pairing, recorded.py): QEMU's
+  ``vtd_handle_iqt_write`` traces the tail and processes the queue from head to tail inside
+  the vCPU's MMIO exit, so one exit's events are contiguous and exits come in the order the
+  guest's IQT writes reached QEMU - the order the vCPUs took the guest's ``qi->q_lock``, in
+  which the guest prints its lines; only ftrace's merge of tied timestamps hides it (lower
+  CPU first, compare.BatchFiller), and the model submits in the trace's order.
 
 Not compared: ``vtd_dmar_translate`` (the model replays no device DMA), register writes, fault
 events.
@@ -128,6 +136,7 @@ class VmmComparison:
     kinds: Counter = field(default_factory=Counter)  # matched items by event
     recorded_left: int = 0  # recorded items after the model's last (the guest trace ended)
     lazy: bool = False  # the lazy rule applies (set by the caller)
+    reordered: int = 0  # groups of tied exits compared in QEMU's order
     at_exit_boundary: bool = False  # the divergence is one side starting an exit
 
     @property
@@ -151,6 +160,9 @@ class VmmComparison:
                f"exits: model {self.model_exits}, QEMU {self.recorded_exits} queue-tail"
                f" writes (+{self.iec_exits} interrupt-remapping exits not modelled)",
                f"recorded items after the model's last: {self.recorded_left}"]
+        if self.reordered:
+            out.append(f"{self.reordered} groups of exits from guest lines of one timestamp "
+                       "on several CPUs compared in QEMU's order")
         if self.divergence:
             out.append("first divergence: " + self.divergence
                        + (" (an exit boundary)" if self.at_exit_boundary else ""))
@@ -160,13 +172,40 @@ class VmmComparison:
         return out
 
 
+def in_qemu_order(items: Iterable[tuple], exit_orders: Iterable[tuple[int, ...]]
+                  ) -> Iterator[tuple]:
+    """The model's events with the exits of each group in ``exit_orders`` (exit numbers from
+    the first, in QEMU's order; each group's exits consecutive) moved into that order; an exit
+    is its tail event and what follows up to the next tail."""
+    groups = {min(order): order for order in exit_orders}
+    order: tuple[int, ...] = ()
+    held: dict[int, list[tuple]] = {}
+    index = -1
+    for item in items:
+        if item[0] == "vtd_inv_qi_tail":
+            index += 1
+            if order and index > max(order):
+                yield from (e for write in order for e in held[write])
+                order = ()
+            if not order and index in groups:
+                order, held = groups[index], {}
+        if order:
+            held.setdefault(index, []).append(item)
+        else:
+            yield item
+    yield from (e for write in order if write in held for e in held[write])
+
+
 def compare_items(model: Iterable[tuple], recorded: Iterator[tuple], *,
-                  lazy: bool = False) -> VmmComparison:
-    """Compare the model's items with the recorded ones, in order (runs collapsed); the
-    model's exits after a divergence are still counted."""
-    result = VmmComparison(lazy=lazy)
+                  lazy: bool = False, exit_orders: Iterable[tuple[int, ...]] = ()
+                  ) -> VmmComparison:
+    """Compare the model's items with the recorded ones, in order (runs collapsed; tied exits
+    in QEMU's order, ``in_qemu_order``); the model's exits after a divergence are still
+    counted."""
+    exit_orders = list(exit_orders)
+    result = VmmComparison(lazy=lazy, reordered=len(exit_orders))
     rec = _counting(recorded, result)
-    model_rest = collapse_switch_runs(model)
+    model_rest = collapse_switch_runs(in_qemu_order(model, exit_orders))
     for mine in model_rest:
         if mine[0] == "vtd_inv_qi_tail":
             result.model_exits += 1

@@ -80,7 +80,8 @@ def replay_on_vmm(path: str | Path, profile: str | None = None, seed: int = 0,
     profile = profile or recording_profile(rec)
     result = Replayer(rec, setup, profile, seed, vmm=vmm).run()
     comparison = compare_items(vmm.events, prefetched(recorded_items, str(rec.path)),
-                               lazy=result.boot.cookie.fq is not None)
+                               lazy=result.boot.cookie.fq is not None,
+                               exit_orders=result.exit_orders)
     return result, comparison, vmm
 
 

@@ -118,10 +118,12 @@ def qemu_caps(version: QemuVersion, props: QemuProperties) -> Capabilities:
 
 def qemu_cache_config() -> CacheConfig:
     """QEMU's caches as the unit's cache switches (reference section 3): an IOTLB of 1,024
-    entries emptied whole when full, no paging-structure cache, a context entry per address
+    entries emptied whole when full, each entry the requester's (``vtd_lookup_iotlb`` keys by
+    source-id, PASID, page and level; invalidations match the entry's domain-id), no
+    paging-structure cache, a context entry per address
     space kept by generation (global invalidation drops all: the same effect), PASID entries
     re-read on every translation, faults never cached although CM=1, every cache reset on
     SRTP and TE changes, fault compression by SID."""
     return CacheConfig(context=_AS_PER_DEVICE, pasid=0, iotlb=VTD_IOTLB_MAX_SIZE, pscache=0,
                        cache_negative=False, qemu_resets=True, compress_faults=True,
-                       iotlb_flush_when_full=True)
+                       iotlb_flush_when_full=True, iotlb_tag_sid=True)

@@ -15,8 +15,9 @@ can compare them with a recording's qemu.log.
 Counts (``stats``): ``exits``, ``exit_descriptors``, ``vmm_walk_reads`` (guest PTEs the
 shadow walks read), ``vmm_notify_<kind>`` (events delivered), ``vmm_walks``.
 
-Not modelled: the IOTLB keyed per SID (QEMU's entries are per device, not shared in a DID;
-the spec's are per DID; invalidations match by DID in both), QEMU reading guest structures
+The IOTLB is QEMU's: entries per requester (``qemu.qemu_cache_config``), invalidated by DID.
+
+Not modelled: QEMU reading guest structures
 coherently (the emulated unit obeys ECAP.C=0 like hardware), the SW+IF assertion of 7.2,
 register-based invalidation with QI on (the hardware's behaviour is kept), interrupt
 remapping.

@@ -25,8 +25,14 @@ Which invalidation reaches which entry (spec 6.5.2.3, 6.5.2.4; reference section
 Negative entries (``present=False``, with the fault reason) are stored like others; the
 translation flow creates them only under caching mode and never for first-stage results.
 
-Not modelled: QEMU's per-SID tagging and its "flush everything when full" policy
-(viommu-and-costs section 3) - we replace the LRU entry; DR/DW draining.
+QEMU tags its entries with the requester instead (``vtd_lookup_iotlb`` / ``vtd_update_iotlb``
+key an entry by source-id, PASID, page number and level; the entry keeps the domain-id, which
+invalidations match, ``vtd_hash_remove_by_domain`` / ``vtd_hash_remove_by_page``): with
+``tag_sid`` (``CacheConfig.iotlb_tag_sid``) an entry carries its requester's ``sid`` and the
+key ends with it, so two devices of one domain each fill their own entry; invalidations still
+select by DID.  QEMU's "flush everything when full" is ``LruCache.flush_when_full``.
+
+Not modelled: DR/DW draining.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ class IotlbEntry:
     present: bool = True
     fault_reason: int = 0
     global_: bool = False
+    sid: int | None = None  # the requester, with a requester-tagged IOTLB (QEMU's) only
 
     @property
     def size(self) -> int:
@@ -86,8 +93,9 @@ class IotlbEntry:
         return (1 << level_shift(self.level)) - 1
 
     @property
-    def key(self) -> tuple[int, int, int, int]:
-        return iotlb_key(self.did, self.pasid, self.level, self.iova_base)
+    def key(self) -> tuple[int, ...]:
+        key = iotlb_key(self.did, self.pasid, self.level, self.iova_base)
+        return key if self.sid is None else (*key, self.sid)
 
     def overlaps(self, base: int, size: int) -> bool:
         return ranges_overlap(self.iova_base, self.size, base, size)
@@ -110,6 +118,7 @@ class Iotlb(LruCache):
     """The IOTLB, grouped by (did, pasid) so scoped invalidations visit only their scope."""
 
     grouped = True
+    tag_sid = False  # entries tagged with their requester (QEMU's IOTLB; module docstring)
 
     def __init__(self, capacity: int = 1024, name: str = "iotlb"):
         super().__init__(name, capacity)
@@ -117,9 +126,13 @@ class Iotlb(LruCache):
     def group_of(self, key: Hashable) -> Hashable:
         return key[:2]
 
-    def lookup_iova(self, did: int, pasid: int, iova: int) -> IotlbEntry | None:
-        """The entry translating ``iova``, probing 4K, then 2M, then 1G (the hot path).
-        ``LruCache.lookup`` is inlined: a benchmark holds an IOTLB hit to a few dict probes."""
+    def lookup_iova(self, did: int, pasid: int, iova: int,
+                    sid: int | None = None) -> IotlbEntry | None:
+        """The entry translating ``iova`` for requester ``sid``, probing 4K, then 2M, then 1G
+        (the hot path); ``sid`` counts only with ``tag_sid``.  ``LruCache.lookup`` is
+        inlined: a benchmark holds an IOTLB hit to a few dict probes."""
+        if self.tag_sid:
+            return self._lookup_tagged(did, pasid, iova, sid)
         get = self._get
         key = (did, pasid, 1, iova >> 12)
         entry = get(key)
@@ -135,6 +148,13 @@ class Iotlb(LruCache):
         self._touch(key)
         self.stats.hit += 1
         return entry
+
+    def _lookup_tagged(self, did: int, pasid: int, iova: int,
+                       sid: int | None) -> IotlbEntry | None:
+        """``lookup_iova`` in a requester-tagged IOTLB: QEMU's ``vtd_lookup_iotlb`` probes
+        each level with the requester's source-id in the key."""
+        return self.lookup_first([(did, pasid, level, iova >> level_shift(level), sid)
+                                  for level in IOTLB_LEVELS])
 
     def fill_entry(self, entry: IotlbEntry) -> Hashable | None:
         return self.fill(entry.key, entry)
@@ -175,7 +195,7 @@ class Iotlb(LruCache):
         members = len(self._groups.get(group, ()))
         if members == 0:
             return 0
-        if range_key_count(base, size) < members:
+        if not self.tag_sid and range_key_count(base, size) < members:
             keys = list(range_keys(group[0], group[1], base, size))
         else:
             keys = self.group_keys(group)

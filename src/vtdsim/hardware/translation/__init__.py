@@ -69,20 +69,21 @@ def bind_translate(unit: Any):
     iotlb = unit.iotlb
     iotlb_get, iotlb_touch, iotlb_stats = iotlb._get, iotlb._touch, iotlb.stats
     lookup_iova = iotlb.lookup_iova
+    tag = (iotlb.tag_sid,)  # a requester-tagged IOTLB (QEMU's) ends its keys with the SID
 
     def translate_bound(sid: int, iova: int, write: bool = False, pasid: int | None = None):
         if pasid is None and unit.translation_enabled and not unit.ttm:
             ce = context_get(sid)
             if ce is not None and ce.present and ce.did is not None and ce.tt != 2:
                 # The 4 KiB probe of Iotlb.lookup_iova, inlined: most hits are 4 KiB pages.
-                key = (ce.did, 0, 1, iova >> 12)
+                key = (ce.did, 0, 1, iova >> 12, sid) if tag[0] else (ce.did, 0, 1, iova >> 12)
                 entry = iotlb_get(key)
                 if entry is not None and entry.present and (entry.write if write
                                                             else entry.read):
                     iotlb_touch(key)
                     iotlb_stats.hit += 1
                     return entry
-                entry = lookup_iova(ce.did, 0, iova)
+                entry = lookup_iova(ce.did, 0, iova, sid)
                 if entry is not None and entry.present and (entry.write if write
                                                             else entry.read):
                     return entry

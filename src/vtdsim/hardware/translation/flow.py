@@ -8,6 +8,7 @@ Not modelled: see ``translation/__init__.py``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from vtdsim.hardware import root_table as rt
@@ -86,6 +87,10 @@ class RequestFlow(ScalableSteps):
         return entry
 
     def fill(self, cache: str, key: Any, entry: Any, writes: tuple = ()) -> None:
+        if cache == "iotlb" and self.unit.iotlb.tag_sid:
+            # QEMU's vtd_update_iotlb: the entry is the requester's (caches/iotlb.py)
+            entry = replace(entry, sid=self.req.sid)
+            key = entry.key
         self.fills.append(Fill(cache, key, entry, writes))
 
     def commit(self) -> None:
@@ -210,7 +215,7 @@ class RequestFlow(ScalableSteps):
         """IOTLB lookup, else ``walk()``; then the request's permission check."""
         entry = self.probed_entry
         if not self.probed:
-            entry = self.unit.iotlb.lookup_iova(did, pasid, self.req.addr)
+            entry = self.unit.iotlb.lookup_iova(did, pasid, self.req.addr, self.req.sid)
         if entry is None or not self.usable(entry):
             if not self.dry:
                 self.unit.stats["iotlb_miss"] += 1
