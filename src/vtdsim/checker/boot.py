@@ -135,12 +135,15 @@ def _group_mutex(factory):
     ``iommu_detach_device_pasid``, ``__iommu_group_set_domain`` for the blocking domain,
     ``__iommu_group_remove_device`` at release), so two such ops on one device never overlap.
     (6.1 calls ``release_device`` outside the mutex, but a device is removed once and not
-    attached while being removed - device-core lifetime rules - so the same lock stands in.)"""
+    attached while being removed - device-core lifetime rules - so the same lock stands in.)
+    An attach split in parts is one attach: "prepare" takes the mutex, "program" drops it."""
     def run(system: System, op: Op):
-        name = f"group->mutex {op['device']}"
-        yield st.Lock(name=name, why="iommu core: group->mutex")
+        name, part = f"group->mutex {op['device']}", op.args.get("part", "all")
+        if part != "program":
+            yield st.Lock(name=name, why="iommu core: group->mutex")
         ret = yield from factory(system, op)
-        yield st.Unlock(name=name, why="iommu core: group->mutex")
+        if part != "prepare":
+            yield st.Unlock(name=name, why="iommu core: group->mutex")
         return ret
     return run
 
