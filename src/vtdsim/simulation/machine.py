@@ -172,16 +172,28 @@ def build(platform: str, *, profile: str | Profile = "linux-6.1", vmm: str = "qe
                        f"(ECAP.NEST); use one that has (e.g. {HOST_UNIT})")
     if nested and version.pasid_cache != qemu.PROCESS:
         version = qemu.QEMU_NESTING
-    props = vm_properties(platform, device_iotlb)
+    the_vmm, host = vm_half(platform, version, vm_properties(platform, device_iotlb),
+                            record=record, host_unit=host_unit, host_profile=host_profile,
+                            cache_config=cache_config)
+    guest = System.boot(profile=profile, vmm=the_vmm, page_range=GUEST_PAGES,
+                        ncpus=ncpus)
+    return Machine(platform, guest, the_vmm, Kvm(guest.platform), host)
+
+
+def vm_half(platform: str, version: qemu.QemuVersion, props: qemu.QemuProperties, *,
+            name: str = "dmar0", record: bool = False, host_unit: str = HOST_UNIT,
+            host_profile: str | Profile = "mainline", cache_config: CacheConfig | None = None
+            ) -> tuple[Vmm, System | None]:
+    """A VM platform's machine below the guest: the VMM's emulated unit ``name`` in one
+    physical memory with, for ``shadow``/``nested``, the host's driver booted on its own unit
+    (the guest's driver boots on top: ``build``, or a recording's own boot in replay)."""
     memory = PhysicalMemory()
-    the_vmm = Vmm(version, props, memory, record=record)
+    the_vmm = Vmm(version, props, memory, name=name, record=record)
     host = None
     if platform in ("shadow", "nested"):
         host = System.boot(host_unit, host_profile, memory=memory, page_range=HOST_PAGES,
                            name="host-dmar0", cache_config=cache_config)
-    guest = System.boot(profile=profile, vmm=the_vmm, page_range=GUEST_PAGES,
-                        ncpus=ncpus)
-    return Machine(platform, guest, the_vmm, Kvm(guest.platform), host)
+    return the_vmm, host
 
 
 def vm_properties(platform: str, device_iotlb: bool = False) -> qemu.QemuProperties:

@@ -20,10 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from vtdsim.errors import BadInput
-from vtdsim.hardware.memory import PhysicalMemory
 from vtdsim.hardware.request import parse_sid
-from vtdsim.simulation.machine import HOST_PAGES, HOST_UNIT
-from vtdsim.simulation.system import System
+from vtdsim.simulation.machine import vm_half
 from vtdsim.traces.recording import Recording
 from vtdsim.traces.replay import Replayer, Result, read_setup, recording_profile
 from vtdsim.traces.vmm_compare import VmmComparison, compare_items, recorded_items
@@ -66,8 +64,9 @@ def replay_on_vmm(path: str | Path, profile: str | None = None, seed: int = 0,
     rec = Recording(path)
     setup = read_setup(rec, device)
     version, props = vmm_of(rec)
-    memory = PhysicalMemory()
-    vmm = Vmm(version, props, memory, name=setup.dmesg.iommu, record=True)
+    # the machine builder's VMM half: the recording's guest boot runs on top (Replayer)
+    vmm, host = vm_half("shadow" if assign else "emulated", version, props,
+                        name=setup.dmesg.iommu, record=True)
     caps = vmm.unit.caps
     if (caps.cap, caps.ecap) != (setup.dmesg.cap, setup.dmesg.ecap):
         raise BadInput(f"{version.name} with {props} builds cap {caps.cap:x} ecap "
@@ -76,18 +75,12 @@ def replay_on_vmm(path: str | Path, profile: str | None = None, seed: int = 0,
     for name, _ in setup.dmesg.group_adds:
         vmm.address_space(parse_sid(name))  # vtd_find_add_as at machine start
     if assign:
-        _assign(vmm, memory, setup.traced)
+        # the traced device assigned through VFIO at machine start (host: mainline, strict)
+        host.probe(host_name(setup.traced))
+        VfioShadow(vmm, host, setup.traced)
     profile = profile or recording_profile(rec)
     result = Replayer(rec, setup, profile, seed, vmm=vmm).run()
     comparison = compare_items(vmm.events, prefetched(recorded_items, str(rec.path)),
                                lazy=result.boot.cookie.fq is not None,
                                exit_orders=result.exit_orders)
     return result, comparison, vmm
-
-
-def _assign(vmm: Vmm, memory: PhysicalMemory, sid: int) -> VfioShadow:
-    """The traced device assigned through VFIO at machine start (host: mainline, strict)."""
-    host = System.boot(HOST_UNIT, "mainline", memory=memory, page_range=HOST_PAGES,
-                       name="host-dmar0")
-    host.probe(host_name(sid))
-    return VfioShadow(vmm, host, sid)
