@@ -494,13 +494,47 @@ class QueueEngine:
     def footprint(self, world) -> Footprint:
         return slot_footprint(world, self.unit, world.system.unit(self.unit).queue.head)
 
+    def taken(self, world, base: Footprint) -> Footprint:
+        """The descriptor invalidated only the entries it removed: every other cache location
+        it may change it only read (whether an entry was there decided what it did)."""
+        kept = {loc for loc in base.writes if loc[0] not in _CACHE_KINDS}
+        return Footprint(base.reads, frozenset(kept | world.hw_written), base.guard)
+
     def step(self, world) -> StepRecord:
         unit = world.system.unit(self.unit)
         desc = _peek(unit, unit.queue.base + unit.queue.head)
+        before = unit_contents(world, self.unit)
         unit.qi_step()
+        world.hw_written = removed_locations(world, self.unit, before,
+                                             unit_contents(world, self.unit))
         text = desc.describe() if desc is not None else "fetch"
         return StepRecord(self.name, text, {"key": desc is not None and desc.type != 5,
                                             "chain": f"hw {desc.label if desc else 'qi'}"})
+
+
+_CACHE_KINDS = frozenset({"cc", "pc", "tlb", "psc", "atc"})
+
+
+def unit_contents(world, u: int) -> tuple:
+    """The caches of unit ``u`` and the device-TLBs of the endpoints behind it."""
+    unit = world.system.unit(u)
+    caches = tuple(dict(getattr(unit, name).items()) for name in CACHE_FAMILIES)
+    atcs = tuple((ep.sid, dict(ep.device_tlb.items()))
+                 for _, ep in sorted(world.system.endpoints.items()) if ep.unit is unit)
+    return caches, atcs
+
+
+def removed_locations(world, u: int, before: tuple, after: tuple) -> set:
+    """The cache locations whose entries an invalidation changed."""
+    found = set()
+    for name, old, new in zip(CACHE_FAMILIES, before[0], after[0], strict=True):
+        for key in old.keys() | new.keys():
+            if old.get(key) != new.get(key):
+                found.add(world.universe.key_location(name, key, u))
+    for (sid, old), (_, new) in zip(before[1], after[1], strict=True):
+        if old != new:
+            found |= {("atc", sid, p) for p in world.universe.pages}
+    return found
 
 
 def slot_footprint(world, u: int, offset: int) -> Footprint:
@@ -581,7 +615,8 @@ class CacheFill(Bounded):
         shown = f" -> {hpa:#x}" if isinstance(hpa, int) and getattr(entry, "present", True) \
             else (" (not present)" if not getattr(entry, "present", True) else "")
         text = f"fill {self.cache} {self.device}@{self.iova:#x}{shown}"
-        return StepRecord(self.name, text, {"key": True, "chain": text})
+        return StepRecord(self.name, text, {"key": True, "chain": text,
+                                            "setup": world.system.setup_causes(walk.addrs)})
 
 
 class CacheEvict(Bounded):
@@ -713,7 +748,8 @@ class Dma(Bounded):
             writes |= {DATA} | {("page", p) for p in world.recycled}
         gate = {finished_location(self.after_thread)} if self.after_thread else set()
         verdict = vl.dma_reads(world, self.device, self.iova, self.pasid)
-        return fp(walk.reads | verdict | {reg(0, 0x34)} | gate, writes, gate)
+        shadows = {("fill", *loc) for loc in cache if loc[0] in ("cc", "psc")}
+        return fp(walk.reads | verdict | {reg(0, 0x34)} | gate | shadows, writes, gate)
 
     def taken(self, world, base: Footprint) -> Footprint:
         return request_taken(world, self.device, self.iova, base)
@@ -741,7 +777,8 @@ class Dma(Bounded):
         else:
             text = f"dma {kind} {self.iova:#x} -> {result.hpa:#x}"
         return StepRecord(self.name, text, {"key": True, "chain": text if not violated
-                                            else f"{text} ({violated})"})
+                                            else f"{text} ({violated})",
+                                            "setup": world.system.setup_causes(walked.addrs)})
 
 
 class AtsPrefetch(Bounded):
@@ -761,7 +798,8 @@ class AtsPrefetch(Bounded):
         # Whether ATS is enabled changes only where an op writes the device's member location
         # (attach, detach, ats_disable): the prefetch waits on it.
         member = {("member", self.device)}
-        return fp(walk.reads | {reg(0, 0x34)}, cache | walk.ad_writes, member)
+        shadows = {("fill", *loc) for loc in cache if loc[0] in ("cc", "psc")}
+        return fp(walk.reads | {reg(0, 0x34)} | shadows, cache | walk.ad_writes, member)
 
     def taken(self, world, base: Footprint) -> Footprint:
         return request_taken(world, self.device, self.iova, base)
@@ -778,7 +816,8 @@ class AtsPrefetch(Bounded):
         hpa = getattr(entry, "hpa", None)
         got = f" -> {hpa:#x}" if entry and getattr(entry, "read", False) else " (nothing)"
         text = f"ats {self.device}@{self.iova:#x}{got}"
-        return StepRecord(self.name, text, {"key": True, "chain": text})
+        return StepRecord(self.name, text, {"key": True, "chain": text,
+                                            "setup": world.system.setup_causes(walked.addrs)})
 
 
 class TornFill(Bounded):

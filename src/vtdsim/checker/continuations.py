@@ -41,10 +41,16 @@ from vtdsim.driver import (
 )
 from vtdsim.hardware import second_stage
 
-PURE_LEVEL, READ_LEVEL, WRITE_LEVEL = 0, 1, 2
+PURE_LEVEL, READ_LEVEL, FIELD_LEVEL, WRITE_LEVEL = 0, 1, 2, 3
+# FIELD_LEVEL: code that writes only the bookkeeping fields named in ``FIELD_WRITERS``; any
+# unreviewed code (WRITE_LEVEL) may read or write those too (``FIELDS``).
+HAS_MAPPINGS = ("drv", "has_mappings")  # DmarDomain.has_mappings (enforce_cache_coherency)
+FIELDS = frozenset({HAS_MAPPINGS})
 # Code files whose functions build fresh objects (dataclass __init__/__eq__ ...) or resolve a
 # function-level import of a module already loaded.
 _FRESH = frozenset({"<string>", "<frozen importlib._bootstrap>"})
+# Value code: immutable layouts and capability words, descriptor encoding (hardware/).
+_VALUE_MODULES = ("bitfield.py", "capabilities.py", "descriptors.py")
 
 # Touch no bookkeeping: the unmap/map call chain (iommu.c), the page-table code
 # (DomainPageTable: its fields are fixed at creation but force_snoop), PSI arithmetic, the
@@ -78,12 +84,14 @@ READERS: tuple[Callable, ...] = (
 
 def _boot_factories() -> list[Callable]:
     """Checker op factories (boot.py) that only read the scenario's name tables (domains,
-    pages, devices: fixed once booted) and build the op's generator - not ``_map`` or
-    ``_dma_map``, which note the IOVA's page (``System.iova_pages``, read when a dma_unmap
-    ends), nor the other factories (unreviewed)."""
+    pages, devices: fixed once booted) and build the op's generator.  ``_map`` also notes the
+    IOVA's page (``System.iova_pages``), which only a dma_unmap's end reads: both touch
+    ``("mapped", domain, page)`` (``verdict_locations``).  Not ``_dma_map`` (its IOVA is known
+    only at its end) nor the other factories (unreviewed)."""
     from vtdsim.checker import boot  # boot imports the actors, which import this module
 
-    found = [boot._unmap, boot._one, boot.factory_for, boot._page_addr, boot._context_flip_pri]
+    found = [boot._map, boot._unmap, boot._one, boot.factory_for, boot._page_addr,
+             boot._context_flip_pri]
     return found + [f for f in boot.OP_FACTORIES.values()
                     if f.__name__ in ("<lambda>", "factory")]
 
@@ -107,20 +115,20 @@ def _codes(obj) -> list[CodeType]:
     return found
 
 
-def _ops_methods() -> tuple[list, list]:
+def _ops_methods() -> tuple[list, list, list]:
     """The Intel ops' unmap/map entry points and flush hooks (intel_iommu_ops.py): pure but
-    ``iotlb_sync_map`` (reads the domain's flag) - ``map_pages`` writes ``has_mappings``."""
+    ``iotlb_sync_map`` (reads the domain's flag) and ``map_pages`` (sets ``has_mappings``)."""
     methods = vars(intel_iommu_ops.IntelIommuDriver)
     pure = [methods[n] for n in ("unmap", "map", "unmap_pages", "iotlb_sync", "mainline")]
-    return pure, [methods["iotlb_sync_map"]]
+    return pure, [methods["iotlb_sync_map"]], [methods["map_pages"]]
 
 
 @functools.cache
 def levels() -> dict[CodeType, int]:
     """Code object -> PURE_LEVEL or READ_LEVEL (any other: WRITE_LEVEL)."""
-    pure, reading = _ops_methods()
+    pure, reading, fields = _ops_methods()
     found = {}
-    for level, funcs in ((READ_LEVEL, [*READERS, *reading]),
+    for level, funcs in ((FIELD_LEVEL, fields), (READ_LEVEL, [*READERS, *reading]),
                          (PURE_LEVEL, [*PURE, *pure, *_boot_factories(), Recorder.__exit__])):
         for f in funcs:
             for code in _codes(f):
@@ -152,6 +160,8 @@ class Recorder:
         code = frame.f_code
         level = self._levels.get(code)
         if level is None:
-            level = PURE_LEVEL if code.co_filename in _FRESH else WRITE_LEVEL
+            name = code.co_filename
+            pure = name in _FRESH or name.endswith(_VALUE_MODULES) and "/hardware/" in name
+            level = PURE_LEVEL if pure else WRITE_LEVEL
         if level > self.level:
             self.level = level

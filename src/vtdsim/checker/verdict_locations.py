@@ -42,7 +42,10 @@ def _iova_pages(op) -> list[int]:
 def op_begin(op, system) -> set:
     """What ``Monitor.op_begin`` (ledger, PASID watch) changes that a DMA's verdict reads."""
     kind = op.kind
-    if kind in ("map", "dma_map"):
+    if kind == "map":  # boot._map notes the IOVA's page (System.iova_pages) at its begin
+        return {owner(system.pages[op["page"]])} | {("mapped", op["domain"], p)
+                                                    for p in _iova_pages(op)}
+    if kind == "dma_map":
         return {owner(system.pages[op["page"]])}
     if kind in ("unmap", "dma_unmap"):
         return {("mapped", op["domain"], p) for p in _iova_pages(op)}
@@ -58,8 +61,8 @@ def op_end(op) -> set:
         return {("mapped", op["domain"], p) for p in _iova_pages(op)}
     if kind == "dma_map":
         return {("mapped", op["domain"])}
-    if kind == "dma_unmap":
-        return {LAZY}
+    if kind == "dma_unmap":  # ... and reads System.iova_pages to see what it unmapped
+        return {LAZY} | {("mapped", op["domain"], p) for p in _iova_pages(op)}
     if kind == "alloc":
         return {ALLOC}
     if kind in _MEMBER_OPS:

@@ -35,6 +35,8 @@ from vtdsim.hardware.global_command import requested_commands
 from vtdsim.hardware.memory import LINE_SIZE, PAGE_SIZE
 
 DMAR_GCMD_REG = 0x18
+_STORE_SIZES = {st.CpuWrite: lambda s: s.size, st.CpuCmpxchg: lambda s: 8,
+                st.CpuZero: lambda s: s.size}
 # The most entries one request inserts: context, PASID, IOTLB, four paging-structure levels,
 # the device-TLB (a translation fills each cache at most once).
 _MAX_INSERTS = 8
@@ -58,6 +60,26 @@ class System:
     iova_pages: dict = field(default_factory=dict)  # (domain, iova page) -> data page
     force_snoop: bool = False
     ledger: PageLedger = field(default_factory=PageLedger)  # page owners, grants, contents
+    setup_ops: list = field(default_factory=list)  # "set-up map(...)", in [[setup]] order
+    setup_writes: dict = field(default_factory=dict)  # qword -> the set-up op that stored it
+    setup_current: int | None = None  # the set-up op running (boot)
+
+    def note_setup_store(self, step, index: int | None) -> None:
+        """A store's qwords were last written by set-up op ``index`` (None: by a thread)."""
+        size = _STORE_SIZES.get(type(step))
+        if size is None:
+            return
+        span = range(step.addr & ~7, step.addr + (size(step)), 8)
+        for qword in span:
+            if index is None:
+                self.setup_writes.pop(qword, None)
+            else:
+                self.setup_writes[qword] = index
+
+    def setup_causes(self, addrs) -> tuple:
+        """The set-up ops (index, label) whose stores a walk reading ``addrs`` read."""
+        found = {self.setup_writes[a & ~7] for a in addrs if a & ~7 in self.setup_writes}
+        return tuple((i, self.setup_ops[i]) for i in sorted(found))
 
     def unit(self, i: int):
         return self.platform.units[i]
@@ -116,7 +138,10 @@ class Stepper:
         return skipped or self.executor.ready(step)
 
     def apply(self, step: st.Step, thread: str) -> Any:
-        return self.executor.apply(step)
+        reply = self.executor.apply(step)
+        if self.world.system.setup_writes:
+            self.world.system.note_setup_store(step, None)  # a thread's store: no longer set-up's
+        return reply
 
     def footprint(self, step: st.Step) -> Footprint:
         return _STEP_FOOTPRINTS[type(step)](self, step)
@@ -240,12 +265,17 @@ def _continuation(base: Footprint, level: int) -> Footprint:
     """A thread transition's footprint once its driver code is known (``continuations``):
     code that touched no bookkeeping drops ``("drv",)``, code that only read it reads it; both
     read ``("pgtable",)`` (a table's ``force_snoop``)."""
-    if ac.DRV not in base.writes or level == cont.WRITE_LEVEL:
+    if ac.DRV not in base.writes:
         return base
+    if level == cont.WRITE_LEVEL:  # unreviewed code: any bookkeeping, named fields too
+        return Footprint(base.reads | cont.FIELDS, base.writes | cont.FIELDS, base.guard)
     reads = base.reads | {ac.PGTABLE}
+    writes = base.writes - {ac.DRV}
     if level == cont.PURE_LEVEL:
         reads = reads - {ac.DRV}
-    return Footprint(reads, base.writes - {ac.DRV}, base.guard)
+    if level == cont.FIELD_LEVEL:  # map_pages: sets has_mappings, reads the table
+        reads, writes = reads - {ac.DRV}, writes | {cont.HAS_MAPPINGS}
+    return Footprint(reads | writes, writes, base.guard)
 
 
 def slot_location(unit: int, offset: int) -> tuple:
@@ -354,7 +384,7 @@ class Universe:
         found = {(c, unit, sid) for c in ("cc", "pc") for sid in self.sids.values()}
         found |= self._keys(unit, 0, 1 << 64, psc=True)
         found |= {("atc", self.sids[d], p) for d in self.atc for p in self.pages}
-        return found
+        return with_shadows(found)
 
     def invalidated(self, unit: int, desc) -> set:
         """The cache locations a descriptor may change (spec 6.5.2; table in reference §15)."""
@@ -369,11 +399,11 @@ class Universe:
                 addr, 4, self.status_pages, "dram", self.grain)
         if label == "cc_inv":
             sids = [f["sid"]] if f.get("g") == 3 else list(self.sids.values())
-            return {("cc", unit, s) for s in sids}
+            return with_shadows({("cc", unit, s) for s in sids})
         if label == "pc_inv":
             return {("pc", unit, s) for s in self.sids.values()}
         if label in ("iotlb_inv", "p_iotlb_inv"):
-            return self._tlb(unit, f, page_selective=f.get("g") == 3)
+            return with_shadows(self._tlb(unit, f, page_selective=f.get("g") == 3))
         if label in ("dev_tlb_inv", "p_dev_tlb_inv"):
             base, size = devtlb_range(f["addr"], f["s"])
             return {("atc", f["sid"], p) for p in self.pages if base <= p < base + size}
@@ -403,6 +433,15 @@ class Universe:
         return found
 
 
+def with_shadows(locations: set) -> set:
+    """Add the shadow ``("fill", *loc)`` of each context / paging-structure location: a
+    request's fill of such an entry equal to memory's is invisible to other requests (they read
+    the cache or that memory) but not to an invalidation, which leaves it absent if it runs
+    after the fill and present if before - so requests read the shadow, invalidations write it
+    (``actors.changed_locations``)."""
+    return locations | {("fill", *loc) for loc in locations if loc[0] in ("cc", "psc")}
+
+
 _TLB_LEVELS = (1, 2, 3)  # 4 KiB, 2 MiB, 1 GiB entries
 _PSC_LEVELS = (1, 2, 3, 4)  # the table a PDE .. PML5E points to
 
@@ -423,6 +462,7 @@ class Walk:
     fills: tuple
     reads: frozenset
     grain: int = LINE_SIZE
+    addrs: tuple = ()  # the qwords read
 
     @property
     def ad_writes(self) -> set:
@@ -458,12 +498,13 @@ def dry_walk(unit, sid: int, iova: int, recycled: set, pasid: int | None = None,
         unit.memory = real
     # A non-snooped walk (ECAP.C=0, or no PWSNP) reads DRAM only: a CPU store it does not see
     # until the clflush is no race with it.
-    reads = {("page", p) for p in recycled}
+    # The root-table pointer and TE (GCMD/RTADDR) decide where a walk starts, or whether any.
+    reads = {("page", p) for p in recycled} | {ac.reg(0, DMAR_GCMD_REG)}
     for addr, snoop in recorder.addrs:
         reads.add(ac.dram_line(addr, grain))
         if snoop:
             reads.add(ac.line(addr, grain))
-    return Walk(tuple(fills), frozenset(reads), grain)
+    return Walk(tuple(fills), frozenset(reads), grain, tuple(a for a, _ in recorder.addrs))
 
 
 # -- the world ----------------------------------------------------------------------------------
@@ -548,22 +589,31 @@ class VtdWorld:
                 base = who.taken(self, base)
             self._taken = base
         written = self._taken.writes if self._taken is not None else frozenset()
+        predicted = parts[0].writes if parts is not None else frozenset()
         freed = set(self.monitor.freed)
         if not freed <= self.recycled:
             self._walks.clear()  # a walk's reads name the recycled pages
             self.recycled |= freed
         self._forget_walks(written)
         if isinstance(self.model.by_name[actor], ac.Thread | ac.QueueEngine):
-            self._drop_pieces(written)  # fills and DMA write caches too, but invalidate none
+            # Fills and DMA write caches too, but invalidate none; an invalidation ends an
+            # in-flight fetch whether or not it found an entry (what it may change, predicted).
+            dropped = self._drop_pieces(predicted | written)
+            if dropped and self._taken is not None:
+                t = self._taken
+                self._taken = Footprint(t.reads | dropped, t.writes | dropped, t.guard)
         return record
 
-    def _drop_pieces(self, written: frozenset) -> None:
+    def _drop_pieces(self, written: frozenset) -> set:
         """An invalidation of a torn fill's cache location between its two reads ends the fetch
-        (``actors.TornFill``): its early pieces are dropped."""
+        (``actors.TornFill``): its early pieces are dropped (the fill's location changes)."""
+        dropped = set()
         for name in list(self.pieces):
             who = self.model.by_name[name]
             if not who.cache_locations(self).isdisjoint(written):
                 del self.pieces[name]
+                dropped.add(who.location())
+        return dropped
 
     def _forget_walks(self, written: frozenset) -> None:
         """A dry walk is a function of the memory it read and of the unit's registers (root
