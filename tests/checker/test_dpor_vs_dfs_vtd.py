@@ -76,7 +76,7 @@ def _free_and_two_dma_writes() -> Scenario:
     return sc.validate()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 @example(_free_and_two_dma_writes())
 def test_dpor_agrees_with_dfs_on_random_vtd_scenarios(sc):

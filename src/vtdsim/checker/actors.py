@@ -15,10 +15,13 @@ Abstract locations (``world.Footprint``):
   ``("pgtable",)`` (see below);
 * ``("reg", unit, "IQT"|"IQH"|"FSTS"|"OTHER")`` (FSTS: the queue-error bits IQE/ICE/ITE, what
   the driver's ``qi_check_fault`` and the queue engine look at), ``("reg", unit, "FAULT")``:
-  fault recording (FRCDs, FSTS.PPF/PFO/FRI, FECTL.IP), written by faulting DMA, ATS and queue
-  errors and read by no driver code (no fault handler is modelled);
-* ``("cc", unit, sid)``, ``("pc", unit, sid)``, ``("tlb", unit, page)``, ``("psc", unit, page)``,
-  ``("atc", sid, page)``: cache contents, per IOVA page of the scenario's bounded universe;
+  fault recording (FRCDs, FSTS.PPF/PFO/FRI, FECTL.IP), written by queue errors and read by no
+  code and no property (no fault handler is modelled) - a faulting DMA's record is left out;
+* ``("cc", unit, sid)``, ``("pc", unit, sid)``, ``("tlb", unit, level, index)``, ``("psc", unit,
+  level, index)`` (one per key level and index: a large-page or paging-structure entry is
+  shared by the IOVA pages it covers), ``("atc", sid, page)``: cache contents over the
+  scenario's bounded universe of IOVA pages; ``("fill", "cc"|"psc", ...)`` their shadows
+  (``changed_locations``);
 * ``("lock", name)``, ``("alloc",)`` (the page allocator), ``("data",)`` (data-page contents
   reached by DMA, whose host address is unknown before the step), ``("drv",)``.
 
