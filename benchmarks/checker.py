@@ -59,8 +59,9 @@ def two_unmaps_seconds() -> float:
     return time.perf_counter() - start
 
 
-def _untimed(lines: list[str]) -> list[str]:
-    return lines[:lines.index(TIMING_MARK)] + lines[-1:]
+def _untimed(echoed: list[str]) -> list[str]:
+    """What ``run_library`` echoed, its timing section (one echo) left out."""
+    return [text for text in echoed if not text.startswith(TIMING_MARK)]
 
 
 def dask_speedup(paths: list[str], workers: int = 2) -> float:

@@ -1,6 +1,6 @@
 """What the driver code a thread transition runs between two steps touches (its *continuation*):
-the reviewed driver functions that touch no driver bookkeeping (``PURE``) or only read it
-(``READERS``), and a recorder of the functions a continuation called.
+the reviewed driver functions that touch no driver bookkeeping (``PURE``), only read it
+(``READERS``) or write one named field, and a recorder of the functions a continuation called.
 
 A thread transition applies its step and then runs the driver's generators up to their next
 step.  ``actors`` charges that code with the driver-bookkeeping location ``("drv",)`` unless the
@@ -42,8 +42,8 @@ from vtdsim.driver import (
 from vtdsim.hardware import second_stage
 
 PURE_LEVEL, READ_LEVEL, FIELD_LEVEL, WRITE_LEVEL = 0, 1, 2, 3
-# FIELD_LEVEL: code that writes only the bookkeeping fields named in ``FIELD_WRITERS``; any
-# unreviewed code (WRITE_LEVEL) may read or write those too (``FIELDS``).
+# FIELD_LEVEL: code that writes only a named bookkeeping field (``map_pages``: ``has_mappings``);
+# any unreviewed code (WRITE_LEVEL) may read or write those fields too (``FIELDS``).
 HAS_MAPPINGS = ("drv", "has_mappings")  # DmarDomain.has_mappings (enforce_cache_coherency)
 FIELDS = frozenset({HAS_MAPPINGS})
 # Code files whose functions build fresh objects (dataclass __init__/__eq__ ...) or resolve a
