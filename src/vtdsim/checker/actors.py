@@ -279,6 +279,8 @@ class Thread:
         ``footprint`` is their union; after the step the world knows whether the op ended
         (``ThreadState.ended``) and reports the exact one (``VtdWorld.taken``)."""
         base = self._footprint(world)
+        if DRV in base.writes:  # the driver code may touch anything: named fields, tables
+            base = fp(base.reads | {PGTABLE}, base.writes | cont.FIELDS, base.guard)
         s = self.state(world)
         op = s.ops[s.index][2]
         # The flush queue's counters (they change inside the timer's flush) and an op's start

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, create_model, field_validator, model_vali
 
 from vtdsim.checker.properties import OBSERVATIONS
 from vtdsim.checker.scenario_ops import AnyOp
+from vtdsim.checker.lifecycle import MOVING_OPS
 from vtdsim.checker.schema_types import (
     DeviceRef,
     Iova,
@@ -236,6 +237,22 @@ def _op_rules(sc: ScenarioFile) -> None:
         if o.op == "remove_dev_pasid" and (o.device, o.pasid) not in attached:
             raise Problem(loc, f"no set_dev_pasid attaches pasid={o.pasid:#x} of device "
                           f"{o.device!r}: nothing to remove")
+    _one_mover(ops)
+
+
+def _one_mover(ops: list) -> None:
+    """A device is moved (attached, detached, released, a PASID set or removed) by one thread
+    at most: the iommu core does all of these under the group's mutex (iommu.c:
+    __iommu_attach_group, iommu_detach_device, iommu_attach_device_pasid), so two threads
+    never race them."""
+    mover: dict[str, tuple] = {}
+    for loc, o in ops:
+        if loc[0] != "thread" or o.op not in MOVING_OPS:
+            continue
+        first = mover.setdefault(o.device, loc)
+        if first[:2] != loc[:2]:
+            raise Problem(loc, f"{o.op} of device {o.device!r} races {_path(first)} in another "
+                          "thread: Linux moves a device under its group's mutex, one at a time")
 
 
 def _refs(node, loc: tuple) -> Iterator[tuple[tuple, str, str]]:
