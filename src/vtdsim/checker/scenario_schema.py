@@ -16,9 +16,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
+from vtdsim.checker.lifecycle import MOVING_OPS
 from vtdsim.checker.properties import OBSERVATIONS
 from vtdsim.checker.scenario_ops import AnyOp
-from vtdsim.checker.lifecycle import MOVING_OPS
 from vtdsim.checker.schema_types import (
     DeviceRef,
     Iova,
