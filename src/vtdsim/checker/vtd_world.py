@@ -269,8 +269,8 @@ def _continuation(base: Footprint, level: int) -> Footprint:
         return base
     if level == cont.WRITE_LEVEL:  # unreviewed code: any bookkeeping, named fields too
         return Footprint(base.reads | cont.FIELDS, base.writes | cont.FIELDS, base.guard)
-    reads = base.reads | {ac.PGTABLE}
-    writes = base.writes - {ac.DRV}
+    reads = (base.reads | {ac.PGTABLE}) - cont.FIELDS  # the prediction's fields: not touched
+    writes = base.writes - {ac.DRV} - cont.FIELDS
     if level == cont.PURE_LEVEL:
         reads = reads - {ac.DRV}
     if level == cont.FIELD_LEVEL:  # map_pages: sets has_mappings, reads the table
