@@ -2,9 +2,14 @@
 DPOR need to exhaust it and DPOR's time.  Prints a table, then one JSON line with
 ``executions_per_s``, ``max_seed_scenario_s`` (the slowest DPOR exhaustion), ``dfs_executions``
 and ``dpor_executions`` (totals over the library; a DFS cut by its time budget counts the
-executions it reached, marked ``>=`` in the table and listed in ``dfs_cut``).
+executions it reached, marked ``>=`` in the table and listed in ``dfs_cut``; a DPOR cut by its
+budget is listed in ``dpor_cut``), ``two_unmaps_s`` (wall seconds for DPOR to exhaust issue
+10's two racing strict unmaps, target < 60) and ``dask_speedup_2`` (a serial ``vtdsim check``
+of the library over the same run on a 2-worker Dask LocalCluster, wall time, measured in this
+run; the two reports are compared, and must not differ but for their timing section).
 
 Usage: python benchmarks/checker.py [litmus folder or files] [--dfs-seconds S]
+       [--dpor-seconds S] [--no-dask]
 
 Not measured: memory, the cost of boot (once per scenario), shrinking.
 """
@@ -14,19 +19,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from vtdsim.checker.boot import build_model
 from vtdsim.checker.explore import explore
-from vtdsim.checker.litmus import collect
+from vtdsim.checker.litmus import Options, collect, run_library
+from vtdsim.checker.litmus_report import TIMING_MARK
 from vtdsim.checker.scenario import load
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(path: Path, dfs_seconds: float) -> dict:
+TWO_UNMAPS = ROOT / "litmus" / "reach" / "issue10_p5_two_strict_unmaps_mainline.toml"
+
+
+def measure(path: Path, dfs_seconds: float, dpor_seconds: float | None = None) -> dict:
     model = build_model(load(path))
-    dpor = explore(model, "dpor")
+    dpor = explore(model, "dpor", max_seconds=dpor_seconds)
     dfs = explore(model, "dfs", max_seconds=dfs_seconds)
     return {
         "scenario": model.name,
@@ -36,16 +46,48 @@ def measure(path: Path, dfs_seconds: float) -> dict:
         "dfs_executions": dfs.executions,
         "dfs_s": dfs.seconds,
         "dfs_exhaustive": dfs.exhaustive,
+        "dpor_exhaustive": dpor.exhaustive,
         "agree": dfs.verdicts() == dpor.verdicts() if dfs.exhaustive else None,
     }
+
+
+def two_unmaps_seconds() -> float:
+    """Wall seconds for DPOR to exhaust the two racing strict unmaps (boot included)."""
+    start = time.perf_counter()
+    result = explore(build_model(load(TWO_UNMAPS)), "dpor")
+    assert result.exhaustive
+    return time.perf_counter() - start
+
+
+def _untimed(echoed: list[str]) -> list[str]:
+    """What ``run_library`` echoed, its timing section (one echo) left out."""
+    return [text for text in echoed if not text.startswith(TIMING_MARK)]
+
+
+def dask_speedup(paths: list[str], workers: int = 2) -> float:
+    """Serial wall time of the library over its wall time on a ``workers``-process
+    LocalCluster (cluster start-up included); the two reports must agree."""
+    reports = []
+    seconds = []
+    for opts in (Options(), Options(workers=workers)):
+        lines: list[str] = []
+        start = time.perf_counter()
+        run_library(paths, opts, lines.append)
+        seconds.append(time.perf_counter() - start)
+        reports.append(_untimed(lines))
+    if reports[0] != reports[1]:
+        raise SystemExit("the Dask report differs from the serial one")
+    return seconds[0] / seconds[1]
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="*", default=[str(ROOT / "litmus")])
     parser.add_argument("--dfs-seconds", type=float, default=60.0)
+    parser.add_argument("--dpor-seconds", type=float, default=600.0)
+    parser.add_argument("--no-dask", action="store_true", help="skip dask_speedup_2")
     args = parser.parse_args(argv)
-    rows = [measure(p, args.dfs_seconds) for p in collect(args.paths)]
+    rows = [measure(p, args.dfs_seconds, args.dpor_seconds) for p in collect(args.paths)]
     print(f"{'scenario':<40} {'dfs exec':>10} {'dpor exec':>10} {'ratio':>7} {'dpor s':>7} "
           f"{'exec/s':>7}")
     for r in rows:
@@ -62,8 +104,15 @@ def main(argv: list[str] | None = None) -> dict:
         "dfs_executions": sum(r["dfs_executions"] for r in rows),
         "dpor_executions": sum(r["dpor_executions"] for r in rows),
         "dfs_cut": [r["scenario"] for r in rows if not r["dfs_exhaustive"]],
+        "dpor_cut": [r["scenario"] for r in rows if not r["dpor_exhaustive"]],
         "verdicts_disagree": [r["scenario"] for r in rows if r["agree"] is False],
+        "two_unmaps_s": round(two_unmaps_seconds(), 2),
     }
+    if not args.no_dask:
+        summary["dask_speedup_2"] = round(dask_speedup(args.paths), 2)
+    print(f"two racing strict unmaps exhausted in {summary['two_unmaps_s']} s"
+          + (f"; library on 2 Dask workers {summary['dask_speedup_2']}x serial"
+             if "dask_speedup_2" in summary else ""))
     print(json.dumps(summary, sort_keys=True))
     return summary
 

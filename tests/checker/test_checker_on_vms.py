@@ -64,7 +64,7 @@ def _iqt_write(world) -> st.MmioWrite:
 def test_a_guest_register_write_on_a_vm_is_an_exit_touching_the_host():
     world = build_model(_scenario("shadow").validate()).new_world()
     fp = world.stepper.footprint(_iqt_write(world))
-    assert HOST in fp.writes and ("tlb", HOST_UNIT, 0x1000) in fp.writes
+    assert HOST in fp.writes and ("tlb", HOST_UNIT, 1, 0x1000 >> 12) in fp.writes
     # QEMU reads the guest's tables fresh: the page-table root's lines, both views
     root = world.system.domains["dom"].pgtable.root
     assert {("mem", root), ("dram", root + 0xFC0)} <= fp.reads

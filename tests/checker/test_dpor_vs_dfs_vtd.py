@@ -26,7 +26,8 @@ DFS_BUDGET = 3000
 @hs.composite
 def scenarios(draw) -> Scenario:
     preset, profile = draw(hs.sampled_from([("qemu72-legacy", "linux-6.1"),
-                                            ("qemu72-legacy-cm", "linux-6.1")]))
+                                            ("qemu72-legacy-cm", "linux-6.1"),
+                                            ("qemu72-legacy", "mainline")]))
     sc = Scenario("random", preset=preset, profile=profile).device("dev1", 0x10)
     sc.domain("dom", type="unmanaged", devices=("dev1",), pages=("buf", "buf2"))
     sc.setup(op("map", domain="dom", iova=0x1000, page="buf"))
@@ -49,7 +50,8 @@ def final_state(world) -> tuple:
     system = world.system
     unit, memory = system.unit(0), system.platform.memory
     pages = sorted(system.pages.values())
-    contents = tuple((p, memory.cpu_load(p, 8), memory.dram_qword(p)) for p in pages)
+    contents = (tuple((p, memory.cpu_load(p, 8), memory.dram_qword(p)) for p in pages),
+                memory.snapshot())  # every page: tables, queue, both views, cached lines
     caches = tuple(sorted((name, repr(key)) for name, key in unit.cached()))
     atc = tuple(sorted(repr(e) for _, e in system.endpoint("dev1").device_tlb.items()))
     owners = tuple(sorted((p, repr(o)) for p, o in system.ledger.owners.items()))
@@ -74,7 +76,7 @@ def _free_and_two_dma_writes() -> Scenario:
     return sc.validate()
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 @example(_free_and_two_dma_writes())
 def test_dpor_agrees_with_dfs_on_random_vtd_scenarios(sc):

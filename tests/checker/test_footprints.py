@@ -125,7 +125,8 @@ def test_cached_dry_walks_equal_fresh_ones_along_random_executions(attach_race):
         while enabled := world.enabled():
             world.step(rng.choice(enabled))
             cached = world.walk("dev1", 0x1000)
-            fresh = dry_walk(world.system.unit(0), 0x10, 0x1000, world.recycled)
+            fresh = dry_walk(world.system.unit(0), 0x10, 0x1000, world.recycled,
+                             grain=world.universe.grain)
             assert cached == fresh
 
 

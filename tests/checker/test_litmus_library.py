@@ -43,3 +43,13 @@ def test_lazy_scenario_reports_an_exposure_window():
     outcome = run_scenario(load(LITMUS / "seed003_lazy_exposure_legacy.toml"), Options())
     longest, pages = outcome.exposure
     assert pages == 1 and longest > 0
+
+
+@pytest.mark.slow
+def test_two_racing_strict_unmaps_are_exhausted():
+    """Issue 10's reach scenario: two CPUs unmapping and freeing adjacent IOVAs of one mainline
+    domain, a fill and a DMA per IOVA - exhausted by DPOR (2,592 executions), all hold."""
+    sc = load(LITMUS / "reach" / "issue10_p5_two_strict_unmaps_mainline.toml")
+    outcome = run_scenario(sc, Options())
+    assert outcome.result.exhaustive and outcome.unexpected == []
+    assert outcome.result.executions == 2592

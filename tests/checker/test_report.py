@@ -77,3 +77,20 @@ def test_summary_says_bounded_with_the_bound():
 def test_render_puts_counterexamples_before_the_summary():
     text = render(explore(stale_cache(), "dpor"))
     assert text.index("-> violates dma_after_free") < text.index("Test stale-cache-buggy")
+
+
+def test_the_set_up_step_a_violation_depends_on_leads_the_chain():
+    """The fill and the DMA read the page table the [[setup]] map wrote: it is the first link;
+    a scenario without set-up ops has none."""
+    from pathlib import Path
+
+    from vtdsim.checker.litmus import Options, run_scenario
+    from vtdsim.checker.scenario import load
+
+    litmus = Path(__file__).resolve().parents[2] / "litmus"
+    noflush = run_scenario(load(litmus / "unmap_free_race_noflush.toml"), Options())
+    chain = causal_chain(noflush.counterexamples[0])
+    assert chain.startswith("set-up map(domain=dom, iova=0x1000, page=buf) -> ")
+    assert chain.count("set-up") == 1
+    no_setup = run_scenario(load(litmus / "cm_map_without_sync_map.toml"), Options())
+    assert "set-up" not in causal_chain(no_setup.counterexamples[0])

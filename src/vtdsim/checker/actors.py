@@ -15,10 +15,13 @@ Abstract locations (``world.Footprint``):
   ``("pgtable",)`` (see below);
 * ``("reg", unit, "IQT"|"IQH"|"FSTS"|"OTHER")`` (FSTS: the queue-error bits IQE/ICE/ITE, what
   the driver's ``qi_check_fault`` and the queue engine look at), ``("reg", unit, "FAULT")``:
-  fault recording (FRCDs, FSTS.PPF/PFO/FRI, FECTL.IP), written by faulting DMA, ATS and queue
-  errors and read by no driver code (no fault handler is modelled);
-* ``("cc", unit, sid)``, ``("pc", unit, sid)``, ``("tlb", unit, page)``, ``("psc", unit, page)``,
-  ``("atc", sid, page)``: cache contents, per IOVA page of the scenario's bounded universe;
+  fault recording (FRCDs, FSTS.PPF/PFO/FRI, FECTL.IP), written by queue errors and read by no
+  code and no property (no fault handler is modelled) - a faulting DMA's record is left out;
+* ``("cc", unit, sid)``, ``("pc", unit, sid)``, ``("tlb", unit, level, index)``, ``("psc", unit,
+  level, index)`` (one per key level and index: a large-page or paging-structure entry is
+  shared by the IOVA pages it covers), ``("atc", sid, page)``: cache contents over the
+  scenario's bounded universe of IOVA pages; ``("fill", "cc"|"psc", ...)`` their shadows
+  (``changed_locations``);
 * ``("lock", name)``, ``("alloc",)`` (the page allocator), ``("data",)`` (data-page contents
   reached by DMA, whose host address is unknown before the step), ``("drv",)``.
 
@@ -50,6 +53,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from vtdsim.checker import continuations as cont
 from vtdsim.checker import verdict_locations as vl
 from vtdsim.checker.properties import describe_fault
 from vtdsim.checker.world import Footprint, StepRecord
@@ -82,19 +86,26 @@ _MEMORY_STEPS = (st.CpuWrite, st.CpuCmpxchg, st.CpuZero, st.CpuRead, st.Clflush,
 _REG_NAMES = {0x88: "IQT", 0x80: "IQH", 0x34: "FSTS"}
 
 
-def line(addr: int) -> tuple:
-    return ("mem", addr & ~(LINE_SIZE - 1))
+def line(addr: int, grain: int = LINE_SIZE) -> tuple:
+    """The CPU view of the cell (a line, or a qword: ``Universe.grain``) holding ``addr``."""
+    return ("mem", addr & ~(grain - 1))
 
 
-def lines(addr: int, size: int) -> set:
-    first = addr & ~(LINE_SIZE - 1)
-    return {("mem", a) for a in range(first, addr + size, LINE_SIZE)}
+def lines(addr: int, size: int, grain: int = LINE_SIZE) -> set:
+    first = addr & ~(grain - 1)
+    return {("mem", a) for a in range(first, addr + size, grain)}
 
 
-def dram_line(addr: int) -> tuple:
-    """The DRAM copy of a line: what non-snooped walks read, changed by clflush, wbinvd and
-    snooped device writes (``("mem", line)`` is the CPU cache's copy)."""
-    return ("dram", addr & ~(LINE_SIZE - 1))
+def dram_line(addr: int, grain: int = LINE_SIZE) -> tuple:
+    """The DRAM copy of a cell: what non-snooped walks read, changed by clflush, wbinvd and
+    snooped device writes (``("mem", cell)`` is the CPU view)."""
+    return ("dram", addr & ~(grain - 1))
+
+
+def whole_lines(addrs, grain: int) -> set:
+    """Both views of every cell of the lines starting at ``addrs`` (a write-back, a drain)."""
+    return {(view, a) for line in addrs for a in range(line, line + LINE_SIZE, grain)
+            for view in ("mem", "dram")}
 
 
 def reg(unit: int, offset: int) -> tuple:
@@ -215,6 +226,9 @@ class ThreadState:
     released: Counter = field(default_factory=Counter)  # lock name -> releases so far
     sections: dict = field(default_factory=dict)  # held lock -> the Lock step's ``why``
     ended: bool = False  # the last transition ended an op
+    # What the driver code of the last transition touched (continuations.Recorder), when it
+    # was recorded: PURE_LEVEL no bookkeeping, READ_LEVEL read only; None: not recorded.
+    level: int | None = None
 
 
 class Thread:
@@ -269,6 +283,8 @@ class Thread:
         ``footprint`` is their union; after the step the world knows whether the op ended
         (``ThreadState.ended``) and reports the exact one (``VtdWorld.taken``)."""
         base = self._footprint(world)
+        if DRV in base.writes:  # the driver code may touch anything: named fields, tables
+            base = fp(base.reads | {PGTABLE}, base.writes | cont.FIELDS, base.guard)
         s = self.state(world)
         op = s.ops[s.index][2]
         # The flush queue's counters (they change inside the timer's flush) and an op's start
@@ -317,7 +333,7 @@ class Thread:
 
     def step(self, world) -> StepRecord:
         s = self.state(world)
-        s.ended = False
+        s.ended, s.level = False, None
         if s.pending is None:
             return self._begin(world, s, "")
         step, skipped = s.pending, self._skipped(s)
@@ -339,7 +355,8 @@ class Thread:
         world.monitor.thread_step(self.name, step, reply, skipped, s.ops[s.index][2])
         walker = _outer_walker(s.gen) if _walker_step(step) else None
         try:
-            s.pending = s.gen.send(reply)
+            s.pending = self._resume(s, reply, op.kind in PGTABLE_WRITERS
+                                     or not self._touches_driver(s, step))
         except StopIteration as stop:
             _check_walker(walker, None, step)
             return self._end(world, s, text, stop.value, label)
@@ -359,13 +376,30 @@ class Thread:
             s.sections.pop(step.name, None)
             s.released[step.name] += 1
 
+    @staticmethod
+    def _resume(s: ThreadState, reply: Any, unrecorded: bool) -> st.Step:
+        """Run the driver up to its next step; unless ``unrecorded``, note what that code
+        touched (``ThreadState.level``, the highest over the transition's resumptions)."""
+        if unrecorded:
+            s.level = cont.WRITE_LEVEL
+            return s.gen.send(reply)
+        with cont.Recorder() as seen:
+            try:
+                return s.gen.send(reply)
+            finally:
+                s.level = max(seen.level, s.level or 0)
+
     def _begin(self, world, s: ThreadState, before: str) -> StepRecord:
         """Start the next op (its code up to the first step runs now)."""
         label, factory, op = s.ops[s.index]
         world.monitor.op_begin(self.name, op)
-        s.gen = factory(world.system)
+        with cont.Recorder() as seen:
+            s.gen = factory(world.system)
+        s.level = max(seen.level, s.level or 0)
+        if op.kind in PGTABLE_WRITERS:
+            s.level = cont.WRITE_LEVEL
         try:
-            s.pending = s.gen.send(None)
+            s.pending = self._resume(s, None, op.kind in PGTABLE_WRITERS)
         except StopIteration as stop:
             return self._end(world, s, f"{before}begin {label}", stop.value, None)
         text = f"{before}begin {label}"
@@ -472,13 +506,47 @@ class QueueEngine:
     def footprint(self, world) -> Footprint:
         return slot_footprint(world, self.unit, world.system.unit(self.unit).queue.head)
 
+    def taken(self, world, base: Footprint) -> Footprint:
+        """The descriptor invalidated only the entries it removed: every other cache location
+        it may change it only read (whether an entry was there decided what it did)."""
+        kept = {loc for loc in base.writes if loc[0] not in _CACHE_KINDS}
+        return Footprint(base.reads, frozenset(kept | world.hw_written), base.guard)
+
     def step(self, world) -> StepRecord:
         unit = world.system.unit(self.unit)
         desc = _peek(unit, unit.queue.base + unit.queue.head)
+        before = unit_contents(world, self.unit)
         unit.qi_step()
+        world.hw_written = removed_locations(world, self.unit, before,
+                                             unit_contents(world, self.unit))
         text = desc.describe() if desc is not None else "fetch"
         return StepRecord(self.name, text, {"key": desc is not None and desc.type != 5,
                                             "chain": f"hw {desc.label if desc else 'qi'}"})
+
+
+_CACHE_KINDS = frozenset({"cc", "pc", "tlb", "psc", "atc"})
+
+
+def unit_contents(world, u: int) -> tuple:
+    """The caches of unit ``u`` and the device-TLBs of the endpoints behind it."""
+    unit = world.system.unit(u)
+    caches = tuple(dict(getattr(unit, name).items()) for name in CACHE_FAMILIES)
+    atcs = tuple((ep.sid, dict(ep.device_tlb.items()))
+                 for _, ep in sorted(world.system.endpoints.items()) if ep.unit is unit)
+    return caches, atcs
+
+
+def removed_locations(world, u: int, before: tuple, after: tuple) -> set:
+    """The cache locations whose entries an invalidation changed."""
+    found = set()
+    for name, old, new in zip(CACHE_FAMILIES, before[0], after[0], strict=True):
+        for key in old.keys() | new.keys():
+            if old.get(key) != new.get(key):
+                found.add(world.universe.key_location(name, key, u))
+    for (sid, old), (_, new) in zip(before[1], after[1], strict=True):
+        if old != new:
+            found |= {("atc", sid, p) for p in world.universe.pages}
+    return found
 
 
 def slot_footprint(world, u: int, offset: int) -> Footprint:
@@ -490,7 +558,9 @@ def slot_footprint(world, u: int, offset: int) -> Footprint:
     desc = _peek(unit, addr)
     # Fetching needs the slot published by an IQT write and no IQE/ITE pending (6.5.2.10).
     guard = {("qslot", u, offset), reg(u, 0x34)}
-    slot = lines(addr, queue.width) | {dram_line(a) for a in range(addr, addr + queue.width, 8)}
+    grain = world.universe.grain
+    slot = lines(addr, queue.width, grain) | {dram_line(a, grain)
+                                               for a in range(addr, addr + queue.width, 8)}
     reads = guard | {reg(u, 0x80)} | slot
     writes = {reg(u, 0x80)} | world.universe.invalidated(u, desc)
     if desc is None or validate(desc, unit.caps, queue.wide) or desc.type in (3, 8):
@@ -500,7 +570,8 @@ def slot_footprint(world, u: int, offset: int) -> Footprint:
         writes |= {reg(u, 0x34), fault_location(u)}
     if desc is None or desc.type != 5:
         # Any invalidation drains the write buffer (spec 6.8): posted lines become visible.
-        writes |= {dram_line(a) for a in unit.memory.posted_lines()}
+        writes |= {loc for loc in whole_lines(unit.memory.posted_lines(), grain)
+                   if loc[0] == "dram"}
     return fp(reads, writes, guard)
 
 
@@ -533,8 +604,13 @@ class CacheFill(Bounded):
         return bool(self._fills(world))
 
     def footprint(self, world) -> Footprint:
+        """Reads the walk's memory; writes the keys it fills (all of the IOVA's keys while
+        blocked: a later walk may fill any)."""
         walk = world.walk(self.device, self.iova, self.pasid)
-        cache = world.universe.cache_locations(self.device, self.iova, self.cache)
+        fills = self._fills(world)
+        unit = world.universe.unit_of(self.device)
+        cache = ({world.universe.key_location(f.cache, f.key, unit) for f in fills} if fills
+                 else world.universe.cache_locations(self.device, self.iova, self.cache))
         return fp(walk.reads, cache | walk.ad_writes, walk.reads)
 
     def step(self, world) -> StepRecord:
@@ -552,7 +628,8 @@ class CacheFill(Bounded):
         shown = f" -> {hpa:#x}" if isinstance(hpa, int) and getattr(entry, "present", True) \
             else (" (not present)" if not getattr(entry, "present", True) else "")
         text = f"fill {self.cache} {self.device}@{self.iova:#x}{shown}"
-        return StepRecord(self.name, text, {"key": True, "chain": text})
+        return StepRecord(self.name, text, {"key": True, "chain": text,
+                                            "setup": world.system.setup_causes(walk.addrs)})
 
 
 class CacheEvict(Bounded):
@@ -606,6 +683,59 @@ def covers(cache: str, key: Any, sid: int, iova: int) -> bool:
     return key[4] == iova >> (12 + 9 * key[3])
 
 
+CACHE_FAMILIES = ("context_cache", "pasid_cache", "iotlb", "pscache")
+
+
+def cache_contents(ep) -> tuple:
+    """What a request of endpoint ``ep`` may change: its unit's caches and its device-TLB,
+    as (key -> entry) maps (recency apart: ``VtdModel.lru_invisible``)."""
+    unit = ep.unit
+    caches = tuple(dict(getattr(unit, name).items()) for name in CACHE_FAMILIES)
+    return (*caches, dict(ep.device_tlb.items()))
+
+
+# Caches no property reads as they are - only through what a request gets from them - so an
+# entry equal to what a walk of current memory gives changes nothing a reader can tell from an
+# empty slot (every reader walks that memory too): the context cache (PasidWatch peeks it for
+# the entry a fill went through: the same raw either way) and the paging-structure caches.
+_READ_THROUGH = ("context_cache", "pscache")
+
+
+def changed_locations(world, device: str, iova: int, pasid, before: tuple,
+                      after: tuple, walk) -> set:
+    """The cache locations a request of (``device``, ``iova``) changed.  An inserted
+    context or paging-structure entry equal to the one the walk of memory before the request
+    gives is no change (``_READ_THROUGH``) unless some freedom's readiness depends on it
+    (an eviction of that cache)."""
+    fresh = {(f.cache, f.key): f.entry for f in walk.fills}
+    unit = world.universe.unit_of(device)  # the host's caches for an assigned device
+    found = set()
+    for name, old, new in zip(CACHE_FAMILIES, before, after, strict=False):
+        if old == new:
+            continue
+        through = name in _READ_THROUGH and name not in world.model.evicted_caches
+        for key in old.keys() | new.keys():
+            if old.get(key) == new.get(key):
+                continue
+            if through and key not in old and fresh.get((name, key)) == new[key]:
+                continue
+            found.add(world.universe.key_location(name, key, unit))
+    if before[-1] != after[-1]:
+        found.add(("atc", world.system.endpoint(device).sid, iova & ~0xFFF))
+    return found
+
+
+def request_taken(world, device: str, iova: int, base: Footprint) -> Footprint:
+    """A DMA or ATS request's exact footprint once it ran: it read every cache location of
+    its address, but wrote only those whose contents it changed (a hit, or a fill of an entry
+    already there, changes none) - sound while no cache can reach its capacity, since then
+    the recency a lookup refreshes is never consulted (``VtdModel.lru_invisible``)."""
+    if not world.model.lru_invisible:
+        return base
+    unwritten = world.universe.device_locations(device, iova) - world.hw_written
+    return Footprint(base.reads, base.writes - unwritten, base.guard)
+
+
 class Dma(Bounded):
     """``<dev>:dma r|w@<iova>``: the device issues a DMA (through its ATC when ATS is on)."""
 
@@ -624,21 +754,31 @@ class Dma(Bounded):
     def footprint(self, world) -> Footprint:
         walk = world.walk(self.device, self.iova, self.pasid)
         cache = world.universe.device_locations(self.device, self.iova)
-        # A faulting DMA records the fault (reading the queue-error bits for the event).
-        writes = cache | walk.ad_writes | {fault_location(0)}
+        # A faulting DMA records the fault (reading the queue-error bits for the event); the
+        # fault records themselves are read by no modelled code and no property (no fault
+        # handler), so two faults' order changes nothing else: no location for them here.
+        writes = cache | walk.ad_writes
         if self.write:  # its page is known only once translated: any data or recycled page
             writes |= {DATA} | {("page", p) for p in world.recycled}
         gate = {finished_location(self.after_thread)} if self.after_thread else set()
         verdict = vl.dma_reads(world, self.device, self.iova, self.pasid)
-        return fp(walk.reads | verdict | {reg(0, 0x34)} | gate, writes, gate)
+        shadows = {("fill", *loc) for loc in cache if loc[0] in ("cc", "psc")}
+        return fp(walk.reads | verdict | {reg(0, 0x34)} | gate | shadows, writes, gate)
+
+    def taken(self, world, base: Footprint) -> Footprint:
+        return request_taken(world, self.device, self.iova, base)
 
     def step(self, world) -> StepRecord:
         ep = world.system.endpoint(self.device)
+        before = cache_contents(ep)
+        walked = world.walk(self.device, self.iova, self.pasid)  # memory before the request
         if self.write:
             data = world.next_pattern()
             result = ep.dma_write(self.iova, data, self.pasid, self.no_snoop)
         else:
             result = ep.dma_read(self.iova, 8, self.pasid, self.no_snoop)
+        world.hw_written = changed_locations(world, self.device, self.iova, self.pasid,
+                                             before, cache_contents(ep), walked)
         self.fire(world)
         violated = world.monitor.dma(self.device, self.iova, self.write, result, world.clock,
                                      self.pasid, self.expect_fault)
@@ -651,7 +791,8 @@ class Dma(Bounded):
         else:
             text = f"dma {kind} {self.iova:#x} -> {result.hpa:#x}"
         return StepRecord(self.name, text, {"key": True, "chain": text if not violated
-                                            else f"{text} ({violated})"})
+                                            else f"{text} ({violated})",
+                                            "setup": world.system.setup_causes(walked.addrs)})
 
 
 class AtsPrefetch(Bounded):
@@ -671,18 +812,26 @@ class AtsPrefetch(Bounded):
         # Whether ATS is enabled changes only where an op writes the device's member location
         # (attach, detach, ats_disable): the prefetch waits on it.
         member = {("member", self.device)}
-        return fp(walk.reads | {reg(0, 0x34)}, cache | walk.ad_writes | {fault_location(0)},
-                  member)
+        shadows = {("fill", *loc) for loc in cache if loc[0] in ("cc", "psc")}
+        return fp(walk.reads | {reg(0, 0x34)} | shadows, cache | walk.ad_writes, member)
+
+    def taken(self, world, base: Footprint) -> Footprint:
+        return request_taken(world, self.device, self.iova, base)
 
     def step(self, world) -> StepRecord:
         ep = world.system.endpoint(self.device)
+        before = cache_contents(ep)
+        walked = world.walk(self.device, self.iova, self.pasid)
         entry = ep.ats_prefetch(self.iova, self.pasid)
+        world.hw_written = changed_locations(world, self.device, self.iova, self.pasid,
+                                             before, cache_contents(ep), walked)
         self.fire(world)
         world.monitor.hardware_step(ep.sid)
         hpa = getattr(entry, "hpa", None)
         got = f" -> {hpa:#x}" if entry and getattr(entry, "read", False) else " (nothing)"
         text = f"ats {self.device}@{self.iova:#x}{got}"
-        return StepRecord(self.name, text, {"key": True, "chain": text})
+        return StepRecord(self.name, text, {"key": True, "chain": text,
+                                            "setup": world.system.setup_causes(walked.addrs)})
 
 
 class TornFill(Bounded):

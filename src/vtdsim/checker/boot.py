@@ -207,8 +207,11 @@ def boot(sc: Scenario) -> System:
     for d in sc.devices:
         _device(system, d)
     _domains(system, sc, guest.iommu, guest.unit.caps, profile)
-    for op in sc.setup_ops:
+    for i, op in enumerate(sc.setup_ops):
+        system.setup_ops.append(f"set-up {op.describe()}")
+        system.setup_current = i
         _run_op(system, op)
+    system.setup_current = None
     for f in sc.warm:
         # The initial state's caches: translations the device used before the threads start.
         system.endpoint(f.device).dma_read(f.iova, 8, f.pasid)
@@ -308,7 +311,8 @@ def _run(system: System, gen: Generator, op: Op | None = None) -> Any:
 
 
 def _observed(system: System, gen: Generator, op: Op | None) -> Generator:
-    """Pass ``gen``'s steps through, showing each applied one to the page ledger."""
+    """Pass ``gen``'s steps through, showing each applied one to the page ledger; a set-up
+    op's stores are noted as its (``System.note_setup_store``)."""
     ledger, memory = system.ledger, system.platform.memory
     reply = None
     try:
@@ -316,6 +320,8 @@ def _observed(system: System, gen: Generator, op: Op | None) -> Generator:
             step = gen.send(reply)
             reply = yield step
             ledger.step(step, reply, op, memory)
+            if system.setup_current is not None:
+                system.note_setup_store(step, system.setup_current)
     except StopIteration as stop:
         return stop.value
 

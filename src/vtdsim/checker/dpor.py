@@ -74,6 +74,16 @@ def _taken(world, predicted: Footprint) -> Footprint:
     return predicted if exact is None else exact
 
 
+def _enabling(fp: Footprint) -> Footprint:
+    """What a transition that never ran races on: its guard.  It could have run only where it
+    was enabled; the events that made it so or not write its guard, and reversing one of those
+    schedules it where it is enabled - its races through what it would read or write are then
+    found in that execution.  (Racing a disabled transition through those would reach
+    ``_reverse``'s conservative fallback - every enabled actor - at events it could never
+    precede.)"""
+    return Footprint(fp.guard, frozenset(), fp.guard)
+
+
 def _hb(clock: dict[str, int], node: _Node) -> bool:
     """Is ``node``'s event in the happens-before past described by ``clock``?"""
     return clock.get(node.chosen, 0) >= node.seq
@@ -142,9 +152,10 @@ class TreeSearch:
             ex.step(actor)
             if self.dpor:
                 node.fp = _taken(world, node.fp)
-        if self.dpor:  # a deadlock: the blocked actors' pending transitions race too
+        if self.dpor:  # the blocked actors' pending transitions race too
             self.pending = [
-                _Node((), None, 0, chosen=a, fp=world.footprint(a)) for a in world.blocked()
+                _Node((), None, 0, chosen=a, fp=_enabling(world.footprint(a)))
+                for a in world.blocked()
             ]
         self.run.complete(ex)
 

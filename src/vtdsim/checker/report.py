@@ -23,9 +23,12 @@ STEP_WIDTH = 5
 
 
 def causal_chain(cex: Counterexample, verb: str = "violates") -> str:
-    """``fill -> clear PTE -> ... -> violates prop`` from the steps the world marked as key
-    (``verb`` "shows" for an observation)."""
-    links = [r.chain for r in cex.records if r.key]
+    """``set-up map(...) -> fill -> clear PTE -> ... -> violates prop`` from the steps the
+    world marked as key (``verb`` "shows" for an observation), led by the ``[[setup]]`` ops
+    whose stores a key step read (``detail["setup"]``: (index, label) pairs), in set-up
+    order."""
+    setup = sorted({pair for r in cex.records if r.key for pair in r.detail.get("setup", ())})
+    links = [label for _, label in setup] + [r.chain for r in cex.records if r.key]
     return " -> ".join([*links, f"{verb} {cex.prop}"])
 
 

@@ -8,8 +8,8 @@ comes from its caches or a walk of memory).
   ``("mapped", domain)`` a map whose IOVA is known only at its end (``dma_map``);
 * ``("member", device)``: attachment, moving, ATS enable (attach/detach/PASID ops, ats_disable);
 * ``LAZY``: the flush queue's counters and lazily unmapped pages (fq_timer, dma_unmap's end);
-* ``ALLOC`` (coarse): the allocator's order, and every owner at once for a DMA whose page is
-  not known in advance.
+* ``ALLOC``: the allocator's order; a DMA whose page is not known in advance reads it and every
+  page's owner (``every_owner``).
 
 Not modelled: a precise target page through a paging-structure-cache entry, a cached context or
 PASID entry that differs from memory, or a device-TLB (the DMA then reads ``ALLOC``).
@@ -42,7 +42,10 @@ def _iova_pages(op) -> list[int]:
 def op_begin(op, system) -> set:
     """What ``Monitor.op_begin`` (ledger, PASID watch) changes that a DMA's verdict reads."""
     kind = op.kind
-    if kind in ("map", "dma_map"):
+    if kind == "map":  # boot._map notes the IOVA's page (System.iova_pages) at its begin
+        return {owner(system.pages[op["page"]])} | {("mapped", op["domain"], p)
+                                                    for p in _iova_pages(op)}
+    if kind == "dma_map":
         return {owner(system.pages[op["page"]])}
     if kind in ("unmap", "dma_unmap"):
         return {("mapped", op["domain"], p) for p in _iova_pages(op)}
@@ -58,8 +61,8 @@ def op_end(op) -> set:
         return {("mapped", op["domain"], p) for p in _iova_pages(op)}
     if kind == "dma_map":
         return {("mapped", op["domain"])}
-    if kind == "dma_unmap":
-        return {LAZY}
+    if kind == "dma_unmap":  # ... and reads System.iova_pages to see what it unmapped
+        return {LAZY} | {("mapped", op["domain"], p) for p in _iova_pages(op)}
     if kind == "alloc":
         return {ALLOC}
     if kind in _MEMBER_OPS:
@@ -76,19 +79,28 @@ def dma_reads(world, device: str, iova: int, pasid: int | None) -> set:
     found = {("member", device), LAZY, ("mapped", domain, iova & _PAGE_MASK),
              ("mapped", domain)}
     pages = target_pages(world, device, iova, pasid)
-    return found | ({ALLOC} if pages is None else {owner(p) for p in pages})
+    return found | (every_owner(world) if pages is None else {owner(p) for p in pages})
+
+
+def every_owner(world) -> set:
+    """A DMA whose page is not known in advance reads every owner a step can change: the
+    allocator's order (an allocation) and the owner of each page that can be freed - every
+    page the ledger tracks, the scenario's data pages, every page freed so far."""
+    system = world.system
+    pages = set(system.ledger.owners) | set(system.pages.values()) | world.recycled
+    return {ALLOC} | {owner(p) for p in pages}
 
 
 def target_pages(world, device: str, iova: int, pasid: int | None) -> set | None:
     """Every page the DMA can reach now: a cached IOTLB entry's or a walk of memory's - or None
-    where a cache could lead elsewhere (a paging-structure-cache entry, a cached context or
-    PASID entry other than memory's, a device-TLB)."""
+    where a cache could lead elsewhere (a paging-structure-cache, context or PASID entry other
+    than memory's, a device-TLB)."""
     ep = world.system.endpoint(device)
     unit = ep.unit
-    if ep.ats or not unit.translation_enabled or _psc_covers(unit, iova):
+    if ep.ats or not unit.translation_enabled:
         return None
     walk = world.walk(device, iova, pasid)
-    if not _entries_as_in_memory(unit, ep.sid, walk):
+    if _psc_stale(unit, iova, walk) or not _entries_as_in_memory(unit, ep.sid, walk):
         return None
     pages = {_hpa(f.entry, iova) for f in walk.fills
              if f.cache == "iotlb" and getattr(f.entry, "present", True)}
@@ -103,8 +115,12 @@ def _hpa(entry, iova: int) -> int:
     return (entry.hpa | (iova & entry.offset_mask)) & _PAGE_MASK
 
 
-def _psc_covers(unit, iova: int) -> bool:
-    return any(key[4] == iova >> (12 + 9 * key[3]) for key, _ in unit.pscache.items())
+def _psc_stale(unit, iova: int, walk) -> bool:
+    """A paging-structure-cache entry covering ``iova`` that is not the one a walk of memory
+    gives (a walk through it may then lead elsewhere); equal ones lead where memory does."""
+    fresh = {f.key: f.entry for f in walk.fills if f.cache == "pscache"}
+    return any(key[4] == iova >> (12 + 9 * key[3]) and fresh.get(key) != entry
+               for key, entry in unit.pscache.items())
 
 
 def _entries_as_in_memory(unit, sid: int, walk) -> bool:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vtdsim.checker import actors as ac
+from vtdsim.checker import continuations as cont
 from vtdsim.checker import verdict_locations as vl
 from vtdsim.checker.lifecycle import PageLedger
 from vtdsim.checker.properties import PROPERTIES, Assertion, Monitor
@@ -37,6 +38,11 @@ from vtdsim.hardware.request import format_sid
 DMAR_GCMD_REG = 0x18
 HOST_UNIT = 1  # the host unit's index in cache locations (unit 0 is the guest's)
 HOST = ("host",)  # the host unit's translation state: its tables, context, registers
+_STORE_SIZES = {st.CpuWrite: lambda s: s.size, st.CpuCmpxchg: lambda s: 8,
+                st.CpuZero: lambda s: s.size}
+# The most entries one request inserts: context, PASID, IOTLB, four paging-structure levels,
+# the device-TLB (a translation fills each cache at most once).
+_MAX_INSERTS = 8
 
 
 # -- the system a world runs on -----------------------------------------------------------------
@@ -59,6 +65,26 @@ class System:
     ledger: PageLedger = field(default_factory=PageLedger)  # page owners, grants, contents
     machine: Any = None  # the builder's Machine (simulation.machine): VMM, host, backends
     assigned: set = field(default_factory=set)  # devices whose DMA the host unit translates
+    setup_ops: list = field(default_factory=list)  # "set-up map(...)", in [[setup]] order
+    setup_writes: dict = field(default_factory=dict)  # qword -> the set-up op that stored it
+    setup_current: int | None = None  # the set-up op running (boot)
+
+    def note_setup_store(self, step, index: int | None) -> None:
+        """A store's qwords were last written by set-up op ``index`` (None: by a thread)."""
+        size = _STORE_SIZES.get(type(step))
+        if size is None:
+            return
+        span = range(step.addr & ~7, step.addr + (size(step)), 8)
+        for qword in span:
+            if index is None:
+                self.setup_writes.pop(qword, None)
+            else:
+                self.setup_writes[qword] = index
+
+    def setup_causes(self, addrs) -> tuple:
+        """The set-up ops (index, label) whose stores a walk reading ``addrs`` read."""
+        found = {self.setup_writes[a & ~7] for a in addrs if a & ~7 in self.setup_writes}
+        return tuple((i, self.setup_ops[i]) for i in sorted(found))
 
     def unit(self, i: int):
         return self.platform.units[i]
@@ -134,10 +160,13 @@ class Stepper:
     def apply(self, step: st.Step, thread: str) -> Any:
         self.exit_work = ""
         if self.vmm is None or type(step) is not st.MmioWrite:
-            return self.executor.apply(step)
-        before = self.vmm.stats.copy()
-        reply = self.executor.apply(step)
-        self.exit_work = exit_work(self.vmm.stats - before)
+            reply = self.executor.apply(step)
+        else:
+            before = self.vmm.stats.copy()
+            reply = self.executor.apply(step)
+            self.exit_work = exit_work(self.vmm.stats - before)
+        if self.world.system.setup_writes:
+            self.world.system.note_setup_store(step, None)  # a thread's store: no longer set-up's
         return reply
 
     def footprint(self, step: st.Step) -> Footprint:
@@ -152,15 +181,19 @@ class Stepper:
         return ac.fp(dram, self.mem(addr, size) | posted)
 
     def dram(self, addr: int, size: int) -> set:
-        return mem_locations(addr, size, self.world.universe.status_pages, "dram")
+        universe = self.world.universe
+        return mem_locations(addr, size, universe.status_pages, "dram", universe.grain)
 
     def mem(self, addr: int, size: int) -> set:
-        locs = mem_locations(addr, size, self.world.universe.status_pages)
+        universe = self.world.universe
+        locs = mem_locations(addr, size, universe.status_pages, "mem", universe.grain)
         page = addr & ~(PAGE_SIZE - 1)
         if page in self.world.recycled:
             locs.add(("page", page))
         if page in self.world.system.data_pages:
             locs.add(ac.DATA)
+        if page in self.world.recycled or page in self.world.system.data_pages:
+            locs.add(vl.owner(page))  # the ledger judges a CPU access by the page's owner
         return locs
 
     def alloc_page(self) -> Footprint:
@@ -173,7 +206,7 @@ class Stepper:
         """The page's owner; the allocator's order only while an op that may allocate is left
         (two frees then commute: no allocation can tell their order)."""
         order = {ac.ALLOC} if self.world.may_allocate() else set()
-        return ac.fp(writes={vl.owner(addr), ac.DATA} | order)
+        return ac.fp(writes={vl.owner(addr)} | order)
 
     def mmio_write(self, step: st.MmioWrite) -> Footprint:
         location = ac.reg(step.unit, step.offset)
@@ -184,7 +217,8 @@ class Stepper:
             return ac.fp(writes={location, ac.fault_location(step.unit)})
         # Any other register (GCMD, CCMD, IOTLB ...) may change translation or caches, and
         # GCMD.WBF drains the write buffer (spec 6.8): posted lines become visible.
-        posted = {ac.dram_line(a) for a in self.memory.posted_lines()}
+        posted = {loc for loc in ac.whole_lines(self.memory.posted_lines(),
+                                                self.world.universe.grain) if loc[0] == "dram"}
         if step.offset == DMAR_GCMD_REG and requested_commands(
                 step.value, self.platform.unit(step.unit).regs["GSTS"]) == ["wbf"]:
             return ac.fp(writes={location} | posted)  # a write-buffer flush and nothing else
@@ -242,12 +276,52 @@ class Stepper:
         if step.addr & ~(PAGE_SIZE - 1) in self.world.universe.status_pages:
             return {("status", step.addr + 4 * i) for i in (0, 1)
                     if step.mask >> 32 * i & 0xFFFF_FFFF}
-        return {ac.line(step.addr), ac.dram_line(step.addr)}  # a CPU load: cache, else DRAM
+        grain = self.world.universe.grain  # a CPU load: cache, else DRAM
+        return {ac.line(step.addr, grain), ac.dram_line(step.addr, grain)}
 
     def dirty(self) -> set:
-        pages = self.world.universe.status_pages
+        universe = self.world.universe
         return {loc for a in self.memory.dirty_lines() for view in ("mem", "dram")
-                for loc in mem_locations(a, 64, pages, view)}
+                for loc in mem_locations(a, LINE_SIZE, universe.status_pages, view,
+                                         universe.grain)}
+
+    def clflush(self, addr: int, size: int) -> Footprint:
+        """A clflush writes each dirty line back and drops it.  Per line (grain): it changes
+        the CPU view of nothing and DRAM of the whole line.  Per qword (no write buffer):
+        a qword's cached copy differs from DRAM only after a CPU store to it (device writes
+        to these pages are snooped and update both; non-snooped ones reach data pages,
+        ``("data",)``), so the write-back changes exactly the qwords that differ now, and
+        whether one differs depends on both views of every qword of the line."""
+        universe = self.world.universe
+        first = addr & ~(LINE_SIZE - 1)
+        whole = first, ((addr + size - 1) | (LINE_SIZE - 1)) + 1 - first  # whole lines
+        extra = self.mem(*whole) - {loc for loc in self.mem(*whole) if loc[0] == "mem"}
+        if universe.grain == LINE_SIZE:
+            return ac.fp(writes=self.mem(*whole) | self.dram(*whole))
+        views = self.mem(*whole) | self.dram(*whole)
+        memory = self.memory
+        dirty = set(memory.dirty_lines())
+        changed = {("dram", loc[1]) for loc in views if loc[0] == "mem"
+                   and loc[1] & ~(LINE_SIZE - 1) in dirty
+                   and memory.cpu_load(loc[1], 8) != memory.dram_qword(loc[1])}
+        return ac.fp(reads=views, writes=changed | extra)
+
+
+def _continuation(base: Footprint, level: int) -> Footprint:
+    """A thread transition's footprint once its driver code is known (``continuations``):
+    code that touched no bookkeeping drops ``("drv",)``, code that only read it reads it; both
+    read ``("pgtable",)`` (a table's ``force_snoop``)."""
+    if ac.DRV not in base.writes:
+        return base
+    if level == cont.WRITE_LEVEL:  # unreviewed code: any bookkeeping, named fields too
+        return Footprint(base.reads | cont.FIELDS, base.writes | cont.FIELDS, base.guard)
+    reads = (base.reads | {ac.PGTABLE}) - cont.FIELDS  # the prediction's fields: not touched
+    writes = base.writes - {ac.DRV} - cont.FIELDS
+    if level == cont.PURE_LEVEL:
+        reads = reads - {ac.DRV}
+    if level == cont.FIELD_LEVEL:  # map_pages: sets has_mappings, reads the table
+        reads, writes = reads - {ac.DRV}, writes | {cont.HAS_MAPPINGS}
+    return Footprint(reads | writes, writes, base.guard)
 
 
 # The VMM's work a counterexample names (vmm.Vmm.stats keys): what reaches a device's DMA.
@@ -269,15 +343,17 @@ def slot_location(unit: int, offset: int) -> tuple:
     return ("qslot", unit, offset)
 
 
-def mem_locations(addr: int, size: int, status_pages, view: str = "mem") -> set:
-    """Lines of one view ("mem": the CPU cache's copy; "dram": what a non-snooped access
-    sees) - except on a queue's status page (``desc_status``), whose 32-bit words are written
-    by one CPU or by wait descriptors and read by their own submitter only, always coherently
-    (snooped stores, plain loads): there each word is its own location, in both views."""
+def mem_locations(addr: int, size: int, status_pages, view: str = "mem",
+                  grain: int = LINE_SIZE) -> set:
+    """Cells (lines, or qwords: ``Universe.grain``) of one view ("mem": the CPU's view;
+    "dram": what a non-snooped access sees) - except on a queue's status page
+    (``desc_status``), whose 32-bit words are written by one CPU or by wait descriptors and
+    read by their own submitter only, always coherently (snooped stores, plain loads): there
+    each word is its own location, in both views."""
     if addr & ~(PAGE_SIZE - 1) in status_pages:
         return {("status", a) for a in range(addr & ~3, addr + size, 4)}
-    first = addr & ~(LINE_SIZE - 1)
-    return {(view, a) for a in range(first, addr + size, LINE_SIZE)}
+    first = addr & ~(grain - 1)
+    return {(view, a) for a in range(first, addr + size, grain)}
 
 
 def _wait_fp(locations: set, unit: int = 0) -> Footprint:
@@ -290,8 +366,8 @@ _STEP_FOOTPRINTS = {
     st.CpuCmpxchg: lambda s, x: s.store(x.addr, 8),
     st.CpuZero: lambda s, x: s.store(x.addr, x.size),
     st.CpuRead: lambda s, x: ac.fp(reads=s.mem(x.addr, x.size) | s.dram(x.addr, x.size)),
-    st.Clflush: lambda s, x: ac.fp(writes=s.mem(x.addr, 1) | s.dram(x.addr, 1)),
-    st.ClflushRange: lambda s, x: ac.fp(writes=s.mem(x.addr, x.size) | s.dram(x.addr, x.size)),
+    st.Clflush: lambda s, x: s.clflush(x.addr, 1),
+    st.ClflushRange: lambda s, x: s.clflush(x.addr, x.size),
     st.Wbinvd: lambda s, x: ac.fp(writes=s.dirty() | {ac.DATA}),
     st.MmioWrite: Stepper.mmio_write,
     st.MmioRead: lambda s, x: ac.fp(reads={ac.reg(x.unit, x.offset)}),
@@ -318,15 +394,38 @@ class Universe:
         self.pages = sorted({i & ~(PAGE_SIZE - 1) for i in iovas})
         self.status_pages: frozenset = frozenset()  # set by VtdModel from the booted driver
         self.assigned = assigned  # devices whose DMA the host unit translates (HOST_UNIT)
+        # The cell of a memory location (set by VtdModel): a qword, or a line when the unit
+        # has a write buffer (a store then posts its whole line: spec 6.8).
+        self.grain = LINE_SIZE
 
     def cache_locations(self, device: str, iova: int, cache: str) -> set:
+        """Every location a request of ``device`` at ``iova`` may read or fill in ``cache``:
+        the IOTLB and paging-structure-cache keys of each level that covers the IOVA."""
         sid, page = self.sids[device], iova & ~(PAGE_SIZE - 1)
         unit = HOST_UNIT if device in self.assigned else 0
         if cache == "context_cache":
             return {("cc", unit, sid)}
         if cache == "pasid_cache":
             return {("pc", unit, sid)}
-        return {("tlb" if cache == "iotlb" else "psc", unit, page)}
+        if cache == "iotlb":
+            return {("tlb", unit, lvl, page >> _tlb_shift(lvl)) for lvl in _TLB_LEVELS}
+        return {("psc", unit, lvl, page >> _psc_shift(lvl)) for lvl in _PSC_LEVELS}
+
+    @staticmethod
+    def key_location(cache: str, key, unit: int = 0) -> tuple:
+        """The location of one cache key (key shapes: caches/*.py): a large-page IOTLB entry
+        or a paging-structure entry is one location shared by every page it covers."""
+        if cache == "context_cache":
+            return ("cc", unit, key)
+        if cache == "pasid_cache":
+            return ("pc", unit, key[0])
+        if cache == "iotlb":
+            return ("tlb", unit, key[2], key[3])
+        return ("psc", unit, key[3], key[4])
+
+    def unit_of(self, device: str) -> int:
+        """The unit whose caches a device's requests use: the host's for an assigned one."""
+        return HOST_UNIT if device in self.assigned else 0
 
     def unmap_check(self, op) -> set:
         """What the monitor reads when a synced unmap ends (stale_after_strict_unmap): the
@@ -337,7 +436,8 @@ class Universe:
         end = op["iova"] + op["size"]
         pages = [p for p in self.pages if start <= p < end]
         units = (0, HOST_UNIT) if self.assigned else (0,)
-        found = {("tlb", u, p) for u in units for p in pages}
+        found = {("tlb", u, lvl, p >> _tlb_shift(lvl))
+                 for u in units for p in pages for lvl in _TLB_LEVELS}
         return found | {("atc", self.sids[d], p) for d in self.atc for p in pages}
 
     def device_locations(self, device: str, iova: int) -> set:
@@ -350,9 +450,9 @@ class Universe:
 
     def everything(self, unit: int) -> set:
         found = {(c, unit, sid) for c in ("cc", "pc") for sid in self.sids.values()}
-        found |= {(c, unit, p) for c in ("tlb", "psc") for p in self.pages}
+        found |= self._keys(unit, 0, 1 << 64, psc=True)
         found |= {("atc", self.sids[d], p) for d in self.atc for p in self.pages}
-        return found
+        return with_shadows(found)
 
     def invalidated(self, unit: int, desc) -> set:
         """The cache locations a descriptor may change (spec 6.5.2; table in reference §15)."""
@@ -363,27 +463,63 @@ class Universe:
             if not f.get("sw"):
                 return set()
             addr = f["status_addr"]  # a snooped write: both views
-            return mem_locations(addr, 4, self.status_pages) | mem_locations(
-                addr, 4, self.status_pages, "dram")
+            return mem_locations(addr, 4, self.status_pages, "mem", self.grain) | mem_locations(
+                addr, 4, self.status_pages, "dram", self.grain)
         if label == "cc_inv":
             sids = [f["sid"]] if f.get("g") == 3 else list(self.sids.values())
-            return {("cc", unit, s) for s in sids}
+            return with_shadows({("cc", unit, s) for s in sids})
         if label == "pc_inv":
             return {("pc", unit, s) for s in self.sids.values()}
         if label in ("iotlb_inv", "p_iotlb_inv"):
-            return self._tlb(unit, f, page_selective=f.get("g") == 3)
+            return with_shadows(self._tlb(unit, f, page_selective=f.get("g") == 3))
         if label in ("dev_tlb_inv", "p_dev_tlb_inv"):
             base, size = devtlb_range(f["addr"], f["s"])
             return {("atc", f["sid"], p) for p in self.pages if base <= p < base + size}
         return set() if label in ("iec_inv", "page_grp_resp") else self.everything(unit)
 
     def _tlb(self, unit: int, f: dict, page_selective: bool) -> set:
-        pages = self.pages
-        if page_selective:
-            size = PAGE_SIZE << f.get("am", 0)
-            base = f["addr"] & ~(size - 1)
-            pages = [p for p in pages if base <= p < base + size]
-        return {(c, unit, p) for c in ("tlb", "psc") for p in pages}
+        """IOTLB keys whose region overlaps the range; paging-structure keys too unless a
+        page-selective IH=1 keeps them (spec 6.5.2.3: "invalidation hint")."""
+        if not page_selective:
+            return self._keys(unit, 0, 1 << 64, psc=True)
+        size = PAGE_SIZE << f.get("am", 0)
+        base = f["addr"] & ~(size - 1)
+        return self._keys(unit, base, base + size, psc=not f.get("ih"))
+
+    def _keys(self, unit: int, start: int, end: int, psc: bool) -> set:
+        """The IOTLB (and paging-structure) keys covering a universe page whose region
+        overlaps [start, end)."""
+        found = set()
+        levels = [("tlb", lvl, _tlb_shift(lvl)) for lvl in _TLB_LEVELS]
+        if psc:
+            levels += [("psc", lvl, _psc_shift(lvl)) for lvl in _PSC_LEVELS]
+        for page in self.pages:
+            for cache, lvl, shift in levels:
+                idx = page >> shift
+                if idx << shift < end and start < (idx + 1) << shift:
+                    found.add((cache, unit, lvl, idx))
+        return found
+
+
+def with_shadows(locations: set) -> set:
+    """Add the shadow ``("fill", *loc)`` of each context / paging-structure location: a
+    request's fill of such an entry equal to memory's is invisible to other requests (they read
+    the cache or that memory) but not to an invalidation, which leaves it absent if it runs
+    after the fill and present if before - so requests read the shadow, invalidations write it
+    (``actors.changed_locations``)."""
+    return locations | {("fill", *loc) for loc in locations if loc[0] in ("cc", "psc")}
+
+
+_TLB_LEVELS = (1, 2, 3)  # 4 KiB, 2 MiB, 1 GiB entries
+_PSC_LEVELS = (1, 2, 3, 4)  # the table a PDE .. PML5E points to
+
+
+def _tlb_shift(level: int) -> int:
+    return 12 + 9 * (level - 1)
+
+
+def _psc_shift(level: int) -> int:
+    return 12 + 9 * level
 
 
 # -- the dry walk's memory reads -----------------------------------------------------------------
@@ -393,13 +529,15 @@ class Walk:
 
     fills: tuple
     reads: frozenset
+    grain: int = LINE_SIZE
+    addrs: tuple = ()  # the qwords read
 
     @property
     def ad_writes(self) -> set:
         """Lines the walk writes: accessed/dirty updates (first stage, or SS with SSADS),
         snooped - both views."""
         return {loc for f in self.fills for a, _ in f.writes
-                for loc in (ac.line(a), ac.dram_line(a))}
+                for loc in (ac.line(a, self.grain), ac.dram_line(a, self.grain))}
 
 
 class _RecordingMemory:
@@ -417,7 +555,8 @@ class _RecordingMemory:
         return getattr(self._memory, name)
 
 
-def dry_walk(unit, sid: int, iova: int, recycled: set, pasid: int | None = None) -> Walk:
+def dry_walk(unit, sid: int, iova: int, recycled: set, pasid: int | None = None,
+             grain: int = LINE_SIZE) -> Walk:
     real = unit.memory
     recorder = _RecordingMemory(real)
     unit.memory = recorder
@@ -427,12 +566,13 @@ def dry_walk(unit, sid: int, iova: int, recycled: set, pasid: int | None = None)
         unit.memory = real
     # A non-snooped walk (ECAP.C=0, or no PWSNP) reads DRAM only: a CPU store it does not see
     # until the clflush is no race with it.
-    reads = {("page", p) for p in recycled}
+    # The root-table pointer and TE (GCMD/RTADDR) decide where a walk starts, or whether any.
+    reads = {("page", p) for p in recycled} | {ac.reg(0, DMAR_GCMD_REG)}
     for addr, snoop in recorder.addrs:
-        reads.add(ac.dram_line(addr))
+        reads.add(ac.dram_line(addr, grain))
         if snoop:
-            reads.add(ac.line(addr))
-    return Walk(tuple(fills), frozenset(reads))
+            reads.add(ac.line(addr, grain))
+    return Walk(tuple(fills), frozenset(reads), grain, tuple(a for a, _ in recorder.addrs))
 
 
 # -- the world ----------------------------------------------------------------------------------
@@ -456,6 +596,7 @@ class VtdWorld:
         self._walks: dict[tuple[str, int], Walk] = {}
         self._fps: dict[str, tuple] = {}  # actor -> footprint parts, until the next step
         self._taken: Footprint | None = None
+        self.hw_written: set = set()  # cache locations the last request changed (actors.Dma)
 
     # -- the World protocol -------------------------------------------------------------------
     def _live(self) -> list:
@@ -500,31 +641,47 @@ class VtdWorld:
         self._fps.clear()
         self.clock += 1
         self.monitor.clock = self.clock
-        record = self.model.by_name[actor].step(self)
+        who = self.model.by_name[actor]
+        self.hw_written = set()
+        record = who.step(self)
         self._taken = None
         if parts is not None:
             base, ending = parts
-            if ending is not None and self.threads[actor].ended:
+            state = self.threads.get(actor)
+            if ending is not None and state.ended:
                 base = Footprint(base.reads | ending.reads, base.writes | ending.writes,
                                  base.guard)
+            if state is not None and state.level is not None:
+                base = _continuation(base, state.level)
+            elif hasattr(who, "taken"):
+                base = who.taken(self, base)
             self._taken = base
         written = self._taken.writes if self._taken is not None else frozenset()
+        predicted = parts[0].writes if parts is not None else frozenset()
         freed = set(self.monitor.freed)
         if not freed <= self.recycled:
             self._walks.clear()  # a walk's reads name the recycled pages
             self.recycled |= freed
         self._forget_walks(written)
         if isinstance(self.model.by_name[actor], ac.Thread | ac.QueueEngine):
-            self._drop_pieces(written)  # fills and DMA write caches too, but invalidate none
+            # Fills and DMA write caches too, but invalidate none; an invalidation ends an
+            # in-flight fetch whether or not it found an entry (what it may change, predicted).
+            dropped = self._drop_pieces(predicted | written)
+            if dropped and self._taken is not None:
+                t = self._taken
+                self._taken = Footprint(t.reads | dropped, t.writes | dropped, t.guard)
         return record
 
-    def _drop_pieces(self, written: frozenset) -> None:
+    def _drop_pieces(self, written: frozenset) -> set:
         """An invalidation of a torn fill's cache location between its two reads ends the fetch
-        (``actors.TornFill``): its early pieces are dropped."""
+        (``actors.TornFill``): its early pieces are dropped (the fill's location changes)."""
+        dropped = set()
         for name in list(self.pieces):
             who = self.model.by_name[name]
             if not who.cache_locations(self).isdisjoint(written):
                 del self.pieces[name]
+                dropped.add(who.location())
+        return dropped
 
     def _forget_walks(self, written: frozenset) -> None:
         """A dry walk is a function of the memory it read and of the unit's registers (root
@@ -567,7 +724,7 @@ class VtdWorld:
         key = (device, iova, pasid)
         if key not in self._walks:
             ep = self.system.endpoint(device)
-            walk = dry_walk(ep.unit, ep.sid, iova, self.recycled, pasid)
+            walk = dry_walk(ep.unit, ep.sid, iova, self.recycled, pasid, self.universe.grain)
             if device in self.system.assigned:
                 # The host unit's tables and context change only inside a VM exit.
                 walk = Walk(walk.fills, walk.reads | {HOST})
@@ -602,6 +759,8 @@ class VtdModel:
         self.by_name = {a.name: a for a in self.actors}
         self.properties = tuple(dict.fromkeys([*self.properties,
                                                *(n for n, _ in self.assertions)]))
+        memory = self.template.platform.memory
+        self.universe.grain = LINE_SIZE if memory.write_buffer else 8
         self.universe.status_pages = frozenset(
             iommu.qi.status_base & ~(PAGE_SIZE - 1)
             for iommu in getattr(self.template.driver, "iommus", ()) if iommu.qi is not None)
@@ -609,7 +768,21 @@ class VtdModel:
         probe._note_stable()
         self.stable = probe.stable
         self.recycled = set(self.template.platform.pages.freed)
+        self.lru_invisible = self._lru_invisible()
+        self.evicted_caches = frozenset(a.cache for a in self.hardware_actors
+                                        if isinstance(a, ac.CacheEvict))
         self._frozen = pickle.dumps(self.template, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _lru_invisible(self) -> bool:
+        """No cache can fill up in any execution: each hardware firing inserts at most
+        ``_MAX_INSERTS`` entries and threads insert none, so the recency order a lookup
+        refreshes never picks a victim (``LruCache.fill``) and cannot be observed."""
+        unit = self.template.unit(0)
+        caches = [getattr(unit, name) for name in ac.CACHE_FAMILIES]
+        caches += [ep.device_tlb for ep in self.template.endpoints.values()]
+        firings = sum(getattr(a, "times", 0) for a in self.hardware_actors)
+        worst = max(len(c) for c in caches) + _MAX_INSERTS * firings
+        return all(c.capacity > worst for c in caches)
 
     def copy_template(self) -> System:
         """A fresh copy of the booted system (unpickled: 5x faster than a deep copy; every

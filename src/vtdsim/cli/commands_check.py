@@ -37,12 +37,19 @@ from vtdsim.cli.options import (
 @click.option("-x", "--exitfirst", is_flag=True, help="stop at the first unexpected verdict")
 @click.option("--json", "json_path", default=None, help="write the report as JSON here")
 @click.option("--junit", "junit_path", default=None, help="write a JUnit XML report here")
+@click.option("--scheduler", default=None,
+              help="run the scenarios on Dask distributed: a scheduler ADDRESS, or 'local'")
+@click.option("--workers", type=POSITIVE, default=None,
+              help="worker processes of a local Dask cluster (default 2 with --scheduler local)")
 def check(paths, strategy, seed, max_executions, max_seconds, replay_path, save_dir, width,
-          verbose, quiet, pattern, exitfirst, json_path, junit_path) -> None:
+          verbose, quiet, pattern, exitfirst, json_path, junit_path, scheduler,
+          workers) -> None:
     """Is this invalidation sequence safe?  Explore each scenario (files or folders of .toml)
     and compare the verdicts with its [expect] table.  One line per scenario; the chain and
     table for unexpected verdicts.  Exit status 1 on any unexpected verdict, 2 on bad input
-    (each bad file is reported and the others still run), 130 on Ctrl-C."""
+    (each bad file is reported and the others still run), 130 on Ctrl-C.  With --scheduler or
+    --workers each scenario is one Dask task (a LocalCluster unless an address is given);
+    the report is the serial run's, timings apart."""
     from vtdsim.checker import litmus
     from vtdsim.checker import litmus_report as lr
 
@@ -56,7 +63,9 @@ def check(paths, strategy, seed, max_executions, max_seconds, replay_path, save_
     opts = litmus.Options(strategy, seed, max_executions, max_seconds,
                           writable_dir(save_dir, "--save-counterexample"), width,
                           verbosity=0 if quiet else 1 + verbose, pattern=pattern,
-                          exitfirst=exitfirst)
+                          exitfirst=exitfirst, scheduler=scheduler, workers=workers)
+    if scheduler not in (None, "local") and workers is not None:
+        raise click.UsageError("--workers sizes a local cluster: not with a scheduler address")
     report = litmus.run_library(list(paths), opts, click.echo, progress_for_terminal())
     if json_file:
         lr.write_file(json_file, lr.dump_json(lr.as_json(report, report.seconds)))

@@ -103,15 +103,10 @@ def run_serial(points: list[dict]) -> list[dict]:
 
 
 def run_dask(points: list[dict], scheduler: str | None = None, workers: int = 2) -> list[dict]:
-    """Each point a task; results in grid order (``gather`` keeps the futures' order)."""
-    from distributed import Client, LocalCluster
+    """Each point a task; results in grid order (``cluster.dask_map``)."""
+    from vtdsim.simulation.cluster import dask_map
 
-    if scheduler:
-        with Client(scheduler) as client:
-            return client.gather(client.map(run_point, points, pure=False))
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        return client.gather(client.map(run_point, points, pure=False))
+    return dask_map(run_point, points, scheduler, workers)
 
 
 def plot(results: list[dict], path: str) -> None:
