@@ -22,6 +22,7 @@ from typing import Any
 
 from vtdsim.checker import actors as ac
 from vtdsim.checker import device_ops
+from vtdsim.checker.lifecycle import MOVING_OPS
 from vtdsim.checker.scenario import Op, Scenario
 from vtdsim.checker.vtd_world import System, Universe, VtdModel
 from vtdsim.driver import steps as st
@@ -154,10 +155,10 @@ OP_FACTORIES = {
     "dma_map": _dma_map,
     "dma_unmap": _dma_unmap,
     "fq_timer": _fq_timer,
-    "attach": _group_mutex(_attach),
-    "set_dev_pasid": _group_mutex(_set_dev_pasid),
+    "attach": _attach,
+    "set_dev_pasid": _set_dev_pasid,
     "flush_iotlb_all": lambda s, o: s.driver.flush_iotlb_all(s.domains[o["domain"]]),
-    "remove_dev_pasid": _group_mutex(_remove_dev_pasid),
+    "remove_dev_pasid": _remove_dev_pasid,
     "enforce_cache_coherency": lambda s, o: s.driver.enforce_cache_coherency(
         s.domains[o["domain"]]),
     # Seed 001: a present -> present scalable-mode context change (v6.11 context_flip_pri).
@@ -173,12 +174,14 @@ OP_FACTORIES = {
     "wbinvd": _one(lambda s, o: st.Wbinvd(why="CPU")),
     # Pages and devices changing hands (device_ops.py).
     "alloc": device_ops.alloc,
-    "detach": _group_mutex(device_ops.detach),
+    "detach": device_ops.detach,
     # mainline's detach is the blocking domain's attach
-    "attach_blocking": _group_mutex(device_ops.detach),
-    "release": _group_mutex(device_ops.release),
+    "attach_blocking": device_ops.detach,
+    "release": device_ops.release,
     "ats_disable": device_ops.ats_disable,
 }
+# The ops that move a device (the page ledger's MOVING_OPS) run under its group->mutex.
+OP_FACTORIES.update({kind: _group_mutex(OP_FACTORIES[kind]) for kind in MOVING_OPS})
 
 
 def factory_for(op: Op):
