@@ -94,3 +94,24 @@ def test_the_set_up_step_a_violation_depends_on_leads_the_chain():
     assert chain.count("set-up") == 1
     no_setup = run_scenario(load(litmus / "cm_map_without_sync_map.toml"), Options())
     assert "set-up" not in causal_chain(no_setup.counterexamples[0])
+
+
+def test_a_torn_fill_names_the_set_up_op_whose_stores_it_read():
+    """A torn fill's late read walks the page tables the [[setup]] maps wrote: like a whole
+    fill, it carries that op as the chain's first link (mutant: the teardown's context-cache
+    invalidation dropped, so torn_entry is violated)."""
+    from pathlib import Path
+
+    from vtdsim.checker import mutants
+    from vtdsim.checker.litmus import Options, run_scenario
+    from vtdsim.checker.scenario import load
+
+    litmus = Path(__file__).resolve().parents[2] / "litmus"
+    mutant = next(m for m in mutants.CATALOGUE if m.name == "teardown_cc_flush_dropped")
+    with mutants.applied(mutant):
+        result = run_scenario(load(litmus / "issue10_p5_torn_context_reattach.toml"), Options())
+    cex = next(c for c in result.counterexamples if c.prop == "torn_entry")
+    torn = [r for r in cex.records if r.text.startswith("torn-fill") and r.detail.get("setup")]
+    assert torn and all(label.startswith("set-up map(") for r in torn
+                        for _, label in r.detail["setup"])
+    assert causal_chain(cex).startswith("set-up map(domain=dom1, iova=0x1000, page=buf) -> ")

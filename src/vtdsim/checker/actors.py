@@ -878,9 +878,12 @@ class TornFill(Bounded):
     def step(self, world) -> StepRecord:
         ep = world.system.endpoint(self.device)
         if self.early(world) is None:
-            world.pieces[self.name] = self._read_early(ep.unit, ep.sid)
+            early = world.pieces[self.name] = self._read_early(ep.unit, ep.sid)
             text = f"torn-fill {self.cache} {self.device}@{self.iova:#x}: {self.first} read"
-            return StepRecord(self.name, text, {"key": True, "chain": text})
+            return StepRecord(self.name, text, {"key": True, "chain": text,
+                                                "setup": world.system.setup_causes(early)})
+        # The rest is read from memory as a walk now reads it (the walk's addresses).
+        rest = world.walk(self.device, self.iova, self.pasid).addrs
         fills = self._fills(world)
         for f in fills:
             ep.unit.apply_fill(f)
@@ -889,7 +892,8 @@ class TornFill(Bounded):
         via = next((f.entry.raw for f in fills if f.cache == "context_cache"), None)
         world.monitor.hardware_step(ep.sid, via)
         text = f"torn-fill {self.cache} {self.device}@{self.iova:#x}: rest read, filled"
-        return StepRecord(self.name, text, {"key": True, "chain": text})
+        return StepRecord(self.name, text, {"key": True, "chain": text,
+                                            "setup": world.system.setup_causes(rest)})
 
     def _read_early(self, unit, sid: int) -> dict:
         """The early pieces, as the unit reads structures (snooped iff ECAP.C)."""
