@@ -1,8 +1,8 @@
 """Seed 003: the flush queue under caching mode when first stage is the default (Tina Zhang /
 Lu Baolu, reviewed by Kevin Tian, February 2023; shared/seeds/003_*.txt).
 
-Not modelled: the guest's throughput on a nesting vIOMMU until the simulation layer registers
-the ``nested`` platform (marked); a vIOMMU that shadows first-stage tables under CM anyway.
+Not modelled: a vIOMMU that shadows first-stage tables under CM anyway (the commit's
+"theoretically" case).
 """
 
 from __future__ import annotations
@@ -94,8 +94,10 @@ SEED = Seed(
               "issue11_seed003_nested_lazy": "observed",
               "issue11_seed003_nested_strict": "holds"},
     open_questions=(
-        "The nesting vIOMMU's lazy/strict throughput ratio is far above the published 1.30: "
-        "the model unmaps every receive page (no page_pool recycling, no ACK traffic, no "
-        "GRO), so each strict packet pays a VM exit; the commit's 'theoretically' case "
-        "(first-stage tables shadowed by write protection) is not modelled."),
+        "The nesting vIOMMU's lazy/strict throughput ratio with mlx5's page pool is ~1.37 "
+        "against the published 1.30 (README 'Seed 003 under the simulator': a check, not a "
+        "fit); the absolute rates (51 and 39.3 Gbit/s) are not reached by the model's one "
+        "core, and a reader on its own core or several NAPI polls per read (fewer ACKs) are "
+        "not modelled; the commit's 'theoretically' case (first-stage tables shadowed by "
+        "write protection) is not modelled."),
 )

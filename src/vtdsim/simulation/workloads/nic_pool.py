@@ -6,14 +6,23 @@ the ring's pages; en_rx.c builds each skb around its stride and marks it for rec
 The ring holds ``ring`` MTU frames in pages of ``PAGE // stride`` frames (mlx5's linear
 striding RQ: stride = MTU + headroom + skb_shared_info rounded to a power of two, two
 1500-byte frames per page; a frame above a page spans whole pages).  The flow's core runs
-NAPI and the reader to completion, one GRO segment at a time: up to ``napi_gro_receive``'s
-limit of packets (``GRO_LEGACY_MAX_SIZE`` 64 KiB of TCP payload), each paying
-``rx_driver_packet_cycles``; the segment ``tcp_segment_cycles``; the copy to the reader's
-buffer ``copy_cycles_per_byte`` per payload byte (tcp_recvmsg); and one ACK per segment
-(``__tcp_ack_snd_check``: more than one full frame received and a reader that keeps up, so
-the window's right edge advances - an ACK per GRO segment), ``ack_tx_cycles`` plus its
-transmit DMA: mlx5e_sq_xmit maps the ACK's linear data (``dma_map_single``), the NIC reads
-it through the unit, and the next poll's TX completion unmaps it (``mlx5e_tx_dma_unmap``).
+NAPI and the reader to completion, one NAPI poll at a time: ``mlx5e_napi_poll`` takes up to
+its budget (``NAPI_POLL_WEIGHT`` 64) of completed frames, each paying
+``rx_driver_packet_cycles``; ``napi_gro_receive`` merges them into the held segment, which
+goes up the stack (``tcp_segment_cycles``) at ``GRO_LEGACY_MAX_SIZE`` (64 KiB of TCP payload)
+or when a poll ends below its budget (``napi_complete_done`` flushes GRO; a full poll keeps
+it, ``napi_gro_flush`` with flush_old at HZ >= 1000); the reader then copies what was
+delivered (``copy_cycles_per_byte`` per payload byte, tcp_recvmsg).  ACKs (Linux 6.12
+tcp_input.c/tcp.c): ``__tcp_ack_snd_check`` sends one from softirq only if the window it would
+now offer (``__tcp_select_window``: the free receive space, capped by ``rcv_ssthresh``) is not
+below the one last advertised - with data queued unread since the last ACK it is below (the
+steady state of a bulk receiver, whose ``rcv_ssthresh`` has grown to ``window_clamp``), so the
+ACK is left to the delayed-ACK path and sent by the reader: ``__tcp_cleanup_rbuf`` at the end
+of ``tcp_recvmsg``, when an ACK is scheduled and more than ``rcv_mss`` arrived since the last
+one.  One ACK per poll-and-read cycle, then, ``ack_tx_cycles`` plus its transmit DMA:
+mlx5e_sq_xmit maps the ACK's linear data (``dma_map_single``), the NIC reads it through the
+unit, and the next poll's TX completion unmaps it (``mlx5e_poll_tx_cq`` ->
+``mlx5e_tx_dma_unmap``, polled before RX in ``mlx5e_napi_poll``).
 A page returns to the pool when its last reference drops: the driver's when its frames are
 all taken (NAPI context: direct recycling into the alloc cache), a packet's when the reader
 has copied it (skb_attempt_defer_free on the allocating CPU: kfree_skb_napi_cache with BH
@@ -21,9 +30,12 @@ off, direct while the queue's NAPI is scheduled on this CPU, else the ptr_ring).
 leaving or entering the pool are (un)mapped.
 
 Not modelled: a reader on another core lagging behind NAPI (its socket backlog is what would
-overflow the pool's ring and make recycle misses; here the reader keeps up), delayed ACKs
-(the reader keeps up, so none is delayed), PSH-bounded GRO segments, LRO / HW-GRO, TCP's
-reaction to drops, interrupt moderation.
+overflow the pool's ring and make recycle misses; here the reader reads after every poll),
+several polls per softirq run before the reader (``__do_softirq`` restarts), the window-raise
+ACK of ``__tcp_cleanup_rbuf`` and the delayed-ACK timer, GRO's one-jiffy age flush and HZ <
+1000, PSH-bounded GRO segments, LRO / HW-GRO, an ACK inlined whole in the WQE (a VF whose
+``min_inline_mode`` covers TCP headers maps nothing), TCP's reaction to drops, interrupt
+moderation.
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ GRO_MAX_SIZE = 65536  # GRO_LEGACY_MAX_SIZE: netdev->gro_max_size's default
 TCP_IP_HEADERS = 52  # IPv4 20 + TCP 20 + the timestamp option 12: MSS = MTU - 52
 ACK_BYTES = 66  # Ethernet 14 + IPv4 20 + TCP 32 (timestamps): a pure ACK's linear data
 ACK_SLOTS = 64  # ACK skbs' heads in flight come from a few slab pages
+NAPI_BUDGET = 64  # NAPI_POLL_WEIGHT: netif_napi_add's weight, mlx5e_napi_poll's RX budget
 
 
 class Packet:
@@ -71,6 +84,8 @@ class PoolRxFlow:
         self.used = 0  # frames taken from the head page
         self.done: deque = deque()
         self.acks: deque[tuple[float, int]] = deque()  # (completed at, DMA address)
+        self.held: list = []  # the GRO segment napi_gro_receive holds (completions)
+        self.unacked = 0  # payload bytes delivered since the last ACK (rcv_nxt - rcv_wup)
         self.ack_slot = 0
         self.wake = None
         self.refilled = None
@@ -125,7 +140,7 @@ class PoolRxFlow:
 
 
 class PoolRx(NicRx):
-    """The wire as ``NicRx``'s; the core runs NAPI, GRO, TCP and the reader per segment."""
+    """The wire as ``NicRx``'s; the core runs NAPI, GRO, TCP and the reader per poll."""
 
     def __init__(self, world: DmaWorld, p: NicParams, stop):
         if world.mode.iova_pages != "4k":
@@ -138,8 +153,10 @@ class PoolRx(NicRx):
         c = world.constants
         self.lag_ns = c["nic_buffer_bytes"] * 8 / p.link_gbps
         self.mss, self.gro_segs = mss, max(1, (GRO_MAX_SIZE - TCP_IP_HEADERS) // mss)
-        self.packet_ns = c.ns("rx_driver_packet_cycles") + mss * c.ns("copy_cycles_per_byte")
-        self.segment_ns = c.ns("tcp_segment_cycles") + c.ns("ack_tx_cycles")
+        self.driver_ns = c.ns("rx_driver_packet_cycles")
+        self.copy_ns = mss * c.ns("copy_cycles_per_byte")
+        self.segment_ns = c.ns("tcp_segment_cycles")
+        self.ack_ns = c.ns("ack_tx_cycles")
         self.flows = [PoolRxFlow(world, p, f) for f in range(p.flows)]
         # two turns of every ring: the pool's pages have cycled through its ptr_ring
         self.warmup_ios = 2 * p.flows * p.ring
@@ -148,24 +165,46 @@ class PoolRx(NicRx):
         for flow in self.flows:
             yield from flow.refill()
 
+    def gro(self, flow: PoolRxFlow, polled: list) -> tuple[list, int]:
+        """napi_gro_receive over one poll: the completions delivered to TCP and the number of
+        segments they made.  A segment leaves when full; a poll below its budget completes
+        NAPI, whose napi_gro_flush sends the held one up too."""
+        delivered, segments = [], 0
+        for item in polled:
+            flow.held.append(item)
+            if len(flow.held) == self.gro_segs:
+                delivered += flow.held
+                flow.held, segments = [], segments + 1
+        if len(polled) < NAPI_BUDGET and flow.held:
+            delivered += flow.held
+            flow.held, segments = [], segments + 1
+        return delivered, segments
+
     def core(self, flow: PoolRxFlow):
         env, m = self.world.env, self.world.m
         while True:
             yield from self.wait_done(flow)
-            batch = []
-            while flow.done and len(batch) < self.gro_segs and flow.done[0][0] <= env.now:
-                batch.append(flow.done.popleft())
+            polled = []
+            while flow.done and len(polled) < NAPI_BUDGET and flow.done[0][0] <= env.now:
+                polled.append(flow.done.popleft())
             start = env.now
             yield from self.reap_acks(flow)
-            yield env.timeout(len(batch) * self.packet_ns + self.segment_ns)
-            yield from self.send_ack(flow)
-            for _ready, _arrival, packet in batch:
+            batch, segments = self.gro(flow, polled)
+            flow.unacked += len(batch) * self.mss
+            ack = flow.unacked > self.mss  # __tcp_cleanup_rbuf: more than rcv_mss unacked
+            yield env.timeout(len(polled) * self.driver_ns + segments * self.segment_ns
+                              + len(batch) * self.copy_ns + ack * self.ack_ns)
+            if ack:
+                flow.unacked = 0
+                yield from self.send_ack(flow)
+            for _ready, _arrival, packet in polled:
                 for page in packet.done_pages:  # NAPI: the driver's reference, direct
                     flow.in_ring -= 1
                     yield from flow.pool.unref(page, True)
-            # The reader copied them and frees the skbs on this CPU (skb_attempt_defer_free ->
-            # kfree_skb_napi_cache, BH off): direct recycling while the queue's NAPI is still
-            # scheduled here (page_pool_napi_local: napi->list_owner), i.e. more completions wait.
+            # The reader copied the delivered ones and frees the skbs on this CPU
+            # (skb_attempt_defer_free -> kfree_skb_napi_cache, BH off): direct recycling while
+            # the queue's NAPI is still scheduled here (page_pool_napi_local:
+            # napi->list_owner), i.e. more completions wait.
             direct = bool(flow.done)
             for _ready, arrival, packet in batch:
                 for page in packet.pages:
