@@ -56,9 +56,12 @@ __all__ = ["Fill", "access", "apply_fill", "bind_translate", "entry_pieces", "po
 
 # -- the public entry points ----------------------------------------------------------------------
 def bind_translate(unit: Any):
-    """The untranslated-request fast path bound to ``unit``'s caches, for the unit to install
-    as its ``translate``: cache probes only, and on a 4 KiB IOTLB hit with the permission the
-    cached ``IotlbEntry`` itself.  Anything else takes the full flow.
+    """The untranslated-request fast path bound to ``unit``'s caches, for the unit to install:
+    ``(translate, translate_cached)``.  ``translate_cached(sid, iova, write)`` probes the
+    caches only and returns, on a 4 KiB IOTLB hit with the permission, the cached
+    ``IotlbEntry`` itself, else None having changed nothing (so a caller may then take the
+    full flow, or ask ``translate`` which does); ``translate(sid, iova, write=False,
+    pasid=None)`` answers any untranslated request.
 
     Legacy mode (TTM=00): a context-cache probe and an IOTLB probe.  Hits are counted in
     ``unit.iotlb.stats.hit`` only (a Counter increment would double the cost of the hit
@@ -75,36 +78,53 @@ def bind_translate(unit: Any):
     iotlb = unit.iotlb
     iotlb_get, iotlb_touch, iotlb_stats = iotlb._get, iotlb._touch, iotlb.stats
     lookup_iova = iotlb.lookup_iova
-    tag = (iotlb.tag_sid,)  # a requester-tagged IOTLB (QEMU's) ends its keys with the SID
     scalable_hit = _scalable_hit(unit)
 
-    def translate_bound(sid: int, iova: int, write: bool = False, pasid: int | None = None):
-        if pasid is None and unit.translation_enabled:
+    def translate_cached(sid: int, iova: int, write: bool) -> IotlbEntry | None:
+        if unit.translation_enabled:
             if unit.ttm == 1:
-                entry = scalable_hit(sid, iova, write)
-                if entry is not None:
-                    return entry
-            elif not unit.ttm:
-                return legacy(sid, iova, write)
+                return scalable_hit(sid, iova, write)
+            if not unit.ttm:
+                return legacy_hit(sid, iova, write)
+        return None
+
+    def translate_bound(sid: int, iova: int, write: bool = False, pasid: int | None = None):
+        if pasid is None:
+            entry = translate_cached(sid, iova, write)
+            if entry is not None:
+                return entry
+            if unit.translation_enabled and not unit.ttm:
+                return legacy_miss(sid, iova, write)
         return access(unit, DmaRequest(sid, iova, write, pasid))
 
-    def legacy(sid: int, iova: int, write: bool):
+    def legacy_context(sid: int):
         ce = context_get(sid)
-        if ce is not None and ce.present and ce.did is not None and ce.tt != 2:
-            # The 4 KiB probe of Iotlb.lookup_iova, inlined: most hits are 4 KiB pages.
-            key = (ce.did, 0, 1, iova >> 12, sid) if tag[0] else (ce.did, 0, 1, iova >> 12)
-            entry = iotlb_get(key)
-            if entry is not None and entry.present and (entry.write if write else entry.read):
-                iotlb_touch(key)
-                iotlb_stats.hit += 1
-                return entry
-            entry = lookup_iova(ce.did, 0, iova, sid)
-            if entry is not None and entry.present and (entry.write if write else entry.read):
-                return entry
-            return _run(unit, DmaRequest(sid, iova, write), ce, probed=True, entry=entry)
-        return access(unit, DmaRequest(sid, iova, write))
+        return ce if ce is not None and ce.present and ce.did is not None and ce.tt != 2 \
+            else None
 
-    return translate_bound
+    def legacy_hit(sid: int, iova: int, write: bool) -> IotlbEntry | None:
+        ce = legacy_context(sid)
+        if ce is None:
+            return None
+        # The 4 KiB probe of Iotlb.lookup_iova, inlined: most hits are 4 KiB pages.
+        key = (ce.did, 0, 1, iova >> 12, sid) if iotlb.tag_sid else (ce.did, 0, 1, iova >> 12)
+        entry = iotlb_get(key)
+        if entry is not None and entry.present and (entry.write if write else entry.read):
+            iotlb_touch(key)
+            iotlb_stats.hit += 1
+            return entry
+        return None
+
+    def legacy_miss(sid: int, iova: int, write: bool):
+        ce = legacy_context(sid)
+        if ce is None:
+            return access(unit, DmaRequest(sid, iova, write))
+        entry = lookup_iova(ce.did, 0, iova, sid)
+        if entry is not None and entry.present and (entry.write if write else entry.read):
+            return entry
+        return _run(unit, DmaRequest(sid, iova, write), ce, probed=True, entry=entry)
+
+    return translate_bound, translate_cached
 
 
 def _scalable_hit(unit: Any):
