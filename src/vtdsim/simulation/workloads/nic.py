@@ -189,6 +189,8 @@ class RxFlow:
 
 
 class NicRx:
+    lookahead = True  # handle arrivals without an event each where nobody can tell (wire)
+
     def __init__(self, world: DmaWorld, p: NicParams, stop):
         self.world, self.p, self.stop = world, p, stop
         c = world.constants
@@ -208,6 +210,8 @@ class NicRx:
     def start(self) -> None:
         env = self.world.env
         self.engine_free = 0.0
+        self.xfer_ns = self.world.transfer_ns(self.p.mtu)
+        self.parallelism = self.world.parallelism
         for flow in self.flows:
             env.process(self.wire(flow))
             env.process(self.core(flow))
@@ -215,8 +219,12 @@ class NicRx:
     def wire(self, flow: RxFlow):
         """The flow's share of the wire: every ``flows``-th packet (round-robin), at line
         rate.  While the ring is empty every arriving packet is dropped: the process sleeps
-        until a refill and counts the packets that arrived meanwhile."""
-        env, world, p, m = self.world.env, self.world, self.p, self.world.m
+        until a refill and counts the packets that arrived meanwhile.
+
+        Arrivals that no other actor can tell apart from being handled at their own instant
+        are handled without a SimPy event each (``arrivals_ahead``): the results are those
+        of one timeout per packet, bit for bit."""
+        env, p, m = self.world.env, self.p, self.world.m
         gap = p.wire_ns * p.flows
         yield env.timeout(flow.index * p.wire_ns)
         while True:
@@ -228,19 +236,49 @@ class NicRx:
                 m.dropped += int(missed)
                 yield env.timeout(now + missed * gap - env.now)
                 continue
-            if self.engine_free - now > self.lag_ns:
-                m.dropped += 1
-            else:
-                addr, desc = flow.packet_addr()
-                extra = flow.dma(addr, desc)
-                m.penalty.add(extra)
-                start, xfer = max(now, self.engine_free), world.transfer_ns(p.mtu)
-                self.engine_free = start + xfer + extra / world.parallelism
-                flow.done.append((start + xfer + extra, now, desc))
-                if flow.wake is not None:
-                    flow.wake.succeed()
-                    flow.wake = None
-            yield env.timeout(gap)
+            self.arrive(flow, now)
+            yield env.timeout(self.arrivals_ahead(flow, now, gap))
+
+    def arrivals_ahead(self, flow: RxFlow, now: float, gap: float) -> float:
+        """Handle the arrivals after the one at ``now`` while that is indistinguishable from
+        a SimPy event each; the delay until the next arrival left to the clock.  An arrival
+        at ``t`` may be handled early when no event is scheduled at or before ``t`` (so no
+        other process runs in between - same-time ties keep SimPy's order, the wire's timeout
+        being scheduled before any event it would have been scheduled after), the flow's core
+        is not sleeping on it (a wake-up must happen at its own time), the ring has a
+        descriptor, and the timeout after it, taken now, lands exactly where one taken at
+        ``t`` would (``env.now + d == t + gap`` in floating point)."""
+        env = self.world.env
+        delay, clock = gap, env.now
+        while self.lookahead and flow.wake is None and flow.available():
+            t = now + gap
+            if env.peek() <= t:
+                break
+            after = t + gap - clock
+            if clock + after != t + gap:
+                break
+            self.arrive(flow, t)
+            now, delay = t, after
+        return delay
+
+    def arrive(self, flow: RxFlow, now: float) -> None:
+        """The packet arriving at ``now``: dropped while the DMA engine lags the wire by
+        more than its buffer, else written through the unit and queued for the core."""
+        m = self.world.m
+        engine_free = self.engine_free
+        if engine_free - now > self.lag_ns:
+            m.dropped += 1
+            return
+        addr, desc = flow.packet_addr()
+        extra = flow.dma(addr, desc)
+        m.penalty.add(extra)
+        start = engine_free if engine_free > now else now  # max(now, engine_free)
+        xfer = self.xfer_ns
+        self.engine_free = start + xfer + extra / self.parallelism
+        flow.done.append((start + xfer + extra, now, desc))
+        if flow.wake is not None:
+            flow.wake.succeed()
+            flow.wake = None
 
     def wait_done(self, flow):
         """Sleep until the flow's oldest completion is ready (its DMA finished)."""
