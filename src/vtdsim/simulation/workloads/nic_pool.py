@@ -47,7 +47,7 @@ class Packet:
 
     __slots__ = ("addr", "pages", "done_pages")
 
-    def __init__(self, addr: int, pages: list, done_pages: list):
+    def __init__(self, addr: int, pages: tuple, done_pages: tuple):
         self.addr, self.pages, self.done_pages = addr, pages, done_pages
 
 
@@ -56,7 +56,7 @@ class PoolRxFlow:
 
     def __init__(self, world: DmaWorld, p: NicParams, index: int):
         self.world, self.p, self.index = world, p, index
-        stride = p.stride
+        self.stride = stride = p.stride
         self.slots = max(1, PAGE // stride)  # frames per page
         self.span = 1 if stride <= PAGE else -(-(p.mtu + HEADROOM) // PAGE)  # pages a frame
         self.target = -(-p.ring // self.slots) * self.span  # pages posted to the ring
@@ -96,16 +96,17 @@ class PoolRxFlow:
         """The next frame's DMA address and its packet (the wire checks ``posted``)."""
         if self.slots > 1:
             page = self.posted[0]
-            addr = page.dma + self.used * self.p.stride
+            used = self.used
+            addr = page.dma + used * self.stride
             page.refs += 1
-            self.used += 1
-            done = []
-            if self.used == self.slots:
+            used += 1
+            if used == self.slots:
                 self.posted.popleft()
                 self.used = 0
-                done = [page]
-            return addr, Packet(addr, [page], done)
-        pages = [self.posted.popleft() for _ in range(self.span)]
+                return addr, Packet(addr, (page,), (page,))
+            self.used = used
+            return addr, Packet(addr, (page,), ())
+        pages = tuple(self.posted.popleft() for _ in range(self.span))
         for page in pages:
             page.refs += 1
         return pages[0].dma, Packet(pages[0].dma, pages, pages)
@@ -159,17 +160,20 @@ class PoolRx(NicRx):
             yield from self.reap_acks(flow)
             yield env.timeout(len(batch) * self.packet_ns + self.segment_ns)
             yield from self.send_ack(flow)
+            pool = flow.pool
             for _ready, _arrival, packet in batch:
                 for page in packet.done_pages:  # NAPI: the driver's reference, direct
                     flow.in_ring -= 1
-                    yield from flow.pool.unref(page, True)
+                    if pool.unref(page):
+                        yield from pool.put(page, True)
             # The reader copied them and frees the skbs on this CPU (skb_attempt_defer_free ->
             # kfree_skb_napi_cache, BH off): direct recycling while the queue's NAPI is still
             # scheduled here (page_pool_napi_local: napi->list_owner), i.e. more completions wait.
             direct = bool(flow.done)
             for _ready, arrival, packet in batch:
                 for page in packet.pages:
-                    yield from flow.pool.unref(page, direct)
+                    if pool.unref(page):
+                        yield from pool.put(page, direct)
                 m.ios += 1
                 m.latency.add(env.now - arrival)
             yield from flow.refill()

@@ -98,8 +98,10 @@ class PagePool:
         yield self.world.env.timeout(self.alloc_ns)
         self.free_phys.append(page.phys)
 
-    def unref(self, page: Page, direct: bool):
-        """Drop one reference (generator); the last one returns the page to the pool."""
+    @staticmethod
+    def unref(page: Page) -> bool:
+        """Drop one reference; True if it was the last: the caller then returns the page to
+        the pool (``put``, a generator).  Not a generator itself: most drops are not the
+        last, and a generator per drop is most of their cost."""
         page.refs -= 1
-        if page.refs == 0:
-            yield from self.put(page, direct)
+        return not page.refs
