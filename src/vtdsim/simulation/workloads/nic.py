@@ -162,6 +162,8 @@ class RxFlow:
     def available(self) -> bool:
         return bool(self.posted)
 
+    contiguous = True  # a packet is one DMA of MTU bytes at its address (``NicRx.arrive``)
+
     def dma(self, addr: int, desc) -> float:
         """The NIC writes one packet at ``addr``; the translation latency beyond the DMA."""
         return self.world.dma(addr, self.p.mtu, True)
@@ -222,8 +224,8 @@ class NicRx:
         until a refill and counts the packets that arrived meanwhile.
 
         Arrivals that no other actor can tell apart from being handled at their own instant
-        are handled without a SimPy event each (``arrivals_ahead``): the results are those
-        of one timeout per packet, bit for bit."""
+        are handled without a SimPy event each (``lookahead``, see ``ahead``): the results
+        are those of one timeout per packet, bit for bit."""
         env, p, m = self.world.env, self.p, self.world.m
         gap = p.wire_ns * p.flows
         yield env.timeout(flow.index * p.wire_ns)
@@ -236,41 +238,45 @@ class NicRx:
                 m.dropped += int(missed)
                 yield env.timeout(now + missed * gap - env.now)
                 continue
+            clock, delay = now, gap
             self.arrive(flow, now)
-            yield env.timeout(self.arrivals_ahead(flow, now, gap))
+            # No arrival handled below schedules an event (the core is not asleep on
+            # ``wake``), so the next event's time is fixed for the whole loop.
+            horizon = env.peek()
+            while self.lookahead and flow.wake is None and flow.available():
+                after = self.ahead(clock, now + gap, gap, horizon)
+                if after is None:
+                    break
+                now, delay = now + gap, after
+                self.arrive(flow, now)
+            yield env.timeout(delay)
 
-    def arrivals_ahead(self, flow: RxFlow, now: float, gap: float) -> float:
-        """Handle the arrivals after the one at ``now`` while that is indistinguishable from
-        a SimPy event each; the delay until the next arrival left to the clock.  An arrival
-        at ``t`` may be handled early when no event is scheduled at or before ``t`` (so no
-        other process runs in between - same-time ties keep SimPy's order, the wire's timeout
-        being scheduled before any event it would have been scheduled after), the flow's core
-        is not sleeping on it (a wake-up must happen at its own time), the ring has a
-        descriptor, and the timeout after it, taken now, lands exactly where one taken at
-        ``t`` would (``env.now + d == t + gap`` in floating point)."""
-        env = self.world.env
-        delay, clock = gap, env.now
-        while self.lookahead and flow.wake is None and flow.available():
-            t = now + gap
-            if env.peek() <= t:
-                break
-            after = t + gap - clock
-            if clock + after != t + gap:
-                break
-            self.arrive(flow, t)
-            now, delay = t, after
-        return delay
+    @staticmethod
+    def ahead(clock: float, t: float, gap: float, horizon: float) -> float | None:
+        """Whether the arrival at ``t`` may be handled at ``clock``, before its time: then
+        the delay from ``clock`` to the arrival after it, else None.  It may when no event is
+        scheduled at or before ``t`` (``horizon``: so no other process runs in between, and
+        same-time ties keep SimPy's order - the wire's timeout is scheduled before any event
+        it would have been scheduled after) and the timeout taken now lands exactly where
+        one taken at ``t`` would (``clock + d == t + gap`` in floating point).  The caller
+        also needs the flow's core not asleep on it (a wake-up happens at its own time) and
+        a descriptor in the ring."""
+        if horizon <= t:
+            return None
+        after = t + gap - clock
+        return after if clock + after == t + gap else None
 
     def arrive(self, flow: RxFlow, now: float) -> None:
         """The packet arriving at ``now``: dropped while the DMA engine lags the wire by
         more than its buffer, else written through the unit and queued for the core."""
-        m = self.world.m
+        world = self.world
+        m = world.m
         engine_free = self.engine_free
         if engine_free - now > self.lag_ns:
             m.dropped += 1
             return
         addr, desc = flow.packet_addr()
-        extra = flow.dma(addr, desc)
+        extra = world.dma(addr, self.p.mtu, True) if flow.contiguous else flow.dma(addr, desc)
         m.penalty.add(extra)
         start = engine_free if engine_free > now else now  # max(now, engine_free)
         xfer = self.xfer_ns
