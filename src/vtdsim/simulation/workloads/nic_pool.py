@@ -41,14 +41,9 @@ ACK_BYTES = 66  # Ethernet 14 + IPv4 20 + TCP 32 (timestamps): a pure ACK's line
 ACK_SLOTS = 64  # ACK skbs' heads in flight come from a few slab pages
 
 
-class Packet:
-    """A received frame: the pool pages it was written to, and the ring pages whose last
-    frame it was (the driver drops its reference on those when NAPI has taken it)."""
-
-    __slots__ = ("addr", "pages", "done_pages")
-
-    def __init__(self, addr: int, pages: tuple, done_pages: tuple):
-        self.addr, self.pages, self.done_pages = addr, pages, done_pages
+# A received frame is the pair (pages, done_pages): the pool pages it was written to, and the
+# ring pages whose last frame it was (the driver drops its reference on those when NAPI has
+# taken it).  A plain tuple: one is built per packet.
 
 
 class PoolRxFlow:
@@ -93,8 +88,9 @@ class PoolRxFlow:
     def available(self) -> bool:
         return len(self.posted) >= self.span
 
-    def packet_addr(self) -> tuple[int, Packet]:
-        """The next frame's DMA address and its packet (the wire checks ``posted``)."""
+    def packet_addr(self) -> tuple[int, tuple[tuple, tuple]]:
+        """The next frame's DMA address and its (pages, done_pages) (the wire checks
+        ``posted``)."""
         if self.slots > 1:
             page = self.posted[0]
             used = self.used
@@ -104,20 +100,20 @@ class PoolRxFlow:
             if used == self.slots:
                 self.posted.popleft()
                 self.used = 0
-                return addr, Packet(addr, (page,), (page,))
+                return addr, ((page,), (page,))
             self.used = used
-            return addr, Packet(addr, (page,), ())
+            return addr, ((page,), ())
         pages = tuple(self.posted.popleft() for _ in range(self.span))
         for page in pages:
             page.refs += 1
-        return pages[0].dma, Packet(pages[0].dma, pages, pages)
+        return pages[0].dma, (pages, pages)
 
-    def dma(self, addr: int, packet: Packet) -> float:
-        world, mtu = self.world, self.p.mtu
-        if len(packet.pages) == 1:
+    def dma(self, addr: int, packet: tuple[tuple, tuple]) -> float:
+        world, mtu, pages = self.world, self.p.mtu, packet[0]
+        if len(pages) == 1:
             return world.dma(addr, mtu, True)
         extra = 0.0
-        for k, page in enumerate(packet.pages):
+        for k, page in enumerate(pages):
             extra += world.dma(page.dma, min(PAGE, mtu - k * PAGE), True)
         return extra
 
@@ -151,32 +147,37 @@ class PoolRx(NicRx):
             yield from flow.refill()
 
     def core(self, flow: PoolRxFlow):
-        env, m = self.world.env, self.world.m
+        env, m, done, limit = self.world.env, self.world.m, flow.done, self.gro_segs
+        pool = flow.pool
         while True:
             yield from self.wait_done(flow)
-            batch = []
-            while flow.done and len(batch) < self.gro_segs and flow.done[0][0] <= env.now:
-                batch.append(flow.done.popleft())
-            start = env.now
+            batch, now = [], env.now
+            while done and len(batch) < limit and done[0][0] <= now:
+                batch.append(done.popleft())
+            start = now
             yield from self.reap_acks(flow)
             yield env.timeout(len(batch) * self.packet_ns + self.segment_ns)
             yield from self.send_ack(flow)
-            pool = flow.pool
-            for _ready, _arrival, packet in batch:
-                for page in packet.done_pages:  # NAPI: the driver's reference, direct
+            # A page goes back to the pool when its last reference drops (Page.refs).
+            for _ready, _arrival, (_pages, done_pages) in batch:
+                for page in done_pages:  # NAPI: the driver's reference, direct
                     flow.in_ring -= 1
-                    if pool.unref(page):
+                    page.refs -= 1
+                    if not page.refs:
                         yield from pool.put(page, True)
             # The reader copied them and frees the skbs on this CPU (skb_attempt_defer_free ->
             # kfree_skb_napi_cache, BH off): direct recycling while the queue's NAPI is still
             # scheduled here (page_pool_napi_local: napi->list_owner), i.e. more completions wait.
-            direct = bool(flow.done)
-            for _ready, arrival, packet in batch:
-                for page in packet.pages:
-                    if pool.unref(page):
+            direct = bool(done)
+            now = env.now
+            for _ready, arrival, (pages, _done_pages) in batch:
+                for page in pages:
+                    page.refs -= 1
+                    if not page.refs:
                         yield from pool.put(page, direct)
+                        now = env.now  # a full ring unmaps: time passes
                 m.ios += 1
-                m.latency.add(env.now - arrival)
+                m.latency.add(now - arrival)
             yield from flow.refill()
             m.cpu_busy_ns += env.now - start
             self.stop.check()

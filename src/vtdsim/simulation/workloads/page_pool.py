@@ -32,7 +32,8 @@ RING_MAX = 16384  # page_pool_init caps ptr_ring size at min(pool_size, 16384)
 
 class Page:
     """One pool page: its physical and DMA address and the references held on it (the
-    driver's while posted to the ring, one per packet built on it)."""
+    driver's while posted to the ring, one per packet built on it); whoever drops the last
+    returns it to the pool (``PagePool.put``)."""
 
     __slots__ = ("phys", "dma", "refs")
 
@@ -97,11 +98,3 @@ class PagePool:
         self.stats["unmapped"] += 1
         yield self.world.env.timeout(self.alloc_ns)
         self.free_phys.append(page.phys)
-
-    @staticmethod
-    def unref(page: Page) -> bool:
-        """Drop one reference; True if it was the last: the caller then returns the page to
-        the pool (``put``, a generator).  Not a generator itself: most drops are not the
-        last, and a generator per drop is most of their cost."""
-        page.refs -= 1
-        return not page.refs
