@@ -68,7 +68,7 @@ def bind_translate(unit: Any):
     path); the context-cache probe does not refresh recency (LRU of the context-cache sees
     only the slow path - a policy choice, any eviction is legal).
 
-    Scalable mode (TTM=01, ``scalable_hit``): exactly the full flow's effects on a hit -
+    Scalable mode (TTM=01, ``_cached``): exactly the full flow's effects on a hit -
     context-cache, PASID-cache and IOTLB each refreshed and counted - so a run is the same
     whichever path a request took (tests/hardware/test_translation_fast_path.py).
     """
@@ -78,16 +78,6 @@ def bind_translate(unit: Any):
     iotlb = unit.iotlb
     iotlb_get, iotlb_touch, iotlb_stats = iotlb._get, iotlb._touch, iotlb.stats
     lookup_iova = iotlb.lookup_iova
-    scalable_hit = _scalable_hit(unit)
-
-    def translate_cached(sid: int, iova: int, write: bool) -> IotlbEntry | None:
-        if unit.translation_enabled:
-            if unit.ttm == 1:
-                return scalable_hit(sid, iova, write)
-            if not unit.ttm:
-                return legacy_hit(sid, iova, write)
-        return None
-
     def translate_bound(sid: int, iova: int, write: bool = False, pasid: int | None = None):
         if pasid is None:
             entry = translate_cached(sid, iova, write)
@@ -115,6 +105,8 @@ def bind_translate(unit: Any):
             return entry
         return None
 
+    translate_cached = _cached(unit, legacy_hit)
+
     def legacy_miss(sid: int, iova: int, write: bool):
         ce = legacy_context(sid)
         if ce is None:
@@ -127,10 +119,11 @@ def bind_translate(unit: Any):
     return translate_bound, translate_cached
 
 
-def _scalable_hit(unit: Any):
-    """A request without PASID under TTM=01 that the full flow would answer from the caches
-    alone - context-cache, PASID-cache (the entry's RID_PASID) and a 4 KiB IOTLB entry with
-    the permission - returns that entry with the flow's side effects (each cache's recency
+def _cached(unit: Any, legacy_hit):
+    """``translate_cached``: ``legacy_hit`` under TTM=00.  Under TTM=01 a request without
+    PASID that the full flow would answer from the caches alone - context-cache, PASID-cache
+    (the entry's RID_PASID) and a 4 KiB IOTLB entry with the permission - returns that
+    entry with the flow's side effects (each cache's recency
     and hit counter; nothing else changes on such a hit: no fill, no stat of the unit).  The
     probes themselves change nothing, so on anything else (None) the full flow runs from the
     start.  Checks in the flow's order (flow.RequestFlow.request, scalable.pasid_entry,
@@ -146,7 +139,10 @@ def _scalable_hit(unit: Any):
     (context_stats, pasid_stats, iotlb_stats) = (c.stats for c in caches)
     iotlb = unit.iotlb
 
-    def scalable_hit(sid: int, iova: int, write: bool) -> IotlbEntry | None:
+    def translate_cached(sid: int, iova: int, write: bool) -> IotlbEntry | None:
+        if not unit.translation_enabled or unit.ttm != 1:
+            return legacy_hit(sid, iova, write) if unit.translation_enabled \
+                and not unit.ttm else None
         ce = context_get(sid)
         if ce is None or not ce.present or not ce.scalable:
             return None
@@ -170,7 +166,7 @@ def _scalable_hit(unit: Any):
         iotlb_stats.hit += 1
         return entry
 
-    return scalable_hit
+    return translate_cached
 
 
 def access(unit: Any, req: DmaRequest):
