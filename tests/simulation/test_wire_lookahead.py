@@ -1,5 +1,5 @@
 """The NIC wire handles arrivals ahead of the clock where no other actor can tell
-(``NicRx.arrivals_ahead``): every figure must equal that of one SimPy event per packet, on
+(``NicRx.wire``'s lookahead): every figure must equal that of one SimPy event per packet, on
 runs that drop (ring empty, DMA engine lagging), share the wire between flows, stop by time
 or by I/O count, and translate slowly (walks, a vIOMMU)."""
 

@@ -162,7 +162,7 @@ class RxFlow:
     def available(self) -> bool:
         return bool(self.posted)
 
-    contiguous = True  # a packet is one DMA of MTU bytes at its address (``NicRx.arrive``)
+    contiguous = True  # a packet is one DMA of MTU bytes at its address (``NicRx.wire``)
 
     def dma(self, addr: int, desc) -> float:
         """The NIC writes one packet at ``addr``; the translation latency beyond the DMA."""
@@ -221,12 +221,22 @@ class NicRx:
     def wire(self, flow: RxFlow):
         """The flow's share of the wire: every ``flows``-th packet (round-robin), at line
         rate.  While the ring is empty every arriving packet is dropped: the process sleeps
-        until a refill and counts the packets that arrived meanwhile.
+        until a refill and counts the packets that arrived meanwhile.  An arriving packet is
+        dropped while the DMA engine lags the wire by more than its buffer, else written
+        through the unit and queued for the core.
 
-        Arrivals that no other actor can tell apart from being handled at their own instant
-        are handled without a SimPy event each (``lookahead``, see ``ahead``): the results
-        are those of one timeout per packet, bit for bit."""
-        env, p, m = self.world.env, self.p, self.world.m
+        Lookahead: arrivals that no other actor can tell apart from being handled at their
+        own instant are handled without a SimPy event each, with results bit for bit those
+        of one timeout per packet.  The arrival at ``t`` may be handled at ``clock``, before
+        its time, when no event is scheduled at or before ``t`` (``horizon``: so no other
+        process runs in between, and same-time ties keep SimPy's order - the wire's timeout
+        is scheduled before any event it would have been scheduled after), the flow's core
+        is not asleep on it (a wake-up happens at its own time: only the first arrival of a
+        run may wake it, so no arrival after it schedules an event and ``horizon`` holds),
+        the ring has a descriptor, and the timeout taken at ``clock`` lands exactly where
+        one taken at ``t`` would (``clock + after == t + gap`` in floating point)."""
+        world, p = self.world, self.p
+        env, m, mtu, lag, xfer = world.env, world.m, p.mtu, self.lag_ns, self.xfer_ns
         gap = p.wire_ns * p.flows
         yield env.timeout(flow.index * p.wire_ns)
         while True:
@@ -238,53 +248,32 @@ class NicRx:
                 m.dropped += int(missed)
                 yield env.timeout(now + missed * gap - env.now)
                 continue
-            clock, delay = now, gap
-            self.arrive(flow, now)
-            # No arrival handled below schedules an event (the core is not asleep on
-            # ``wake``), so the next event's time is fixed for the whole loop.
-            horizon = env.peek()
-            while self.lookahead and flow.wake is None and flow.available():
-                after = self.ahead(clock, now + gap, gap, horizon)
-                if after is None:
+            clock, delay, horizon = now, gap, None
+            while True:
+                engine_free = self.engine_free
+                if engine_free - now > lag:
+                    m.dropped += 1
+                else:
+                    addr, desc = flow.packet_addr()
+                    extra = (world.dma(addr, mtu, True) if flow.contiguous
+                             else flow.dma(addr, desc))
+                    m.penalty.add(extra)
+                    start = engine_free if engine_free > now else now  # max(now, engine_free)
+                    self.engine_free = start + xfer + extra / self.parallelism
+                    flow.done.append((start + xfer + extra, now, desc))
+                    if flow.wake is not None:
+                        flow.wake.succeed()
+                        flow.wake = None
+                if horizon is None:
+                    horizon = env.peek()
+                if not self.lookahead or flow.wake is not None or not flow.available():
                     break
-                now, delay = now + gap, after
-                self.arrive(flow, now)
+                t = now + gap
+                after = t + gap - clock
+                if horizon <= t or clock + after != t + gap:
+                    break
+                now, delay = t, after
             yield env.timeout(delay)
-
-    @staticmethod
-    def ahead(clock: float, t: float, gap: float, horizon: float) -> float | None:
-        """Whether the arrival at ``t`` may be handled at ``clock``, before its time: then
-        the delay from ``clock`` to the arrival after it, else None.  It may when no event is
-        scheduled at or before ``t`` (``horizon``: so no other process runs in between, and
-        same-time ties keep SimPy's order - the wire's timeout is scheduled before any event
-        it would have been scheduled after) and the timeout taken now lands exactly where
-        one taken at ``t`` would (``clock + d == t + gap`` in floating point).  The caller
-        also needs the flow's core not asleep on it (a wake-up happens at its own time) and
-        a descriptor in the ring."""
-        if horizon <= t:
-            return None
-        after = t + gap - clock
-        return after if clock + after == t + gap else None
-
-    def arrive(self, flow: RxFlow, now: float) -> None:
-        """The packet arriving at ``now``: dropped while the DMA engine lags the wire by
-        more than its buffer, else written through the unit and queued for the core."""
-        world = self.world
-        m = world.m
-        engine_free = self.engine_free
-        if engine_free - now > self.lag_ns:
-            m.dropped += 1
-            return
-        addr, desc = flow.packet_addr()
-        extra = world.dma(addr, self.p.mtu, True) if flow.contiguous else flow.dma(addr, desc)
-        m.penalty.add(extra)
-        start = engine_free if engine_free > now else now  # max(now, engine_free)
-        xfer = self.xfer_ns
-        self.engine_free = start + xfer + extra / self.parallelism
-        flow.done.append((start + xfer + extra, now, desc))
-        if flow.wake is not None:
-            flow.wake.succeed()
-            flow.wake = None
 
     def wait_done(self, flow):
         """Sleep until the flow's oldest completion is ready (its DMA finished)."""

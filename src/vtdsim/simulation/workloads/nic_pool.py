@@ -54,7 +54,7 @@ class PoolRxFlow:
         self.stride = stride = p.stride
         self.slots = max(1, PAGE // stride)  # frames per page
         self.span = 1 if stride <= PAGE else -(-(p.mtu + HEADROOM) // PAGE)  # pages a frame
-        self.contiguous = self.span == 1  # a frame is one DMA at its address (NicRx.arrive)
+        self.contiguous = self.span == 1  # a frame is one DMA at its address (NicRx.wire)
         self.target = -(-p.ring // self.slots) * self.span  # pages posted to the ring
         pool_size = p.pool_size or self.target
         count = 4 * (self.target + pool_size) + 4 * ALLOC_CACHE_SIZE
