@@ -14,15 +14,8 @@ from dataclasses import dataclass, field
 SUB_BITS = 6  # 64 buckets per power of two
 
 
-def _bucket(ns: int) -> int:
-    if ns < 1 << SUB_BITS:
-        return ns
-    shift = ns.bit_length() - SUB_BITS - 1
-    return (shift + 1) << SUB_BITS | (ns >> shift) - (1 << SUB_BITS)
-
-
 def _bucket_value(bucket: int) -> int:
-    """The smallest value of ``bucket`` (exact below 64 ns)."""
+    """The smallest value of ``bucket`` (exact below 64 ns; ``Histogram.fold`` buckets)."""
     if bucket < 1 << SUB_BITS:
         return bucket
     shift = (bucket >> SUB_BITS) - 1
@@ -59,9 +52,13 @@ class Histogram:
         if not pending:
             return
         counts, total = self.counts, self._total
+        low = 1 << SUB_BITS
         for ns in pending:
             value = int(ns) if ns > 0 else 0  # max(0, int(ns))
-            counts[value if value < 1 << SUB_BITS else _bucket(value)] += 1
+            if value >= low:  # the bucket: the top SUB_BITS bits below the leading one
+                shift = value.bit_length() - SUB_BITS - 1
+                value = (shift + 1) << SUB_BITS | (value >> shift) - low
+            counts[value] += 1
             total += ns
         self._n += len(pending)
         self._total = total
