@@ -11,6 +11,7 @@ from vtdsim.simulation.metrics import Histogram, _bucket_value
 def _bucket_of(value: float) -> int:
     alone = Histogram()
     alone.add(value)
+    alone.fold()
     (bucket,) = alone.counts
     return bucket
 
