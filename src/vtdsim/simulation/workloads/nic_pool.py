@@ -77,7 +77,9 @@ class PoolRxFlow:
         bulk = min(self.p.pages_per_desc, self.target)
         while self.target - self.in_ring >= bulk:
             for _ in range(bulk):
-                page = yield from self.pool.alloc()
+                page = self.pool.take()
+                if page is None:
+                    page = yield from self.pool.alloc()
                 page.refs = 1  # the driver's reference while posted
                 self.posted.append(page)
                 self.in_ring += 1
@@ -158,13 +160,13 @@ class PoolRx(NicRx):
             yield from self.reap_acks(flow)
             yield env.timeout(len(batch) * self.packet_ns + self.segment_ns)
             yield from self.send_ack(flow)
-            # A page goes back to the pool when its last reference drops (Page.refs).
+            # A page goes back to the pool when its last reference drops (Page.refs; PagePool.put).
             for _ready, _arrival, (_pages, done_pages) in batch:
                 for page in done_pages:  # NAPI: the driver's reference, direct
                     flow.in_ring -= 1
                     page.refs -= 1
-                    if not page.refs:
-                        yield from pool.put(page, True)
+                    if not page.refs and not pool.recycle(page, True):
+                        yield from pool.release(page)
             # The reader copied them and frees the skbs on this CPU (skb_attempt_defer_free ->
             # kfree_skb_napi_cache, BH off): direct recycling while the queue's NAPI is still
             # scheduled here (page_pool_napi_local: napi->list_owner), i.e. more completions wait.
@@ -173,8 +175,8 @@ class PoolRx(NicRx):
             for _ready, arrival, (pages, _done_pages) in batch:
                 for page in pages:
                     page.refs -= 1
-                    if not page.refs:
-                        yield from pool.put(page, direct)
+                    if not page.refs and not pool.recycle(page, direct):
+                        yield from pool.release(page)
                         now = env.now  # a full ring unmaps: time passes
                 m.ios += 1
                 m.latency.add(now - arrival)
