@@ -116,15 +116,17 @@ class RemappingUnit:
         self._bind_fast_path()
 
     def _bind_fast_path(self) -> None:
-        # ``translate`` is the IOTLB-hit fast path bound to this unit's caches (translation.
-        # bind_translate): a method would add two calls and attribute lookups to every hit.
-        self.translate = translation.bind_translate(self)
+        # ``translate`` and ``translate_cached`` are the IOTLB-hit fast path bound to this
+        # unit's caches (translation.bind_translate): a method would add two calls and
+        # attribute lookups to every hit.
+        self.translate, self.translate_cached = translation.bind_translate(self)
 
     def __getstate__(self) -> dict:
         # copy/deepcopy/pickle (the checker snapshots worlds): the bound closure refers to the
         # original caches, so drop it and bind again on the copy.
         state = self.__dict__.copy()
         state.pop("translate", None)
+        state.pop("translate_cached", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -155,7 +157,8 @@ class RemappingUnit:
 
     # -- DMA front ---------------------------------------------------------------------------------
     # translate(sid, iova, write=False, pasid=None) -> IotlbEntry | Fault: the untranslated-
-    # request fast path, installed per instance by _bind_fast_path.
+    # request fast path, installed per instance by _bind_fast_path; translate_cached(sid,
+    # iova, write) -> IotlbEntry | None: its cache-hit half alone (None: nothing changed).
 
     def access(self, req: DmaRequest):
         """A full request (AT, privilege, execute, no-snoop): ``IotlbEntry`` or ``Fault``."""

@@ -254,8 +254,12 @@ class TimedMachine:
 
     # -- DMA ---------------------------------------------------------------------------------------
     def translate(self, sid: int, iova: int, write: bool):
-        """One untranslated request through the DMA's unit: (result, latency ns)."""
+        """One untranslated request through the DMA's unit: (result, latency ns).  A cache
+        hit (``translate_cached``) reads nothing: no walk-read counters to compare."""
         unit = self.dma_unit
+        entry = unit.translate_cached(sid, iova, write)
+        if entry is not None:
+            return entry, self.hit_ns
         stats = unit.stats
         before = stats["walk_reads"]
         result = unit.translate(sid, iova, write)

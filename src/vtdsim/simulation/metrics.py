@@ -14,15 +14,8 @@ from dataclasses import dataclass, field
 SUB_BITS = 6  # 64 buckets per power of two
 
 
-def _bucket(ns: int) -> int:
-    if ns < 1 << SUB_BITS:
-        return ns
-    shift = ns.bit_length() - SUB_BITS - 1
-    return (shift + 1) << SUB_BITS | (ns >> shift) - (1 << SUB_BITS)
-
-
 def _bucket_value(bucket: int) -> int:
-    """The smallest value of ``bucket`` (exact below 64 ns)."""
+    """The smallest value of ``bucket`` (exact below 64 ns; ``Histogram.fold`` buckets)."""
     if bucket < 1 << SUB_BITS:
         return bucket
     shift = (bucket >> SUB_BITS) - 1
@@ -30,22 +23,62 @@ def _bucket_value(bucket: int) -> int:
 
 
 class Histogram:
-    """Latencies in integer ns, bucketed; ``percentile`` returns a bucket's lower bound."""
+    """Latencies in integer ns, bucketed; ``percentile`` returns a bucket's lower bound.
+
+    ``add`` is the bound ``append`` of a list of pending values (one C call per value, a
+    hot-path cost): they are folded into the buckets, count and total - in the order they
+    came, so the float total is the same sum - by ``fold``, which every read does first and
+    the run calls now and then (``run.Stop``) so memory stays flat."""
 
     def __init__(self) -> None:
         self.counts: Counter[int] = Counter()
-        self.n = 0
-        self.total = 0.0
+        self._n = 0
+        self._total = 0.0
+        self._pending: list[float] = []
+        self.add = self._pending.append
 
-    def add(self, ns: float) -> None:
-        self.counts[_bucket(max(0, int(ns)))] += 1
-        self.n += 1
-        self.total += ns
+    def __getstate__(self) -> dict:
+        self.fold()
+        state = self.__dict__.copy()
+        del state["add"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.add = self._pending.append
+
+    def fold(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        counts, total = self.counts, self._total
+        low = 1 << SUB_BITS
+        for ns in pending:
+            value = int(ns) if ns > 0 else 0  # max(0, int(ns))
+            if value >= low:  # the bucket: the top SUB_BITS bits below the leading one
+                shift = value.bit_length() - SUB_BITS - 1
+                value = (shift + 1) << SUB_BITS | (value >> shift) - low
+            counts[value] += 1
+            total += ns
+        self._n += len(pending)
+        self._total = total
+        pending.clear()
+
+    @property
+    def n(self) -> int:
+        self.fold()
+        return self._n
+
+    @property
+    def total(self) -> float:
+        self.fold()
+        return self._total
 
     def percentile(self, p: float) -> int:
-        if not self.n:
+        n = self.n
+        if not n:
             return 0
-        rank, seen = p / 100 * self.n, 0
+        rank, seen = p / 100 * n, 0
         for bucket in sorted(self.counts):
             seen += self.counts[bucket]
             if seen >= rank:
@@ -54,7 +87,8 @@ class Histogram:
 
     @property
     def mean(self) -> float:
-        return self.total / self.n if self.n else 0.0
+        n = self.n
+        return self._total / n if n else 0.0
 
 
 @dataclass
@@ -105,3 +139,8 @@ class Measure:
     penalty: Histogram = field(default_factory=Histogram)
     map: OpTimes = field(default_factory=OpTimes)
     unmap: OpTimes = field(default_factory=OpTimes)
+
+    def fold(self) -> None:
+        """Fold the histograms' pending values (``Histogram.add``)."""
+        self.latency.fold()
+        self.penalty.fold()

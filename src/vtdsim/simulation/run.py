@@ -32,8 +32,8 @@ FORGET_EVERY = 4096  # I/Os between two hand-overs of the driver's submission lo
 
 class Stop:
     """Ends the warm-up after ``warmup`` I/Os, then the run after ``ios`` measured I/Os
-    (``None``: the caller runs until a time); also keeps the driver's submission log from
-    growing with the run."""
+    (``None``: the caller runs until a time); also keeps the driver's submission log and the
+    histograms' pending values from growing with the run."""
 
     def __init__(self, world: DmaWorld, ios: int | None, warmup: int = 0):
         self.world, self.target, self.warmup = world, ios, warmup
@@ -50,6 +50,7 @@ class Stop:
         ios = self.world.m.ios
         if ios >= self._next_forget:
             self.world.system.take_submissions()
+            self.world.m.fold()
             self._next_forget = ios + FORGET_EVERY
         if self.warmup:
             if ios >= self.warmup and not self.warmed.triggered:

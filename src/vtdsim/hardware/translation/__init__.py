@@ -46,6 +46,7 @@ from typing import Any
 from vtdsim.hardware.caches.context_cache import ContextCacheEntry
 from vtdsim.hardware.caches.iotlb import STAGE_PT, IotlbEntry
 from vtdsim.hardware.faults import Fault, FaultReason
+from vtdsim.hardware.pasid_table import PGTT_PT
 from vtdsim.hardware.request import AT_TRANSLATION_REQUEST, DmaRequest
 from vtdsim.hardware.translation.flow import RequestFlow
 from vtdsim.hardware.translation.outcome import WALK_REASONS, Abort, Fill, no_access, pass_through
@@ -55,13 +56,21 @@ __all__ = ["Fill", "access", "apply_fill", "bind_translate", "entry_pieces", "po
 
 # -- the public entry points ----------------------------------------------------------------------
 def bind_translate(unit: Any):
-    """The untranslated-request fast path bound to ``unit``'s caches, for the unit to install
-    as its ``translate``: a context-cache probe, an IOTLB probe, and on a hit with the
-    permission the cached ``IotlbEntry`` itself.  Anything else takes the full flow.
+    """The untranslated-request fast path bound to ``unit``'s caches, for the unit to install:
+    ``(translate, translate_cached)``.  ``translate_cached(sid, iova, write)`` probes the
+    caches only and returns, on a 4 KiB IOTLB hit with the permission, the cached
+    ``IotlbEntry`` itself, else None having changed nothing (so a caller may then take the
+    full flow, or ask ``translate`` which does); ``translate(sid, iova, write=False,
+    pasid=None)`` answers any untranslated request.
 
-    Hits are counted in ``unit.iotlb.stats.hit`` only (a Counter increment would double the
-    cost of the hit path); the context-cache probe does not refresh recency (LRU of the
-    context-cache sees only the slow path - a policy choice, any eviction is legal).
+    Legacy mode (TTM=00): a context-cache probe and an IOTLB probe.  Hits are counted in
+    ``unit.iotlb.stats.hit`` only (a Counter increment would double the cost of the hit
+    path); the context-cache probe does not refresh recency (LRU of the context-cache sees
+    only the slow path - a policy choice, any eviction is legal).
+
+    Scalable mode (TTM=01, ``_cached``): exactly the full flow's effects on a hit -
+    context-cache, PASID-cache and IOTLB each refreshed and counted - so a run is the same
+    whichever path a request took (tests/hardware/test_translation_fast_path.py).
     """
     # The caches' bound dict.get (base.LruCache binds it once for this path): a method call
     # per probe would double the cost of a hit.
@@ -69,28 +78,95 @@ def bind_translate(unit: Any):
     iotlb = unit.iotlb
     iotlb_get, iotlb_touch, iotlb_stats = iotlb._get, iotlb._touch, iotlb.stats
     lookup_iova = iotlb.lookup_iova
-    tag = (iotlb.tag_sid,)  # a requester-tagged IOTLB (QEMU's) ends its keys with the SID
-
     def translate_bound(sid: int, iova: int, write: bool = False, pasid: int | None = None):
-        if pasid is None and unit.translation_enabled and not unit.ttm:
-            ce = context_get(sid)
-            if ce is not None and ce.present and ce.did is not None and ce.tt != 2:
-                # The 4 KiB probe of Iotlb.lookup_iova, inlined: most hits are 4 KiB pages.
-                key = (ce.did, 0, 1, iova >> 12, sid) if tag[0] else (ce.did, 0, 1, iova >> 12)
-                entry = iotlb_get(key)
-                if entry is not None and entry.present and (entry.write if write
-                                                            else entry.read):
-                    iotlb_touch(key)
-                    iotlb_stats.hit += 1
-                    return entry
-                entry = lookup_iova(ce.did, 0, iova, sid)
-                if entry is not None and entry.present and (entry.write if write
-                                                            else entry.read):
-                    return entry
-                return _run(unit, DmaRequest(sid, iova, write), ce, probed=True, entry=entry)
+        if pasid is None:
+            entry = translate_cached(sid, iova, write)
+            if entry is not None:
+                return entry
+            if unit.translation_enabled and not unit.ttm:
+                return legacy_miss(sid, iova, write)
         return access(unit, DmaRequest(sid, iova, write, pasid))
 
-    return translate_bound
+    def legacy_context(sid: int):
+        ce = context_get(sid)
+        return ce if ce is not None and ce.present and ce.did is not None and ce.tt != 2 \
+            else None
+
+    def legacy_hit(sid: int, iova: int, write: bool) -> IotlbEntry | None:
+        ce = legacy_context(sid)
+        if ce is None:
+            return None
+        # The 4 KiB probe of Iotlb.lookup_iova, inlined: most hits are 4 KiB pages.
+        key = (ce.did, 0, 1, iova >> 12, sid) if iotlb.tag_sid else (ce.did, 0, 1, iova >> 12)
+        entry = iotlb_get(key)
+        if entry is not None and entry.present and (entry.write if write else entry.read):
+            iotlb_touch(key)
+            iotlb_stats.hit += 1
+            return entry
+        return None
+
+    translate_cached = _cached(unit, legacy_hit)
+
+    def legacy_miss(sid: int, iova: int, write: bool):
+        ce = legacy_context(sid)
+        if ce is None:
+            return access(unit, DmaRequest(sid, iova, write))
+        entry = lookup_iova(ce.did, 0, iova, sid)
+        if entry is not None and entry.present and (entry.write if write else entry.read):
+            return entry
+        return _run(unit, DmaRequest(sid, iova, write), ce, probed=True, entry=entry)
+
+    return translate_bound, translate_cached
+
+
+def _cached(unit: Any, legacy_hit):
+    """``translate_cached``: ``legacy_hit`` under TTM=00.  Under TTM=01 a request without
+    PASID that the full flow would answer from the caches alone - context-cache, PASID-cache
+    (the entry's RID_PASID) and a 4 KiB IOTLB entry with the permission - returns that
+    entry with the flow's side effects (each cache's recency
+    and hit counter; nothing else changes on such a hit: no fill, no stat of the unit).  The
+    probes themselves change nothing, so on anything else (None) the full flow runs from the
+    start.  Checks in the flow's order (flow.RequestFlow.request, scalable.pasid_entry,
+    flow.page): a present context entry fetched in scalable mode; RID_PASID within the
+    directory PDTS sizes (0x46); a present PASID entry that is not pass-through (answered
+    without the IOTLB); then ``usable`` and ``check_access`` of a hit, which for AT=00
+    without PRIV/EXE reduce to present and permitted.  The interrupt-range check (0x87)
+    needs no probe: no IOTLB entry touching the range is ever filled
+    (``RequestFlow.fill_iotlb``)."""
+    caches = unit.context_cache, unit.pasid_cache, unit.iotlb
+    (context_get, pasid_get, iotlb_get) = (c._get for c in caches)
+    (context_touch, pasid_touch, iotlb_touch) = (c._touch for c in caches)
+    (context_stats, pasid_stats, iotlb_stats) = (c.stats for c in caches)
+    iotlb = unit.iotlb
+
+    def translate_cached(sid: int, iova: int, write: bool) -> IotlbEntry | None:
+        if not unit.translation_enabled or unit.ttm != 1:
+            return legacy_hit(sid, iova, write) if unit.translation_enabled \
+                and not unit.ttm else None
+        ce = context_get(sid)
+        if ce is None or not ce.present or not ce.scalable:
+            return None
+        pasid = ce.rid_pasid
+        if pasid >> 6 >= 1 << (ce.pdts + 7):  # pasid_table.pasid_dir_index / _entries
+            return None
+        pkey = (sid, pasid)
+        pe = pasid_get(pkey)
+        if pe is None or not pe.present or pe.pgtt == PGTT_PT:
+            return None
+        key = ((pe.did, pasid, 1, iova >> 12, sid) if iotlb.tag_sid
+               else (pe.did, pasid, 1, iova >> 12))
+        entry = iotlb_get(key)
+        if entry is None or not entry.present or not (entry.write if write else entry.read):
+            return None
+        context_touch(sid)
+        context_stats.hit += 1
+        pasid_touch(pkey)
+        pasid_stats.hit += 1
+        iotlb_touch(key)
+        iotlb_stats.hit += 1
+        return entry
+
+    return translate_cached
 
 
 def access(unit: Any, req: DmaRequest):

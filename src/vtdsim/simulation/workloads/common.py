@@ -117,6 +117,10 @@ def domain_type(mode: Mode, system: System) -> str:
     return iommu_core.iommu_get_def_domain_type(policy, system.devices[DEVICE])
 
 
+def _faulted(page: int, result) -> None:
+    raise ModelError(f"simulated DMA to {page << 12:#x} faulted: {result.describe()}")
+
+
 class DmaWorld:
     """The timed machine, the device's domain and cookie, and the measurements."""
 
@@ -243,10 +247,15 @@ class DmaWorld:
         if self.info.ats_enabled:
             return self._ats_dma(first, last, write)
         translate, sid, extra = self.machine.translate, self.sid, 0.0
+        if first == last:  # most DMAs: one page, no loop
+            result, ns = translate(sid, first << 12, write)
+            if not result:
+                _faulted(first, result)
+            return extra + ns
         for page in range(first, last + 1):
             result, ns = translate(sid, page << 12, write)
             if not result:
-                raise ModelError(f"simulated DMA to {page << 12:#x} faulted: {result.describe()}")
+                _faulted(page, result)
             extra += ns
         return extra
 

@@ -162,6 +162,8 @@ class RxFlow:
     def available(self) -> bool:
         return bool(self.posted)
 
+    contiguous = True  # a packet is one DMA of MTU bytes at its address (``NicRx.wire``)
+
     def dma(self, addr: int, desc) -> float:
         """The NIC writes one packet at ``addr``; the translation latency beyond the DMA."""
         return self.world.dma(addr, self.p.mtu, True)
@@ -189,6 +191,8 @@ class RxFlow:
 
 
 class NicRx:
+    lookahead = True  # handle arrivals without an event each where nobody can tell (wire)
+
     def __init__(self, world: DmaWorld, p: NicParams, stop):
         self.world, self.p, self.stop = world, p, stop
         c = world.constants
@@ -208,6 +212,8 @@ class NicRx:
     def start(self) -> None:
         env = self.world.env
         self.engine_free = 0.0
+        self.xfer_ns = self.world.transfer_ns(self.p.mtu)
+        self.parallelism = self.world.parallelism
         for flow in self.flows:
             env.process(self.wire(flow))
             env.process(self.core(flow))
@@ -215,8 +221,22 @@ class NicRx:
     def wire(self, flow: RxFlow):
         """The flow's share of the wire: every ``flows``-th packet (round-robin), at line
         rate.  While the ring is empty every arriving packet is dropped: the process sleeps
-        until a refill and counts the packets that arrived meanwhile."""
-        env, world, p, m = self.world.env, self.world, self.p, self.world.m
+        until a refill and counts the packets that arrived meanwhile.  An arriving packet is
+        dropped while the DMA engine lags the wire by more than its buffer, else written
+        through the unit and queued for the core.
+
+        Lookahead: arrivals that no other actor can tell apart from being handled at their
+        own instant are handled without a SimPy event each, with results bit for bit those
+        of one timeout per packet.  The arrival at ``t`` may be handled at ``clock``, before
+        its time, when no event is scheduled at or before ``t`` (``horizon``: so no other
+        process runs in between, and same-time ties keep SimPy's order - the wire's timeout
+        is scheduled before any event it would have been scheduled after), the flow's core
+        is not asleep on it (a wake-up happens at its own time: only the first arrival of a
+        run may wake it, so no arrival after it schedules an event and ``horizon`` holds),
+        the ring has a descriptor, and the timeout taken at ``clock`` lands exactly where
+        one taken at ``t`` would (``clock + after == t + gap`` in floating point)."""
+        world, p = self.world, self.p
+        env, m, mtu, lag, xfer = world.env, world.m, p.mtu, self.lag_ns, self.xfer_ns
         gap = p.wire_ns * p.flows
         yield env.timeout(flow.index * p.wire_ns)
         while True:
@@ -228,19 +248,32 @@ class NicRx:
                 m.dropped += int(missed)
                 yield env.timeout(now + missed * gap - env.now)
                 continue
-            if self.engine_free - now > self.lag_ns:
-                m.dropped += 1
-            else:
-                addr, desc = flow.packet_addr()
-                extra = flow.dma(addr, desc)
-                m.penalty.add(extra)
-                start, xfer = max(now, self.engine_free), world.transfer_ns(p.mtu)
-                self.engine_free = start + xfer + extra / world.parallelism
-                flow.done.append((start + xfer + extra, now, desc))
-                if flow.wake is not None:
-                    flow.wake.succeed()
-                    flow.wake = None
-            yield env.timeout(gap)
+            clock, delay, horizon = now, gap, None
+            while True:
+                engine_free = self.engine_free
+                if engine_free - now > lag:
+                    m.dropped += 1
+                else:
+                    addr, desc = flow.packet_addr()
+                    extra = (world.dma(addr, mtu, True) if flow.contiguous
+                             else flow.dma(addr, desc))
+                    m.penalty.add(extra)
+                    start = engine_free if engine_free > now else now  # max(now, engine_free)
+                    self.engine_free = start + xfer + extra / self.parallelism
+                    flow.done.append((start + xfer + extra, now, desc))
+                    if flow.wake is not None:
+                        flow.wake.succeed()
+                        flow.wake = None
+                if horizon is None:
+                    horizon = env.peek()
+                if not self.lookahead or flow.wake is not None or not flow.available():
+                    break
+                t = now + gap
+                after = t + gap - clock
+                if horizon <= t or clock + after != t + gap:
+                    break
+                now, delay = t, after
+            yield env.timeout(delay)
 
     def wait_done(self, flow):
         """Sleep until the flow's oldest completion is ready (its DMA finished)."""

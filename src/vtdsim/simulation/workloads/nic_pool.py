@@ -54,14 +54,9 @@ ACK_SLOTS = 64  # ACK skbs' heads in flight come from a few slab pages
 NAPI_BUDGET = 64  # NAPI_POLL_WEIGHT: netif_napi_add's weight, mlx5e_napi_poll's RX budget
 
 
-class Packet:
-    """A received frame: the pool pages it was written to, and the ring pages whose last
-    frame it was (the driver drops its reference on those when NAPI has taken it)."""
-
-    __slots__ = ("addr", "pages", "done_pages")
-
-    def __init__(self, addr: int, pages: list, done_pages: list):
-        self.addr, self.pages, self.done_pages = addr, pages, done_pages
+# A received frame is the pair (pages, done_pages): the pool pages it was written to, and the
+# ring pages whose last frame it was (the driver drops its reference on those when NAPI has
+# taken it).  A plain tuple: one is built per packet.
 
 
 class PoolRxFlow:
@@ -69,9 +64,10 @@ class PoolRxFlow:
 
     def __init__(self, world: DmaWorld, p: NicParams, index: int):
         self.world, self.p, self.index = world, p, index
-        stride = p.stride
+        self.stride = stride = p.stride
         self.slots = max(1, PAGE // stride)  # frames per page
         self.span = 1 if stride <= PAGE else -(-(p.mtu + HEADROOM) // PAGE)  # pages a frame
+        self.contiguous = self.span == 1  # a frame is one DMA at its address (NicRx.wire)
         self.target = -(-p.ring // self.slots) * self.span  # pages posted to the ring
         pool_size = p.pool_size or self.target
         count = 4 * (self.target + pool_size) + 4 * ALLOC_CACHE_SIZE
@@ -96,7 +92,9 @@ class PoolRxFlow:
         bulk = min(self.p.pages_per_desc, self.target)
         while self.target - self.in_ring >= bulk:
             for _ in range(bulk):
-                page = yield from self.pool.alloc()
+                page = self.pool.take()
+                if page is None:
+                    page = yield from self.pool.alloc()
                 page.refs = 1  # the driver's reference while posted
                 self.posted.append(page)
                 self.in_ring += 1
@@ -107,30 +105,32 @@ class PoolRxFlow:
     def available(self) -> bool:
         return len(self.posted) >= self.span
 
-    def packet_addr(self) -> tuple[int, Packet]:
-        """The next frame's DMA address and its packet (the wire checks ``posted``)."""
+    def packet_addr(self) -> tuple[int, tuple[tuple, tuple]]:
+        """The next frame's DMA address and its (pages, done_pages) (the wire checks
+        ``posted``)."""
         if self.slots > 1:
             page = self.posted[0]
-            addr = page.dma + self.used * self.p.stride
+            used = self.used
+            addr = page.dma + used * self.stride
             page.refs += 1
-            self.used += 1
-            done = []
-            if self.used == self.slots:
+            used += 1
+            if used == self.slots:
                 self.posted.popleft()
                 self.used = 0
-                done = [page]
-            return addr, Packet(addr, [page], done)
-        pages = [self.posted.popleft() for _ in range(self.span)]
+                return addr, ((page,), (page,))
+            self.used = used
+            return addr, ((page,), ())
+        pages = tuple(self.posted.popleft() for _ in range(self.span))
         for page in pages:
             page.refs += 1
-        return pages[0].dma, Packet(pages[0].dma, pages, pages)
+        return pages[0].dma, (pages, pages)
 
-    def dma(self, addr: int, packet: Packet) -> float:
-        world, mtu = self.world, self.p.mtu
-        if len(packet.pages) == 1:
+    def dma(self, addr: int, packet: tuple[tuple, tuple]) -> float:
+        world, mtu, pages = self.world, self.p.mtu, packet[0]
+        if len(pages) == 1:
             return world.dma(addr, mtu, True)
         extra = 0.0
-        for k, page in enumerate(packet.pages):
+        for k, page in enumerate(pages):
             extra += world.dma(page.dma, min(PAGE, mtu - k * PAGE), True)
         return extra
 
@@ -181,13 +181,14 @@ class PoolRx(NicRx):
         return delivered, segments
 
     def core(self, flow: PoolRxFlow):
-        env, m = self.world.env, self.world.m
+        env, m, done = self.world.env, self.world.m, flow.done
+        pool = flow.pool
         while True:
             yield from self.wait_done(flow)
-            polled = []
-            while flow.done and len(polled) < NAPI_BUDGET and flow.done[0][0] <= env.now:
-                polled.append(flow.done.popleft())
-            start = env.now
+            polled, now = [], env.now
+            while done and len(polled) < NAPI_BUDGET and done[0][0] <= now:
+                polled.append(done.popleft())
+            start = now
             yield from self.reap_acks(flow)
             batch, segments = self.gro(flow, polled)
             flow.unacked += len(batch) * self.mss
@@ -197,20 +198,27 @@ class PoolRx(NicRx):
             if ack:
                 flow.unacked = 0
                 yield from self.send_ack(flow)
-            for _ready, _arrival, packet in polled:
-                for page in packet.done_pages:  # NAPI: the driver's reference, direct
+            # A page goes back to the pool when its last reference drops (Page.refs; PagePool.put).
+            for _ready, _arrival, (_pages, done_pages) in polled:
+                for page in done_pages:  # NAPI: the driver's reference, direct
                     flow.in_ring -= 1
-                    yield from flow.pool.unref(page, True)
+                    page.refs -= 1
+                    if not page.refs and not pool.recycle(page, True):
+                        yield from pool.release(page)
             # The reader copied the delivered ones and frees the skbs on this CPU
             # (skb_attempt_defer_free -> kfree_skb_napi_cache, BH off): direct recycling while
             # the queue's NAPI is still scheduled here (page_pool_napi_local:
             # napi->list_owner), i.e. more completions wait.
-            direct = bool(flow.done)
-            for _ready, arrival, packet in batch:
-                for page in packet.pages:
-                    yield from flow.pool.unref(page, direct)
+            direct = bool(done)
+            now = env.now
+            for _ready, arrival, (pages, _done_pages) in batch:
+                for page in pages:
+                    page.refs -= 1
+                    if not page.refs and not pool.recycle(page, direct):
+                        yield from pool.release(page)
+                        now = env.now  # a full ring unmaps: time passes
                 m.ios += 1
-                m.latency.add(env.now - arrival)
+                m.latency.add(now - arrival)
             yield from flow.refill()
             m.cpu_busy_ns += env.now - start
             self.stop.check()

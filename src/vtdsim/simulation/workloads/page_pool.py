@@ -32,7 +32,8 @@ RING_MAX = 16384  # page_pool_init caps ptr_ring size at min(pool_size, 16384)
 
 class Page:
     """One pool page: its physical and DMA address and the references held on it (the
-    driver's while posted to the ring, one per packet built on it)."""
+    driver's while posted to the ring, one per packet built on it); whoever drops the last
+    returns it to the pool (``PagePool.put``)."""
 
     __slots__ = ("phys", "dma", "refs")
 
@@ -59,6 +60,16 @@ class PagePool:
 
     def alloc(self):
         """A page for the RX ring (generator: the slow path maps pages)."""
+        page = self.take()
+        if page is not None:
+            return page
+        yield from self._alloc_slow()
+        return self.cache.pop()
+
+    def take(self) -> Page | None:
+        """``alloc`` without its slow path: a page from the alloc cache, refilled from the
+        ring first if empty; None when both are empty (then ``alloc``).  Not a generator,
+        so the common case costs a call, not a generator per page."""
         if self.cache:
             self.stats["alloc_fast"] += 1
             return self.cache.pop()
@@ -67,8 +78,7 @@ class PagePool:
             take = min(ALLOC_CACHE_REFILL, len(self.ring))
             self.cache.extend(self.ring.popleft() for _ in range(take))
             return self.cache.pop()
-        yield from self._alloc_slow()
-        return self.cache.pop()
+        return None
 
     def _alloc_slow(self):
         if len(self.free_phys) < ALLOC_CACHE_REFILL:
@@ -84,22 +94,26 @@ class PagePool:
     def put(self, page: Page, direct: bool):
         """The page's last reference was dropped (generator: a full ring unmaps it).
         ``direct``: the caller runs in the pool's NAPI context on its CPU."""
+        if not self.recycle(page, direct):
+            yield from self.release(page)
+
+    def recycle(self, page: Page, direct: bool) -> bool:
+        """``put`` without its slow path: into the alloc cache or the ring; False if the
+        ring is full (then ``release``).  Not a generator, like ``take``."""
         if direct and len(self.cache) < ALLOC_CACHE_SIZE:
             self.stats["recycle_cached"] += 1
             self.cache.append(page)
-            return
+            return True
         if len(self.ring) < self.ring_size:
             self.stats["recycle_ring"] += 1
             self.ring.append(page)
-            return
+            return True
+        return False
+
+    def release(self, page: Page):
+        """The ring is full: the page leaves the pool, unmapped and freed (generator)."""
         self.stats["recycle_ring_full"] += 1
         yield from self.world.unmap_page(self.cpu, page.dma, PAGE)
         self.stats["unmapped"] += 1
         yield self.world.env.timeout(self.alloc_ns)
         self.free_phys.append(page.phys)
-
-    def unref(self, page: Page, direct: bool):
-        """Drop one reference (generator); the last one returns the page to the pool."""
-        page.refs -= 1
-        if page.refs == 0:
-            yield from self.put(page, direct)
