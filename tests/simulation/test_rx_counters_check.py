@@ -10,7 +10,15 @@ divided by 4 KiB of iperf goodput.  1 / 2 / 4 / 8 flows: IOTLB misses 0.96 / 1.1
 1.17 per 4 KiB, memory accesses 2.01 / 2.46 / 2.46 / 2.41 per 4 KiB, i.e. 2.0-2.1 walk reads
 per IOTLB miss.  The model counts the same things: every translation request of the device's
 DMAs through the host unit (data, ACKs) and every structure read of their walks, per 4 KiB of
-received data."""
+received data.
+
+Expected from the spec before the nested walk resumed from cached entries (written before
+running it): a nested IOTLB miss whose 2 MiB region of IOVA space was walked before finds the
+combined PDE-cache entry (spec 6.2.5.4: the host-physical address of the guest's FS page
+table), so it reads 1 FS PTE; the PTE's output GPA is then translated by the second stage
+resuming from the SS PDE- (4 KiB host pages) or PDPE-cache entry (2 MiB host pages) of that
+GPA's region, 1 more read: 2 reads per miss in steady state, plus the few first touches of a
+new IOVA or GPA region (up to 4 + 5 * 4 ... reads once) - about 2.0-2.3 per miss."""
 
 import pytest
 
