@@ -33,12 +33,17 @@ def test_nested_strict_unmap_is_an_exit_with_a_forwarded_invalidation():
 def test_nested_lazy_batches_exits_and_walks_two_dimensions():
     """6.12 lets a first-stage default domain be lazy under caching mode (seed 003): the
     flush queue turns one exit per I/O into one per batch; the host walks the guest's first
-    stage nested over its second stage, more reads per miss than bare metal's walk."""
+    stage nested over its second stage: under cached entries (spec 6.2.5) a nested miss reads
+    the FS PTE and the SS leaf of its GPA where bare metal's reads its one SS PTE."""
     lazy = _nic(platform="nested", policy="lazy", ios=1200)
     bare = _nic(policy="lazy", ios=1200)
     assert lazy["domain_type"] == "dma_fq"
     assert 0 < lazy["exits_per_io"] < 0.05
-    assert lazy["translation_reads_per_4k"] > 2 * bare["translation_reads_per_4k"]
+
+    def per_miss(r):
+        return r["translation_reads_per_4k"] / r["iotlb_misses_per_4k"]
+
+    assert 2.0 <= per_miss(lazy) < 2.2 and 1.0 <= per_miss(bare) < 1.1
 
 
 def test_shadow_maps_exit_too_and_pay_vfio():

@@ -19,9 +19,11 @@ ENTRIES = 64  # a small IOTLB keeps the windows small; the reach is the model's 
 
 
 def _penalty(table, window: int, iova_pages: str = "4k") -> float:
+    """The penalty beyond an IOTLB hit's own (``iotlb_hit_ns``, a chosen 2 ns: pcie-bench's
+    hits cost nothing measurable, 555 vs 557 ns), i.e. what the misses add."""
     result = simulate("dma-window", Mode(ios=3000, iova_pages=iova_pages),
                       make_params("dma-window", window=window), table)
-    return result["dma_latency_penalty_ns"]
+    return result["dma_latency_penalty_ns"] - table["iotlb_hit_ns"]
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +46,39 @@ def test_two_megabyte_pages_stay_flat_where_4k_pages_miss(table):
     2 MiB IOMMU pages keep a window's translations in the IOTLB."""
     window = 16 * ENTRIES * 4096
     assert _penalty(table, window, "2m") < 0.05 * _penalty(table, window)
+
+
+# -- magnitude -----------------------------------------------------------------------------------
+# The same raw data, windows 4 and 8 MiB (16x and 32x the 64-entry reach, >93% of reads miss):
+# 813.9 - 556.9 = 257 ns and 827.0 - 556.9 = 270 ns of penalty (HWarm; Cold: 257 / 275).  The
+# unit is the Xeon E5 v3/v4 one as Linux prints it; whether that box's walks snooped (ECAP.C)
+# is not published, so both variants are run.  Tolerance +-25%: the sibling Haswell E5-2620v3
+# in the same data pays 201 / 214 ns, 20% less - a model of "such a unit" is right if it lands
+# within that spread.
+PUBLISHED = {4 << 20: 257.0, 8 << 20: 270.0}
+
+
+def _xeon_penalty(table, unit: str, window: int) -> float:
+    result = simulate("dma-window", Mode(ios=3000, unit=unit),
+                      make_params("dma-window", window=window), table)
+    return result["dma_latency_penalty_ns"]
+
+
+@pytest.mark.xfail(strict=True, reason="a miss costs one walk read with a cached PDE: 37 ns "
+                   "(LLC, ECAP.C=1) or 90 ns (DRAM, C=0) against ~270 ns measured")
+@pytest.mark.parametrize("unit", ["xeon-e5v4", "xeon-e5v4-nc"])
+def test_penalty_magnitude_matches_pcie_bench(table, unit):
+    for window, published in PUBLISHED.items():
+        assert _xeon_penalty(table, unit, window) == pytest.approx(published, rel=0.25)
+
+
+def test_published_penalty_lies_between_a_cached_pde_walk_and_a_full_walk(table, tmp_path):
+    """The bracket the mechanism gives: a walk resuming at a cached PDE reads one PTE, a walk
+    with no paging-structure cache reads all four levels (DRAM reads: the published penalty
+    is the same host-cold and host-warm, as a non-snooped walk's would be)."""
+    path = tmp_path / "nopsc.toml"
+    path.write_text(f"iotlb_entries = {ENTRIES}\npscache_entries = 0\n")
+    full = constants.load(path)
+    for window, published in PUBLISHED.items():
+        assert _xeon_penalty(table, "xeon-e5v4-nc", window) < published
+        assert published < _xeon_penalty(full, "xeon-e5v4-nc", window)

@@ -90,13 +90,17 @@ class FsRules:
 @dataclass(frozen=True, slots=True)
 class FsTable:
     """A non-leaf FS entry passed (host address of the table it points to, cumulative
-    permissions); ``level`` is the level of the table pointed to."""
+    permissions); ``level`` is the level of the table pointed to.  ``gpa``: in nested mode the
+    table's guest-physical address, which an A/D update of an entry in it must translate with
+    write permission through the second stage (spec 6.2.5: A/D setting in nested mode is
+    "subject to write permission checks at second-stage translation"); None otherwise."""
 
     level: int
     table: int
     write: bool
     user: bool
     exe: bool
+    gpa: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +169,7 @@ def walk_fs(
     if not is_canonical(iova, levels):
         return FsWalk(FR_FS_NON_CANONICAL, levels)
     if start is not None:
-        level, table, gpa = start.level, start.table, None
+        level, table, gpa = start.level, start.table, start.gpa
         w, u, x = start.write, start.user, start.exe
     else:
         level, table, gpa = levels, fsptptr, fsptptr
@@ -206,14 +210,14 @@ def walk_fs(
             table, reason = table_hpa(gpa, False, False)
             if reason:
                 return FsWalk(reason, level, tables=tuple(tables))
-        tables.append(FsTable(level, table, w, u, x))
+        tables.append(FsTable(level, table, w, u, x, gpa if table_hpa is not None else None))
 
 
 def _ad_update_fault(rules: FsRules, table_hpa: TableHpa | None, gpa: int | None,
                      top: bool) -> int:
     """Why an A/D store cannot be made: a non-snooped walk (0x90), or in nested mode SS
-    denying the write to the guest-physical table (0x77).  ``gpa`` is None only when the walk
-    resumed from a cached table, which the flow never does in nested mode."""
+    denying the write to the guest-physical table (0x77).  A walk resuming from a cached
+    combined (nested) entry knows the table's guest-physical address from ``FsTable.gpa``."""
     if not rules.snoop:
         return FR_FS_AD_NOSNOOP
     if table_hpa is None or gpa is None:

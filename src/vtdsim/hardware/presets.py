@@ -75,6 +75,15 @@ _QEMU100_CAP_FLTS_CM = 0x1D2008C222F0686  # x-flts=on, caching-mode=on
 _QEMU100_ECAP_SM = 0x480080F00F4A  # x-scalable-mode=on (second stage)
 _QEMU100_ECAP_FLTS = 0x880000F00F4A  # x-scalable-mode=on, x-flts=on
 
+# A Xeon E5 v3/v4-class server unit (Haswell-EP/Broadwell-EP; pcie-bench's E5-2630v4 is one) as
+# Linux prints it: "cap d2078c106f0466 ecap f020df" on an HP ProLiant DL380 Gen9 (J. Lelli, LKML,
+# 1 July 2020, Message-ID 20200701163504.GD9670@localhost.localdomain).  Legacy mode only,
+# 4-level 48-bit tables, 2 MiB/1 GiB second-stage pages.  Public logs of such servers also
+# print ecap f020de - the same unit with page-walk coherency (ECAP.C, bit 0) clear, a platform
+# (BIOS) choice - so both are kept: ``xeon-e5v4`` walks snoop the CPU caches, ``-nc`` does not.
+_XEON_E5V4 = "ver 1:0 cap d2078c106f0466 ecap f020df"
+_XEON_E5V4_NC = "ver 1:0 cap d2078c106f0466 ecap f020de"
+
 PRESETS: dict[str, Capabilities] = {
     "qemu72-legacy": Capabilities(_QEMU72_CAP, _QEMU72_ECAP),
     "qemu72-legacy-cm": Capabilities(_QEMU72_CAP_CM, _QEMU72_ECAP),
@@ -94,6 +103,8 @@ PRESETS: dict[str, Capabilities] = {
     "qemu100-legacy-cm-ats": Capabilities(_QEMU100_CAP_CM, _QEMU72_ECAP_ATS),
     "qemu100-sm": Capabilities(_QEMU100_CAP, _QEMU100_ECAP_SM),
     "qemu100-flts-cm": Capabilities(_QEMU100_CAP_FLTS_CM, _QEMU100_ECAP_FLTS),
+    "xeon-e5v4": from_dmesg(_XEON_E5V4),
+    "xeon-e5v4-nc": from_dmesg(_XEON_E5V4_NC),
 }
 
 # What each unit is, in one phrase (`vtdsim presets`); the decoded features follow it.
@@ -107,6 +118,8 @@ ABOUT: dict[str, str] = {
     "vm-flts": "a vIOMMU offering first-stage translation only (synthetic)",
     "qemu72-legacy-rwbf": "QEMU 7.2 legacy unit with CAP.RWBF (synthetic; seed 002)",
     "vm-flts-cm": "first-stage-only vIOMMU with caching mode (synthetic; seed 003)",
+    "xeon-e5v4": "Xeon E5 v3/v4 server unit as printed by Linux (legacy, coherent walks)",
+    "xeon-e5v4-nc": "the same with ECAP.C=0: page walks do not snoop the CPU caches",
 }
 
 

@@ -13,8 +13,10 @@ releases, then pays a cache-line hand-off (``lock_handoff_ns``).  An IQT write a
 platform (``platforms.py``) what it costs; on bare metal the unit (``qi_mode="async"``) then
 performs one descriptor per ``descriptor_ns`` in its own process, and a CPU polling a status
 (``WaitQword``/``WaitRegister``) spins until the hardware has written it.  A DMA translation
-(``translate``) costs one IOTLB lookup plus one DRAM read per structure read the unit's walk
-made (root/context/PASID entries, paging-structure-cache misses).
+(``translate``) costs one IOTLB lookup plus one walk read per structure read the unit's walk
+made (root/context/PASID entries, paging-structure-cache misses), each priced as the caller
+says (``walk_read_ns``: an LLC or a DRAM read for a hardware unit, by whether its walks
+snoop; the VMM's read for an emulated one), one after the other: each read needs the last.
 
 Not modelled: the order of effects inside one batch of steps (they are applied at the batch's
 start and paid for at its end: device DMA cannot see a half-made batch earlier than a

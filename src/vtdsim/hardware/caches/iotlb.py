@@ -21,6 +21,10 @@ Which invalidation reaches which entry (spec 6.5.2.3, 6.5.2.4; reference section
   (page-selective) drops global entries in the range too, as x86 INVLPG does (unconfirmed).
 * PSI drops every entry overlapping [ADDR, ADDR + 2^AM pages), larger pages included.  IH
   does not concern the IOTLB (leaf entries always go); it only spares paging-structure caches.
+  A type-2 PSI drops *every* nested entry of the DID, whatever its address (spec 6.5.2.3,
+  rev 5.10 Table 23: "IOTLB entries caching first-stage or nested mappings associated with
+  the specified domain-id are invalidated"): its range is one of second-stage input (guest-
+  physical) addresses, which says nothing about which request addresses reach them.
 
 Negative entries (``present=False``, with the fault reason) are stored like others; the
 translation flow creates them only under caching mode and never for first-stage results.
@@ -122,6 +126,18 @@ class Iotlb(LruCache):
 
     def __init__(self, capacity: int = 1024, name: str = "iotlb"):
         super().__init__(name, capacity)
+        # Groups that received a nested entry since the last clear (a superset: a type-2 PSI
+        # scans these whole, the others only over the keys its range can occupy).
+        self._nested_groups: set[Hashable] = set()
+
+    def fill(self, key: Hashable, entry: IotlbEntry) -> Hashable | None:
+        if entry.stage == STAGE_NESTED:
+            self._nested_groups.add(self.group_of(key))
+        return super().fill(key, entry)
+
+    def clear(self) -> int:
+        self._nested_groups.clear()
+        return super().clear()
 
     def group_of(self, key: Hashable) -> Hashable:
         return key[:2]
@@ -168,14 +184,22 @@ class Iotlb(LruCache):
         )
 
     def invalidate_page(self, did: int, addr: int, am: int, ih: bool = False) -> int:
-        """Type 2 PSI: entries of ``did`` (as DSI) overlapping 2^``am`` pages at ``addr``.
-        ``ih`` is accepted for symmetry: it only concerns paging-structure caches."""
+        """Type 2 PSI: second-stage/PT entries of ``did`` overlapping 2^``am`` pages at
+        ``addr``, and every nested entry of ``did``.  ``ih`` is accepted for symmetry: it only
+        concerns paging-structure caches."""
         groups = self.domain_groups(did)
         if not groups:
             return 0  # nothing of the domain is cached (a flush right after a map, say)
         base, size = psi_range(addr, am)
         pred = _overlapping(TYPE2_STAGES, base, size, spare_global=False)
-        return sum(self._invalidate_range(g, base, size, pred) for g in groups)
+        nested = self._nested_groups
+        dropped = 0
+        for g in groups:
+            if g in nested:
+                dropped += self.invalidate_where(_nested_or(pred), self.group_keys(g))
+            else:
+                dropped += self._invalidate_range(g, base, size, pred)
+        return dropped
 
     # -- type 6 ---------------------------------------------------------------------------------
     def invalidate_pasid(self, did: int, pasid: int) -> int:
@@ -207,6 +231,13 @@ def _in_stages(stages: frozenset, spare_global: bool = False):
         return e.stage in stages and not (spare_global and e.global_)
 
     return pred
+
+
+def _nested_or(pred):
+    def either(key: Hashable, e: IotlbEntry) -> bool:
+        return e.stage == STAGE_NESTED or pred(key, e)
+
+    return either
 
 
 def _overlapping(stages: frozenset, base: int, size: int, spare_global: bool):

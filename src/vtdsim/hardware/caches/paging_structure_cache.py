@@ -5,19 +5,24 @@ One logical cache per level, kept in one LRU.
 An entry of level L is a present non-leaf entry that points to a level-L table; it translates
 the 2^(12 + 9L)-byte region ``iova_prefix << (12 + 9L)`` and remembers the next table address
 and the permissions accumulated down to it (spec 6.2.4: "the cumulative access rights").
-Key ``(did, pasid, stage, level, iova >> (12 + 9*level))``.  ``stage`` is the translation kind
-as in the IOTLB: "ss" (and legacy), "fs", or "nested" for every entry met by a nested walk -
-their first-stage table addresses were themselves translated by the second stage, so both a
-type-2 (second stage changed) and a type-6 (first stage changed) invalidation must reach them.
-Pass-through caches nothing here.
+Key ``(did, pasid, stage, level, iova >> (12 + 9*level))``.  ``stage`` names the three kinds
+of spec 6.2.5 (rev 5.10): "ss" second-stage entries (legacy, PGTT=SS, and every SS walk of a
+nested translation, whose input address is then a GPA: a first-stage table's or the final
+one), "fs" first-stage entries, "nested" combined entries (a nested walk's first-stage entry
+with the host-physical address of the next FS table, already translated through the second
+stage, keyed by the request's input address).  Pass-through caches nothing here.
 
-Invalidation (spec 6.5.2.3 / 6.5.2.4, reference section 15): the same scope as the IOTLB entry
-of the same descriptor (see ``iotlb.TYPE2_STAGES`` / ``TYPE6_STAGES``), except that a
-page-selective invalidation with IH=1 ("only leaf entries were modified") keeps every
-paging-structure entry, while IH=0 drops those whose region overlaps the range.
+Invalidation (spec 6.5.2.3 Table 23, 6.5.2.4; reference section 15): type 2 global drops
+everything, DSI every "ss"/"nested" entry of the DID; PSI drops every "nested" entry of the DID
+whatever the range and IH ("paging-structure-cache entries caching mappings other than
+second-stage mappings associated with the specified domain-id are invalidated": a host change
+of the second stage can move any first-stage table), and "ss" entries overlapping the range
+only with IH=0.  Type 6 (G=10: the PASID; G=11: overlapping the input range, nothing with IH=1)
+drops "fs"/"nested" entries; it is "not required" to drop second-stage entries and does not.
 
 Not modelled: caching of PML5/PML4 entries as separate structures from the generic per-level
-entry; combining the first- and second-stage entries of a nested walk into one entry.
+entry; type 2 dropping "fs" entries (spec Table 23 says DSI/PSI reach first-stage entries of
+the DID; kept as the IOTLB keeps them, see ``iotlb.TYPE2_STAGES``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from vtdsim.hardware.caches.base import LruCache, psi_range, ranges_overlap
-from vtdsim.hardware.caches.iotlb import TYPE2_STAGES, TYPE6_STAGES
+from vtdsim.hardware.caches.iotlb import STAGE_NESTED, STAGE_SS, TYPE6_STAGES
+
+PSC_TYPE2_STAGES = frozenset({STAGE_SS, STAGE_NESTED})
 
 PAGE_SHIFT = 12
 LEVEL_BITS = 9
@@ -55,6 +62,7 @@ class PscEntry:
     write: bool
     exe: bool
     user: bool = False
+    table_gpa: int | None = None  # a combined (nested) entry: the FS table's guest-physical
 
     @property
     def key(self) -> tuple:
@@ -101,12 +109,16 @@ class PagingStructureCache(LruCache):
     def fill_entry(self, entry: PscEntry) -> Hashable | None:
         return self.fill(entry.key, entry)
 
-    def _scoped(self, groups: list, stages: frozenset, base: int = 0, size: int = 0) -> int:
-        """Drop entries of ``groups`` in ``stages`` (overlapping [base, base+size) if size)."""
+    def _scoped(self, groups: list, stages: frozenset, base: int = 0, size: int = 0,
+                whole: frozenset = frozenset()) -> int:
+        """Drop entries of ``groups`` in ``stages`` overlapping [base, base+size) (any, if
+        size is 0), and those in ``whole`` whatever their region."""
         if not self._groups:
             return 0
 
         def pred(_key: Hashable, e: PscEntry) -> bool:
+            if e.stage in whole:
+                return True
             if e.stage not in stages:
                 return False
             return not size or ranges_overlap(e.region_base, e.region_size, base, size)
@@ -114,14 +126,15 @@ class PagingStructureCache(LruCache):
         return sum(self.invalidate_where(pred, self.group_keys(g)) for g in groups)
 
     def invalidate_domain(self, did: int) -> int:
-        """Type 2 DSI: second-stage/nested entries of ``did``, any PASID."""
-        return self._scoped(self.domain_groups(did), TYPE2_STAGES)
+        """Type 2 DSI: second-stage and combined entries of ``did``, any PASID."""
+        return self._scoped(self.domain_groups(did), PSC_TYPE2_STAGES)
 
     def invalidate_page(self, did: int, addr: int, am: int, ih: bool) -> int:
-        """Type 2 PSI: nothing when IH=1; else the DSI scope overlapping the range."""
-        if ih:
-            return 0
-        return self._scoped(self.domain_groups(did), TYPE2_STAGES, *psi_range(addr, am))
+        """Type 2 PSI: every combined entry of ``did``; second-stage ones overlapping the
+        range unless IH=1 (Table 23)."""
+        stages = frozenset() if ih else frozenset({STAGE_SS})
+        return self._scoped(self.domain_groups(did), stages, *psi_range(addr, am),
+                            whole=frozenset({STAGE_NESTED}))
 
     def invalidate_pasid(self, did: int, pasid: int) -> int:
         """Type 6 G=10: first-stage/nested entries of (``did``, ``pasid``)."""

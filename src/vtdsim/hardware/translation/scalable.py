@@ -1,6 +1,14 @@
 """The scalable-mode part of the request flow: the PASID directory and table, PGTT dispatch,
 first-stage and nested walks (VT-d spec 3.6, 3.8, 9.5-9.7), as a mixin of ``flow.RequestFlow``.
 
+Paging-structure caches of a nested walk (spec 6.2.5, rev 5.10): the first-stage entries it
+passes are cached as *combined* entries (stage "nested", keyed by the request's input address:
+the host-physical address of the next FS table, already translated through the second stage,
+with the FS R/W and U/S), and the second-stage entries of each SS walk (the FS tables'
+addresses and the final GPA) as second-stage entries (stage "ss", keyed by the GPA).  A miss
+resumes the FS walk below the deepest combined entry and the final GPA's SS walk below the
+deepest SS entry.
+
 Not modelled: PASID width checks against ECAP.PSS, caching of nested second-stage
 translations of first-stage table addresses other than as paging-structure entries.
 """
@@ -104,7 +112,8 @@ class ScalableSteps:
         rules = fs.FsRules(52 if nested else self.haw, caps.fs1gp, pe.nxe, pe.wpe, pe.eafe,
                            self.walk_snoop(pe))
         table_hpa = self.nested_table_hpa(pe, pasid) if nested else None
-        start = None if nested or self.dry else self.fs_psc(pe.did, pasid, levels)
+        stage = STAGE_NESTED if nested else STAGE_FS
+        start = None if self.dry else self.fs_psc(pe.did, pasid, stage, levels)
         res = fs.walk_fs(self.reader(rules.snoop), req.addr, pe.fsptptr, levels, rules,
                          write=req.write, priv=self.priv, exe=self.exe, start=start,
                          table_hpa=table_hpa)
@@ -116,8 +125,7 @@ class ScalableSteps:
             self.writes.clear()  # A/D of a failed walk are not set (a legal choice)
             self.abort(res.fault)
         self.writes.extend(res.ad_writes)
-        if not nested:
-            self.fill_fs_psc(pe.did, pasid, res.tables)
+        self.fill_fs_psc(pe.did, pasid, stage, res.tables)
         # A read walk leaves D clear: the entry must not grant writes that would skip setting
         # D (x86 semantics), so it says write=False and a write re-walks (see ``usable``).
         read, write, exe = True, res.write and res.dirty, res.exe
@@ -132,16 +140,22 @@ class ScalableSteps:
             self.fill_iotlb(entry)
         return entry
 
-    def fs_psc(self, did: int, pasid: int, levels: int) -> fs.FsTable | None:
-        psc = self.unit.pscache.lookup_iova(did, pasid, STAGE_FS, self.req.addr, levels - 1)
+    def fs_psc(self, did: int, pasid: int, stage: str, levels: int) -> fs.FsTable | None:
+        """The deepest cached first-stage (or, nested, combined) entry for the request."""
+        psc = self.unit.pscache.lookup_iova(did, pasid, stage, self.req.addr, levels - 1)
         if psc is None:
             return None
-        return fs.FsTable(psc.level, psc.table_addr, psc.write, psc.user, psc.exe)
+        return fs.FsTable(psc.level, psc.table_addr, psc.write, psc.user, psc.exe,
+                          psc.table_gpa)
 
-    def fill_fs_psc(self, did: int, pasid: int, tables: tuple[fs.FsTable, ...]) -> None:
+    def fill_fs_psc(self, did: int, pasid: int, stage: str,
+                    tables: tuple[fs.FsTable, ...]) -> None:
+        """Cache the non-leaf FS entries a successful walk passed (6.2.5: never from a
+        first-stage fault, even under CM; a nested walk reaching them had SS read access to
+        every table, the condition for a combined entry)."""
         for t in tables:
-            psc = PscEntry(did, pasid, STAGE_FS, t.level, self.req.addr >> (12 + 9 * t.level),
-                           t.table, True, t.write, t.exe, t.user)
+            psc = PscEntry(did, pasid, stage, t.level, self.req.addr >> (12 + 9 * t.level),
+                           t.table, True, t.write, t.exe, t.user, t.gpa)
             self.fill("pscache", psc.key, psc)
 
     def nested_table_hpa(self, pe: PasidCacheEntry, pasid: int) -> fs.TableHpa:
@@ -153,7 +167,7 @@ class ScalableSteps:
         def table_hpa(gpa: int, top: bool, ad_update: bool) -> tuple[int, int]:
             if gpa >> width:
                 return 0, 0x74
-            res = self.ss_walk(pe.did, pasid, STAGE_NESTED, pe.ssptptr, pe.levels, rules, gpa,
+            res = self.ss_walk(pe.did, pasid, STAGE_SS, pe.ssptptr, pe.levels, rules, gpa,
                                ad_update)
             if res.fault is not None:
                 return 0, ss.ss_fault_reason(res.fault, True, ad_update)
@@ -171,7 +185,7 @@ class ScalableSteps:
         gpa = res.page | (self.req.addr & (ss.page_size(res.level) - 1))
         if gpa >> min(ss.address_width(pe.levels), self.caps.mgaw):
             self.abort(0x83)
-        out = self.ss_walk(pe.did, pasid, STAGE_NESTED, pe.ssptptr, pe.levels,
+        out = self.ss_walk(pe.did, pasid, STAGE_SS, pe.ssptptr, pe.levels,
                            self.ss_rules(pe), gpa, self.req.write)
         if out.fault is not None:
             self.abort(ss.ss_fault_reason(out.fault, True, self.req.write))

@@ -121,6 +121,17 @@ def _faulted(page: int, result) -> None:
     raise ModelError(f"simulated DMA to {page << 12:#x} faulted: {result.describe()}")
 
 
+def walk_read_key(unit) -> str:
+    """Where a hardware unit's page-walk reads are served from.  A snooped walk (legacy mode:
+    ECAP.C; scalable mode: ECAP.SMPWC, from which Linux sets the PASID entry's PWSNP -
+    ``intel_pasid_setup_*``) reads the line where the CPU left it when it wrote the entry: in
+    its cache hierarchy, so the LLC.  A non-snooped walk reads DRAM, where Linux's
+    ``domain_flush_cache`` clflush put the entry (spec 6.1: software flushes for ECAP.C=0).
+    Not modelled: page-table lines the LLC has evicted since (they would cost a DRAM read)."""
+    snooped = unit.caps.smpwc if unit.ttm == 1 else unit.caps.coherent
+    return "llc_read_ns" if snooped else "dram_read_ns"
+
+
 class DmaWorld:
     """The timed machine, the device's domain and cookie, and the measurements."""
 
@@ -158,8 +169,8 @@ class DmaWorld:
         # as is every map with the IOMMU off: the API call itself is not charged then.
         self.mapping = self.translated and not self.cookie.identity
         dma_unit = self.vm.dma_unit(DEVICE)
-        walk_read = "dram_read_ns" if dma_unit is not self.system.unit or self.vm.vmm is None \
-            else "vmm_walk_read_ns"  # QEMU translating an emulated device's DMA in software
+        walk_read = walk_read_key(dma_unit) if dma_unit is not self.system.unit \
+            or self.vm.vmm is None else "vmm_walk_read_ns"  # QEMU translating in software
         self.machine = TimedMachine(self.system, constants, platform, dma_unit=dma_unit,
                                     walk_read_ns=constants.ns(walk_read))
         self.endpoint = self.vm.dma_endpoint(DEVICE)

@@ -2,12 +2,20 @@
 window is mapped once (``--iova-pages 4k``: physically scattered 4 KiB pages through
 ``dma_map_sg``; ``2m``: a 2 MiB-aligned contiguous buffer through ``dma_map_page``, which the
 IOMMU core maps with 2 MiB pages), then the device reads ``transfer`` bytes at random
-``transfer``-aligned offsets, one at a time; each read's latency is the PCIe base round trip,
-the transfer, and the unit's translations (IOTLB lookups, walk reads from DRAM).  The penalty
-is that latency minus the same read with no IOMMU (``dma_latency_penalty_ns``, its mean).
+``transfer``-aligned offsets, one at a time (pcie-bench's latency test has one read in flight
+and times its completion).  The penalty is each read's latency minus the same read with no
+IOMMU (``dma_latency_penalty_ns``, its mean).
 
-Not modelled: the device's own outstanding-request parallelism (one read at a time), host
-cache effects on the data itself.
+What a read pays for its translation: without ATS the unit translates the read request where
+it arrives, in the root complex, so the completion waits for the translation but no extra
+PCIe crossing is added (with ``--ats`` a miss is a Translation Request round trip instead).
+An IOTLB hit costs ``iotlb_hit_ns``.  A miss walks from the deepest paging-structure-cache
+entry that covers the address (spec 6.2.4; a cached PDE leaves the PTE, one read) - one
+dependent read per level below it, each waiting for the last - and each read costs what
+``common.walk_read_key`` says: an LLC read when the unit's walks snoop, a DRAM read when not.
+
+Not modelled: several reads in flight (bandwidth tests), host cache effects on the data
+itself.
 """
 
 from __future__ import annotations
