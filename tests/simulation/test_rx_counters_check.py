@@ -44,7 +44,7 @@ def test_walk_reads_per_iotlb_miss_on_a_nested_receiver(nested):
     assert 0.75 * READS_PER_MISS[0] <= per_miss <= 1.25 * READS_PER_MISS[1]
 
 
-@pytest.mark.xfail(strict=True, reason="0.06 misses per 4 KiB: the chosen 1,024-entry IOTLB "
+@pytest.mark.xfail(strict=True, reason="0.04 misses per 4 KiB: the chosen 1,024-entry IOTLB "
                    "holds the 256 pages of a 512-frame pool, so only the ACKs' fresh mappings "
                    "miss; the hardware misses about once per page")
 def test_iotlb_misses_per_4k_on_a_nested_receiver(nested):
