@@ -1,0 +1,37 @@
+"""`simulation.cluster`: a LocalCluster's workers are forked copies of the client on Linux
+and run without Dask's dashboard-only periodic work."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from vtdsim.simulation import cluster
+
+
+def _seen_by_worker() -> tuple[object, object, object]:
+    """What a worker sees: the mark the client set before the cluster started (only a forked
+    worker has it), and two of the settings ``local_cluster_config`` gives it."""
+    import dask
+
+    return (getattr(cluster, "_client_mark", None),
+            dask.config.get("distributed.worker.profile.enabled"),
+            dask.config.get("distributed.admin.tick.interval"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is used on Linux only")
+def test_local_workers_are_forked_and_quiet(monkeypatch):
+    pytest.importorskip("distributed")
+    monkeypatch.setattr(cluster, "_client_mark", "set in the client", raising=False)
+    with cluster.client(None, workers=2) as connected:
+        seen = connected.run(_seen_by_worker)
+    assert len(seen) == 2
+    assert set(seen.values()) == {("set in the client", False, "1s")}
+
+
+def test_fork_only_on_linux():
+    method = "distributed.worker.multiprocessing-method"
+    assert cluster.local_cluster_config("linux")[method] == "fork"
+    assert method not in cluster.local_cluster_config("darwin")
+    assert cluster.local_cluster_config("darwin") == cluster.QUIET
