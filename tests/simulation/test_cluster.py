@@ -34,4 +34,21 @@ def test_fork_only_on_linux():
     method = "distributed.worker.multiprocessing-method"
     assert cluster.local_cluster_config("linux")[method] == "fork"
     assert method not in cluster.local_cluster_config("darwin")
-    assert cluster.local_cluster_config("darwin") == cluster.QUIET
+    assert cluster.local_cluster_config("darwin") == cluster.LOCAL
+
+
+def _nap(seconds: float) -> int:
+    import os
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_a_queued_task_goes_to_the_first_free_worker():
+    """Greedy list scheduling: while one worker runs a long task, every other task runs on the
+    other one (Dask's default saturation would hand the busy worker a second task to wait
+    behind the long one)."""
+    pytest.importorskip("distributed")
+    pids = cluster.dask_map(_nap, [1.5] + [0.05] * 9, workers=2)
+    assert pids[0] not in pids[1:] and len(set(pids[1:])) == 1

@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-# Periodic work Dask's scheduler, nannies and workers do for a dashboard and for long-lived
-# clusters; on a machine with as many cores as workers it runs on the cores the tasks need.
-# Measured (two workers each running a task that sleeps): the client process (scheduler,
-# nannies) used 3.4% of a core and each worker 1.6% with Dask's defaults, 0.9% and 0.2%
-# with these settings.
-QUIET = {
+# Dask settings for a LocalCluster on a machine with as many cores as workers.  The first four
+# stop periodic work done for a dashboard and for long-lived clusters, on the cores the tasks
+# need: measured with two workers each running a task that sleeps, the client process
+# (scheduler, nannies) used 3.4% of a core and each worker 1.6% with Dask's defaults, 0.9% and
+# 0.2% with these.
+LOCAL = {
     # the event loop's blocked-loop check (default every 20 ms, in every process)
     "distributed.admin.tick.interval": "1s",
     # memory sampled for the nanny's limit and the worker's spilling (default 100 ms)
@@ -29,12 +29,16 @@ QUIET = {
     # the statistical profiler: a sample of the running task every 10 ms, taking the GIL
     # from it, for a dashboard these clusters do not serve
     "distributed.worker.profile.enabled": False,
+    # One task per worker thread at a time, the others queued at the scheduler for whichever
+    # worker frees first (greedy list scheduling).  Dask's 1.1 sends a single-thread worker
+    # two, so a long task can wait behind another on a busy worker while the other idles.
+    "distributed.scheduler.worker-saturation": 1.0,
 }
 
 
 def local_cluster_config(platform: str = sys.platform) -> dict[str, Any]:
     """Dask settings while a LocalCluster starts (a scheduler at an address has its workers
-    configured where they run): ``QUIET``, and on Linux forked workers.
+    configured where they run): ``LOCAL``, and on Linux forked workers.
 
     A forked worker is a copy of this process, vtdsim and distributed already imported;
     Dask's default (spawn) starts fresh interpreters that import both again and tear down
@@ -43,7 +47,7 @@ def local_cluster_config(platform: str = sys.platform) -> dict[str, Any]:
     of ~30 s per worker pays in full.  Elsewhere (macOS) fork is unsafe with the system
     frameworks, so spawn stays.
     """
-    config: dict[str, Any] = dict(QUIET)
+    config: dict[str, Any] = dict(LOCAL)
     if platform.startswith("linux"):
         config["distributed.worker.multiprocessing-method"] = "fork"
     return config
