@@ -52,3 +52,18 @@ def test_a_queued_task_goes_to_the_first_free_worker():
     pytest.importorskip("distributed")
     pids = cluster.dask_map(_nap, [1.5] + [0.05] * 9, workers=2)
     assert pids[0] not in pids[1:] and len(set(pids[1:])) == 1
+
+
+def _duration(seconds: float) -> float:
+    return seconds
+
+
+def test_tasks_go_longest_first_by_their_cost_and_come_back_in_input_order():
+    """The long task comes last in the input: by its cost it starts first, and the short ones
+    all run on the other worker; in input order they would be shared out first and the long
+    one would start last, on whichever worker freed."""
+    pytest.importorskip("distributed")
+    durations = [0.05] * 9 + [1.5]
+    pids = cluster.dask_map(_nap, durations, workers=2, cost=_duration)
+    assert pids[-1] not in pids[:-1] and len(set(pids[:-1])) == 1
+    assert cluster.dask_map(abs, [-3, 1, -2, 5, 0], workers=2, cost=abs) == [3, 1, 2, 5, 0]

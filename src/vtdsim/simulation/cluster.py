@@ -73,7 +73,36 @@ def client(scheduler: str | None = None, workers: int = 2) -> Iterator[Any]:
 
 
 def dask_map(func: Callable, items: Sequence, scheduler: str | None = None,
-             workers: int = 2) -> list:
-    """``[func(x) for x in items]``, each call one Dask task."""
+             workers: int = 2, cost: Callable[[Any], float] | None = None) -> list:
+    """``[func(x) for x in items]``, each call one Dask task.  With ``cost`` (an estimate of
+    ``func(x)``'s run time, cheap next to it), the tasks are submitted longest first - ties in
+    input order - and each worker takes the next when it frees (``LOCAL``): a long task
+    started last would run alone at the end while the other workers idle.  The estimates are
+    computed on the cluster, one task per worker thread."""
+    items = list(items)
     with client(scheduler, workers) as connected:
-        return connected.gather(connected.map(func, list(items), pure=False))
+        order = list(range(len(items)))
+        if cost is not None:
+            costs = _costs(connected, cost, items)
+            order.sort(key=lambda i: (-costs[i], i))
+        done = connected.gather(connected.map(func, [items[i] for i in order], pure=False))
+    results: list = [None] * len(items)
+    for i, result in zip(order, done, strict=True):
+        results[i] = result
+    return results
+
+
+def _costs(connected: Any, cost: Callable[[Any], float], items: list) -> list[float]:
+    """``[cost(x) for x in items]`` in as many tasks as the cluster has threads."""
+    slots = max(1, sum(connected.nthreads().values()))
+    chunks = [items[k::slots] for k in range(slots)]
+    per_chunk = connected.gather(connected.map(_cost_chunk, [cost] * slots, chunks,
+                                               pure=False))
+    costs: list[float] = [0.0] * len(items)
+    for k, values in enumerate(per_chunk):
+        costs[k::slots] = values
+    return costs
+
+
+def _cost_chunk(cost: Callable[[Any], float], chunk: list) -> list[float]:
+    return [cost(x) for x in chunk]
