@@ -21,6 +21,7 @@ Not measured: memory, the cost of boot (once per scenario), shrinking.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
@@ -121,7 +122,9 @@ def dask_speedup(paths: list[str], workers: int = 2) -> dict:
     cluster_s = time.perf_counter() - began
     dask_s, dask, dask_load, after = _library(paths, Options(workers=workers))
     if serial != dask:
-        raise SystemExit("the Dask report differs from the serial one")
+        diff = difflib.unified_diff("\n".join(serial).splitlines(),
+                                    "\n".join(dask).splitlines(), "serial", "dask", lineterm="")
+        raise SystemExit("the Dask report differs from the serial one:\n" + "\n".join(diff))
     ideal = makespan(timed.seconds, workers) + cluster_s
     return {"dask_speedup_2": round(serial_s / dask_s, 2), "dask_serial_s": round(serial_s, 2),
             "dask_s": round(dask_s, 2), "dask_cluster_s": round(cluster_s, 2),
