@@ -177,3 +177,15 @@ def test_a_generator_the_collector_finalises_is_not_called_by_the_continuation()
         gc.set_threshold(*threshold)
     gc.collect()
     assert recorder.level == PURE_LEVEL
+
+
+def test_a_memoised_function_is_judged_the_same_on_a_miss_as_on_a_hit():
+    """A cache hit runs no Python code; a miss of the same memoised function must not make
+    the continuation a writer (what is cached depends on what the process ran before)."""
+    from vtdsim.checker.continuations import PURE_LEVEL, Recorder
+    from vtdsim.driver import qi
+
+    qi._iotlb_desc.cache_clear()
+    with Recorder() as recorder:
+        qi._iotlb_desc(1, 1, 7, 0x1000, 0, 3, 0)
+    assert recorder.level == PURE_LEVEL

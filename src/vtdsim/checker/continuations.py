@@ -124,13 +124,29 @@ def _ops_methods() -> tuple[list, list, list]:
     return pure, [methods["iotlb_sync_map"]], [methods["map_pages"]]
 
 
+def _memoised() -> list[Callable]:
+    """The memoised functions (``functools.lru_cache``) of the loaded vtdsim modules.  A cache
+    hit runs no Python code, so a miss is judged as a hit: pure - a memoised function's
+    result is reused without running it, so one that wrote bookkeeping would be wrong
+    already.  Judged by what a miss runs, a continuation's footprint would depend on what
+    the process computed before (seen: ``qi._iotlb_desc``)."""
+    found = []
+    for name, module in list(sys.modules.items()):
+        if name.startswith("vtdsim.") and module is not None:
+            found += [f for f in vars(module).values()
+                      if hasattr(f, "cache_info") and hasattr(f, "__wrapped__")
+                      and getattr(f, "__module__", "") == name]
+    return found
+
+
 @functools.cache
 def levels() -> dict[CodeType, int]:
     """Code object -> PURE_LEVEL or READ_LEVEL (any other: WRITE_LEVEL)."""
     pure, reading, fields = _ops_methods()
     found = {}
     for level, funcs in ((FIELD_LEVEL, fields), (READ_LEVEL, [*READERS, *reading]),
-                         (PURE_LEVEL, [*PURE, *pure, *_boot_factories(), Recorder.__exit__])):
+                         (PURE_LEVEL, [*PURE, *pure, *_boot_factories(), *_memoised(),
+                                       Recorder.__exit__])):
         for f in funcs:
             for code in _codes(f):
                 found[code] = level
