@@ -9,8 +9,9 @@ of the library over the same run on a 2-worker Dask LocalCluster, wall time, mea
 run; the two reports are compared, and must not differ but for their timing section).  Beside
 the speed-up it prints what judges it: both wall times, the cluster's start-up and tear-down
 (measured apart), the ideal 2-worker makespan (longest-first over the serial run's per-file
-times, plus that start-up) and the load average around each run - other processes on the
-cores make the ratio meaningless.
+times, plus that start-up), the CPU seconds of each run and the load average around them:
+while other sessions keep the cores busy the wall ratio means nothing (Linux's autogroup gives
+this session one share, whether it runs one process or three).
 
 Usage: python benchmarks/checker.py [litmus folder or files] [--dfs-seconds S]
        [--dpor-seconds S] [--no-dask | --only-dask]
@@ -100,27 +101,33 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and of its children that ended (the Dask workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def _library(paths: list[str], opts: Options, progress: Progress | None = None
-             ) -> tuple[float, list[str], float, float]:
-    """One run of the library: (wall s, its report without the timing section, load average
-    before, after)."""
+             ) -> tuple[float, float, list[str], float]:
+    """One run of the library: (wall s, CPU s, its report without the timing section, load
+    average before)."""
     lines: list[str] = []
-    before = _load()
+    before, cpu = _load(), _cpu()
     start = time.perf_counter()
     run_library(paths, opts, lines.append, progress)
-    return time.perf_counter() - start, _untimed(lines), before, _load()
+    return time.perf_counter() - start, _cpu() - cpu, _untimed(lines), before
 
 
 def dask_speedup(paths: list[str], workers: int = 2) -> dict:
     """Serial wall time of the library over its wall time on a ``workers``-process
     LocalCluster (cluster start-up included); the two reports must agree."""
     timed = _PerFile()
-    serial_s, serial, serial_load, _ = _library(paths, Options(), timed)
+    serial_s, serial_cpu, serial, serial_load = _library(paths, Options(), timed)
     began = time.perf_counter()
     with client(None, workers):
         pass
     cluster_s = time.perf_counter() - began
-    dask_s, dask, dask_load, after = _library(paths, Options(workers=workers))
+    dask_s, dask_cpu, dask, dask_load = _library(paths, Options(workers=workers))
     if serial != dask:
         diff = difflib.unified_diff("\n".join(serial).splitlines(),
                                     "\n".join(dask).splitlines(), "serial", "dask", lineterm="")
@@ -131,14 +138,16 @@ def dask_speedup(paths: list[str], workers: int = 2) -> dict:
             "dask_ideal_s": round(ideal, 2),
             "dask_file_order_s": round(makespan(timed.seconds, workers, False) + cluster_s, 2),
             "dask_ideal_speedup": round(serial_s / ideal, 2),
-            "dask_loadavg": [serial_load, dask_load, after]}
+            "dask_serial_cpu_s": round(serial_cpu, 2), "dask_cpu_s": round(dask_cpu, 2),
+            "dask_loadavg": [serial_load, dask_load, _load()]}
 
 
 def _print_dask(d: dict) -> None:
     print(f"library serial {d['dask_serial_s']} s; on 2 Dask workers {d['dask_s']} s "
           f"({d['dask_speedup_2']}x); cluster start+stop {d['dask_cluster_s']} s; ideal "
           f"{d['dask_ideal_s']} s ({d['dask_ideal_speedup']}x: longest-first over the serial "
-          f"per-file times + start-up; in file order {d['dask_file_order_s']} s); load "
+          f"per-file times + start-up; in file order {d['dask_file_order_s']} s); CPU s "
+          f"serial {d['dask_serial_cpu_s']}, Dask {d['dask_cpu_s']} (client and workers); load "
           f"average before serial, before Dask, after: {d['dask_loadavg']}")
 
 
