@@ -142,3 +142,50 @@ def test_the_exact_footprint_adds_an_ops_end_only_where_it_ended(attach_race):
     # The map's begin grants its page to the domain; its last transition notes the IOVA.
     assert ended.count(True) == 2 and ended[0] and ended[-1]
     assert ("finished", "T1") in taken.writes
+
+
+def _suspended():
+    yield 1  # closing it resumes this frame: a "call" the recorder would see
+
+
+class _Cycle:
+    pass
+
+
+def test_a_generator_the_collector_finalises_is_not_called_by_the_continuation():
+    """Cyclic garbage (an abandoned execution's suspended generator) collected while a
+    continuation runs is not the continuation's code: when the collector runs depends on
+    what the process did before, so counting it would make footprints depend on history."""
+    import gc
+
+    from vtdsim.checker.continuations import PURE_LEVEL, Recorder
+
+    threshold = gc.get_threshold()
+    gc.collect()
+    garbage = _Cycle()
+    garbage.me, garbage.gen = garbage, _suspended()
+    next(garbage.gen)
+    del garbage
+    recorder = Recorder()
+    try:
+        with recorder:
+            gc.set_threshold(1)  # the next allocation would collect
+            junk = []
+            for _ in range(100):
+                junk.append({})
+    finally:
+        gc.set_threshold(*threshold)
+    gc.collect()
+    assert recorder.level == PURE_LEVEL
+
+
+def test_a_memoised_function_is_judged_the_same_on_a_miss_as_on_a_hit():
+    """A cache hit runs no Python code; a miss of the same memoised function must not make
+    the continuation a writer (what is cached depends on what the process ran before)."""
+    from vtdsim.checker.continuations import PURE_LEVEL, Recorder
+    from vtdsim.driver import qi
+
+    qi._iotlb_desc.cache_clear()
+    with Recorder() as recorder:
+        qi._iotlb_desc(1, 1, 7, 0x1000, 0, 3, 0)
+    assert recorder.level == PURE_LEVEL

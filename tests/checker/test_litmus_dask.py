@@ -61,3 +61,14 @@ def test_local_cluster_report_equals_the_serial_one(folder, tmp_path):
 def test_a_scheduler_address_with_workers_is_a_usage_error(folder):
     code, output = _check([str(folder), "--scheduler", "tcp://127.0.0.1:1", "--workers", "2"])
     assert code == 2 and "not with a scheduler address" in output
+
+
+def test_the_cost_estimate_ranks_a_long_exploration_first_and_a_bad_file_last(folder):
+    from vtdsim.checker.litmus import Options, schedule_length
+
+    def cost(path: Path) -> int:
+        return schedule_length((str(path), Options()))
+
+    long_one = cost(LITMUS / "seed001_teardown_before_walk_unlocked.toml")
+    assert long_one > cost(LITMUS / "unmap_free_race_noflush.toml") > 0
+    assert cost(folder / "broken.toml") == 0

@@ -23,6 +23,7 @@ review covers that), and code run while a confined lock is held (``actors`` neve
 from __future__ import annotations
 
 import functools
+import gc
 import sys
 from collections.abc import Callable
 from types import CodeType
@@ -123,13 +124,29 @@ def _ops_methods() -> tuple[list, list, list]:
     return pure, [methods["iotlb_sync_map"]], [methods["map_pages"]]
 
 
+def _memoised() -> list[Callable]:
+    """The memoised functions (``functools.lru_cache``) of the loaded vtdsim modules.  A cache
+    hit runs no Python code, so a miss is judged as a hit: pure - a memoised function's
+    result is reused without running it, so one that wrote bookkeeping would be wrong
+    already.  Judged by what a miss runs, a continuation's footprint would depend on what
+    the process computed before (seen: ``qi._iotlb_desc``)."""
+    found = []
+    for name, module in list(sys.modules.items()):
+        if name.startswith("vtdsim.") and module is not None:
+            found += [f for f in vars(module).values()
+                      if hasattr(f, "cache_info") and hasattr(f, "__wrapped__")
+                      and getattr(f, "__module__", "") == name]
+    return found
+
+
 @functools.cache
 def levels() -> dict[CodeType, int]:
     """Code object -> PURE_LEVEL or READ_LEVEL (any other: WRITE_LEVEL)."""
     pure, reading, fields = _ops_methods()
     found = {}
     for level, funcs in ((FIELD_LEVEL, fields), (READ_LEVEL, [*READERS, *reading]),
-                         (PURE_LEVEL, [*PURE, *pure, *_boot_factories(), Recorder.__exit__])):
+                         (PURE_LEVEL, [*PURE, *pure, *_boot_factories(), *_memoised(),
+                                       Recorder.__exit__])):
         for f in funcs:
             for code in _codes(f):
                 found[code] = level
@@ -139,20 +156,30 @@ def levels() -> dict[CodeType, int]:
 class Recorder:
     """Records the highest level among the Python functions called while active."""
 
-    __slots__ = ("level", "_previous", "_levels")
+    __slots__ = ("level", "_previous", "_levels", "_collecting")
 
     def __init__(self) -> None:
         self.level = PURE_LEVEL
         self._previous = None
         self._levels = levels()
+        self._collecting = False
 
     def __enter__(self) -> Recorder:
+        # No cyclic garbage collection while recording: it may finalise a suspended driver
+        # generator of an abandoned execution here, and its close() would count as called by
+        # this continuation - when the collector runs depends on all this process allocated
+        # before, so a scenario's DPOR execution count would depend on what ran before it
+        # (seen: 691 executions instead of 690 in a Dask worker).
+        self._collecting = gc.isenabled()
+        gc.disable()
         self._previous = sys.getprofile()
         sys.setprofile(self._profile)
         return self
 
     def __exit__(self, *exc) -> None:
         sys.setprofile(self._previous)
+        if self._collecting:
+            gc.enable()
 
     def _profile(self, frame, event: str, arg) -> None:
         if event != "call":

@@ -13,12 +13,14 @@ expectation is violated (an observation without expectation never is); a bounded
 did not reach a violation (an observation) counts as agreeing with ``holds`` (``never``).
 
 Folder runs go on Dask distributed when asked (``Options.scheduler``/``workers``): one task per
-scenario file, results printed in file order, so the output equals a serial run's (timings
-apart).  A single scenario's DPOR tree is not split: Source-DPOR adds backtrack points to
-ancestors - the root's above all - from races found deep in earlier subtrees, and a subtree's
-sleep set holds the siblings explored before it, so subtrees explored apart would be explored
-with other sleep and backtrack sets than the serial run's (more executions, other counts) or
-need a coordinator trading races with the workers.
+scenario file, submitted longest first by ``schedule_length`` (a cheap estimate), results
+printed in file order, so the output equals a serial run's (timings apart).  A single
+scenario's DPOR tree is not split: Source-DPOR adds backtrack points to ancestors - the root's
+above all - from races found deep in earlier subtrees, and a subtree's sleep set holds the
+siblings explored before it, so subtrees explored apart would be explored with other sleep and
+backtrack sets than the serial run's (more executions, other counts) or need a coordinator
+trading races with the workers.  The library does not need it: its longest file takes 17% of
+the serial time, so files alone fill two workers to within a task of half the total.
 
 Not provided: HTML reports, expectations on executions counts.
 """
@@ -307,7 +309,21 @@ def _distributed(paths: list[Path], opts: Options) -> list[tuple[str, object]]:
 
     scheduler = None if opts.scheduler in (None, "local") else opts.scheduler
     tasks = [(str(p), opts) for p in paths]
-    return dask_map(run_task, tasks, scheduler, opts.workers or 2)
+    return dask_map(run_task, tasks, scheduler, opts.workers or 2, cost=schedule_length)
+
+
+def schedule_length(task: tuple[str, Options]) -> int:
+    """A scenario file's cost estimate, for longest-first submission: the steps of its first
+    depth-first execution (boot and one execution, ~10 ms).  An exploration's cost is its
+    executions times their length, and executions grow with the steps that race; on the
+    library the 8 longest schedules (the seed001 context flips, 110-160 steps) hold 4 of the
+    5 longest explorations (rank correlation with the per-file time 0.6, measured).  A file
+    that does not load or boot costs 0: its task reports it."""
+    try:
+        model = build_model(load(task[0]))
+        return explore(model, "dfs", max_executions=1).steps
+    except (BadInput, SpecRuleBroken):
+        return 0
 
 
 def run_task(task: tuple[str, Options]) -> tuple[str, object]:
