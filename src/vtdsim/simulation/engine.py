@@ -258,10 +258,15 @@ class TimedMachine:
     def translate(self, sid: int, iova: int, write: bool):
         """One untranslated request through the DMA's unit: (result, latency ns).  A cache
         hit (``translate_cached``) reads nothing: no walk-read counters to compare."""
-        unit = self.dma_unit
-        entry = unit.translate_cached(sid, iova, write)
+        entry = self.dma_unit.translate_cached(sid, iova, write)
         if entry is not None:
             return entry, self.hit_ns
+        return self.translate_miss(sid, iova, write)
+
+    def translate_miss(self, sid: int, iova: int, write: bool):
+        """``translate`` once ``translate_cached`` has answered None (which changed
+        nothing): the full request flow, priced by the walk reads it made."""
+        unit = self.dma_unit
         stats = unit.stats
         before = stats["walk_reads"]
         result = unit.translate(sid, iova, write)

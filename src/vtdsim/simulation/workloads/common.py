@@ -270,6 +270,34 @@ class DmaWorld:
             extra += ns
         return extra
 
+    def page_dma(self, size: int, write: bool):
+        """``dma(addr, size, write)`` as a function of ``addr`` alone, for a device that moves
+        ``size`` bytes at one address after another (the NIC's receive wire): what is constant
+        for the run is bound once, and a DMA within one 4 KiB page - a packet in its pool
+        page's stride - is the unit's ``translate_cached`` (an IOTLB hit), or on a miss the
+        engine's ``translate_miss``, without ``dma``'s general layers.  Anything else (a DMA
+        across pages, the IOMMU off, ATS) is ``dma``'s."""
+        dma = self.dma
+        if not self.translated or self.info.ats_enabled:
+            return lambda addr: dma(addr, size, write)
+        m, sid, machine, last_start = self.m, self.sid, self.machine, PAGE - size
+        unit, hit_ns, miss = machine.dma_unit, machine.hit_ns, machine.translate_miss
+
+        def page_dma(addr: int) -> float:
+            if addr & (PAGE - 1) > last_start:  # touches two pages
+                return dma(addr, size, write)
+            m.translations += 1
+            m.bytes += size
+            page = addr >> 12 << 12
+            if unit.translate_cached(sid, page, write) is not None:
+                return hit_ns
+            result, ns = miss(sid, page, write)
+            if not result:
+                _faulted(addr >> 12, result)
+            return ns
+
+        return page_dma
+
     def _ats_dma(self, first: int, last: int, write: bool) -> float:
         """Through the endpoint's device-TLB (PCIe ATS): a hit costs nothing beyond the DMA; a
         miss is a Translation Request round trip plus the unit's walk reads.  One byte per

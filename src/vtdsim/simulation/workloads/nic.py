@@ -236,8 +236,10 @@ class NicRx:
         the ring has a descriptor, and the timeout taken at ``clock`` lands exactly where
         one taken at ``t`` would (``clock + after == t + gap`` in floating point)."""
         world, p = self.world, self.p
-        env, m, mtu, lag, xfer = world.env, world.m, p.mtu, self.lag_ns, self.xfer_ns
+        env, m, lag, xfer = world.env, world.m, self.lag_ns, self.xfer_ns
         gap = p.wire_ns * p.flows
+        # a frame in one piece is one device write of MTU bytes (DmaWorld.page_dma: bound once)
+        dma = world.page_dma(p.mtu, True) if flow.contiguous else None
         yield env.timeout(flow.index * p.wire_ns)
         while True:
             now = env.now
@@ -255,8 +257,7 @@ class NicRx:
                     m.dropped += 1
                 else:
                     addr, desc = flow.packet_addr()
-                    extra = (world.dma(addr, mtu, True) if flow.contiguous
-                             else flow.dma(addr, desc))
+                    extra = dma(addr) if dma is not None else flow.dma(addr, desc)
                     m.penalty.add(extra)
                     start = engine_free if engine_free > now else now  # max(now, engine_free)
                     self.engine_free = start + xfer + extra / self.parallelism
