@@ -103,3 +103,28 @@ def test_nested_acks_per_page_check_against_measured():
                                  "profile": "linux-6.12"}, mtu=4000, ring=512)
     acks_per_page = strict["exits_per_io"] * 4096 / (4000 - TCP_IP_HEADERS)  # per payload
     assert 0.011 <= acks_per_page <= 0.018
+
+
+def test_gro_hands_tcp_what_one_frame_at_a_time_would():
+    """``PoolRx.gro`` fills the held segment a slice at a time: the same segments, in the
+    same order, as napi_gro_receive taking the polled frames one by one (full segments leave
+    at once; a poll below its budget flushes the held one)."""
+    import random
+
+    from vtdsim.simulation.workloads.nic import NicParams
+    from vtdsim.simulation.workloads.nic_pool import PoolRx
+
+    world = DmaWorld(Mode(ios=1), TABLE, 2)
+    rx = PoolRx(world, NicParams(ring=64), None)
+    flow, rng, held = rx.flows[0], random.Random(5), []
+    frames = iter(range(10**6))
+    for _ in range(400):
+        polled = [next(frames) for _ in range(rng.choice([0, 1, 7, 44, 45, 46, 63, 64]))]
+        want, segments = [], 0
+        for item in polled:  # napi_gro_receive, one frame at a time
+            held.append(item)
+            if len(held) == rx.gro_segs:
+                want, held, segments = want + held, [], segments + 1
+        if len(polled) < NAPI_BUDGET and held:
+            want, held, segments = want + held, [], segments + 1
+        assert rx.gro(flow, polled) == (want, segments) and flow.held == held

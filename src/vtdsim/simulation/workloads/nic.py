@@ -160,8 +160,9 @@ class RxFlow:
             self.refilled = None
 
     def available(self) -> bool:
-        return bool(self.posted)
+        return len(self.posted) >= self.span
 
+    span = 1  # posted descriptors a packet needs
     contiguous = True  # a packet is one DMA of MTU bytes at its address (``NicRx.wire``)
 
     def dma(self, addr: int, desc) -> float:
@@ -237,9 +238,13 @@ class NicRx:
         one taken at ``t`` would (``clock + after == t + gap`` in floating point)."""
         world, p = self.world, self.p
         env, m, lag, xfer = world.env, world.m, self.lag_ns, self.xfer_ns
-        gap = p.wire_ns * p.flows
-        # a frame in one piece is one device write of MTU bytes (DmaWorld.page_dma: bound once)
+        gap, parallelism, lookahead = p.wire_ns * p.flows, self.parallelism, self.lookahead
+        # What one arrival uses, bound once: a frame in one piece is one device write of MTU
+        # bytes (DmaWorld.page_dma); the ring has a frame while ``posted`` holds ``span``
+        # pages (``available``).
         dma = world.page_dma(p.mtu, True) if flow.contiguous else None
+        packet_addr, done, posted, span = flow.packet_addr, flow.done.append, flow.posted, \
+            flow.span
         yield env.timeout(flow.index * p.wire_ns)
         while True:
             now = env.now
@@ -250,30 +255,34 @@ class NicRx:
                 m.dropped += int(missed)
                 yield env.timeout(now + missed * gap - env.now)
                 continue
+            # Per run of arrivals (no other process runs until the timeout): the measure's
+            # histogram (start_measuring replaces it), the engine's and the drops' counts.
             clock, delay, horizon = now, gap, None
+            penalty, engine_free, dropped = m.penalty.add, self.engine_free, 0
             while True:
-                engine_free = self.engine_free
                 if engine_free - now > lag:
-                    m.dropped += 1
+                    dropped += 1
                 else:
-                    addr, desc = flow.packet_addr()
+                    addr, desc = packet_addr()
                     extra = dma(addr) if dma is not None else flow.dma(addr, desc)
-                    m.penalty.add(extra)
+                    penalty(extra)
                     start = engine_free if engine_free > now else now  # max(now, engine_free)
-                    self.engine_free = start + xfer + extra / self.parallelism
-                    flow.done.append((start + xfer + extra, now, desc))
+                    engine_free = start + xfer + extra / parallelism
+                    done((start + xfer + extra, now, desc))
                     if flow.wake is not None:
                         flow.wake.succeed()
                         flow.wake = None
                 if horizon is None:
                     horizon = env.peek()
-                if not self.lookahead or flow.wake is not None or not flow.available():
+                if not lookahead or flow.wake is not None or len(posted) < span:
                     break
                 t = now + gap
                 after = t + gap - clock
                 if horizon <= t or clock + after != t + gap:
                     break
                 now, delay = t, after
+            self.engine_free = engine_free
+            m.dropped += dropped
             yield env.timeout(delay)
 
     def wait_done(self, flow):

@@ -69,6 +69,7 @@ class PoolRxFlow:
         self.span = 1 if stride <= PAGE else -(-(p.mtu + HEADROOM) // PAGE)  # pages a frame
         self.contiguous = self.span == 1  # a frame is one DMA at its address (NicRx.wire)
         self.target = -(-p.ring // self.slots) * self.span  # pages posted to the ring
+        self.bulk = min(p.pages_per_desc, self.target)  # pages per WQE (refill)
         pool_size = p.pool_size or self.target
         count = 4 * (self.target + pool_size) + 4 * ALLOC_CACHE_SIZE
         base = world.region(index, p.flows, FLOW_SPAN, (count + 1) * PAGE)
@@ -89,20 +90,20 @@ class PoolRxFlow:
     def refill(self):
         """Post pool pages until the ring holds ``target`` (mlx5e_post_rx_mpwqes: a WQE of
         ``pages_per_desc`` pages at a time, once NAPI has released a whole one)."""
-        bulk = min(self.p.pages_per_desc, self.target)
+        bulk, take, post = self.bulk, self.pool.take, self.posted.append
         while self.target - self.in_ring >= bulk:
             for _ in range(bulk):
-                page = self.pool.take()
+                page = take()
                 if page is None:
                     page = yield from self.pool.alloc()
                 page.refs = 1  # the driver's reference while posted
-                self.posted.append(page)
+                post(page)
                 self.in_ring += 1
         if self.refilled is not None and self.available():
             self.refilled.succeed()
             self.refilled = None
 
-    def available(self) -> bool:
+    def available(self) -> bool:  # NicRx.wire tests the same inline
         return len(self.posted) >= self.span
 
     def packet_addr(self) -> tuple[int, tuple[tuple, tuple]]:
@@ -169,27 +170,33 @@ class PoolRx(NicRx):
         """napi_gro_receive over one poll: the completions delivered to TCP and the number of
         segments they made.  A segment leaves when full; a poll below its budget completes
         NAPI, whose napi_gro_flush sends the held one up too."""
-        delivered, segments = [], 0
-        for item in polled:
-            flow.held.append(item)
-            if len(flow.held) == self.gro_segs:
-                delivered += flow.held
-                flow.held, segments = [], segments + 1
-        if len(polled) < NAPI_BUDGET and flow.held:
-            delivered += flow.held
-            flow.held, segments = [], segments + 1
+        delivered, segments, held, full = [], 0, flow.held, self.gro_segs
+        taken, count = 0, len(polled)
+        while count - taken >= full - len(held):  # the held segment fills up: it leaves
+            end = taken + full - len(held)
+            delivered += held
+            delivered += polled[taken:end]
+            held, taken, segments = [], end, segments + 1
+        held += polled[taken:]
+        if count < NAPI_BUDGET and held:
+            delivered += held
+            held, segments = [], segments + 1
+        flow.held = held
         return delivered, segments
 
     def core(self, flow: PoolRxFlow):
         env, m, done = self.world.env, self.world.m, flow.done
         pool = flow.pool
         while True:
-            yield from self.wait_done(flow)
+            if not done or done[0][0] > env.now:  # else wait_done would not wait
+                yield from self.wait_done(flow)
             polled, now = [], env.now
+            take, popleft = polled.append, done.popleft
             while done and len(polled) < NAPI_BUDGET and done[0][0] <= now:
-                polled.append(done.popleft())
+                take(popleft())
             start = now
-            yield from self.reap_acks(flow)
+            if flow.acks and flow.acks[0][0] <= now:  # else reap_acks has none to reap
+                yield from self.reap_acks(flow)
             batch, segments = self.gro(flow, polled)
             flow.unacked += len(batch) * self.mss
             ack = flow.unacked > self.mss  # __tcp_cleanup_rbuf: more than rcv_mss unacked
@@ -210,16 +217,21 @@ class PoolRx(NicRx):
             # the queue's NAPI is still scheduled here (page_pool_napi_local:
             # napi->list_owner), i.e. more completions wait.
             direct = bool(done)
-            now = env.now
+            now, recycle, latency, ios = env.now, pool.recycle, m.latency.add, 0
             for _ready, arrival, (pages, _done_pages) in batch:
                 for page in pages:
                     page.refs -= 1
-                    if not page.refs and not pool.recycle(page, direct):
+                    if not page.refs and not recycle(page, direct):
+                        # A full ring unmaps: time passes (and the warm-up may end, which
+                        # starts a new Measure): what was delivered so far is counted first.
+                        m.ios, ios = m.ios + ios, 0
                         yield from pool.release(page)
-                        now = env.now  # a full ring unmaps: time passes
-                m.ios += 1
-                m.latency.add(now - arrival)
-            yield from flow.refill()
+                        now, latency = env.now, m.latency.add
+                ios += 1
+                latency(now - arrival)
+            m.ios += ios
+            if flow.target - flow.in_ring >= flow.bulk or flow.refilled is not None:
+                yield from flow.refill()  # else it has nothing to post
             m.cpu_busy_ns += env.now - start
             self.stop.check()
 
