@@ -259,9 +259,6 @@ class NicRx:
             # histogram (start_measuring replaces it), the engine's and the drops' counts.
             clock, delay, horizon = now, gap, None
             penalty, engine_free, dropped = m.penalty.add, self.engine_free, 0
-            # whether the next arrival may be handled ahead, as far as the flow can tell: a
-            # drop changes nothing it reads, so it is evaluated again only after a write
-            clear = lookahead and flow.wake is None and len(posted) >= span
             while True:
                 if engine_free - now > lag:
                     dropped += 1
@@ -275,10 +272,9 @@ class NicRx:
                     if flow.wake is not None:
                         flow.wake.succeed()
                         flow.wake = None
-                    clear = lookahead and len(posted) >= span  # the wake-up: in ``horizon``
                 if horizon is None:
                     horizon = env.peek()
-                if not clear:
+                if not lookahead or flow.wake is not None or len(posted) < span:
                     break
                 t = now + gap
                 after = t + gap - clock
