@@ -192,7 +192,9 @@ class PoolRx(NicRx):
                 yield from self.wait_done(flow)
             polled, now = [], env.now
             take, popleft = polled.append, done.popleft
-            while done and len(polled) < NAPI_BUDGET and done[0][0] <= now:
+            for _ in range(min(len(done), NAPI_BUDGET)):  # the budget's ready completions
+                if done[0][0] > now:
+                    break
                 take(popleft())
             start = now
             if flow.acks and flow.acks[0][0] <= now:  # else reap_acks has none to reap
