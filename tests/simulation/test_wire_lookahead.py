@@ -32,6 +32,8 @@ DMA_RUNS = {
     "ATS, mlx5 striding": ({"ios": 600, "ats": True}, {"pages_per_desc": 4, "ring": 64}),
     "emulated vIOMMU": ({"ios": 300, "platform": "emulated"}, {"ring": 64}),
     "IOMMU off": ({"ios": 500, "policy": "off"}, {}),
+    "pass-through (no IOTLB entry: every packet the miss half)": (
+        {"ios": 500, "policy": "passthrough"}, {}),
 }
 
 
