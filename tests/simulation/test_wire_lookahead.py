@@ -4,7 +4,7 @@ SimPy event per packet, on runs that drop (ring empty, DMA engine lagging), shar
 between flows, stop by time or by I/O count, and translate slowly (walks, a vIOMMU).  Its
 one-page DMA (``DmaWorld.page_dma``: the unit's ``translate_cached`` hit, else the engine's
 ``translate_miss``) must equal ``DmaWorld.dma`` for every packet, on runs that hit and miss
-the IOTLB, span pages, use ATS, a vIOMMU, or no IOMMU."""
+the IOTLB, span pages, use ATS, a vIOMMU, pass-through or no IOMMU."""
 
 import pytest
 
