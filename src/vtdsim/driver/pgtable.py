@@ -210,54 +210,68 @@ class DomainPageTable:
     # -- unmap -------------------------------------------------------------------------------------
     def unmap(self, iova: int, size: int) -> Generator[Step, Any, UnmapResult]:
         """``intel_iommu_unmap``: the size grows to the leaf at ``iova`` (a large page goes
-        whole), then ``domain_unmap`` clears leaves and frees wholly covered tables."""
-        leaf_level = yield from self._leaf_level_at(iova)
-        if leaf_level:
-            size = max(size, 1 << level_shift(leaf_level))
-        result = UnmapResult(size)
-        start, last = iova >> 12, (iova + size - 1) >> 12
-        yield from self._clear_level(self.levels, self.root, 0, start, last, result)
-        result.freed_tables = len(result.freelist)
-        return result
-
-    def _leaf_level_at(self, iova: int) -> Generator[Step, Any, int]:
-        # ``ss_index``, ``_present`` and ``_is_leaf`` inlined: every unmap walks here.
+        whole: its level is what ``pfn_to_dma_pte`` finds there), then ``domain_unmap``
+        clears leaves and frees wholly covered tables."""
+        # The leaf walk is this generator's own loop, not a nested one: each of its steps
+        # would otherwise pass through one more frame.  ``ss_index``, ``_present`` and
+        # ``_is_leaf`` inlined: every unmap walks here.
         table, lvl, present = self.root, self.levels, self._present_bits
         while True:
             pte = yield qword_read(table + 8 * ((iova >> (3 + 9 * lvl)) & 511), "unmap")
             if not pte & present:
-                return 0
+                break
             if lvl == 1 or pte & _PS:
-                return lvl
+                size = max(size, 1 << (3 + 9 * lvl))  # ``level_shift(lvl)``
+                break
             table, lvl = pte & _ADDR, lvl - 1
+        result = UnmapResult(size)
+        yield from self._clear_level(self.levels, self.root, 0, iova >> 12,
+                                     (iova + size - 1) >> 12, result)
+        result.freed_tables = len(result.freelist)
+        return result
 
     def _clear_level(self, level: int, table: int, pfn: int, start: int, last: int,
                      result: UnmapResult) -> Generator[Step, Any, None]:
-        """``dma_pte_clear_level``: entries of this table overlapping [start, last]."""
-        shift = level_shift(level) - 12
-        span = 1 << shift  # pages one entry covers
-        pfn = max(start, pfn)
-        first = cleared = None
-        idx = (pfn >> shift) & 511
+        """``dma_pte_clear_level``: entries of this table overlapping [start, last]; a partly
+        covered entry's table is cleared the same way (Linux recurses) before the next entry,
+        and each table's cleared run is flushed once when the walk is not coherent.
+
+        The recursion is an explicit stack of the suspended tables' loop state: one generator
+        frame for the whole clear, where each step would otherwise pass through one frame
+        per level on its way out."""
         present = self._present_bits  # ``_present`` and ``_is_leaf`` inlined: every unmap
-        while idx < 512 and pfn <= last:
-            slot = table + 8 * idx
-            level_pfn = pfn & ~(span - 1)
-            pte = yield qword_read(slot, "dma_pte_clear_level")
-            if pte & present:
-                if start <= level_pfn and last >= level_pfn + span - 1:
+        shift = 9 * (level - 1)  # ``level_shift(level) - 12``: log2 of the pages an entry spans
+        pfn = max(start, pfn)
+        idx = (pfn >> shift) & 511
+        first = cleared = None
+        suspended: list[tuple] = []  # (level, table, idx, pfn, first, cleared) of each parent
+        while True:
+            while idx < 512 and pfn <= last:
+                slot = table + 8 * idx
+                span = 1 << shift  # pages one entry covers
+                level_pfn = pfn & -span
+                pte = yield qword_read(slot, "dma_pte_clear_level")
+                pfn, idx = level_pfn + span, idx + 1  # where this table's loop goes on
+                if not pte & present:
+                    continue
+                if start <= level_pfn and last >= pfn - 1:
                     if level > 1 and not pte & _PS:
                         yield from self._list_pagetables(level - 1, pte & _ADDR, result)
                     yield CpuWrite(addr=slot, value=0, size=8, why="dma_clear_pte")
                     first = slot if first is None else first
                     cleared = slot
-                elif level > 1:
-                    yield from self._clear_level(level - 1, pte & _ADDR, level_pfn, start,
-                                                 last, result)
-            pfn = level_pfn + span
-            idx += 1
-        if first is not None and not self.coherent:
-            yield ClflushRange(addr=first, size=cleared + 8 - first, why="domain_flush_cache")
+                elif level > 1:  # descend: the child table's loop runs first
+                    suspended.append((level, table, idx, pfn, first, cleared))
+                    level, shift, table = level - 1, shift - 9, pte & _ADDR
+                    pfn = max(start, level_pfn)
+                    idx = (pfn >> shift) & 511
+                    first = cleared = None
+            if first is not None and not self.coherent:
+                yield ClflushRange(addr=first, size=cleared + 8 - first, why="domain_flush_cache")
+            if not suspended:
+                return
+            level, table, idx, pfn, first, cleared = suspended.pop()
+            shift = 9 * (level - 1)
 
     def _list_pagetables(self, level: int, table: int,
                          result: UnmapResult) -> Generator[Step, Any, None]:
