@@ -22,7 +22,7 @@ from vtdsim.driver import qi
 from vtdsim.driver.device import IOMMU_NO_PASID, DeviceInfo
 from vtdsim.driver.domain import DmarDomain
 from vtdsim.driver.psi import calculate_psi_aligned_address, psi_needs_dsi
-from vtdsim.driver.steps import Annotate, Lock, Unlock
+from vtdsim.driver.steps import Annotate, Lock, Unlock, lock_steps
 from vtdsim.errors import ModelError
 
 CACHE_TAG_IOTLB = "iotlb"
@@ -180,11 +180,12 @@ def _flush_walk(domain: DmarDomain, profile, why: str, per_tag):
     the domain's batch, which is submitted when full, when the walk reaches another unit's
     tags, and at the end (``qi_batch_flush_descs``)."""
     batch = qi.QiBatch(profile.qi_batch_size)
-    yield Lock(name=domain.cache_lock, why=why)
+    lock, unlock = lock_steps(domain.cache_lock, why)  # built once: every unmap flushes
+    yield lock
     for tag in list(domain.cache_tags):
         yield from per_tag(batch, tag)
     yield from batch.flush()
-    yield Unlock(name=domain.cache_lock, why=why)
+    yield unlock
 
 
 def cache_tag_flush_range(domain: DmarDomain, profile, start: int, end: int, ih: int):
