@@ -16,6 +16,7 @@ unit modelled has QI), the tracepoints' text (``Annotate`` steps carry the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from vtdsim.driver import qi
@@ -175,6 +176,13 @@ def _flush_devtlb(batch: qi.QiBatch, tag: CacheTag, addr: int, mask: int):
         yield from batch.add(tag.iommu, desc)
 
 
+@lru_cache(maxsize=4096)
+def _flush_trace(event: str, *data) -> Annotate:
+    """A flush's trace event per tag, built once per (tag, range) (a step is an immutable
+    value): the same ranges are flushed again and again once IOVAs are recycled."""
+    return Annotate(event=event, data=data)
+
+
 def _flush_walk(domain: DmarDomain, profile, why: str, per_tag):
     """Walk the tags under ``cache_lock``; ``per_tag(batch, tag)`` queues that tag's work in
     the domain's batch, which is submitted when full, when the walk reaches another unit's
@@ -206,8 +214,7 @@ def cache_tag_flush_range(domain: DmarDomain, profile, start: int, end: int, ih:
                 # device-TLB - and, as in Linux, every later device-TLB tag of this walk too.
                 devtlb["addr"], devtlb["mask"] = 0, MAX_AGAW_PFN_WIDTH
             yield from _flush_devtlb(batch, tag, devtlb["addr"], devtlb["mask"])
-        yield Annotate(event="cache_tag_flush_range",
-                       data=(tag.describe(), start, end, addr, mask))
+        yield _flush_trace("cache_tag_flush_range", tag.describe(), start, end, addr, mask)
 
     yield from _flush_walk(domain, profile, "cache_tag_flush_range", per_tag)
 
@@ -242,8 +249,7 @@ def cache_tag_flush_range_np(domain: DmarDomain, profile, start: int, end: int):
             return
         if tag.type in IOTLB_TYPES:
             yield from _flush_iotlb(batch, domain, profile, tag, addr, 1 << mask, mask, 0)
-        yield Annotate(event="cache_tag_flush_range_np",
-                       data=(tag.describe(), start, end, addr, mask))
+        yield _flush_trace("cache_tag_flush_range_np", tag.describe(), start, end, addr, mask)
 
     yield from _flush_walk(domain, profile, "cache_tag_flush_range_np", per_tag)
 

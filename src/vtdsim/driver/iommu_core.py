@@ -158,8 +158,15 @@ def __iommu_unmap(ops, domain, iova: int, size: int, gather: IommuIotlbGather):
             break
         iova += done
         unmapped += done
-    yield Annotate(event="unmap", data=(iova - unmapped, size, unmapped))
+    yield _unmap_trace(iova - unmapped, size, unmapped)
     return unmapped
+
+
+@lru_cache(maxsize=4096)
+def _unmap_trace(iova: int, size: int, unmapped: int) -> Annotate:
+    """The ``iommu:unmap`` event, built once per range (a step is an immutable value): the
+    same IOVAs are unmapped again and again once the rcache recycles them."""
+    return Annotate(event="unmap", data=(iova, size, unmapped))
 
 
 def iommu_unmap_fast(ops, domain, iova: int, size: int, gather: IommuIotlbGather):

@@ -74,6 +74,13 @@ def leaf_bits(stage: str, level: int, prot: int, force_snoop: bool) -> int:
     return FS_PTE.encode(p=1, us=1, a=1, rw=writable, d=writable, ps=large)
 
 
+@lru_cache(maxsize=4096)
+def _clear_pte(slot: int) -> CpuWrite:
+    """``dma_clear_pte``'s store, built once per slot (a step is an immutable value): unmaps
+    clear the same slots again and again."""
+    return CpuWrite(addr=slot, value=0, size=8, why="dma_clear_pte")
+
+
 def _present(stage: str, pte: int) -> bool:
     """SS: R or W (``dma_pte_present``); FS: P - both bit 0 or bit 1 (SS W-only)."""
     return bool(pte & 3) if stage == "ss" else bool(pte & 1)
@@ -257,7 +264,7 @@ class DomainPageTable:
                 if start <= level_pfn and last >= pfn - 1:
                     if level > 1 and not pte & _PS:
                         yield from self._list_pagetables(level - 1, pte & _ADDR, result)
-                    yield CpuWrite(addr=slot, value=0, size=8, why="dma_clear_pte")
+                    yield _clear_pte(slot)
                     first = slot if first is None else first
                     cleared = slot
                 elif level > 1:  # descend: the child table's loop runs first

@@ -101,6 +101,7 @@ def desc_flush_dev_iotlb(sid: int, pfsid: int, qdep: int, addr: int, mask: int) 
                   **_pfsid_fields(pfsid))
 
 
+@lru_cache(maxsize=4096)  # pure; every unmap of a first-stage domain builds one
 def desc_flush_piotlb(did: int, pasid: int, addr: int, npages: int, ih: int) -> Desc:
     """``qi_flush_piotlb``: type 6; ``npages == -1`` is PASID-selective (non-global), else the
     count is rounded up to a power of two and the address aligned down to it (Linux warns)."""
