@@ -74,6 +74,19 @@ def leaf_bits(stage: str, level: int, prot: int, force_snoop: bool) -> int:
     return FS_PTE.encode(p=1, us=1, a=1, rw=writable, d=writable, ps=large)
 
 
+@lru_cache(maxsize=8)
+def _leaf_pages(large_pages: int) -> tuple[tuple[int, int], ...]:
+    """``domain->iommu_superpage``: the leaf levels a domain with ``large_pages`` (SZ_2M /
+    SZ_1G bits) may use, largest first, with their page sizes; 1 GiB only on top of 2 MiB
+    support.  Memoised: every map picks its level from these."""
+    levels = [1]
+    if large_pages & SZ_2M:
+        levels.append(2)
+        if large_pages & SZ_1G:
+            levels.append(3)
+    return tuple((level, 1 << level_shift(level)) for level in reversed(levels))
+
+
 @lru_cache(maxsize=4096)
 def _clear_pte(slot: int) -> CpuWrite:
     """``dma_clear_pte``'s store, built once per slot (a step is an immutable value): unmaps
@@ -115,14 +128,6 @@ class DomainPageTable:
         """The leaf value for ``paddr`` at ``level`` with IOMMU_READ/IOMMU_WRITE ``prot``."""
         return (paddr & _ADDR) | leaf_bits(self.stage, level, prot, self.force_snoop)
 
-    def _leaf_levels(self) -> list[int]:
-        """``domain->iommu_superpage``: 1 GiB only on top of 2 MiB support, largest first."""
-        levels = [1]
-        if self.large_pages & SZ_2M:
-            levels.append(2)
-            if self.large_pages & SZ_1G:
-                levels.append(3)
-        return levels[::-1]
 
     # -- allocation --------------------------------------------------------------------------------
     def _new_table(self, why: str) -> Generator[Step, Any, int]:
@@ -140,10 +145,19 @@ class DomainPageTable:
     # -- map ---------------------------------------------------------------------------------------
     def map(self, iova: int, paddr: int, size: int, prot: int) -> Generator[Step, Any, int]:
         """``__domain_mapping``: walk once per run of leaves that share a table page, store
-        each leaf with its own cmpxchg, clflush the run once; returns ``size``."""
+        each leaf with its own cmpxchg, clflush the run once; the generator returns ``size``.
+        One 4 KiB page (a DMA-API map of a small buffer) is one run at level 1, so that
+        run's generator is handed back itself: one frame fewer for each of its steps."""
         if (iova | paddr | size) & (PAGE_SIZE - 1) or size <= 0:
             raise SpecRuleBroken(f"map {hexval('iova', iova)} {hexval('size', size)} is not "
                                  "page aligned", "__iommu_map")
+        if size == PAGE_SIZE:  # ``_pick_level`` gives 1, ``_install_run`` maps it whole
+            return self._install_run(iova, paddr, size, 1, prot)
+        return self._map_runs(iova, paddr, size, prot)
+
+    def _map_runs(self, iova: int, paddr: int, size: int,
+                  prot: int) -> Generator[Step, Any, int]:
+        """``__domain_mapping``'s loop: one ``_install_run`` per run of leaves."""
         done = 0
         while done < size:
             level = self._pick_level(iova + done, paddr + done, size - done)
@@ -153,8 +167,7 @@ class DomainPageTable:
 
     def _pick_level(self, iova: int, paddr: int, remaining: int) -> int:
         """``hardware_largepage_caps``: both addresses aligned and the rest long enough."""
-        for level in self._leaf_levels():
-            page = 1 << level_shift(level)
+        for level, page in _leaf_pages(self.large_pages):
             if not (iova | paddr) & (page - 1) and remaining >= page:
                 return level
         return 1
