@@ -275,7 +275,7 @@ def qi_check_fault(iommu, q, index: int, wait_index: int) -> Generator[Step, Any
     why = "qi_check_fault"
     if q.desc_status[wait_index] == QI_ABORT:
         return EAGAIN
-    fault = yield MmioRead(unit=iommu.index, offset=DMAR_FSTS_REG, size=4, why=why)
+    fault = yield _fsts_read(iommu.index)
     if fault & DMA_FSTS_IQE:
         head = yield MmioRead(unit=iommu.index, offset=DMAR_IQH_REG, size=4, why=why)
         if head >> q.shift == index:
@@ -292,6 +292,13 @@ def qi_check_fault(iommu, q, index: int, wait_index: int) -> Generator[Step, Any
         yield MmioWrite(unit=iommu.index, offset=DMAR_FSTS_REG, value=DMA_FSTS_ICE, size=4,
                         why=why)
     return 0
+
+
+@lru_cache(maxsize=64)
+def _fsts_read(unit: int) -> MmioRead:
+    """``qi_check_fault``'s read of FSTS, built once per unit (a step is an immutable value):
+    every wait not done at its first poll - each one on an asynchronous unit - reads it."""
+    return MmioRead(unit=unit, offset=DMAR_FSTS_REG, size=4, why="qi_check_fault")
 
 
 def _abort_in_use(iommu, q, why: str) -> Generator[Step, Any, None]:
