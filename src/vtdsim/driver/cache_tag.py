@@ -16,13 +16,14 @@ unit modelled has QI), the tracepoints' text (``Annotate`` steps carry the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from vtdsim.driver import qi
 from vtdsim.driver.device import IOMMU_NO_PASID, DeviceInfo
 from vtdsim.driver.domain import DmarDomain
 from vtdsim.driver.psi import calculate_psi_aligned_address, psi_needs_dsi
-from vtdsim.driver.steps import Annotate, Lock, Unlock
+from vtdsim.driver.steps import Annotate, Lock, Unlock, lock_steps
 from vtdsim.errors import ModelError
 
 CACHE_TAG_IOTLB = "iotlb"
@@ -175,16 +176,24 @@ def _flush_devtlb(batch: qi.QiBatch, tag: CacheTag, addr: int, mask: int):
         yield from batch.add(tag.iommu, desc)
 
 
+@lru_cache(maxsize=4096)
+def _flush_trace(event: str, *data) -> Annotate:
+    """A flush's trace event per tag, built once per (tag, range) (a step is an immutable
+    value): the same ranges are flushed again and again once IOVAs are recycled."""
+    return Annotate(event=event, data=data)
+
+
 def _flush_walk(domain: DmarDomain, profile, why: str, per_tag):
     """Walk the tags under ``cache_lock``; ``per_tag(batch, tag)`` queues that tag's work in
     the domain's batch, which is submitted when full, when the walk reaches another unit's
     tags, and at the end (``qi_batch_flush_descs``)."""
     batch = qi.QiBatch(profile.qi_batch_size)
-    yield Lock(name=domain.cache_lock, why=why)
+    lock, unlock = lock_steps(domain.cache_lock, why)  # built once: every unmap flushes
+    yield lock
     for tag in list(domain.cache_tags):
         yield from per_tag(batch, tag)
     yield from batch.flush()
-    yield Unlock(name=domain.cache_lock, why=why)
+    yield unlock
 
 
 def cache_tag_flush_range(domain: DmarDomain, profile, start: int, end: int, ih: int):
@@ -205,8 +214,7 @@ def cache_tag_flush_range(domain: DmarDomain, profile, start: int, end: int, ih:
                 # device-TLB - and, as in Linux, every later device-TLB tag of this walk too.
                 devtlb["addr"], devtlb["mask"] = 0, MAX_AGAW_PFN_WIDTH
             yield from _flush_devtlb(batch, tag, devtlb["addr"], devtlb["mask"])
-        yield Annotate(event="cache_tag_flush_range",
-                       data=(tag.describe(), start, end, addr, mask))
+        yield _flush_trace("cache_tag_flush_range", tag.describe(), start, end, addr, mask)
 
     yield from _flush_walk(domain, profile, "cache_tag_flush_range", per_tag)
 
@@ -241,8 +249,7 @@ def cache_tag_flush_range_np(domain: DmarDomain, profile, start: int, end: int):
             return
         if tag.type in IOTLB_TYPES:
             yield from _flush_iotlb(batch, domain, profile, tag, addr, 1 << mask, mask, 0)
-        yield Annotate(event="cache_tag_flush_range_np",
-                       data=(tag.describe(), start, end, addr, mask))
+        yield _flush_trace("cache_tag_flush_range_np", tag.describe(), start, end, addr, mask)
 
     yield from _flush_walk(domain, profile, "cache_tag_flush_range_np", per_tag)
 

@@ -13,7 +13,7 @@ splitting (segments are assumed to fit), DMA masks other than the device's ``dma
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 from vtdsim.driver import iommu_core
@@ -77,7 +77,7 @@ class IommuDmaCookie:
             yield from self.fq.queue_iova(cpu, pfn, pages, gather.freelist, now_ns)
             gather.freelist = []
             return
-        yield ReuseIova(iova=iova, size=size, why="iommu_dma_free_iova")
+        yield _reuse_iova(iova, size)
         self.iovad.free_iova_fast(pfn, pages, cpu=cpu)
 
 
@@ -104,7 +104,19 @@ def __iommu_dma_unmap(cookie: IommuDmaCookie, dma_addr: int, size: int, cpu: int
     if not gather.queued:
         yield from iommu_core.iommu_iotlb_sync(cookie.driver, cookie.domain, gather)
     yield from cookie.iommu_dma_free_iova(dma_addr, size, gather, cpu, now_ns)
-    yield Annotate(event="dma_unmap_done", data=(dma_addr, size))
+    yield _unmap_done(dma_addr, size)
+
+
+# The steps of an unmap's end, built once per range (steps are immutable values): the rcache
+# hands the same IOVAs out again and again.
+@lru_cache(maxsize=4096)
+def _reuse_iova(iova: int, size: int) -> ReuseIova:
+    return ReuseIova(iova=iova, size=size, why="iommu_dma_free_iova")
+
+
+@lru_cache(maxsize=4096)
+def _unmap_done(dma_addr: int, size: int) -> Annotate:
+    return Annotate(event="dma_unmap_done", data=(dma_addr, size))
 
 
 # The two page calls below hand back the generator of the call they make rather than being

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from vtdsim.driver.steps import Annotate, Step
@@ -28,7 +29,7 @@ PAGE_SIZE = 4096
 
 
 # -- the gather ---------------------------------------------------------------------------------
-@dataclass
+@dataclass(slots=True)
 class IommuIotlbGather:
     """``struct iommu_iotlb_gather``: the inclusive IOVA range unmapped since the last sync,
     the page-table pages freed by it, and whether the caller queues it (flush queue)."""
@@ -74,9 +75,11 @@ def iommu_iotlb_sync(ops, domain, gather: IommuIotlbGather) -> Generator[Step, A
 
 
 # -- page-size selection ------------------------------------------------------------------------
+@lru_cache(maxsize=4096)
 def iommu_pgsize(pgsize_bitmap: int, iova: int, paddr: int, size: int) -> tuple[int, int]:
     """``iommu_pgsize``: the largest supported page size the alignment of ``iova|paddr`` and
-    ``size`` allow, and how many of them to map before a larger size becomes possible."""
+    ``size`` allow, and how many of them to map before a larger size becomes possible.
+    Memoised (pure arithmetic): every map and unmap calls it, mostly on recycled IOVAs."""
     addr_merge = iova | paddr
     pgsizes = pgsize_bitmap & ((2 << (size.bit_length() - 1)) - 1)
     if addr_merge:
@@ -155,8 +158,15 @@ def __iommu_unmap(ops, domain, iova: int, size: int, gather: IommuIotlbGather):
             break
         iova += done
         unmapped += done
-    yield Annotate(event="unmap", data=(iova - unmapped, size, unmapped))
+    yield _unmap_trace(iova - unmapped, size, unmapped)
     return unmapped
+
+
+@lru_cache(maxsize=4096)
+def _unmap_trace(iova: int, size: int, unmapped: int) -> Annotate:
+    """The ``iommu:unmap`` event, built once per range (a step is an immutable value): the
+    same IOVAs are unmapped again and again once the rcache recycles them."""
+    return Annotate(event="unmap", data=(iova, size, unmapped))
 
 
 def iommu_unmap_fast(ops, domain, iova: int, size: int, gather: IommuIotlbGather):

@@ -74,6 +74,26 @@ def leaf_bits(stage: str, level: int, prot: int, force_snoop: bool) -> int:
     return FS_PTE.encode(p=1, us=1, a=1, rw=writable, d=writable, ps=large)
 
 
+@lru_cache(maxsize=8)
+def _leaf_pages(large_pages: int) -> tuple[tuple[int, int], ...]:
+    """``domain->iommu_superpage``: the leaf levels a domain with ``large_pages`` (SZ_2M /
+    SZ_1G bits) may use, largest first, with their page sizes; 1 GiB only on top of 2 MiB
+    support.  Memoised: every map picks its level from these."""
+    levels = [1]
+    if large_pages & SZ_2M:
+        levels.append(2)
+        if large_pages & SZ_1G:
+            levels.append(3)
+    return tuple((level, 1 << level_shift(level)) for level in reversed(levels))
+
+
+@lru_cache(maxsize=4096)
+def _clear_pte(slot: int) -> CpuWrite:
+    """``dma_clear_pte``'s store, built once per slot (a step is an immutable value): unmaps
+    clear the same slots again and again."""
+    return CpuWrite(addr=slot, value=0, size=8, why="dma_clear_pte")
+
+
 def _present(stage: str, pte: int) -> bool:
     """SS: R or W (``dma_pte_present``); FS: P - both bit 0 or bit 1 (SS W-only)."""
     return bool(pte & 3) if stage == "ss" else bool(pte & 1)
@@ -108,14 +128,6 @@ class DomainPageTable:
         """The leaf value for ``paddr`` at ``level`` with IOMMU_READ/IOMMU_WRITE ``prot``."""
         return (paddr & _ADDR) | leaf_bits(self.stage, level, prot, self.force_snoop)
 
-    def _leaf_levels(self) -> list[int]:
-        """``domain->iommu_superpage``: 1 GiB only on top of 2 MiB support, largest first."""
-        levels = [1]
-        if self.large_pages & SZ_2M:
-            levels.append(2)
-            if self.large_pages & SZ_1G:
-                levels.append(3)
-        return levels[::-1]
 
     # -- allocation --------------------------------------------------------------------------------
     def _new_table(self, why: str) -> Generator[Step, Any, int]:
@@ -133,10 +145,19 @@ class DomainPageTable:
     # -- map ---------------------------------------------------------------------------------------
     def map(self, iova: int, paddr: int, size: int, prot: int) -> Generator[Step, Any, int]:
         """``__domain_mapping``: walk once per run of leaves that share a table page, store
-        each leaf with its own cmpxchg, clflush the run once; returns ``size``."""
+        each leaf with its own cmpxchg, clflush the run once; the generator returns ``size``.
+        One 4 KiB page (a DMA-API map of a small buffer) is one run at level 1, so that
+        run's generator is handed back itself: one frame fewer for each of its steps."""
         if (iova | paddr | size) & (PAGE_SIZE - 1) or size <= 0:
             raise SpecRuleBroken(f"map {hexval('iova', iova)} {hexval('size', size)} is not "
                                  "page aligned", "__iommu_map")
+        if size == PAGE_SIZE:  # ``_pick_level`` gives 1, ``_install_run`` maps it whole
+            return self._install_run(iova, paddr, size, 1, prot)
+        return self._map_runs(iova, paddr, size, prot)
+
+    def _map_runs(self, iova: int, paddr: int, size: int,
+                  prot: int) -> Generator[Step, Any, int]:
+        """``__domain_mapping``'s loop: one ``_install_run`` per run of leaves."""
         done = 0
         while done < size:
             level = self._pick_level(iova + done, paddr + done, size - done)
@@ -146,8 +167,7 @@ class DomainPageTable:
 
     def _pick_level(self, iova: int, paddr: int, remaining: int) -> int:
         """``hardware_largepage_caps``: both addresses aligned and the rest long enough."""
-        for level in self._leaf_levels():
-            page = 1 << level_shift(level)
+        for level, page in _leaf_pages(self.large_pages):
             if not (iova | paddr) & (page - 1) and remaining >= page:
                 return level
         return 1
@@ -210,54 +230,68 @@ class DomainPageTable:
     # -- unmap -------------------------------------------------------------------------------------
     def unmap(self, iova: int, size: int) -> Generator[Step, Any, UnmapResult]:
         """``intel_iommu_unmap``: the size grows to the leaf at ``iova`` (a large page goes
-        whole), then ``domain_unmap`` clears leaves and frees wholly covered tables."""
-        leaf_level = yield from self._leaf_level_at(iova)
-        if leaf_level:
-            size = max(size, 1 << level_shift(leaf_level))
-        result = UnmapResult(size)
-        start, last = iova >> 12, (iova + size - 1) >> 12
-        yield from self._clear_level(self.levels, self.root, 0, start, last, result)
-        result.freed_tables = len(result.freelist)
-        return result
-
-    def _leaf_level_at(self, iova: int) -> Generator[Step, Any, int]:
-        # ``ss_index``, ``_present`` and ``_is_leaf`` inlined: every unmap walks here.
+        whole: its level is what ``pfn_to_dma_pte`` finds there), then ``domain_unmap``
+        clears leaves and frees wholly covered tables."""
+        # The leaf walk is this generator's own loop, not a nested one: each of its steps
+        # would otherwise pass through one more frame.  ``ss_index``, ``_present`` and
+        # ``_is_leaf`` inlined: every unmap walks here.
         table, lvl, present = self.root, self.levels, self._present_bits
         while True:
             pte = yield qword_read(table + 8 * ((iova >> (3 + 9 * lvl)) & 511), "unmap")
             if not pte & present:
-                return 0
+                break
             if lvl == 1 or pte & _PS:
-                return lvl
+                size = max(size, 1 << (3 + 9 * lvl))  # ``level_shift(lvl)``
+                break
             table, lvl = pte & _ADDR, lvl - 1
+        result = UnmapResult(size)
+        yield from self._clear_level(self.levels, self.root, 0, iova >> 12,
+                                     (iova + size - 1) >> 12, result)
+        result.freed_tables = len(result.freelist)
+        return result
 
     def _clear_level(self, level: int, table: int, pfn: int, start: int, last: int,
                      result: UnmapResult) -> Generator[Step, Any, None]:
-        """``dma_pte_clear_level``: entries of this table overlapping [start, last]."""
-        shift = level_shift(level) - 12
-        span = 1 << shift  # pages one entry covers
-        pfn = max(start, pfn)
-        first = cleared = None
-        idx = (pfn >> shift) & 511
+        """``dma_pte_clear_level``: entries of this table overlapping [start, last]; a partly
+        covered entry's table is cleared the same way (Linux recurses) before the next entry,
+        and each table's cleared run is flushed once when the walk is not coherent.
+
+        The recursion is an explicit stack of the suspended tables' loop state: one generator
+        frame for the whole clear, where each step would otherwise pass through one frame
+        per level on its way out."""
         present = self._present_bits  # ``_present`` and ``_is_leaf`` inlined: every unmap
-        while idx < 512 and pfn <= last:
-            slot = table + 8 * idx
-            level_pfn = pfn & ~(span - 1)
-            pte = yield qword_read(slot, "dma_pte_clear_level")
-            if pte & present:
-                if start <= level_pfn and last >= level_pfn + span - 1:
+        shift = 9 * (level - 1)  # ``level_shift(level) - 12``: log2 of the pages an entry spans
+        pfn = max(start, pfn)
+        idx = (pfn >> shift) & 511
+        first = cleared = None
+        suspended: list[tuple] = []  # (level, table, idx, pfn, first, cleared) of each parent
+        while True:
+            while idx < 512 and pfn <= last:
+                slot = table + 8 * idx
+                span = 1 << shift  # pages one entry covers
+                level_pfn = pfn & -span
+                pte = yield qword_read(slot, "dma_pte_clear_level")
+                pfn, idx = level_pfn + span, idx + 1  # where this table's loop goes on
+                if not pte & present:
+                    continue
+                if start <= level_pfn and last >= pfn - 1:
                     if level > 1 and not pte & _PS:
                         yield from self._list_pagetables(level - 1, pte & _ADDR, result)
-                    yield CpuWrite(addr=slot, value=0, size=8, why="dma_clear_pte")
+                    yield _clear_pte(slot)
                     first = slot if first is None else first
                     cleared = slot
-                elif level > 1:
-                    yield from self._clear_level(level - 1, pte & _ADDR, level_pfn, start,
-                                                 last, result)
-            pfn = level_pfn + span
-            idx += 1
-        if first is not None and not self.coherent:
-            yield ClflushRange(addr=first, size=cleared + 8 - first, why="domain_flush_cache")
+                elif level > 1:  # descend: the child table's loop runs first
+                    suspended.append((level, table, idx, pfn, first, cleared))
+                    level, shift, table = level - 1, shift - 9, pte & _ADDR
+                    pfn = max(start, level_pfn)
+                    idx = (pfn >> shift) & 511
+                    first = cleared = None
+            if first is not None and not self.coherent:
+                yield ClflushRange(addr=first, size=cleared + 8 - first, why="domain_flush_cache")
+            if not suspended:
+                return
+            level, table, idx, pfn, first, cleared = suspended.pop()
+            shift = 9 * (level - 1)
 
     def _list_pagetables(self, level: int, table: int,
                          result: UnmapResult) -> Generator[Step, Any, None]:

@@ -13,6 +13,8 @@ Not modelled: 32-bit ``unsigned long`` (pfns are unbounded ints; BITS_PER_LONG i
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from vtdsim.errors import ModelError, hexval
 
 PAGE_SHIFT = 12
@@ -50,9 +52,11 @@ def psi_mask_linux61(start_pfn: int, npages: int) -> tuple[int, int]:
     return start_pfn, psi_mask(start_pfn, npages, BITS_PER_LONG)
 
 
+@lru_cache(maxsize=4096)
 def calculate_psi_aligned_address(start: int, end: int) -> tuple[int, int]:
     """Mainline: inclusive byte range -> (byte address aligned down to the mask, mask).
-    ``start=0, end=ULONG_MAX`` means everything: (0, 52)."""
+    ``start=0, end=ULONG_MAX`` means everything: (0, 52).  Memoised (pure arithmetic): every
+    unmap flush computes it, mostly for recycled IOVAs."""
     if end < start:
         raise ModelError(f"PSI range {hexval('start', start)} > {hexval('end', end)}")
     start_pfn = start >> PAGE_SHIFT

@@ -101,6 +101,7 @@ def desc_flush_dev_iotlb(sid: int, pfsid: int, qdep: int, addr: int, mask: int) 
                   **_pfsid_fields(pfsid))
 
 
+@lru_cache(maxsize=4096)  # pure; every unmap of a first-stage domain builds one
 def desc_flush_piotlb(did: int, pasid: int, addr: int, npages: int, ih: int) -> Desc:
     """``qi_flush_piotlb``: type 6; ``npages == -1`` is PASID-selective (non-global), else the
     count is rounded up to a power of two and the address aligned down to it (Linux warns)."""
@@ -145,14 +146,24 @@ def desc_wait(status_addr: int, pd: bool) -> Desc:
 
 
 # -- submission ---------------------------------------------------------------------------------
+@lru_cache(maxsize=8 * QI_LENGTH)
 def desc_store(base: int, shift: int, slot: int, desc: Sequence[int], why: str) -> CpuWrite:
     """The ``memcpy`` of one descriptor (16 or 32 bytes, ``1 << shift``) into its slot of the
     queue at ``base``, as one store: no actor can see a slot between its qwords, since
     hardware fetches only slots an IQT write has published (spec 6.5.2), and the slot is
-    published after the copy."""
+    published after the copy.  Memoised (a step is an immutable value): a steady stream of
+    unmaps writes the same descriptors into the same slots lap after lap."""
     size = 1 << shift
     return CpuWrite(addr=base + (slot << shift), value=join_qwords(desc[: size // 8]),
                     size=size, why=why)
+
+
+@lru_cache(maxsize=4096)
+def _submit_trace(name: str, desc: Desc) -> Annotate:
+    """The ``qi_submit`` trace event of ``desc`` on unit ``name``, built once per descriptor
+    (memoised like ``_iotlb_desc``: the same flushes recur)."""
+    label = TYPE_LABELS.get(desc[0] & 0xF) or str(desc[0] & 0xF)
+    return Annotate(event="qi_submit", data=(label, name, *desc), why="qi_submit_sync")
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,8 +229,7 @@ def qi_submit_sync(iommu, descs: Sequence[Desc], pd: bool = False) -> Generator[
             slot = (index + i) % QI_LENGTH
             yield desc_store(q.base, q.shift, slot, desc, why)
             q.desc_status[slot] = QI_IN_USE
-            label = TYPE_LABELS.get(desc[0] & 0xF) or str(desc[0] & 0xF)
-            yield Annotate(event="qi_submit", data=(label, iommu.name, *desc), why=why)
+            yield _submit_trace(iommu.name, desc)
         q.desc_status[wait_index] = QI_IN_USE
         q.wait_slots.add(wait_index)
         yield steps.status_in_use
@@ -265,7 +275,7 @@ def qi_check_fault(iommu, q, index: int, wait_index: int) -> Generator[Step, Any
     why = "qi_check_fault"
     if q.desc_status[wait_index] == QI_ABORT:
         return EAGAIN
-    fault = yield MmioRead(unit=iommu.index, offset=DMAR_FSTS_REG, size=4, why=why)
+    fault = yield _fsts_read(iommu.index)
     if fault & DMA_FSTS_IQE:
         head = yield MmioRead(unit=iommu.index, offset=DMAR_IQH_REG, size=4, why=why)
         if head >> q.shift == index:
@@ -282,6 +292,13 @@ def qi_check_fault(iommu, q, index: int, wait_index: int) -> Generator[Step, Any
         yield MmioWrite(unit=iommu.index, offset=DMAR_FSTS_REG, value=DMA_FSTS_ICE, size=4,
                         why=why)
     return 0
+
+
+@lru_cache(maxsize=64)
+def _fsts_read(unit: int) -> MmioRead:
+    """``qi_check_fault``'s read of FSTS, built once per unit (a step is an immutable value):
+    every wait not done at its first poll - each one on an asynchronous unit - reads it."""
+    return MmioRead(unit=unit, offset=DMAR_FSTS_REG, size=4, why="qi_check_fault")
 
 
 def _abort_in_use(iommu, q, why: str) -> Generator[Step, Any, None]:
@@ -345,8 +362,16 @@ class QiBatch:
             yield from self.flush()
 
     def flush(self) -> Generator[Step, Any, int]:
-        """Submit what is pending (nothing: no submission)."""
+        """Submit what is pending (nothing: no submission).  ``qi_submit_sync``'s generator
+        itself, not one delegating to it: each step of every flush would pass through one
+        more frame."""
         if not self.descs:
-            return 0
+            return self._nothing()
         descs, self.descs = self.descs, []
-        return (yield from qi_submit_sync(self.iommu, descs))
+        return qi_submit_sync(self.iommu, descs)
+
+    @staticmethod
+    def _nothing() -> Generator[Step, Any, int]:
+        """An empty batch's flush: no step, 0."""
+        return 0
+        yield
