@@ -16,31 +16,12 @@ barriers Linux uses around every table update and IQT write).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from functools import lru_cache
 
+from vtdsim.records import record
 
-def step(cls: type) -> type:
-    """A frozen, slotted dataclass whose ``__init__`` stores each field through its slot.
-
-    Why: a frozen dataclass's generated ``__init__`` stores every field with
-    ``object.__setattr__`` (a name lookup per field), which made building a step cost as much
-    as twenty plain calls, and the hot driver paths build one per PTE store, descriptor or
-    trace event.  The slot's own descriptor stores the same value without the lookup; the
-    fields, defaults, signature, equality, hashing and pickling stay the dataclass's.  The
-    code is generated (file ``<string>``, as the dataclass's own), so the checker's
-    continuation recorder still sees a fresh object being built."""
-    cls = dataclass(frozen=True, slots=True)(cls)
-    names = [f.name for f in fields(cls)]
-    env = {f"_default_{n}": f.default for n, f in zip(names, fields(cls), strict=True)}
-    env |= {f"_store_{n}": getattr(cls, n).__set__ for n in names}
-    params = "".join(f", {n}=_default_{n}" for n in names)
-    body = "".join(f"\n    _store_{n}(self, {n})" for n in names)
-    exec(f"def __init__(self{params}):{body}\n", env)  # the names are our own fields
-    init = env["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    cls.__init__ = init
-    return cls
+# Every step is a ``record``: built once per PTE store, descriptor or trace event.
+step = record
 
 
 @step

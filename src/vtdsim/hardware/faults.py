@@ -21,12 +21,12 @@ interrupt index in FI), page-request overflow.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Any
 
 from vtdsim.hardware.interrupt_events import cancel_event, signal_event
 from vtdsim.hardware.registers import FRCD
 from vtdsim.hardware.request import AT_TRANSLATION_REQUEST, format_sid
+from vtdsim.records import record
 
 
 class FaultReason(enum.IntEnum):
@@ -215,7 +215,7 @@ QUALIFIED: frozenset[FaultReason] = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Fault:
     """A failed translation.  Falsy, so ``if result:`` means success."""
 

@@ -22,10 +22,10 @@ never fails), failed atomic updates (0x91: an update of our memory cannot fail).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from vtdsim.hardware.bitfield import F, Layout
 from vtdsim.hardware.second_stage import level_shift, page_size, ss_index
+from vtdsim.records import record
 
 FS_PTE = Layout(
     "fs_pte",
@@ -75,7 +75,7 @@ def is_canonical(iova: int, levels: int) -> bool:
     return top in (0, (1 << (64 - level_shift(levels) - 8)) - 1)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FsRules:
     """The PASID entry's and the unit's FS controls."""
 
@@ -87,7 +87,7 @@ class FsRules:
     snoop: bool = True  # walk is snooped; an A/D update on a non-snooped walk faults 0x90
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FsTable:
     """A non-leaf FS entry passed (host address of the table it points to, cumulative
     permissions); ``level`` is the level of the table pointed to.  ``gpa``: in nested mode the
@@ -103,7 +103,7 @@ class FsTable:
     gpa: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FsWalk:
     """Outcome of one FS walk: ``fault`` is 0 or a fault reason; on success ``page`` is the
     output page base (guest-physical in nested mode) of a ``level`` leaf."""

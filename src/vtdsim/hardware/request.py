@@ -9,14 +9,14 @@ Not modelled: zero-length reads, atomics (T2:T1 = 11), page requests (PRI) as DM
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from vtdsim.records import record
 
 AT_UNTRANSLATED = 0
 AT_TRANSLATION_REQUEST = 1
 AT_TRANSLATED = 2
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DmaRequest:
     sid: int  # source-id: bus << 8 | dev << 3 | fn
     addr: int  # IOVA (or, for AT=translated, the host address the device-TLB gave)

@@ -22,9 +22,9 @@ Not modelled: memory types (EMT/IPAT need ECAP.MTS), 512 GiB / 1 TiB pages (SLLP
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from vtdsim.hardware.bitfield import F, Layout
+from vtdsim.records import record
 
 SS_PTE = Layout(
     "ss_pte",
@@ -89,7 +89,7 @@ def sagaw_bit(levels: int) -> int:
     return 1 << aw_from_levels(levels)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SsRules:
     """What the unit's capabilities and the referencing entry say about SS entries."""
 
@@ -102,7 +102,7 @@ class SsRules:
     snoop: bool = True  # walk reads/updates are snooped (A/D needs a snooped walk: 0x7C)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SsTable:
     """A non-leaf entry the walk went through: what a paging-structure cache may hold.
     ``level`` is the level of the *table it points to*."""
@@ -114,7 +114,7 @@ class SsTable:
     exe: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SsWalk:
     """Outcome of one SS walk.  ``fault`` is None, "not_present", "reserved" or "ad_nosnoop";
     on success ``level``/``page`` describe the leaf (page = output page base)."""

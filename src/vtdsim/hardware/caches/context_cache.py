@@ -26,9 +26,8 @@ orders in 6.5.3.4).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from vtdsim.hardware.caches.base import LruCache
+from vtdsim.records import record
 
 # FM field (CCMD 33:32, descriptor 49:48): SID bits hardware ignores when matching.
 FM_IGNORED_SID_BITS = {0: 0b000, 1: 0b100, 2: 0b110, 3: 0b111}
@@ -37,7 +36,7 @@ FM_IGNORED_SID_BITS = {0: 0b000, 1: 0b100, 2: 0b110, 3: 0b111}
 NOT_PRESENT_DID = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ContextCacheEntry:
     """A context entry as the translation flow decoded it (legacy or scalable)."""
 

@@ -42,9 +42,9 @@ Not modelled: DR/DW draining.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass
 
 from vtdsim.hardware.caches.base import LruCache, psi_range, ranges_overlap
+from vtdsim.records import record
 
 PAGE_SHIFT = 12
 LEVEL_BITS = 9
@@ -69,7 +69,7 @@ def iotlb_key(did: int, pasid: int, level: int, iova: int) -> tuple[int, int, in
     return (did, pasid, level, iova >> level_shift(level))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class IotlbEntry:
     """One cached translation (or, under caching mode, one cached translation fault)."""
 

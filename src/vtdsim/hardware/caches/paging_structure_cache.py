@@ -28,10 +28,10 @@ the DID; kept as the IOTLB keeps them, see ``iotlb.TYPE2_STAGES``).
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass
 
 from vtdsim.hardware.caches.base import LruCache, psi_range, ranges_overlap
 from vtdsim.hardware.caches.iotlb import STAGE_NESTED, STAGE_SS, TYPE6_STAGES
+from vtdsim.records import record
 
 PSC_TYPE2_STAGES = frozenset({STAGE_SS, STAGE_NESTED})
 
@@ -48,7 +48,7 @@ def psc_key(did: int, pasid: int, stage: str, level: int, iova: int) -> tuple:
     return (did, pasid, stage, level, iova >> region_shift(level))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PscEntry:
     """A non-leaf entry: where the level-``level`` table for ``iova_prefix`` lives."""
 

@@ -17,12 +17,11 @@ folded into a not-present PASID entry by the translation flow); the type-7 granu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from vtdsim.hardware.caches.base import LruCache
+from vtdsim.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PasidCacheEntry:
     """A PASID-table entry as the translation flow decoded it."""
 

@@ -7,10 +7,10 @@ Not modelled: nothing of its own (see ``translation/__init__.py``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from vtdsim.hardware.caches.iotlb import STAGE_SS, IotlbEntry
+from vtdsim.records import record
 
 INTERRUPT_BASE, INTERRUPT_SIZE = 0xFEE0_0000, 0x10_0000
 
@@ -21,7 +21,7 @@ WALK_REASONS = frozenset(
 
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Fill:
     """A cache entry hardware could insert now; ``writes`` are the A/D stores it makes with it."""
 
