@@ -19,8 +19,9 @@ does not count; ``--instructions`` adds a deterministic one, the CPU instruction
 measured I/O under valgrind's callgrind (the difference of two runs of 300 and 1,300 I/Os,
 so boot and warm-up cancel), about two minutes.  ``ios_per_s_iotlb_1024``: the longest run
 again with ``iotlb_entries = 1024``, the size the model had before it was set from
-pcie-bench's knee to 64 (the pool's pages fitted it and only the ACKs missed; with 64 every data page misses), so figures
-from before that change compare.  Prints a table and, last, one JSON object.
+pcie-bench's knee to 64 (the pool's pages fitted it and only the ACKs missed; with 64 every
+data page misses), so figures from before that change compare.  Prints a table and, last,
+one JSON object.
 """
 
 from __future__ import annotations
