@@ -49,6 +49,7 @@ from vtdsim.hardware.faults import Fault, FaultReason
 from vtdsim.hardware.pasid_table import PGTT_PT
 from vtdsim.hardware.request import AT_TRANSLATION_REQUEST, DmaRequest
 from vtdsim.hardware.translation.flow import RequestFlow
+from vtdsim.hardware.translation.miss import bind_fs_miss
 from vtdsim.hardware.translation.outcome import WALK_REASONS, Abort, Fill, no_access, pass_through
 
 __all__ = ["Fill", "access", "apply_fill", "bind_translate", "entry_pieces", "possible_fills"]
@@ -78,6 +79,8 @@ def bind_translate(unit: Any):
     iotlb = unit.iotlb
     iotlb_get, iotlb_touch, iotlb_stats = iotlb._get, iotlb._touch, iotlb.stats
     lookup_iova = iotlb.lookup_iova
+    fs_miss = bind_fs_miss(unit)
+
     def translate_bound(sid: int, iova: int, write: bool = False, pasid: int | None = None):
         if pasid is None:
             entry = translate_cached(sid, iova, write)
@@ -85,6 +88,10 @@ def bind_translate(unit: Any):
                 return entry
             if unit.translation_enabled and not unit.ttm:
                 return legacy_miss(sid, iova, write)
+            if unit.translation_enabled and unit.ttm == 1:
+                entry = fs_miss(sid, iova, write)
+                if entry is not None:
+                    return entry
         return access(unit, DmaRequest(sid, iova, write, pasid))
 
     def legacy_context(sid: int):
