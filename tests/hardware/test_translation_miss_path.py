@@ -1,11 +1,13 @@
 """The first-stage IOTLB-miss fast path (``translation.miss``) is exact: on random first-stage
 PTE and PDE bits (present, R/W, U/S, A, D, G, XD, EA, reserved, an output page in the
 interrupt range), PASID-entry controls (PWSNP, PGSNP, NXE, EAFE, FSPM, PGTT), stores left in
-the CPU cache, cache fills, evictions, every invalidation granularity and two requesters,
-a unit translating through ``unit.translate`` ends every step in the same state - results,
-unit stats, each cache's entries in LRU order and its counters, the paging-structure cache's
-per-level misses, memory, pending faults - as a twin translating every request through the
-full flow (``translation.access``)."""
+the CPU cache, cache fills (a supervisor walk's too), evictions, every invalidation
+granularity and two requesters, a unit translating through ``unit.translate`` ends every
+step in the same state - results, unit stats, each cache's entries in LRU order and its
+counters, the paging-structure cache's per-level misses, memory, pending faults - as a twin
+translating every request through the full flow (``translation.access``)."""
+
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -158,6 +160,9 @@ def apply(w: World, op: str, page: int, bits: int, who: int, fast: bool):
         w.set_context(sid, bits)
     elif op == "flush":
         w.unit.memory.wbinvd()
+    elif op == "supervisor":  # the cached entries as a supervisor (PRIV) walk fills them
+        for key, entry in w.unit.pscache.items():
+            w.unit.pscache.fill(key, replace(entry, user=False))
     elif op in ("fill", "fill_psc"):
         fills = possible_fills(w.unit, sid, IOVAS[page])
         if op == "fill_psc":  # every paging-structure entry a walk would pass, no leaf
@@ -188,7 +193,7 @@ def op(name: str, usual: tuple = (0,), weight: int = 1) -> list:
 OPS = st.lists(
     st.one_of(*op("translate", (0, 1), 6), *op("pte", PTE_USUAL, 2), *op("pde", PDE_USUAL),
               *op("pdpte", PDE_USUAL), *op("pasid", PASID_USUAL), *op("context", CONTEXT_USUAL),
-              *op("flush"), *op("fill"), *op("fill_psc"), *op("evict"),
+              *op("flush"), *op("fill"), *op("fill_psc"), *op("evict"), *op("supervisor"),
               *op("invalidate", tuple(range(7)), 2)),
     min_size=8,
     max_size=60,
@@ -222,8 +227,13 @@ SCENARIOS = {  # rare states where a check of the fast path decides, reached on 
     "a 2 MiB IOTLB entry over a cached PDE": [
         ("pde", 0, 0x807, 0), ("translate", 0, 1, 0), ("pde", 0, 0x7, 0),
         ("fill_psc", 1, 0, 0), ("translate", 1, 1, 0)],
-    "RID_PASID beyond the directory": [
-        ("translate", 0, 1, 0), ("context", 0, 0x1, 0), ("invalidate", 1, 1, 0),
+    "a global PTE": [("pte", 1, 0x17, 0), ("translate", 0, 1, 0)],
+    "XD without NXE": [("pte", 1, 0x27, 0), ("translate", 0, 0, 0)],
+    "XD with NXE": [("pasid", 0, 0x120, 0), ("pte", 1, 0x27, 0), ("translate", 0, 0, 0)],
+    "PGSNP": [("pasid", 0, 0x104, 0), ("translate", 0, 1, 0)],
+    "an output page in the interrupt range": [("pte", 1, 0x20F, 0), ("translate", 0, 1, 0)],
+    "a PDE cached by a supervisor walk": [
+        ("translate", 0, 1, 0), ("supervisor", 0, 0, 0), ("invalidate", 1, 1, 0),
         ("translate", 1, 1, 0)],
     "a cached PDE without write or user": [
         ("pde", 0, 0x6, 0), ("translate", 0, 0, 0), ("invalidate", 1, 1, 0),
