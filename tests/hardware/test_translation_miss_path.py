@@ -231,6 +231,7 @@ SCENARIOS = {  # rare states where a check of the fast path decides, reached on 
     "XD without NXE": [("pte", 1, 0x27, 0), ("translate", 0, 0, 0)],
     "XD with NXE": [("pasid", 0, 0x120, 0), ("pte", 1, 0x27, 0), ("translate", 0, 0, 0)],
     "PGSNP": [("pasid", 0, 0x104, 0), ("translate", 0, 1, 0)],
+    "EAFE: the EA store": [("pasid", 0, 0x110, 0), ("translate", 0, 0, 0)],
     "an output page in the interrupt range": [("pte", 1, 0x20F, 0), ("translate", 0, 1, 0)],
     "a PDE cached by a supervisor walk": [
         ("translate", 0, 1, 0), ("supervisor", 0, 0, 0), ("invalidate", 1, 1, 0),

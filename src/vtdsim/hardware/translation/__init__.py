@@ -1,12 +1,14 @@
 """The DMA request flow: context -> PASID -> IOTLB/PSC -> page walk (VT-d spec ch. 3, 4, 6).
 
 Modules: ``outcome`` (fills, faults, fixed results), ``flow`` (request checks, context, legacy
-mode, IOTLB, second stage), ``scalable`` (PASID entries, first stage, nested); this module holds
+mode, IOTLB, second stage), ``scalable`` (PASID entries, first stage, nested), ``miss`` (the
+common first-stage miss below a cached PDE without the full flow, exact); this module holds
 the entry points the unit calls.
 
 ``bind_translate`` builds the fast path the unit installs as ``unit.translate`` for
 untranslated requests (a context-cache hit then an IOTLB hit returns the cached ``IotlbEntry``
-itself); everything else goes through ``access``, which
+itself; a scalable-mode miss below a cached first-stage PDE is ``miss.bind_fs_miss``);
+everything else goes through ``access``, which
 handles every request type:
 
 * legacy mode (TTM=00): root entry at RTA + bus*16, context entry at CTP + devfn*16, TT 00/01
