@@ -44,8 +44,9 @@ PDE_USUAL = (0x7, 0x5, 0x6, 0x27, 0x807, 0x80F)
 # A PASID entry's ``bits``: FSPM 0x1, PGSNP 0x4, EAFE 0x10, NXE 0x20, PGTT SS 0x40, P clear
 # 0x80, then a PASID-cache invalidation 0x100; PWSNP clear 0x200.
 PASID_USUAL = (0x100, 0x101, 0x104, 0x110, 0x120, 0x130, 0x300, 0x140, 0, 1)
-# A context entry's: RID_PASID beyond the PASID directory 0x1, then its invalidation 0x2.
-CONTEXT_USUAL = (0x2, 0x3)
+# A context entry's: RID_PASID beyond a PDTS-0 PASID directory 0x1, then its invalidation 0x2,
+# PDTS 1 0x4 (RID_PASID_BEYOND within it).
+CONTEXT_USUAL = (0x2, 0x3, 0x6, 0x7)
 RID_PASID_BEYOND = 128 * 64 + 5  # beyond a PDTS-0 directory: fault 0x46
 
 
@@ -79,20 +80,22 @@ class World:
     def set_context(self, sid: int, bits: int) -> None:
         rid_pasid = RID_PASID_BEYOND if bits & 1 else 0
         if sid in self.unit.context_cache or bits:  # not at boot: the directory is kept
-            self.t.set_sm_context(sid, pdts=0, rid_pasid=rid_pasid,
+            self.t.set_sm_context(sid, pdts=bits >> 2 & 1, rid_pasid=rid_pasid, paside=1,
                                   pasid_dir_ptr=self.t.pasid_dir(sid))
         else:
-            self.t.set_sm_context(sid, pdts=0, rid_pasid=rid_pasid)
+            self.t.set_sm_context(sid, pdts=bits >> 2 & 1, rid_pasid=rid_pasid, paside=1)
         if bits & 2:
             invalidation.context_cache_device(self.unit, DID, sid, 0)
 
     def set_pasid(self, sid: int, bits: int) -> None:
+        """The entries of PASID 0 and RID_PASID_BEYOND alike."""
         fspm = bits & 1
-        self.t.set_pasid_entry(
-            sid, 0, p=int(not bits & 0x80), pgtt=PGTT_SS if bits & 0x40 else PGTT_FS, did=DID,
-            aw=2, ssptptr=self.ss.root, fsptptr=self.fs[fspm].root, fspm=fspm,
-            pwsnp=int(not bits & 0x200), pgsnp=bits >> 2 & 1, eafe=bits >> 4 & 1,
-            nxe=bits >> 5 & 1)
+        for pasid in (0, RID_PASID_BEYOND):
+            self.t.set_pasid_entry(
+                sid, pasid, p=int(not bits & 0x80), pgtt=PGTT_SS if bits & 0x40 else PGTT_FS,
+                did=DID, aw=2, ssptptr=self.ss.root, fsptptr=self.fs[fspm].root, fspm=fspm,
+                pwsnp=int(not bits & 0x200), pgsnp=bits >> 2 & 1, eafe=bits >> 4 & 1,
+                nxe=bits >> 5 & 1)
         if bits & 0x100:
             invalidation.pasid_cache_pasid(self.unit, DID, 0)
 
@@ -122,6 +125,7 @@ class World:
             lambda: invalidation.iotlb_global(unit),
             lambda: invalidation.pasid_cache_pasid(unit, DID, 0),
             lambda: invalidation.context_cache_device(unit, DID, sid, 0),
+            lambda: invalidation.piotlb_page(unit, DID, RID_PASID_BEYOND, addr, 0, 1),
         )
         ops[kind % len(ops)]()
 
@@ -164,7 +168,8 @@ def apply(w: World, op: str, page: int, bits: int, who: int, fast: bool):
         for key, entry in w.unit.pscache.items():
             w.unit.pscache.fill(key, replace(entry, user=False))
     elif op in ("fill", "fill_psc"):
-        fills = possible_fills(w.unit, sid, IOVAS[page])
+        # A request with PASID 0 (the RID_PASID) walks the interrupt range's page too.
+        fills = possible_fills(w.unit, sid, IOVAS[page], 0 if op == "fill_psc" else None)
         if op == "fill_psc":  # every paging-structure entry a walk would pass, no leaf
             for fill in fills:
                 if fill.cache == "pscache":
@@ -194,7 +199,7 @@ OPS = st.lists(
     st.one_of(*op("translate", (0, 1), 6), *op("pte", PTE_USUAL, 2), *op("pde", PDE_USUAL),
               *op("pdpte", PDE_USUAL), *op("pasid", PASID_USUAL), *op("context", CONTEXT_USUAL),
               *op("flush"), *op("fill"), *op("fill_psc"), *op("evict"), *op("supervisor"),
-              *op("invalidate", tuple(range(7)), 2)),
+              *op("invalidate", tuple(range(8)), 2)),
     min_size=8,
     max_size=60,
 )
@@ -231,6 +236,16 @@ SCENARIOS = {  # rare states where a check of the fast path decides, reached on 
     "XD without NXE": [("pte", 1, 0x27, 0), ("translate", 0, 0, 0)],
     "XD with NXE": [("pasid", 0, 0x120, 0), ("pte", 1, 0x27, 0), ("translate", 0, 0, 0)],
     "PGSNP": [("pasid", 0, 0x104, 0), ("translate", 0, 1, 0)],
+    "a PTE not present": [("pte", 1, 0x8F, 0), ("translate", 0, 1, 0)],
+    "a PTE with a reserved bit": [("pte", 1, 0x40F, 0), ("translate", 0, 0, 0)],
+    "the interrupt range below a cached PDE": [
+        ("translate", 0, 0, 0), ("fill_psc", 4, 0, 0), ("translate", 4, 0, 0)],
+    "RID_PASID beyond a shrunk directory": [
+        ("context", 0, 0x7, 0), ("translate", 0, 1, 0), ("context", 0, 0x3, 0),
+        ("invalidate", 1, 7, 0), ("translate", 1, 1, 0)],
+    "a second-stage PASID entry": [
+        ("translate", 0, 1, 0), ("pasid", 0, 0x140, 0), ("translate", 0, 1, 0),
+        ("invalidate", 1, 1, 0), ("translate", 1, 1, 0)],
     "EAFE: the EA store": [("pasid", 0, 0x110, 0), ("translate", 0, 0, 0)],
     "an output page in the interrupt range": [("pte", 1, 0x20F, 0), ("translate", 0, 1, 0)],
     "a PDE cached by a supervisor walk": [
@@ -244,7 +259,7 @@ SCENARIOS = {  # rare states where a check of the fast path decides, reached on 
 }
 
 
-@pytest.mark.parametrize("caps", CAPS[:2])
+@pytest.mark.parametrize("caps", CAPS)
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_miss_path_matches_the_full_flow_on(name, caps):
     run_twins(caps, CacheConfig(), SCENARIOS[name])
