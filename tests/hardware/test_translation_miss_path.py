@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import twins
 from builders import Tables
 from vtdsim.hardware import invalidation, translation
 from vtdsim.hardware.first_stage import FS_PTE
@@ -177,9 +178,7 @@ def apply(w: World, op: str, page: int, bits: int, who: int, fast: bool):
         elif fills:
             apply_fill(w.unit, fills[bits % len(fills)])
     elif op == "evict":
-        cached = w.unit.cached()
-        if cached:
-            w.unit.evict(*cached[bits % len(cached)])
+        twins.evict_nth(w.unit, bits)
     elif op == "invalidate":
         w.invalidate(bits, page, sid)
     return None
@@ -210,10 +209,7 @@ CONFIGS = st.builds(
 
 
 def run_twins(caps, config: CacheConfig, ops) -> None:
-    fast, full = World(caps, config), World(caps, config)
-    for step in ops:
-        assert apply(fast, *step, fast=True) == apply(full, *step, fast=False), step
-        assert fast.state() == full.state(), step
+    twins.run_twins(lambda: World(caps, config), apply, ops)
 
 
 @settings(max_examples=400, deadline=None)
