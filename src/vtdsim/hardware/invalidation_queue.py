@@ -129,7 +129,11 @@ class InvalidationQueue:
     def pending(self) -> int:
         """Descriptors hardware can process now (0 while disabled, stopped by an error, or the
         tail is invalid)."""
-        if self._stopped or not self._enabled() or self._error_pending():
+        if self._stopped:
+            return 0
+        # _enabled and _error_pending from one read of the registers (a step per descriptor).
+        raw = self.unit.regs.raw
+        if not raw["GSTS"] & self._qies or raw["FSTS"] & self._fsts_stop:
             return 0
         return max(self._published(), 0)
 
@@ -223,7 +227,8 @@ class InvalidationQueue:
         return validate(desc, self.unit.caps, wide)
 
     def _set_head(self, offset: int) -> None:
-        self.unit.regs.set("IQH", offset & self._qh_mask)  # QH is IQH's only field
+        # QH is IQH's only field, so this is RegisterFile.set without the layout lookup.
+        self.unit.regs.raw["IQH"] = offset & self._qh_mask
 
     def _abort_pending(self) -> None:
         """After ITE hardware aborts the wait descriptors it has pending (Linux qi_check_fault:
