@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import twins
 from builders import Tables
 from vtdsim.hardware import invalidation, translation
 from vtdsim.hardware.memory import PhysicalMemory
@@ -145,19 +146,14 @@ def apply(w: World, op: str, page: int, n: int, flags: int, fast: bool):
         if fills:
             apply_fill(w.unit, fills[n % len(fills)])
     elif op == "evict":
-        cached = w.unit.cached()
-        if cached:
-            w.unit.evict(*cached[n % len(cached)])
+        twins.evict_nth(w.unit, n)
     elif op == "invalidate":
         w.invalidate(n, page, sid)
     return None
 
 
 def run_twins(caps, config: CacheConfig, ops) -> None:
-    fast, full = World(caps, config), World(caps, config)
-    for step in ops:
-        assert apply(fast, *step, fast=True) == apply(full, *step, fast=False), step
-        assert fast.state() == full.state(), step
+    twins.run_twins(lambda: World(caps, config), apply, ops)
 
 
 @settings(max_examples=300, deadline=None)

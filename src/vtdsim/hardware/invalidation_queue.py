@@ -72,7 +72,7 @@ class InvalidationQueue:
         """(base, descriptor width, queue size in bytes, 256-bit) from the current IQA; the
         decode is redone only when IQA's value changed."""
         regs = self.unit.regs
-        raw = regs["IQA"]
+        raw = regs.raw["IQA"]
         if raw != self._iqa_raw:
             # 256-bit descriptors: IQA.DW, honoured only with ECAP.SMTS (spec 10.4.24).
             wide = bool(regs.get("IQA", "dw")) and self.unit.caps.smts
@@ -101,12 +101,12 @@ class InvalidationQueue:
     @property
     def head(self) -> int:
         """IQH as a byte offset (QH counts 128-bit units from bit 4)."""
-        return self.unit.regs["IQH"] & self._qh_mask
+        return self.unit.regs.raw["IQH"] & self._qh_mask
 
     @property
     def tail(self) -> int:
         """IQT as a byte offset."""
-        return self.unit.regs["IQT"] & self._qt_mask
+        return self.unit.regs.raw["IQT"] & self._qt_mask
 
     # -- software-visible entry points ------------------------------------------------------------
     def on_iqt_write(self) -> None:
@@ -129,21 +129,26 @@ class InvalidationQueue:
     def pending(self) -> int:
         """Descriptors hardware can process now (0 while disabled, stopped by an error, or the
         tail is invalid)."""
-        if self._stopped or not self._enabled() or self._error_pending():
+        if self._stopped:
+            return 0
+        # _enabled and _error_pending from one read of the registers (a step per descriptor).
+        raw = self.unit.regs.raw
+        if not raw["GSTS"] & self._qies or raw["FSTS"] & self._fsts_stop:
             return 0
         return max(self._published(), 0)
 
     def _published(self) -> int:
         """Descriptors from IQH up to IQT, or minus the IQEI of an invalid tail."""
         _, width, size, wide = self._geometry_now()
-        tail = self.tail
+        raw = self.unit.regs.raw
+        tail = raw["IQT"] & self._qt_mask
         iqei = self._tail_error_at(tail, size, wide)
-        return -iqei if iqei else ((tail - self.head) % size) // width
+        return -iqei if iqei else ((tail - (raw["IQH"] & self._qh_mask)) % size) // width
 
     def step(self) -> bool:
         """Fetch, validate and perform the descriptor at IQH; False if there is none to do."""
         self.performed = ""
-        return self._run(min(self.pending(), 1)) > 0
+        return self.pending() > 0 and self._run(1) > 0
 
     def _run(self, count: int) -> int:
         """Fetch, validate and perform ``count`` descriptors from IQH (``pending`` allowed
@@ -153,7 +158,7 @@ class InvalidationQueue:
         if not count:
             return 0
         base, width, size, wide = self._geometry_now()
-        head, stats = self.head, self.unit.stats
+        head, stats = self.unit.regs.raw["IQH"] & self._qh_mask, self.unit.stats
         for taken in range(1, count + 1):
             desc, iqei, counter = self._fetch(base + head, width, wide)
             if iqei:
@@ -171,12 +176,12 @@ class InvalidationQueue:
 
     # -- state checks -------------------------------------------------------------------------
     def _enabled(self) -> bool:
-        return bool(self.unit.regs["GSTS"] & self._qies)
+        return bool(self.unit.regs.raw["GSTS"] & self._qies)
 
     def _error_pending(self) -> bool:
         """IQE or ITE set: no fetching until software clears it (spec 6.5.2.10 via Linux
         dmar.c qi_check_fault: "No new descriptors are fetched until the ITE is cleared")."""
-        return bool(self.unit.regs["FSTS"] & self._fsts_stop)
+        return bool(self.unit.regs.raw["FSTS"] & self._fsts_stop)
 
     @staticmethod
     def _tail_error_at(tail: int, size: int, wide: bool) -> int:
@@ -222,7 +227,8 @@ class InvalidationQueue:
         return validate(desc, self.unit.caps, wide)
 
     def _set_head(self, offset: int) -> None:
-        self.unit.regs.set("IQH", offset & self._qh_mask)  # QH is IQH's only field
+        # QH is IQH's only field, so this is RegisterFile.set without the layout lookup.
+        self.unit.regs.raw["IQH"] = offset & self._qh_mask
 
     def _abort_pending(self) -> None:
         """After ITE hardware aborts the wait descriptors it has pending (Linux qi_check_fault:

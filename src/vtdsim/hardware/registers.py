@@ -332,7 +332,9 @@ class RegisterFile:
 
     ``on_write(reg, old, new)`` runs after a software write that covers ``reg.trigger_bit``;
     ``on_event(event, **fields)`` hears ignored or malformed accesses (the unit's trace).
-    Hardware updates registers with ``set``/``update``, which bypass access kinds.
+    Hardware updates registers with ``set``/``update``, which bypass access kinds.  ``raw``
+    maps each register's name to its stored value: hardware on a hot path (the invalidation
+    queue polling IQH/IQT/GSTS/FSTS) reads it directly, saving a call per register read.
     """
 
     def __init__(
@@ -346,10 +348,10 @@ class RegisterFile:
         self.on_write = on_write
         self.on_event = on_event
         self._bind_map()
-        self._values: dict[str, int] = {r.name: r.reset for r in self.registers}
-        self._values["VER"] = caps.ver
-        self._values["CAP"] = caps.cap
-        self._values["ECAP"] = caps.ecap
+        self.raw: dict[str, int] = {r.name: r.reset for r in self.registers}
+        self.raw["VER"] = caps.ver
+        self.raw["CAP"] = caps.cap
+        self.raw["ECAP"] = caps.ecap
 
     def _bind_map(self) -> None:
         self.registers, self.by_name, self._by_offset = _indexed_map(self.caps)
@@ -369,21 +371,21 @@ class RegisterFile:
     # -- hardware side ---------------------------------------------------------------------------
     def __getitem__(self, name: str) -> int:
         """The raw stored value (WO fields included)."""
-        return self._values[name]
+        return self.raw[name]
 
     def get(self, name: str, field_name: str) -> int:
-        return self.by_name[name].layout.get(self._values[name], field_name)
+        return self.by_name[name].layout.get(self.raw[name], field_name)
 
     def set(self, name: str, value: int) -> None:
         """Hardware writes the whole register (access kinds do not apply)."""
-        self._values[name] = value & self.by_name[name].layout.full_mask
+        self.raw[name] = value & self.by_name[name].layout.full_mask
 
     def update(self, name: str, **fields: int) -> None:
         """Hardware writes some fields."""
-        self._values[name] = self.by_name[name].layout.replace(self._values[name], **fields)
+        self.raw[name] = self.by_name[name].layout.replace(self.raw[name], **fields)
 
     def describe(self, name: str) -> str:
-        return self.by_name[name].layout.describe(self._values[name])
+        return self.by_name[name].layout.describe(self.raw[name])
 
     # -- software side (MMIO) ----------------------------------------------------------------------
     def locate(self, offset: int, size: int) -> Register | None:
@@ -401,7 +403,7 @@ class RegisterFile:
             self._event("mmio_read_ignored", offset=offset, size=size)
             return 0
         shift = 8 * (offset - reg.offset)
-        view = reg.software_view(self._values[reg.name])
+        view = reg.software_view(self.raw[reg.name])
         return (view >> shift) & ((1 << (8 * size)) - 1)
 
     def mmio_write(self, offset: int, size: int, value: int) -> None:
@@ -418,9 +420,9 @@ class RegisterFile:
             self._event("reserved_bits_written", reg=reg.name, bits=rsvd)
         if not wmask & reg._writable:
             self._event("read_only_write", reg=reg.name, value=value)
-        old = self._values[reg.name]
+        old = self.raw[reg.name]
         new = reg.apply_write(old, wval, wmask)
-        self._values[reg.name] = new
+        self.raw[reg.name] = new
         trigger = reg.trigger_bit
         if trigger is not None and wmask >> trigger & 1 and self.on_write is not None:
             self.on_write(reg, old, new)

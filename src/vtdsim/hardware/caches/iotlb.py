@@ -41,7 +41,7 @@ Not modelled: DR/DW draining.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 
 from vtdsim.hardware.caches.base import LruCache, psi_range, ranges_overlap
 from vtdsim.records import record
@@ -105,17 +105,19 @@ class IotlbEntry:
         return ranges_overlap(self.iova_base, self.size, base, size)
 
 
-def range_keys(did: int, pasid: int, base: int, size: int) -> Iterator[Hashable]:
+_SHIFTS = tuple(level_shift(level) for level in IOTLB_LEVELS)
+
+
+def range_keys(did: int, pasid: int, base: int, size: int) -> list[Hashable]:
     """Every IOTLB key that could hold a page overlapping [base, base+size)."""
-    for level in IOTLB_LEVELS:
-        shift = level_shift(level)
-        for number in range(base >> shift, ((base + size - 1) >> shift) + 1):
-            yield (did, pasid, level, number)
+    last = base + size - 1
+    return [(did, pasid, level, number) for level, shift in zip(IOTLB_LEVELS, _SHIFTS, strict=True)
+            for number in range(base >> shift, (last >> shift) + 1)]
 
 
 def range_key_count(base: int, size: int) -> int:
-    return sum(((base + size - 1) >> level_shift(lv)) - (base >> level_shift(lv)) + 1
-               for lv in IOTLB_LEVELS)
+    last = base + size - 1
+    return sum((last >> shift) - (base >> shift) + 1 for shift in _SHIFTS)
 
 
 class Iotlb(LruCache):
@@ -215,14 +217,15 @@ class Iotlb(LruCache):
         return self._invalidate_range((did, pasid), base, size, pred)
 
     def _invalidate_range(self, group: Hashable, base: int, size: int, pred) -> int:
-        """Visit the cheaper of: the group's entries, or the keys the range can occupy."""
-        members = len(self._groups.get(group, ()))
-        if members == 0:
+        """Visit the cheaper of: the group's entries, or the keys the range can occupy (a
+        page-selective invalidation of a well-filled domain: one key per page size)."""
+        members = self._groups.get(group)
+        if not members:
             return 0
-        if not self.tag_sid and range_key_count(base, size) < members:
-            keys = list(range_keys(group[0], group[1], base, size))
+        if not self.tag_sid and range_key_count(base, size) < len(members):
+            keys = range_keys(group[0], group[1], base, size)
         else:
-            keys = self.group_keys(group)
+            keys = list(members)
         return self.invalidate_where(pred, keys)
 
 
@@ -241,9 +244,8 @@ def _nested_or(pred):
 
 
 def _overlapping(stages: frozenset, base: int, size: int, spare_global: bool):
-    in_stages = _in_stages(stages, spare_global)
-
-    def pred(key: Hashable, e: IotlbEntry) -> bool:
-        return in_stages(key, e) and e.overlaps(base, size)
+    def pred(_key: Hashable, e: IotlbEntry) -> bool:
+        return (e.stage in stages and not (spare_global and e.global_)
+                and e.overlaps(base, size))
 
     return pred

@@ -1,12 +1,14 @@
 """The DMA request flow: context -> PASID -> IOTLB/PSC -> page walk (VT-d spec ch. 3, 4, 6).
 
 Modules: ``outcome`` (fills, faults, fixed results), ``flow`` (request checks, context, legacy
-mode, IOTLB, second stage), ``scalable`` (PASID entries, first stage, nested); this module holds
+mode, IOTLB, second stage), ``scalable`` (PASID entries, first stage, nested), ``miss`` (the
+common first-stage miss below a cached PDE without the full flow, exact); this module holds
 the entry points the unit calls.
 
 ``bind_translate`` builds the fast path the unit installs as ``unit.translate`` for
 untranslated requests (a context-cache hit then an IOTLB hit returns the cached ``IotlbEntry``
-itself); everything else goes through ``access``, which
+itself; a scalable-mode miss below a cached first-stage PDE is ``miss.bind_fs_miss``);
+everything else goes through ``access``, which
 handles every request type:
 
 * legacy mode (TTM=00): root entry at RTA + bus*16, context entry at CTP + devfn*16, TT 00/01
@@ -49,6 +51,7 @@ from vtdsim.hardware.faults import Fault, FaultReason
 from vtdsim.hardware.pasid_table import PGTT_PT
 from vtdsim.hardware.request import AT_TRANSLATION_REQUEST, DmaRequest
 from vtdsim.hardware.translation.flow import RequestFlow
+from vtdsim.hardware.translation.miss import bind_fs_miss
 from vtdsim.hardware.translation.outcome import WALK_REASONS, Abort, Fill, no_access, pass_through
 
 __all__ = ["Fill", "access", "apply_fill", "bind_translate", "entry_pieces", "possible_fills"]
@@ -78,6 +81,8 @@ def bind_translate(unit: Any):
     iotlb = unit.iotlb
     iotlb_get, iotlb_touch, iotlb_stats = iotlb._get, iotlb._touch, iotlb.stats
     lookup_iova = iotlb.lookup_iova
+    fs_miss = bind_fs_miss(unit)
+
     def translate_bound(sid: int, iova: int, write: bool = False, pasid: int | None = None):
         if pasid is None:
             entry = translate_cached(sid, iova, write)
@@ -85,6 +90,10 @@ def bind_translate(unit: Any):
                 return entry
             if unit.translation_enabled and not unit.ttm:
                 return legacy_miss(sid, iova, write)
+            if unit.translation_enabled and unit.ttm == 1:
+                entry = fs_miss(sid, iova, write)
+                if entry is not None:
+                    return entry
         return access(unit, DmaRequest(sid, iova, write, pasid))
 
     def legacy_context(sid: int):

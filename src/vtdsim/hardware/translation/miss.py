@@ -1,0 +1,116 @@
+"""The common IOTLB miss of scalable mode, answered without the full flow: a request without
+PASID on a first-stage PASID entry whose 4 KiB leaf hangs off a cached PDE - one PTE read
+(VT-d spec 3.6, 6.2.3, 6.2.4; Linux's DMA API maps a fresh page there all the time).
+
+``bind_fs_miss(unit)`` gives ``fs_miss(sid, iova, write)``: it first *probes* - context-cache,
+PASID-cache, IOTLB and paging-structure cache through their dict ``get`` (no recency, no
+counter), then the PTE from memory - and returns None having changed nothing unless the
+request is exactly that case and succeeds.  Only then it makes the full flow's side effects,
+in the flow's order: each cache's lookup (recency, hit or miss), ``iotlb_miss``, ``walks``,
+``walk_reads``, the A/D store, the IOTLB fill.  Each check names the step of
+``flow.RequestFlow`` / ``scalable.ScalableSteps`` / ``first_stage.walk_fs`` it stands for;
+tests/hardware/test_translation_miss_path.py runs both on twin units.
+
+Not modelled: nothing of its own - every other request (a fault, a deeper resume, a large
+page, an IOTLB entry present but unusable, nested, second stage, a requester-tagged IOTLB)
+takes the full flow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vtdsim.hardware.caches.iotlb import STAGE_FS, IotlbEntry
+from vtdsim.hardware.first_stage import FS_PTE
+from vtdsim.hardware.pasid_table import PGTT_FS
+from vtdsim.hardware.translation.outcome import INTERRUPT_BASE, INTERRUPT_SIZE
+
+_INTERRUPT_END = INTERRUPT_BASE + INTERRUPT_SIZE
+_P, _RW, _US, _A, _D, _G, _EA = 1, 2, 4, 0x20, 0x40, 0x100, 0x400
+_XD = 1 << 63
+_ADDR = FS_PTE["addr"].in_place
+
+
+def bind_fs_miss(unit: Any):
+    """``fs_miss`` bound to ``unit``'s caches and memory (the unit must be in scalable mode
+    with translation enabled: the caller checks)."""
+    caches = unit.context_cache, unit.pasid_cache, unit.iotlb, unit.pscache
+    context_get, pasid_get, iotlb_get, psc_get = (c._get for c in caches)
+    context_touch, pasid_touch, _, psc_touch = (c._touch for c in caches)
+    context_stats, pasid_stats, iotlb_stats, psc_stats = (c.stats for c in caches)
+    iotlb, memory, stats, caps = unit.iotlb, unit.memory, unit.stats, unit.caps
+    smpwc, sc = caps.smpwc, caps.sc  # a unit's CAP/ECAP never change
+    read_qword = memory.read_qword
+    # Reserved address bits of a PTE: at or above the HAW (RequestFlow.haw, fs.entry_reserved).
+    above_haw = _ADDR & ~((1 << min(caps.mgaw, 52)) - 1)
+
+    def fs_miss(sid: int, iova: int, write: bool) -> IotlbEntry | None:
+        # RequestFlow.context: a present scalable-mode entry from the context-cache.
+        ce = context_get(sid)
+        if ce is None or not ce.present or not ce.scalable:
+            return None
+        # RequestFlow.request: no PASID, so the interrupt range faults (0x87).
+        if INTERRUPT_BASE <= iova < _INTERRUPT_END:
+            return None
+        # ScalableSteps.pasid_entry: RID_PASID within PDTS (0x46), a present cached entry;
+        # scalable_request: first stage only (not pass-through, nested or second stage).
+        pasid = ce.rid_pasid
+        if pasid >> 6 >= 1 << (ce.pdts + 7):
+            return None
+        pkey = (sid, pasid)
+        pe = pasid_get(pkey)
+        if pe is None or not pe.present or pe.pgtt != PGTT_FS:
+            return None
+        # RequestFlow.page: no IOTLB entry at any page size (Iotlb.lookup_iova's keys).
+        did = pe.did
+        if iotlb.tag_sid:
+            return None  # a requester-tagged IOTLB (QEMU's) is not the hot case
+        key = (did, pasid, 1, iova >> 12)
+        if (iotlb_get(key) is not None or iotlb_get((did, pasid, 2, iova >> 21)) is not None
+                or iotlb_get((did, pasid, 3, iova >> 30)) is not None):
+            return None
+        # ScalableSteps.fs_psc: the PDE cached (level 1, probed first), so the walk resumes
+        # at the PTE; walk_fs: a canonical input (below 2^47 is for 4 and 5 levels alike).
+        psc_key = (did, pasid, STAGE_FS, 1, iova >> 21)
+        psc = psc_get(psc_key)
+        if psc is None or iova >> 47:
+            return None
+        # walk_fs on the PTE: present (0x71), not reserved (0x72), U/S (0x81: no PRIV), R/W
+        # for a write (0x85), the A/D store on a snooped walk only (0x90).
+        snoop = smpwc and pe.pwsnp
+        addr = psc.table_addr + (iova >> 12 & 0x1FF) * 8
+        pte = read_qword(addr, snoop=snoop)
+        nxe = pe.nxe
+        if not pte & _P or pte & above_haw or (not nxe and pte & _XD):
+            return None
+        writable = psc.write and bool(pte & _RW)
+        if not (psc.user and pte & _US) or (write and not writable):
+            return None
+        new = pte | _A | (_EA if pe.eafe else 0) | (_D if write else 0)
+        if new != pte and not snoop:
+            return None
+        # RequestFlow.fill_iotlb: an output page in the interrupt range faults (0x87).
+        hpa = pte & _ADDR
+        if INTERRUPT_BASE <= hpa < _INTERRUPT_END:
+            return None
+        # The flow's effects, in its order (see the module docstring).
+        context_touch(sid)
+        context_stats.hit += 1
+        pasid_touch(pkey)
+        pasid_stats.hit += 1
+        iotlb_stats.miss += 1
+        stats["iotlb_miss"] += 1
+        stats["walks"] += 1
+        psc_touch(psc_key)
+        psc_stats.hit += 1
+        stats["walk_reads"] += 1
+        if new != pte:
+            memory.write_qword(addr, new)
+        # fs_page: a read leaves D clear, so the entry grants writes only once D is set.
+        exe = psc.exe and not (nxe and pte & _XD)
+        entry = IotlbEntry(did, pasid, iova & ~0xFFF, 1, hpa, True, writable and bool(new & _D),
+                           exe, sc and pe.pgsnp, STAGE_FS, global_=bool(pte & _G))
+        iotlb.fill(key, entry)
+        return entry
+
+    return fs_miss

@@ -1,0 +1,23 @@
+"""Twin-unit runs for fast paths: the same steps on two worlds, one taking the fast path and
+one the full flow, compared after every step (results and the whole observable state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+
+def run_twins(make: Callable[[], object], apply: Callable[..., object],
+              ops: Iterable[tuple]) -> None:
+    """``make()`` builds a world with a ``state()``; ``apply(world, *step, fast=...)`` runs
+    one step and returns its results."""
+    fast, full = make(), make()
+    for step in ops:
+        assert apply(fast, *step, fast=True) == apply(full, *step, fast=False), step
+        assert fast.state() == full.state(), step
+
+
+def evict_nth(unit, n: int) -> None:
+    """Evict the ``n``-th (modulo) of the unit's cached entries (hardware may, spec 6.1)."""
+    cached = unit.cached()
+    if cached:
+        unit.evict(*cached[n % len(cached)])
