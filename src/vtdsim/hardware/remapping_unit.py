@@ -119,7 +119,8 @@ class RemappingUnit:
         # ``translate`` and ``translate_cached`` are the IOTLB-hit fast path bound to this
         # unit's caches (translation.bind_translate): a method would add two calls and
         # attribute lookups to every hit.
-        self.translate, self.translate_cached = translation.bind_translate(self)
+        self.translate, self.translate_cached, self.translate_missed = \
+            translation.bind_translate(self)
 
     def __getstate__(self) -> dict:
         # copy/deepcopy/pickle (the checker snapshots worlds): the bound closure refers to the
@@ -127,6 +128,7 @@ class RemappingUnit:
         state = self.__dict__.copy()
         state.pop("translate", None)
         state.pop("translate_cached", None)
+        state.pop("translate_missed", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -158,7 +160,9 @@ class RemappingUnit:
     # -- DMA front ---------------------------------------------------------------------------------
     # translate(sid, iova, write=False, pasid=None) -> IotlbEntry | Fault: the untranslated-
     # request fast path, installed per instance by _bind_fast_path; translate_cached(sid,
-    # iova, write) -> IotlbEntry | None: its cache-hit half alone (None: nothing changed).
+    # iova, write) -> IotlbEntry | None: its cache-hit half alone (None: nothing changed);
+    # translate_missed(sid, iova, write): the other half, for a caller whose translate_cached
+    # has just answered None (translate == translate_cached, else translate_missed).
 
     def access(self, req: DmaRequest):
         """A full request (AT, privilege, execute, no-snoop): ``IotlbEntry`` or ``Fault``."""

@@ -269,5 +269,5 @@ class TimedMachine:
         unit = self.dma_unit
         stats = unit.stats
         before = stats["walk_reads"]
-        result = unit.translate(sid, iova, write)
+        result = unit.translate_missed(sid, iova, write)
         return result, self.hit_ns + (stats["walk_reads"] - before) * self.dram_ns

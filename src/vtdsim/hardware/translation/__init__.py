@@ -60,11 +60,12 @@ __all__ = ["Fill", "access", "apply_fill", "bind_translate", "entry_pieces", "po
 # -- the public entry points ----------------------------------------------------------------------
 def bind_translate(unit: Any):
     """The untranslated-request fast path bound to ``unit``'s caches, for the unit to install:
-    ``(translate, translate_cached)``.  ``translate_cached(sid, iova, write)`` probes the
-    caches only and returns, on a 4 KiB IOTLB hit with the permission, the cached
+    ``(translate, translate_cached, translate_missed)``.  ``translate_cached(sid, iova, write)``
+    probes the caches only and returns, on a 4 KiB IOTLB hit with the permission, the cached
     ``IotlbEntry`` itself, else None having changed nothing (so a caller may then take the
-    full flow, or ask ``translate`` which does); ``translate(sid, iova, write=False,
-    pasid=None)`` answers any untranslated request.
+    full flow, or ask ``translate`` which does); ``translate_missed(sid, iova, write)`` is the
+    rest of ``translate`` for a caller whose ``translate_cached`` has just answered None;
+    ``translate(sid, iova, write=False, pasid=None)`` answers any untranslated request.
 
     Legacy mode (TTM=00): a context-cache probe and an IOTLB probe.  Hits are counted in
     ``unit.iotlb.stats.hit`` only (a Counter increment would double the cost of the hit
@@ -88,13 +89,19 @@ def bind_translate(unit: Any):
             entry = translate_cached(sid, iova, write)
             if entry is not None:
                 return entry
-            if unit.translation_enabled and not unit.ttm:
-                return legacy_miss(sid, iova, write)
-            if unit.translation_enabled and unit.ttm == 1:
-                entry = fs_miss(sid, iova, write)
-                if entry is not None:
-                    return entry
+            return translate_missed(sid, iova, write)
         return access(unit, DmaRequest(sid, iova, write, pasid))
+
+    def translate_missed(sid: int, iova: int, write: bool):
+        # The rest of translate_bound for a request without PASID, once translate_cached
+        # answered None - which changed nothing, so nothing is probed twice.
+        if unit.translation_enabled and not unit.ttm:
+            return legacy_miss(sid, iova, write)
+        if unit.translation_enabled and unit.ttm == 1:
+            entry = fs_miss(sid, iova, write)
+            if entry is not None:
+                return entry
+        return access(unit, DmaRequest(sid, iova, write))
 
     def legacy_context(sid: int):
         ce = context_get(sid)
@@ -125,7 +132,7 @@ def bind_translate(unit: Any):
             return entry
         return _run(unit, DmaRequest(sid, iova, write), ce, probed=True, entry=entry)
 
-    return translate_bound, translate_cached
+    return translate_bound, translate_cached, translate_missed
 
 
 def _cached(unit: Any, legacy_hit):
