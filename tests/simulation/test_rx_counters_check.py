@@ -44,11 +44,12 @@ def test_walk_reads_per_iotlb_miss_on_a_nested_receiver(nested):
     assert 0.75 * READS_PER_MISS[0] <= per_miss <= 1.25 * READS_PER_MISS[1]
 
 
-@pytest.mark.xfail(strict=True, reason="0.04 misses per 4 KiB: the chosen 1,024-entry IOTLB "
-                   "holds the 256 pages of a 512-frame pool, so only the ACKs' fresh mappings "
-                   "miss; the hardware misses about once per page")
 def test_iotlb_misses_per_4k_on_a_nested_receiver(nested):
     """Tolerance: within a factor of 2 of the 0.96-1.19 range (the NIC's own ring and
     completion DMAs, which the model does not issue, and the frame vs goodput denominator
-    move it by less than that)."""
+    move it by less than that).  Expected before the run, from the mechanism: the pool's 256
+    pages cycle through a 64-entry LRU IOTLB (``iotlb_entries``, set from pcie-bench's knee,
+    not from this source), so every page misses once - two 1500-byte frames per page, 1.37
+    misses per 4 KiB of frames.  A weak check of the size: any IOTLB below the pool's pages
+    gives the same; with the earlier 1,024 entries it was 0.04 (only the ACKs missed)."""
     assert MISSES_PER_4K[0] / 2 <= nested["iotlb_misses_per_4k"] <= 2 * MISSES_PER_4K[1]
