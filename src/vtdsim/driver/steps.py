@@ -20,11 +20,8 @@ from functools import lru_cache
 
 from vtdsim.records import record
 
-# Every step is a ``record``: built once per PTE store, descriptor or trace event.
-step = record
 
-
-@step
+@record  # built once per PTE store, descriptor or trace event
 class Step:
     """Base class of every atomic step."""
 
@@ -34,7 +31,7 @@ class Step:
 CPU_WRITE_SIZES = (1, 2, 4, 8, 16, 32)
 
 
-@step
+@record
 class CpuWrite(Step):
     """A CPU store of ``size`` bytes (1, 2, 4 or 8) to physical memory - a table entry, a PTE -
     or the ``memcpy`` of a whole 16- or 32-byte invalidation descriptor into its queue slot
@@ -46,7 +43,7 @@ class CpuWrite(Step):
     size: int = 8
 
 
-@step
+@record
 class CpuCmpxchg(Step):
     """``cmpxchg64``: atomically replace the qword at ``addr`` with ``new`` if it equals
     ``expected``; the stepper sends back the old value (Linux installs new page-table pages this
@@ -57,7 +54,7 @@ class CpuCmpxchg(Step):
     new: int = 0
 
 
-@step
+@record
 class CpuZero(Step):
     """Zero ``size`` bytes from ``addr`` with CPU stores (a freshly allocated table page:
     ``alloc_pgtable_page`` with __GFP_ZERO).  The zeroes sit in the CPU cache until flushed."""
@@ -66,7 +63,7 @@ class CpuZero(Step):
     size: int = 4096
 
 
-@step
+@record
 class CpuRead(Step):
     """A CPU load; the stepper sends back the value (little-endian int of ``size`` bytes)."""
 
@@ -74,14 +71,14 @@ class CpuRead(Step):
     size: int = 8
 
 
-@step
+@record
 class Clflush(Step):
     """clflush of the cache line holding ``addr`` (Linux ``clflush_cache_range``)."""
 
     addr: int = 0
 
 
-@step
+@record
 class ClflushRange(Step):
     """``clflush_cache_range(addr, size)``: every line of the range (``__iommu_flush_cache``)."""
 
@@ -89,13 +86,13 @@ class ClflushRange(Step):
     size: int = 0
 
 
-@step
+@record
 class Wbinvd(Step):
     """WBINVD: write back and invalidate the CPU caches.  Under KVM without non-coherent DMA
     registered it is a no-op (seed 004); the stepper decides through the platform model."""
 
 
-@step
+@record
 class MmioWrite(Step):
     """A register write to remapping unit ``unit`` (index in the platform's unit list)."""
 
@@ -105,7 +102,7 @@ class MmioWrite(Step):
     size: int = 4
 
 
-@step
+@record
 class MmioRead(Step):
     """A register read; the stepper sends back the value."""
 
@@ -114,7 +111,7 @@ class MmioRead(Step):
     size: int = 4
 
 
-@step
+@record
 class WaitQword(Step):
     """Poll until the qword at ``addr`` (CPU view) equals ``value`` under ``mask``; the step
     blocks the thread until then (``qi_submit_sync`` polling its wait-descriptor status, or
@@ -125,7 +122,7 @@ class WaitQword(Step):
     mask: int = 0xFFFF_FFFF_FFFF_FFFF
 
 
-@step
+@record
 class WaitRegister(Step):
     """Poll register ``offset`` of ``unit`` until ``(reg & mask) == value`` (GSTS after a GCMD
     write, CCMD.ICC / IOTLB.IVT after a register-based invalidation)."""
@@ -137,7 +134,7 @@ class WaitRegister(Step):
     size: int = 4
 
 
-@step
+@record
 class Lock(Step):
     """Take a spinlock (``iommu->lock``, ``qi->q_lock``, ``domain->cache_lock``, the per-CPU
     flush-queue lock ...).  Blocks while another thread holds it."""
@@ -145,7 +142,7 @@ class Lock(Step):
     name: str = ""
 
 
-@step
+@record
 class Unlock(Step):
     name: str = ""
 
@@ -164,7 +161,7 @@ def lock_steps(name: str, why: str) -> tuple[Lock, Unlock]:
     return Lock(name=name, why=why), Unlock(name=name, why=why)
 
 
-@step
+@record
 class FreePage(Step):
     """Give a physical page back to the allocator: after this, any DMA reaching it is a
     use-after-free (checker property ``dma_after_free``).  ``what`` says what it was
@@ -174,14 +171,14 @@ class FreePage(Step):
     what: str = ""
 
 
-@step
+@record
 class AllocPage(Step):
     """Take a physical page from the allocator; the stepper sends back its address."""
 
     what: str = ""
 
 
-@step
+@record
 class ReuseIova(Step):
     """The IOVA range goes back to the IOVA allocator and may be handed out again."""
 
@@ -189,7 +186,7 @@ class ReuseIova(Step):
     size: int = 0
 
 
-@step
+@record
 class Annotate(Step):
     """No effect on the model: marks a point of interest (e.g. 'unmap complete') that
     properties and counterexamples refer to.  ``event`` is a short keyword, ``data`` a tuple."""
