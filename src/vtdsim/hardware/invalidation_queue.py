@@ -117,7 +117,7 @@ class InvalidationQueue:
     def process(self) -> None:
         """Check the tail, then process now ("sync") or leave it for ``step`` ("async").  Also
         entered when QI is enabled with a tail already written (no IQT write happened then)."""
-        if not self._enabled() or self._error_pending():
+        if self._halted():
             return
         self._stopped = False
         published = self._published()
@@ -129,21 +129,16 @@ class InvalidationQueue:
     def pending(self) -> int:
         """Descriptors hardware can process now (0 while disabled, stopped by an error, or the
         tail is invalid)."""
-        if self._stopped:
-            return 0
-        # _enabled and _error_pending from one read of the registers (a step per descriptor).
-        raw = self.unit.regs.raw
-        if not raw["GSTS"] & self._qies or raw["FSTS"] & self._fsts_stop:
+        if self._stopped or self._halted():
             return 0
         return max(self._published(), 0)
 
     def _published(self) -> int:
         """Descriptors from IQH up to IQT, or minus the IQEI of an invalid tail."""
         _, width, size, wide = self._geometry_now()
-        raw = self.unit.regs.raw
-        tail = raw["IQT"] & self._qt_mask
+        tail = self.tail
         iqei = self._tail_error_at(tail, size, wide)
-        return -iqei if iqei else ((tail - (raw["IQH"] & self._qh_mask)) % size) // width
+        return -iqei if iqei else ((tail - self.head) % size) // width
 
     def step(self) -> bool:
         """Fetch, validate and perform the descriptor at IQH; False if there is none to do."""
@@ -158,7 +153,7 @@ class InvalidationQueue:
         if not count:
             return 0
         base, width, size, wide = self._geometry_now()
-        head, stats = self.unit.regs.raw["IQH"] & self._qh_mask, self.unit.stats
+        head, stats = self.head, self.unit.stats
         for taken in range(1, count + 1):
             desc, iqei, counter = self._fetch(base + head, width, wide)
             if iqei:
@@ -175,13 +170,13 @@ class InvalidationQueue:
         return count
 
     # -- state checks -------------------------------------------------------------------------
-    def _enabled(self) -> bool:
-        return bool(self.unit.regs.raw["GSTS"] & self._qies)
-
-    def _error_pending(self) -> bool:
-        """IQE or ITE set: no fetching until software clears it (spec 6.5.2.10 via Linux
-        dmar.c qi_check_fault: "No new descriptors are fetched until the ITE is cleared")."""
-        return bool(self.unit.regs.raw["FSTS"] & self._fsts_stop)
+    def _halted(self) -> bool:
+        """QI disabled (GSTS.QIES clear), or IQE or ITE set: no fetching until software
+        clears it (spec 6.5.2.10 via Linux dmar.c qi_check_fault: "No new descriptors are
+        fetched until the ITE is cleared").  One read of each register: ``pending`` asks
+        before every descriptor."""
+        raw = self.unit.regs.raw
+        return not raw["GSTS"] & self._qies or bool(raw["FSTS"] & self._fsts_stop)
 
     @staticmethod
     def _tail_error_at(tail: int, size: int, wide: bool) -> int:
