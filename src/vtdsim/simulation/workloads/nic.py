@@ -126,6 +126,9 @@ class Buffers:
 class RxFlow:
     """A flow's ring (posted descriptors), its completions and its core."""
 
+    span = 1  # posted descriptors a packet needs
+    contiguous = True  # a packet is one DMA of MTU bytes at its address (``NicRx.wire``)
+
     def __init__(self, world: DmaWorld, p: NicParams, index: int, premapped: bool):
         self.world, self.p, self.index = world, p, index
         nbytes = p.desc_pages * PAGE
@@ -161,9 +164,6 @@ class RxFlow:
 
     def available(self) -> bool:
         return len(self.posted) >= self.span
-
-    span = 1  # posted descriptors a packet needs
-    contiguous = True  # a packet is one DMA of MTU bytes at its address (``NicRx.wire``)
 
     def dma(self, addr: int, desc) -> float:
         """The NIC writes one packet at ``addr``; the translation latency beyond the DMA."""
