@@ -116,9 +116,10 @@ class RemappingUnit:
         self._bind_fast_path()
 
     def _bind_fast_path(self) -> None:
-        # ``translate`` and ``translate_cached`` are the IOTLB-hit fast path bound to this
-        # unit's caches (translation.bind_translate): a method would add two calls and
-        # attribute lookups to every hit.
+        # ``translate`` and its two halves, ``translate_cached`` (the IOTLB hit) and
+        # ``translate_missed`` (the rest), bound to this unit's caches
+        # (translation.bind_translate): a method would add two calls and attribute lookups
+        # to every hit.
         self.translate, self.translate_cached, self.translate_missed = \
             translation.bind_translate(self)
 
@@ -162,7 +163,7 @@ class RemappingUnit:
     # request fast path, installed per instance by _bind_fast_path; translate_cached(sid,
     # iova, write) -> IotlbEntry | None: its cache-hit half alone (None: nothing changed);
     # translate_missed(sid, iova, write): the other half, for a caller whose translate_cached
-    # has just answered None (translate == translate_cached, else translate_missed).
+    # has just answered None (translate is translate_cached, then translate_missed on None).
 
     def access(self, req: DmaRequest):
         """A full request (AT, privilege, execute, no-snoop): ``IotlbEntry`` or ``Fault``."""
