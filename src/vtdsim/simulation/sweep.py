@@ -11,7 +11,7 @@ Spec (TOML)::
     flows = 2
     [grid]                         # lists; the grid is their product, in key order
     policy = ["strict", "lazy"]
-    "constants.llc_read_ns" = [192, 245]
+    "constants.llc_read_ns" = [245, 298]
 
 Mode fields: policy, profile, platform, exits, unit, iova_pages, seed, ats; workload parameters as
 the workload's options (flows, ring, mtu, pages_per_desc, link_gbps, rx_buffers, pool_size,
