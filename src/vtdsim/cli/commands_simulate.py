@@ -111,7 +111,11 @@ CONTEXT = [click.option("--pasids", type=int, default=4, show_default=True,
            click.option("--think-ns", type=float, default=2000.0, show_default=True,
                         help="a contender's mean pause between operations (exponential)")]
 WINDOW = [click.option("--transfer", type=int, default=64, show_default=True),
-          click.option("--window", type=int, default=8 << 20, show_default=True)]
+          click.option("--window", type=int, default=8 << 20, show_default=True),
+          click.option("--test", type=click.Choice(["latency", "bandwidth"]), default="latency",
+                       show_default=True,
+                       help="one read in flight (pcie-bench's latency test) or back to back "
+                            "(its bandwidth test)")]
 
 
 @click.group()

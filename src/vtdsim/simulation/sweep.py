@@ -15,7 +15,7 @@ Spec (TOML)::
 
 Mode fields: policy, profile, platform, exits, unit, iova_pages, seed, ats; workload parameters as
 the workload's options (flows, ring, mtu, pages_per_desc, link_gbps, rx_buffers, pool_size,
-bs, qd, jobs, rw, transfer, window, pasids, contenders, contend, flush, gap_ns, think_ns);
+bs, qd, jobs, rw, transfer, window, test, pasids, contenders, contend, flush, gap_ns, think_ns);
 ``constants.NAME`` overrides one constant.
 
 Not modelled: sweeping ``trace`` runs (recordings are read where the worker runs).

@@ -1,10 +1,14 @@
-"""Random DMA over a mapped window, like pcie-bench's latency test (``dma-window``): the
-window is mapped once (``--iova-pages 4k``: physically scattered 4 KiB pages through
-``dma_map_sg``; ``2m``: a 2 MiB-aligned contiguous buffer through ``dma_map_page``, which the
-IOMMU core maps with 2 MiB pages), then the device reads ``transfer`` bytes at random
-``transfer``-aligned offsets, one at a time (pcie-bench's latency test has one read in flight
-and times its completion).  The penalty is each read's latency minus the same read with no
-IOMMU (``dma_latency_penalty_ns``, its mean).
+"""Random DMA over a mapped window, like pcie-bench's latency and bandwidth tests
+(``dma-window``): the window is mapped once (``--iova-pages 4k``: physically scattered 4 KiB
+pages through ``dma_map_sg``; ``2m``: a 2 MiB-aligned contiguous buffer through
+``dma_map_page``, which the IOMMU core maps with 2 MiB pages), then the device reads
+``transfer`` bytes at random ``transfer``-aligned offsets. ``--test latency`` (the default): one
+at a time (pcie-bench's latency test has one read in flight and times its completion). ``--test
+bandwidth``: back to back (pcie-bench's bandwidth test keeps the device's DMA engine busy), each
+read occupying the engine for its transfer at ``pcie_gbps`` plus its translation over
+``translation_parallelism``, as a NIC's engine does (nic.NicRx.wire) - so ``gbps`` is the
+window's throughput. The penalty is each read's latency minus the same read with no IOMMU
+(``dma_latency_penalty_ns``, its mean).
 
 What a read pays for its translation: without ATS the unit translates the read request where
 it arrives, in the root complex, so the completion waits for the translation but no extra
@@ -14,8 +18,9 @@ entry that covers the address (spec 6.2.4; a cached PDE leaves the PTE, one read
 dependent read per level below it, each waiting for the last - and each read costs what
 ``common.walk_read_key`` says: an LLC read when the unit's walks snoop, a DRAM read when not.
 
-Not modelled: several reads in flight (bandwidth tests), host cache effects on the data
-itself.
+Not modelled: host cache effects on the data itself; the device's own limits in the
+bandwidth test beyond its link rate (``pcie_gbps``: set it to a device's measured no-miss rate
+to compare with that device).
 """
 
 from __future__ import annotations
@@ -33,8 +38,11 @@ HUGE = 2 << 20
 class WindowParams:
     transfer: int = 64
     window: int = 8 << 20
+    test: str = "latency"  # or "bandwidth"
 
     def check(self) -> None:
+        if self.test not in ("latency", "bandwidth"):
+            raise BadInput(f"--test {self.test!r}: latency or bandwidth")
         if self.transfer < 1 or self.window < self.transfer:
             raise BadInput("--transfer must be at least 1 and at most --window")
         if self.window % PAGE:
@@ -71,12 +79,17 @@ class DmaWindow:
 
     def device(self):
         env, world, m, p = self.world.env, self.world, self.world.m, self.p
-        fixed = world.base_dma_ns + world.transfer_ns(p.transfer)
+        transfer = world.transfer_ns(p.transfer)
+        fixed = world.base_dma_ns + transfer
+        back_to_back = p.test == "bandwidth"
         while True:
             addr = self.base + self.rng.randrange(self.slots) * p.transfer
             extra = world.dma(addr, p.transfer, False)
             m.penalty.add(extra)
             m.latency.add(fixed + extra)
             m.ios += 1
-            yield env.timeout(fixed + extra)
+            # bandwidth: the engine takes the next read once this one's transfer and its
+            # share of the translation are done; latency: once this one has completed.
+            yield env.timeout(transfer + extra / world.parallelism if back_to_back
+                              else fixed + extra)
             self.stop.check()
