@@ -29,6 +29,7 @@ _INTERRUPT_END = INTERRUPT_BASE + INTERRUPT_SIZE
 _P, _RW, _US, _A, _D, _G, _EA = 1, 2, 4, 0x20, 0x40, 0x100, 0x400
 _XD = 1 << 63
 _ADDR = FS_PTE["addr"].in_place
+MEMO_PAGES = 4096  # pages fs_miss remembers the answer for (a pool of rx pages fits)
 
 
 def bind_fs_miss(unit: Any):
@@ -40,7 +41,7 @@ def bind_fs_miss(unit: Any):
     context_stats, pasid_stats, iotlb_stats, psc_stats = (c.stats for c in caches)
     iotlb, memory, stats, caps = unit.iotlb, unit.memory, unit.stats, unit.caps
     smpwc, sc = caps.smpwc, caps.sc  # a unit's CAP/ECAP never change
-    read_qword = memory.read_qword
+    read_qword, iotlb_fill = memory.read_qword, iotlb.fill_absent
     # Reserved address bits of a PTE: at or above the HAW (RequestFlow.haw, fs.entry_reserved).
     above_haw = _ADDR & ~((1 << min(caps.mgaw, 52)) - 1)
 
@@ -75,24 +76,24 @@ def bind_fs_miss(unit: Any):
         psc = psc_get(psc_key)
         if psc is None or iova >> 47:
             return None
-        # walk_fs on the PTE: present (0x71), not reserved (0x72), U/S (0x81: no PRIV), R/W
-        # for a write (0x85), the A/D store on a snooped walk only (0x90).
+        # walk_fs on the PTE, then RequestFlow.fill_iotlb: ``leaf`` below, or the same answer
+        # remembered for this page (see ``memo``).
         snoop = smpwc and pe.pwsnp
         addr = psc.table_addr + (iova >> 12 & 0x1FF) * 8
         pte = read_qword(addr, snoop=snoop)
-        nxe = pe.nxe
-        if not pte & _P or pte & above_haw or (not nxe and pte & _XD):
-            return None
-        writable = psc.write and bool(pte & _RW)
-        if not (psc.user and pte & _US) or (write and not writable):
-            return None
-        new = pte | _A | (_EA if pe.eafe else 0) | (_D if write else 0)
-        if new != pte and not snoop:
-            return None
-        # RequestFlow.fill_iotlb: an output page in the interrupt range faults (0x87).
-        hpa = pte & _ADDR
-        if INTERRUPT_BASE <= hpa < _INTERRUPT_END:
-            return None
+        page = iova >> 12
+        known = memo.get(page)
+        if (known is not None and known[0] is pe and known[1] is psc and known[2] == pte
+                and known[3] == write and known[4] == pasid):
+            new, entry = pte, known[5]  # its A/D bits are set already: no store
+        else:
+            found = leaf(pe, psc, pasid, iova, pte, write)
+            if found is None:
+                return None
+            new, entry = found
+            if len(memo) >= MEMO_PAGES:
+                memo.clear()
+            memo[page] = (pe, psc, new, write, pasid, entry)
         # The flow's effects, in its order (see the module docstring).
         context_touch(sid)
         context_stats.hit += 1
@@ -106,11 +107,43 @@ def bind_fs_miss(unit: Any):
         stats["walk_reads"] += 1
         if new != pte:
             memory.write_qword(addr, new)
+        iotlb_fill(key, entry)  # the 4 KiB key was probed absent above
+        return entry
+
+    # ``leaf`` is a function of what it is given: the PASID and paging-structure entries
+    # (frozen records: the same object, the same fields), the PASID, the PTE's value,
+    # ``write`` and the page (the unit's CAP/ECAP never change).  So a miss on a page again -
+    # the IOTLB is smaller than the pages a device cycles through - reuses the answer when all
+    # of them are the very ones it was computed from: held here (which keeps the records
+    # alive, so ``is`` cannot match a new object at a reused address) and compared each time,
+    # the PTE freshly read; it cannot be stale.  The PTE remembered is the one the miss left in
+    # memory (``new``, its A/D store made): ``leaf`` on it gives the same entry and no store -
+    # A, D and EA take part in no check, and ``new`` has those this request sets.  Bounded:
+    # emptied when full (what it remembers changes no result).
+    memo: dict[int, tuple] = {}
+
+    def leaf(pe, psc, pasid: int, iova: int, pte: int, write: bool):
+        """walk_fs's checks on the PTE and the IOTLB entry fs_page builds: (the PTE with its
+        A/D store, the entry), or None unless the fast path's case."""
+        # walk_fs on the PTE: present (0x71), not reserved (0x72), U/S (0x81: no PRIV), R/W
+        # for a write (0x85), the A/D store on a snooped walk only (0x90).
+        nxe = pe.nxe
+        if not pte & _P or pte & above_haw or (not nxe and pte & _XD):
+            return None
+        writable = psc.write and bool(pte & _RW)
+        if not (psc.user and pte & _US) or (write and not writable):
+            return None
+        new = pte | _A | (_EA if pe.eafe else 0) | (_D if write else 0)
+        if new != pte and not (smpwc and pe.pwsnp):
+            return None
+        # RequestFlow.fill_iotlb: an output page in the interrupt range faults (0x87).
+        hpa = pte & _ADDR
+        if INTERRUPT_BASE <= hpa < _INTERRUPT_END:
+            return None
         # fs_page: a read leaves D clear, so the entry grants writes only once D is set.
         exe = psc.exe and not (nxe and pte & _XD)
-        entry = IotlbEntry(did, pasid, iova & ~0xFFF, 1, hpa, True, writable and bool(new & _D),
-                           exe, sc and pe.pgsnp, STAGE_FS, global_=bool(pte & _G))
-        iotlb.fill(key, entry)
-        return entry
+        return new, IotlbEntry(pe.did, pasid, iova & ~0xFFF, 1, hpa, True,
+                               writable and bool(new & _D), exe, sc and pe.pgsnp, STAGE_FS,
+                               global_=bool(pte & _G))
 
     return fs_miss
