@@ -135,16 +135,22 @@ class LruCache:
             return None
         entries = self._entries
         victim = None
+        n = self.group_len
         if len(entries) >= self.capacity:
-            victim = next(iter(entries))
             if self.flush_when_full:
+                victim = next(iter(entries))
                 self.stats.replaced += len(entries)
                 entries.clear()
                 self._groups.clear()
             else:
-                self._drop(victim)
+                # _drop of the LRU entry, inlined: a full cache replaces one on every fill.
+                victim = entries.popitem(last=False)[0]
+                if n:
+                    members = self._groups[victim[:n]]
+                    del members[victim]
+                    if not members:
+                        del self._groups[victim[:n]]
                 self.stats.replaced += 1
-        n = self.group_len
         if n:
             self._groups.setdefault(key[:n], {})[key] = None
         entries[key] = entry

@@ -142,6 +142,10 @@ class Iotlb(LruCache):
             self._nested_groups.add(key[:2])
         return super().fill_absent(key, entry)
 
+    # ``fill_absent`` of a first-stage entry (translation.miss's, one per IOTLB miss): never
+    # nested, so the plain one, without the nested-group check and its extra call.
+    fill_first_stage = LruCache.fill_absent
+
     def clear(self) -> int:
         self._nested_groups.clear()
         return super().clear()

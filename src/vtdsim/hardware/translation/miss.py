@@ -41,7 +41,7 @@ def bind_fs_miss(unit: Any):
     context_stats, pasid_stats, iotlb_stats, psc_stats = (c.stats for c in caches)
     iotlb, memory, stats, caps = unit.iotlb, unit.memory, unit.stats, unit.caps
     smpwc, sc = caps.smpwc, caps.sc  # a unit's CAP/ECAP never change
-    read_qword, iotlb_fill = memory.read_qword, iotlb.fill_absent
+    read_qword, iotlb_fill = memory.read_qword, iotlb.fill_first_stage
     # Reserved address bits of a PTE: at or above the HAW (RequestFlow.haw, fs.entry_reserved).
     above_haw = _ADDR & ~((1 << min(caps.mgaw, 52)) - 1)
 
