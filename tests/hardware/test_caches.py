@@ -347,7 +347,7 @@ def test_iotlb_fill_absent_twins_fill(ops, capacity, flush):
         # The index is the keys' grouping by (did, pasid), with no empty group (both share
         # LruCache's code: this is what would catch its bookkeeping going wrong).
         grouping: dict = {}
-        for k in a.keys():
+        for k in a:
             grouping.setdefault(k[:2], set()).add(k)
         assert {g: set(a.group_keys(g)) for g in a.groups()} == grouping
 
