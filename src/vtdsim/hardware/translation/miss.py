@@ -11,6 +11,10 @@ in the flow's order: each cache's lookup (recency, hit or miss), ``iotlb_miss``,
 ``flow.RequestFlow`` / ``scalable.ScalableSteps`` / ``first_stage.walk_fs`` it stands for;
 tests/hardware/test_translation_miss_path.py runs both on twin units.
 
+A page missed again (the IOTLB is smaller than the pages a device cycles through) is
+answered from what the last miss on it found - when every record it read is the very same
+object in the same cache slot and the PTE holds the same value (see ``_Answer``).
+
 Not modelled: nothing of its own - every other request (a fault, a deeper resume, a large
 page, an IOTLB entry present but unusable, nested, second stage, a requester-tagged IOTLB)
 takes the full flow.
@@ -32,6 +36,32 @@ _ADDR = FS_PTE["addr"].in_place
 MEMO_PAGES = 4096  # pages fs_miss remembers the answer for (a pool of rx pages fits)
 
 
+class _Answer:
+    """What a miss on one page found, and the answer it gave: its probes' keys and the
+    records they returned, the PTE's address and the value the miss left there (its A/D
+    store made), the IOTLB entry.
+
+    Every check of the fast path and the entry are a function of these (frozen records:
+    the same object has the same fields; the page fixes the interrupt-range and canonical
+    checks; the unit's CAP/ECAP never change).  So a later miss on the page by the same
+    requester, with the same ``write``, finding the very same objects under the same keys
+    and the same PTE value, gets the same answer - and no A/D store: the PTE has the bits
+    this request sets.  The answer holds its records, so ``is`` cannot match a new object
+    at a reused address; nothing is trusted that is not probed again, so it cannot be
+    stale."""
+
+    __slots__ = ("sid", "write", "ce", "pkey", "pe", "key", "key_2m", "key_1g", "psc_key",
+                 "psc", "addr", "snoop", "pte", "entry")
+
+    def __init__(self, sid, write, ce, pkey, pe, keys, psc_key, psc, addr, snoop, pte, entry):
+        self.sid, self.write, self.ce, self.pkey, self.pe = sid, write, ce, pkey, pe
+        self.key, self.key_2m, self.key_1g = keys
+        self.psc_key, self.psc, self.addr, self.snoop = psc_key, psc, addr, snoop
+        self.pte, self.entry = pte, entry
+
+
+
+
 def bind_fs_miss(unit: Any):
     """``fs_miss`` bound to ``unit``'s caches and memory (the unit must be in scalable mode
     with translation enabled: the caller checks)."""
@@ -44,83 +74,82 @@ def bind_fs_miss(unit: Any):
     read_qword, iotlb_fill = memory.read_qword, iotlb.fill_first_stage
     # Reserved address bits of a PTE: at or above the HAW (RequestFlow.haw, fs.entry_reserved).
     above_haw = _ADDR & ~((1 << min(caps.mgaw, 52)) - 1)
+    memo: dict[int, _Answer] = {}  # page -> the last miss's answer on it (bounded: emptied)
 
     def fs_miss(sid: int, iova: int, write: bool) -> IotlbEntry | None:
+        # The page's last answer, if each probe finds what it found then (_Answer).
+        a = memo.get(iova >> 12)
+        if (a is not None and a.sid == sid and a.write == write and not iotlb.tag_sid
+                and context_get(sid) is a.ce and pasid_get(a.pkey) is a.pe
+                and iotlb_get(a.key) is None and iotlb_get(a.key_2m) is None
+                and iotlb_get(a.key_1g) is None and psc_get(a.psc_key) is a.psc
+                and read_qword(a.addr, snoop=a.snoop) == a.pte):
+            pte = a.pte
+        else:
+            a, pte = probe(sid, iova, write)
+            if a is None:
+                return None
+        # The flow's effects, in its order (see the module docstring).
+        context_touch(sid)
+        context_stats.hit += 1
+        pasid_touch(a.pkey)
+        pasid_stats.hit += 1
+        iotlb_stats.miss += 1
+        stats["iotlb_miss"] += 1
+        stats["walks"] += 1
+        psc_touch(a.psc_key)
+        psc_stats.hit += 1
+        stats["walk_reads"] += 1
+        if a.pte != pte:
+            memory.write_qword(a.addr, a.pte)
+        iotlb_fill(a.key, a.entry)  # the 4 KiB key was probed absent above
+        return a.entry
+
+    def probe(sid: int, iova: int, write: bool) -> tuple[_Answer | None, int]:
+        """The fast path's checks up to the PTE read: (the answer, the PTE value read), or
+        (None, 0) unless the fast path's case; remembers the answer."""
         # RequestFlow.context: a present scalable-mode entry from the context-cache.
         ce = context_get(sid)
         if ce is None or not ce.present or not ce.scalable:
-            return None
+            return None, 0
         # RequestFlow.request: no PASID, so the interrupt range faults (0x87).
         if INTERRUPT_BASE <= iova < _INTERRUPT_END:
-            return None
+            return None, 0
         # ScalableSteps.pasid_entry: RID_PASID within PDTS (0x46), a present cached entry;
         # scalable_request: first stage only (not pass-through, nested or second stage).
         pasid = ce.rid_pasid
         if pasid >> 6 >= 1 << (ce.pdts + 7):
-            return None
+            return None, 0
         pkey = (sid, pasid)
         pe = pasid_get(pkey)
         if pe is None or not pe.present or pe.pgtt != PGTT_FS:
-            return None
+            return None, 0
         # RequestFlow.page: no IOTLB entry at any page size (Iotlb.lookup_iova's keys).
         did = pe.did
         if iotlb.tag_sid:
-            return None  # a requester-tagged IOTLB (QEMU's) is not the hot case
-        key = (did, pasid, 1, iova >> 12)
-        if (iotlb_get(key) is not None or iotlb_get((did, pasid, 2, iova >> 21)) is not None
-                or iotlb_get((did, pasid, 3, iova >> 30)) is not None):
-            return None
+            return None, 0  # a requester-tagged IOTLB (QEMU's) is not the hot case
+        keys = (did, pasid, 1, iova >> 12), (did, pasid, 2, iova >> 21), (did, pasid, 3, iova >> 30)
+        if any(iotlb_get(key) is not None for key in keys):
+            return None, 0
         # ScalableSteps.fs_psc: the PDE cached (level 1, probed first), so the walk resumes
         # at the PTE; walk_fs: a canonical input (below 2^47 is for 4 and 5 levels alike).
         psc_key = (did, pasid, STAGE_FS, 1, iova >> 21)
         psc = psc_get(psc_key)
         if psc is None or iova >> 47:
-            return None
-        # walk_fs on the PTE, then RequestFlow.fill_iotlb: ``leaf`` below, or the same answer
-        # remembered for this page (see ``memo``).
+            return None, 0
+        # walk_fs on the PTE, then RequestFlow.fill_iotlb: ``leaf``.
         snoop = smpwc and pe.pwsnp
         addr = psc.table_addr + (iova >> 12 & 0x1FF) * 8
         pte = read_qword(addr, snoop=snoop)
-        page = iova >> 12
-        known = memo.get(page)
-        if (known is not None and known[0] is pe and known[1] is psc and known[2] == pte
-                and known[3] == write and known[4] == pasid):
-            new, entry = pte, known[5]  # its A/D bits are set already: no store
-        else:
-            found = leaf(pe, psc, pasid, iova, pte, write)
-            if found is None:
-                return None
-            new, entry = found
-            if len(memo) >= MEMO_PAGES:
-                memo.clear()
-            memo[page] = (pe, psc, new, write, pasid, entry)
-        # The flow's effects, in its order (see the module docstring).
-        context_touch(sid)
-        context_stats.hit += 1
-        pasid_touch(pkey)
-        pasid_stats.hit += 1
-        iotlb_stats.miss += 1
-        stats["iotlb_miss"] += 1
-        stats["walks"] += 1
-        psc_touch(psc_key)
-        psc_stats.hit += 1
-        stats["walk_reads"] += 1
-        if new != pte:
-            memory.write_qword(addr, new)
-        iotlb_fill(key, entry)  # the 4 KiB key was probed absent above
-        return entry
-
-    # ``leaf`` is a function of what it is given: the PASID and paging-structure entries
-    # (frozen records: the same object, the same fields), the PASID, the PTE's value,
-    # ``write`` and the page (the unit's CAP/ECAP never change).  So a miss on a page again -
-    # the IOTLB is smaller than the pages a device cycles through - reuses the answer when all
-    # of them are the very ones it was computed from: held here (which keeps the records
-    # alive, so ``is`` cannot match a new object at a reused address) and compared each time,
-    # the PTE freshly read; it cannot be stale.  The PTE remembered is the one the miss left in
-    # memory (``new``, its A/D store made): ``leaf`` on it gives the same entry and no store -
-    # A, D and EA take part in no check, and ``new`` has those this request sets.  Bounded:
-    # emptied when full (what it remembers changes no result).
-    memo: dict[int, tuple] = {}
+        found = leaf(pe, psc, pasid, iova, pte, write)
+        if found is None:
+            return None, 0
+        new, entry = found
+        answer = _Answer(sid, write, ce, pkey, pe, keys, psc_key, psc, addr, snoop, new, entry)
+        if len(memo) >= MEMO_PAGES:
+            memo.clear()
+        memo[iova >> 12] = answer
+        return answer, pte
 
     def leaf(pe, psc, pasid: int, iova: int, pte: int, write: bool):
         """walk_fs's checks on the PTE and the IOTLB entry fs_page builds: (the PTE with its
