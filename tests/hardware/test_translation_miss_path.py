@@ -22,7 +22,7 @@ from vtdsim.hardware.pasid_table import PGTT_FS, PGTT_SS
 from vtdsim.hardware.presets import get_preset
 from vtdsim.hardware.remapping_unit import CACHE_NAMES, CacheConfig, RemappingUnit
 from vtdsim.hardware.request import DmaRequest, sid_of
-from vtdsim.hardware.translation import access, apply_fill, possible_fills
+from vtdsim.hardware.translation import access, apply_fill, miss, possible_fills
 
 SIDS = (sid_of(0, 3, 0), sid_of(0, 3, 1))
 DID = 2
@@ -217,6 +217,8 @@ REPEATS = st.lists(
     st.one_of(*op("translate", (0, 1), 4, True), *op("again", (0, 1, 2, 3), 4, True),
               *op("pte", PTE_USUAL, 2, True),
               *op("pasid", PASID_USUAL, 1, True), *op("fill_psc", (0,), 1, True),
+              *op("pde", PDE_USUAL, 1, True), *op("context", CONTEXT_USUAL, 1, True),
+              *op("fill", tuple(range(4)), 1, True),
               *op("evict", tuple(range(16)), 2, True), *op("supervisor", (0,), 1, True),
               *op("invalidate", (1, 1, 1, 2, 0, 4), 3, True)),
     min_size=8,
@@ -298,6 +300,12 @@ SCENARIOS = {  # rare states where a check of the fast path decides, reached on 
     "a page again, its PDE cached by a supervisor walk": [
         ("translate", 0, 0, 0), ("supervisor", 0, 0, 0), ("invalidate", 0, 1, 0),
         ("translate", 0, 0, 0)],
+    "a page again, its context entry fetched again": [
+        ("translate", 0, 1, 0), ("context", 0, 0x2, 0), ("invalidate", 0, 1, 0),
+        ("translate", 0, 1, 0)],
+    "a page again under a 2 MiB IOTLB entry": [  # the fifth fill is the 2 MiB leaf's
+        ("translate", 0, 0, 0), ("invalidate", 1, 1, 0), ("pde", 0, 0x807, 0),
+        ("fill", 0, 4, 0), ("pde", 0, 0x7, 0), ("translate", 1, 0, 0)],
     "a page again from the other requester after an eviction": [
         ("translate", 0, 1, 0), ("evict", 0, 1, 0), ("translate", 0, 1, 1)],
 }
@@ -327,6 +335,13 @@ def test_miss_path_is_taken_for_a_page_below_a_cached_pde(monkeypatch):
     assert moved == {"iotlb_miss": 1, "walks": 1, "walk_reads": 1}
     assert w.unit.iotlb.stats.miss == iotlb["miss"] + 1
     assert w.unit.iotlb.stats.fill == iotlb["fill"] + 1
+
+
+@pytest.mark.parametrize("name", [n for n in SCENARIOS if n.startswith("a page again")])
+def test_miss_path_matches_the_full_flow_remembering_one_page(name, monkeypatch):
+    """The memo emptied whenever full, at one page: a miss on another page forgets."""
+    monkeypatch.setattr(miss, "MEMO_PAGES", 1)
+    run_twins(CAPS[0], CacheConfig(), SCENARIOS[name] + [("again", 1, 3, 0), ("again", 0, 3, 1)])
 
 
 def test_miss_path_remembers_a_page_it_built_the_entry_of():

@@ -48,7 +48,7 @@ class _Answer:
     and the same PTE value, gets the same answer - and no A/D store: the PTE has the bits
     this request sets.  The answer holds its records, so ``is`` cannot match a new object
     at a reused address; nothing is trusted that is not probed again, so it cannot be
-    stale."""
+    stale.  (The requester is compared too: its PASID-cache key is part of the answer.)"""
 
     __slots__ = ("sid", "write", "ce", "pkey", "pe", "key", "key_2m", "key_1g", "psc_key",
                  "psc", "addr", "snoop", "pte", "entry")
