@@ -50,14 +50,10 @@ class _Answer:
     at a reused address; nothing is trusted that is not probed again, so it cannot be
     stale.  (The requester is compared too: its PASID-cache key is part of the answer.)"""
 
+    # No __init__: ``probe`` stores the fields (a Python __init__ behind the class call would
+    # cost as much as the rest of the build; a page's first miss makes one).
     __slots__ = ("sid", "write", "ce", "pkey", "pe", "key", "key_2m", "key_1g", "psc_key",
                  "psc", "addr", "snoop", "pte", "entry")
-
-    def __init__(self, sid, write, ce, pkey, pe, keys, psc_key, psc, addr, snoop, pte, entry):
-        self.sid, self.write, self.ce, self.pkey, self.pe = sid, write, ce, pkey, pe
-        self.key, self.key_2m, self.key_1g = keys
-        self.psc_key, self.psc, self.addr, self.snoop = psc_key, psc, addr, snoop
-        self.pte, self.entry = pte, entry
 
 
 
@@ -129,7 +125,8 @@ def bind_fs_miss(unit: Any):
         if iotlb.tag_sid:
             return None, 0  # a requester-tagged IOTLB (QEMU's) is not the hot case
         keys = (did, pasid, 1, iova >> 12), (did, pasid, 2, iova >> 21), (did, pasid, 3, iova >> 30)
-        if any(iotlb_get(key) is not None for key in keys):
+        if (iotlb_get(keys[0]) is not None or iotlb_get(keys[1]) is not None
+                or iotlb_get(keys[2]) is not None):
             return None, 0
         # ScalableSteps.fs_psc: the PDE cached (level 1, probed first), so the walk resumes
         # at the PTE; walk_fs: a canonical input (below 2^47 is for 4 and 5 levels alike).
@@ -145,7 +142,11 @@ def bind_fs_miss(unit: Any):
         if found is None:
             return None, 0
         new, entry = found
-        answer = _Answer(sid, write, ce, pkey, pe, keys, psc_key, psc, addr, snoop, new, entry)
+        answer = _Answer()
+        answer.sid, answer.write, answer.ce, answer.pkey, answer.pe = sid, write, ce, pkey, pe
+        answer.key, answer.key_2m, answer.key_1g = keys
+        answer.psc_key, answer.psc, answer.addr, answer.snoop = psc_key, psc, addr, snoop
+        answer.pte, answer.entry = new, entry
         if len(memo) >= MEMO_PAGES:
             memo.clear()
         memo[iova >> 12] = answer
