@@ -43,7 +43,7 @@ class _Answer:
 
     Every check of the fast path and the entry are a function of these (frozen records:
     the same object has the same fields; the page fixes the interrupt-range and canonical
-    checks; the unit's CAP/ECAP never change).  So a later miss on the page by the same
+    checks, whose bounds are page-aligned; the unit's CAP/ECAP never change).  So a later miss on the page by the same
     requester, with the same ``write``, finding the very same objects under the same keys
     and the same PTE value, gets the same answer - and no A/D store: the PTE has the bits
     this request sets.  The answer holds its records, so ``is`` cannot match a new object
@@ -54,8 +54,6 @@ class _Answer:
     # cost as much as the rest of the build; a page's first miss makes one).
     __slots__ = ("sid", "write", "ce", "pkey", "pe", "key", "key_2m", "key_1g", "psc_key",
                  "psc", "addr", "snoop", "pte", "entry")
-
-
 
 
 def bind_fs_miss(unit: Any):
