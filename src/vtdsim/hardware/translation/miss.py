@@ -43,12 +43,13 @@ class _Answer:
 
     Every check of the fast path and the entry are a function of these (frozen records:
     the same object has the same fields; the page fixes the interrupt-range and canonical
-    checks, whose bounds are page-aligned; the unit's CAP/ECAP never change).  So a later miss on the page by the same
-    requester, with the same ``write``, finding the very same objects under the same keys
-    and the same PTE value, gets the same answer - and no A/D store: the PTE has the bits
-    this request sets.  The answer holds its records, so ``is`` cannot match a new object
-    at a reused address; nothing is trusted that is not probed again, so it cannot be
-    stale.  (The requester is compared too: its PASID-cache key is part of the answer.)"""
+    checks, whose bounds are page-aligned; the unit's CAP/ECAP never change).  So a later
+    miss on the page by the same requester, with the same ``write``, finding the very same
+    objects under the same keys and the same PTE value, gets the same answer - and no A/D
+    store: the PTE has the bits this request sets.  The answer holds its records, so ``is``
+    cannot match a new object at a reused address; nothing is trusted that is not probed
+    again, so it cannot be stale.  (The requester is compared too: its PASID-cache key is
+    part of the answer.)"""
 
     # No __init__: ``probe`` stores the fields (a Python __init__ behind the class call would
     # cost as much as the rest of the build; a page's first miss makes one).
