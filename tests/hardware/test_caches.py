@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vtdsim.errors import ModelError
 from vtdsim.hardware.caches import (
@@ -289,6 +291,65 @@ def test_iotlb_group_index_follows_replacement_and_eviction():
     t.evict((2, 0, 1, 1))
     assert t.groups() == [(3, 0)]
     assert t.invalidate_domain(1) == 0
+
+
+# A fill op: (key index, DID, nested); an invalidation: (granularity, DID, page).
+CACHE_OPS = st.lists(st.one_of(
+    st.tuples(st.just("fill"), st.integers(0, 11), st.integers(1, 2), st.booleans()),
+    st.tuples(st.just("evict"), st.integers(0, 11), st.just(0), st.just(False)),
+    st.tuples(st.sampled_from(["psi", "piotlb_page", "dsi", "piotlb_pasid"]),
+              st.integers(0, 11), st.integers(1, 2), st.just(False))), max_size=40)
+
+
+def _absent_fill(cache: Iotlb, key, entry):
+    """Iotlb.fill as the miss path makes it: fill_first_stage for a first-stage entry whose
+    key is not cached, fill_absent for another absent key, fill for a cached one."""
+    if key in cache:
+        return cache.fill(key, entry)
+    if entry.stage == "fs":
+        return cache.fill_first_stage(key, entry)
+    return cache.fill_absent(key, entry)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=CACHE_OPS, capacity=st.integers(0, 5), flush=st.booleans())
+def test_iotlb_fill_absent_twins_fill(ops, capacity, flush):
+    """``fill_absent`` and ``fill_first_stage`` (keys known absent) leave an IOTLB as
+    ``fill`` does: entries in LRU order, groups, nested groups, counters, the victim; and
+    the group index always matches the entries."""
+    caches = Iotlb(capacity), Iotlb(capacity)
+    for cache in caches:
+        cache.flush_when_full = flush
+    for op, n, did, nested in ops:
+        page = n % 4
+        key = (did, n // 4, 1, page)
+        entry = IotlbEntry(did, n // 4, page * K4, 1, 0x1000, True, True, False, False,
+                           "nested" if nested else "fs")
+        results = []
+        for i, cache in enumerate(caches):
+            if op == "fill":
+                results.append(cache.fill(key, entry) if i else _absent_fill(cache, key, entry))
+            elif op == "evict":
+                results.append(cache.evict(cache.keys()[n % len(cache)]) if len(cache) else 0)
+            elif op == "psi":
+                results.append(cache.invalidate_page(did, page * K4, 0))
+            elif op == "piotlb_page":
+                results.append(cache.invalidate_pasid_page(did, n // 4, page * K4, 0))
+            elif op == "dsi":
+                results.append(cache.invalidate_domain(did))
+            else:
+                results.append(cache.invalidate_pasid(did, n // 4))
+        assert results[0] == results[1]
+        a, b = caches
+        assert a.items() == b.items() and a.stats == b.stats
+        assert a.groups() == b.groups() and a._nested_groups == b._nested_groups
+        assert [a.group_keys(g) for g in a.groups()] == [b.group_keys(g) for g in b.groups()]
+        # The index is the keys' grouping by (did, pasid), with no empty group (both share
+        # LruCache's code: this is what would catch its bookkeeping going wrong).
+        grouping: dict = {}
+        for k in a:
+            grouping.setdefault(k[:2], set()).add(k)
+        assert {g: set(a.group_keys(g)) for g in a.groups()} == grouping
 
 
 # -- paging-structure caches -------------------------------------------------------------------

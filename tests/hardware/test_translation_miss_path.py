@@ -22,7 +22,7 @@ from vtdsim.hardware.pasid_table import PGTT_FS, PGTT_SS
 from vtdsim.hardware.presets import get_preset
 from vtdsim.hardware.remapping_unit import CACHE_NAMES, CacheConfig, RemappingUnit
 from vtdsim.hardware.request import DmaRequest, sid_of
-from vtdsim.hardware.translation import access, apply_fill, possible_fills
+from vtdsim.hardware.translation import access, apply_fill, miss, possible_fills
 
 SIDS = (sid_of(0, 3, 0), sid_of(0, 3, 1))
 DID = 2
@@ -157,6 +157,11 @@ def apply(w: World, op: str, page: int, bits: int, who: int, fast: bool):
     sid = SIDS[who]
     if op == "translate":
         return translate(w, sid, page, bool(bits & 1), fast)
+    if op == "again":  # the pages, then again once their IOTLB entries went (IH=1: PDE kept)
+        first = translate(w, sid, page, bool(bits & 1), fast)
+        w.invalidate(1, page, sid)
+        w.invalidate(1, page ^ 1 if page < 4 else page, sid)
+        return first + translate(w, sid, page, bool(bits & 2), fast)
     if op in ENTRY_LEVELS:
         w.set_entry(page, bits, ENTRY_LEVELS[op])
     elif op == "pasid":
@@ -187,9 +192,11 @@ def apply(w: World, op: str, page: int, bits: int, who: int, fast: bool):
 ENTRY_LEVELS = {"pte": 1, "pde": 2, "pdpte": 3}
 
 
-def op(name: str, usual: tuple = (0,), weight: int = 1) -> list:
+def op(name: str, usual: tuple = (0,), weight: int = 1, only_usual: bool = False) -> list:
     """``weight`` copies of a strategy for (name, page, bits, requester)."""
-    bits = st.one_of(st.integers(0, 0x1FFF), st.sampled_from(usual))
+    bits = st.sampled_from(usual)
+    if not only_usual:
+        bits = st.one_of(st.integers(0, 0x1FFF), bits)
     return [st.tuples(st.just(name), st.integers(0, len(IOVAS) - 1), bits,
                       st.integers(0, 1))] * weight
 
@@ -199,6 +206,21 @@ OPS = st.lists(
               *op("pdpte", PDE_USUAL), *op("pasid", PASID_USUAL), *op("context", CONTEXT_USUAL),
               *op("flush"), *op("fill"), *op("fill_psc"), *op("evict"), *op("supervisor"),
               *op("invalidate", tuple(range(8)), 2)),
+    min_size=8,
+    max_size=60,
+)
+# Pages missed again and again, which fs_miss answers from its memo when the PASID entry,
+# the PDE entry and the PTE are the ones it built the answer from: usual values only, small
+# IOTLBs (CONFIGS), IOTLB-only invalidations (IH=1, the first three kinds) and evictions
+# between the misses, and every kind of change of what the answer was built from.
+REPEATS = st.lists(
+    st.one_of(*op("translate", (0, 1), 4, True), *op("again", (0, 1, 2, 3), 4, True),
+              *op("pte", PTE_USUAL, 2, True),
+              *op("pasid", PASID_USUAL, 1, True), *op("fill_psc", (0,), 1, True),
+              *op("pde", PDE_USUAL, 1, True), *op("context", CONTEXT_USUAL, 1, True),
+              *op("fill", tuple(range(4)), 1, True),
+              *op("evict", tuple(range(16)), 2, True), *op("supervisor", (0,), 1, True),
+              *op("invalidate", (1, 1, 1, 2, 0, 4), 3, True)),
     min_size=8,
     max_size=60,
 )
@@ -215,6 +237,12 @@ def run_twins(caps, config: CacheConfig, ops) -> None:
 @settings(max_examples=400, deadline=None)
 @given(caps=st.sampled_from(CAPS), config=CONFIGS, ops=OPS)
 def test_miss_path_matches_the_full_flow(caps, config, ops):
+    run_twins(caps, config, ops)
+
+
+@settings(max_examples=200, deadline=None)
+@given(caps=st.sampled_from(CAPS), config=CONFIGS, ops=REPEATS)
+def test_miss_path_matches_the_full_flow_on_pages_missed_again(caps, config, ops):
     run_twins(caps, config, ops)
 
 
@@ -252,6 +280,36 @@ SCENARIOS = {  # rare states where a check of the fast path decides, reached on 
         ("pde", 0, 0x7, 0), ("translate", 1, 1, 0), ("pde", 0, 0x5, 0),
         ("invalidate", 0, 2, 0), ("translate", 0, 0, 0), ("invalidate", 1, 1, 0),
         ("pde", 0, 0x7, 0), ("translate", 1, 0, 0)],
+    # fs_miss's memo: a page missed again - page 1, which the first translate's last request
+    # missed below the PDE page 0's walk cached - once its IOTLB entry went (IH=1 keeps the
+    # PDE), with what the answer was computed from the same or changed in between.
+    "a page again, nothing changed": [
+        ("translate", 0, 1, 0), ("invalidate", 1, 1, 0), ("translate", 1, 1, 0)],
+    "a page again, written after a read": [
+        ("translate", 0, 0, 0), ("invalidate", 1, 1, 0), ("translate", 1, 1, 0),
+        ("invalidate", 1, 1, 0), ("translate", 1, 0, 0)],
+    "a page again, its PTE made read-only": [
+        ("translate", 0, 1, 0), ("pte", 1, 0x27, 0), ("invalidate", 1, 1, 0),
+        ("translate", 1, 1, 0), ("translate", 1, 0, 0)],
+    "a page again, its PTE made not present": [
+        ("translate", 0, 0, 0), ("pte", 1, 0x8F, 0), ("invalidate", 1, 1, 0),
+        ("translate", 1, 0, 0)],
+    "a page again, its PASID entry changed": [
+        ("translate", 0, 0, 0), ("pasid", 0, 0x110, 0), ("invalidate", 1, 1, 0),
+        ("translate", 1, 0, 0), ("pasid", 0, 0x120, 0), ("invalidate", 1, 1, 0),
+        ("translate", 1, 0, 0)],
+    "a page again, its PDE cached by a supervisor walk": [
+        ("translate", 0, 0, 0), ("supervisor", 0, 0, 0), ("invalidate", 1, 1, 0),
+        ("translate", 1, 0, 0)],
+    "a page again from the other requester after an eviction": [
+        ("translate", 0, 1, 0), ("evict", 0, 1, 0), ("invalidate", 1, 1, 0),
+        ("translate", 1, 1, 1)],
+    "a page again, its context entry fetched again": [
+        ("translate", 0, 1, 0), ("context", 0, 0x2, 0), ("invalidate", 1, 1, 0),
+        ("translate", 1, 1, 0)],
+    "a page again under a 2 MiB IOTLB entry": [  # the fifth fill is the 2 MiB leaf's
+        ("translate", 0, 0, 0), ("invalidate", 1, 1, 0), ("pde", 0, 0x807, 0),
+        ("fill", 0, 4, 0), ("pde", 0, 0x7, 0), ("translate", 1, 0, 0)],
 }
 
 
@@ -279,3 +337,24 @@ def test_miss_path_is_taken_for_a_page_below_a_cached_pde(monkeypatch):
     assert moved == {"iotlb_miss": 1, "walks": 1, "walk_reads": 1}
     assert w.unit.iotlb.stats.miss == iotlb["miss"] + 1
     assert w.unit.iotlb.stats.fill == iotlb["fill"] + 1
+
+
+@pytest.mark.parametrize("name", [n for n in SCENARIOS if n.startswith("a page again")])
+def test_miss_path_matches_the_full_flow_remembering_one_page(name, monkeypatch):
+    """The memo emptied whenever full, at one page: a miss on another page forgets."""
+    monkeypatch.setattr(miss, "MEMO_PAGES", 1)
+    run_twins(CAPS[0], CacheConfig(), SCENARIOS[name] + [("again", 1, 3, 0), ("again", 0, 3, 1)])
+
+
+def test_miss_path_remembers_a_page_it_built_the_entry_of():
+    """A page missed again with the same PASID entry, PDE entry and PTE value gets the very
+    entry built the first time (fs_miss's memo), and one rebuilt once the PTE changed."""
+    w = World(CAPS[0], CacheConfig())
+    w.unit.translate(SIDS[0], IOVAS[0], True)  # a full walk: fills the PSC down to the PDE
+    first = w.unit.translate(SIDS[0], IOVAS[1], True)
+    invalidation.piotlb_page(w.unit, DID, 0, IOVAS[1], 0, 1)  # IH=1: the PDE stays cached
+    assert w.unit.translate(SIDS[0], IOVAS[1], True) is first
+    w.set_entry(1, 0x11F, 1)  # present, accessed, dirty, now G: a new value, a new entry
+    invalidation.piotlb_page(w.unit, DID, 0, IOVAS[1], 0, 1)
+    again = w.unit.translate(SIDS[0], IOVAS[1], True)
+    assert again is not first and again.global_ and again == replace(first, global_=True)

@@ -35,6 +35,9 @@ LINE_SIZE = 64
 MAX_PHYS_ADDR = 1 << 52  # x86 architectural limit on physical addresses
 
 _Q = struct.Struct("<Q")
+_Q_FROM = _Q.unpack_from
+_LINE_MASK = LINE_SIZE - 1
+_LAST_QWORD = LINE_SIZE - 8  # the last line offset a qword fits at
 _L = struct.Struct("<L")
 _INTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: _L, 8: _Q}
 _QWORDS = {2: struct.Struct("<2Q"), 4: struct.Struct("<4Q")}
@@ -245,15 +248,17 @@ class PhysicalMemory:
         return sorted(self._posted)
 
     def read_qword(self, addr: int, *, snoop: bool = True) -> int:
-        """A hardware (page-walk, descriptor fetch) qword read.  Fast path for table walks."""
+        """A hardware (page-walk, descriptor fetch) qword read.  Fast path for table walks
+        (one on every IOTLB miss): the masks are constants, the offset computed once."""
+        off = addr & _LINE_MASK
         if self._posted:
-            pre = self._posted.get(addr & ~(LINE_SIZE - 1))
-            if pre is not None and (addr & (LINE_SIZE - 1)) <= LINE_SIZE - 8:
-                return _Q.unpack_from(pre, addr & (LINE_SIZE - 1))[0]
+            pre = self._posted.get(addr - off)
+            if pre is not None and off <= _LAST_QWORD:
+                return _Q_FROM(pre, off)[0]
         if snoop and self._lines:
-            data = self._lines.get(addr & ~(LINE_SIZE - 1))
-            if data is not None and (addr & (LINE_SIZE - 1)) <= LINE_SIZE - 8:
-                return _Q.unpack_from(data, addr & (LINE_SIZE - 1))[0]
+            data = self._lines.get(addr - off)
+            if data is not None and off <= _LAST_QWORD:
+                return _Q_FROM(data, off)[0]
         return self.dram_qword(addr)
 
     def read_qwords(self, addr: int, count: int, *, snoop: bool = True) -> tuple[int, ...]:

@@ -43,12 +43,15 @@ class CacheStats:
 class LruCache:
     """An LRU-replaced cache of frozen entries; ``capacity`` 0 means it never caches.
 
-    A subclass may override ``group_of(key)`` (e.g. the domain-id tag) to keep a secondary
-    index so scoped invalidations visit only the entries of their scope instead of the whole
-    cache; lookups never touch the index.
+    A subclass may set ``group_len`` to keep a secondary index by key prefix (e.g. the
+    ``(did, pasid)`` tag) so scoped invalidations visit only the entries of their scope
+    instead of the whole cache; lookups never touch the index.
     """
 
-    grouped = False  # subclasses with a ``group_of`` set this
+    # The length of the key prefix that names a key's invalidation scope (``group_of``); 0:
+    # not grouped.  A prefix, sliced inline, because a fill and its LRU victim's drop are on
+    # every IOTLB miss: a method call each would be a good part of the fill's cost.
+    group_len = 0
     # A fill into a full cache empties it whole instead of replacing the LRU entry (QEMU's
     # vtd_update_iotlb resets its IOTLB at VTD_IOTLB_MAX_SIZE; legal: hardware may evict
     # anything at any moment, spec 6.1).  ``stats.replaced`` counts every entry so dropped.
@@ -81,8 +84,10 @@ class LruCache:
         self._bind()
 
     def group_of(self, key: Hashable) -> Hashable:
-        """The invalidation scope a key belongs to (only used when ``grouped``)."""
-        raise ModelError(f"cache {self.name} is not grouped")
+        """The invalidation scope a key belongs to (only for a grouped cache)."""
+        if not self.group_len:
+            raise ModelError(f"cache {self.name} is not grouped")
+        return key[:self.group_len]
 
     # -- lookups --------------------------------------------------------------------------------
     def lookup(self, key: Hashable) -> Any | None:
@@ -115,24 +120,39 @@ class LruCache:
     # -- fills and evictions --------------------------------------------------------------------
     def fill(self, key: Hashable, entry: Any) -> Hashable | None:
         """Store ``entry``; returns the key of the LRU entry it replaced, if any."""
+        entries = self._entries
+        if key not in entries:
+            return self.fill_absent(key, entry)
+        self._touch(key)
+        entries[key] = entry
+        self.stats.fill += 1
+        return None
+
+    def fill_absent(self, key: Hashable, entry: Any) -> Hashable | None:
+        """``fill`` of a ``key`` the caller knows is not cached (it has just probed it, and
+        nothing ran since): no membership test.  Returns the replaced LRU entry's key."""
         if self.capacity == 0:
             return None
         entries = self._entries
         victim = None
-        if key in entries:
-            self._touch(key)
-        else:
-            if len(entries) >= self.capacity:
+        n = self.group_len
+        if len(entries) >= self.capacity:
+            if self.flush_when_full:
                 victim = next(iter(entries))
-                if self.flush_when_full:
-                    self.stats.replaced += len(entries)
-                    entries.clear()
-                    self._groups.clear()
-                else:
-                    self._drop(victim)
-                    self.stats.replaced += 1
-            if self.grouped:
-                self._groups.setdefault(self.group_of(key), {})[key] = None
+                self.stats.replaced += len(entries)
+                entries.clear()
+                self._groups.clear()
+            else:
+                # _drop of the LRU entry, inlined: a full cache replaces one on every fill.
+                victim = entries.popitem(last=False)[0]
+                if n:
+                    members = self._groups[victim[:n]]
+                    del members[victim]
+                    if not members:
+                        del self._groups[victim[:n]]
+                self.stats.replaced += 1
+        if n:
+            self._groups.setdefault(key[:n], {})[key] = None
         entries[key] = entry
         self.stats.fill += 1
         return victim
@@ -147,8 +167,9 @@ class LruCache:
 
     def _drop(self, key: Hashable) -> None:
         del self._entries[key]
-        if self.grouped:
-            group = self.group_of(key)
+        n = self.group_len
+        if n:
+            group = key[:n]
             members = self._groups[group]
             del members[key]
             if not members:

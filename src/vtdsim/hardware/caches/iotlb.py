@@ -123,7 +123,7 @@ def range_key_count(base: int, size: int) -> int:
 class Iotlb(LruCache):
     """The IOTLB, grouped by (did, pasid) so scoped invalidations visit only their scope."""
 
-    grouped = True
+    group_len = 2  # (did, pasid)
     tag_sid = False  # entries tagged with their requester (QEMU's IOTLB; module docstring)
 
     def __init__(self, capacity: int = 1024, name: str = "iotlb"):
@@ -134,15 +134,21 @@ class Iotlb(LruCache):
 
     def fill(self, key: Hashable, entry: IotlbEntry) -> Hashable | None:
         if entry.stage == STAGE_NESTED:
-            self._nested_groups.add(self.group_of(key))
+            self._nested_groups.add(key[:2])
         return super().fill(key, entry)
+
+    def fill_absent(self, key: Hashable, entry: IotlbEntry) -> Hashable | None:
+        if entry.stage == STAGE_NESTED:  # as ``fill``: a caller may come straight here
+            self._nested_groups.add(key[:2])
+        return super().fill_absent(key, entry)
+
+    # ``fill_absent`` of a first-stage entry (translation.miss's, one per IOTLB miss): never
+    # nested, so the plain one, without the nested-group check and its extra call.
+    fill_first_stage = LruCache.fill_absent
 
     def clear(self) -> int:
         self._nested_groups.clear()
         return super().clear()
-
-    def group_of(self, key: Hashable) -> Hashable:
-        return key[:2]
 
     def lookup_iova(self, did: int, pasid: int, iova: int,
                     sid: int | None = None) -> IotlbEntry | None:

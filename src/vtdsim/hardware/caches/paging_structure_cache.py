@@ -80,16 +80,13 @@ class PscEntry:
 class PagingStructureCache(LruCache):
     """All levels' paging-structure caches in one LRU, grouped by (did, pasid)."""
 
-    grouped = True
+    group_len = 2  # (did, pasid)
 
     def __init__(self, capacity: int = 256, name: str = "pscache"):
         super().__init__(name, capacity)
         # Misses by level (index = the level of the entry looked for; 0 unused): a lookup that
         # resumes at level L missed levels 1..L-1.
         self.level_misses = [0] * 7
-
-    def group_of(self, key: Hashable) -> Hashable:
-        return key[:2]
 
     def lookup_iova(self, did: int, pasid: int, stage: str, iova: int,
                     max_level: int) -> PscEntry | None:

@@ -94,13 +94,16 @@ def bind_translate(unit: Any):
 
     def translate_missed(sid: int, iova: int, write: bool):
         # The rest of translate_bound for a request without PASID, once translate_cached
-        # answered None - which changed nothing, so nothing is probed twice.
-        if unit.translation_enabled and not unit.ttm:
-            return legacy_miss(sid, iova, write)
-        if unit.translation_enabled and unit.ttm == 1:
-            entry = fs_miss(sid, iova, write)
-            if entry is not None:
-                return entry
+        # answered None - which changed nothing, so nothing is probed twice.  Scalable
+        # mode first: the simulator's misses are there.
+        if unit.translation_enabled:
+            ttm = unit.ttm
+            if ttm == 1:
+                entry = fs_miss(sid, iova, write)
+                if entry is not None:
+                    return entry
+            elif not ttm:
+                return legacy_miss(sid, iova, write)
         return access(unit, DmaRequest(sid, iova, write))
 
     def legacy_context(sid: int):

@@ -11,6 +11,10 @@ in the flow's order: each cache's lookup (recency, hit or miss), ``iotlb_miss``,
 ``flow.RequestFlow`` / ``scalable.ScalableSteps`` / ``first_stage.walk_fs`` it stands for;
 tests/hardware/test_translation_miss_path.py runs both on twin units.
 
+A page missed again (the IOTLB is smaller than the pages a device cycles through) is
+answered from what the last miss on it found - when every record it read is the very same
+object in the same cache slot and the PTE holds the same value (see ``_Answer``).
+
 Not modelled: nothing of its own - every other request (a fault, a deeper resume, a large
 page, an IOTLB entry present but unusable, nested, second stage, a requester-tagged IOTLB)
 takes the full flow.
@@ -29,6 +33,28 @@ _INTERRUPT_END = INTERRUPT_BASE + INTERRUPT_SIZE
 _P, _RW, _US, _A, _D, _G, _EA = 1, 2, 4, 0x20, 0x40, 0x100, 0x400
 _XD = 1 << 63
 _ADDR = FS_PTE["addr"].in_place
+MEMO_PAGES = 4096  # pages fs_miss remembers the answer for (a pool of rx pages fits)
+
+
+class _Answer:
+    """What a miss on one page found, and the answer it gave: its probes' keys and the
+    records they returned, the PTE's address and the value the miss left there (its A/D
+    store made), the IOTLB entry.
+
+    Every check of the fast path and the entry are a function of these (frozen records:
+    the same object has the same fields; the page fixes the interrupt-range and canonical
+    checks, whose bounds are page-aligned; the unit's CAP/ECAP never change).  So a later
+    miss on the page by the same requester, with the same ``write``, finding the very same
+    objects under the same keys and the same PTE value, gets the same answer - and no A/D
+    store: the PTE has the bits this request sets.  The answer holds its records, so ``is``
+    cannot match a new object at a reused address; nothing is trusted that is not probed
+    again, so it cannot be stale.  (The requester is compared too: its PASID-cache key is
+    part of the answer.)"""
+
+    # No __init__: ``probe`` stores the fields (a Python __init__ behind the class call would
+    # cost as much as the rest of the build; a page's first miss makes one).
+    __slots__ = ("sid", "write", "ce", "pkey", "pe", "key", "key_2m", "key_1g", "psc_key",
+                 "psc", "addr", "snoop", "pte", "entry")
 
 
 def bind_fs_miss(unit: Any):
@@ -40,46 +66,96 @@ def bind_fs_miss(unit: Any):
     context_stats, pasid_stats, iotlb_stats, psc_stats = (c.stats for c in caches)
     iotlb, memory, stats, caps = unit.iotlb, unit.memory, unit.stats, unit.caps
     smpwc, sc = caps.smpwc, caps.sc  # a unit's CAP/ECAP never change
-    read_qword = memory.read_qword
+    read_qword, iotlb_fill = memory.read_qword, iotlb.fill_first_stage
     # Reserved address bits of a PTE: at or above the HAW (RequestFlow.haw, fs.entry_reserved).
     above_haw = _ADDR & ~((1 << min(caps.mgaw, 52)) - 1)
+    memo: dict[int, _Answer] = {}  # page -> the last miss's answer on it (bounded: emptied)
 
     def fs_miss(sid: int, iova: int, write: bool) -> IotlbEntry | None:
+        # The page's last answer, if each probe finds what it found then (_Answer).
+        a = memo.get(iova >> 12)
+        if (a is not None and a.sid == sid and a.write == write and not iotlb.tag_sid
+                and context_get(sid) is a.ce and pasid_get(a.pkey) is a.pe
+                and iotlb_get(a.key) is None and iotlb_get(a.key_2m) is None
+                and iotlb_get(a.key_1g) is None and psc_get(a.psc_key) is a.psc
+                and read_qword(a.addr, snoop=a.snoop) == a.pte):
+            pte = a.pte
+        else:
+            a, pte = probe(sid, iova, write)
+            if a is None:
+                return None
+        # The flow's effects, in its order (see the module docstring).
+        context_touch(sid)
+        context_stats.hit += 1
+        pasid_touch(a.pkey)
+        pasid_stats.hit += 1
+        iotlb_stats.miss += 1
+        stats["iotlb_miss"] += 1
+        stats["walks"] += 1
+        psc_touch(a.psc_key)
+        psc_stats.hit += 1
+        stats["walk_reads"] += 1
+        if a.pte != pte:
+            memory.write_qword(a.addr, a.pte)
+        iotlb_fill(a.key, a.entry)  # the 4 KiB key was probed absent above
+        return a.entry
+
+    def probe(sid: int, iova: int, write: bool) -> tuple[_Answer | None, int]:
+        """The fast path's checks up to the PTE read: (the answer, the PTE value read), or
+        (None, 0) unless the fast path's case; remembers the answer."""
         # RequestFlow.context: a present scalable-mode entry from the context-cache.
         ce = context_get(sid)
         if ce is None or not ce.present or not ce.scalable:
-            return None
+            return None, 0
         # RequestFlow.request: no PASID, so the interrupt range faults (0x87).
         if INTERRUPT_BASE <= iova < _INTERRUPT_END:
-            return None
+            return None, 0
         # ScalableSteps.pasid_entry: RID_PASID within PDTS (0x46), a present cached entry;
         # scalable_request: first stage only (not pass-through, nested or second stage).
         pasid = ce.rid_pasid
         if pasid >> 6 >= 1 << (ce.pdts + 7):
-            return None
+            return None, 0
         pkey = (sid, pasid)
         pe = pasid_get(pkey)
         if pe is None or not pe.present or pe.pgtt != PGTT_FS:
-            return None
+            return None, 0
         # RequestFlow.page: no IOTLB entry at any page size (Iotlb.lookup_iova's keys).
         did = pe.did
         if iotlb.tag_sid:
-            return None  # a requester-tagged IOTLB (QEMU's) is not the hot case
-        key = (did, pasid, 1, iova >> 12)
-        if (iotlb_get(key) is not None or iotlb_get((did, pasid, 2, iova >> 21)) is not None
-                or iotlb_get((did, pasid, 3, iova >> 30)) is not None):
-            return None
+            return None, 0  # a requester-tagged IOTLB (QEMU's) is not the hot case
+        keys = (did, pasid, 1, iova >> 12), (did, pasid, 2, iova >> 21), (did, pasid, 3, iova >> 30)
+        if (iotlb_get(keys[0]) is not None or iotlb_get(keys[1]) is not None
+                or iotlb_get(keys[2]) is not None):
+            return None, 0
         # ScalableSteps.fs_psc: the PDE cached (level 1, probed first), so the walk resumes
         # at the PTE; walk_fs: a canonical input (below 2^47 is for 4 and 5 levels alike).
         psc_key = (did, pasid, STAGE_FS, 1, iova >> 21)
         psc = psc_get(psc_key)
         if psc is None or iova >> 47:
-            return None
-        # walk_fs on the PTE: present (0x71), not reserved (0x72), U/S (0x81: no PRIV), R/W
-        # for a write (0x85), the A/D store on a snooped walk only (0x90).
+            return None, 0
+        # walk_fs on the PTE, then RequestFlow.fill_iotlb: ``leaf``.
         snoop = smpwc and pe.pwsnp
         addr = psc.table_addr + (iova >> 12 & 0x1FF) * 8
         pte = read_qword(addr, snoop=snoop)
+        found = leaf(pe, psc, pasid, iova, pte, write)
+        if found is None:
+            return None, 0
+        new, entry = found
+        answer = _Answer()
+        answer.sid, answer.write, answer.ce, answer.pkey, answer.pe = sid, write, ce, pkey, pe
+        answer.key, answer.key_2m, answer.key_1g = keys
+        answer.psc_key, answer.psc, answer.addr, answer.snoop = psc_key, psc, addr, snoop
+        answer.pte, answer.entry = new, entry
+        if len(memo) >= MEMO_PAGES:
+            memo.clear()
+        memo[iova >> 12] = answer
+        return answer, pte
+
+    def leaf(pe, psc, pasid: int, iova: int, pte: int, write: bool):
+        """walk_fs's checks on the PTE and the IOTLB entry fs_page builds: (the PTE with its
+        A/D store, the entry), or None unless the fast path's case."""
+        # walk_fs on the PTE: present (0x71), not reserved (0x72), U/S (0x81: no PRIV), R/W
+        # for a write (0x85), the A/D store on a snooped walk only (0x90).
         nxe = pe.nxe
         if not pte & _P or pte & above_haw or (not nxe and pte & _XD):
             return None
@@ -87,30 +163,16 @@ def bind_fs_miss(unit: Any):
         if not (psc.user and pte & _US) or (write and not writable):
             return None
         new = pte | _A | (_EA if pe.eafe else 0) | (_D if write else 0)
-        if new != pte and not snoop:
+        if new != pte and not (smpwc and pe.pwsnp):
             return None
         # RequestFlow.fill_iotlb: an output page in the interrupt range faults (0x87).
         hpa = pte & _ADDR
         if INTERRUPT_BASE <= hpa < _INTERRUPT_END:
             return None
-        # The flow's effects, in its order (see the module docstring).
-        context_touch(sid)
-        context_stats.hit += 1
-        pasid_touch(pkey)
-        pasid_stats.hit += 1
-        iotlb_stats.miss += 1
-        stats["iotlb_miss"] += 1
-        stats["walks"] += 1
-        psc_touch(psc_key)
-        psc_stats.hit += 1
-        stats["walk_reads"] += 1
-        if new != pte:
-            memory.write_qword(addr, new)
         # fs_page: a read leaves D clear, so the entry grants writes only once D is set.
         exe = psc.exe and not (nxe and pte & _XD)
-        entry = IotlbEntry(did, pasid, iova & ~0xFFF, 1, hpa, True, writable and bool(new & _D),
-                           exe, sc and pe.pgsnp, STAGE_FS, global_=bool(pte & _G))
-        iotlb.fill(key, entry)
-        return entry
+        return new, IotlbEntry(pe.did, pasid, iova & ~0xFFF, 1, hpa, True,
+                               writable and bool(new & _D), exe, sc and pe.pgsnp, STAGE_FS,
+                               global_=bool(pte & _G))
 
     return fs_miss
