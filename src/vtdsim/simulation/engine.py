@@ -8,15 +8,16 @@ set of step semantics) and charged from the constants table.  Time is handed to 
 the points where another actor can tell the difference - a lock taken or released, a wait on
 the hardware, an IQT write, the end of the operation - so the charges of the steps in between
 are summed and paid at once (the SimPy process overhead is per synchronisation point, not per
-step).  Locks are FIFO spinlocks: a waiter spins (its CPU stays busy) until the holder
-releases, then pays a cache-line hand-off (``lock_handoff_ns``).  An IQT write asks the
-platform (``platforms.py``) what it costs; on bare metal the unit (``qi_mode="async"``) then
-performs one descriptor per ``descriptor_ns`` in its own process, and a CPU polling a status
+step), with an event only when another is due before the payment ends (``elapse_alone``).
+Locks are FIFO spinlocks: a waiter spins (its CPU stays busy) until the holder releases, then
+pays a cache-line hand-off (``lock_handoff_ns``).  An IQT write asks the platform
+(``platforms.py``) what it costs; on bare metal the unit (``qi_mode="async"``) then performs
+one descriptor per ``descriptor_ns`` in its own process, and a CPU polling a status
 (``WaitQword``/``WaitRegister``) spins until the hardware has written it.  A DMA translation
 (``translate``) costs one IOTLB lookup plus one walk read per structure read the unit's walk
 made (root/context/PASID entries, paging-structure-cache misses), each priced as the caller
-says (``walk_read_ns``: an LLC or a DRAM read for a hardware unit, by whether its walks
-snoop; the VMM's read for an emulated one), one after the other: each read needs the last.
+says (``walk_read_ns``: an LLC or a DRAM read for a hardware unit, by whether its walks snoop;
+the VMM's read for an emulated one), one after the other: each read needs the last.
 
 Not modelled: the order of effects inside one batch of steps (they are applied at the batch's
 start and paid for at its end: device DMA cannot see a half-made batch earlier than a
@@ -54,6 +55,8 @@ class SimLock:
 class TimedMachine:
     """A booted ``System`` under a SimPy clock, with the costs of ``constants`` and
     ``platform``."""
+
+    lookahead = True  # ``elapse_alone`` may skip events (False: one event per wait, as before)
 
     def __init__(self, system, constants, platform, start_ns: float = 0.0, *,
                  dma_unit=None, walk_read_ns: float | None = None):
@@ -104,7 +107,7 @@ class TimedMachine:
             try:
                 step = send(reply)
             except StopIteration as stop:
-                if pending:
+                if pending and not self.elapse_alone(pending):
                     yield env.timeout(pending)
                 return stop.value
             kind = type(step)
@@ -118,9 +121,27 @@ class TimedMachine:
                 reply = apply(step)
                 pending += self._bulk_ns(step)
                 continue
-            if pending:
+            if pending and not self.elapse_alone(pending):
                 yield env.timeout(pending)
-            reply, pending = yield from self._sync_step(step, kind)
+            done = self._sync_now(step, kind)
+            if done is None:
+                done = yield from self._sync_wait(step, kind)
+            reply, pending = done
+
+    def elapse_alone(self, ns: float) -> bool:
+        """Let ``ns`` pass for the running process without a SimPy event, when no other event
+        is due by then: a timeout would be the next event popped (it would sort after any
+        event at the same instant), so nothing could run in between and every later event
+        keeps its order - the result is identical, one event cheaper.  False (nothing done)
+        otherwise: the caller yields the timeout.  ``lookahead = False`` turns it off (the
+        test comparing both)."""
+        env = self.env
+        due = env._now + ns  # what ``Timeout`` schedules at (SimPy's clock, ``env.now``)
+        queue = env._queue  # (time, priority, id, event), a heap: ``env.peek()`` is its head
+        if (queue and queue[0][0] <= due) or not self.lookahead:
+            return False
+        env._now = due  # as ``env.step`` sets it when it pops the timeout
+        return True
 
     def _bulk_ns(self, step) -> float:
         if type(step) is st.CpuZero:
@@ -128,30 +149,39 @@ class TimedMachine:
         first = step.addr & ~(LINE - 1)
         return self.clflush_ns * max(1, -(-(step.addr + step.size - first) // LINE))
 
-    def _sync_step(self, step, kind) -> Generator[simpy.Event, Any, tuple[Any, float]]:
-        """A step another actor can observe: time is paid up before it, and it may wait.
-        Returns the step's reply and the time it takes itself, which the caller carries on
-        to the next synchronisation point (so a lock or an MMIO access adds no event)."""
+    def _sync_now(self, step, kind) -> tuple[Any, float] | None:
+        """A step another actor can observe (time is paid up before it), when it completes
+        without waiting: its reply and the time it takes itself, which the caller carries on
+        to the next synchronisation point (so a lock or an MMIO access adds no event).  None
+        when it must wait (``_sync_wait``): a lock another CPU holds, a poll the hardware has
+        not satisfied yet.  No generator: nearly every such step completes at once."""
         apply, platform = self.executor.apply, self.platform
         if kind is st.Lock:
-            yield from self.acquire(step.name)
-            return apply(step), self.lock_ns
+            return (apply(step), self.lock_ns) if self._take(step.name) else None
         if kind is st.Unlock:
             reply = apply(step)
             self.release(step.name)
             return reply, 0.0
         if kind is st.MmioWrite:
             if step.offset == self.iqt_offset:
-                return None, (yield from self._iqt_write(step))
+                return None, self._iqt_write(step)
             apply(step)
             return None, platform.mmio_write_ns(step.offset)
         if kind is st.MmioRead:
             return apply(step), platform.mmio_read_ns(step.offset)
         if kind is st.WaitQword or kind is st.WaitRegister:
-            return (yield from self._wait(step)), 0.0
+            return (apply(step), 0.0) if self.executor.ready(step) else None
         return apply(step), 0.0  # unknown kinds: the executor names the bad step
 
-    def _iqt_write(self, step) -> Generator[simpy.Event, Any, float]:
+    def _sync_wait(self, step, kind) -> Generator[simpy.Event, Any, tuple[Any, float]]:
+        """``_sync_now`` for a step that must wait: the lock handed over, or the poll
+        satisfied (its condition was just found false)."""
+        if kind is st.Lock:
+            yield from self._queue_for(step.name)
+            return self.executor.apply(step), self.lock_ns
+        return (yield from self._wait_blocked(step)), 0.0
+
+    def _iqt_write(self, step) -> float:
         """Publish the queue; the CPU time of the write.  Bare metal: the hardware starts once
         the posted write arrives.  A synchronous platform: the queue is drained now."""
         platform = self.platform
@@ -171,7 +201,6 @@ class TimedMachine:
         charge = platform.iqt_write(delta)
         self._wake_waiters()
         return charge.cpu_ns + charge.busy_ns
-        yield  # a generator, for the bare-metal path's symmetry
 
     def _invalidation_hardware(self, delay: float) -> Generator[simpy.Event, Any, None]:
         """The unit fetches and performs one descriptor at a time (spec 6.5.2), each taking
@@ -184,7 +213,8 @@ class TimedMachine:
             delta = self._descriptor_step(unit)
             if delta is None:
                 break
-            yield env.timeout(delay + price(delta))
+            if not self.elapse_alone(delay + price(delta)):
+                yield env.timeout(delay + price(delta))
             delay = 0.0
             if WAIT_KEY in delta and self._waiters:
                 # Woken pollers run before the next descriptor is fetched (zero-time yield).
@@ -214,30 +244,42 @@ class TimedMachine:
         for event in waiters:
             event.succeed()
 
-    def _wait(self, step) -> Generator[simpy.Event, Any, Any]:
-        """A poll that blocks until the hardware makes its condition true (or stops the
-        queue with an error software must clear: the executor then returns unsatisfied)."""
-        ready = self.executor.ready
-        while not ready(step):
+    def _wait_blocked(self, step) -> Generator[simpy.Event, Any, Any]:
+        """A poll whose condition was just found false: block until the hardware makes it
+        true (or stops the queue with an error software must clear: the executor then
+        returns unsatisfied).  ``ready`` is asked once per wake-up (it may read a register:
+        a counted MMIO access)."""
+        while True:
             if self._hw is None:
                 raise ModelError(f"{step!r} can never complete: the unit is idle")
             event = self.env.event()
             self._waiters.append(event)
             yield event
-        return self.executor.apply(step)
+            if self.executor.ready(step):
+                return self.executor.apply(step)
 
     # -- locks -------------------------------------------------------------------------------------
     def acquire(self, name: str) -> Generator[simpy.Event, Any, None]:
+        if not self._take(name):
+            yield from self._queue_for(name)
+
+    def _take(self, name: str) -> bool:
+        """Take lock ``name`` if it is free."""
         lock = self.locks.get(name)
         if lock is None:
             lock = self.locks[name] = SimLock()
-        if not lock.held:
-            lock.held = True
-            return
-        start, event = self.env.now, self.env.event()
+        if lock.held:
+            return False
+        lock.held = True
+        return True
+
+    def _queue_for(self, name: str) -> Generator[simpy.Event, Any, None]:
+        """Spin (FIFO) until the holder of ``name`` hands it over."""
+        lock, start, event = self.locks[name], self.env.now, self.env.event()
         lock.waiters.append(event)
         yield event  # the holder handed the lock over: the line moves to this core
-        yield self.env.timeout(self.handoff_ns)
+        if not self.elapse_alone(self.handoff_ns):
+            yield self.env.timeout(self.handoff_ns)
         self.lock_wait_ns[name] += self.env.now - start
 
     def release(self, name: str) -> None:
@@ -251,7 +293,8 @@ class TimedMachine:
         """Take lock ``name``, work ``ns`` under it, release (bookkeeping that is not a
         driver step, e.g. the IOVA rbtree)."""
         yield from self.acquire(name)
-        yield self.env.timeout(ns + self.lock_ns)
+        if not self.elapse_alone(ns + self.lock_ns):
+            yield self.env.timeout(ns + self.lock_ns)
         self.release(name)
 
     # -- DMA ---------------------------------------------------------------------------------------
