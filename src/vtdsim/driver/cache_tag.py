@@ -197,7 +197,9 @@ def _flush_walk(domain: DmarDomain, profile, why: str, per_tag):
 
 
 def cache_tag_flush_range(domain: DmarDomain, profile, start: int, end: int, ih: int):
-    """``cache_tag_flush_range``: invalidate [start, end] (inclusive) after mappings changed."""
+    """``cache_tag_flush_range``: invalidate [start, end] (inclusive) after mappings changed.
+    The walk's generator itself, not one delegating to it: each step of every strict unmap's
+    flush would pass through one more frame."""
     if start == 0 and end == ULONG_MAX:
         addr, pages, mask = 0, -1, MAX_AGAW_PFN_WIDTH
     else:
@@ -216,7 +218,7 @@ def cache_tag_flush_range(domain: DmarDomain, profile, start: int, end: int, ih:
             yield from _flush_devtlb(batch, tag, devtlb["addr"], devtlb["mask"])
         yield _flush_trace("cache_tag_flush_range", tag.describe(), start, end, addr, mask)
 
-    yield from _flush_walk(domain, profile, "cache_tag_flush_range", per_tag)
+    return _flush_walk(domain, profile, "cache_tag_flush_range", per_tag)
 
 
 def cache_tag_flush_all(domain: DmarDomain, profile):

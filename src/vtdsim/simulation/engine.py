@@ -76,8 +76,8 @@ class TimedMachine:
         }
         # The hot loop's table: step class -> (the executor's handler, charge), prepared once
         # so a step costs one lookup (``run_op``); the executor still counts every step.
-        handlers, self._applied = self.executor.dispatch()
-        self._fixed = {kind: (handlers[kind], ns) for kind, ns in self.cost.items()}
+        self._handlers, self._applied = self.executor.dispatch()
+        self._fixed = {kind: (self._handlers[kind], ns) for kind, ns in self.cost.items()}
         self.zero_page_ns = constants.ns("cpu_zero_page_cycles")
         self.clflush_ns = constants.ns("clflush_cycles")
         self.lock_ns = constants.ns("lock_cycles")
@@ -155,23 +155,28 @@ class TimedMachine:
         to the next synchronisation point (so a lock or an MMIO access adds no event).  None
         when it must wait (``_sync_wait``): a lock another CPU holds, a poll the hardware has
         not satisfied yet.  No generator: nearly every such step completes at once."""
-        apply, platform = self.executor.apply, self.platform
         if kind is st.Lock:
-            return (apply(step), self.lock_ns) if self._take(step.name) else None
+            if not self._take(step.name):
+                return None
+        elif kind is st.WaitQword or kind is st.WaitRegister:
+            if not self.executor.ready(step):
+                return None
+        elif kind is st.MmioWrite and step.offset == self.iqt_offset:
+            return None, self._iqt_write(step)
+        handler = self._handlers.get(kind)
+        if handler is None:
+            return self.executor.apply(step), 0.0  # the executor names the bad step
+        self._applied[kind] += 1  # as ``apply`` counts
+        reply = handler(step)
         if kind is st.Unlock:
-            reply = apply(step)
             self.release(step.name)
-            return reply, 0.0
-        if kind is st.MmioWrite:
-            if step.offset == self.iqt_offset:
-                return None, self._iqt_write(step)
-            apply(step)
-            return None, platform.mmio_write_ns(step.offset)
-        if kind is st.MmioRead:
-            return apply(step), platform.mmio_read_ns(step.offset)
-        if kind is st.WaitQword or kind is st.WaitRegister:
-            return (apply(step), 0.0) if self.executor.ready(step) else None
-        return apply(step), 0.0  # unknown kinds: the executor names the bad step
+        elif kind is st.Lock:
+            return reply, self.lock_ns
+        elif kind is st.MmioWrite:
+            return reply, self.platform.mmio_write_ns(step.offset)
+        elif kind is st.MmioRead:
+            return reply, self.platform.mmio_read_ns(step.offset)
+        return reply, 0.0
 
     def _sync_wait(self, step, kind) -> Generator[simpy.Event, Any, tuple[Any, float]]:
         """``_sync_now`` for a step that must wait: the lock handed over, or the poll
