@@ -101,7 +101,7 @@ class TimedMachine:
     def run_op(self, gen: Generator, pending: float = 0.0) -> Generator[simpy.Event, Any, Any]:
         """Run driver operation ``gen`` in the calling SimPy process; its return value.
         ``pending``: CPU time the caller spent just before (paid with the op's first batch)."""
-        env, apply, fixed, applied = self.env, self.executor.apply, self._fixed, self._applied
+        env, apply, fixed, applied = self.env, self.executor.apply, self._fixed.get, self._applied
         send, reply = gen.send, None
         while True:
             try:
@@ -111,11 +111,12 @@ class TimedMachine:
                     yield env.timeout(pending)
                 return stop.value
             kind = type(step)
-            entry = fixed.get(kind)
+            entry = fixed(kind)
             if entry is not None:
+                handler, ns = entry
                 applied[kind] += 1
-                reply = entry[0](step)
-                pending += entry[1]
+                reply = handler(step)
+                pending += ns
                 continue
             if kind is st.CpuZero or kind is st.ClflushRange:
                 reply = apply(step)
@@ -218,8 +219,9 @@ class TimedMachine:
             delta = self._descriptor_step(unit)
             if delta is None:
                 break
-            if not self.elapse_alone(delay + price(delta)):
-                yield env.timeout(delay + price(delta))
+            busy = delay + price(delta)
+            if not self.elapse_alone(busy):
+                yield env.timeout(busy)
             delay = 0.0
             if WAIT_KEY in delta and self._waiters:
                 # Woken pollers run before the next descriptor is fetched (zero-time yield).
