@@ -78,6 +78,15 @@ class TimedMachine:
         # so a step costs one lookup (``run_op``); the executor still counts every step.
         self._handlers, self._applied = self.executor.dispatch()
         self._fixed = {kind: (self._handlers[kind], ns) for kind, ns in self.cost.items()}
+        # Synchronisation steps: step class -> how one runs when it need not wait.
+        self._sync_now = {
+            st.Lock: self._lock_now, st.Unlock: self._unlock_now,
+            st.MmioWrite: self._mmio_write_now, st.MmioRead: self._mmio_read_now,
+            st.WaitQword: self._poll_now, st.WaitRegister: self._poll_now,
+        }
+        self._on_lock, self._on_unlock = self._handlers[st.Lock], self._handlers[st.Unlock]
+        self._on_mmio_write = self._handlers[st.MmioWrite]
+        self._on_mmio_read = self._handlers[st.MmioRead]
         self.zero_page_ns = constants.ns("cpu_zero_page_cycles")
         self.clflush_ns = constants.ns("clflush_cycles")
         self.lock_ns = constants.ns("lock_cycles")
@@ -102,7 +111,7 @@ class TimedMachine:
         """Run driver operation ``gen`` in the calling SimPy process; its return value.
         ``pending``: CPU time the caller spent just before (paid with the op's first batch)."""
         env, apply, fixed, applied = self.env, self.executor.apply, self._fixed.get, self._applied
-        send, reply = gen.send, None
+        send, reply, sync_now = gen.send, None, self._sync_now.get
         while True:
             try:
                 step = send(reply)
@@ -124,7 +133,9 @@ class TimedMachine:
                 continue
             if pending and not self.elapse_alone(pending):
                 yield env.timeout(pending)
-            done = self._sync_now(step, kind)
+            now = sync_now(kind)
+            # unknown kinds: the executor names the bad step
+            done = now(step) if now is not None else (apply(step), 0.0)
             if done is None:
                 done = yield from self._sync_wait(step, kind)
             reply, pending = done
@@ -150,34 +161,36 @@ class TimedMachine:
         first = step.addr & ~(LINE - 1)
         return self.clflush_ns * max(1, -(-(step.addr + step.size - first) // LINE))
 
-    def _sync_now(self, step, kind) -> tuple[Any, float] | None:
-        """A step another actor can observe (time is paid up before it), when it completes
-        without waiting: its reply and the time it takes itself, which the caller carries on
-        to the next synchronisation point (so a lock or an MMIO access adds no event).  None
-        when it must wait (``_sync_wait``): a lock another CPU holds, a poll the hardware has
-        not satisfied yet.  No generator: nearly every such step completes at once."""
-        if kind is st.Lock:
-            if not self._take(step.name):
-                return None
-        elif kind is st.WaitQword or kind is st.WaitRegister:
-            if not self.executor.ready(step):
-                return None
-        elif kind is st.MmioWrite and step.offset == self.iqt_offset:
-            return None, self._iqt_write(step)
-        handler = self._handlers.get(kind)
-        if handler is None:
-            return self.executor.apply(step), 0.0  # the executor names the bad step
-        self._applied[kind] += 1  # as ``apply`` counts
-        reply = handler(step)
-        if kind is st.Unlock:
-            self.release(step.name)
-        elif kind is st.Lock:
-            return reply, self.lock_ns
-        elif kind is st.MmioWrite:
-            return reply, self.platform.mmio_write_ns(step.offset)
-        elif kind is st.MmioRead:
-            return reply, self.platform.mmio_read_ns(step.offset)
+    # A step another actor can observe (time is paid up before it), when it completes without
+    # waiting: its reply and the time it takes itself, which the caller carries on to the next
+    # synchronisation point (so a lock or an MMIO access adds no event).  None when it must
+    # wait (``_sync_wait``): a lock another CPU holds, a poll the hardware has not satisfied
+    # yet.  One method per step class (the ``_sync_now`` table), no generator: nearly every
+    # such step completes at once.  Each counts the step as ``DirectExecutor.apply`` does.
+    def _lock_now(self, step) -> tuple[Any, float] | None:
+        if not self._take(step.name):
+            return None
+        self._applied[st.Lock] += 1
+        return self._on_lock(step), self.lock_ns
+
+    def _unlock_now(self, step) -> tuple[Any, float]:
+        self._applied[st.Unlock] += 1
+        reply = self._on_unlock(step)
+        self.release(step.name)
         return reply, 0.0
+
+    def _mmio_write_now(self, step) -> tuple[Any, float]:
+        if step.offset == self.iqt_offset:
+            return None, self._iqt_write(step)
+        self._applied[st.MmioWrite] += 1
+        return self._on_mmio_write(step), self.platform.mmio_write_ns(step.offset)
+
+    def _mmio_read_now(self, step) -> tuple[Any, float]:
+        self._applied[st.MmioRead] += 1
+        return self._on_mmio_read(step), self.platform.mmio_read_ns(step.offset)
+
+    def _poll_now(self, step) -> tuple[Any, float] | None:
+        return (self.executor.apply(step), 0.0) if self.executor.ready(step) else None
 
     def _sync_wait(self, step, kind) -> Generator[simpy.Event, Any, tuple[Any, float]]:
         """``_sync_now`` for a step that must wait: the lock handed over, or the poll
