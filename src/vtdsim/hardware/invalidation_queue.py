@@ -160,7 +160,7 @@ class InvalidationQueue:
         if not count:
             return 0
         base, width, size, wide = geometry
-        head, stats = self.head, self.unit.stats
+        head, stats = self.unit.regs.raw["IQH"] & self._qh_mask, self.unit.stats  # ``head``
         for taken in range(1, count + 1):
             desc, iqei, counter = self._fetch(base + head, width, wide)
             if iqei:
