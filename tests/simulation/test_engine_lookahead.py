@@ -2,15 +2,19 @@
 actor's time pass without a SimPy event when no other event is due by then; every figure must
 equal that of one event per wait, on runs where CPUs contend for locks, the hardware works
 through a queue while a CPU polls, a flush-queue timer fires, a VMM processes the queue inside
-the exit, and a run stops by time."""
+the exit, a run stops by time, and a recording's calls are replayed at their timestamps."""
+
+from pathlib import Path
 
 import pytest
 
 from vtdsim.simulation import constants
 from vtdsim.simulation.engine import TimedMachine
 from vtdsim.simulation.run import Mode, make_params, simulate
+from vtdsim.traces.timed import simulate_trace
 
 TABLE = constants.load()
+EXAMPLE = Path(__file__).parents[2] / "examples" / "legacy-cm-default"
 RUNS = {
     "nic-rx strict, by time": ("nic-rx", {"duration_ns": 300_000}, {}),
     "nic-rx lazy, two flows (flush-queue timer)": ("nic-rx", {"ios": 1500, "policy": "lazy"},
@@ -38,6 +42,18 @@ def test_skipping_events_changes_no_figure(name, monkeypatch):
     fast = _run(*RUNS[name])
     monkeypatch.setattr(TimedMachine, "lookahead", False)
     assert fast == _run(*RUNS[name])
+
+
+@pytest.mark.parametrize("policy", ["strict", "lazy"])
+def test_skipping_events_changes_no_figure_of_a_timed_recording(policy, monkeypatch):
+    def timed() -> dict:
+        result = simulate_trace(EXAMPLE, TABLE, policy=policy)
+        result.pop("timing")
+        return result
+
+    fast = timed()
+    monkeypatch.setattr(TimedMachine, "lookahead", False)
+    assert fast == timed()
 
 
 def test_runs_above_do_skip_events(monkeypatch):
