@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
-import tempfile
+
+from simulate import instructions  # the callgrind count of a script (benchmarks/simulate.py)
 
 PAIRS = """
 import sys, time
@@ -48,18 +48,6 @@ def wall_us(pairs: int) -> float:
     return round(float(done.stdout.strip()), 1)
 
 
-def instructions(pairs: int) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out",
-             sys.executable, "-c", PAIRS, str(pairs)],
-            capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    if done.returncode or not found:
-        raise SystemExit(f"callgrind failed: {done.stderr.strip().splitlines()[-1:]}")
-    return int(found.group(1))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pairs", type=int, default=4000, help="pairs timed by the wall clock")
@@ -72,8 +60,8 @@ def main() -> None:
               "load_average": round(os.getloadavg()[0], 2)}
     if args.instructions:
         low, high = INSTRUCTION_PAIRS
-        result["instructions_per_pair"] = round((instructions(high) - instructions(low))
-                                                / (high - low))
+        result["instructions_per_pair"] = round(
+            (instructions(high, PAIRS) - instructions(low, PAIRS)) / (high - low))
     print(f"{'measure':<34} value")
     print(f"{'wall us per map + DMA + unmap':<34} {result['us_per_pair']}")
     if "instructions_per_pair" in result:
