@@ -104,13 +104,13 @@ def run_big_iotlb(duration_ms: float) -> dict:
         return run(duration_ms, path)
 
 
-def instructions(ios: int) -> int:
-    """Instructions callgrind counts for a whole run of ``ios`` measured I/Os (string hashing
-    pinned, so a dict's order - and the count - is the same each time)."""
+def instructions(ios: int, script: str = BY_IOS) -> int:
+    """Instructions callgrind counts for a whole run of ``script`` (by default ``ios`` measured
+    I/Os; string hashing pinned, so a dict's order - and the count - is the same each time)."""
     with tempfile.TemporaryDirectory() as tmp:
         done = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out",
-             sys.executable, "-c", BY_IOS, str(ios)],
+             sys.executable, "-c", script, str(ios)],
             capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
     found = re.search(r"Collected : (\d+)", done.stderr)
     if done.returncode or not found:

@@ -1,5 +1,6 @@
 """The page table's fast forms against the plain ones they replace: the unmap's one-frame
-``dma_pte_clear_level`` (an explicit stack) against the recursive form Linux has, and the map
+``dma_pte_clear_level`` (a descent with no stack while the range lies inside one entry, then
+an explicit stack) against the recursive form Linux has, and the map
 of one page (its run's generator handed back) against the loop over runs - the same steps,
 replies and results on random page tables."""
 

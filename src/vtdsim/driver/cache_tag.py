@@ -197,7 +197,9 @@ def _flush_walk(domain: DmarDomain, profile, why: str, per_tag):
 
 
 def cache_tag_flush_range(domain: DmarDomain, profile, start: int, end: int, ih: int):
-    """``cache_tag_flush_range``: invalidate [start, end] (inclusive) after mappings changed."""
+    """``cache_tag_flush_range``: invalidate [start, end] (inclusive) after mappings changed.
+    A generator delegating to the walk, not the walk's generator handed back: checker mutation
+    rules find the submissions made *within* ``cache_tag_flush_range`` on the call stack."""
     if start == 0 and end == ULONG_MAX:
         addr, pages, mask = 0, -1, MAX_AGAW_PFN_WIDTH
     else:

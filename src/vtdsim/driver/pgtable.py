@@ -262,6 +262,25 @@ class DomainPageTable:
         present = self._present_bits  # ``_present`` and ``_is_leaf`` inlined: every unmap
         shift = 9 * (level - 1)  # ``level_shift(level) - 12``: log2 of the pages an entry spans
         pfn = max(start, pfn)
+        # While the range lies inside one entry of the table (one page - each DMA-API unmap -
+        # does at every level), that entry is the table's whole loop: read it, then clear it
+        # if it is covered, else descend.  No parent has anything left to do (the next entry
+        # is past ``last``, none cleared one), so no stack is kept.
+        while pfn <= last and pfn >> shift == last >> shift:
+            slot = table + 8 * ((pfn >> shift) & 511)
+            level_pfn = pfn & -(1 << shift)
+            pte = yield qword_read(slot, "dma_pte_clear_level")
+            if not pte & present:
+                return
+            if start <= level_pfn and last >= level_pfn + (1 << shift) - 1:
+                if level > 1 and not pte & _PS:
+                    yield from self._list_pagetables(level - 1, pte & _ADDR, result)
+                yield _clear_pte(slot)
+                if not self.coherent:
+                    yield ClflushRange(addr=slot, size=8, why="domain_flush_cache")
+                return
+            level, shift, table = level - 1, shift - 9, pte & _ADDR
+            pfn = max(start, level_pfn)
         idx = (pfn >> shift) & 511
         first = cleared = None
         suspended: list[tuple] = []  # (level, table, idx, pfn, first, cleared) of each parent

@@ -120,40 +120,47 @@ class InvalidationQueue:
         if self._halted():
             return
         self._stopped = False
-        published = self._published()
+        geometry = self._geometry_now()
+        published = self._published(geometry)
         if published < 0:
             self._stop(-published)
         elif self.unit.qi_mode == "sync":
-            self._run(published)
+            self._run(published, geometry)
 
     def pending(self) -> int:
         """Descriptors hardware can process now (0 while disabled, stopped by an error, or the
         tail is invalid)."""
         if self._stopped or self._halted():
             return 0
-        return max(self._published(), 0)
+        return max(self._published(self._geometry_now()), 0)
 
-    def _published(self) -> int:
-        """Descriptors from IQH up to IQT, or minus the IQEI of an invalid tail."""
-        _, width, size, wide = self._geometry_now()
-        tail = self.tail
+    def _published(self, geometry: tuple[int, int, int, bool]) -> int:
+        """Descriptors from IQH up to IQT, or minus the IQEI of an invalid tail (``geometry``:
+        ``_geometry_now``'s)."""
+        _, width, size, wide = geometry
+        raw = self.unit.regs.raw  # ``tail`` and ``head``, read in place
+        tail = raw["IQT"] & self._qt_mask
         iqei = self._tail_error_at(tail, size, wide)
-        return -iqei if iqei else ((tail - self.head) % size) // width
+        return -iqei if iqei else ((tail - (raw["IQH"] & self._qh_mask)) % size) // width
 
     def step(self) -> bool:
-        """Fetch, validate and perform the descriptor at IQH; False if there is none to do."""
+        """Fetch, validate and perform the descriptor at IQH; False if there is none to do
+        (``pending``, with the geometry read once for both)."""
         self.performed = ""
-        return self.pending() > 0 and self._run(1) > 0
+        if self._stopped or self._halted():
+            return False
+        geometry = self._geometry_now()
+        return self._published(geometry) > 0 and self._run(1, geometry) > 0
 
-    def _run(self, count: int) -> int:
+    def _run(self, count: int, geometry: tuple[int, int, int, bool]) -> int:
         """Fetch, validate and perform ``count`` descriptors from IQH (``pending`` allowed
         them), stopping at one that is rejected (IQE) or times out (ITE); how many were taken.
-        The geometry is read once: only software's register writes change it, and none comes
-        between the descriptors of one run."""
+        The geometry is read once (the caller's): only software's register writes change it,
+        and none comes between the descriptors of one run."""
         if not count:
             return 0
-        base, width, size, wide = self._geometry_now()
-        head, stats = self.head, self.unit.stats
+        base, width, size, wide = geometry
+        head, stats = self.unit.regs.raw["IQH"] & self._qh_mask, self.unit.stats  # ``head``
         for taken in range(1, count + 1):
             desc, iqei, counter = self._fetch(base + head, width, wide)
             if iqei:

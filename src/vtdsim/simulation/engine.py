@@ -8,15 +8,16 @@ set of step semantics) and charged from the constants table.  Time is handed to 
 the points where another actor can tell the difference - a lock taken or released, a wait on
 the hardware, an IQT write, the end of the operation - so the charges of the steps in between
 are summed and paid at once (the SimPy process overhead is per synchronisation point, not per
-step).  Locks are FIFO spinlocks: a waiter spins (its CPU stays busy) until the holder
-releases, then pays a cache-line hand-off (``lock_handoff_ns``).  An IQT write asks the
-platform (``platforms.py``) what it costs; on bare metal the unit (``qi_mode="async"``) then
-performs one descriptor per ``descriptor_ns`` in its own process, and a CPU polling a status
+step), with an event only when another is due before the payment ends (``elapse_alone``).
+Locks are FIFO spinlocks: a waiter spins (its CPU stays busy) until the holder releases, then
+pays a cache-line hand-off (``lock_handoff_ns``).  An IQT write asks the platform
+(``platforms.py``) what it costs; on bare metal the unit (``qi_mode="async"``) then performs
+one descriptor per ``descriptor_ns`` in its own process, and a CPU polling a status
 (``WaitQword``/``WaitRegister``) spins until the hardware has written it.  A DMA translation
 (``translate``) costs one IOTLB lookup plus one walk read per structure read the unit's walk
 made (root/context/PASID entries, paging-structure-cache misses), each priced as the caller
-says (``walk_read_ns``: an LLC or a DRAM read for a hardware unit, by whether its walks
-snoop; the VMM's read for an emulated one), one after the other: each read needs the last.
+says (``walk_read_ns``: an LLC or a DRAM read for a hardware unit, by whether its walks snoop;
+the VMM's read for an emulated one), one after the other: each read needs the last.
 
 Not modelled: the order of effects inside one batch of steps (they are applied at the batch's
 start and paid for at its end: device DMA cannot see a half-made batch earlier than a
@@ -55,6 +56,8 @@ class TimedMachine:
     """A booted ``System`` under a SimPy clock, with the costs of ``constants`` and
     ``platform``."""
 
+    lookahead = True  # ``elapse_alone`` may skip events (False: one event per wait, as before)
+
     def __init__(self, system, constants, platform, start_ns: float = 0.0, *,
                  dma_unit=None, walk_read_ns: float | None = None):
         self.env = simpy.Environment(initial_time=start_ns)
@@ -73,8 +76,17 @@ class TimedMachine:
         }
         # The hot loop's table: step class -> (the executor's handler, charge), prepared once
         # so a step costs one lookup (``run_op``); the executor still counts every step.
-        handlers, self._applied = self.executor.dispatch()
-        self._fixed = {kind: (handlers[kind], ns) for kind, ns in self.cost.items()}
+        self._handlers, self._applied = self.executor.dispatch()
+        self._fixed = {kind: (self._handlers[kind], ns) for kind, ns in self.cost.items()}
+        # Synchronisation steps: step class -> how one runs when it need not wait.
+        self._sync_now = {
+            st.Lock: self._lock_now, st.Unlock: self._unlock_now,
+            st.MmioWrite: self._mmio_write_now, st.MmioRead: self._mmio_read_now,
+            st.WaitQword: self._poll_now, st.WaitRegister: self._poll_now,
+        }
+        self._on_lock, self._on_unlock = self._handlers[st.Lock], self._handlers[st.Unlock]
+        self._on_mmio_write = self._handlers[st.MmioWrite]
+        self._on_mmio_read = self._handlers[st.MmioRead]
         self.zero_page_ns = constants.ns("cpu_zero_page_cycles")
         self.clflush_ns = constants.ns("clflush_cycles")
         self.lock_ns = constants.ns("lock_cycles")
@@ -98,29 +110,50 @@ class TimedMachine:
     def run_op(self, gen: Generator, pending: float = 0.0) -> Generator[simpy.Event, Any, Any]:
         """Run driver operation ``gen`` in the calling SimPy process; its return value.
         ``pending``: CPU time the caller spent just before (paid with the op's first batch)."""
-        env, apply, fixed, applied = self.env, self.executor.apply, self._fixed, self._applied
-        send, reply = gen.send, None
+        env, apply, fixed, applied = self.env, self.executor.apply, self._fixed.get, self._applied
+        send, reply, sync_now = gen.send, None, self._sync_now.get
         while True:
             try:
                 step = send(reply)
             except StopIteration as stop:
-                if pending:
+                if pending and not self.elapse_alone(pending):
                     yield env.timeout(pending)
                 return stop.value
             kind = type(step)
-            entry = fixed.get(kind)
+            entry = fixed(kind)
             if entry is not None:
+                handler, ns = entry
                 applied[kind] += 1
-                reply = entry[0](step)
-                pending += entry[1]
+                reply = handler(step)
+                pending += ns
                 continue
             if kind is st.CpuZero or kind is st.ClflushRange:
                 reply = apply(step)
                 pending += self._bulk_ns(step)
                 continue
-            if pending:
+            if pending and not self.elapse_alone(pending):
                 yield env.timeout(pending)
-            reply, pending = yield from self._sync_step(step, kind)
+            now = sync_now(kind)
+            # unknown kinds: the executor names the bad step
+            done = now(step) if now is not None else (apply(step), 0.0)
+            if done is None:
+                done = yield from self._sync_wait(step, kind)
+            reply, pending = done
+
+    def elapse_alone(self, ns: float) -> bool:
+        """Let ``ns`` pass for the running process without a SimPy event, when no other event
+        is due by then: a timeout would be the next event popped (it would sort after any
+        event at the same instant), so nothing could run in between and every later event
+        keeps its order - the result is identical, one event cheaper.  False (nothing done)
+        otherwise: the caller yields the timeout.  ``lookahead = False`` turns it off (the
+        test comparing both)."""
+        env = self.env
+        due = env._now + ns  # what ``Timeout`` schedules at (SimPy's clock, ``env.now``)
+        queue = env._queue  # (time, priority, id, event), a heap: ``env.peek()`` is its head
+        if (queue and queue[0][0] <= due) or not self.lookahead:
+            return False
+        env._now = due  # as ``env.step`` sets it when it pops the timeout
+        return True
 
     def _bulk_ns(self, step) -> float:
         if type(step) is st.CpuZero:
@@ -128,30 +161,46 @@ class TimedMachine:
         first = step.addr & ~(LINE - 1)
         return self.clflush_ns * max(1, -(-(step.addr + step.size - first) // LINE))
 
-    def _sync_step(self, step, kind) -> Generator[simpy.Event, Any, tuple[Any, float]]:
-        """A step another actor can observe: time is paid up before it, and it may wait.
-        Returns the step's reply and the time it takes itself, which the caller carries on
-        to the next synchronisation point (so a lock or an MMIO access adds no event)."""
-        apply, platform = self.executor.apply, self.platform
-        if kind is st.Lock:
-            yield from self.acquire(step.name)
-            return apply(step), self.lock_ns
-        if kind is st.Unlock:
-            reply = apply(step)
-            self.release(step.name)
-            return reply, 0.0
-        if kind is st.MmioWrite:
-            if step.offset == self.iqt_offset:
-                return None, (yield from self._iqt_write(step))
-            apply(step)
-            return None, platform.mmio_write_ns(step.offset)
-        if kind is st.MmioRead:
-            return apply(step), platform.mmio_read_ns(step.offset)
-        if kind is st.WaitQword or kind is st.WaitRegister:
-            return (yield from self._wait(step)), 0.0
-        return apply(step), 0.0  # unknown kinds: the executor names the bad step
+    # A step another actor can observe (time is paid up before it), when it completes without
+    # waiting: its reply and the time it takes itself, which the caller carries on to the next
+    # synchronisation point (so a lock or an MMIO access adds no event).  None when it must
+    # wait (``_sync_wait``): a lock another CPU holds, a poll the hardware has not satisfied
+    # yet.  One method per step class (the ``_sync_now`` table), no generator: nearly every
+    # such step completes at once.  Each counts the step as ``DirectExecutor.apply`` does.
+    def _lock_now(self, step) -> tuple[Any, float] | None:
+        if not self._take(step.name):
+            return None
+        self._applied[st.Lock] += 1
+        return self._on_lock(step), self.lock_ns
 
-    def _iqt_write(self, step) -> Generator[simpy.Event, Any, float]:
+    def _unlock_now(self, step) -> tuple[Any, float]:
+        self._applied[st.Unlock] += 1
+        reply = self._on_unlock(step)
+        self.release(step.name)
+        return reply, 0.0
+
+    def _mmio_write_now(self, step) -> tuple[Any, float]:
+        if step.offset == self.iqt_offset:
+            return None, self._iqt_write(step)
+        self._applied[st.MmioWrite] += 1
+        return self._on_mmio_write(step), self.platform.mmio_write_ns(step.offset)
+
+    def _mmio_read_now(self, step) -> tuple[Any, float]:
+        self._applied[st.MmioRead] += 1
+        return self._on_mmio_read(step), self.platform.mmio_read_ns(step.offset)
+
+    def _poll_now(self, step) -> tuple[Any, float] | None:
+        return (self.executor.apply(step), 0.0) if self.executor.ready(step) else None
+
+    def _sync_wait(self, step, kind) -> Generator[simpy.Event, Any, tuple[Any, float]]:
+        """``_sync_now`` for a step that must wait: the lock handed over, or the poll
+        satisfied (its condition was just found false)."""
+        if kind is st.Lock:
+            yield from self._queue_for(step.name)
+            return self.executor.apply(step), self.lock_ns
+        return (yield from self._wait_blocked(step)), 0.0
+
+    def _iqt_write(self, step) -> float:
         """Publish the queue; the CPU time of the write.  Bare metal: the hardware starts once
         the posted write arrives.  A synchronous platform: the queue is drained now."""
         platform = self.platform
@@ -171,7 +220,6 @@ class TimedMachine:
         charge = platform.iqt_write(delta)
         self._wake_waiters()
         return charge.cpu_ns + charge.busy_ns
-        yield  # a generator, for the bare-metal path's symmetry
 
     def _invalidation_hardware(self, delay: float) -> Generator[simpy.Event, Any, None]:
         """The unit fetches and performs one descriptor at a time (spec 6.5.2), each taking
@@ -184,7 +232,9 @@ class TimedMachine:
             delta = self._descriptor_step(unit)
             if delta is None:
                 break
-            yield env.timeout(delay + price(delta))
+            busy = delay + price(delta)
+            if not self.elapse_alone(busy):
+                yield env.timeout(busy)
             delay = 0.0
             if WAIT_KEY in delta and self._waiters:
                 # Woken pollers run before the next descriptor is fetched (zero-time yield).
@@ -214,30 +264,42 @@ class TimedMachine:
         for event in waiters:
             event.succeed()
 
-    def _wait(self, step) -> Generator[simpy.Event, Any, Any]:
-        """A poll that blocks until the hardware makes its condition true (or stops the
-        queue with an error software must clear: the executor then returns unsatisfied)."""
-        ready = self.executor.ready
-        while not ready(step):
+    def _wait_blocked(self, step) -> Generator[simpy.Event, Any, Any]:
+        """A poll whose condition was just found false: block until the hardware makes it
+        true (or stops the queue with an error software must clear: the executor then
+        returns unsatisfied).  ``ready`` is asked once per wake-up (it may read a register:
+        a counted MMIO access)."""
+        while True:
             if self._hw is None:
                 raise ModelError(f"{step!r} can never complete: the unit is idle")
             event = self.env.event()
             self._waiters.append(event)
             yield event
-        return self.executor.apply(step)
+            if self.executor.ready(step):
+                return self.executor.apply(step)
 
     # -- locks -------------------------------------------------------------------------------------
     def acquire(self, name: str) -> Generator[simpy.Event, Any, None]:
+        if not self._take(name):
+            yield from self._queue_for(name)
+
+    def _take(self, name: str) -> bool:
+        """Take lock ``name`` if it is free."""
         lock = self.locks.get(name)
         if lock is None:
             lock = self.locks[name] = SimLock()
-        if not lock.held:
-            lock.held = True
-            return
-        start, event = self.env.now, self.env.event()
+        if lock.held:
+            return False
+        lock.held = True
+        return True
+
+    def _queue_for(self, name: str) -> Generator[simpy.Event, Any, None]:
+        """Spin (FIFO) until the holder of ``name`` hands it over."""
+        lock, start, event = self.locks[name], self.env.now, self.env.event()
         lock.waiters.append(event)
         yield event  # the holder handed the lock over: the line moves to this core
-        yield self.env.timeout(self.handoff_ns)
+        if not self.elapse_alone(self.handoff_ns):
+            yield self.env.timeout(self.handoff_ns)
         self.lock_wait_ns[name] += self.env.now - start
 
     def release(self, name: str) -> None:
@@ -251,7 +313,8 @@ class TimedMachine:
         """Take lock ``name``, work ``ns`` under it, release (bookkeeping that is not a
         driver step, e.g. the IOVA rbtree)."""
         yield from self.acquire(name)
-        yield self.env.timeout(ns + self.lock_ns)
+        if not self.elapse_alone(ns + self.lock_ns):
+            yield self.env.timeout(ns + self.lock_ns)
         self.release(name)
 
     # -- DMA ---------------------------------------------------------------------------------------

@@ -2,10 +2,11 @@
 seed 001): how long each holder kept it and how long each acquirer spun for it, by the role
 of the SimPy process that took it.
 
-The watch wraps the machine's ``acquire``/``release`` (the engine's FIFO spinlocks are left as
-they are: the watch only reads the clock around them).  A wait is measured from the request to
-the moment the lock is owned (the cache-line hand-off included, as the engine charges it); a
-hold from then to the release.  ``reset`` starts the figures again (a run's warm-up).
+The watch wraps the machine's ``_take``/``_queue_for`` (a free lock taken at once, a taken one
+waited for) and ``release`` (the engine's FIFO spinlocks are left as they are: the watch only
+reads the clock around them).  A wait is measured from the request to the moment the lock is
+owned (the cache-line hand-off included, as the engine charges it); a hold from then to the
+release.  ``reset`` starts the figures again (a run's warm-up).
 
 Not modelled: holds of the lock by code run outside the engine (set-up through
 ``System.run``), nested holds of the same lock (a spinlock is not recursive).
@@ -25,8 +26,10 @@ class LockWatch:
     def __init__(self, machine, name: str, role_of: Callable[[object], str]):
         self.machine, self.name, self.role_of = machine, name, role_of
         self.env = machine.env
-        self._acquire, self._release = machine.acquire, machine.release
-        machine.acquire, machine.release = self.acquire, self.release
+        self._take, self._queue_for = machine._take, machine._queue_for
+        self._release = machine.release
+        machine._take, machine._queue_for = self.take, self.queue_for
+        machine.release = self.release
         self._since: float | None = None
         self._holder = ""
         self.reset()
@@ -37,12 +40,20 @@ class LockWatch:
         self.waited: dict[str, int] = {}  # acquisitions that found the lock taken
         self.held_ns = 0.0  # total time held, every role
 
-    def acquire(self, name: str):
+    def take(self, name: str) -> bool:
+        taken = self._take(name)
+        if taken and name == self.name:
+            self._owned(self.env.now, busy=False)
+        return taken
+
+    def queue_for(self, name: str):
         if name != self.name:
-            return (yield from self._acquire(name))
-        start, taken = self.env.now, self.machine.locks.get(name)
-        busy = taken is not None and taken.held
-        yield from self._acquire(name)
+            return (yield from self._queue_for(name))
+        start = self.env.now
+        yield from self._queue_for(name)
+        self._owned(start, busy=True)
+
+    def _owned(self, start: float, busy: bool) -> None:
         role = self.role_of(self.env.active_process)
         self.wait.setdefault(role, Histogram()).add(self.env.now - start)
         self.waited[role] = self.waited.get(role, 0) + int(busy)
