@@ -127,3 +127,22 @@ def test_an_unknown_test_is_a_one_line_error(table):
     """What a sweep spec may pass where the CLI's choice does not guard it."""
     with pytest.raises(BadInput, match="--test 'sideways'"):
         simulate("dma-window", Mode(ios=10), make_params("dma-window", test="sideways"), table)
+
+
+@pytest.mark.parametrize("params, words", [({"rw": "write"}, "needs --test bandwidth"),
+                                           ({"rw": "randwrite", "test": "bandwidth"}, "--rw")])
+def test_a_write_needs_the_bandwidth_test(table, params, words):
+    """pcie-bench times reads only: a posted write has no completion to time."""
+    with pytest.raises(BadInput, match=words):
+        simulate("dma-window", Mode(ios=10), make_params("dma-window", **params), table)
+
+
+def test_writes_miss_as_reads_do(table):
+    """Back-to-back writes translate like reads: the same misses over the window, and the
+    same engine time (one overlap constant for both; see the README on pcie-bench's writes)."""
+    runs = {rw: simulate("dma-window", Mode(ios=2000),
+                         make_params("dma-window", window=8 << 20, test="bandwidth", rw=rw),
+                         table) for rw in ("read", "write")}
+    assert runs["write"]["iotlb_miss_rate"] == pytest.approx(runs["read"]["iotlb_miss_rate"],
+                                                             abs=0.02)
+    assert runs["write"]["gbps"] == pytest.approx(runs["read"]["gbps"], rel=0.05)

@@ -115,7 +115,9 @@ WINDOW = [click.option("--transfer", type=int, default=64, show_default=True),
           click.option("--test", type=click.Choice(["latency", "bandwidth"]), default="latency",
                        show_default=True,
                        help="one read in flight (pcie-bench's latency test) or back to back "
-                            "(its bandwidth test)")]
+                            "(its bandwidth test)"),
+          click.option("--rw", type=click.Choice(["read", "write"]), default="read",
+                       show_default=True, help="the device reads or writes (write: bandwidth)")]
 
 
 @click.group()

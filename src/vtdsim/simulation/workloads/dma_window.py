@@ -2,13 +2,13 @@
 (``dma-window``): the window is mapped once (``--iova-pages 4k``: physically scattered 4 KiB
 pages through ``dma_map_sg``; ``2m``: a 2 MiB-aligned contiguous buffer through
 ``dma_map_page``, which the IOMMU core maps with 2 MiB pages), then the device reads
-``transfer`` bytes at random ``transfer``-aligned offsets. ``--test latency`` (the default): one
-at a time (pcie-bench's latency test has one read in flight and times its completion). ``--test
-bandwidth``: back to back (pcie-bench's bandwidth test keeps the device's DMA engine busy), each
-read occupying the engine for its transfer at ``pcie_gbps`` plus its translation over
-``translation_parallelism``, as a NIC's engine does (nic.NicRx.wire) - so ``gbps`` is the
-window's throughput. The penalty is each read's latency minus the same read with no IOMMU
-(``dma_latency_penalty_ns``, its mean).
+``transfer`` bytes at random ``transfer``-aligned offsets (``--rw write``: writes them, in the
+bandwidth test). ``--test latency`` (the default): one at a time (pcie-bench's latency test has
+one read in flight and times its completion). ``--test bandwidth``: back to back (pcie-bench's
+bandwidth test keeps the device's DMA engine busy), each read occupying the engine for its
+transfer at ``pcie_gbps`` plus its translation over ``translation_parallelism``, as a NIC's
+engine does (nic.NicRx.wire) - so ``gbps`` is the window's throughput. The penalty is each
+read's latency minus the same read with no IOMMU (``dma_latency_penalty_ns``, its mean).
 
 What a read pays for its translation: without ATS the unit translates the read request where
 it arrives, in the root complex, so the completion waits for the translation but no extra
@@ -39,10 +39,16 @@ class WindowParams:
     transfer: int = 64
     window: int = 8 << 20
     test: str = "latency"  # or "bandwidth"
+    rw: str = "read"  # or "write" (bandwidth only)
 
     def check(self) -> None:
         if self.test not in ("latency", "bandwidth"):
             raise BadInput(f"--test {self.test!r}: latency or bandwidth")
+        if self.rw not in ("read", "write"):
+            raise BadInput(f"--rw {self.rw!r}: read or write")
+        if self.rw == "write" and self.test == "latency":
+            # A posted write has no completion to time (pcie-bench times reads only).
+            raise BadInput("--rw write has no completion to time: it needs --test bandwidth")
         if self.transfer < 1 or self.window < self.transfer:
             raise BadInput("--transfer must be at least 1 and at most --window")
         if self.window % PAGE:
@@ -81,10 +87,10 @@ class DmaWindow:
         env, world, m, p = self.world.env, self.world, self.world.m, self.p
         transfer = world.transfer_ns(p.transfer)
         fixed = world.base_dma_ns + transfer
-        back_to_back = p.test == "bandwidth"
+        back_to_back, write = p.test == "bandwidth", p.rw == "write"
         while True:
             addr = self.base + self.rng.randrange(self.slots) * p.transfer
-            extra = world.dma(addr, p.transfer, False)
+            extra = world.dma(addr, p.transfer, write)
             m.penalty.add(extra)
             m.latency.add(fixed + extra)
             m.ios += 1
