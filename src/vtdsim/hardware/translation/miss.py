@@ -137,7 +137,7 @@ def bind_fs_miss(unit: Any):
         snoop = smpwc and pe.pwsnp
         addr = psc.table_addr + (iova >> 12 & 0x1FF) * 8
         pte = read_qword(addr, snoop=snoop)
-        found = leaf(pe, psc, pasid, iova, pte, write)
+        found = leaf(pe, psc, pasid, iova, pte, write, snoop)
         if found is None:
             return None, 0
         new, entry = found
@@ -151,7 +151,7 @@ def bind_fs_miss(unit: Any):
         memo[iova >> 12] = answer
         return answer, pte
 
-    def leaf(pe, psc, pasid: int, iova: int, pte: int, write: bool):
+    def leaf(pe, psc, pasid: int, iova: int, pte: int, write: bool, snoop: bool):
         """walk_fs's checks on the PTE and the IOTLB entry fs_page builds: (the PTE with its
         A/D store, the entry), or None unless the fast path's case."""
         # walk_fs on the PTE: present (0x71), not reserved (0x72), U/S (0x81: no PRIV), R/W
@@ -163,7 +163,7 @@ def bind_fs_miss(unit: Any):
         if not (psc.user and pte & _US) or (write and not writable):
             return None
         new = pte | _A | (_EA if pe.eafe else 0) | (_D if write else 0)
-        if new != pte and not (smpwc and pe.pwsnp):
+        if new != pte and not snoop:
             return None
         # RequestFlow.fill_iotlb: an output page in the interrupt range faults (0x87).
         hpa = pte & _ADDR

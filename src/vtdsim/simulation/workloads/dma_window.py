@@ -5,7 +5,7 @@ pages through ``dma_map_sg``; ``2m``: a 2 MiB-aligned contiguous buffer through
 ``transfer`` bytes at random ``transfer``-aligned offsets (``--rw write``: writes them, in the
 bandwidth test). ``--test latency`` (the default): one at a time (pcie-bench's latency test has
 one read in flight and times its completion). ``--test bandwidth``: back to back (pcie-bench's
-bandwidth test keeps the device's DMA engine busy), each read occupying the engine for its
+bandwidth test keeps the device's DMA engine busy), each one occupying the engine for its
 transfer at ``pcie_gbps`` plus its translation over ``translation_parallelism``, as a NIC's
 engine does (nic.NicRx.wire) - so ``gbps`` is the window's throughput. The penalty is each
 read's latency minus the same read with no IOMMU (``dma_latency_penalty_ns``, its mean).
