@@ -175,7 +175,10 @@ class DmaWorld:
                                     walk_read_ns=constants.ns(walk_read))
         self.endpoint = self.vm.dma_endpoint(DEVICE)
         self.ats_request_ns = constants.ns("ats_translation_request_ns")
-        self.parallelism = max(1.0, constants["translation_parallelism"])
+        # Translations a device's DMA engine overlaps: more for its writes, which are posted,
+        # than for its reads (``overlap``).
+        self._overlap = tuple(max(1.0, constants[f"translation_parallelism_{rw}"])
+                              for rw in ("read", "write"))
         self.env = self.machine.env
         self.m = Measure()
         self.api_ns = constants.ns("dma_api_call_cycles")
@@ -322,6 +325,11 @@ class DmaWorld:
             raise BadInput(f"the workload needs {need} bytes of buffers per flow/job, the "
                            f"{self.mode.platform} platform has {span}: smaller --ring/--qd")
         return self.data_base + index * span
+
+    def overlap(self, write: bool) -> float:
+        """How many translations the device's DMA engine overlaps when it writes (``write``)
+        or reads memory: a translation's latency occupies the engine for 1/this of it."""
+        return self._overlap[write]
 
     def transfer_ns(self, size: int) -> float:
         return size * self.pcie_ns_per_byte

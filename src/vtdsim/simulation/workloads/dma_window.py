@@ -6,9 +6,10 @@ pages through ``dma_map_sg``; ``2m``: a 2 MiB-aligned contiguous buffer through
 bandwidth test). ``--test latency`` (the default): one at a time (pcie-bench's latency test has
 one read in flight and times its completion). ``--test bandwidth``: back to back (pcie-bench's
 bandwidth test keeps the device's DMA engine busy), each one occupying the engine for its
-transfer at ``pcie_gbps`` plus its translation over ``translation_parallelism``, as a NIC's
-engine does (nic.NicRx.wire) - so ``gbps`` is the window's throughput. The penalty is each
-read's latency minus the same read with no IOMMU (``dma_latency_penalty_ns``, its mean).
+transfer at ``pcie_gbps`` plus its translation over ``translation_parallelism_read`` (or
+``_write``: pcie-bench's data show writes overlapping more), as a NIC's engine does
+(nic.NicRx.wire) - so ``gbps`` is the window's throughput. The penalty is each read's latency
+minus the same read with no IOMMU (``dma_latency_penalty_ns``, its mean).
 
 What a read pays for its translation: without ATS the unit translates the read request where
 it arrives, in the root complex, so the completion waits for the translation but no extra
@@ -96,6 +97,6 @@ class DmaWindow:
             m.ios += 1
             # bandwidth: the engine takes the next read once this one's transfer and its
             # share of the translation are done; latency: once this one has completed.
-            yield env.timeout(transfer + extra / world.parallelism if back_to_back
+            yield env.timeout(transfer + extra / world.overlap(write) if back_to_back
                               else fixed + extra)
             self.stop.check()

@@ -13,10 +13,10 @@ striding receive queue: a descriptor of N pages, each mapped on its own, holding
 (``page_pool`` with PP_FLAG_DMA_MAP on hugepages), so no per-packet map or unmap, and 2 MiB
 IOTLB entries.  A packet is dropped when the flow's ring has no posted
 descriptor or the NIC's DMA engine lags the wire by more than its buffer (``nic_buffer_bytes``;
-the engine overlaps ``translation_parallelism`` translations, so a translation's latency
-occupies it for that fraction while the packet completes after all of it);
-the flow's core takes completed packets in order, paying ``rx_packet_cycles`` each.  An I/O is
-one packet; throughput counts MTU bytes delivered (Ethernet framing - 38 bytes - occupies the
+the engine overlaps ``translation_parallelism_write`` translations - ``_read`` when it sends -
+so a translation's latency occupies it for that fraction while the packet completes after all
+of it); the flow's core takes completed packets in order, paying ``rx_packet_cycles`` each.  An
+I/O is one packet; throughput counts MTU bytes delivered (Ethernet framing - 38 bytes - occupies the
 wire but is not counted).
 
 Not modelled: TCP's reaction to drops (the offered load stays at line rate), GRO/LRO merging
@@ -214,7 +214,7 @@ class NicRx:
         env = self.world.env
         self.engine_free = 0.0
         self.xfer_ns = self.world.transfer_ns(self.p.mtu)
-        self.parallelism = self.world.parallelism
+        self.parallelism = self.world.overlap(True)  # the NIC writes received frames
         for flow in self.flows:
             env.process(self.wire(flow))
             env.process(self.core(flow))
@@ -351,7 +351,7 @@ class NicTx:
             flow, addr, posted = self.queue.popleft()
             extra = world.dma(addr, p.mtu, False)
             m.penalty.add(extra)
-            wire_free = max(env.now, wire_free) + extra / world.parallelism + p.wire_ns
+            wire_free = max(env.now, wire_free) + extra / world.overlap(False) + p.wire_ns
             yield env.timeout(wire_free - env.now)
             self.completed[flow].append((addr, posted))
             if self.core_wake[flow] is not None:

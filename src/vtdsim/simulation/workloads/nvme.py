@@ -94,7 +94,7 @@ class Nvme:
         extra = sum(world.dma(a, n, self.p.reads) for a, n in zip(addrs, lengths, strict=True))
         world.m.penalty.add(extra)
         start = max(env.now + self.latency_ns, self.dev_free)
-        self.dev_free = start + self.xfer_ns + extra / world.parallelism
+        self.dev_free = start + self.xfer_ns + extra / world.overlap(self.p.reads)
         self.seq += 1
         heapq.heappush(inflight, (start + self.xfer_ns + extra, self.seq, submitted, addrs,
                                   lengths))
