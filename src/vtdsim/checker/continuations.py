@@ -120,7 +120,8 @@ def _ops_methods() -> tuple[list, list, list]:
     """The Intel ops' unmap/map entry points and flush hooks (intel_iommu_ops.py): pure but
     ``iotlb_sync_map`` (reads the domain's flag) and ``map_pages`` (sets ``has_mappings``)."""
     methods = vars(intel_iommu_ops.IntelIommuDriver)
-    pure = [methods[n] for n in ("unmap", "map", "unmap_pages", "iotlb_sync", "mainline")]
+    pure = [methods[n] for n in ("unmap", "map", "unmap_pages", "iotlb_sync", "_free_after",
+                                         "mainline")]
     return pure, [methods["iotlb_sync_map"]], [methods["map_pages"]]
 
 

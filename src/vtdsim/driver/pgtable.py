@@ -178,8 +178,26 @@ class DomainPageTable:
         (``pfn_to_dma_pte``), then cmpxchg leaves from 0 into consecutive slots until the
         range ends, the next slot starts a new table page (``first_pte_in_page``) or less
         than a large page is left; then one ``domain_flush_cache`` of the run.  Bytes
-        mapped."""
-        slot, level = yield from self._leaf_slot(iova, level)
+        mapped.  The walk is this generator's own loop, not a nested one: each of its steps
+        would otherwise pass through one more frame."""
+        # ``pfn_to_dma_pte``: walk down, installing missing tables, to the slot of the leaf at
+        # ``level``; a large page whose slot already holds a table falls back to the next
+        # smaller size.  ``ss_index``, ``_present``, ``_is_leaf`` inlined: every map walks here.
+        table, lvl, present = self.root, self.levels, self._present_bits
+        while True:
+            slot = table + 8 * ((iova >> (3 + 9 * lvl)) & 511)
+            pte = yield qword_read(slot, "pfn_to_dma_pte")
+            leaf = lvl == 1 or pte & _PS
+            if lvl == level and not (pte & present and not leaf):
+                break
+            if lvl == level:
+                level -= 1  # a table is in the way of the large page
+            if not pte & present:
+                pte = yield from self._install_table(slot)
+            elif leaf:
+                raise SpecRuleBroken(f"map {hexval('iova', iova)}: a large page at level {lvl} "
+                                     "is already there", "__domain_mapping")
+            table, lvl = pte & _ADDR, lvl - 1
         first, page, done = slot, 1 << level_shift(level), 0
         while True:
             new = self.leaf_entry(paddr + done, level, prot)
@@ -194,26 +212,6 @@ class DomainPageTable:
         if not self.coherent:
             yield ClflushRange(addr=first, size=slot - first, why="domain_flush_cache")
         return done
-
-    def _leaf_slot(self, iova: int, level: int) -> Generator[Step, Any, tuple[int, int]]:
-        """``pfn_to_dma_pte``: walk down, installing missing tables, to the slot of the leaf
-        at ``level``.  A large page whose slot already holds a table falls back to the next
-        smaller size; (slot, level) of the leaf."""
-        table, lvl, present = self.root, self.levels, self._present_bits
-        while True:  # ``ss_index``, ``_present``, ``_is_leaf`` inlined: every map walks here
-            slot = table + 8 * ((iova >> (3 + 9 * lvl)) & 511)
-            pte = yield qword_read(slot, "pfn_to_dma_pte")
-            leaf = lvl == 1 or pte & _PS
-            if lvl == level and not (pte & present and not leaf):
-                return slot, level
-            if lvl == level:
-                level -= 1  # a table is in the way of the large page
-            if not pte & present:
-                pte = yield from self._install_table(slot)
-            elif leaf:
-                raise SpecRuleBroken(f"map {hexval('iova', iova)}: a large page at level {lvl} "
-                                     "is already there", "__domain_mapping")
-            table, lvl = pte & _ADDR, lvl - 1
 
     def _install_table(self, slot: int) -> Generator[Step, Any, int]:
         """A new table page, published with cmpxchg; the loser of a race frees its page."""
