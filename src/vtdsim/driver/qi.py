@@ -17,7 +17,7 @@ ECAP.QI=0), mainline's -ETIMEDOUT for an ITE on an absent device, interrupt-driv
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -353,7 +353,17 @@ class QiBatch:
         self.iommu = None
         self.descs: list[Desc] = []
 
-    def add(self, iommu, desc: Desc) -> Generator[Step, Any, None]:
+    def add(self, iommu, desc: Desc) -> Iterable[Step]:
+        """Queue ``desc`` for ``iommu``; the steps of the submissions that takes (the batch
+        of another unit first, this one once full), for the caller's ``yield from``.  Most
+        adds submit nothing: they queue at once and hand back no generator at all."""
+        if (self.iommu is not None and iommu is not self.iommu) or len(self.descs) + 1 >= self.size:
+            return self._add_submitting(iommu, desc)
+        self.iommu = iommu
+        self.descs.append(desc)
+        return ()
+
+    def _add_submitting(self, iommu, desc: Desc) -> Generator[Step, Any, None]:
         if self.iommu is not None and iommu is not self.iommu:
             yield from self.flush()
         self.iommu = iommu
