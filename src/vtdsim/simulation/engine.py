@@ -127,13 +127,13 @@ class TimedMachine:
                 reply = handler(step)
                 pending += ns
                 continue
-            if kind is st.CpuZero or kind is st.ClflushRange:
+            now = sync_now(kind)  # a synchronisation step (None: a bulk or an unknown one)
+            if now is None and (kind is st.CpuZero or kind is st.ClflushRange):
                 reply = apply(step)
                 pending += self._bulk_ns(step)
                 continue
             if pending and not self.elapse_alone(pending):
                 yield env.timeout(pending)
-            now = sync_now(kind)
             # unknown kinds: the executor names the bad step
             done = now(step) if now is not None else (apply(step), 0.0)
             if done is None:
