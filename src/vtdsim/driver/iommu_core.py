@@ -116,10 +116,17 @@ def __iommu_map(ops, domain, iova: int, paddr: int, size: int, prot: int, sync: 
         pgsize, count = iommu_pgsize(domain.pgsize_bitmap, iova, paddr, size)
         mapped = yield from ops.map_pages(domain, iova, paddr, pgsize, count, prot)
         iova, paddr, size = iova + mapped, paddr + mapped, size - mapped
-    yield Annotate(event="map", data=orig)
+    yield _map_trace(*orig)
     if sync:
         return (yield from ops.iotlb_sync_map(domain, orig[0], orig[2]))
     return None
+
+
+@lru_cache(maxsize=4096)
+def _map_trace(iova: int, paddr: int, size: int) -> Annotate:
+    """The ``iommu:map`` event, built once per chunk (a step is an immutable value): a
+    recycled IOVA maps the same buffers again and again."""
+    return Annotate(event="map", data=(iova, paddr, size))
 
 
 def iommu_map(ops, domain, iova: int, paddr: int, size: int, prot: int):

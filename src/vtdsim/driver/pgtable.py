@@ -94,6 +94,13 @@ def _clear_pte(slot: int) -> CpuWrite:
     return CpuWrite(addr=slot, value=0, size=8, why="dma_clear_pte")
 
 
+@lru_cache(maxsize=4096)
+def _set_leaf(slot: int, new: int) -> CpuCmpxchg:
+    """``__domain_mapping``'s cmpxchg of a leaf from 0, built once per (slot, value): maps of
+    recycled IOVAs install the same leaves again and again."""
+    return CpuCmpxchg(addr=slot, expected=0, new=new, why="__domain_mapping")
+
+
 def _present(stage: str, pte: int) -> bool:
     """SS: R or W (``dma_pte_present``); FS: P - both bit 0 or bit 1 (SS W-only)."""
     return bool(pte & 3) if stage == "ss" else bool(pte & 1)
@@ -201,7 +208,7 @@ class DomainPageTable:
         first, page, done = slot, 1 << level_shift(level), 0
         while True:
             new = self.leaf_entry(paddr + done, level, prot)
-            old = yield CpuCmpxchg(addr=slot, expected=0, new=new, why="__domain_mapping")
+            old = yield _set_leaf(slot, new)
             if old:
                 raise SpecRuleBroken(f"DMA PTE for {hexval('iova', iova + done)} already set "
                                      f"(to {old:#x} not {new:#x})", "__domain_mapping")
