@@ -65,7 +65,7 @@ PURE: tuple[Callable, ...] = (
     *(f for f in vars(pgtable).values() if getattr(f, "__module__", "") == pgtable.__name__),
     second_stage.ss_index, second_stage.level_shift, Op.__getitem__,
     *(f for f in vars(psi).values() if getattr(f, "__module__", "") == psi.__name__),
-    qi.qi_submit_sync, qi._wait_done, *vars(qi.QiBatch).values(),
+    qi.qi_submit_sync, *vars(qi.QiBatch).values(),
     qi.desc_flush_iotlb, qi.desc_flush_piotlb, qi.desc_flush_dev_iotlb,
     qi.desc_flush_dev_iotlb_pasid, qi._pfsid_fields,
     cache_tag.cache_tag_flush_range, cache_tag._flush_walk,
@@ -120,7 +120,8 @@ def _ops_methods() -> tuple[list, list, list]:
     """The Intel ops' unmap/map entry points and flush hooks (intel_iommu_ops.py): pure but
     ``iotlb_sync_map`` (reads the domain's flag) and ``map_pages`` (sets ``has_mappings``)."""
     methods = vars(intel_iommu_ops.IntelIommuDriver)
-    pure = [methods[n] for n in ("unmap", "map", "unmap_pages", "iotlb_sync", "mainline")]
+    pure = [methods[n] for n in ("unmap", "map", "unmap_pages", "iotlb_sync", "_free_after",
+                                         "mainline")]
     return pure, [methods["iotlb_sync_map"]], [methods["map_pages"]]
 
 

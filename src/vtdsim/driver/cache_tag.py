@@ -141,24 +141,22 @@ def cache_tag_unassign_domain(domain: DmarDomain, dev: DeviceInfo, pasid: int = 
 
 
 # -- flushing ---------------------------------------------------------------------------------
-def _flush_iotlb(batch: qi.QiBatch, domain: DmarDomain, profile, tag: CacheTag, addr: int,
-                 pages: int, mask: int, ih: int):
-    """``cache_tag_flush_iotlb``: type 6 for FS/nested domains (PASID-selective for
-    "everything"), else a PSI - or a DSI without PSI support, above MAMV, or for everything."""
-    iommu = tag.iommu
+def _flush_iotlb(domain: DmarDomain, profile, tag: CacheTag, addr: int, pages: int, mask: int,
+                 ih: int) -> qi.Desc:
+    """``cache_tag_flush_iotlb``'s descriptor (the caller queues it in the batch): type 6 for
+    FS/nested domains (PASID-selective for "everything"), else a PSI - or a DSI without PSI
+    support, above MAMV, or for everything."""
     if domain.use_first_level:
         # 6.12 hands the page count on (mask 52 stays a type-6 PSI); mainline makes it
         # PASID-selective (``cache_tag_flush_all_walk``).
         everything = pages == -1 or (mask >= MAX_AGAW_PFN_WIDTH
                                      and not profile.cache_tag_flush_all_walk)
-        desc = qi.desc_flush_piotlb(tag.did, tag.pasid, addr, -1 if everything else pages, ih)
-    elif pages == -1 or psi_needs_dsi(iommu.caps, mask):
-        desc = qi.desc_flush_iotlb(iommu, tag.did, 0, 0, qi.DMA_TLB_DSI_FLUSH)
-    else:
-        # Before 6b38a108eeb3 (Oct 2025) the queued builder dropped IH: ``ih_on_wire``.
-        ih = ih if profile.ih_on_wire else 0
-        desc = qi.desc_flush_iotlb(iommu, tag.did, addr, mask, qi.DMA_TLB_PSI_FLUSH, ih=ih)
-    yield from batch.add(iommu, desc)
+        return qi.desc_flush_piotlb(tag.did, tag.pasid, addr, -1 if everything else pages, ih)
+    if pages == -1 or psi_needs_dsi(tag.iommu.caps, mask):
+        return qi.desc_flush_iotlb(tag.iommu, tag.did, 0, 0, qi.DMA_TLB_DSI_FLUSH)
+    # Before 6b38a108eeb3 (Oct 2025) the queued builder dropped IH: ``ih_on_wire``.
+    ih = ih if profile.ih_on_wire else 0
+    return qi.desc_flush_iotlb(tag.iommu, tag.did, addr, mask, qi.DMA_TLB_PSI_FLUSH, ih=ih)
 
 
 def _flush_devtlb(batch: qi.QiBatch, tag: CacheTag, addr: int, mask: int):
@@ -198,27 +196,32 @@ def _flush_walk(domain: DmarDomain, profile, why: str, per_tag):
 
 def cache_tag_flush_range(domain: DmarDomain, profile, start: int, end: int, ih: int):
     """``cache_tag_flush_range``: invalidate [start, end] (inclusive) after mappings changed.
-    A generator delegating to the walk, not the walk's generator handed back: checker mutation
-    rules find the submissions made *within* ``cache_tag_flush_range`` on the call stack."""
+    Its own walk (``_flush_walk``'s, written out): every strict unmap runs it, and each step
+    of its submissions would pass through the walk's frame and each tag's.  It stays a
+    generator of its own: checker mutation rules find the submissions made *within*
+    ``cache_tag_flush_range`` on the call stack."""
     if start == 0 and end == ULONG_MAX:
         addr, pages, mask = 0, -1, MAX_AGAW_PFN_WIDTH
     else:
         addr, mask = calculate_psi_aligned_address(start, end)
         pages = 1 << mask
-    devtlb = {"addr": addr, "mask": mask}
-
-    def per_tag(batch, tag):
+    devtlb_addr, devtlb_mask = addr, mask
+    batch = qi.QiBatch(profile.qi_batch_size)
+    lock, unlock = lock_steps(domain.cache_lock, "cache_tag_flush_range")
+    yield lock
+    for tag in list(domain.cache_tags):
         if tag.type in IOTLB_TYPES:
-            yield from _flush_iotlb(batch, domain, profile, tag, addr, pages, mask, ih)
+            yield from batch.add(tag.iommu, _flush_iotlb(domain, profile, tag, addr, pages, mask,
+                                                         ih))
         else:
             if tag.type == CACHE_TAG_NESTING_DEVTLB:
                 # Which nested translations an S2 change affects is unknown: flush the whole
                 # device-TLB - and, as in Linux, every later device-TLB tag of this walk too.
-                devtlb["addr"], devtlb["mask"] = 0, MAX_AGAW_PFN_WIDTH
-            yield from _flush_devtlb(batch, tag, devtlb["addr"], devtlb["mask"])
+                devtlb_addr, devtlb_mask = 0, MAX_AGAW_PFN_WIDTH
+            yield from _flush_devtlb(batch, tag, devtlb_addr, devtlb_mask)
         yield _flush_trace("cache_tag_flush_range", tag.describe(), start, end, addr, mask)
-
-    yield from _flush_walk(domain, profile, "cache_tag_flush_range", per_tag)
+    yield from batch.flush()
+    yield unlock
 
 
 def cache_tag_flush_all(domain: DmarDomain, profile):
@@ -231,7 +234,7 @@ def cache_tag_flush_all(domain: DmarDomain, profile):
 
     def per_tag(batch, tag):
         if tag.type in IOTLB_TYPES:
-            yield from _flush_iotlb(batch, domain, profile, tag, 0, -1, 0, 0)
+            yield from batch.add(tag.iommu, _flush_iotlb(domain, profile, tag, 0, -1, 0, 0))
         else:
             yield from _flush_devtlb(batch, tag, 0, MAX_AGAW_PFN_WIDTH)
         yield Annotate(event="cache_tag_flush_all", data=(tag.describe(),))
@@ -250,7 +253,8 @@ def cache_tag_flush_range_np(domain: DmarDomain, profile, start: int, end: int):
             yield from tag.iommu.iommu_flush_write_buffer()
             return
         if tag.type in IOTLB_TYPES:
-            yield from _flush_iotlb(batch, domain, profile, tag, addr, 1 << mask, mask, 0)
+            desc = _flush_iotlb(domain, profile, tag, addr, 1 << mask, mask, 0)
+            yield from batch.add(tag.iommu, desc)
         yield _flush_trace("cache_tag_flush_range_np", tag.describe(), start, end, addr, mask)
 
     yield from _flush_walk(domain, profile, "cache_tag_flush_range_np", per_tag)

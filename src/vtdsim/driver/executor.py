@@ -168,6 +168,7 @@ class DirectExecutor:
         self.memory.cpu_write(s.addr, bytes(s.size))
 
     def _cpu_read(self, s: st.CpuRead) -> int:
+        # The timed engine's ``run_op`` makes this same load itself (its commonest step).
         return self.memory.cpu_load(s.addr, s.size)
 
     def _clflush(self, s: st.Clflush) -> None:

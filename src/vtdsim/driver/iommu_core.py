@@ -107,21 +107,33 @@ def _check_aligned(iova: int, paddr: int, size: int) -> None:
 
 
 # -- map ----------------------------------------------------------------------------------------
-def __iommu_map(ops, domain, iova: int, paddr: int, size: int, prot: int):
-    """One physically contiguous chunk: ``map_pages`` per page-size run, one ``map`` event."""
+def __iommu_map(ops, domain, iova: int, paddr: int, size: int, prot: int, sync: bool = False):
+    """One physically contiguous chunk: ``map_pages`` per page-size run, one ``map`` event;
+    with ``sync`` (``iommu_map``) then ``iotlb_sync_map`` over the chunk, returning its value."""
     _check_aligned(iova, paddr, size)
     orig = (iova, paddr, size)
     while size:
         pgsize, count = iommu_pgsize(domain.pgsize_bitmap, iova, paddr, size)
         mapped = yield from ops.map_pages(domain, iova, paddr, pgsize, count, prot)
         iova, paddr, size = iova + mapped, paddr + mapped, size - mapped
-    yield Annotate(event="map", data=orig)
+    yield _map_trace(*orig)
+    if sync:
+        return (yield from ops.iotlb_sync_map(domain, orig[0], orig[2]))
+    return None
+
+
+@lru_cache(maxsize=4096)
+def _map_trace(iova: int, paddr: int, size: int) -> Annotate:
+    """The ``iommu:map`` event, built once per chunk (a step is an immutable value): a
+    recycled IOVA maps the same buffers again and again."""
+    return Annotate(event="map", data=(iova, paddr, size))
 
 
 def iommu_map(ops, domain, iova: int, paddr: int, size: int, prot: int):
-    """``iommu_map``: map, then ``iotlb_sync_map`` over the whole range once."""
-    yield from __iommu_map(ops, domain, iova, paddr, size, prot)
-    return (yield from ops.iotlb_sync_map(domain, iova, size))
+    """``iommu_map``: map, then ``iotlb_sync_map`` over the whole range once - the generator
+    of ``__iommu_map`` doing both, not one delegating to it: one frame fewer for each step of
+    every map."""
+    return __iommu_map(ops, domain, iova, paddr, size, prot, sync=True)
 
 
 def sg_chunks(sg: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:

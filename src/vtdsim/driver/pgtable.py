@@ -94,6 +94,13 @@ def _clear_pte(slot: int) -> CpuWrite:
     return CpuWrite(addr=slot, value=0, size=8, why="dma_clear_pte")
 
 
+@lru_cache(maxsize=4096)
+def _set_leaf(slot: int, new: int) -> CpuCmpxchg:
+    """``__domain_mapping``'s cmpxchg of a leaf from 0, built once per (slot, value): maps of
+    recycled IOVAs install the same leaves again and again."""
+    return CpuCmpxchg(addr=slot, expected=0, new=new, why="__domain_mapping")
+
+
 def _present(stage: str, pte: int) -> bool:
     """SS: R or W (``dma_pte_present``); FS: P - both bit 0 or bit 1 (SS W-only)."""
     return bool(pte & 3) if stage == "ss" else bool(pte & 1)
@@ -178,12 +185,30 @@ class DomainPageTable:
         (``pfn_to_dma_pte``), then cmpxchg leaves from 0 into consecutive slots until the
         range ends, the next slot starts a new table page (``first_pte_in_page``) or less
         than a large page is left; then one ``domain_flush_cache`` of the run.  Bytes
-        mapped."""
-        slot, level = yield from self._leaf_slot(iova, level)
+        mapped.  The walk is this generator's own loop, not a nested one: each of its steps
+        would otherwise pass through one more frame."""
+        # ``pfn_to_dma_pte``: walk down, installing missing tables, to the slot of the leaf at
+        # ``level``; a large page whose slot already holds a table falls back to the next
+        # smaller size.  ``ss_index``, ``_present``, ``_is_leaf`` inlined: every map walks here.
+        table, lvl, present = self.root, self.levels, self._present_bits
+        while True:
+            slot = table + 8 * ((iova >> (3 + 9 * lvl)) & 511)
+            pte = yield qword_read(slot, "pfn_to_dma_pte")
+            leaf = lvl == 1 or pte & _PS
+            if lvl == level and not (pte & present and not leaf):
+                break
+            if lvl == level:
+                level -= 1  # a table is in the way of the large page
+            if not pte & present:
+                pte = yield from self._install_table(slot)
+            elif leaf:
+                raise SpecRuleBroken(f"map {hexval('iova', iova)}: a large page at level {lvl} "
+                                     "is already there", "__domain_mapping")
+            table, lvl = pte & _ADDR, lvl - 1
         first, page, done = slot, 1 << level_shift(level), 0
         while True:
             new = self.leaf_entry(paddr + done, level, prot)
-            old = yield CpuCmpxchg(addr=slot, expected=0, new=new, why="__domain_mapping")
+            old = yield _set_leaf(slot, new)
             if old:
                 raise SpecRuleBroken(f"DMA PTE for {hexval('iova', iova + done)} already set "
                                      f"(to {old:#x} not {new:#x})", "__domain_mapping")
@@ -194,26 +219,6 @@ class DomainPageTable:
         if not self.coherent:
             yield ClflushRange(addr=first, size=slot - first, why="domain_flush_cache")
         return done
-
-    def _leaf_slot(self, iova: int, level: int) -> Generator[Step, Any, tuple[int, int]]:
-        """``pfn_to_dma_pte``: walk down, installing missing tables, to the slot of the leaf
-        at ``level``.  A large page whose slot already holds a table falls back to the next
-        smaller size; (slot, level) of the leaf."""
-        table, lvl, present = self.root, self.levels, self._present_bits
-        while True:  # ``ss_index``, ``_present``, ``_is_leaf`` inlined: every map walks here
-            slot = table + 8 * ((iova >> (3 + 9 * lvl)) & 511)
-            pte = yield qword_read(slot, "pfn_to_dma_pte")
-            leaf = lvl == 1 or pte & _PS
-            if lvl == level and not (pte & present and not leaf):
-                return slot, level
-            if lvl == level:
-                level -= 1  # a table is in the way of the large page
-            if not pte & present:
-                pte = yield from self._install_table(slot)
-            elif leaf:
-                raise SpecRuleBroken(f"map {hexval('iova', iova)}: a large page at level {lvl} "
-                                     "is already there", "__domain_mapping")
-            table, lvl = pte & _ADDR, lvl - 1
 
     def _install_table(self, slot: int) -> Generator[Step, Any, int]:
         """A new table page, published with cmpxchg; the loser of a race frees its page."""

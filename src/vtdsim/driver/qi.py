@@ -17,7 +17,7 @@ ECAP.QI=0), mainline's -ETIMEDOUT for an ITE on an absent device, interrupt-driv
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -206,9 +206,8 @@ def qi_submit_sync(iommu, descs: Sequence[Desc], pd: bool = False) -> Generator[
     0, or -EINVAL when the unit rejected our first descriptor (IQE); an ITE that aborted our
     wait restarts the whole submission (-EAGAIN in dmar.c's ``restart`` label).
 
-    The restart is this function's loop and the first status poll is made here, not in
-    nested generators: every step of every submission passes through each generator frame
-    it is yielded from, and a synchronous unit completes the wait at the first poll."""
+    The restart and the polling are this function's loops, not nested generators: every
+    step of every submission passes through each generator frame it is yielded from."""
     if len(descs) + 2 > QI_LENGTH:
         raise SpecRuleBroken(f"qi_submit_sync of {len(descs)} descriptors", "QI_LENGTH")
     why = "qi_submit_sync"
@@ -237,34 +236,25 @@ def qi_submit_sync(iommu, descs: Sequence[Desc], pd: bool = False) -> Generator[
         q.free_head = (wait_index + 1) % QI_LENGTH
         q.free_cnt -= len(descs) + 1
         yield steps.publish
-        if (yield steps.poll) == QI_DONE:
-            q.desc_status[wait_index] = QI_DONE
-            rc = 0
+        rc = 0
+        while (yield steps.poll) != QI_DONE:
+            # Not done: check FSTS, then spin on the wait slot's status with the lock dropped
+            # (``raw_spin_unlock; cpu_relax; raw_spin_lock``: other CPUs may submit) and poll
+            # again, checking FSTS each round.
+            rc = yield from qi_check_fault(iommu, q, index, wait_index)
+            if rc:
+                break
+            yield steps.unlock
+            yield steps.spin
+            yield steps.lock
         else:
-            rc = yield from _wait_done(iommu, q, index, wait_index, steps)
+            q.desc_status[wait_index] = QI_DONE
         for i in range(len(descs)):
             q.desc_status[(index + i) % QI_LENGTH] = QI_DONE
         yield from reclaim_free_desc(q)
         yield steps.unlock
         if rc != EAGAIN:
             return rc
-
-
-def _wait_done(iommu, q, index: int, wait_index: int,
-               steps: WaitSlotSteps) -> Generator[Step, Any, int]:
-    """The wait is not done at the first poll: check FSTS, then spin on the wait slot's
-    status with the lock dropped (``raw_spin_unlock; cpu_relax; raw_spin_lock``, so other
-    CPUs may submit) and poll again, checking FSTS each round."""
-    while True:
-        rc = yield from qi_check_fault(iommu, q, index, wait_index)
-        if rc:
-            return rc
-        yield steps.unlock
-        yield steps.spin
-        yield steps.lock
-        if (yield steps.poll) == QI_DONE:
-            q.desc_status[wait_index] = QI_DONE
-            return 0
 
 
 def qi_check_fault(iommu, q, index: int, wait_index: int) -> Generator[Step, Any, int]:
@@ -353,7 +343,17 @@ class QiBatch:
         self.iommu = None
         self.descs: list[Desc] = []
 
-    def add(self, iommu, desc: Desc) -> Generator[Step, Any, None]:
+    def add(self, iommu, desc: Desc) -> Iterable[Step]:
+        """Queue ``desc`` for ``iommu``; the steps of the submissions that takes (the batch
+        of another unit first, this one once full), for the caller's ``yield from``.  Most
+        adds submit nothing: they queue at once and hand back no generator at all."""
+        if (self.iommu is not None and iommu is not self.iommu) or len(self.descs) + 1 >= self.size:
+            return self._add_submitting(iommu, desc)
+        self.iommu = iommu
+        self.descs.append(desc)
+        return ()
+
+    def _add_submitting(self, iommu, desc: Desc) -> Generator[Step, Any, None]:
         if self.iommu is not None and iommu is not self.iommu:
             yield from self.flush()
         self.iommu = iommu

@@ -140,8 +140,9 @@ class InvalidationQueue:
         _, width, size, wide = geometry
         raw = self.unit.regs.raw  # ``tail`` and ``head``, read in place
         tail = raw["IQT"] & self._qt_mask
-        iqei = self._tail_error_at(tail, size, wide)
-        return -iqei if iqei else ((tail - (raw["IQH"] & self._qh_mask)) % size) // width
+        if tail >= size or (wide and tail % 32):  # ``_tail_error_at`` asked only when it errs
+            return -self._tail_error_at(tail, size, wide)
+        return ((tail - (raw["IQH"] & self._qh_mask)) % size) // width
 
     def step(self) -> bool:
         """Fetch, validate and perform the descriptor at IQH; False if there is none to do

@@ -40,6 +40,8 @@ _LINE_MASK = LINE_SIZE - 1
 _LAST_QWORD = LINE_SIZE - 8  # the last line offset a qword fits at
 _L = struct.Struct("<L")
 _INTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: _L, 8: _Q}
+_UNPACK = {size: fmt.unpack_from for size, fmt in _INTS.items()}
+_PACK = {size: fmt.pack_into for size, fmt in _INTS.items()}
 _QWORDS = {2: struct.Struct("<2Q"), 4: struct.Struct("<4Q")}
 _STORE_MASKS = {size: (1 << 8 * size) - 1 for size in (1, 2, 4, 8, 16, 32)}
 
@@ -150,16 +152,17 @@ class PhysicalMemory:
     def cpu_load(self, addr: int, size: int) -> int:
         """A CPU load of a ``size``-byte little-endian integer.  One within a line (table
         entries, status words: nearly all) unpacks in place from the cached line or the DRAM
-        page; anything else reads the bytes."""
-        off = addr & (LINE_SIZE - 1)
-        fmt = _INTS.get(size)
-        if fmt is None or off + size > LINE_SIZE or not 0 <= addr <= MAX_PHYS_ADDR - size:
-            return int.from_bytes(self.cpu_read(addr, size), "little")
-        line = self._lines.get(addr - off)
-        if line is not None:
-            return fmt.unpack_from(line, off)[0]
-        page = self._pages.get(addr >> PAGE_SHIFT)
-        return 0 if page is None else fmt.unpack_from(page, addr & (PAGE_SIZE - 1))[0]
+        page; anything else reads the bytes.  (Within a line, ``addr < MAX_PHYS_ADDR`` is
+        ``addr + size <= MAX_PHYS_ADDR``: the limit is line-aligned.)"""
+        off = addr & _LINE_MASK
+        unpack = _UNPACK.get(size)
+        if unpack is not None and off + size <= LINE_SIZE and 0 <= addr < MAX_PHYS_ADDR:
+            line = self._lines.get(addr - off)
+            if line is not None:
+                return unpack(line, off)[0]
+            page = self._pages.get(addr >> PAGE_SHIFT)
+            return 0 if page is None else unpack(page, addr & (PAGE_SIZE - 1))[0]
+        return int.from_bytes(self.cpu_read(addr, size), "little")
 
     def cpu_load_qwords(self, addr: int, count: int) -> tuple[int, ...]:
         """``count`` consecutive qwords as CPU loads.  Two or four within one line (a 128- or
@@ -178,17 +181,21 @@ class PhysicalMemory:
     def cpu_store(self, addr: int, value: int, size: int) -> None:
         """A CPU store of ``value`` as a ``size``-byte little-endian integer (truncated to it).
         One within a line (an entry, a PTE, a 16- or 32-byte descriptor) goes straight into
-        the line; anything else stores the bytes."""
+        the line - a line already cached and dirty with no write buffer to post to needs no
+        ``_line_for_store`` - anything else stores the bytes."""
         mask = _STORE_MASKS.get(size)
         value &= (1 << 8 * size) - 1 if mask is None else mask
-        off = addr & (LINE_SIZE - 1)
-        if off + size > LINE_SIZE or not 0 <= addr <= MAX_PHYS_ADDR - size:
+        off = addr & _LINE_MASK
+        if off + size > LINE_SIZE or not 0 <= addr < MAX_PHYS_ADDR:
             self.cpu_write(addr, value.to_bytes(size, "little"))
             return
-        cached = self._line_for_store(addr - off)
-        fmt = _INTS.get(size)
-        if fmt is not None:
-            fmt.pack_into(cached, off, value)
+        line = addr - off
+        cached = self._lines.get(line)
+        if cached is None or self.write_buffer or line not in self._dirty:
+            cached = self._line_for_store(line)
+        pack = _PACK.get(size)
+        if pack is not None:
+            pack(cached, off, value)
         else:
             cached[off : off + size] = value.to_bytes(size, "little")
 
