@@ -21,3 +21,11 @@ def evict_nth(unit, n: int) -> None:
     cached = unit.cached()
     if cached:
         unit.evict(*cached[n % len(cached)])
+
+
+def page_request(unit, sid: int, iova: int, write: bool):
+    """A request as ``DmaWorld.page_dma`` makes it: ``unit.translate_page``, which answers an
+    IOTLB hit or the page's remembered miss, else ``unit.translate_missed`` (nothing changed
+    before it)."""
+    entry = unit.translate_page(sid, iova, write)
+    return entry if entry is not None else unit.translate_missed(sid, iova, write)

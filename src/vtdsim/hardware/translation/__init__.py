@@ -60,12 +60,17 @@ __all__ = ["Fill", "access", "apply_fill", "bind_translate", "entry_pieces", "po
 # -- the public entry points ----------------------------------------------------------------------
 def bind_translate(unit: Any):
     """The untranslated-request fast path bound to ``unit``'s caches, for the unit to install:
-    ``(translate, translate_cached, translate_missed)``.  ``translate_cached(sid, iova, write)``
-    probes the caches only and returns, on a 4 KiB IOTLB hit with the permission, the cached
-    ``IotlbEntry`` itself, else None having changed nothing (so a caller may then take the
-    full flow, or ask ``translate`` which does); ``translate_missed(sid, iova, write)`` is the
-    rest of ``translate`` for a caller whose ``translate_cached`` has just answered None;
+    ``(translate, translate_cached, translate_missed, translate_page)``.
+    ``translate_cached(sid, iova, write)`` probes the caches only and returns, on a 4 KiB
+    IOTLB hit with the permission, the cached ``IotlbEntry`` itself, else None having changed
+    nothing (so a caller may then take the full flow, or ask ``translate`` which does);
+    ``translate_missed(sid, iova, write)`` is the rest of ``translate`` for a caller whose
+    ``translate_cached`` has just answered None;
     ``translate(sid, iova, write=False, pasid=None)`` answers any untranslated request.
+    ``translate_page(sid, iova, write)`` is ``translate_cached`` that also answers, in
+    scalable mode, a 4 KiB page's miss which ``fs_miss`` answered before and would again
+    (its memo), probing context, PASID and the IOTLB key once; None: nothing changed, and
+    ``translate_missed`` is the rest.
 
     Legacy mode (TTM=00): a context-cache probe and an IOTLB probe.  Hits are counted in
     ``unit.iotlb.stats.hit`` only (a Counter increment would double the cost of the hit
@@ -82,7 +87,7 @@ def bind_translate(unit: Any):
     iotlb = unit.iotlb
     iotlb_get, iotlb_touch, iotlb_stats = iotlb._get, iotlb._touch, iotlb.stats
     lookup_iova = iotlb.lookup_iova
-    fs_miss = bind_fs_miss(unit)
+    fs_miss, recall, again = bind_fs_miss(unit)
 
     def translate_bound(sid: int, iova: int, write: bool = False, pasid: int | None = None):
         if pasid is None:
@@ -124,7 +129,7 @@ def bind_translate(unit: Any):
             return entry
         return None
 
-    translate_cached = _cached(unit, legacy_hit)
+    translate_cached, translate_page = _cached(unit, legacy_hit, recall, again)
 
     def legacy_miss(sid: int, iova: int, write: bool):
         ce = legacy_context(sid)
@@ -135,10 +140,10 @@ def bind_translate(unit: Any):
             return entry
         return _run(unit, DmaRequest(sid, iova, write), ce, probed=True, entry=entry)
 
-    return translate_bound, translate_cached, translate_missed
+    return translate_bound, translate_cached, translate_missed, translate_page
 
 
-def _cached(unit: Any, legacy_hit):
+def _cached(unit: Any, legacy_hit, recall, again):
     """``translate_cached``: ``legacy_hit`` under TTM=00.  Under TTM=01 a request without
     PASID that the full flow would answer from the caches alone - context-cache, PASID-cache
     (the entry's RID_PASID) and a 4 KiB IOTLB entry with the permission - returns that
@@ -185,7 +190,40 @@ def _cached(unit: Any, legacy_hit):
         iotlb_stats.hit += 1
         return entry
 
-    return translate_cached
+    def translate_page(sid: int, iova: int, write: bool) -> IotlbEntry | None:
+        # translate_cached, and where it finds the 4 KiB key absent, the page's remembered
+        # first-stage miss (miss.bind_fs_miss: ``again``) - the context and PASID entries
+        # and the key probed once for both, as a device's DMA to a page missing from a
+        # small IOTLB would otherwise probe them twice.  None: nothing changed, both missed.
+        if not unit.translation_enabled or unit.ttm != 1:
+            return translate_cached(sid, iova, write)
+        ce = context_get(sid)
+        if ce is None or not ce.present or not ce.scalable:
+            return None
+        pasid = ce.rid_pasid
+        if pasid >> 6 >= 1 << (ce.pdts + 7):
+            return None
+        pkey = (sid, pasid)
+        pe = pasid_get(pkey)
+        if pe is None or not pe.present or pe.pgtt == PGTT_PT:
+            return None
+        key = ((pe.did, pasid, 1, iova >> 12, sid) if iotlb.tag_sid
+               else (pe.did, pasid, 1, iova >> 12))
+        entry = iotlb_get(key)
+        if entry is None:
+            a = recall(iova >> 12)
+            return None if a is None else again(a, sid, write, ce, pe)
+        if not entry.present or not (entry.write if write else entry.read):
+            return None
+        context_touch(sid)
+        context_stats.hit += 1
+        pasid_touch(pkey)
+        pasid_stats.hit += 1
+        iotlb_touch(key)
+        iotlb_stats.hit += 1
+        return entry
+
+    return translate_cached, translate_page
 
 
 def access(unit: Any, req: DmaRequest):

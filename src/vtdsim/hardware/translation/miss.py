@@ -58,8 +58,11 @@ class _Answer:
 
 
 def bind_fs_miss(unit: Any):
-    """``fs_miss`` bound to ``unit``'s caches and memory (the unit must be in scalable mode
-    with translation enabled: the caller checks)."""
+    """``(fs_miss, recall, again)`` bound to ``unit``'s caches and memory (the unit must be
+    in scalable mode with translation enabled: the caller checks).  ``recall(page)`` is the
+    page's last answer (or None) and ``again`` gives it again when nothing it was found from
+    changed: for a caller that has just probed the context-cache, the PASID-cache and the
+    4 KiB IOTLB key itself (``translate_page``)."""
     caches = unit.context_cache, unit.pasid_cache, unit.iotlb, unit.pscache
     context_get, pasid_get, iotlb_get, psc_get = (c._get for c in caches)
     context_touch, pasid_touch, _, psc_touch = (c._touch for c in caches)
@@ -72,20 +75,30 @@ def bind_fs_miss(unit: Any):
     memo: dict[int, _Answer] = {}  # page -> the last miss's answer on it (bounded: emptied)
 
     def fs_miss(sid: int, iova: int, write: bool) -> IotlbEntry | None:
-        # The page's last answer, if each probe finds what it found then (_Answer).
         a = memo.get(iova >> 12)
-        if (a is not None and a.sid == sid and a.write == write and not iotlb.tag_sid
-                and context_get(sid) is a.ce and pasid_get(a.pkey) is a.pe
-                and iotlb_get(a.key) is None and iotlb_get(a.key_2m) is None
+        if a is not None and iotlb_get(a.key) is None:
+            entry = again(a, sid, write, context_get(sid), pasid_get(a.pkey))
+            if entry is not None:
+                return entry
+        a, pte = probe(sid, iova, write)
+        return None if a is None else effects(a, pte)
+
+    def again(a: _Answer, sid: int, write: bool, ce, pe) -> IotlbEntry | None:
+        """The page's last answer ``a`` given again, if each probe finds what it found then
+        (_Answer) - ``ce`` and ``pe`` are what the context-cache and the PASID-cache hold
+        for ``sid`` and ``a.pkey`` now, and the caller found ``a.key`` absent - with the
+        flow's effects; else None, having changed nothing."""
+        if (a.sid == sid and a.write == write and a.ce is ce and a.pe is pe
+                and not iotlb.tag_sid and iotlb_get(a.key_2m) is None
                 and iotlb_get(a.key_1g) is None and psc_get(a.psc_key) is a.psc
                 and read_qword(a.addr, snoop=a.snoop) == a.pte):
-            pte = a.pte
-        else:
-            a, pte = probe(sid, iova, write)
-            if a is None:
-                return None
-        # The flow's effects, in its order (see the module docstring).
-        context_touch(sid)
+            return effects(a, a.pte)
+        return None
+
+    def effects(a: _Answer, pte: int) -> IotlbEntry:
+        """The flow's effects, in its order (see the module docstring), for the answer ``a``
+        found with the PTE holding ``pte``."""
+        context_touch(a.sid)
         context_stats.hit += 1
         pasid_touch(a.pkey)
         pasid_stats.hit += 1
@@ -97,7 +110,7 @@ def bind_fs_miss(unit: Any):
         stats["walk_reads"] += 1
         if a.pte != pte:
             memory.write_qword(a.addr, a.pte)
-        iotlb_fill(a.key, a.entry)  # the 4 KiB key was probed absent above
+        iotlb_fill(a.key, a.entry)  # the 4 KiB key was probed absent
         return a.entry
 
     def probe(sid: int, iova: int, write: bool) -> tuple[_Answer | None, int]:
@@ -175,4 +188,4 @@ def bind_fs_miss(unit: Any):
                                writable and bool(new & _D), exe, sc and pe.pgsnp, STAGE_FS,
                                global_=bool(pte & _G))
 
-    return fs_miss
+    return fs_miss, memo.get, again

@@ -274,14 +274,16 @@ class DmaWorld:
         """``dma(addr, size, write)`` as a function of ``addr`` alone, for a device that moves
         ``size`` bytes at one address after another (the NIC's receive wire): what is constant
         for the run is bound once, and a DMA within one 4 KiB page - a packet in its pool
-        page's stride - is the unit's ``translate_cached`` (an IOTLB hit), or on a miss the
-        engine's ``translate_miss``, without ``dma``'s general layers.  Anything else (a DMA
-        across pages, the IOMMU off, ATS) is ``dma``'s."""
+        page's stride - is the unit's ``translate_page`` (an IOTLB hit, or the page's
+        remembered miss below a cached PDE), else the engine's ``translate_miss``, without
+        ``dma``'s general layers.  Anything else (a DMA across pages, the IOMMU off, ATS) is
+        ``dma``'s."""
         dma = self.dma
         if not self.translated or self.info.ats_enabled:
             return lambda addr: dma(addr, size, write)
         m, sid, machine, last_start = self.m, self.sid, self.machine, PAGE - size
         unit, hit_ns, miss = machine.dma_unit, machine.hit_ns, machine.translate_miss
+        translate_page, stats, walk_ns = unit.translate_page, unit.stats, machine.dram_ns
 
         def page_dma(addr: int) -> float:
             if addr & (PAGE - 1) > last_start:  # touches two pages
@@ -289,8 +291,10 @@ class DmaWorld:
             m.translations += 1
             m.bytes += size
             page = addr >> 12 << 12
-            if unit.translate_cached(sid, page, write) is not None:
-                return hit_ns
+            reads = stats["walk_reads"]
+            if translate_page(sid, page, write) is not None:
+                # priced as TimedMachine.translate_miss: a lookup, and a read per walk read
+                return hit_ns + (stats["walk_reads"] - reads) * walk_ns
             result, ns = miss(sid, page, write)
             if not result:
                 _faulted(addr >> 12, result)
