@@ -90,13 +90,18 @@ class PoolRxFlow:
     def refill(self):
         """Post pool pages until the ring holds ``target`` (mlx5e_post_rx_mpwqes: a WQE of
         ``pages_per_desc`` pages at a time, once NAPI has released a whole one)."""
-        bulk, take, post = self.bulk, self.pool.take, self.posted.append
+        bulk, take, post, refs = self.bulk, self.pool.take, self.posted.append, 1 + self.slots
         while self.target - self.in_ring >= bulk:
             for _ in range(bulk):
                 page = take()
                 if page is None:
                     page = yield from self.pool.alloc()
-                page.refs = 1  # the driver's reference while posted
+                # The driver's reference while posted and one for each frame it will build
+                # on the page, taken up front as a bias (mlx5e_page_alloc_fragmented:
+                # page_pool_fragment_page), so building a frame changes no count.  NAPI
+                # releases the page once all its frames are taken (mlx5e_page_release_
+                # fragmented drains the bias left: here the driver's one).
+                page.refs = refs
                 post(page)
                 self.in_ring += 1
         if self.refilled is not None and self.available():
@@ -113,17 +118,14 @@ class PoolRxFlow:
             page = self.posted[0]
             used = self.used
             addr = page.dma + used * self.stride
-            page.refs += 1
             used += 1
             if used == self.slots:
                 self.posted.popleft()
                 self.used = 0
-                return addr, ((page,), (page,))
+                return addr, page.frames[1]
             self.used = used
-            return addr, ((page,), ())
+            return addr, page.frames[0]
         pages = tuple(self.posted.popleft() for _ in range(self.span))
-        for page in pages:
-            page.refs += 1
         return pages[0].dma, (pages, pages)
 
     def dma(self, addr: int, packet: tuple[tuple, tuple]) -> float:
