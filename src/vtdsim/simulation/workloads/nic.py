@@ -136,6 +136,7 @@ class RxFlow:
         self.premapped = premapped
         self.posted: deque[Descriptor] = deque()
         self.done: deque[tuple[float, float, Descriptor | None]] = deque()
+        self.completed = 0.0  # when the last completion was posted (NicRx.wire)
         self.wake = None  # the core sleeps on it while no packet is complete
         self.refilled = None  # the wire sleeps on it while the ring is empty
 
@@ -224,7 +225,9 @@ class NicRx:
         rate.  While the ring is empty every arriving packet is dropped: the process sleeps
         until a refill and counts the packets that arrived meanwhile.  An arriving packet is
         dropped while the DMA engine lags the wire by more than its buffer, else written
-        through the unit and queued for the core.
+        through the unit and queued for the core - its completion posted once its DMA is
+        done, and no earlier than the frame's before it (a completion queue is in order; the
+        core takes them in order), so NAPI takes a ready prefix.
 
         Lookahead: arrivals that no other actor can tell apart from being handled at their
         own instant are handled without a SimPy event each, with results bit for bit those
@@ -259,6 +262,7 @@ class NicRx:
             # histogram (start_measuring replaces it), the engine's and the drops' counts.
             clock, delay, horizon = now, gap, None
             penalty, engine_free, dropped = m.penalty.add, self.engine_free, 0
+            completed = flow.completed
             while True:
                 if engine_free - now > lag:
                     dropped += 1
@@ -268,7 +272,10 @@ class NicRx:
                     penalty(extra)
                     start = engine_free if engine_free > now else now  # max(now, engine_free)
                     engine_free = start + xfer + extra / parallelism
-                    done((start + xfer + extra, now, desc))
+                    end = start + xfer + extra
+                    if end > completed:  # else it completes once the frame before it has
+                        completed = end
+                    done((completed, now, desc))
                     if flow.wake is not None:
                         flow.wake.succeed()
                         flow.wake = None
@@ -281,7 +288,7 @@ class NicRx:
                 if horizon <= t or clock + after != t + gap:
                     break
                 now, delay = t, after
-            self.engine_free = engine_free
+            self.engine_free, flow.completed = engine_free, completed
             m.dropped += dropped
             yield env.timeout(delay)
 

@@ -40,7 +40,9 @@ moderation.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
+from operator import itemgetter
 
 from vtdsim.errors import BadInput
 from vtdsim.simulation.workloads.common import PAGE, DmaWorld
@@ -56,7 +58,9 @@ NAPI_BUDGET = 64  # NAPI_POLL_WEIGHT: netif_napi_add's weight, mlx5e_napi_poll's
 
 # A received frame is the pair (pages, done_pages): the pool pages it was written to, and the
 # ring pages whose last frame it was (the driver drops its reference on those when NAPI has
-# taken it).  A plain tuple: one is built per packet.
+# taken it).  A plain tuple (``Page.frames``); a completion is (completed at, arrived at,
+# frame).
+_completed = itemgetter(0)
 
 
 class PoolRxFlow:
@@ -79,7 +83,8 @@ class PoolRxFlow:
         self.posted: deque = deque()
         self.in_ring = 0  # pages posted and not yet released by NAPI (the ring's WQEs)
         self.used = 0  # frames taken from the head page
-        self.done: deque = deque()
+        self.done: list = []  # completions in order (a list: NAPI takes a prefix at once)
+        self.completed = 0.0  # when the last completion was posted (NicRx.wire)
         self.acks: deque[tuple[float, int]] = deque()  # (completed at, DMA address)
         self.held: list = []  # the GRO segment napi_gro_receive holds (completions)
         self.unacked = 0  # payload bytes delivered since the last ACK (rcv_nxt - rcv_wup)
@@ -192,12 +197,12 @@ class PoolRx(NicRx):
         while True:
             if not done or done[0][0] > env.now:  # else wait_done would not wait
                 yield from self.wait_done(flow)
-            polled, now = [], env.now
-            take, popleft = polled.append, done.popleft
-            for _ in range(min(len(done), NAPI_BUDGET)):  # the budget's ready completions
-                if done[0][0] > now:
-                    break
-                take(popleft())
+            # The budget's ready completions: a prefix, as the completion queue is in order
+            # (``NicRx.wire`` posts a frame's completion no earlier than the one before).
+            now = env.now
+            count = bisect_right(done, now, 0, min(len(done), NAPI_BUDGET), key=_completed)
+            polled = done[:count]
+            del done[:count]
             start = now
             if flow.acks and flow.acks[0][0] <= now:  # else reap_acks has none to reap
                 yield from self.reap_acks(flow)
