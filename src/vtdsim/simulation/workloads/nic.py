@@ -126,7 +126,6 @@ class Buffers:
 class RxFlow:
     """A flow's ring (posted descriptors), its completions and its core."""
 
-    span = 1  # posted descriptors a packet needs
     contiguous = True  # a packet is one DMA of MTU bytes at its address (``NicRx.wire``)
 
     def __init__(self, world: DmaWorld, p: NicParams, index: int, premapped: bool):
@@ -135,6 +134,7 @@ class RxFlow:
         self.buffers = Buffers(world, index, nbytes, 4 * p.ring, p.flows)
         self.premapped = premapped
         self.posted: deque[Descriptor] = deque()
+        self.ready = self.posted  # a packet has a slot while one is posted (``NicRx.wire``)
         self.done: deque[tuple[float, float, Descriptor | None]] = deque()
         self.completed = 0.0  # when the last completion was posted (NicRx.wire)
         self.wake = None  # the core sleeps on it while no packet is complete
@@ -164,7 +164,7 @@ class RxFlow:
             self.refilled = None
 
     def available(self) -> bool:
-        return len(self.posted) >= self.span
+        return bool(self.posted)
 
     def dma(self, addr: int, desc) -> float:
         """The NIC writes one packet at ``addr``; the translation latency beyond the DMA."""
@@ -243,11 +243,10 @@ class NicRx:
         env, m, lag, xfer = world.env, world.m, self.lag_ns, self.xfer_ns
         gap, parallelism, lookahead = p.wire_ns * p.flows, self.parallelism, self.lookahead
         # What one arrival uses, bound once: a frame in one piece is one device write of MTU
-        # bytes (DmaWorld.page_dma); the ring has a frame while ``posted`` holds ``span``
-        # pages (``available``).
+        # bytes (DmaWorld.page_dma); the ring has a frame while ``ready`` is not empty
+        # (``available``).
         dma = world.page_dma(p.mtu, True) if flow.contiguous else None
-        packet_addr, done, posted, span = flow.packet_addr, flow.done.append, flow.posted, \
-            flow.span
+        packet_addr, done, ready = flow.packet_addr, flow.done.append, flow.ready
         yield env.timeout(flow.index * p.wire_ns)
         while True:
             now = env.now
@@ -281,7 +280,7 @@ class NicRx:
                         flow.wake = None
                 if horizon is None:
                     horizon = env.peek()
-                if not lookahead or flow.wake is not None or len(posted) < span:
+                if not lookahead or flow.wake is not None or not ready:
                     break
                 t = now + gap
                 after = t + gap - clock

@@ -80,9 +80,13 @@ class PoolRxFlow:
         self.ack_phys = base + count * PAGE  # one page of ACK heads
         self.pool = PagePool(world, index, pool_size,
                              [base + i * PAGE for i in reversed(range(count))])
-        self.posted: deque = deque()
+        # The ring's frames not yet written, in order: (DMA address, frame) each, laid out
+        # when their pages are posted (``_post``); the wire takes the next (``packet_addr``,
+        # the deque's own popleft: no Python call per packet) while any is left.
+        self.ready: deque = deque()
+        self.packet_addr = self.ready.popleft
+        self.partial: list = []  # pages posted towards the next frame spanning several
         self.in_ring = 0  # pages posted and not yet released by NAPI (the ring's WQEs)
-        self.used = 0  # frames taken from the head page
         self.done: list = []  # completions in order (a list: NAPI takes a prefix at once)
         self.completed = 0.0  # when the last completion was posted (NicRx.wire)
         self.acks: deque[tuple[float, int]] = deque()  # (completed at, DMA address)
@@ -95,7 +99,7 @@ class PoolRxFlow:
     def refill(self):
         """Post pool pages until the ring holds ``target`` (mlx5e_post_rx_mpwqes: a WQE of
         ``pages_per_desc`` pages at a time, once NAPI has released a whole one)."""
-        bulk, take, post, refs = self.bulk, self.pool.take, self.posted.append, 1 + self.slots
+        bulk, take, post, refs = self.bulk, self.pool.take, self._post, 1 + self.slots
         while self.target - self.in_ring >= bulk:
             for _ in range(bulk):
                 page = take()
@@ -113,25 +117,29 @@ class PoolRxFlow:
             self.refilled.succeed()
             self.refilled = None
 
-    def available(self) -> bool:  # NicRx.wire tests the same inline
-        return len(self.posted) >= self.span
+    def _post(self, page) -> None:
+        """The frames a posted page completes, onto ``ready``: its ``slots`` strides (laid
+        out once per pool page: ``Page.frames``), or one frame once ``span`` pages are."""
+        if self.span == 1:
+            frames = page.frames
+            if frames is None:
+                frames = page.frames = self._layout(page)
+            self.ready.extend(frames)
+            return
+        self.partial.append(page)
+        if len(self.partial) == self.span:
+            pages, self.partial = tuple(self.partial), []
+            self.ready.append((pages[0].dma, (pages, pages)))
 
-    def packet_addr(self) -> tuple[int, tuple[tuple, tuple]]:
-        """The next frame's DMA address and its (pages, done_pages) (the wire checks
-        ``posted``)."""
-        if self.slots > 1:
-            page = self.posted[0]
-            used = self.used
-            addr = page.dma + used * self.stride
-            used += 1
-            if used == self.slots:
-                self.posted.popleft()
-                self.used = 0
-                return addr, page.frames[1]
-            self.used = used
-            return addr, page.frames[0]
-        pages = tuple(self.posted.popleft() for _ in range(self.span))
-        return pages[0].dma, (pages, pages)
+    def _layout(self, page) -> tuple:
+        """A page's frames, one per stride: (DMA address, (pages, done_pages)), the page's
+        last frame releasing it (done_pages)."""
+        alone = (page,)
+        return tuple((page.dma + k * self.stride, (alone, alone if k == self.slots - 1 else ()))
+                     for k in range(self.slots))
+
+    def available(self) -> bool:  # NicRx.wire tests the same inline
+        return bool(self.ready)
 
     def dma(self, addr: int, packet: tuple[tuple, tuple]) -> float:
         world, mtu, pages = self.world, self.p.mtu, packet[0]

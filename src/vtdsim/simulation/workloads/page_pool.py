@@ -41,11 +41,7 @@ class Page:
 
     def __init__(self, phys: int, dma: int):
         self.phys, self.dma, self.refs = phys, dma, 0
-        # A received frame that lies on this page alone, as ``nic_pool`` queues one:
-        # (pages, done_pages) of a frame before the page's last, and of its last (the
-        # driver's reference then drops).  Built once: a frame is built per packet.
-        alone = (self,)
-        self.frames = (alone, ()), (alone, alone)
+        self.frames = None  # what a driver lays out on the page, built once (nic_pool)
 
 
 class PagePool:
