@@ -144,11 +144,11 @@ def bind_translate(unit: Any):
 
 
 def _cached(unit: Any, legacy_hit, recall, again):
-    """``translate_cached``: ``legacy_hit`` under TTM=00.  Under TTM=01 a request without
-    PASID that the full flow would answer from the caches alone - context-cache, PASID-cache
-    (the entry's RID_PASID) and a 4 KiB IOTLB entry with the permission - returns that
-    entry with the flow's side effects (each cache's recency
-    and hit counter; nothing else changes on such a hit: no fill, no stat of the unit).  The
+    """``(translate_cached, translate_page)``: ``legacy_hit`` under TTM=00.  Under TTM=01 a
+    request without PASID that the full flow would answer from the caches alone -
+    context-cache, PASID-cache (the entry's RID_PASID) and a 4 KiB IOTLB entry with the
+    permission - returns that entry with the flow's side effects (each cache's recency and
+    hit counter; nothing else changes on such a hit: no fill, no stat of the unit).  The
     probes themselves change nothing, so on anything else (None) the full flow runs from the
     start.  Checks in the flow's order (flow.RequestFlow.request, scalable.pasid_entry,
     flow.page): a present context entry fetched in scalable mode; RID_PASID within the
@@ -156,18 +156,19 @@ def _cached(unit: Any, legacy_hit, recall, again):
     without the IOTLB); then ``usable`` and ``check_access`` of a hit, which for AT=00
     without PRIV/EXE reduce to present and permitted.  The interrupt-range check (0x87)
     needs no probe: no IOTLB entry touching the range is ever filled
-    (``RequestFlow.fill_iotlb``)."""
+    (``RequestFlow.fill_iotlb``).  ``translate_page`` also answers where the 4 KiB key is
+    absent with the page's remembered first-stage miss (miss.bind_fs_miss: ``again``) - the
+    context and PASID entries and the key probed once for both, as a device's DMA to a page
+    missing from a small IOTLB would otherwise probe them twice."""
     caches = unit.context_cache, unit.pasid_cache, unit.iotlb
     (context_get, pasid_get, iotlb_get) = (c._get for c in caches)
     (context_touch, pasid_touch, iotlb_touch) = (c._touch for c in caches)
     (context_stats, pasid_stats, iotlb_stats) = (c.stats for c in caches)
     iotlb = unit.iotlb
 
-    def translate_cached(sid: int, iova: int, write: bool) -> IotlbEntry | None:
-        if not unit.translation_enabled or unit.ttm != 1:
-            return legacy_hit(sid, iova, write) if unit.translation_enabled \
-                and not unit.ttm else None
-        ce = context_get(sid)
+    def usable(sid: int, ce) -> tuple | None:
+        """``(pkey, pe)``: the PASID-cache key and entry of ``ce``'s RID_PASID, when the
+        context entry ``ce`` of ``sid`` and that entry pass the checks, else None."""
         if ce is None or not ce.present or not ce.scalable:
             return None
         pasid = ce.rid_pasid
@@ -177,41 +178,33 @@ def _cached(unit: Any, legacy_hit, recall, again):
         pe = pasid_get(pkey)
         if pe is None or not pe.present or pe.pgtt == PGTT_PT:
             return None
-        key = ((pe.did, pasid, 1, iova >> 12, sid) if iotlb.tag_sid
-               else (pe.did, pasid, 1, iova >> 12))
-        entry = iotlb_get(key)
-        if entry is None or not entry.present or not (entry.write if write else entry.read):
-            return None
-        context_touch(sid)
-        context_stats.hit += 1
-        pasid_touch(pkey)
-        pasid_stats.hit += 1
-        iotlb_touch(key)
-        iotlb_stats.hit += 1
-        return entry
+        return pkey, pe
 
-    def translate_page(sid: int, iova: int, write: bool) -> IotlbEntry | None:
-        # translate_cached, and where it finds the 4 KiB key absent, the page's remembered
-        # first-stage miss (miss.bind_fs_miss: ``again``) - the context and PASID entries
-        # and the key probed once for both, as a device's DMA to a page missing from a
-        # small IOTLB would otherwise probe them twice.  None: nothing changed, both missed.
+    # The requester whose context and PASID entries last passed ``usable``, with them: the
+    # records are frozen, so the very same objects pass again (held here, so ``is`` cannot
+    # match a new record at a reused address).
+    last = (None, None, None, None)
+
+    def translate_page(sid: int, iova: int, write: bool,
+                       remembered: bool = True) -> IotlbEntry | None:
+        nonlocal last
         if not unit.translation_enabled or unit.ttm != 1:
-            return translate_cached(sid, iova, write)
+            return legacy_hit(sid, iova, write) if unit.translation_enabled \
+                and not unit.ttm else None
         ce = context_get(sid)
-        if ce is None or not ce.present or not ce.scalable:
-            return None
-        pasid = ce.rid_pasid
-        if pasid >> 6 >= 1 << (ce.pdts + 7):
-            return None
-        pkey = (sid, pasid)
-        pe = pasid_get(pkey)
-        if pe is None or not pe.present or pe.pgtt == PGTT_PT:
-            return None
-        key = ((pe.did, pasid, 1, iova >> 12, sid) if iotlb.tag_sid
-               else (pe.did, pasid, 1, iova >> 12))
+        if ce is last[1] and sid == last[0] and pasid_get(last[2]) is last[3]:
+            _, _, pkey, pe = last
+        else:
+            found = usable(sid, ce)
+            if found is None:
+                return None
+            pkey, pe = found
+            last = (sid, ce, pkey, pe)
+        key = ((pe.did, pkey[1], 1, iova >> 12, sid) if iotlb.tag_sid
+               else (pe.did, pkey[1], 1, iova >> 12))
         entry = iotlb_get(key)
         if entry is None:
-            a = recall(iova >> 12)
+            a = recall(iova >> 12) if remembered else None
             return None if a is None else again(a, sid, write, ce, pe)
         if not entry.present or not (entry.write if write else entry.read):
             return None
@@ -222,6 +215,9 @@ def _cached(unit: Any, legacy_hit, recall, again):
         iotlb_touch(key)
         iotlb_stats.hit += 1
         return entry
+
+    def translate_cached(sid: int, iova: int, write: bool) -> IotlbEntry | None:
+        return translate_page(sid, iova, write, False)
 
     return translate_cached, translate_page
 
