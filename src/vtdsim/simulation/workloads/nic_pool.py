@@ -56,10 +56,8 @@ ACK_SLOTS = 64  # ACK skbs' heads in flight come from a few slab pages
 NAPI_BUDGET = 64  # NAPI_POLL_WEIGHT: netif_napi_add's weight, mlx5e_napi_poll's RX budget
 
 
-# A received frame is the pair (pages, done_pages): the pool pages it was written to, and the
-# ring pages whose last frame it was (the driver drops its reference on those when NAPI has
-# taken it).  A plain tuple (``Page.frames``); a completion is (completed at, arrived at,
-# frame).
+# A received frame is the tuple of pool pages it was written to (``Page.frames``); a
+# completion is (completed at, arrived at, frame).
 _completed = itemgetter(0)
 
 
@@ -86,7 +84,8 @@ class PoolRxFlow:
         self.ready: deque = deque()
         self.packet_addr = self.ready.popleft
         self.partial: list = []  # pages posted towards the next frame spanning several
-        self.in_ring = 0  # pages posted and not yet released by NAPI (the ring's WQEs)
+        self.ring: deque = deque()  # pages posted, not yet released by NAPI (its WQEs)
+        self.head_frames = 0  # frames NAPI took from the ring's first page (span 1)
         self.done: list = []  # completions in order (a list: NAPI takes a prefix at once)
         self.completed = 0.0  # when the last completion was posted (NicRx.wire)
         self.acks: deque[tuple[float, int]] = deque()  # (completed at, DMA address)
@@ -100,7 +99,7 @@ class PoolRxFlow:
         """Post pool pages until the ring holds ``target`` (mlx5e_post_rx_mpwqes: a WQE of
         ``pages_per_desc`` pages at a time, once NAPI has released a whole one)."""
         bulk, take, post, refs = self.bulk, self.pool.take, self._post, 1 + self.slots
-        while self.target - self.in_ring >= bulk:
+        while self.target - len(self.ring) >= bulk:
             for _ in range(bulk):
                 page = take()
                 if page is None:
@@ -112,7 +111,6 @@ class PoolRxFlow:
                 # fragmented drains the bias left: here the driver's one).
                 page.refs = refs
                 post(page)
-                self.in_ring += 1
         if self.refilled is not None and self.available():
             self.refilled.succeed()
             self.refilled = None
@@ -120,6 +118,7 @@ class PoolRxFlow:
     def _post(self, page) -> None:
         """The frames a posted page completes, onto ``ready``: its ``slots`` strides (laid
         out once per pool page: ``Page.frames``), or one frame once ``span`` pages are."""
+        self.ring.append(page)
         if self.span == 1:
             frames = page.frames
             if frames is None:
@@ -129,20 +128,27 @@ class PoolRxFlow:
         self.partial.append(page)
         if len(self.partial) == self.span:
             pages, self.partial = tuple(self.partial), []
-            self.ready.append((pages[0].dma, (pages, pages)))
+            self.ready.append((pages[0].dma, pages))
 
     def _layout(self, page) -> tuple:
-        """A page's frames, one per stride: (DMA address, (pages, done_pages)), the page's
-        last frame releasing it (done_pages)."""
+        """A page's frames, one per stride: (DMA address, (page,))."""
         alone = (page,)
-        return tuple((page.dma + k * self.stride, (alone, alone if k == self.slots - 1 else ()))
-                     for k in range(self.slots))
+        return tuple((page.dma + k * self.stride, alone) for k in range(self.slots))
+
+    def released(self, frames: int) -> int:
+        """How many of the ring's pages NAPI releases having taken ``frames`` more: those
+        whose last frame it took (frames fill the pages in order)."""
+        if self.span > 1:
+            return frames * self.span
+        taken = self.head_frames + frames
+        self.head_frames = taken % self.slots
+        return taken // self.slots
 
     def available(self) -> bool:  # NicRx.wire tests the same inline
         return bool(self.ready)
 
-    def dma(self, addr: int, packet: tuple[tuple, tuple]) -> float:
-        world, mtu, pages = self.world, self.p.mtu, packet[0]
+    def dma(self, addr: int, pages: tuple) -> float:
+        world, mtu = self.world, self.p.mtu
         if len(pages) == 1:
             return world.dma(addr, mtu, True)
         extra = 0.0
@@ -223,19 +229,19 @@ class PoolRx(NicRx):
                 flow.unacked = 0
                 yield from self.send_ack(flow)
             # A page goes back to the pool when its last reference drops (Page.refs; PagePool.put).
-            for _ready, _arrival, (_pages, done_pages) in polled:
-                for page in done_pages:  # NAPI: the driver's reference, direct
-                    flow.in_ring -= 1
-                    page.refs -= 1
-                    if not page.refs and not pool.recycle(page, True):
-                        yield from pool.release(page)
+            released = flow.released(len(polled))  # NAPI: the driver's references, direct
+            for _ in range(released):
+                page = flow.ring.popleft()
+                page.refs -= 1
+                if not page.refs and not pool.recycle(page, True):
+                    yield from pool.release(page)
             # The reader copied the delivered ones and frees the skbs on this CPU
             # (skb_attempt_defer_free -> kfree_skb_napi_cache, BH off): direct recycling while
             # the queue's NAPI is still scheduled here (page_pool_napi_local:
             # napi->list_owner), i.e. more completions wait.
             direct = bool(done)
             now, recycle, latency, ios = env.now, pool.recycle, m.latency.add, 0
-            for _ready, arrival, (pages, _done_pages) in batch:
+            for _ready, arrival, pages in batch:
                 for page in pages:
                     page.refs -= 1
                     if not page.refs and not recycle(page, direct):
@@ -247,7 +253,7 @@ class PoolRx(NicRx):
                 ios += 1
                 latency(now - arrival)
             m.ios += ios
-            if flow.target - flow.in_ring >= flow.bulk or flow.refilled is not None:
+            if flow.target - len(flow.ring) >= flow.bulk or flow.refilled is not None:
                 yield from flow.refill()  # else it has nothing to post
             m.cpu_busy_ns += env.now - start
             self.stop.check()
