@@ -24,8 +24,9 @@ def evict_nth(unit, n: int) -> None:
 
 
 def page_request(unit, sid: int, iova: int, write: bool):
-    """A request as ``DmaWorld.page_dma`` makes it: ``unit.translate_page``, which answers an
-    IOTLB hit or the page's remembered miss, else ``unit.translate_missed`` (nothing changed
-    before it)."""
-    entry = unit.translate_page(sid, iova, write)
+    """A request to page ``iova`` as ``DmaWorld.page_dma`` makes it: ``unit.translate_page``
+    at a frame's offset in the page (it reads the page number alone), which answers an IOTLB
+    hit or the page's remembered miss, else ``unit.translate_missed`` of the page (nothing
+    changed before it)."""
+    entry = unit.translate_page(sid, iova + 0x7C0, write)
     return entry if entry is not None else unit.translate_missed(sid, iova, write)

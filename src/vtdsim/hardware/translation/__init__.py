@@ -183,23 +183,23 @@ def _cached(unit: Any, legacy_hit, recall, again):
     # The requester whose context and PASID entries last passed ``usable``, with them: the
     # records are frozen, so the very same objects pass again (held here, so ``is`` cannot
     # match a new record at a reused address).
-    last = (None, None, None, None)
+    last_sid = last_ce = last_pkey = last_pe = None
 
     def translate_page(sid: int, iova: int, write: bool,
                        remembered: bool = True) -> IotlbEntry | None:
-        nonlocal last
+        nonlocal last_sid, last_ce, last_pkey, last_pe
         if not unit.translation_enabled or unit.ttm != 1:
             return legacy_hit(sid, iova, write) if unit.translation_enabled \
                 and not unit.ttm else None
         ce = context_get(sid)
-        if ce is last[1] and sid == last[0] and pasid_get(last[2]) is last[3]:
-            _, _, pkey, pe = last
+        if ce is last_ce and sid == last_sid and pasid_get(last_pkey) is last_pe:
+            pkey, pe = last_pkey, last_pe
         else:
             found = usable(sid, ce)
             if found is None:
                 return None
             pkey, pe = found
-            last = (sid, ce, pkey, pe)
+            last_sid, last_ce, last_pkey, last_pe = sid, ce, pkey, pe
         key = ((pe.did, pkey[1], 1, iova >> 12, sid) if iotlb.tag_sid
                else (pe.did, pkey[1], 1, iova >> 12))
         entry = iotlb_get(key)

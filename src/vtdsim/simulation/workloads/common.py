@@ -290,11 +290,11 @@ class DmaWorld:
                 return dma(addr, size, write)
             m.translations += 1
             m.bytes += size
-            page = addr >> 12 << 12
             reads = stats["walk_reads"]
-            if translate_page(sid, page, write) is not None:
+            if translate_page(sid, addr, write) is not None:  # it reads addr's page number
                 # priced as TimedMachine.translate_miss: a lookup, and a read per walk read
                 return hit_ns + (stats["walk_reads"] - reads) * walk_ns
+            page = addr >> 12 << 12
             result, ns = miss(sid, page, write)
             if not result:
                 _faulted(addr >> 12, result)
