@@ -265,22 +265,25 @@ class NicRx:
             while True:
                 if engine_free - now > lag:
                     dropped += 1
+                    if flow.wake is not None:  # the core sleeps: the next arrival may wake it
+                        break
                 else:
                     addr, desc = packet_addr()
                     extra = dma(addr) if dma is not None else flow.dma(addr, desc)
                     penalty(extra)
-                    start = engine_free if engine_free > now else now  # max(now, engine_free)
-                    engine_free = start + xfer + extra / parallelism
-                    end = start + xfer + extra
+                    # the engine starts it at max(now, engine_free), then transfers it
+                    start = (engine_free if engine_free > now else now) + xfer
+                    engine_free = start + extra / parallelism
+                    end = start + extra
                     if end > completed:  # else it completes once the frame before it has
                         completed = end
                     done((completed, now, desc))
-                    if flow.wake is not None:
+                    if flow.wake is not None:  # this arrival wakes the core: horizon is now
                         flow.wake.succeed()
                         flow.wake = None
                 if horizon is None:
                     horizon = env.peek()
-                if not lookahead or flow.wake is not None or not ready:
+                if not lookahead or not ready:
                     break
                 t = now + gap
                 after = t + gap - clock

@@ -99,18 +99,17 @@ class PoolRxFlow:
         """Post pool pages until the ring holds ``target`` (mlx5e_post_rx_mpwqes: a WQE of
         ``pages_per_desc`` pages at a time, once NAPI has released a whole one)."""
         bulk, take, post, refs = self.bulk, self.pool.take, self._post, 1 + self.slots
-        while self.target - len(self.ring) >= bulk:
-            for _ in range(bulk):
-                page = take()
-                if page is None:
-                    page = yield from self.pool.alloc()
-                # The driver's reference while posted and one for each frame it will build
-                # on the page, taken up front as a bias (mlx5e_page_alloc_fragmented:
-                # page_pool_fragment_page), so building a frame changes no count.  NAPI
-                # releases the page once all its frames are taken (mlx5e_page_release_
-                # fragmented drains the bias left: here the driver's one).
-                page.refs = refs
-                post(page)
+        for _ in range((self.target - len(self.ring)) // bulk * bulk):  # whole WQEs
+            page = take()
+            if page is None:
+                page = yield from self.pool.alloc()
+            # The driver's reference while posted and one for each frame it will build on
+            # the page, taken up front as a bias (mlx5e_page_alloc_fragmented:
+            # page_pool_fragment_page), so building a frame changes no count.  NAPI releases
+            # the page once all its frames are taken (mlx5e_page_release_fragmented drains
+            # the bias left: here the driver's one).
+            page.refs = refs
+            post(page)
         if self.refilled is not None and self.available():
             self.refilled.succeed()
             self.refilled = None
