@@ -79,7 +79,7 @@ class PoolRxFlow:
         self.pool = PagePool(world, index, pool_size,
                              [base + i * PAGE for i in reversed(range(count))])
         # The ring's frames not yet written, in order: (DMA address, frame) each, laid out
-        # when their pages are posted (``_post``); the wire takes the next (``packet_addr``,
+        # when their pages are posted (``refill``); the wire takes the next (``packet_addr``,
         # the deque's own popleft: no Python call per packet) while any is left.
         self.ready: deque = deque()
         self.packet_addr = self.ready.popleft
@@ -97,8 +97,11 @@ class PoolRxFlow:
 
     def refill(self):
         """Post pool pages until the ring holds ``target`` (mlx5e_post_rx_mpwqes: a WQE of
-        ``pages_per_desc`` pages at a time, once NAPI has released a whole one)."""
-        bulk, take, post, refs = self.bulk, self.pool.take, self._post, 1 + self.slots
+        ``pages_per_desc`` pages at a time, once NAPI has released a whole one); the frames
+        a posted page completes go onto ``ready``: its ``slots`` strides (laid out once per
+        pool page: ``Page.frames``), or one frame once ``span`` pages are (``_span``)."""
+        bulk, take, refs = self.bulk, self.pool.take, 1 + self.slots
+        post, add_frames, spanning = self.ring.append, self.ready.extend, self.span > 1
         for _ in range((self.target - len(self.ring)) // bulk * bulk):  # whole WQEs
             page = take()
             if page is None:
@@ -110,20 +113,19 @@ class PoolRxFlow:
             # the bias left: here the driver's one).
             page.refs = refs
             post(page)
+            if spanning:
+                self._span(page)
+                continue
+            frames = page.frames
+            if frames is None:
+                frames = page.frames = self._layout(page)
+            add_frames(frames)
         if self.refilled is not None and self.available():
             self.refilled.succeed()
             self.refilled = None
 
-    def _post(self, page) -> None:
-        """The frames a posted page completes, onto ``ready``: its ``slots`` strides (laid
-        out once per pool page: ``Page.frames``), or one frame once ``span`` pages are."""
-        self.ring.append(page)
-        if self.span == 1:
-            frames = page.frames
-            if frames is None:
-                frames = page.frames = self._layout(page)
-            self.ready.extend(frames)
-            return
+    def _span(self, page) -> None:
+        """A posted page towards a frame of ``span`` pages: the frame once it has them."""
         self.partial.append(page)
         if len(self.partial) == self.span:
             pages, self.partial = tuple(self.partial), []
