@@ -39,6 +39,7 @@ from vtdsim.driver.dma_api import (
 from vtdsim.driver.iova import IovaDomain
 from vtdsim.errors import BadInput, ModelError
 from vtdsim.hardware.remapping_unit import CacheConfig
+from vtdsim.hardware.translation.miss import FS_MISS_READS
 from vtdsim.simulation.engine import TimedMachine
 from vtdsim.simulation.machine import GUEST_DATA, build
 from vtdsim.simulation.metrics import Measure, model_counters
@@ -283,17 +284,19 @@ class DmaWorld:
             return lambda addr: dma(addr, size, write)
         m, sid, machine, last_start = self.m, self.sid, self.machine, PAGE - size
         unit, hit_ns, miss = machine.dma_unit, machine.hit_ns, machine.translate_miss
-        translate_page, stats, walk_ns = unit.translate_page, unit.stats, machine.dram_ns
+        translate_page, iotlb_stats = unit.translate_page, unit.iotlb.stats
+        # Priced as TimedMachine.translate_miss: a lookup, and a read per walk read - none on
+        # an IOTLB hit, the PTE's on translate_page's other answer (miss.FS_MISS_READS).
+        miss_ns = hit_ns + FS_MISS_READS * machine.dram_ns
 
         def page_dma(addr: int) -> float:
             if addr & (PAGE - 1) > last_start:  # touches two pages
                 return dma(addr, size, write)
             m.translations += 1
             m.bytes += size
-            reads = stats["walk_reads"]
+            hits = iotlb_stats.hit
             if translate_page(sid, addr, write) is not None:  # it reads addr's page number
-                # priced as TimedMachine.translate_miss: a lookup, and a read per walk read
-                return hit_ns + (stats["walk_reads"] - reads) * walk_ns
+                return hit_ns if iotlb_stats.hit != hits else miss_ns
             page = addr >> 12 << 12
             result, ns = miss(sid, page, write)
             if not result:
