@@ -286,8 +286,9 @@ class NicRx:
                 if not lookahead or not ready:
                     break
                 t = now + gap
-                after = t + gap - clock
-                if horizon <= t or clock + after != t + gap:
+                following = t + gap  # the arrival after t: where its timeout must land
+                after = following - clock
+                if horizon <= t or clock + after != following:
                     break
                 now, delay = t, after
             self.engine_free, flow.completed = engine_free, completed
