@@ -1,9 +1,10 @@
 """The scalable-mode IOTLB-hit fast path (``translation.bind_translate``) is exact: on random
 sequences of page-table changes, PASID-entry rewrites, cache fills, evictions, every
 invalidation granularity and translations from two requesters, a unit translating through
-``unit.translate`` ends every step in the same state - results, unit stats, each cache's
-entries in LRU order and its counters, memory, pending faults - as a twin unit translating
-every request through the full flow (``translation.access``)."""
+``unit.translate`` (or ``unit.translate_page`` then ``translate_missed``, as a device's DMA
+to one page asks, ``twins.page_request``) ends every step in the same state - results, unit
+stats, each cache's entries in LRU order and its counters, memory, pending faults - as a
+twin unit translating every request through the full flow (``translation.access``)."""
 
 import pytest
 from hypothesis import given, settings
@@ -114,7 +115,8 @@ def translate(w: World, sid: int, page: int, write: bool, fast: bool) -> list:
     out = []
     for who, w_ in ((sid, write), (other, write), (sid, not write), (sid, write)):
         if fast and w.unit.ttm == 1:
-            out.append(w.unit.translate(who, iova_of(page), w_))
+            out.append(twins.page_request(w.unit, who, iova_of(page), w_) if w.page
+                       else w.unit.translate(who, iova_of(page), w_))
         else:
             out.append(access(w.unit, DmaRequest(who, iova_of(page), w_)))
     return out
@@ -152,14 +154,19 @@ def apply(w: World, op: str, page: int, n: int, flags: int, fast: bool):
     return None
 
 
-def run_twins(caps, config: CacheConfig, ops) -> None:
-    twins.run_twins(lambda: World(caps, config), apply, ops)
+def run_twins(caps, config: CacheConfig, ops, page: bool = False) -> None:
+    def make() -> World:
+        world = World(caps, config)
+        world.page = page  # the fast world asks translate_page (twins.page_request)
+        return world
+
+    twins.run_twins(make, apply, ops)
 
 
 @settings(max_examples=300, deadline=None)
-@given(caps=st.sampled_from(CAPS), config=CONFIGS, ops=OPS)
-def test_fast_path_matches_the_full_flow(caps, config, ops):
-    run_twins(caps, config, ops)
+@given(caps=st.sampled_from(CAPS), config=CONFIGS, ops=OPS, page=st.booleans())
+def test_fast_path_matches_the_full_flow(caps, config, ops, page):
+    run_twins(caps, config, ops, page)
 
 
 CM = CAPS[1]
@@ -177,10 +184,11 @@ SCENARIOS = {  # each check of the fast path, with the cached state that makes i
 }
 
 
+@pytest.mark.parametrize("page", [False, True])
 @pytest.mark.parametrize("name", list(SCENARIOS))
-def test_fast_path_matches_the_full_flow_on(name):
+def test_fast_path_matches_the_full_flow_on(name, page):
     caps, ops = SCENARIOS[name]
-    run_twins(caps, CacheConfig(), ops)
+    run_twins(caps, CacheConfig(), ops, page)
 
 
 @pytest.mark.parametrize("tag_sid", [False, True])

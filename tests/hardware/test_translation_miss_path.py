@@ -5,7 +5,9 @@ the CPU cache, cache fills (a supervisor walk's too), evictions, every invalidat
 granularity and two requesters, a unit translating through ``unit.translate`` ends every
 step in the same state - results, unit stats, each cache's entries in LRU order and its
 counters, the paging-structure cache's per-level misses, memory, pending faults - as a twin
-translating every request through the full flow (``translation.access``)."""
+translating every request through the full flow (``translation.access``).  The fast world
+asks ``unit.translate``, or ``unit.translate_page`` then ``unit.translate_missed`` when it
+answers None (a device's DMA to one page, ``DmaWorld.page_dma``), or each in turn (PATHS)."""
 
 from dataclasses import replace
 
@@ -55,7 +57,8 @@ class World:
     """A scalable-mode unit whose two requesters share domain ``DID`` on RID_PASID 0, with
     a 4- and a 5-level first-stage table mapping the same pages."""
 
-    def __init__(self, caps, config: CacheConfig):
+    def __init__(self, caps, config: CacheConfig, path: str = "translate"):
+        self.path, self.requests = path, 0  # the fast path taken (PATHS), requests made
         self.unit = RemappingUnit(caps, PhysicalMemory(), cache_config=config)
         self.t = Tables(self.unit.memory)
         self.unit.root_table_addr, self.unit.ttm = self.t.rta, 1
@@ -138,18 +141,25 @@ class World:
                 unit.memory.snapshot(), unit.faults.pending())
 
 
+PATHS = ("translate", "page", "mixed")  # the fast world's: unit.translate, translate_page
+
+
 def translate(w: World, sid: int, page: int, write: bool, fast: bool) -> list:
     """The page from ``sid``, again, from the other requester, then its neighbour in the same
-    2 MiB region (below the PDE the first walk cached) from ``sid``, through
-    ``unit.translate`` iff ``fast``."""
+    2 MiB region (below the PDE the first walk cached) from ``sid``, through the world's
+    fast path (``w.path``) iff ``fast``."""
     other = SIDS[1 - SIDS.index(sid)]
     requests = [(sid, page), (sid, page), (other, page), (sid, page ^ 1 if page < 4 else page)]
     out = []
     for who, p in requests:
-        if fast:
-            out.append(w.unit.translate(who, IOVAS[p], write))
-        else:
+        if not fast:
             out.append(access(w.unit, DmaRequest(who, IOVAS[p], write)))
+            continue
+        w.requests += 1
+        if w.path == "page" or (w.path == "mixed" and w.requests % 2):
+            out.append(twins.page_request(w.unit, who, IOVAS[p], write))
+        else:
+            out.append(w.unit.translate(who, IOVAS[p], write))
     return out
 
 
@@ -230,20 +240,20 @@ CONFIGS = st.builds(
     iotlb_tag_sid=st.sampled_from([False, False, True]), cache_negative=st.booleans())
 
 
-def run_twins(caps, config: CacheConfig, ops) -> None:
-    twins.run_twins(lambda: World(caps, config), apply, ops)
+def run_twins(caps, config: CacheConfig, ops, path: str = "translate") -> None:
+    twins.run_twins(lambda: World(caps, config, path), apply, ops)
 
 
 @settings(max_examples=400, deadline=None)
-@given(caps=st.sampled_from(CAPS), config=CONFIGS, ops=OPS)
-def test_miss_path_matches_the_full_flow(caps, config, ops):
-    run_twins(caps, config, ops)
+@given(caps=st.sampled_from(CAPS), config=CONFIGS, ops=OPS, path=st.sampled_from(PATHS))
+def test_miss_path_matches_the_full_flow(caps, config, ops, path):
+    run_twins(caps, config, ops, path)
 
 
-@settings(max_examples=200, deadline=None)
-@given(caps=st.sampled_from(CAPS), config=CONFIGS, ops=REPEATS)
-def test_miss_path_matches_the_full_flow_on_pages_missed_again(caps, config, ops):
-    run_twins(caps, config, ops)
+@settings(max_examples=300, deadline=None)
+@given(caps=st.sampled_from(CAPS), config=CONFIGS, ops=REPEATS, path=st.sampled_from(PATHS))
+def test_miss_path_matches_the_full_flow_on_pages_missed_again(caps, config, ops, path):
+    run_twins(caps, config, ops, path)
 
 
 SCENARIOS = {  # rare states where a check of the fast path decides, reached on purpose
@@ -313,10 +323,11 @@ SCENARIOS = {  # rare states where a check of the fast path decides, reached on 
 }
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("caps", CAPS)
 @pytest.mark.parametrize("name", list(SCENARIOS))
-def test_miss_path_matches_the_full_flow_on(name, caps):
-    run_twins(caps, CacheConfig(), SCENARIOS[name])
+def test_miss_path_matches_the_full_flow_on(name, caps, path):
+    run_twins(caps, CacheConfig(), SCENARIOS[name], path)
 
 
 def test_miss_path_is_taken_for_a_page_below_a_cached_pde(monkeypatch):
@@ -339,11 +350,13 @@ def test_miss_path_is_taken_for_a_page_below_a_cached_pde(monkeypatch):
     assert w.unit.iotlb.stats.fill == iotlb["fill"] + 1
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", [n for n in SCENARIOS if n.startswith("a page again")])
-def test_miss_path_matches_the_full_flow_remembering_one_page(name, monkeypatch):
+def test_miss_path_matches_the_full_flow_remembering_one_page(name, path, monkeypatch):
     """The memo emptied whenever full, at one page: a miss on another page forgets."""
     monkeypatch.setattr(miss, "MEMO_PAGES", 1)
-    run_twins(CAPS[0], CacheConfig(), SCENARIOS[name] + [("again", 1, 3, 0), ("again", 0, 3, 1)])
+    run_twins(CAPS[0], CacheConfig(), SCENARIOS[name] + [("again", 1, 3, 0), ("again", 0, 3, 1)],
+              path)
 
 
 def test_miss_path_remembers_a_page_it_built_the_entry_of():
@@ -358,3 +371,18 @@ def test_miss_path_remembers_a_page_it_built_the_entry_of():
     invalidation.piotlb_page(w.unit, DID, 0, IOVAS[1], 0, 1)
     again = w.unit.translate(SIDS[0], IOVAS[1], True)
     assert again is not first and again.global_ and again == replace(first, global_=True)
+
+
+def test_translate_page_answers_a_page_missed_again_without_translate_missed(monkeypatch):
+    """A page missed again below its cached PDE, nothing changed, is ``translate_page``'s
+    own answer (the memo's entry, the flow's counts); a page never missed is not."""
+    w = World(CAPS[0], CacheConfig())
+    w.unit.translate(SIDS[0], IOVAS[0], True)  # a full walk: fills the PSC down to the PDE
+    assert w.unit.translate_page(SIDS[0], IOVAS[1], True) is None  # never missed: nothing
+    first = w.unit.translate(SIDS[0], IOVAS[1], True)
+    assert w.unit.translate_page(SIDS[0], IOVAS[1], True) is first  # the IOTLB hit
+    invalidation.piotlb_page(w.unit, DID, 0, IOVAS[1], 0, 1)  # IH=1: the PDE stays cached
+    stats = dict(w.unit.stats)
+    assert w.unit.translate_page(SIDS[0], IOVAS[1], True) is first
+    moved = {k: v - stats.get(k, 0) for k, v in w.unit.stats.items() if v != stats.get(k, 0)}
+    assert moved == {"iotlb_miss": 1, "walks": 1, "walk_reads": 1}

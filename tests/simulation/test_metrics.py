@@ -4,8 +4,13 @@ lower bound is within 1/64 below every value in it (exact under 64 ns); reads fo
 
 import random
 from collections import Counter
+from functools import reduce
+from operator import add
 
-from vtdsim.simulation.metrics import Histogram, _bucket_value
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vtdsim.simulation.metrics import Histogram, _bucket_value, ordered_sum
 
 
 def _bucket_of(value: float) -> int:
@@ -53,3 +58,15 @@ def test_reads_fold_pending_values():
     for v in (100.0, 200.0, 300.0):
         h.add(v)
     assert h.mean == 200.0 and h.percentile(50) == 200 and h.n == 3
+
+
+@given(st.lists(st.one_of(st.floats(allow_nan=False, allow_infinity=False),
+                          st.sampled_from([1e16, -1e16, 1.0, 0.1, 3.0]),
+                          st.integers(-(1 << 60), 1 << 60))),
+       st.floats(allow_nan=False, allow_infinity=False))
+def test_ordered_sum_rounds_each_addition_as_plus_equals(values, start):
+    """``fold``'s total: every partial sum rounded, left to right (no compensation: 1e16 + 1.0
+    - 1e16 is 0.0, as ``+=`` gives), bit for bit."""
+    expected = reduce(add, values, start)
+    assert repr(ordered_sum(values, start)) == repr(expected)
+    assert ordered_sum([1e16, 1.0, -1e16], 0.0) == 0.0

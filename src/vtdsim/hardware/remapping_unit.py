@@ -117,11 +117,12 @@ class RemappingUnit:
 
     def _bind_fast_path(self) -> None:
         # ``translate`` and its two halves, ``translate_cached`` (the IOTLB hit) and
-        # ``translate_missed`` (the rest), bound to this unit's caches
+        # ``translate_missed`` (the rest), and ``translate_page`` (the hit or a remembered
+        # first-stage miss, for a device's DMA to one page), bound to this unit's caches
         # (translation.bind_translate): a method would add two calls and attribute lookups
         # to every hit.
-        self.translate, self.translate_cached, self.translate_missed = \
-            translation.bind_translate(self)
+        (self.translate, self.translate_cached, self.translate_missed,
+         self.translate_page) = translation.bind_translate(self)
 
     def __getstate__(self) -> dict:
         # copy/deepcopy/pickle (the checker snapshots worlds): the bound closure refers to the
@@ -130,6 +131,7 @@ class RemappingUnit:
         state.pop("translate", None)
         state.pop("translate_cached", None)
         state.pop("translate_missed", None)
+        state.pop("translate_page", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -163,7 +165,9 @@ class RemappingUnit:
     # request fast path, installed per instance by _bind_fast_path; translate_cached(sid,
     # iova, write) -> IotlbEntry | None: its cache-hit half alone (None: nothing changed);
     # translate_missed(sid, iova, write): the other half, for a caller whose translate_cached
-    # has just answered None (translate is translate_cached, then translate_missed on None).
+    # has just answered None (translate is translate_cached, then translate_missed on None);
+    # translate_page(sid, iova, write) -> IotlbEntry | None: translate_cached that answers a
+    # remembered first-stage miss too (None: nothing changed, translate_missed is the rest).
 
     def access(self, req: DmaRequest):
         """A full request (AT, privilege, execute, no-snoop): ``IotlbEntry`` or ``Fault``."""

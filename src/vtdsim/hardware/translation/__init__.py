@@ -60,12 +60,17 @@ __all__ = ["Fill", "access", "apply_fill", "bind_translate", "entry_pieces", "po
 # -- the public entry points ----------------------------------------------------------------------
 def bind_translate(unit: Any):
     """The untranslated-request fast path bound to ``unit``'s caches, for the unit to install:
-    ``(translate, translate_cached, translate_missed)``.  ``translate_cached(sid, iova, write)``
-    probes the caches only and returns, on a 4 KiB IOTLB hit with the permission, the cached
-    ``IotlbEntry`` itself, else None having changed nothing (so a caller may then take the
-    full flow, or ask ``translate`` which does); ``translate_missed(sid, iova, write)`` is the
-    rest of ``translate`` for a caller whose ``translate_cached`` has just answered None;
+    ``(translate, translate_cached, translate_missed, translate_page)``.
+    ``translate_cached(sid, iova, write)`` probes the caches only and returns, on a 4 KiB
+    IOTLB hit with the permission, the cached ``IotlbEntry`` itself, else None having changed
+    nothing (so a caller may then take the full flow, or ask ``translate`` which does);
+    ``translate_missed(sid, iova, write)`` is the rest of ``translate`` for a caller whose
+    ``translate_cached`` has just answered None;
     ``translate(sid, iova, write=False, pasid=None)`` answers any untranslated request.
+    ``translate_page(sid, iova, write)`` is ``translate_cached`` that also answers, in
+    scalable mode, a 4 KiB page's miss which ``fs_miss`` answered before and would again
+    (its memo), probing context, PASID and the IOTLB key once; None: nothing changed, and
+    ``translate_missed`` is the rest.
 
     Legacy mode (TTM=00): a context-cache probe and an IOTLB probe.  Hits are counted in
     ``unit.iotlb.stats.hit`` only (a Counter increment would double the cost of the hit
@@ -82,7 +87,7 @@ def bind_translate(unit: Any):
     iotlb = unit.iotlb
     iotlb_get, iotlb_touch, iotlb_stats = iotlb._get, iotlb._touch, iotlb.stats
     lookup_iova = iotlb.lookup_iova
-    fs_miss = bind_fs_miss(unit)
+    fs_miss, recall, again = bind_fs_miss(unit)
 
     def translate_bound(sid: int, iova: int, write: bool = False, pasid: int | None = None):
         if pasid is None:
@@ -124,7 +129,7 @@ def bind_translate(unit: Any):
             return entry
         return None
 
-    translate_cached = _cached(unit, legacy_hit)
+    translate_cached, translate_page = _cached(unit, legacy_hit, recall, again)
 
     def legacy_miss(sid: int, iova: int, write: bool):
         ce = legacy_context(sid)
@@ -135,15 +140,15 @@ def bind_translate(unit: Any):
             return entry
         return _run(unit, DmaRequest(sid, iova, write), ce, probed=True, entry=entry)
 
-    return translate_bound, translate_cached, translate_missed
+    return translate_bound, translate_cached, translate_missed, translate_page
 
 
-def _cached(unit: Any, legacy_hit):
-    """``translate_cached``: ``legacy_hit`` under TTM=00.  Under TTM=01 a request without
-    PASID that the full flow would answer from the caches alone - context-cache, PASID-cache
-    (the entry's RID_PASID) and a 4 KiB IOTLB entry with the permission - returns that
-    entry with the flow's side effects (each cache's recency
-    and hit counter; nothing else changes on such a hit: no fill, no stat of the unit).  The
+def _cached(unit: Any, legacy_hit, recall, again):
+    """``(translate_cached, translate_page)``: ``legacy_hit`` under TTM=00.  Under TTM=01 a
+    request without PASID that the full flow would answer from the caches alone -
+    context-cache, PASID-cache (the entry's RID_PASID) and a 4 KiB IOTLB entry with the
+    permission - returns that entry with the flow's side effects (each cache's recency and
+    hit counter; nothing else changes on such a hit: no fill, no stat of the unit).  The
     probes themselves change nothing, so on anything else (None) the full flow runs from the
     start.  Checks in the flow's order (flow.RequestFlow.request, scalable.pasid_entry,
     flow.page): a present context entry fetched in scalable mode; RID_PASID within the
@@ -151,18 +156,19 @@ def _cached(unit: Any, legacy_hit):
     without the IOTLB); then ``usable`` and ``check_access`` of a hit, which for AT=00
     without PRIV/EXE reduce to present and permitted.  The interrupt-range check (0x87)
     needs no probe: no IOTLB entry touching the range is ever filled
-    (``RequestFlow.fill_iotlb``)."""
+    (``RequestFlow.fill_iotlb``).  ``translate_page`` also answers where the 4 KiB key is
+    absent with the page's remembered first-stage miss (miss.bind_fs_miss: ``again``) - the
+    context and PASID entries and the key probed once for both, as a device's DMA to a page
+    missing from a small IOTLB would otherwise probe them twice."""
     caches = unit.context_cache, unit.pasid_cache, unit.iotlb
     (context_get, pasid_get, iotlb_get) = (c._get for c in caches)
     (context_touch, pasid_touch, iotlb_touch) = (c._touch for c in caches)
     (context_stats, pasid_stats, iotlb_stats) = (c.stats for c in caches)
     iotlb = unit.iotlb
 
-    def translate_cached(sid: int, iova: int, write: bool) -> IotlbEntry | None:
-        if not unit.translation_enabled or unit.ttm != 1:
-            return legacy_hit(sid, iova, write) if unit.translation_enabled \
-                and not unit.ttm else None
-        ce = context_get(sid)
+    def usable(sid: int, ce) -> tuple | None:
+        """``(pkey, pe)``: the PASID-cache key and entry of ``ce``'s RID_PASID, when the
+        context entry ``ce`` of ``sid`` and that entry pass the checks, else None."""
         if ce is None or not ce.present or not ce.scalable:
             return None
         pasid = ce.rid_pasid
@@ -172,10 +178,35 @@ def _cached(unit: Any, legacy_hit):
         pe = pasid_get(pkey)
         if pe is None or not pe.present or pe.pgtt == PGTT_PT:
             return None
-        key = ((pe.did, pasid, 1, iova >> 12, sid) if iotlb.tag_sid
-               else (pe.did, pasid, 1, iova >> 12))
+        return pkey, pe
+
+    # The requester whose context and PASID entries last passed ``usable``, with them: the
+    # records are frozen, so the very same objects pass again (held here, so ``is`` cannot
+    # match a new record at a reused address).
+    last_sid = last_ce = last_pkey = last_pe = None
+
+    def translate_page(sid: int, iova: int, write: bool,
+                       remembered: bool = True) -> IotlbEntry | None:
+        nonlocal last_sid, last_ce, last_pkey, last_pe
+        if not unit.translation_enabled or unit.ttm != 1:
+            return legacy_hit(sid, iova, write) if unit.translation_enabled \
+                and not unit.ttm else None
+        ce = context_get(sid)
+        if ce is last_ce and sid == last_sid and pasid_get(last_pkey) is last_pe:
+            pkey, pe = last_pkey, last_pe
+        else:
+            found = usable(sid, ce)
+            if found is None:
+                return None
+            pkey, pe = found
+            last_sid, last_ce, last_pkey, last_pe = sid, ce, pkey, pe
+        key = ((pe.did, pkey[1], 1, iova >> 12, sid) if iotlb.tag_sid
+               else (pe.did, pkey[1], 1, iova >> 12))
         entry = iotlb_get(key)
-        if entry is None or not entry.present or not (entry.write if write else entry.read):
+        if entry is None:
+            a = recall(iova >> 12) if remembered else None
+            return None if a is None else again(a, sid, write, ce, pe)
+        if not entry.present or not (entry.write if write else entry.read):
             return None
         context_touch(sid)
         context_stats.hit += 1
@@ -185,7 +216,10 @@ def _cached(unit: Any, legacy_hit):
         iotlb_stats.hit += 1
         return entry
 
-    return translate_cached
+    def translate_cached(sid: int, iova: int, write: bool) -> IotlbEntry | None:
+        return translate_page(sid, iova, write, False)
+
+    return translate_cached, translate_page
 
 
 def access(unit: Any, req: DmaRequest):

@@ -34,6 +34,7 @@ _P, _RW, _US, _A, _D, _G, _EA = 1, 2, 4, 0x20, 0x40, 0x100, 0x400
 _XD = 1 << 63
 _ADDR = FS_PTE["addr"].in_place
 MEMO_PAGES = 4096  # pages fs_miss remembers the answer for (a pool of rx pages fits)
+FS_MISS_READS = 1  # the structure reads of its walk: the PTE below the cached PDE
 
 
 class _Answer:
@@ -58,13 +59,19 @@ class _Answer:
 
 
 def bind_fs_miss(unit: Any):
-    """``fs_miss`` bound to ``unit``'s caches and memory (the unit must be in scalable mode
-    with translation enabled: the caller checks)."""
+    """``(fs_miss, recall, again)`` bound to ``unit``'s caches and memory (the unit must be
+    in scalable mode with translation enabled: the caller checks).  ``recall(page)`` is the
+    page's last answer (or None) and ``again`` gives it again when nothing it was found from
+    changed: for a caller that has just probed the context-cache, the PASID-cache and the
+    4 KiB IOTLB key itself (``translate_page``)."""
     caches = unit.context_cache, unit.pasid_cache, unit.iotlb, unit.pscache
     context_get, pasid_get, iotlb_get, psc_get = (c._get for c in caches)
     context_touch, pasid_touch, _, psc_touch = (c._touch for c in caches)
     context_stats, pasid_stats, iotlb_stats, psc_stats = (c.stats for c in caches)
     iotlb, memory, stats, caps = unit.iotlb, unit.memory, unit.stats, unit.caps
+    # The unit's Counter through its bound get/set: ``stats[k] += 1`` on a dict subclass
+    # takes the interpreter's unspecialized item paths (get(k, 0) is Counter's missing 0).
+    stat, set_stat = stats.get, stats.__setitem__
     smpwc, sc = caps.smpwc, caps.sc  # a unit's CAP/ECAP never change
     read_qword, iotlb_fill = memory.read_qword, iotlb.fill_first_stage
     # Reserved address bits of a PTE: at or above the HAW (RequestFlow.haw, fs.entry_reserved).
@@ -72,32 +79,42 @@ def bind_fs_miss(unit: Any):
     memo: dict[int, _Answer] = {}  # page -> the last miss's answer on it (bounded: emptied)
 
     def fs_miss(sid: int, iova: int, write: bool) -> IotlbEntry | None:
-        # The page's last answer, if each probe finds what it found then (_Answer).
         a = memo.get(iova >> 12)
-        if (a is not None and a.sid == sid and a.write == write and not iotlb.tag_sid
-                and context_get(sid) is a.ce and pasid_get(a.pkey) is a.pe
-                and iotlb_get(a.key) is None and iotlb_get(a.key_2m) is None
+        if a is not None and iotlb_get(a.key) is None:
+            entry = again(a, sid, write, context_get(sid), pasid_get(a.pkey))
+            if entry is not None:
+                return entry
+        a, pte = probe(sid, iova, write)
+        return None if a is None else effects(a, pte)
+
+    def again(a: _Answer, sid: int, write: bool, ce, pe) -> IotlbEntry | None:
+        """The page's last answer ``a`` given again, if each probe finds what it found then
+        (_Answer) - ``ce`` and ``pe`` are what the context-cache and the PASID-cache hold
+        for ``sid`` and ``a.pkey`` now, and the caller found ``a.key`` absent - with the
+        flow's effects; else None, having changed nothing."""
+        if (a.sid == sid and a.write == write and a.ce is ce and a.pe is pe
+                and not iotlb.tag_sid and iotlb_get(a.key_2m) is None
                 and iotlb_get(a.key_1g) is None and psc_get(a.psc_key) is a.psc
                 and read_qword(a.addr, snoop=a.snoop) == a.pte):
-            pte = a.pte
-        else:
-            a, pte = probe(sid, iova, write)
-            if a is None:
-                return None
-        # The flow's effects, in its order (see the module docstring).
-        context_touch(sid)
+            return effects(a, a.pte)
+        return None
+
+    def effects(a: _Answer, pte: int) -> IotlbEntry:
+        """The flow's effects, in its order (see the module docstring), for the answer ``a``
+        found with the PTE holding ``pte``."""
+        context_touch(a.sid)
         context_stats.hit += 1
         pasid_touch(a.pkey)
         pasid_stats.hit += 1
         iotlb_stats.miss += 1
-        stats["iotlb_miss"] += 1
-        stats["walks"] += 1
+        set_stat("iotlb_miss", stat("iotlb_miss", 0) + 1)
+        set_stat("walks", stat("walks", 0) + 1)
         psc_touch(a.psc_key)
         psc_stats.hit += 1
-        stats["walk_reads"] += 1
+        set_stat("walk_reads", stat("walk_reads", 0) + FS_MISS_READS)
         if a.pte != pte:
             memory.write_qword(a.addr, a.pte)
-        iotlb_fill(a.key, a.entry)  # the 4 KiB key was probed absent above
+        iotlb_fill(a.key, a.entry)  # the 4 KiB key was probed absent
         return a.entry
 
     def probe(sid: int, iova: int, write: bool) -> tuple[_Answer | None, int]:
@@ -175,4 +192,4 @@ def bind_fs_miss(unit: Any):
                                writable and bool(new & _D), exe, sc and pe.pgsnp, STAGE_FS,
                                global_=bool(pte & _G))
 
-    return fs_miss
+    return fs_miss, memo.get, again

@@ -39,6 +39,7 @@ from vtdsim.driver.dma_api import (
 from vtdsim.driver.iova import IovaDomain
 from vtdsim.errors import BadInput, ModelError
 from vtdsim.hardware.remapping_unit import CacheConfig
+from vtdsim.hardware.translation.miss import FS_MISS_READS
 from vtdsim.simulation.engine import TimedMachine
 from vtdsim.simulation.machine import GUEST_DATA, build
 from vtdsim.simulation.metrics import Measure, model_counters
@@ -277,23 +278,29 @@ class DmaWorld:
         """``dma(addr, size, write)`` as a function of ``addr`` alone, for a device that moves
         ``size`` bytes at one address after another (the NIC's receive wire): what is constant
         for the run is bound once, and a DMA within one 4 KiB page - a packet in its pool
-        page's stride - is the unit's ``translate_cached`` (an IOTLB hit), or on a miss the
-        engine's ``translate_miss``, without ``dma``'s general layers.  Anything else (a DMA
-        across pages, the IOMMU off, ATS) is ``dma``'s."""
+        page's stride - is the unit's ``translate_page`` (an IOTLB hit, or the page's
+        remembered miss below a cached PDE), else the engine's ``translate_miss``, without
+        ``dma``'s general layers.  Anything else (a DMA across pages, the IOMMU off, ATS) is
+        ``dma``'s."""
         dma = self.dma
         if not self.translated or self.info.ats_enabled:
             return lambda addr: dma(addr, size, write)
         m, sid, machine, last_start = self.m, self.sid, self.machine, PAGE - size
         unit, hit_ns, miss = machine.dma_unit, machine.hit_ns, machine.translate_miss
+        translate_page, iotlb_stats = unit.translate_page, unit.iotlb.stats
+        # Priced as TimedMachine.translate_miss: a lookup, and a read per walk read - none on
+        # an IOTLB hit, the PTE's on translate_page's other answer (miss.FS_MISS_READS).
+        miss_ns = hit_ns + FS_MISS_READS * machine.dram_ns
 
         def page_dma(addr: int) -> float:
             if addr & (PAGE - 1) > last_start:  # touches two pages
                 return dma(addr, size, write)
             m.translations += 1
             m.bytes += size
+            hits = iotlb_stats.hit
+            if translate_page(sid, addr, write) is not None:  # it reads addr's page number
+                return hit_ns if iotlb_stats.hit != hits else miss_ns
             page = addr >> 12 << 12
-            if unit.translate_cached(sid, page, write) is not None:
-                return hit_ns
             result, ns = miss(sid, page, write)
             if not result:
                 _faulted(addr >> 12, result)

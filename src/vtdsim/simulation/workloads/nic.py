@@ -126,7 +126,6 @@ class Buffers:
 class RxFlow:
     """A flow's ring (posted descriptors), its completions and its core."""
 
-    span = 1  # posted descriptors a packet needs
     contiguous = True  # a packet is one DMA of MTU bytes at its address (``NicRx.wire``)
 
     def __init__(self, world: DmaWorld, p: NicParams, index: int, premapped: bool):
@@ -135,7 +134,9 @@ class RxFlow:
         self.buffers = Buffers(world, index, nbytes, 4 * p.ring, p.flows)
         self.premapped = premapped
         self.posted: deque[Descriptor] = deque()
+        self.ready = self.posted  # a packet has a slot while one is posted (``NicRx.wire``)
         self.done: deque[tuple[float, float, Descriptor | None]] = deque()
+        self.completed = 0.0  # when the last completion was posted (NicRx.wire)
         self.wake = None  # the core sleeps on it while no packet is complete
         self.refilled = None  # the wire sleeps on it while the ring is empty
 
@@ -163,7 +164,7 @@ class RxFlow:
             self.refilled = None
 
     def available(self) -> bool:
-        return len(self.posted) >= self.span
+        return bool(self.posted)
 
     def dma(self, addr: int, desc) -> float:
         """The NIC writes one packet at ``addr``; the translation latency beyond the DMA."""
@@ -224,7 +225,9 @@ class NicRx:
         rate.  While the ring is empty every arriving packet is dropped: the process sleeps
         until a refill and counts the packets that arrived meanwhile.  An arriving packet is
         dropped while the DMA engine lags the wire by more than its buffer, else written
-        through the unit and queued for the core.
+        through the unit and queued for the core - its completion posted once its DMA is
+        done, and no earlier than the frame's before it (a completion queue is in order; the
+        core takes them in order), so NAPI takes a ready prefix.
 
         Lookahead: arrivals that no other actor can tell apart from being handled at their
         own instant are handled without a SimPy event each, with results bit for bit those
@@ -240,11 +243,10 @@ class NicRx:
         env, m, lag, xfer = world.env, world.m, self.lag_ns, self.xfer_ns
         gap, parallelism, lookahead = p.wire_ns * p.flows, self.parallelism, self.lookahead
         # What one arrival uses, bound once: a frame in one piece is one device write of MTU
-        # bytes (DmaWorld.page_dma); the ring has a frame while ``posted`` holds ``span``
-        # pages (``available``).
+        # bytes (DmaWorld.page_dma); the ring has a frame while ``ready`` is not empty
+        # (``available``).
         dma = world.page_dma(p.mtu, True) if flow.contiguous else None
-        packet_addr, done, posted, span = flow.packet_addr, flow.done.append, flow.posted, \
-            flow.span
+        packet_addr, done, ready = flow.packet_addr, flow.done.append, flow.ready
         yield env.timeout(flow.index * p.wire_ns)
         while True:
             now = env.now
@@ -259,29 +261,37 @@ class NicRx:
             # histogram (start_measuring replaces it), the engine's and the drops' counts.
             clock, delay, horizon = now, gap, None
             penalty, engine_free, dropped = m.penalty.add, self.engine_free, 0
+            completed = flow.completed
             while True:
                 if engine_free - now > lag:
                     dropped += 1
+                    if flow.wake is not None:  # the core sleeps: the next arrival may wake it
+                        break
                 else:
                     addr, desc = packet_addr()
                     extra = dma(addr) if dma is not None else flow.dma(addr, desc)
                     penalty(extra)
-                    start = engine_free if engine_free > now else now  # max(now, engine_free)
-                    engine_free = start + xfer + extra / parallelism
-                    done((start + xfer + extra, now, desc))
-                    if flow.wake is not None:
+                    # the engine starts it at max(now, engine_free), then transfers it
+                    start = (engine_free if engine_free > now else now) + xfer
+                    engine_free = start + extra / parallelism
+                    end = start + extra
+                    if end > completed:  # else it completes once the frame before it has
+                        completed = end
+                    done((completed, now, desc))
+                    if flow.wake is not None:  # this arrival wakes the core: horizon is now
                         flow.wake.succeed()
                         flow.wake = None
                 if horizon is None:
                     horizon = env.peek()
-                if not lookahead or flow.wake is not None or len(posted) < span:
+                if not lookahead or not ready:
                     break
                 t = now + gap
-                after = t + gap - clock
-                if horizon <= t or clock + after != t + gap:
+                following = t + gap  # the arrival after t: where its timeout must land
+                after = following - clock
+                if horizon <= t or clock + after != following:
                     break
                 now, delay = t, after
-            self.engine_free = engine_free
+            self.engine_free, flow.completed = engine_free, completed
             m.dropped += dropped
             yield env.timeout(delay)
 

@@ -40,7 +40,9 @@ moderation.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
+from operator import itemgetter
 
 from vtdsim.errors import BadInput
 from vtdsim.simulation.workloads.common import PAGE, DmaWorld
@@ -54,9 +56,9 @@ ACK_SLOTS = 64  # ACK skbs' heads in flight come from a few slab pages
 NAPI_BUDGET = 64  # NAPI_POLL_WEIGHT: netif_napi_add's weight, mlx5e_napi_poll's RX budget
 
 
-# A received frame is the pair (pages, done_pages): the pool pages it was written to, and the
-# ring pages whose last frame it was (the driver drops its reference on those when NAPI has
-# taken it).  A plain tuple: one is built per packet.
+# A received frame is the tuple of pool pages it was written to (``Page.frames``); a
+# completion is (completed at, arrived at, frame).
+_completed = itemgetter(0)
 
 
 class PoolRxFlow:
@@ -76,10 +78,16 @@ class PoolRxFlow:
         self.ack_phys = base + count * PAGE  # one page of ACK heads
         self.pool = PagePool(world, index, pool_size,
                              [base + i * PAGE for i in reversed(range(count))])
-        self.posted: deque = deque()
-        self.in_ring = 0  # pages posted and not yet released by NAPI (the ring's WQEs)
-        self.used = 0  # frames taken from the head page
-        self.done: deque = deque()
+        # The ring's frames not yet written, in order: (DMA address, frame) each, laid out
+        # when their pages are posted (``refill``); the wire takes the next (``packet_addr``,
+        # the deque's own popleft: no Python call per packet) while any is left.
+        self.ready: deque = deque()
+        self.packet_addr = self.ready.popleft
+        self.partial: list = []  # pages posted towards the next frame spanning several
+        self.ring: deque = deque()  # pages posted, not yet released by NAPI (its WQEs)
+        self.head_frames = 0  # frames NAPI took from the ring's first page (span 1)
+        self.done: list = []  # completions in order (a list: NAPI takes a prefix at once)
+        self.completed = 0.0  # when the last completion was posted (NicRx.wire)
         self.acks: deque[tuple[float, int]] = deque()  # (completed at, DMA address)
         self.held: list = []  # the GRO segment napi_gro_receive holds (completions)
         self.unacked = 0  # payload bytes delivered since the last ACK (rcv_nxt - rcv_wup)
@@ -89,45 +97,59 @@ class PoolRxFlow:
 
     def refill(self):
         """Post pool pages until the ring holds ``target`` (mlx5e_post_rx_mpwqes: a WQE of
-        ``pages_per_desc`` pages at a time, once NAPI has released a whole one)."""
-        bulk, take, post = self.bulk, self.pool.take, self.posted.append
-        while self.target - self.in_ring >= bulk:
-            for _ in range(bulk):
-                page = take()
-                if page is None:
-                    page = yield from self.pool.alloc()
-                page.refs = 1  # the driver's reference while posted
-                post(page)
-                self.in_ring += 1
+        ``pages_per_desc`` pages at a time, once NAPI has released a whole one); the frames
+        a posted page completes go onto ``ready``: its ``slots`` strides (laid out once per
+        pool page: ``Page.frames``), or one frame once ``span`` pages are (``_span``)."""
+        bulk, take, refs = self.bulk, self.pool.take, 1 + self.slots
+        post, add_frames, spanning = self.ring.append, self.ready.extend, self.span > 1
+        for _ in range((self.target - len(self.ring)) // bulk * bulk):  # whole WQEs
+            page = take()
+            if page is None:
+                page = yield from self.pool.alloc()
+            # The driver's reference while posted and one for each frame it will build on
+            # the page, taken up front as a bias (mlx5e_page_alloc_fragmented:
+            # page_pool_fragment_page), so building a frame changes no count.  NAPI releases
+            # the page once all its frames are taken (mlx5e_page_release_fragmented drains
+            # the bias left: here the driver's one).
+            page.refs = refs
+            post(page)
+            if spanning:
+                self._span(page)
+                continue
+            frames = page.frames
+            if frames is None:
+                frames = page.frames = self._layout(page)
+            add_frames(frames)
         if self.refilled is not None and self.available():
             self.refilled.succeed()
             self.refilled = None
 
+    def _span(self, page) -> None:
+        """A posted page towards a frame of ``span`` pages: the frame once it has them."""
+        self.partial.append(page)
+        if len(self.partial) == self.span:
+            pages, self.partial = tuple(self.partial), []
+            self.ready.append((pages[0].dma, pages))
+
+    def _layout(self, page) -> tuple:
+        """A page's frames, one per stride: (DMA address, (page,))."""
+        alone = (page,)
+        return tuple((page.dma + k * self.stride, alone) for k in range(self.slots))
+
+    def released(self, frames: int) -> int:
+        """How many of the ring's pages NAPI releases having taken ``frames`` more: those
+        whose last frame it took (frames fill the pages in order)."""
+        if self.span > 1:
+            return frames * self.span
+        taken = self.head_frames + frames
+        self.head_frames = taken % self.slots
+        return taken // self.slots
+
     def available(self) -> bool:  # NicRx.wire tests the same inline
-        return len(self.posted) >= self.span
+        return bool(self.ready)
 
-    def packet_addr(self) -> tuple[int, tuple[tuple, tuple]]:
-        """The next frame's DMA address and its (pages, done_pages) (the wire checks
-        ``posted``)."""
-        if self.slots > 1:
-            page = self.posted[0]
-            used = self.used
-            addr = page.dma + used * self.stride
-            page.refs += 1
-            used += 1
-            if used == self.slots:
-                self.posted.popleft()
-                self.used = 0
-                return addr, ((page,), (page,))
-            self.used = used
-            return addr, ((page,), ())
-        pages = tuple(self.posted.popleft() for _ in range(self.span))
-        for page in pages:
-            page.refs += 1
-        return pages[0].dma, (pages, pages)
-
-    def dma(self, addr: int, packet: tuple[tuple, tuple]) -> float:
-        world, mtu, pages = self.world, self.p.mtu, packet[0]
+    def dma(self, addr: int, pages: tuple) -> float:
+        world, mtu = self.world, self.p.mtu
         if len(pages) == 1:
             return world.dma(addr, mtu, True)
         extra = 0.0
@@ -190,12 +212,12 @@ class PoolRx(NicRx):
         while True:
             if not done or done[0][0] > env.now:  # else wait_done would not wait
                 yield from self.wait_done(flow)
-            polled, now = [], env.now
-            take, popleft = polled.append, done.popleft
-            for _ in range(min(len(done), NAPI_BUDGET)):  # the budget's ready completions
-                if done[0][0] > now:
-                    break
-                take(popleft())
+            # The budget's ready completions: a prefix, as the completion queue is in order
+            # (``NicRx.wire`` posts a frame's completion no earlier than the one before).
+            now = env.now
+            count = bisect_right(done, now, 0, min(len(done), NAPI_BUDGET), key=_completed)
+            polled = done[:count]
+            del done[:count]
             start = now
             if flow.acks and flow.acks[0][0] <= now:  # else reap_acks has none to reap
                 yield from self.reap_acks(flow)
@@ -208,19 +230,19 @@ class PoolRx(NicRx):
                 flow.unacked = 0
                 yield from self.send_ack(flow)
             # A page goes back to the pool when its last reference drops (Page.refs; PagePool.put).
-            for _ready, _arrival, (_pages, done_pages) in polled:
-                for page in done_pages:  # NAPI: the driver's reference, direct
-                    flow.in_ring -= 1
-                    page.refs -= 1
-                    if not page.refs and not pool.recycle(page, True):
-                        yield from pool.release(page)
+            released = flow.released(len(polled))  # NAPI: the driver's references, direct
+            for _ in range(released):
+                page = flow.ring.popleft()
+                page.refs -= 1
+                if not page.refs and not pool.recycle(page, True):
+                    yield from pool.release(page)
             # The reader copied the delivered ones and frees the skbs on this CPU
             # (skb_attempt_defer_free -> kfree_skb_napi_cache, BH off): direct recycling while
             # the queue's NAPI is still scheduled here (page_pool_napi_local:
             # napi->list_owner), i.e. more completions wait.
             direct = bool(done)
             now, recycle, latency, ios = env.now, pool.recycle, m.latency.add, 0
-            for _ready, arrival, (pages, _done_pages) in batch:
+            for _ready, arrival, pages in batch:
                 for page in pages:
                     page.refs -= 1
                     if not page.refs and not recycle(page, direct):
@@ -232,7 +254,7 @@ class PoolRx(NicRx):
                 ios += 1
                 latency(now - arrival)
             m.ios += ios
-            if flow.target - flow.in_ring >= flow.bulk or flow.refilled is not None:
+            if flow.target - len(flow.ring) >= flow.bulk or flow.refilled is not None:
                 yield from flow.refill()  # else it has nothing to post
             m.cpu_busy_ns += env.now - start
             self.stop.check()

@@ -14,7 +14,8 @@ of ``pool_size`` entries (``page_pool_recycle_in_ring``), else - ring full - the
 the pool: unmapped (``__page_pool_release_page_dma``) and freed (``page_pool_return_page``).
 
 Not modelled: NUMA-node checks on refill (one node), ``pfmemalloc`` pages, the page
-fragment API's bias counting beyond one reference per user (``Page.refs``), the ring's
+fragment API's bias beyond one reference per user (``Page.refs``: the driver takes its
+frames' references when it posts the page, each dropped once), the ring's
 producer lock contention (one flow per pool).
 """
 
@@ -32,13 +33,15 @@ RING_MAX = 16384  # page_pool_init caps ptr_ring size at min(pool_size, 16384)
 
 class Page:
     """One pool page: its physical and DMA address and the references held on it (the
-    driver's while posted to the ring, one per packet built on it); whoever drops the last
-    returns it to the pool (``PagePool.put``)."""
+    driver's while posted to the ring, one per packet built on it - taken by the driver up
+    front, as mlx5's bias); whoever drops the last returns it to the pool (``PagePool.put``).
+    """
 
-    __slots__ = ("phys", "dma", "refs")
+    __slots__ = ("phys", "dma", "refs", "frames")
 
     def __init__(self, phys: int, dma: int):
         self.phys, self.dma, self.refs = phys, dma, 0
+        self.frames = None  # what a driver lays out on the page, built once (nic_pool)
 
 
 class PagePool:
