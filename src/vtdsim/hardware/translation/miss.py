@@ -5,11 +5,12 @@ PASID on a first-stage PASID entry whose 4 KiB leaf hangs off a cached PDE - one
 ``bind_fs_miss(unit)`` gives ``fs_miss(sid, iova, write)``: it first *probes* - context-cache,
 PASID-cache, IOTLB and paging-structure cache through their dict ``get`` (no recency, no
 counter), then the PTE from memory - and returns None having changed nothing unless the
-request is exactly that case and succeeds.  Only then it makes the full flow's side effects,
-in the flow's order: each cache's lookup (recency, hit or miss), ``iotlb_miss``, ``walks``,
-``walk_reads``, the A/D store, the IOTLB fill.  Each check names the step of
-``flow.RequestFlow`` / ``scalable.ScalableSteps`` / ``first_stage.walk_fs`` it stands for;
-tests/hardware/test_translation_miss_path.py runs both on twin units.
+request is exactly that case and succeeds.  Only then it makes the full flow's side effects:
+the A/D store (first: nothing of them reads memory), then in the flow's order each cache's
+lookup (recency, hit or miss), ``iotlb_miss``, ``walks``, ``walk_reads``, the IOTLB fill.
+Each check names the step of ``flow.RequestFlow`` / ``scalable.ScalableSteps`` /
+``first_stage.walk_fs`` it stands for; tests/hardware/test_translation_miss_path.py runs both
+on twin units.
 
 A page missed again (the IOTLB is smaller than the pages a device cycles through) is
 answered from what the last miss on it found - when every record it read is the very same
@@ -85,24 +86,26 @@ def bind_fs_miss(unit: Any):
             if entry is not None:
                 return entry
         a, pte = probe(sid, iova, write)
-        return None if a is None else effects(a, pte)
+        return None if a is None else again(a, sid, write, a.ce, a.pe, pte)
 
-    def again(a: _Answer, sid: int, write: bool, ce, pe) -> IotlbEntry | None:
+    def again(a: _Answer, sid: int, write: bool, ce, pe, pte: int | None = None
+              ) -> IotlbEntry | None:
         """The page's last answer ``a`` given again, if each probe finds what it found then
         (_Answer) - ``ce`` and ``pe`` are what the context-cache and the PASID-cache hold
         for ``sid`` and ``a.pkey`` now, and the caller found ``a.key`` absent - with the
-        flow's effects; else None, having changed nothing."""
-        if (a.sid == sid and a.write == write and a.ce is ce and a.pe is pe
-                and not iotlb.tag_sid and iotlb_get(a.key_2m) is None
-                and iotlb_get(a.key_1g) is None and psc_get(a.psc_key) is a.psc
-                and read_qword(a.addr, snoop=a.snoop) == a.pte):
-            return effects(a, a.pte)
-        return None
-
-    def effects(a: _Answer, pte: int) -> IotlbEntry:
-        """The flow's effects, in its order (see the module docstring), for the answer ``a``
-        found with the PTE holding ``pte``."""
-        context_touch(a.sid)
+        flow's effects; else None, having changed nothing.  With ``pte`` (the value the PTE
+        held): ``a`` is the answer ``probe`` has just found, so only the effects are made.
+        One function for both: the effects are on every miss, a call more would cost."""
+        if pte is None:
+            if not (a.sid == sid and a.write == write and a.ce is ce and a.pe is pe
+                    and not iotlb.tag_sid and iotlb_get(a.key_2m) is None
+                    and iotlb_get(a.key_1g) is None and psc_get(a.psc_key) is a.psc
+                    and read_qword(a.addr, snoop=a.snoop) == a.pte):
+                return None
+        elif a.pte != pte:
+            memory.write_qword(a.addr, a.pte)  # the A/D store (walk_fs), before the counts
+        # The rest of the flow's effects, in its order (see the module docstring).
+        context_touch(sid)
         context_stats.hit += 1
         pasid_touch(a.pkey)
         pasid_stats.hit += 1
@@ -112,8 +115,6 @@ def bind_fs_miss(unit: Any):
         psc_touch(a.psc_key)
         psc_stats.hit += 1
         set_stat("walk_reads", stat("walk_reads", 0) + FS_MISS_READS)
-        if a.pte != pte:
-            memory.write_qword(a.addr, a.pte)
         iotlb_fill(a.key, a.entry)  # the 4 KiB key was probed absent
         return a.entry
 
