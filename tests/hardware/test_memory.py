@@ -49,6 +49,20 @@ def test_accesses_crossing_pages_and_lines():
     assert m.read_qword(0x1FFC, snoop=False) == int.from_bytes(b"abcdefgh", "little")
 
 
+@pytest.mark.parametrize("addr", [0x1000, 0x1038, 0x103C, 0x1FF8, 0x1FFC, 0x3FF8, 0x5000])
+def test_read_qword_of_dram_reads_what_dma_reads(addr):
+    """A non-snooped read_qword (its inlined DRAM read) at an aligned qword, one straddling a
+    line, one straddling into a populated or an unpopulated page, an unpopulated page."""
+    m = PhysicalMemory()
+    rng = random.Random(7)
+    m.dma_write(0x1000, bytes(rng.randrange(256) for _ in range(0x1000)), snoop=False)
+    m.dma_write(0x2000, bytes(rng.randrange(256) for _ in range(0x100)), snoop=False)
+    m.dma_write(0x3FF8, b"\x5a" * 8, snoop=False)
+    expected = int.from_bytes(m.dma_read(addr, 8, snoop=False), "little")
+    assert m.read_qword(addr, snoop=False) == m.read_qword(addr, False) == expected
+    assert m.dram_qword(addr) == expected
+
+
 def test_write_buffer_posts_stores_until_flushed():
     m = PhysicalMemory()
     m.cpu_store(0x4000, 1, 8)

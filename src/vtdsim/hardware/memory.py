@@ -254,9 +254,10 @@ class PhysicalMemory:
     def posted_lines(self) -> list[int]:
         return sorted(self._posted)
 
-    def read_qword(self, addr: int, *, snoop: bool = True) -> int:
+    def read_qword(self, addr: int, snoop: bool = True) -> int:
         """A hardware (page-walk, descriptor fetch) qword read.  Fast path for table walks
-        (one on every IOTLB miss): the masks are constants, the offset computed once."""
+        (one on every IOTLB miss): the masks are constants, the offset computed once, and
+        ``snoop`` may be passed by position (a keyword costs the call a name match)."""
         off = addr & _LINE_MASK
         if self._posted:
             pre = self._posted.get(addr - off)
@@ -266,7 +267,11 @@ class PhysicalMemory:
             data = self._lines.get(addr - off)
             if data is not None and off <= _LAST_QWORD:
                 return _Q_FROM(data, off)[0]
-        return self.dram_qword(addr)
+        if off > _LAST_QWORD:  # straddles a line, perhaps a page
+            return self.dram_qword(addr)
+        # dram_qword within one line (so one page), inlined: a call more on every walk read.
+        page = self._pages.get(addr >> PAGE_SHIFT)
+        return 0 if page is None else _Q_FROM(page, addr & (PAGE_SIZE - 1))[0]
 
     def read_qwords(self, addr: int, count: int, *, snoop: bool = True) -> tuple[int, ...]:
         """``count`` consecutive ``read_qword``s in one pass (a walk scanning a table)."""

@@ -100,7 +100,7 @@ def bind_fs_miss(unit: Any):
             if not (a.sid == sid and a.write == write and a.ce is ce and a.pe is pe
                     and not iotlb.tag_sid and iotlb_get(a.key_2m) is None
                     and iotlb_get(a.key_1g) is None and psc_get(a.psc_key) is a.psc
-                    and read_qword(a.addr, snoop=a.snoop) == a.pte):
+                    and read_qword(a.addr, a.snoop) == a.pte):
                 return None
         elif a.pte != pte:
             memory.write_qword(a.addr, a.pte)  # the A/D store (walk_fs), before the counts
@@ -154,7 +154,7 @@ def bind_fs_miss(unit: Any):
         # walk_fs on the PTE, then RequestFlow.fill_iotlb: ``leaf``.
         snoop = smpwc and pe.pwsnp
         addr = psc.table_addr + (iova >> 12 & 0x1FF) * 8
-        pte = read_qword(addr, snoop=snoop)
+        pte = read_qword(addr, snoop)
         found = leaf(pe, psc, pasid, iova, pte, write, snoop)
         if found is None:
             return None, 0
