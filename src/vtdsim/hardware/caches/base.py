@@ -131,12 +131,12 @@ class LruCache:
     def fill_absent(self, key: Hashable, entry: Any) -> Hashable | None:
         """``fill`` of a ``key`` the caller knows is not cached (it has just probed it, and
         nothing ran since): no membership test.  Returns the replaced LRU entry's key."""
-        if self.capacity == 0:
-            return None
         entries = self._entries
         victim = None
         n = self.group_len
-        if len(entries) >= self.capacity:
+        if len(entries) >= self.capacity:  # full, or capacity 0
+            if not self.capacity:
+                return None
             if self.flush_when_full:
                 victim = next(iter(entries))
                 self.stats.replaced += len(entries)
@@ -144,15 +144,22 @@ class LruCache:
                 self._groups.clear()
             else:
                 # _drop of the LRU entry, inlined: a full cache replaces one on every fill.
-                victim = entries.popitem(last=False)[0]
+                victim = entries.popitem(False)[0]  # positional: no keyword parsing
                 if n:
-                    members = self._groups[victim[:n]]
+                    group = victim[:n]
+                    members = self._groups[group]
                     del members[victim]
                     if not members:
-                        del self._groups[victim[:n]]
+                        del self._groups[group]
                 self.stats.replaced += 1
         if n:
-            self._groups.setdefault(key[:n], {})[key] = None
+            # Not setdefault(group, {}): that builds a dict on every fill, to throw it away.
+            group = key[:n]
+            members = self._groups.get(group)
+            if members is None:
+                self._groups[group] = {key: None}
+            else:
+                members[key] = None
         entries[key] = entry
         self.stats.fill += 1
         return victim
