@@ -132,8 +132,10 @@ class LruCache:
         """``fill`` of a ``key`` the caller knows is not cached (it has just probed it, and
         nothing ran since): no membership test.  Returns the replaced LRU entry's key."""
         entries = self._entries
-        victim = None
+        victim = members = None
         n = self.group_len
+        if n:
+            group = key[:n]
         if len(entries) >= self.capacity:  # full, or capacity 0
             if not self.capacity:
                 return None
@@ -146,16 +148,20 @@ class LruCache:
                 # _drop of the LRU entry, inlined: a full cache replaces one on every fill.
                 victim = entries.popitem(False)[0]  # positional: no keyword parsing
                 if n:
-                    group = victim[:n]
-                    members = self._groups[group]
+                    old = victim[:n]
+                    members = self._groups[old]
                     del members[victim]
                     if not members:
-                        del self._groups[group]
+                        del self._groups[old]
+                        members = None
+                    elif old != group:
+                        members = None
                 self.stats.replaced += 1
         if n:
-            # Not setdefault(group, {}): that builds a dict on every fill, to throw it away.
-            group = key[:n]
-            members = self._groups.get(group)
+            # The victim's group when the key's (often: one device's domain) and not left
+            # empty; else looked up.  Not setdefault(group, {}): a dict built per fill.
+            if members is None:
+                members = self._groups.get(group)
             if members is None:
                 self._groups[group] = {key: None}
             else:
