@@ -200,11 +200,11 @@ def _cached(unit: Any, legacy_hit, recall, again):
                 return None
             pkey, pe = found
             last_sid, last_ce, last_pkey, last_pe = sid, ce, pkey, pe
-        key = ((pe.did, pkey[1], 1, iova >> 12, sid) if iotlb.tag_sid
-               else (pe.did, pkey[1], 1, iova >> 12))
+        page = iova >> 12
+        key = (pe.did, pkey[1], 1, page, sid) if iotlb.tag_sid else (pe.did, pkey[1], 1, page)
         entry = iotlb_get(key)
         if entry is None:
-            a = recall(iova >> 12) if remembered else None
+            a = recall(page) if remembered else None
             return None if a is None else again(a, sid, write, ce, pe)
         if not entry.present or not (entry.write if write else entry.read):
             return None
