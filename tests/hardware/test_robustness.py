@@ -1,20 +1,14 @@
 """Guest-controlled garbage never raises out of a remapping unit: ~20,000 seeded inputs through
 scripts/fuzz_unit.py (the full 1,000,000-input run is the script itself)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fuzz_unit.py"
+import script_module
 
 
 @pytest.fixture(scope="module")
 def fuzz_unit():
-    spec = importlib.util.spec_from_file_location("fuzz_unit", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load("fuzz_unit")
 
 
 @pytest.mark.parametrize(("seed", "qi_mode"), [(1, "sync"), (2, "async")])

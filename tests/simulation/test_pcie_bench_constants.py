@@ -3,15 +3,13 @@ data, on a data set built here with known answers (the real one is not bundled).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pcie_bench_constants.py"
-spec = importlib.util.spec_from_file_location("pcie_bench_constants", SCRIPT)
-pbc = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(pbc)
+import script_module
+
+pbc = script_module.load("pcie_bench_constants")
 
 FLAT = {"rd": 60e6, "wr": 45e6}  # transactions/s within the IOTLB's reach
 

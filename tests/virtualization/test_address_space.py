@@ -1,10 +1,9 @@
 """The iova_tree filter and the shadow walk (QEMU vtd_page_walk_one / vtd_page_walk_level),
 and garbage from the guest reaching the VMM model."""
 
-import importlib.util
 from collections import Counter
-from pathlib import Path
 
+import script_module
 from vtdsim.hardware.memory import PhysicalMemory
 from vtdsim.virtualization.address_space import (
     MAP,
@@ -16,8 +15,6 @@ from vtdsim.virtualization.address_space import (
     page_walk,
     walk_one,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _space():
@@ -62,9 +59,7 @@ def test_walk_emits_a_map_per_leaf_and_an_unmap_per_empty_entry():
 
 
 def test_guest_garbage_never_raises_and_never_times_out_on_the_vmm():
-    spec = importlib.util.spec_from_file_location("fuzz_unit", ROOT / "scripts" / "fuzz_unit.py")
-    fuzz = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fuzz)
+    fuzz = script_module.load("fuzz_unit")
     for version in ("qemu-7.2", "qemu-10.0"):
         fuzzer = fuzz.run(3000, 5, vmm=version)
         stats = fuzzer.summary()
