@@ -121,8 +121,8 @@ class RemappingUnit:
         # first-stage miss, for a device's DMA to one page), bound to this unit's caches
         # (translation.bind_translate): a method would add two calls and attribute lookups
         # to every hit.
-        (self.translate, self.translate_cached, self.translate_missed,
-         self.translate_page) = translation.bind_translate(self)
+        (self.translate, self.translate_cached, self.translate_missed, self.translate_page,
+         self.translate_page_again) = translation.bind_translate(self)
 
     def __getstate__(self) -> dict:
         # copy/deepcopy/pickle (the checker snapshots worlds): the bound closure refers to the
@@ -132,6 +132,7 @@ class RemappingUnit:
         state.pop("translate_cached", None)
         state.pop("translate_missed", None)
         state.pop("translate_page", None)
+        state.pop("translate_page_again", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -167,7 +168,8 @@ class RemappingUnit:
     # translate_missed(sid, iova, write): the other half, for a caller whose translate_cached
     # has just answered None (translate is translate_cached, then translate_missed on None);
     # translate_page(sid, iova, write) -> IotlbEntry | None: translate_cached that answers a
-    # remembered first-stage miss too (None: nothing changed, translate_missed is the rest).
+    # remembered first-stage miss too (None: nothing changed, translate_missed is the rest);
+    # translate_page_again(): its last request once more, nothing having reached the unit since.
 
     def access(self, req: DmaRequest):
         """A full request (AT, privilege, execute, no-snoop): ``IotlbEntry`` or ``Fault``."""

@@ -60,7 +60,7 @@ __all__ = ["Fill", "access", "apply_fill", "bind_translate", "entry_pieces", "po
 # -- the public entry points ----------------------------------------------------------------------
 def bind_translate(unit: Any):
     """The untranslated-request fast path bound to ``unit``'s caches, for the unit to install:
-    ``(translate, translate_cached, translate_missed, translate_page)``.
+    ``(translate, translate_cached, translate_missed, translate_page, translate_page_again)``.
     ``translate_cached(sid, iova, write)`` probes the caches only and returns, on a 4 KiB
     IOTLB hit with the permission, the cached ``IotlbEntry`` itself, else None having changed
     nothing (so a caller may then take the full flow, or ask ``translate`` which does);
@@ -70,7 +70,8 @@ def bind_translate(unit: Any):
     ``translate_page(sid, iova, write)`` is ``translate_cached`` that also answers, in
     scalable mode, a 4 KiB page's miss which ``fs_miss`` answered before and would again
     (its memo), probing context, PASID and the IOTLB key once; None: nothing changed, and
-    ``translate_missed`` is the rest.
+    ``translate_missed`` is the rest.  ``translate_page_again()`` repeats ``translate_page``'s
+    last request when it answered with an entry and nothing reached the unit since.
 
     Legacy mode (TTM=00): a context-cache probe and an IOTLB probe.  Hits are counted in
     ``unit.iotlb.stats.hit`` only (a Counter increment would double the cost of the hit
@@ -129,7 +130,8 @@ def bind_translate(unit: Any):
             return entry
         return None
 
-    translate_cached, translate_page = _cached(unit, legacy_hit, recall, again)
+    translate_cached, translate_page, translate_page_again = _cached(unit, legacy_hit, recall,
+                                                                     again)
 
     def legacy_miss(sid: int, iova: int, write: bool):
         ce = legacy_context(sid)
@@ -140,11 +142,12 @@ def bind_translate(unit: Any):
             return entry
         return _run(unit, DmaRequest(sid, iova, write), ce, probed=True, entry=entry)
 
-    return translate_bound, translate_cached, translate_missed, translate_page
+    return (translate_bound, translate_cached, translate_missed, translate_page,
+            translate_page_again)
 
 
 def _cached(unit: Any, legacy_hit, recall, again):
-    """``(translate_cached, translate_page)``: ``legacy_hit`` under TTM=00.  Under TTM=01 a
+    """``(translate_cached, translate_page, translate_page_again)``: ``legacy_hit`` under TTM=00.  Under TTM=01 a
     request without PASID that the full flow would answer from the caches alone -
     context-cache, PASID-cache (the entry's RID_PASID) and a 4 KiB IOTLB entry with the
     permission - returns that entry with the flow's side effects (each cache's recency and
@@ -219,7 +222,23 @@ def _cached(unit: Any, legacy_hit, recall, again):
     def translate_cached(sid: int, iova: int, write: bool) -> IotlbEntry | None:
         return translate_page(sid, iova, write, False)
 
-    return translate_cached, translate_page
+    def translate_page_again() -> None:
+        """``translate_page``'s last request made once more, when that call answered with an
+        entry and nothing has reached the unit since - no other request, fill, eviction,
+        invalidation, register or memory write: the caller vouches (a device's two DMAs to
+        one page with nothing scheduled in between, ``DmaWorld.page_dma``).  The answer is
+        the same hit on that entry, and its only effects are the hit counters: the answer
+        left each key it used the most recent of its cache (a hit touched the context, PASID
+        and IOTLB keys; a remembered miss touched the first two and filled the third;
+        legacy mode's hit touched its IOTLB key), so touching them again moves nothing.
+        Counted as the hit of the unit's mode counts: three in scalable mode, the IOTLB's
+        alone in legacy mode (``legacy_hit``)."""
+        if unit.ttm == 1:
+            context_stats.hit += 1
+            pasid_stats.hit += 1
+        iotlb_stats.hit += 1
+
+    return translate_cached, translate_page, translate_page_again
 
 
 def access(unit: Any, req: DmaRequest):

@@ -118,6 +118,10 @@ def domain_type(mode: Mode, system: System) -> str:
     return iommu_core.iommu_get_def_domain_type(policy, system.devices[DEVICE])
 
 
+def _nothing() -> None:
+    """A ``forget`` with nothing to forget."""
+
+
 def _faulted(page: int, result) -> None:
     raise ModelError(f"simulated DMA to {page << 12:#x} faulted: {result.describe()}")
 
@@ -275,38 +279,57 @@ class DmaWorld:
         return extra
 
     def page_dma(self, size: int, write: bool):
-        """``dma(addr, size, write)`` as a function of ``addr`` alone, for a device that moves
-        ``size`` bytes at one address after another (the NIC's receive wire): what is constant
-        for the run is bound once, and a DMA within one 4 KiB page - a packet in its pool
-        page's stride - is the unit's ``translate_page`` (an IOTLB hit, or the page's
-        remembered miss below a cached PDE), else the engine's ``translate_miss``, without
-        ``dma``'s general layers.  Anything else (a DMA across pages, the IOMMU off, ATS) is
-        ``dma``'s."""
+        """``(dma, forget)``: ``dma(addr)`` is ``dma(addr, size, write)`` as a function of
+        ``addr`` alone, for a device that moves ``size`` bytes at one address after another
+        (the NIC's receive wire): what is constant for the run is bound once, and a DMA
+        within one 4 KiB page - a packet in its pool page's stride - is the unit's
+        ``translate_page`` (an IOTLB hit, or the page's remembered miss below a cached PDE),
+        else the engine's ``translate_miss``, without ``dma``'s general layers.  Anything else
+        (a DMA across pages, the IOMMU off, ATS) is ``dma``'s.
+
+        A DMA to the page of the one before it, when ``translate_page`` answered that one and
+        nothing reached the unit since, is the unit's ``translate_page_again`` (the same hit,
+        its counters only).  The caller vouches for "nothing since" by calling ``forget()``
+        whenever other actors may have run - after every yield to SimPy - as between two
+        calls with no yield in between no other process runs (``NicRx.wire``)."""
         dma = self.dma
         if not self.translated or self.info.ats_enabled:
-            return lambda addr: dma(addr, size, write)
+            return (lambda addr: dma(addr, size, write)), _nothing
         m, sid, machine, last_start = self.m, self.sid, self.machine, PAGE - size
         unit, hit_ns, miss = machine.dma_unit, machine.hit_ns, machine.translate_miss
         translate_page, iotlb_stats = unit.translate_page, unit.iotlb.stats
+        again = unit.translate_page_again
         # Priced as TimedMachine.translate_miss: a lookup, and a read per walk read - none on
         # an IOTLB hit, the PTE's on translate_page's other answer (miss.FS_MISS_READS).
         miss_ns = hit_ns + FS_MISS_READS * machine.dram_ns
+        last = -1  # the page translate_page answered last, while nothing else ran since
 
         def page_dma(addr: int) -> float:
+            nonlocal last
             if addr & (PAGE - 1) > last_start:  # touches two pages
+                last = -1
                 return dma(addr, size, write)
             m.translations += 1
             m.bytes += size
+            page = addr >> 12
+            if page == last:
+                again()
+                return hit_ns
             hits = iotlb_stats.hit
             if translate_page(sid, addr, write) is not None:  # it reads addr's page number
+                last = page
                 return hit_ns if iotlb_stats.hit != hits else miss_ns
-            page = addr >> 12 << 12
-            result, ns = miss(sid, page, write)
+            last = -1
+            result, ns = miss(sid, page << 12, write)
             if not result:
-                _faulted(addr >> 12, result)
+                _faulted(page, result)
             return ns
 
-        return page_dma
+        def forget() -> None:
+            nonlocal last
+            last = -1
+
+        return page_dma, forget
 
     def _ats_dma(self, first: int, last: int, write: bool) -> float:
         """Through the endpoint's device-TLB (PCIe ATS): a hit costs nothing beyond the DMA; a
