@@ -1,10 +1,11 @@
-"""The NIC wire's fast paths change no figure.  It handles arrivals ahead of the clock where
-no other actor can tell (``NicRx.wire``'s lookahead): every figure must equal that of one
-SimPy event per packet, on runs that drop (ring empty, DMA engine lagging), share the wire
-between flows, stop by time or by I/O count, and translate slowly (walks, a vIOMMU).  Its
-one-page DMA (``DmaWorld.page_dma``: the unit's ``translate_cached`` hit, else the engine's
-``translate_miss``) must equal ``DmaWorld.dma`` for every packet, on runs that hit and miss
-the IOTLB, span pages, use ATS, a vIOMMU, pass-through or no IOMMU."""
+"""The NIC wire's fast paths change no figure.  It handles arrivals ahead of the clock where no
+other actor can tell (``NicRx.wire``'s lookahead): every figure must equal that of one SimPy
+event per packet, on runs that drop (ring empty, DMA engine lagging), share the wire between
+flows, stop by time or by I/O count, and translate slowly (walks, a vIOMMU).  Its one-page DMA
+(``DmaWorld.page_dma``: the unit's ``translate_page`` - or ``translate_page_again`` for the page
+of the packet before in one run - else the engine's ``translate_miss``) must equal
+``DmaWorld.dma`` for every packet, on runs that hit and miss the IOTLB, span pages, use ATS, a
+vIOMMU, pass-through or no IOMMU."""
 
 import pytest
 
@@ -45,8 +46,9 @@ def _run(mode: dict, params: dict) -> dict:
 
 
 def _general(self, size, write):
-    """``DmaWorld.page_dma`` as the general path: every packet through ``dma``."""
-    return lambda addr: self.dma(addr, size, write)
+    """``DmaWorld.page_dma`` as the general path: every packet through ``dma`` (nothing
+    remembered, so nothing to forget)."""
+    return (lambda addr: self.dma(addr, size, write)), (lambda: None)
 
 
 # each fast path, switched off: the lookahead (one event per packet) and page_dma (``dma``)

@@ -147,10 +147,10 @@ def bind_translate(unit: Any):
 
 
 def _cached(unit: Any, legacy_hit, recall, again):
-    """``(translate_cached, translate_page, translate_page_again)``: ``legacy_hit`` under TTM=00.  Under TTM=01 a
-    request without PASID that the full flow would answer from the caches alone -
-    context-cache, PASID-cache (the entry's RID_PASID) and a 4 KiB IOTLB entry with the
-    permission - returns that entry with the flow's side effects (each cache's recency and
+    """``(translate_cached, translate_page, translate_page_again)``: ``legacy_hit`` under
+    TTM=00.  Under TTM=01 a request without PASID that the full flow would answer from the
+    caches alone - context-cache, PASID-cache (the entry's RID_PASID) and a 4 KiB IOTLB entry
+    with the permission - returns that entry with the flow's side effects (each cache's recency and
     hit counter; nothing else changes on such a hit: no fill, no stat of the unit).  The
     probes themselves change nothing, so on anything else (None) the full flow runs from the
     start.  Checks in the flow's order (flow.RequestFlow.request, scalable.pasid_entry,
