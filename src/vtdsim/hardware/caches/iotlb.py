@@ -225,13 +225,13 @@ class Iotlb(LruCache):
     def _invalidate_range(self, group: Hashable, base: int, size: int, pred) -> int:
         """Visit the cheaper of: the group's entries, or the keys the range can occupy (a
         page-selective invalidation of a well-filled domain: one key per page size)."""
-        members = self._groups.get(group)
-        if not members:
+        cached = self.group_size(group)
+        if not cached:
             return 0
-        if not self.tag_sid and range_key_count(base, size) < len(members):
+        if not self.tag_sid and range_key_count(base, size) < cached:
             keys = range_keys(group[0], group[1], base, size)
         else:
-            keys = list(members)
+            keys = self.group_keys(group)
         return self.invalidate_where(pred, keys)
 
 

@@ -70,9 +70,6 @@ def bind_fs_miss(unit: Any):
     context_touch, pasid_touch, _, psc_touch = (c._touch for c in caches)
     context_stats, pasid_stats, iotlb_stats, psc_stats = (c.stats for c in caches)
     iotlb, memory, stats, caps = unit.iotlb, unit.memory, unit.stats, unit.caps
-    # The unit's Counter through its bound get/set: ``stats[k] += 1`` on a dict subclass
-    # takes the interpreter's unspecialized item paths (get(k, 0) is Counter's missing 0).
-    stat, set_stat = stats.get, stats.__setitem__
     smpwc, sc = caps.smpwc, caps.sc  # a unit's CAP/ECAP never change
     read_qword, iotlb_fill = memory.read_qword, iotlb.fill_first_stage
     # Reserved address bits of a PTE: at or above the HAW (RequestFlow.haw, fs.entry_reserved).
@@ -110,11 +107,11 @@ def bind_fs_miss(unit: Any):
         pasid_touch(a.pkey)
         pasid_stats.hit += 1
         iotlb_stats.miss += 1
-        set_stat("iotlb_miss", stat("iotlb_miss", 0) + 1)
-        set_stat("walks", stat("walks", 0) + 1)
+        stats["iotlb_miss"] += 1  # remapping_unit.UnitStats: dict's own item paths
+        stats["walks"] += 1
         psc_touch(a.psc_key)
         psc_stats.hit += 1
-        set_stat("walk_reads", stat("walk_reads", 0) + FS_MISS_READS)
+        stats["walk_reads"] += FS_MISS_READS
         iotlb_fill(a.key, a.entry)  # the 4 KiB key was probed absent
         return a.entry
 
