@@ -140,6 +140,10 @@ class LruCache:
         """``fill`` of a ``key`` the caller knows is not cached (it has just probed it, and
         nothing ran since): no membership test.  Returns the replaced LRU entry's key."""
         entries = self._entries
+        # A key of the sole group replacing one of its own (a device's domain, on every fill
+        # into a full IOTLB): the index has nothing to change.
+        n, sole = self.group_len, self._sole
+        indexed = n and (sole is None or key[:n] != sole)
         victim = None
         if len(entries) >= self.capacity:  # full, or capacity 0
             if not self.capacity:
@@ -150,27 +154,21 @@ class LruCache:
                 entries.clear()
                 self._groups.clear()
                 self._sole = None
+                indexed = n
             else:
                 # _drop of the LRU entry, inlined: a full cache replaces one on every fill.
                 victim = entries.popitem(False)[0]  # positional: no keyword parsing
                 self.stats.replaced += 1
-                # The sole group's members are the entries: nothing to forget unless the
-                # cache is left empty.
-                if self._sole is None or not entries:
+                if indexed:
                     self._forget(victim)
-        n = self.group_len
-        if n:
-            # A key of the sole group (a device's domain replacing its own entries) needs
-            # no index; else ``_group`` indexes it.
-            sole = self._sole
-            if sole is None or key[:n] != sole:
-                self._group(key)
+        if indexed:
+            self._group(key)
         entries[key] = entry
         self.stats.fill += 1
         return victim
 
     def _group(self, key: Hashable) -> None:
-        """Index a key about to be filled (not the sole group's)."""
+        """Index a key about to be filled into a grouped cache (not the sole group's)."""
         group = key[:self.group_len]
         groups = self._groups
         if not groups:
@@ -188,11 +186,8 @@ class LruCache:
             members[key] = None
 
     def _forget(self, key: Hashable) -> None:
-        """Un-index a key just dropped from the entries (a no-op for an ungrouped cache)."""
-        n = self.group_len
-        if not n:
-            return
-        group = key[:n]
+        """Un-index a key just dropped from the entries of a grouped cache."""
+        group = key[:self.group_len]
         members = self._groups[group]
         if members is None:  # the sole group: gone with the last entry
             if not self._entries:
@@ -213,7 +208,8 @@ class LruCache:
 
     def _drop(self, key: Hashable) -> None:
         del self._entries[key]
-        self._forget(key)
+        if self.group_len:
+            self._forget(key)
 
     # -- invalidation ---------------------------------------------------------------------------
     def invalidate_where(

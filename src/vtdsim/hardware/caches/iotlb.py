@@ -142,9 +142,22 @@ class Iotlb(LruCache):
             self._nested_groups.add(key[:2])
         return super().fill_absent(key, entry)
 
-    # ``fill_absent`` of a first-stage entry (translation.miss's, one per IOTLB miss): never
-    # nested, so the plain one, without the nested-group check and its extra call.
-    fill_first_stage = LruCache.fill_absent
+    def fill_first_stage(self, key: Hashable, entry: IotlbEntry) -> Hashable | None:
+        """``fill_absent`` of a first-stage entry (translation.miss's, one per IOTLB miss):
+        never nested, so no nested-group check.  Its common case inline - a full cache,
+        not flushed whole, whose sole group is the key's (one device's domain): the LRU
+        entry replaced, the group index unchanged (``LruCache`` docstring); else the
+        plain ``LruCache.fill_absent``."""
+        entries, sole = self._entries, self._sole
+        if (sole is None or len(entries) < self.capacity or self.flush_when_full
+                or key[0] != sole[0] or key[1] != sole[1]):
+            return LruCache.fill_absent(self, key, entry)
+        victim = entries.popitem(False)[0]
+        entries[key] = entry
+        stats = self.stats
+        stats.replaced += 1
+        stats.fill += 1
+        return victim
 
     def clear(self) -> int:
         self._nested_groups.clear()
