@@ -436,7 +436,8 @@ def _index_view(cache: Iotlb) -> tuple:
 SOLE_OPS = st.lists(st.tuples(
     st.sampled_from(["fill", "fill", "fill", "fill", "evict", "psi", "piotlb_page",
                      "piotlb_pasid", "dsi", "global"]),
-    st.integers(0, 7), st.sampled_from([(1, 0)] * 6 + [(2, 0), (1, 3)])), max_size=60)
+    st.integers(0, 7), st.sampled_from([(1, 0)] * 6 + [(2, 0), (1, 3)]),
+    st.sampled_from([1] * 8 + [2, 3])), max_size=60)
 
 
 @settings(max_examples=300, deadline=None)
@@ -445,13 +446,16 @@ def test_sole_group_twins_the_explicit_index(ops, capacity, flush):
     """An IOTLB whose sole group keeps no member index (filled through ``fill_first_stage``
     where the miss path would) ends every step as one that keeps every group's members
     (filled through ``fill``): entries in LRU order, counters, victims, what each
-    invalidation dropped, the groups in order with their keys."""
+    invalidation dropped, the groups in order with their keys; and every group holding a
+    2 MiB or 1 GiB entry is among the large groups (translation.miss skips those probes
+    while there is none)."""
     sole, explicit = Iotlb(capacity), _ExplicitIndex(capacity)
     for cache in (sole, explicit):
         cache.flush_when_full = flush
-    for op, n, (did, pasid) in ops:
-        key = (did, pasid, 1, n)
-        entry = IotlbEntry(did, pasid, n * K4, 1, 0x1000, True, True, False, False, "fs")
+    for op, n, (did, pasid), level in ops:
+        key = (did, pasid, level, n)
+        entry = IotlbEntry(did, pasid, n << (3 + 9 * level), level, 0x1000, True, True, False,
+                           False, "fs")
         results = []
         for cache in (sole, explicit):
             if op == "fill":
@@ -473,6 +477,8 @@ def test_sole_group_twins_the_explicit_index(ops, capacity, flush):
         assert sole.items() == explicit.items() and sole.stats == explicit.stats
         assert _index_view(sole) == _index_view(explicit)
         assert sole._sole is None or sole.groups() == [sole._sole]
+        assert sole._large_groups == explicit._large_groups
+        assert {k[:2] for k in sole if k[2] != 1} <= sole._large_groups
 
 
 def test_sole_group_becomes_explicit_when_another_comes_and_sole_again_once_empty():
