@@ -140,8 +140,8 @@ class LruCache:
         """``fill`` of a ``key`` the caller knows is not cached (it has just probed it, and
         nothing ran since): no membership test.  Returns the replaced LRU entry's key."""
         entries = self._entries
-        # A key of the sole group replacing one of its own (a device's domain, on every fill
-        # into a full IOTLB): the index has nothing to change.
+        # A key of the sole group (a device's domain; a full IOTLB replaces one of its entries
+        # on every fill): the index has nothing to change, nor has the victim's drop.
         n, sole = self.group_len, self._sole
         indexed = n and (sole is None or key[:n] != sole)
         victim = None
