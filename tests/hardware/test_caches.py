@@ -408,3 +408,100 @@ def test_iteration_is_a_snapshot_in_lru_order():
     for k in c:
         c.evict(k)
     assert len(c) == 0
+
+
+# -- the sole group (LruCache docstring) --------------------------------------------------------
+class _ExplicitIndex(Iotlb):
+    """The group index without the sole group: every group's members kept in a dict, as the
+    general bookkeeping does (``_sole`` stays None, so ``fill_first_stage`` and
+    ``fill_absent`` always take their indexing path)."""
+
+    def _group(self, key):
+        group = key[:self.group_len]
+        members = self._groups.get(group)
+        if members is None:
+            self._groups[group] = {key: None}
+        else:
+            members[key] = None
+
+
+def _index_view(cache: Iotlb) -> tuple:
+    """What the group index answers: groups in order, each with its keys (as a set: the
+    order in which a group lists its keys drops nothing differently) and their count."""
+    return [(g, set(cache.group_keys(g)), cache.group_size(g)) for g in cache.groups()]
+
+
+# One domain mostly (the sole group), now and then a second DID or PASID; global flushes
+# and evictions empty the cache so that a group becomes sole again.
+SOLE_OPS = st.lists(st.tuples(
+    st.sampled_from(["fill", "fill", "fill", "fill", "evict", "psi", "piotlb_page",
+                     "piotlb_pasid", "dsi", "global"]),
+    st.integers(0, 7), st.sampled_from([(1, 0)] * 6 + [(2, 0), (1, 3)]),
+    st.sampled_from([1] * 8 + [2, 3])), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=SOLE_OPS, capacity=st.integers(0, 6), flush=st.booleans())
+def test_sole_group_twins_the_explicit_index(ops, capacity, flush):
+    """An IOTLB whose sole group keeps no member index (filled through ``fill_first_stage``
+    where the miss path would) ends every step as one that keeps every group's members
+    (filled through ``fill``): entries in LRU order, counters, victims, what each
+    invalidation dropped, the groups in order with their keys; and every group holding a
+    2 MiB or 1 GiB entry is among the large groups (translation.miss skips those probes
+    while there is none)."""
+    sole, explicit = Iotlb(capacity), _ExplicitIndex(capacity)
+    for cache in (sole, explicit):
+        cache.flush_when_full = flush
+    for op, n, (did, pasid), level in ops:
+        key = (did, pasid, level, n)
+        entry = IotlbEntry(did, pasid, n << (3 + 9 * level), level, 0x1000, True, True, False,
+                           False, "fs")
+        results = []
+        for cache in (sole, explicit):
+            if op == "fill":
+                results.append(_absent_fill(cache, key, entry) if cache is sole
+                               else cache.fill(key, entry))
+            elif op == "evict":
+                results.append(cache.evict(cache.keys()[n % len(cache)]) if len(cache) else 0)
+            elif op == "psi":
+                results.append(cache.invalidate_page(did, n * K4, n % 3))
+            elif op == "piotlb_page":
+                results.append(cache.invalidate_pasid_page(did, pasid, n * K4, n % 3))
+            elif op == "piotlb_pasid":
+                results.append(cache.invalidate_pasid(did, pasid))
+            elif op == "dsi":
+                results.append(cache.invalidate_domain(did))
+            else:
+                results.append(cache.invalidate_global())
+        assert results[0] == results[1], op
+        assert sole.items() == explicit.items() and sole.stats == explicit.stats
+        assert _index_view(sole) == _index_view(explicit)
+        assert sole._sole is None or sole.groups() == [sole._sole]
+        assert sole._large_groups == explicit._large_groups
+        assert {k[:2] for k in sole if k[2] != 1} <= sole._large_groups
+
+
+def test_sole_group_becomes_explicit_when_another_comes_and_sole_again_once_empty():
+    t = Iotlb(4)
+    for page in range(5):  # one domain: the fifth fill replaces the LRU entry, no index kept
+        assert t.fill_first_stage((1, 0, 1, page), _io(1, page * K4, stage="fs")) == (
+            (1, 0, 1, 0) if page == 4 else None)
+    assert t._groups == {(1, 0): None} and t.group_keys((1, 0)) == t.keys()
+    t.fill_first_stage((2, 0, 1, 9), _io(2, 9 * K4, stage="fs"))  # replaces (1, 0, 1, 1)
+    assert t.groups() == [(1, 0), (2, 0)] and t._sole is None
+    assert t._groups[(1, 0)] == dict.fromkeys([(1, 0, 1, 2), (1, 0, 1, 3), (1, 0, 1, 4)])
+    assert t.group_size((2, 0)) == 1 and t.group_size((3, 0)) == 0
+    assert t.invalidate_global() == 4 and t.groups() == []
+    t.fill_first_stage((2, 0, 1, 9), _io(2, 9 * K4, stage="fs"))
+    assert t._groups == {(2, 0): None} and t._sole == (2, 0)
+
+
+def test_psc_sole_group_scoped_invalidation():
+    """A paging-structure cache of one (DID, PASID): its scoped invalidations find the
+    group's keys among all entries."""
+    p = _pscache(_psc(1, 0, 1, pasid=5, stage="fs"), _psc(1, 0x4000_0000, 1, pasid=5, stage="fs"),
+                 _psc(1, 0, 2, pasid=5, stage="fs"))
+    assert p._sole == (1, 5) and p.invalidate_domain(2) == 0
+    assert p.invalidate_pasid_page(1, 5, 0, 0, ih=False) == 2
+    assert p.keys() == [_psc(1, 0x4000_0000, 1, pasid=5, stage="fs").key]
+    assert p.invalidate_pasid(1, 5) == 1 and p.groups() == [] and p._sole is None

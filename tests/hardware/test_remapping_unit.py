@@ -1,6 +1,10 @@
 """The remapping unit as one piece: construction, MMIO dispatch, tracing, the queue behind IQT,
 cache freedoms, and a DMA through legacy tables with faults recorded (spec ch. 3, 6, 7, 10)."""
 
+import copy
+import pickle
+from collections import Counter
+
 import pytest
 
 from vtdsim.devices.endpoint import Endpoint
@@ -10,7 +14,7 @@ from vtdsim.hardware.descriptors import encode
 from vtdsim.hardware.faults import FaultReason
 from vtdsim.hardware.memory import PhysicalMemory
 from vtdsim.hardware.presets import get_preset
-from vtdsim.hardware.remapping_unit import CACHE_NAMES, CacheConfig, RemappingUnit
+from vtdsim.hardware.remapping_unit import CACHE_NAMES, CacheConfig, RemappingUnit, UnitStats
 from vtdsim.hardware.request import DmaRequest
 from vtdsim.hardware.root_table import CONTEXT_ENTRY, ROOT_ENTRY
 from vtdsim.hardware.second_stage import SS_PTE
@@ -30,6 +34,31 @@ def test_construction_wires_write_buffer_and_state():
     assert rwbf.memory.write_buffer
     assert unit.iotlb.capacity == CacheConfig().iotlb
     assert repr(unit).startswith("RemappingUnit(dmar0, ver 1:0 cap d2008c22260286")
+
+
+def test_unit_stats_are_a_counter_with_dicts_item_store():
+    """UnitStats answers as the Counter it replaced: a missing key reads 0, arithmetic,
+    update, copy, equality, pickling and deepcopy (the checker copies units) - only its
+    store is dict's (so ``del`` of a missing key raises, as on a dict)."""
+    stats = make_unit().stats
+    assert type(stats) is UnitStats and isinstance(stats, Counter)
+    ops = [("walks", 1), ("iotlb_miss", 2), ("walks", 3), ("faults", 0)]
+    plain = Counter()
+    for key, n in ops:
+        stats[key] += n
+        plain[key] += n
+    assert stats == plain and dict(stats) == dict(plain) and stats["never"] == 0
+    before = stats.copy()
+    assert type(before) is UnitStats and before == stats and before is not stats
+    stats.update({"walks": 2}, faults=1)
+    plain.update({"walks": 2}, faults=1)
+    assert stats == plain and stats - before == plain - Counter(before)
+    assert stats + before == plain + Counter(before) and stats.most_common() == plain.most_common()
+    for clone in (copy.deepcopy(stats), pickle.loads(pickle.dumps(stats))):
+        assert type(clone) is UnitStats and clone == stats
+    del stats["walks"]
+    with pytest.raises(KeyError):  # dict's __delitem__: the one that keeps the store in C
+        del stats["walks"]
 
 
 def test_bad_qi_mode_is_bad_input():

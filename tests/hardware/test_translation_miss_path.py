@@ -320,6 +320,9 @@ SCENARIOS = {  # rare states where a check of the fast path decides, reached on 
     "a page again under a 2 MiB IOTLB entry": [  # the fifth fill is the 2 MiB leaf's
         ("translate", 0, 0, 0), ("invalidate", 1, 1, 0), ("pde", 0, 0x807, 0),
         ("fill", 0, 4, 0), ("pde", 0, 0x7, 0), ("translate", 1, 0, 0)],
+    "a page again under a 1 GiB IOTLB entry": [  # the fourth fill is the 1 GiB leaf's
+        ("translate", 0, 0, 0), ("invalidate", 1, 1, 0), ("pdpte", 0, 0x807, 0),
+        ("fill", 0, 3, 0), ("pdpte", 0, 0x7, 0), ("translate", 1, 0, 0)],
 }
 
 

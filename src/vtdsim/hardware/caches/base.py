@@ -46,6 +46,12 @@ class LruCache:
     A subclass may set ``group_len`` to keep a secondary index by key prefix (e.g. the
     ``(did, pasid)`` tag) so scoped invalidations visit only the entries of their scope
     instead of the whole cache; lookups never touch the index.
+
+    The index (``_groups``): group -> its member keys, groups in first-fill order.  While
+    one group has filled an empty cache and no other has come (``_sole``: one device's
+    domain, the common case), its members are simply all entries - stored as None - so a
+    fill that replaces an entry of that group keeps no index at all; the first other
+    group to come makes its member dict (``_group``), kept until the cache empties.
     """
 
     # The length of the key prefix that names a key's invalidation scope (``group_of``); 0:
@@ -65,7 +71,9 @@ class LruCache:
         self.stats = CacheStats()
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._bind()
-        self._groups: dict[Hashable, dict[Hashable, None]] = {}
+        # group -> its members (None: the sole group, whose members are all entries).
+        self._groups: dict[Hashable, dict[Hashable, None] | None] = {}
+        self._sole: Hashable | None = None  # the group whose members are all entries
 
     def _bind(self) -> None:
         # Bound once: refreshing recency is on every hit of the IOTLB fast path.
@@ -132,10 +140,11 @@ class LruCache:
         """``fill`` of a ``key`` the caller knows is not cached (it has just probed it, and
         nothing ran since): no membership test.  Returns the replaced LRU entry's key."""
         entries = self._entries
-        victim = members = None
-        n = self.group_len
-        if n:
-            group = key[:n]
+        # A key of the sole group (a device's domain; a full IOTLB replaces one of its entries
+        # on every fill): the index has nothing to change, nor has the victim's drop.
+        n, sole = self.group_len, self._sole
+        indexed = n and (sole is None or key[:n] != sole)
+        victim = None
         if len(entries) >= self.capacity:  # full, or capacity 0
             if not self.capacity:
                 return None
@@ -144,31 +153,50 @@ class LruCache:
                 self.stats.replaced += len(entries)
                 entries.clear()
                 self._groups.clear()
+                self._sole = None
+                indexed = n
             else:
                 # _drop of the LRU entry, inlined: a full cache replaces one on every fill.
                 victim = entries.popitem(False)[0]  # positional: no keyword parsing
-                if n:
-                    old = victim[:n]
-                    members = self._groups[old]
-                    del members[victim]
-                    if not members:
-                        del self._groups[old]
-                        members = None
-                    elif old != group:
-                        members = None
                 self.stats.replaced += 1
-        if n:
-            # The victim's group when the key's (often: one device's domain) and not left
-            # empty; else looked up.  Not setdefault(group, {}): a dict built per fill.
-            if members is None:
-                members = self._groups.get(group)
-            if members is None:
-                self._groups[group] = {key: None}
-            else:
-                members[key] = None
+                if indexed:
+                    self._forget(victim)
+        if indexed:
+            self._group(key)
         entries[key] = entry
         self.stats.fill += 1
         return victim
+
+    def _group(self, key: Hashable) -> None:
+        """Index a key about to be filled into a grouped cache (not the sole group's)."""
+        group = key[:self.group_len]
+        groups = self._groups
+        if not groups:
+            groups[group] = None  # the first group of an empty cache: the sole one
+            self._sole = group
+            return
+        sole = self._sole
+        if sole is not None:  # another group comes: the sole group's members made explicit
+            groups[sole] = dict.fromkeys(self._entries)
+            self._sole = None
+        members = groups.get(group)
+        if members is None:
+            groups[group] = {key: None}
+        else:
+            members[key] = None
+
+    def _forget(self, key: Hashable) -> None:
+        """Un-index a key just dropped from the entries of a grouped cache."""
+        group = key[:self.group_len]
+        members = self._groups[group]
+        if members is None:  # the sole group: gone with the last entry
+            if not self._entries:
+                del self._groups[group]
+                self._sole = None
+            return
+        del members[key]
+        if not members:
+            del self._groups[group]
 
     def evict(self, key: Hashable) -> bool:
         """Drop one entry (hardware may do so at any moment); False if it was not cached."""
@@ -180,13 +208,8 @@ class LruCache:
 
     def _drop(self, key: Hashable) -> None:
         del self._entries[key]
-        n = self.group_len
-        if n:
-            group = key[:n]
-            members = self._groups[group]
-            del members[key]
-            if not members:
-                del self._groups[group]
+        if self.group_len:
+            self._forget(key)
 
     # -- invalidation ---------------------------------------------------------------------------
     def invalidate_where(
@@ -210,6 +233,7 @@ class LruCache:
         n = len(self._entries)
         self._entries.clear()
         self._groups.clear()
+        self._sole = None
         self.stats.invalidated += n
         return n
 
@@ -219,7 +243,14 @@ class LruCache:
         return list(self._groups)
 
     def group_keys(self, group: Hashable) -> list[Hashable]:
-        return list(self._groups.get(group, ()))
+        """The keys of ``group`` (the sole group's: all, least recently used first)."""
+        members = self._groups.get(group, ())
+        return list(self._entries if members is None else members)
+
+    def group_size(self, group: Hashable) -> int:
+        """How many keys ``group`` has cached."""
+        members = self._groups.get(group, ())
+        return len(self._entries if members is None else members)
 
     def domain_groups(self, did: int) -> list[Hashable]:
         """The groups of domain ``did``, for caches grouped by ``(did, pasid)``."""

@@ -131,6 +131,10 @@ class Iotlb(LruCache):
         # Groups that received a nested entry since the last clear (a superset: a type-2 PSI
         # scans these whole, the others only over the keys its range can occupy).
         self._nested_groups: set[Hashable] = set()
+        # Groups that received a 2 MiB or 1 GiB entry since the last clear (a superset):
+        # while there is none, no larger page's key is cached - translation.miss then need
+        # not probe those keys on every remembered miss.
+        self._large_groups: set[Hashable] = set()
 
     def fill(self, key: Hashable, entry: IotlbEntry) -> Hashable | None:
         if entry.stage == STAGE_NESTED:
@@ -140,14 +144,30 @@ class Iotlb(LruCache):
     def fill_absent(self, key: Hashable, entry: IotlbEntry) -> Hashable | None:
         if entry.stage == STAGE_NESTED:  # as ``fill``: a caller may come straight here
             self._nested_groups.add(key[:2])
+        if key[2] != 1:  # the level: a larger page (``fill`` of an absent key comes here)
+            self._large_groups.add(key[:2])
         return super().fill_absent(key, entry)
 
-    # ``fill_absent`` of a first-stage entry (translation.miss's, one per IOTLB miss): never
-    # nested, so the plain one, without the nested-group check and its extra call.
-    fill_first_stage = LruCache.fill_absent
+    def fill_first_stage(self, key: Hashable, entry: IotlbEntry) -> Hashable | None:
+        """``fill_absent`` of a first-stage entry (translation.miss's, one per IOTLB miss),
+        its common case inline - a 4 KiB page (no large group to note; first stage, so
+        never nested) into a full cache, not flushed whole, whose sole group is the key's
+        (one device's domain): the LRU entry replaced, the group index unchanged
+        (``LruCache`` docstring); else ``fill_absent``."""
+        entries, sole = self._entries, self._sole
+        if (sole is None or len(entries) < self.capacity or self.flush_when_full
+                or key[2] != 1 or key[0] != sole[0] or key[1] != sole[1]):
+            return self.fill_absent(key, entry)
+        victim = entries.popitem(False)[0]
+        entries[key] = entry
+        stats = self.stats
+        stats.replaced += 1
+        stats.fill += 1
+        return victim
 
     def clear(self) -> int:
         self._nested_groups.clear()
+        self._large_groups.clear()
         return super().clear()
 
     def lookup_iova(self, did: int, pasid: int, iova: int,
@@ -225,13 +245,13 @@ class Iotlb(LruCache):
     def _invalidate_range(self, group: Hashable, base: int, size: int, pred) -> int:
         """Visit the cheaper of: the group's entries, or the keys the range can occupy (a
         page-selective invalidation of a well-filled domain: one key per page size)."""
-        members = self._groups.get(group)
-        if not members:
+        cached = self.group_size(group)
+        if not cached:
             return 0
-        if not self.tag_sid and range_key_count(base, size) < len(members):
+        if not self.tag_sid and range_key_count(base, size) < cached:
             keys = range_keys(group[0], group[1], base, size)
         else:
-            keys = list(members)
+            keys = self.group_keys(group)
         return self.invalidate_where(pred, keys)
 
 

@@ -50,8 +50,9 @@ class _Answer:
     objects under the same keys and the same PTE value, gets the same answer - and no A/D
     store: the PTE has the bits this request sets.  The answer holds its records, so ``is``
     cannot match a new object at a reused address; nothing is trusted that is not probed
-    again, so it cannot be stale.  (The requester is compared too: its PASID-cache key is
-    part of the answer.)"""
+    again (the 2 MiB and 1 GiB keys are absent without a probe while the IOTLB has no
+    large group, ``Iotlb._large_groups``), so it cannot be stale.  (The requester is
+    compared too: its PASID-cache key is part of the answer.)"""
 
     # No __init__: ``probe`` stores the fields (a Python __init__ behind the class call would
     # cost as much as the rest of the build; a page's first miss makes one).
@@ -70,11 +71,10 @@ def bind_fs_miss(unit: Any):
     context_touch, pasid_touch, _, psc_touch = (c._touch for c in caches)
     context_stats, pasid_stats, iotlb_stats, psc_stats = (c.stats for c in caches)
     iotlb, memory, stats, caps = unit.iotlb, unit.memory, unit.stats, unit.caps
-    # The unit's Counter through its bound get/set: ``stats[k] += 1`` on a dict subclass
-    # takes the interpreter's unspecialized item paths (get(k, 0) is Counter's missing 0).
-    stat, set_stat = stats.get, stats.__setitem__
     smpwc, sc = caps.smpwc, caps.sc  # a unit's CAP/ECAP never change
     read_qword, iotlb_fill = memory.read_qword, iotlb.fill_first_stage
+    # No 2 MiB / 1 GiB entry filled since the IOTLB was last cleared: no such key to probe.
+    large_groups = iotlb._large_groups
     # Reserved address bits of a PTE: at or above the HAW (RequestFlow.haw, fs.entry_reserved).
     above_haw = _ADDR & ~((1 << min(caps.mgaw, 52)) - 1)
     memo: dict[int, _Answer] = {}  # page -> the last miss's answer on it (bounded: emptied)
@@ -98,8 +98,10 @@ def bind_fs_miss(unit: Any):
         One function for both: the effects are on every miss, a call more would cost."""
         if pte is None:
             if not (a.sid == sid and a.write == write and a.ce is ce and a.pe is pe
-                    and not iotlb.tag_sid and iotlb_get(a.key_2m) is None
-                    and iotlb_get(a.key_1g) is None and psc_get(a.psc_key) is a.psc
+                    and not iotlb.tag_sid
+                    and (not large_groups or (iotlb_get(a.key_2m) is None
+                                              and iotlb_get(a.key_1g) is None))
+                    and psc_get(a.psc_key) is a.psc
                     and read_qword(a.addr, a.snoop) == a.pte):
                 return None
         elif a.pte != pte:
@@ -110,11 +112,11 @@ def bind_fs_miss(unit: Any):
         pasid_touch(a.pkey)
         pasid_stats.hit += 1
         iotlb_stats.miss += 1
-        set_stat("iotlb_miss", stat("iotlb_miss", 0) + 1)
-        set_stat("walks", stat("walks", 0) + 1)
+        stats["iotlb_miss"] += 1  # remapping_unit.UnitStats: dict's own item paths
+        stats["walks"] += 1
         psc_touch(a.psc_key)
         psc_stats.hit += 1
-        set_stat("walk_reads", stat("walk_reads", 0) + FS_MISS_READS)
+        stats["walk_reads"] += FS_MISS_READS
         iotlb_fill(a.key, a.entry)  # the 4 KiB key was probed absent
         return a.entry
 
