@@ -1,10 +1,11 @@
 """``unit.translate_page_again()`` - ``translate_page``'s last request once more, nothing having
-reached the unit since - is exactly that request made again: on twin units, one asking
-``translate_page`` a second time and one asking ``translate_page_again``, the answers and the
-whole observable state (unit stats, each cache's entries in LRU order and its counters) are
-equal after every request; in scalable mode after an IOTLB hit and after a remembered miss
-(the page's entry evicted, answered from ``miss.again``), with requester-tagged IOTLBs too,
-and in legacy mode after its hit (``legacy_hit``: the IOTLB's counter alone)."""
+reached the unit since - is exactly that request made again, and ``translate_page_next`` of
+another page in the same circumstances is ``translate_page``: on twin units, one always asking
+``translate_page``, the answers and the whole observable state (unit stats, each cache's
+entries in LRU order and its counters) are equal after every request; in scalable mode after
+IOTLB hits and remembered misses (the page's entry evicted, answered from ``miss.again``),
+with requester-tagged IOTLBs too, and in legacy mode (``legacy_hit``: the IOTLB's counter
+alone)."""
 
 import pytest
 
@@ -66,30 +67,40 @@ UNITS = {
 }
 
 
+def _next(unit: RemappingUnit, sid: int, iova: int, write: bool):
+    """As ``DmaWorld.page_dma`` asks after an answer for ``sid`` with nothing in between:
+    ``translate_page_next``, else the full request."""
+    entry = unit.translate_page_next(sid, iova, write)
+    return ("page", entry) if entry is not None else ("flow", unit.translate(sid, iova, write))
+
+
 @pytest.mark.parametrize("name", list(UNITS))
-def test_again_is_the_same_request_again(name):
-    twice, again = (_unit(*UNITS[name]) for _ in range(2))
-    answered = 0
+def test_again_and_next_are_translate_page(name):
+    """Twin units, one always asking ``translate_page``, the other ``translate_page_again``
+    for the same request and ``translate_page_next`` for another page whenever the request
+    before was ``sid``'s answered by the unit's cached path - as ``DmaWorld.page_dma`` does."""
+    plain, fast = (_unit(*UNITS[name]) for _ in range(2))
+    used = {"again": 0, "next": 0}
     # Laps over more pages than a small IOTLB holds, from each requester, for each access
-    # type; each request repeated twice right away - through translate_page_again when the
-    # request before was answered by translate_page, as DmaWorld.page_dma does.
+    # type; each request repeated twice right away.
     requests = [(sid, iova, write) for write in (True, False) for sid in (SID, OTHER)
-                for _lap in range(3) for iova in PAGES]
+                for _lap in range(3) for iova in PAGES for _ in range(3)]
+    before = None  # the request before and how the fast unit answered it
     for request in requests:
-        last = _page(twice, *request)
-        assert _page(again, *request) == last
-        assert _state(twice) == _state(again), request
-        for _ in range(2):
-            repeat = _page(twice, *request)
-            if last[0] == "page":
-                answered += 1
-                again.translate_page_again()
-                assert repeat == last
-            else:
-                assert _page(again, *request) == repeat
-            assert _state(twice) == _state(again), (request, last)
-            last = repeat
-    assert answered  # the comparison covered translate_page_again
+        expected = _page(plain, *request)
+        if before is None or before[1] != "page" or before[0][0] != request[0]:
+            answer = _page(fast, *request)
+        elif before[0] == request:
+            used["again"] += 1
+            fast.translate_page_again()
+            answer = expected
+        else:
+            used["next"] += 1
+            answer = _next(fast, *request)
+        assert answer == expected, request
+        assert _state(plain) == _state(fast), (request, before)
+        before = request, answer[0]
+    assert all(used.values())  # the comparison covered both
 
 
 def test_remembered_misses_are_repeated():

@@ -134,7 +134,7 @@ class RemappingUnit:
         # (translation.bind_translate): a method would add two calls and attribute lookups
         # to every hit.
         (self.translate, self.translate_cached, self.translate_missed, self.translate_page,
-         self.translate_page_again) = translation.bind_translate(self)
+         self.translate_page_again, self.translate_page_next) = translation.bind_translate(self)
 
     def __getstate__(self) -> dict:
         # copy/deepcopy/pickle (the checker snapshots worlds): the bound closure refers to the
@@ -145,6 +145,7 @@ class RemappingUnit:
         state.pop("translate_missed", None)
         state.pop("translate_page", None)
         state.pop("translate_page_again", None)
+        state.pop("translate_page_next", None)
         return state
 
     def __setstate__(self, state: dict) -> None:

@@ -60,7 +60,8 @@ __all__ = ["Fill", "access", "apply_fill", "bind_translate", "entry_pieces", "po
 # -- the public entry points ----------------------------------------------------------------------
 def bind_translate(unit: Any):
     """The untranslated-request fast path bound to ``unit``'s caches, for the unit to install:
-    ``(translate, translate_cached, translate_missed, translate_page, translate_page_again)``.
+    ``(translate, translate_cached, translate_missed, translate_page, translate_page_again,
+    translate_page_next)``.
     ``translate_cached(sid, iova, write)`` probes the caches only and returns, on a 4 KiB
     IOTLB hit with the permission, the cached ``IotlbEntry`` itself, else None having changed
     nothing (so a caller may then take the full flow, or ask ``translate`` which does);
@@ -71,7 +72,8 @@ def bind_translate(unit: Any):
     scalable mode, a 4 KiB page's miss which ``fs_miss`` answered before and would again
     (its memo), probing context, PASID and the IOTLB key once; None: nothing changed, and
     ``translate_missed`` is the rest.  ``translate_page_again()`` repeats ``translate_page``'s
-    last request when it answered with an entry and nothing reached the unit since.
+    last request when it answered with an entry and nothing reached the unit since;
+    ``translate_page_next(sid, iova, write)`` is ``translate_page`` of another page then.
 
     Legacy mode (TTM=00): a context-cache probe and an IOTLB probe.  Hits are counted in
     ``unit.iotlb.stats.hit`` only (a Counter increment would double the cost of the hit
@@ -130,8 +132,8 @@ def bind_translate(unit: Any):
             return entry
         return None
 
-    translate_cached, translate_page, translate_page_again = _cached(unit, legacy_hit, recall,
-                                                                     again)
+    translate_cached, translate_page, translate_page_again, translate_page_next = _cached(
+        unit, legacy_hit, recall, again)
 
     def legacy_miss(sid: int, iova: int, write: bool):
         ce = legacy_context(sid)
@@ -143,11 +145,12 @@ def bind_translate(unit: Any):
         return _run(unit, DmaRequest(sid, iova, write), ce, probed=True, entry=entry)
 
     return (translate_bound, translate_cached, translate_missed, translate_page,
-            translate_page_again)
+            translate_page_again, translate_page_next)
 
 
 def _cached(unit: Any, legacy_hit, recall, again):
-    """``(translate_cached, translate_page, translate_page_again)``: ``legacy_hit`` under
+    """``(translate_cached, translate_page, translate_page_again, translate_page_next)``:
+    ``legacy_hit`` under
     TTM=00.  Under TTM=01 a request without PASID that the full flow would answer from the
     caches alone - context-cache, PASID-cache (the entry's RID_PASID) and a 4 KiB IOTLB entry
     with the permission - returns that entry with the flow's side effects (each cache's recency and
@@ -222,6 +225,30 @@ def _cached(unit: Any, legacy_hit, recall, again):
     def translate_cached(sid: int, iova: int, write: bool) -> IotlbEntry | None:
         return translate_page(sid, iova, write, False)
 
+    def translate_page_next(sid: int, iova: int, write: bool) -> IotlbEntry | None:
+        """``translate_page`` of another page, when the caller's last ``translate_page`` for
+        ``sid`` answered with an entry and nothing has reached the unit since (as for
+        ``translate_page_again``): the context and PASID entries that call found are still
+        the cached ones and each the most recent of its cache, so neither is probed or
+        touched again - only their hit counters move, as on any answer."""
+        if unit.ttm != 1:
+            return translate_page(sid, iova, write)
+        page = iova >> 12
+        pe = last_pe
+        key = (pe.did, last_pkey[1], 1, page, sid) if iotlb.tag_sid \
+            else (pe.did, last_pkey[1], 1, page)
+        entry = iotlb_get(key)
+        if entry is None:
+            a = recall(page)
+            return None if a is None else again(a, sid, write, last_ce, pe, None, False)
+        if not entry.present or not (entry.write if write else entry.read):
+            return None
+        context_stats.hit += 1
+        pasid_stats.hit += 1
+        iotlb_touch(key)
+        iotlb_stats.hit += 1
+        return entry
+
     def translate_page_again() -> None:
         """``translate_page``'s last request made once more, when that call answered with an
         entry and nothing has reached the unit since - no other request, fill, eviction,
@@ -238,7 +265,7 @@ def _cached(unit: Any, legacy_hit, recall, again):
             pasid_stats.hit += 1
         iotlb_stats.hit += 1
 
-    return translate_cached, translate_page, translate_page_again
+    return translate_cached, translate_page, translate_page_again, translate_page_next
 
 
 def access(unit: Any, req: DmaRequest):

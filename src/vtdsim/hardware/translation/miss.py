@@ -88,8 +88,8 @@ def bind_fs_miss(unit: Any):
         a, pte = probe(sid, iova, write)
         return None if a is None else again(a, sid, write, a.ce, a.pe, pte)
 
-    def again(a: _Answer, sid: int, write: bool, ce, pe, pte: int | None = None
-              ) -> IotlbEntry | None:
+    def again(a: _Answer, sid: int, write: bool, ce, pe, pte: int | None = None,
+              touch: bool = True) -> IotlbEntry | None:
         """The page's last answer ``a`` given again, if each probe finds what it found then
         (_Answer) - ``ce`` and ``pe`` are what the context-cache and the PASID-cache hold
         for ``sid`` and ``a.pkey`` now, and the caller found ``a.key`` absent - with the
@@ -107,9 +107,10 @@ def bind_fs_miss(unit: Any):
         elif a.pte != pte:
             memory.write_qword(a.addr, a.pte)  # the A/D store (walk_fs), before the counts
         # The rest of the flow's effects, in its order (see the module docstring).
-        context_touch(sid)
+        if touch:  # else the caller's last answer left both the most recent
+            context_touch(sid)
+            pasid_touch(a.pkey)
         context_stats.hit += 1
-        pasid_touch(a.pkey)
         pasid_stats.hit += 1
         iotlb_stats.miss += 1
         stats["iotlb_miss"] += 1  # remapping_unit.UnitStats: dict's own item paths

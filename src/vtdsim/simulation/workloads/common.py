@@ -289,7 +289,8 @@ class DmaWorld:
 
         A DMA to the page of the one before it, when ``translate_page`` answered that one and
         nothing reached the unit since, is the unit's ``translate_page_again`` (the same hit,
-        its counters only).  The caller vouches for "nothing since" by calling ``forget()``
+        its counters only); to another page, ``translate_page_next`` (the context and PASID
+        entries not probed again).  The caller vouches for "nothing since" by calling ``forget()``
         whenever other actors may have run - after every yield to SimPy - as between two
         calls with no yield in between no other process runs (``NicRx.wire``)."""
         dma = self.dma
@@ -298,7 +299,7 @@ class DmaWorld:
         m, sid, machine, last_start = self.m, self.sid, self.machine, PAGE - size
         unit, hit_ns, miss = machine.dma_unit, machine.hit_ns, machine.translate_miss
         translate_page, iotlb_stats = unit.translate_page, unit.iotlb.stats
-        again = unit.translate_page_again
+        again, translate_next = unit.translate_page_again, unit.translate_page_next
         # Priced as TimedMachine.translate_miss: a lookup, and a read per walk read - none on
         # an IOTLB hit, the PTE's on translate_page's other answer (miss.FS_MISS_READS).
         miss_ns = hit_ns + FS_MISS_READS * machine.dram_ns
@@ -316,7 +317,8 @@ class DmaWorld:
                 again()
                 return hit_ns
             hits = iotlb_stats.hit
-            if translate_page(sid, addr, write) is not None:  # it reads addr's page number
+            if (translate_page(sid, addr, write) if last < 0
+                    else translate_next(sid, addr, write)) is not None:  # addr's page number
                 last = page
                 return hit_ns if iotlb_stats.hit != hits else miss_ns
             last = -1
