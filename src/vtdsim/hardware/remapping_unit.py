@@ -182,7 +182,8 @@ class RemappingUnit:
     # has just answered None (translate is translate_cached, then translate_missed on None);
     # translate_page(sid, iova, write) -> IotlbEntry | None: translate_cached that answers a
     # remembered first-stage miss too (None: nothing changed, translate_missed is the rest);
-    # translate_page_again(): its last request once more, nothing having reached the unit since.
+    # translate_page_again(): its last request once more, nothing having reached the unit since;
+    # translate_page_next(sid, iova, write): translate_page of another page then.
 
     def access(self, req: DmaRequest):
         """A full request (AT, privilege, execute, no-snoop): ``IotlbEntry`` or ``Fault``."""
