@@ -1,11 +1,11 @@
 """``unit.translate_page_again()`` - ``translate_page``'s last request once more, nothing having
-reached the unit since - is exactly that request made again, and ``translate_page_next`` of
-another page in the same circumstances is ``translate_page``: on twin units, one always asking
-``translate_page``, the answers and the whole observable state (unit stats, each cache's
-entries in LRU order and its counters) are equal after every request; in scalable mode after
-IOTLB hits and remembered misses (the page's entry evicted, answered from ``miss.again``),
-with requester-tagged IOTLBs too, and in legacy mode (``legacy_hit``: the IOTLB's counter
-alone)."""
+reached the unit since - is exactly that request made again, and ``translate_page`` with
+``known`` of another page in the same circumstances is ``translate_page`` without it: on twin
+units, one always asking ``translate_page``, the answers and the whole observable state (unit
+stats, each cache's entries in LRU order and its counters) are equal after every request; in
+scalable mode after IOTLB hits and remembered misses (the page's entry evicted, answered from
+``miss.again``), with requester-tagged IOTLBs too, and in legacy mode (``legacy_hit``: the
+IOTLB's counter alone)."""
 
 import pytest
 
@@ -69,15 +69,15 @@ UNITS = {
 
 def _next(unit: RemappingUnit, sid: int, iova: int, write: bool):
     """As ``DmaWorld.page_dma`` asks after an answer for ``sid`` with nothing in between:
-    ``translate_page_next``, else the full request."""
-    entry = unit.translate_page_next(sid, iova, write)
+    ``translate_page`` with ``known``, else the full request."""
+    entry = unit.translate_page(sid, iova, write, known=True)
     return ("page", entry) if entry is not None else ("flow", unit.translate(sid, iova, write))
 
 
 @pytest.mark.parametrize("name", list(UNITS))
 def test_again_and_next_are_translate_page(name):
     """Twin units, one always asking ``translate_page``, the other ``translate_page_again``
-    for the same request and ``translate_page_next`` for another page whenever the request
+    for the same request and ``translate_page(known=True)`` for another page whenever the request
     before was ``sid``'s answered by the unit's cached path - as ``DmaWorld.page_dma`` does."""
     plain, fast = (_unit(*UNITS[name]) for _ in range(2))
     used = {"again": 0, "next": 0}

@@ -134,7 +134,7 @@ class RemappingUnit:
         # (translation.bind_translate): a method would add two calls and attribute lookups
         # to every hit.
         (self.translate, self.translate_cached, self.translate_missed, self.translate_page,
-         self.translate_page_again, self.translate_page_next) = translation.bind_translate(self)
+         self.translate_page_again) = translation.bind_translate(self)
 
     def __getstate__(self) -> dict:
         # copy/deepcopy/pickle (the checker snapshots worlds): the bound closure refers to the
@@ -145,7 +145,6 @@ class RemappingUnit:
         state.pop("translate_missed", None)
         state.pop("translate_page", None)
         state.pop("translate_page_again", None)
-        state.pop("translate_page_next", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -183,7 +182,7 @@ class RemappingUnit:
     # translate_page(sid, iova, write) -> IotlbEntry | None: translate_cached that answers a
     # remembered first-stage miss too (None: nothing changed, translate_missed is the rest);
     # translate_page_again(): its last request once more, nothing having reached the unit since;
-    # translate_page_next(sid, iova, write): translate_page of another page then.
+    # translate_page(sid, iova, write, known=True): another page then, context/PASID kept.
 
     def access(self, req: DmaRequest):
         """A full request (AT, privilege, execute, no-snoop): ``IotlbEntry`` or ``Fault``."""

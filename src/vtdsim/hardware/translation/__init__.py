@@ -60,8 +60,7 @@ __all__ = ["Fill", "access", "apply_fill", "bind_translate", "entry_pieces", "po
 # -- the public entry points ----------------------------------------------------------------------
 def bind_translate(unit: Any):
     """The untranslated-request fast path bound to ``unit``'s caches, for the unit to install:
-    ``(translate, translate_cached, translate_missed, translate_page, translate_page_again,
-    translate_page_next)``.
+    ``(translate, translate_cached, translate_missed, translate_page, translate_page_again)``.
     ``translate_cached(sid, iova, write)`` probes the caches only and returns, on a 4 KiB
     IOTLB hit with the permission, the cached ``IotlbEntry`` itself, else None having changed
     nothing (so a caller may then take the full flow, or ask ``translate`` which does);
@@ -73,7 +72,8 @@ def bind_translate(unit: Any):
     (its memo), probing context, PASID and the IOTLB key once; None: nothing changed, and
     ``translate_missed`` is the rest.  ``translate_page_again()`` repeats ``translate_page``'s
     last request when it answered with an entry and nothing reached the unit since;
-    ``translate_page_next(sid, iova, write)`` is ``translate_page`` of another page then.
+    ``translate_page(..., known=True)`` asks another page then, the context and PASID
+    entries neither probed nor touched again.
 
     Legacy mode (TTM=00): a context-cache probe and an IOTLB probe.  Hits are counted in
     ``unit.iotlb.stats.hit`` only (a Counter increment would double the cost of the hit
@@ -132,7 +132,7 @@ def bind_translate(unit: Any):
             return entry
         return None
 
-    translate_cached, translate_page, translate_page_again, translate_page_next = _cached(
+    translate_cached, translate_page, translate_page_again = _cached(
         unit, legacy_hit, recall, again)
 
     def legacy_miss(sid: int, iova: int, write: bool):
@@ -145,16 +145,16 @@ def bind_translate(unit: Any):
         return _run(unit, DmaRequest(sid, iova, write), ce, probed=True, entry=entry)
 
     return (translate_bound, translate_cached, translate_missed, translate_page,
-            translate_page_again, translate_page_next)
+            translate_page_again)
 
 
 def _cached(unit: Any, legacy_hit, recall, again):
-    """``(translate_cached, translate_page, translate_page_again, translate_page_next)``:
-    ``legacy_hit`` under
+    """``(translate_cached, translate_page, translate_page_again)``: ``legacy_hit`` under
     TTM=00.  Under TTM=01 a request without PASID that the full flow would answer from the
-    caches alone - context-cache, PASID-cache (the entry's RID_PASID) and a 4 KiB IOTLB entry
-    with the permission - returns that entry with the flow's side effects (each cache's recency and
-    hit counter; nothing else changes on such a hit: no fill, no stat of the unit).  The
+    caches alone - context-cache, PASID-cache (the entry's RID_PASID) and a 4 KiB IOTLB
+    entry with the permission - returns that entry with the flow's side effects (each
+    cache's recency and hit counter; nothing else changes on such a hit: no fill, no stat
+    of the unit).  The
     probes themselves change nothing, so on anything else (None) the full flow runs from the
     start.  Checks in the flow's order (flow.RequestFlow.request, scalable.pasid_entry,
     flow.page): a present context entry fetched in scalable mode; RID_PASID within the
@@ -191,14 +191,20 @@ def _cached(unit: Any, legacy_hit, recall, again):
     # match a new record at a reused address).
     last_sid = last_ce = last_pkey = last_pe = None
 
-    def translate_page(sid: int, iova: int, write: bool,
-                       remembered: bool = True) -> IotlbEntry | None:
+    def translate_page(sid: int, iova: int, write: bool, remembered: bool = True,
+                       known: bool = False) -> IotlbEntry | None:
         nonlocal last_sid, last_ce, last_pkey, last_pe
         if not unit.translation_enabled or unit.ttm != 1:
             return legacy_hit(sid, iova, write) if unit.translation_enabled \
                 and not unit.ttm else None
-        ce = context_get(sid)
-        if ce is last_ce and sid == last_sid and pasid_get(last_pkey) is last_pe:
+        if known:
+            # The caller's last call for ``sid`` answered with an entry and nothing has
+            # reached the unit since: the context and PASID entries it found are still the
+            # cached ones and each the most recent of its cache - neither probed nor touched
+            # again (their hit counters move, as on any answer).
+            ce, pkey, pe = last_ce, last_pkey, last_pe
+        elif (ce := context_get(sid)) is last_ce and sid == last_sid \
+                and pasid_get(last_pkey) is last_pe:
             pkey, pe = last_pkey, last_pe
         else:
             found = usable(sid, ce)
@@ -211,12 +217,13 @@ def _cached(unit: Any, legacy_hit, recall, again):
         entry = iotlb_get(key)
         if entry is None:
             a = recall(page) if remembered else None
-            return None if a is None else again(a, sid, write, ce, pe)
+            return None if a is None else again(a, sid, write, ce, pe, None, not known)
         if not entry.present or not (entry.write if write else entry.read):
             return None
-        context_touch(sid)
+        if not known:
+            context_touch(sid)
+            pasid_touch(pkey)
         context_stats.hit += 1
-        pasid_touch(pkey)
         pasid_stats.hit += 1
         iotlb_touch(key)
         iotlb_stats.hit += 1
@@ -224,30 +231,6 @@ def _cached(unit: Any, legacy_hit, recall, again):
 
     def translate_cached(sid: int, iova: int, write: bool) -> IotlbEntry | None:
         return translate_page(sid, iova, write, False)
-
-    def translate_page_next(sid: int, iova: int, write: bool) -> IotlbEntry | None:
-        """``translate_page`` of another page, when the caller's last ``translate_page`` for
-        ``sid`` answered with an entry and nothing has reached the unit since (as for
-        ``translate_page_again``): the context and PASID entries that call found are still
-        the cached ones and each the most recent of its cache, so neither is probed or
-        touched again - only their hit counters move, as on any answer."""
-        if unit.ttm != 1:
-            return translate_page(sid, iova, write)
-        page = iova >> 12
-        pe = last_pe
-        key = (pe.did, last_pkey[1], 1, page, sid) if iotlb.tag_sid \
-            else (pe.did, last_pkey[1], 1, page)
-        entry = iotlb_get(key)
-        if entry is None:
-            a = recall(page)
-            return None if a is None else again(a, sid, write, last_ce, pe, None, False)
-        if not entry.present or not (entry.write if write else entry.read):
-            return None
-        context_stats.hit += 1
-        pasid_stats.hit += 1
-        iotlb_touch(key)
-        iotlb_stats.hit += 1
-        return entry
 
     def translate_page_again() -> None:
         """``translate_page``'s last request made once more, when that call answered with an
@@ -265,7 +248,7 @@ def _cached(unit: Any, legacy_hit, recall, again):
             pasid_stats.hit += 1
         iotlb_stats.hit += 1
 
-    return translate_cached, translate_page, translate_page_again, translate_page_next
+    return translate_cached, translate_page, translate_page_again
 
 
 def access(unit: Any, req: DmaRequest):

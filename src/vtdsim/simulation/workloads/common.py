@@ -289,17 +289,17 @@ class DmaWorld:
 
         A DMA to the page of the one before it, when ``translate_page`` answered that one and
         nothing reached the unit since, is the unit's ``translate_page_again`` (the same hit,
-        its counters only); to another page, ``translate_page_next`` (the context and PASID
-        entries not probed again).  The caller vouches for "nothing since" by calling ``forget()``
-        whenever other actors may have run - after every yield to SimPy - as between two
-        calls with no yield in between no other process runs (``NicRx.wire``)."""
+        its counters only); to another page, ``translate_page`` with ``known`` (the context and
+        PASID entries not probed again).  The caller vouches for "nothing since" by calling
+        ``forget()`` whenever other actors may have run - after every yield to SimPy - as
+        between two calls with no yield in between no other process runs (``NicRx.wire``)."""
         dma = self.dma
         if not self.translated or self.info.ats_enabled:
             return (lambda addr: dma(addr, size, write)), _nothing
         m, sid, machine, last_start = self.m, self.sid, self.machine, PAGE - size
         unit, hit_ns, miss = machine.dma_unit, machine.hit_ns, machine.translate_miss
         translate_page, iotlb_stats = unit.translate_page, unit.iotlb.stats
-        again, translate_next = unit.translate_page_again, unit.translate_page_next
+        again = unit.translate_page_again
         # Priced as TimedMachine.translate_miss: a lookup, and a read per walk read - none on
         # an IOTLB hit, the PTE's on translate_page's other answer (miss.FS_MISS_READS).
         miss_ns = hit_ns + FS_MISS_READS * machine.dram_ns
@@ -317,8 +317,7 @@ class DmaWorld:
                 again()
                 return hit_ns
             hits = iotlb_stats.hit
-            if (translate_page(sid, addr, write) if last < 0
-                    else translate_next(sid, addr, write)) is not None:  # addr's page number
+            if translate_page(sid, addr, write, True, last >= 0) is not None:  # addr's page
                 last = page
                 return hit_ns if iotlb_stats.hit != hits else miss_ns
             last = -1
