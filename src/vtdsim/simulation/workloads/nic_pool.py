@@ -100,26 +100,32 @@ class PoolRxFlow:
         ``pages_per_desc`` pages at a time, once NAPI has released a whole one); the frames
         a posted page completes go onto ``ready``: its ``slots`` strides (laid out once per
         pool page: ``Page.frames``), or one frame once ``span`` pages are (``_span``)."""
-        bulk, take, refs = self.bulk, self.pool.take, 1 + self.slots
-        post, add_frames, spanning = self.ring.append, self.ready.extend, self.span > 1
-        for _ in range((self.target - len(self.ring)) // bulk * bulk):  # whole WQEs
-            page = take()
-            if page is None:
-                page = yield from self.pool.alloc()
+        bulk, refs, spanning = self.bulk, 1 + self.slots, self.span > 1
+        post, add_frames, pool = self.ring.extend, self.ready.extend, self.pool
+        wanted = (self.target - len(self.ring)) // bulk * bulk  # whole WQEs
+        while wanted:
+            # What the pool has without its slow path, in ``take``'s order; when it has none,
+            # one page from ``alloc``, which maps a bulk of fresh ones (time passes: the pages
+            # taken before it are posted, their frames ready for the wire, as page by page).
+            pages = pool.take_many(wanted) or [(yield from pool.alloc())]
+            wanted -= len(pages)
             # The driver's reference while posted and one for each frame it will build on
             # the page, taken up front as a bias (mlx5e_page_alloc_fragmented:
             # page_pool_fragment_page), so building a frame changes no count.  NAPI releases
             # the page once all its frames are taken (mlx5e_page_release_fragmented drains
             # the bias left: here the driver's one).
-            page.refs = refs
-            post(page)
+            for page in pages:
+                page.refs = refs
+            post(pages)
             if spanning:
-                self._span(page)
+                for page in pages:
+                    self._span(page)
                 continue
-            frames = page.frames
-            if frames is None:
-                frames = page.frames = self._layout(page)
-            add_frames(frames)
+            for page in pages:
+                frames = page.frames
+                if frames is None:
+                    frames = page.frames = self._layout(page)
+                add_frames(frames)
         if self.refilled is not None and self.available():
             self.refilled.succeed()
             self.refilled = None

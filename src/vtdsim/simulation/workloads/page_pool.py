@@ -83,6 +83,25 @@ class PagePool:
             return self.cache.pop()
         return None
 
+    def take_many(self, n: int) -> list[Page]:
+        """Up to ``n`` pages, each what ``take`` would return in turn (the same pages, in the
+        same order, with the same counts), stopping where ``take`` would return None: the
+        alloc cache's pages popped a slice at a time (a refill posts a WQE's worth at once)."""
+        cache, out = self.cache, []
+        while len(out) < n:
+            if not cache and not self.ring:
+                break
+            if not cache:
+                out.append(self.take())  # refilled from the ring: one ``alloc_refill``
+                continue
+            k = min(n - len(out), len(cache))
+            chunk = cache[-k:]
+            del cache[-k:]
+            chunk.reverse()  # ``pop`` takes from the end: the last page first
+            out += chunk
+            self.stats["alloc_fast"] += k
+        return out
+
     def _alloc_slow(self):
         if len(self.free_phys) < ALLOC_CACHE_REFILL:
             raise BadInput("the page pool ran out of data pages: a smaller --ring or --pool-size")
