@@ -114,14 +114,14 @@ class PoolRxFlow:
             # page_pool_fragment_page), so building a frame changes no count.  NAPI releases
             # the page once all its frames are taken (mlx5e_page_release_fragmented drains
             # the bias left: here the driver's one).
-            for page in pages:
-                page.refs = refs
             post(pages)
             if spanning:
                 for page in pages:
+                    page.refs = refs
                     self._span(page)
                 continue
             for page in pages:
+                page.refs = refs
                 frames = page.frames
                 if frames is None:
                     frames = page.frames = self._layout(page)
