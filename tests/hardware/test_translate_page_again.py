@@ -7,6 +7,8 @@ scalable mode after IOTLB hits and remembered misses (the page's entry evicted, 
 ``miss.again``), with requester-tagged IOTLBs too, and in legacy mode (``legacy_hit``: the
 IOTLB's counter alone)."""
 
+import copy
+
 import pytest
 
 from builders import Tables
@@ -101,6 +103,46 @@ def test_again_and_next_are_translate_page(name):
         assert _state(plain) == _state(fast), (request, before)
         before = request, answer[0]
     assert all(used.values())  # the comparison covered both
+
+
+def _deferred(unit: RemappingUnit, request, before):
+    """As ``DmaWorld.page_dma`` asks: the cached path's counters left pending."""
+    sid, iova, write = request
+    if before is not None and before[1] == "page" and before[0] == request:
+        unit.translate_page_again(False)
+        return "again"
+    known = before is not None and before[1] == "page" and before[0][0] == sid
+    entry = unit.translate_page(sid, iova, write, True, known, False)
+    return ("page", entry) if entry is not None else ("flow", unit.translate(sid, iova, write))
+
+
+@pytest.mark.parametrize("name", list(UNITS))
+def test_pending_counters_settle_to_counting_at_once(name):
+    """``counted=False``: twin units asked the same requests, one counting every answer at
+    once, the other leaving the cached path's counters pending and settling every fifth
+    request (so up to four answers of each kind wait): the answers and the caches' entries
+    in LRU order always equal, and every counter once settled - also on a copy, which
+    settles the original first.  Legacy mode counts at once either way."""
+    plain, fast = (_unit(*UNITS[name]) for _ in range(2))
+    requests = [(sid, iova, write) for write in (True, False) for sid in (SID, OTHER)
+                for _lap in range(3) for iova in PAGES for _ in range(3)]
+    before, held = None, 0
+    for k, request in enumerate(requests):
+        expected = _page(plain, *request)
+        answer = _deferred(fast, request, before)
+        assert answer in (expected, "again"), request
+        pending = fast.pending_answers
+        held = max(held, pending.hits + pending.remembered)
+        if k % 5 == 4:
+            fast.settle_answers()
+            assert _state(plain) == _state(fast), request
+        else:
+            assert [getattr(plain, c).items() for c in CACHE_NAMES] == \
+                [getattr(fast, c).items() for c in CACHE_NAMES], request
+        before = request, expected[0]
+    assert _state(plain) == _state(copy.deepcopy(fast))
+    assert held > 1 or name == "legacy"  # answers did wait (scalable mode)
+    assert fast.pending_answers.hits == fast.pending_answers.remembered == 0
 
 
 def test_remembered_misses_are_repeated():

@@ -132,19 +132,24 @@ class RemappingUnit:
         # ``translate_missed`` (the rest), and ``translate_page`` (the hit or a remembered
         # first-stage miss, for a device's DMA to one page), bound to this unit's caches
         # (translation.bind_translate): a method would add two calls and attribute lookups
-        # to every hit.
+        # to every hit.  ``pending_answers`` and ``settle_answers``: the counters of
+        # translate_page's answers asked with counted=False, held and made.
         (self.translate, self.translate_cached, self.translate_missed, self.translate_page,
-         self.translate_page_again) = translation.bind_translate(self)
+         self.translate_page_again, self.pending_answers,
+         self.settle_answers) = translation.bind_translate(self)
 
     def __getstate__(self) -> dict:
         # copy/deepcopy/pickle (the checker snapshots worlds): the bound closure refers to the
-        # original caches, so drop it and bind again on the copy.
+        # original caches, so drop it and bind again on the copy - its counters made first.
+        self.settle_answers()
         state = self.__dict__.copy()
         state.pop("translate", None)
         state.pop("translate_cached", None)
         state.pop("translate_missed", None)
         state.pop("translate_page", None)
         state.pop("translate_page_again", None)
+        state.pop("pending_answers", None)
+        state.pop("settle_answers", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -182,7 +187,9 @@ class RemappingUnit:
     # translate_page(sid, iova, write) -> IotlbEntry | None: translate_cached that answers a
     # remembered first-stage miss too (None: nothing changed, translate_missed is the rest);
     # translate_page_again(): its last request once more, nothing having reached the unit since;
-    # translate_page(sid, iova, write, known=True): another page then, context/PASID kept.
+    # translate_page(sid, iova, write, known=True): another page then, context/PASID kept;
+    # counted=False (translate_page_again(False)): its counters held in pending_answers until
+    # settle_answers() - for a caller that settles before anything else may read a counter.
 
     def access(self, req: DmaRequest):
         """A full request (AT, privilege, execute, no-snoop): ``IotlbEntry`` or ``Fault``."""

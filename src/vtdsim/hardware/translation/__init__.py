@@ -51,7 +51,7 @@ from vtdsim.hardware.faults import Fault, FaultReason
 from vtdsim.hardware.pasid_table import PGTT_PT
 from vtdsim.hardware.request import AT_TRANSLATION_REQUEST, DmaRequest
 from vtdsim.hardware.translation.flow import RequestFlow
-from vtdsim.hardware.translation.miss import bind_fs_miss
+from vtdsim.hardware.translation.miss import PendingAnswers, bind_fs_miss
 from vtdsim.hardware.translation.outcome import WALK_REASONS, Abort, Fill, no_access, pass_through
 
 __all__ = ["Fill", "access", "apply_fill", "bind_translate", "entry_pieces", "possible_fills"]
@@ -60,7 +60,8 @@ __all__ = ["Fill", "access", "apply_fill", "bind_translate", "entry_pieces", "po
 # -- the public entry points ----------------------------------------------------------------------
 def bind_translate(unit: Any):
     """The untranslated-request fast path bound to ``unit``'s caches, for the unit to install:
-    ``(translate, translate_cached, translate_missed, translate_page, translate_page_again)``.
+    ``(translate, translate_cached, translate_missed, translate_page, translate_page_again,
+    pending, settle)``.
     ``translate_cached(sid, iova, write)`` probes the caches only and returns, on a 4 KiB
     IOTLB hit with the permission, the cached ``IotlbEntry`` itself, else None having changed
     nothing (so a caller may then take the full flow, or ask ``translate`` which does);
@@ -73,7 +74,9 @@ def bind_translate(unit: Any):
     ``translate_missed`` is the rest.  ``translate_page_again()`` repeats ``translate_page``'s
     last request when it answered with an entry and nothing reached the unit since;
     ``translate_page(..., known=True)`` asks another page then, the context and PASID
-    entries neither probed nor touched again.
+    entries neither probed nor touched again.  With ``counted=False`` (and
+    ``translate_page_again(False)``) a scalable-mode answer leaves its counters to
+    ``pending`` (``miss.PendingAnswers``) until ``settle()`` adds them.
 
     Legacy mode (TTM=00): a context-cache probe and an IOTLB probe.  Hits are counted in
     ``unit.iotlb.stats.hit`` only (a Counter increment would double the cost of the hit
@@ -90,7 +93,8 @@ def bind_translate(unit: Any):
     iotlb = unit.iotlb
     iotlb_get, iotlb_touch, iotlb_stats = iotlb._get, iotlb._touch, iotlb.stats
     lookup_iova = iotlb.lookup_iova
-    fs_miss, recall, again = bind_fs_miss(unit)
+    pending = PendingAnswers()
+    fs_miss, recall, again, count_remembered = bind_fs_miss(unit, pending)
 
     def translate_bound(sid: int, iova: int, write: bool = False, pasid: int | None = None):
         if pasid is None:
@@ -132,8 +136,18 @@ def bind_translate(unit: Any):
             return entry
         return None
 
-    translate_cached, translate_page, translate_page_again = _cached(
-        unit, legacy_hit, recall, again)
+    translate_cached, translate_page, translate_page_again, count_hits = _cached(
+        unit, legacy_hit, recall, again, pending)
+
+    def settle() -> None:
+        """The counters of the answers ``pending`` holds, made."""
+        hits, remembered = pending.hits, pending.remembered
+        if hits:
+            pending.hits = 0
+            count_hits(hits)
+        if remembered:
+            pending.remembered = 0
+            count_remembered(remembered)
 
     def legacy_miss(sid: int, iova: int, write: bool):
         ce = legacy_context(sid)
@@ -145,11 +159,12 @@ def bind_translate(unit: Any):
         return _run(unit, DmaRequest(sid, iova, write), ce, probed=True, entry=entry)
 
     return (translate_bound, translate_cached, translate_missed, translate_page,
-            translate_page_again)
+            translate_page_again, pending, settle)
 
 
-def _cached(unit: Any, legacy_hit, recall, again):
-    """``(translate_cached, translate_page, translate_page_again)``: ``legacy_hit`` under
+def _cached(unit: Any, legacy_hit, recall, again, pending: PendingAnswers):
+    """``(translate_cached, translate_page, translate_page_again, count_hits)``:
+    ``legacy_hit`` under
     TTM=00.  Under TTM=01 a request without PASID that the full flow would answer from the
     caches alone - context-cache, PASID-cache (the entry's RID_PASID) and a 4 KiB IOTLB
     entry with the permission - returns that entry with the flow's side effects (each
@@ -192,7 +207,7 @@ def _cached(unit: Any, legacy_hit, recall, again):
     last_sid = last_ce = last_pkey = last_pe = None
 
     def translate_page(sid: int, iova: int, write: bool, remembered: bool = True,
-                       known: bool = False) -> IotlbEntry | None:
+                       known: bool = False, counted: bool = True) -> IotlbEntry | None:
         nonlocal last_sid, last_ce, last_pkey, last_pe
         if not unit.translation_enabled or unit.ttm != 1:
             return legacy_hit(sid, iova, write) if unit.translation_enabled \
@@ -217,22 +232,26 @@ def _cached(unit: Any, legacy_hit, recall, again):
         entry = iotlb_get(key)
         if entry is None:
             a = recall(page) if remembered else None
-            return None if a is None else again(a, sid, write, ce, pe, None, not known)
+            return None if a is None else again(a, sid, write, ce, pe, None, not known,
+                                                  counted)
         if not entry.present or not (entry.write if write else entry.read):
             return None
         if not known:
             context_touch(sid)
             pasid_touch(pkey)
-        context_stats.hit += 1
-        pasid_stats.hit += 1
         iotlb_touch(key)
-        iotlb_stats.hit += 1
+        if counted:
+            context_stats.hit += 1
+            pasid_stats.hit += 1
+            iotlb_stats.hit += 1
+        else:
+            pending.hits += 1
         return entry
 
     def translate_cached(sid: int, iova: int, write: bool) -> IotlbEntry | None:
         return translate_page(sid, iova, write, False)
 
-    def translate_page_again() -> None:
+    def translate_page_again(counted: bool = True) -> None:
         """``translate_page``'s last request made once more, when that call answered with an
         entry and nothing has reached the unit since - no other request, fill, eviction,
         invalidation, register or memory write: the caller vouches (a device's two DMAs to
@@ -241,14 +260,24 @@ def _cached(unit: Any, legacy_hit, recall, again):
         left each key it used the most recent of its cache (a hit touched the context, PASID
         and IOTLB keys; a remembered miss touched the first two and filled the third;
         legacy mode's hit touched its IOTLB key), so touching them again moves nothing.
-        Counted as the hit of the unit's mode counts: three in scalable mode, the IOTLB's
-        alone in legacy mode (``legacy_hit``)."""
+        Counted as the hit of the unit's mode counts: three in scalable mode (or one more
+        ``pending.hits`` when not ``counted``), the IOTLB's alone in legacy mode
+        (``legacy_hit``)."""
         if unit.ttm == 1:
+            if not counted:
+                pending.hits += 1
+                return
             context_stats.hit += 1
             pasid_stats.hit += 1
         iotlb_stats.hit += 1
 
-    return translate_cached, translate_page, translate_page_again
+    def count_hits(n: int) -> None:
+        """The counters of ``n`` scalable-mode hits (``translate_page``'s)."""
+        context_stats.hit += n
+        pasid_stats.hit += n
+        iotlb_stats.hit += n
+
+    return translate_cached, translate_page, translate_page_again, count_hits
 
 
 def access(unit: Any, req: DmaRequest):

@@ -60,12 +60,29 @@ class _Answer:
                  "psc", "addr", "snoop", "pte", "entry")
 
 
-def bind_fs_miss(unit: Any):
-    """``(fs_miss, recall, again)`` bound to ``unit``'s caches and memory (the unit must be
-    in scalable mode with translation enabled: the caller checks).  ``recall(page)`` is the
-    page's last answer (or None) and ``again`` gives it again when nothing it was found from
-    changed: for a caller that has just probed the context-cache, the PASID-cache and the
-    4 KiB IOTLB key itself (``translate_page``)."""
+class PendingAnswers:
+    """Answers of ``translate_page(..., counted=False)`` whose counters are not made yet:
+    ``hits`` scalable-mode hits (each the context-cache's, PASID-cache's and IOTLB's hit),
+    ``remembered`` remembered misses (each ``count_remembered``'s counters) - added by
+    ``settle`` (``translation.bind_translate``).  A caller that defers settles before any
+    other actor may read a counter (``DmaWorld.page_dma``: before the wire yields): a count
+    per answer kept in a small int, instead of up to seven counters each allocating a new
+    int, is most of a remembered miss's cost otherwise."""
+
+    __slots__ = ("hits", "remembered")
+
+    def __init__(self) -> None:
+        self.hits = self.remembered = 0
+
+
+def bind_fs_miss(unit: Any, pending: PendingAnswers):
+    """``(fs_miss, recall, again, count_remembered)`` bound to ``unit``'s caches and memory
+    (the unit must be in scalable mode with translation enabled: the caller checks).
+    ``recall(page)`` is the page's last answer (or None) and ``again`` gives it again when
+    nothing it was found from changed: for a caller that has just probed the context-cache,
+    the PASID-cache and the 4 KiB IOTLB key itself (``translate_page``); ``counted=False``
+    leaves its counters to ``pending``.  ``count_remembered(n)``: the counters of ``n``
+    remembered misses."""
     caches = unit.context_cache, unit.pasid_cache, unit.iotlb, unit.pscache
     context_get, pasid_get, iotlb_get, psc_get = (c._get for c in caches)
     context_touch, pasid_touch, _, psc_touch = (c._touch for c in caches)
@@ -89,7 +106,7 @@ def bind_fs_miss(unit: Any):
         return None if a is None else again(a, sid, write, a.ce, a.pe, pte)
 
     def again(a: _Answer, sid: int, write: bool, ce, pe, pte: int | None = None,
-              touch: bool = True) -> IotlbEntry | None:
+              touch: bool = True, counted: bool = True) -> IotlbEntry | None:
         """The page's last answer ``a`` given again, if each probe finds what it found then
         (_Answer) - ``ce`` and ``pe`` are what the context-cache and the PASID-cache hold
         for ``sid`` and ``a.pkey`` now, and the caller found ``a.key`` absent - with the
@@ -106,20 +123,30 @@ def bind_fs_miss(unit: Any):
                 return None
         elif a.pte != pte:
             memory.write_qword(a.addr, a.pte)  # the A/D store (walk_fs), before the counts
-        # The rest of the flow's effects, in its order (see the module docstring).
+        # The rest of the flow's effects, in its order (see the module docstring); the
+        # counters, which nothing reads in between, with them or left to ``pending``.
         if touch:  # else the caller's last answer left both the most recent
             context_touch(sid)
             pasid_touch(a.pkey)
-        context_stats.hit += 1
-        pasid_stats.hit += 1
-        iotlb_stats.miss += 1
-        stats["iotlb_miss"] += 1  # remapping_unit.UnitStats: dict's own item paths
-        stats["walks"] += 1
         psc_touch(a.psc_key)
-        psc_stats.hit += 1
-        stats["walk_reads"] += FS_MISS_READS
+        if counted:
+            count_remembered(1)
+        else:
+            pending.remembered += 1
         iotlb_fill(a.key, a.entry)  # the 4 KiB key was probed absent
         return a.entry
+
+    def count_remembered(n: int) -> None:
+        """The counters of ``n`` remembered misses: each the full flow's context-cache and
+        PASID-cache hits, IOTLB miss, one walk, its paging-structure-cache hit (the PDE)
+        and its reads."""
+        context_stats.hit += n
+        pasid_stats.hit += n
+        iotlb_stats.miss += n
+        stats["iotlb_miss"] += n  # remapping_unit.UnitStats: dict's own item paths
+        stats["walks"] += n
+        psc_stats.hit += n
+        stats["walk_reads"] += FS_MISS_READS * n
 
     def probe(sid: int, iova: int, write: bool) -> tuple[_Answer | None, int]:
         """The fast path's checks up to the PTE read: (the answer, the PTE value read), or
@@ -196,4 +223,4 @@ def bind_fs_miss(unit: Any):
                                writable and bool(new & _D), exe, sc and pe.pgsnp, STAGE_FS,
                                global_=bool(pte & _G))
 
-    return fs_miss, memo.get, again
+    return fs_miss, memo.get, again, count_remembered

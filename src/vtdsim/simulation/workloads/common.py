@@ -279,7 +279,7 @@ class DmaWorld:
         return extra
 
     def page_dma(self, size: int, write: bool):
-        """``(dma, forget)``: ``dma(addr)`` is ``dma(addr, size, write)`` as a function of
+        """``(dma, settle)``: ``dma(addr)`` is ``dma(addr, size, write)`` as a function of
         ``addr`` alone, for a device that moves ``size`` bytes at one address after another
         (the NIC's receive wire): what is constant for the run is bound once, and a DMA
         within one 4 KiB page - a packet in its pool page's stride - is the unit's
@@ -290,16 +290,18 @@ class DmaWorld:
         A DMA to the page of the one before it, when ``translate_page`` answered that one and
         nothing reached the unit since, is the unit's ``translate_page_again`` (the same hit,
         its counters only); to another page, ``translate_page`` with ``known`` (the context and
-        PASID entries not probed again).  The caller vouches for "nothing since" by calling
-        ``forget()`` whenever other actors may have run - after every yield to SimPy - as
-        between two calls with no yield in between no other process runs (``NicRx.wire``)."""
+        PASID entries not probed again).  Both leave their counters pending in the unit
+        (``counted=False``).  The caller calls ``settle()`` before it lets other actors run -
+        before every yield to SimPy - which makes the unit's counters and forgets the last
+        page: between two calls with no yield in between no other process runs, so nothing
+        reaches the unit nor reads a counter (``NicRx.wire``)."""
         dma = self.dma
         if not self.translated or self.info.ats_enabled:
             return (lambda addr: dma(addr, size, write)), _nothing
         m, sid, machine, last_start = self.m, self.sid, self.machine, PAGE - size
         unit, hit_ns, miss = machine.dma_unit, machine.hit_ns, machine.translate_miss
-        translate_page, iotlb_stats = unit.translate_page, unit.iotlb.stats
-        again = unit.translate_page_again
+        translate_page, again = unit.translate_page, unit.translate_page_again
+        pending, settle_answers = unit.pending_answers, unit.settle_answers
         # Priced as TimedMachine.translate_miss: a lookup, and a read per walk read - none on
         # an IOTLB hit, the PTE's on translate_page's other answer (miss.FS_MISS_READS).
         miss_ns = hit_ns + FS_MISS_READS * machine.dram_ns
@@ -314,23 +316,24 @@ class DmaWorld:
             m.bytes += size
             page = addr >> 12
             if page == last:
-                again()
+                again(False)
                 return hit_ns
-            hits = iotlb_stats.hit
-            if translate_page(sid, addr, write, True, last >= 0) is not None:  # addr's page
-                last = page
-                return hit_ns if iotlb_stats.hit != hits else miss_ns
+            misses = pending.remembered
+            if translate_page(sid, addr, write, True, last >= 0, False) is not None:
+                last = page  # addr's page: a hit, unless a remembered miss was counted
+                return hit_ns if pending.remembered == misses else miss_ns
             last = -1
             result, ns = miss(sid, page << 12, write)
             if not result:
                 _faulted(page, result)
             return ns
 
-        def forget() -> None:
+        def settle() -> None:
             nonlocal last
             last = -1
+            settle_answers()
 
-        return page_dma, forget
+        return page_dma, settle
 
     def _ats_dma(self, first: int, last: int, write: bool) -> float:
         """Through the endpoint's device-TLB (PCIe ATS): a hit costs nothing beyond the DMA; a

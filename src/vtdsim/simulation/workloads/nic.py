@@ -243,15 +243,13 @@ class NicRx:
         env, m, lag, xfer = world.env, world.m, self.lag_ns, self.xfer_ns
         gap, parallelism, lookahead = p.wire_ns * p.flows, self.parallelism, self.lookahead
         # What one arrival uses, bound once: a frame in one piece is one device write of MTU
-        # bytes (DmaWorld.page_dma: ``forget`` at the start of each run, as other processes
-        # ran before it); the ring has a frame while ``ready`` is not empty (``available``).
-        dma, forget = world.page_dma(p.mtu, True) if flow.contiguous else (None, None)
+        # bytes (DmaWorld.page_dma: ``settle`` at the end of each run, before other processes
+        # run); the ring has a frame while ``ready`` is not empty (``available``).
+        dma, settle = world.page_dma(p.mtu, True) if flow.contiguous else (None, None)
         packet_addr, done, ready = flow.packet_addr, flow.done.append, flow.ready
         yield env.timeout(flow.index * p.wire_ns)
         while True:
             now = env.now
-            if forget is not None:
-                forget()
             if not flow.available():
                 flow.refilled = env.event()
                 yield flow.refilled
@@ -295,6 +293,8 @@ class NicRx:
                 now, delay = t, after
             self.engine_free, flow.completed = engine_free, completed
             m.dropped += dropped
+            if settle is not None:
+                settle()
             yield env.timeout(delay)
 
     def wait_done(self, flow):
