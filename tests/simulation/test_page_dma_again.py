@@ -4,8 +4,9 @@ counters left pending until a settle change nothing: on triplet worlds, one that
 before every DMA (so it never repeats), one only where the sequence says, and one through
 ``DmaWorld.dma`` (the general path, every counter made at once), every DMA's latency and the
 DMA unit's whole observable state (stats - settled first, as any reader does - and each
-cache's entries in LRU order and counters) are equal after every DMA, over more pages than
-the IOTLB holds (hits, remembered misses and full-flow misses)."""
+cache's entries in LRU order and counters) are equal after every DMA, and the measure's
+translations and bytes at every settle, over more pages than the IOTLB holds (hits,
+remembered misses and full-flow misses)."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,8 +39,11 @@ class Twin:
         unit.settle_answers()  # a reader makes the counters page_dma left pending
         caches = tuple((name, getattr(unit, name).items(), getattr(unit, name).stats.as_dict())
                        for name in CACHE_NAMES)
-        m = self.world.m
-        return dict(unit.stats), caches, m.translations, m.bytes
+        return dict(unit.stats), caches
+
+    def measure(self) -> tuple:
+        """The measure's counts, once ``forget`` (the settle) has made them."""
+        return self.world.m.translations, self.world.m.bytes
 
 
 # (page, frame slot in the page, forget before it)
@@ -63,6 +67,12 @@ def run(dmas) -> int:
         assert always.state() == sometimes.state() == general.state(), (page, slot, forget)
         repeats += last == page and sometimes.world.machine.dma_unit.iotlb.stats.hit != hits
         last = page
+        if forget:
+            translations, moved = general.measure()
+            assert sometimes.measure() == (translations - 1, moved - FRAME)  # but this DMA
+    always.forget()
+    sometimes.forget()
+    assert always.measure() == sometimes.measure() == general.measure()
     return repeats
 
 
