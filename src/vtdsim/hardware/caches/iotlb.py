@@ -148,22 +148,32 @@ class Iotlb(LruCache):
             self._large_groups.add(key[:2])
         return super().fill_absent(key, entry)
 
-    def fill_first_stage(self, key: Hashable, entry: IotlbEntry) -> Hashable | None:
+    def fill_first_stage(self, key: Hashable, entry: IotlbEntry,
+                         pending=None) -> Hashable | None:
         """``fill_absent`` of a first-stage entry (translation.miss's, one per IOTLB miss),
         its common case inline - a 4 KiB page (no large group to note; first stage, so
         never nested) into a full cache, not flushed whole, whose sole group is the key's
         (one device's domain): the LRU entry replaced, the group index unchanged
-        (``LruCache`` docstring); else ``fill_absent``."""
+        (``LruCache`` docstring); else ``fill_absent``.  ``pending``
+        (``translation.miss.PendingAnswers``): the common case's two counters left to it,
+        one more ``replacing`` fill."""
         entries, sole = self._entries, self._sole
         if (sole is None or len(entries) < self.capacity or self.flush_when_full
                 or key[2] != 1 or key[0] != sole[0] or key[1] != sole[1]):
             return self.fill_absent(key, entry)
         victim = entries.popitem(False)[0]
         entries[key] = entry
-        stats = self.stats
-        stats.replaced += 1
-        stats.fill += 1
+        if pending is None:
+            self.count_replacing(1)
+        else:
+            pending.replacing += 1
         return victim
+
+    def count_replacing(self, n: int) -> None:
+        """The counters of ``n`` fills that each replaced the LRU entry."""
+        stats = self.stats
+        stats.replaced += n
+        stats.fill += n
 
     def clear(self) -> int:
         self._nested_groups.clear()

@@ -148,6 +148,9 @@ def bind_translate(unit: Any):
         if remembered:
             pending.remembered = 0
             count_remembered(remembered)
+        if pending.replacing:
+            iotlb.count_replacing(pending.replacing)
+            pending.replacing = 0
 
     def legacy_miss(sid: int, iova: int, write: bool):
         ce = legacy_context(sid)
