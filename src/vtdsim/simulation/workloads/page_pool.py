@@ -132,6 +132,22 @@ class PagePool:
             return True
         return False
 
+    def room(self, direct: bool) -> int:
+        """How many pages ``recycle`` takes back from now on before one finds the ring full."""
+        cached = ALLOC_CACHE_SIZE - len(self.cache) if direct else 0
+        return max(cached, 0) + self.ring_size - len(self.ring)
+
+    def recycle_all(self, pages: list[Page], direct: bool) -> None:
+        """``recycle`` of each of ``pages`` in turn, when ``room`` holds them all: the alloc
+        cache's share appended at once, the rest to the ring - the same order and counts."""
+        cached = max(0, min(len(pages), ALLOC_CACHE_SIZE - len(self.cache))) if direct else 0
+        if cached:
+            self.cache += pages[:cached]
+            self.stats["recycle_cached"] += cached
+        if cached < len(pages):
+            self.ring.extend(pages[cached:])
+            self.stats["recycle_ring"] += len(pages) - cached
+
     def release(self, page: Page):
         """The ring is full: the page leaves the pool, unmapped and freed (generator)."""
         self.stats["recycle_ring_full"] += 1
