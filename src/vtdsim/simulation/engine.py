@@ -82,8 +82,9 @@ class TimedMachine:
         self._sync_now = {
             st.Lock: self._lock_now, st.Unlock: self._unlock_now,
             st.MmioWrite: self._mmio_write_now, st.MmioRead: self._mmio_read_now,
-            st.WaitQword: self._poll_now, st.WaitRegister: self._poll_now,
+            st.WaitQword: self._wait_qword_now, st.WaitRegister: self._poll_now,
         }
+        self._qword_satisfied = self.executor.wait_qword_satisfied
         self._on_lock, self._on_unlock = self._handlers[st.Lock], self._handlers[st.Unlock]
         self._on_mmio_write = self._handlers[st.MmioWrite]
         self._on_mmio_read = self._handlers[st.MmioRead]
@@ -144,8 +145,9 @@ class TimedMachine:
                 yield env.timeout(pending)
             # unknown kinds: the executor names the bad step
             done = now(step) if now is not None else (apply(step), 0.0)
-            if done is None:
-                done = yield from self._sync_wait(step, kind)
+            if done is None:  # it waits: for the lock's hand-over, or for the hardware
+                done = (yield from self._queue_for_lock(step)) if kind is st.Lock else \
+                    (yield from self._wait_blocked(step, now))
             reply, pending = done
 
     def elapse_alone(self, ns: float) -> bool:
@@ -172,9 +174,10 @@ class TimedMachine:
     # A step another actor can observe (time is paid up before it), when it completes without
     # waiting: its reply and the time it takes itself, which the caller carries on to the next
     # synchronisation point (so a lock or an MMIO access adds no event).  None when it must
-    # wait (``_sync_wait``): a lock another CPU holds, a poll the hardware has not satisfied
-    # yet.  One method per step class (the ``_sync_now`` table), no generator: nearly every
-    # such step completes at once.  Each counts the step as ``DirectExecutor.apply`` does.
+    # wait (``_queue_for_lock``, ``_wait_blocked``): a lock another CPU holds, a poll the
+    # hardware has not satisfied yet.  One method per step class (the ``_sync_now`` table),
+    # no generator: nearly every such step completes at once.  Each counts the step as
+    # ``DirectExecutor.apply`` does.
     def _lock_now(self, step) -> tuple[Any, float] | None:
         if not self._take(step.name):
             return None
@@ -200,13 +203,17 @@ class TimedMachine:
     def _poll_now(self, step) -> tuple[Any, float] | None:
         return (self.executor.apply(step), 0.0) if self.executor.ready(step) else None
 
-    def _sync_wait(self, step, kind) -> Generator[simpy.Event, Any, tuple[Any, float]]:
-        """``_sync_now`` for a step that must wait: the lock handed over, or the poll
-        satisfied (its condition was just found false)."""
-        if kind is st.Lock:
-            yield from self._queue_for(step.name)
-            return self.executor.apply(step), self.lock_ns
-        return (yield from self._wait_blocked(step)), 0.0
+    def _wait_qword_now(self, step) -> tuple[Any, float] | None:
+        """``_poll_now`` of a ``WaitQword``: a satisfied one (the commonest case: the wait
+        of every ``qi_submit_sync`` once the hardware wrote its status) is answered with
+        one load; anything else (not satisfied, a queue error pending) the general way."""
+        value = self._qword_satisfied(step)
+        return (value, 0.0) if value is not None else self._poll_now(step)
+
+    def _queue_for_lock(self, step) -> Generator[simpy.Event, Any, tuple[Any, float]]:
+        """``_lock_now`` for a lock another CPU holds: spin until it is handed over."""
+        yield from self._queue_for(step.name)
+        return self.executor.apply(step), self.lock_ns
 
     def _iqt_write(self, step) -> float:
         """Publish the queue; the CPU time of the write.  Bare metal: the hardware starts once
@@ -272,19 +279,20 @@ class TimedMachine:
         for event in waiters:
             event.succeed()
 
-    def _wait_blocked(self, step) -> Generator[simpy.Event, Any, Any]:
+    def _wait_blocked(self, step, now) -> Generator[simpy.Event, Any, tuple[Any, float]]:
         """A poll whose condition was just found false: block until the hardware makes it
         true (or stops the queue with an error software must clear: the executor then
-        returns unsatisfied).  ``ready`` is asked once per wake-up (it may read a register:
-        a counted MMIO access)."""
+        returns unsatisfied).  ``now`` (the step's ``_sync_now`` handler) is asked once per
+        wake-up (a register poll's ``ready`` reads the register: a counted MMIO access)."""
         while True:
             if self._hw is None:
                 raise ModelError(f"{step!r} can never complete: the unit is idle")
             event = self.env.event()
             self._waiters.append(event)
             yield event
-            if self.executor.ready(step):
-                return self.executor.apply(step)
+            done = now(step)
+            if done is not None:
+                return done
 
     # -- locks -------------------------------------------------------------------------------------
     def acquire(self, name: str) -> Generator[simpy.Event, Any, None]:
