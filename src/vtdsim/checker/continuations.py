@@ -59,7 +59,8 @@ _VALUE_MODULES = ("bitfield.py", "capabilities.py", "descriptors.py")
 PURE: tuple[Callable, ...] = (
     iommu_core.iommu_unmap, iommu_core.__dict__["__iommu_unmap"], iommu_core.iommu_unmap_fast,
     iommu_core._check_aligned, iommu_core.iommu_pgsize, iommu_core.iommu_iotlb_sync,
-    iommu_core.iommu_iotlb_gather_add_page, iommu_core.__dict__["__iommu_map"],
+    iommu_core.iommu_iotlb_gather_add_page, iommu_core._gather_add_syncing,
+    iommu_core.__dict__["__iommu_map"],
     iommu_core.iommu_map, *vars(iommu_core.IommuIotlbGather).values(),
     *vars(pgtable.DomainPageTable).values(),
     *(f for f in vars(pgtable).values() if getattr(f, "__module__", "") == pgtable.__name__),

@@ -250,16 +250,41 @@ class DomainPageTable:
                 break
             table, lvl = pte & _ADDR, lvl - 1
         result = UnmapResult(size)
-        yield from self._clear_level(self.levels, self.root, 0, iova >> 12,
-                                     (iova + size - 1) >> 12, result)
+        # ``domain_unmap``: ``dma_pte_clear_level`` from the root.  While the range lies
+        # inside one entry of a table (one page - each DMA-API unmap - does at every level),
+        # that entry is the table's whole loop: read it, then clear it if it is covered, else
+        # descend.  No parent has anything left to do (the next entry is past ``last``, none
+        # cleared one), so no stack is kept, and the descent is this generator's own loop;
+        # a range spanning entries goes on in ``_clear_level``.
+        start, last = iova >> 12, (iova + size - 1) >> 12
+        level, table, pfn = self.levels, self.root, start
+        shift = 9 * (level - 1)  # ``level_shift(level) - 12``: log2 of the pages an entry spans
+        while pfn <= last and pfn >> shift == last >> shift:
+            slot = table + 8 * ((pfn >> shift) & 511)
+            level_pfn = pfn & -(1 << shift)
+            pte = yield qword_read(slot, "dma_pte_clear_level")
+            if not pte & present:
+                break
+            if start <= level_pfn and last >= level_pfn + (1 << shift) - 1:
+                if level > 1 and not pte & _PS:
+                    yield from self._list_pagetables(level - 1, pte & _ADDR, result)
+                yield _clear_pte(slot)
+                if not self.coherent:
+                    yield ClflushRange(addr=slot, size=8, why="domain_flush_cache")
+                break
+            level, shift, table = level - 1, shift - 9, pte & _ADDR
+            pfn = max(start, level_pfn)
+        else:
+            yield from self._clear_level(level, table, pfn, start, last, result)
         result.freed_tables = len(result.freelist)
         return result
 
     def _clear_level(self, level: int, table: int, pfn: int, start: int, last: int,
                      result: UnmapResult) -> Generator[Step, Any, None]:
-        """``dma_pte_clear_level``: entries of this table overlapping [start, last]; a partly
-        covered entry's table is cleared the same way (Linux recurses) before the next entry,
-        and each table's cleared run is flushed once when the walk is not coherent.
+        """``dma_pte_clear_level`` of a table whose part of [start, last] spans entries (the
+        descent to it is ``unmap``'s): entries overlapping the range; a partly covered
+        entry's table is cleared the same way (Linux recurses) before the next entry, and
+        each table's cleared run is flushed once when the walk is not coherent.
 
         The recursion is an explicit stack of the suspended tables' loop state: one generator
         frame for the whole clear, where each step would otherwise pass through one frame
@@ -267,25 +292,6 @@ class DomainPageTable:
         present = self._present_bits  # ``_present`` and ``_is_leaf`` inlined: every unmap
         shift = 9 * (level - 1)  # ``level_shift(level) - 12``: log2 of the pages an entry spans
         pfn = max(start, pfn)
-        # While the range lies inside one entry of the table (one page - each DMA-API unmap -
-        # does at every level), that entry is the table's whole loop: read it, then clear it
-        # if it is covered, else descend.  No parent has anything left to do (the next entry
-        # is past ``last``, none cleared one), so no stack is kept.
-        while pfn <= last and pfn >> shift == last >> shift:
-            slot = table + 8 * ((pfn >> shift) & 511)
-            level_pfn = pfn & -(1 << shift)
-            pte = yield qword_read(slot, "dma_pte_clear_level")
-            if not pte & present:
-                return
-            if start <= level_pfn and last >= level_pfn + (1 << shift) - 1:
-                if level > 1 and not pte & _PS:
-                    yield from self._list_pagetables(level - 1, pte & _ADDR, result)
-                yield _clear_pte(slot)
-                if not self.coherent:
-                    yield ClflushRange(addr=slot, size=8, why="domain_flush_cache")
-                return
-            level, shift, table = level - 1, shift - 9, pte & _ADDR
-            pfn = max(start, level_pfn)
         idx = (pfn >> shift) & 511
         first = cleared = None
         suspended: list[tuple] = []  # (level, table, idx, pfn, first, cleared) of each parent
