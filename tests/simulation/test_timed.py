@@ -217,3 +217,6 @@ def test_the_engine_counts_the_steps_it_applies_as_the_direct_executor_does():
     counted = timed.system.executor.steps
     assert counted == direct.system.executor.steps
     assert counted["CpuCmpxchg"] >= 1 and counted["MmioWrite"] >= 1 and counted["Lock"] >= 2
+    # run_op hands annotations to the executor's listeners itself: the system heard the same
+    assert counted["Annotate"] >= 3 and timed.system.events == direct.system.events
+    assert timed.system.submitted == direct.system.submitted
