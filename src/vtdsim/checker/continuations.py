@@ -72,7 +72,7 @@ PURE: tuple[Callable, ...] = (
     cache_tag.cache_tag_flush_range, cache_tag._flush_walk,
     domain.DmarDomain.cache_lock, domain.DmarDomain.use_first_level,
     flush_linux61.aligned_nrpages, flush_linux61._iotlb_ih,
-    steps.qword_read, steps.lock_steps,
+    steps.qword_read, steps.qword_reads, steps.QwordReads.__missing__, steps.lock_steps,
 )
 # Read a domain's attachment (iommu_array, devices), write none.
 READERS: tuple[Callable, ...] = (

@@ -36,7 +36,7 @@ from vtdsim.driver.steps import (
     CpuZero,
     FreePage,
     Step,
-    qword_read,
+    qword_reads,
 )
 from vtdsim.errors import BadInput, SpecRuleBroken, hexval
 from vtdsim.hardware.first_stage import FS_PTE
@@ -51,6 +51,11 @@ _SS_TABLE = SS_PTE.encode(r=1, w=1)
 _FS_TABLE = FS_PTE.encode(p=1, rw=1, us=1, a=1)
 _PS = 0x80  # PS is bit 7 in both formats
 _PRESENT = {"ss": 3, "fs": 1}  # the bits ``_present`` tests, inlined in the walks below
+# The walks' qword reads by caller: ``_READS_...[slot]`` is the slot's ``CpuRead`` step.
+_READS_PFN_TO_DMA_PTE = qword_reads("pfn_to_dma_pte")
+_READS_UNMAP = qword_reads("unmap")
+_READS_CLEAR_LEVEL = qword_reads("dma_pte_clear_level")
+_READS_LIST_PAGETABLES = qword_reads("dma_pte_list_pagetables")
 
 
 @dataclass
@@ -193,7 +198,7 @@ class DomainPageTable:
         table, lvl, present = self.root, self.levels, self._present_bits
         while True:
             slot = table + 8 * ((iova >> (3 + 9 * lvl)) & 511)
-            pte = yield qword_read(slot, "pfn_to_dma_pte")
+            pte = yield _READS_PFN_TO_DMA_PTE[slot]
             leaf = lvl == 1 or pte & _PS
             if lvl == level and not (pte & present and not leaf):
                 break
@@ -242,7 +247,7 @@ class DomainPageTable:
         # ``_is_leaf`` inlined: every unmap walks here.
         table, lvl, present = self.root, self.levels, self._present_bits
         while True:
-            pte = yield qword_read(table + 8 * ((iova >> (3 + 9 * lvl)) & 511), "unmap")
+            pte = yield _READS_UNMAP[table + 8 * ((iova >> (3 + 9 * lvl)) & 511)]
             if not pte & present:
                 break
             if lvl == 1 or pte & _PS:
@@ -262,7 +267,7 @@ class DomainPageTable:
         while pfn <= last and pfn >> shift == last >> shift:
             slot = table + 8 * ((pfn >> shift) & 511)
             level_pfn = pfn & -(1 << shift)
-            pte = yield qword_read(slot, "dma_pte_clear_level")
+            pte = yield _READS_CLEAR_LEVEL[slot]
             if not pte & present:
                 break
             if start <= level_pfn and last >= level_pfn + (1 << shift) - 1:
@@ -300,7 +305,7 @@ class DomainPageTable:
                 slot = table + 8 * idx
                 span = 1 << shift  # pages one entry covers
                 level_pfn = pfn & -span
-                pte = yield qword_read(slot, "dma_pte_clear_level")
+                pte = yield _READS_CLEAR_LEVEL[slot]
                 pfn, idx = level_pfn + span, idx + 1  # where this table's loop goes on
                 if not pte & present:
                     continue
@@ -330,7 +335,7 @@ class DomainPageTable:
         if level == 1:
             return
         for idx in range(512):
-            pte = yield qword_read(table + 8 * idx, "dma_pte_list_pagetables")
+            pte = yield _READS_LIST_PAGETABLES[table + 8 * idx]
             if _present(self.stage, pte) and not _is_leaf(pte, level):
                 yield from self._list_pagetables(level - 1, pte & _ADDR, result)
 
