@@ -226,8 +226,12 @@ class DirectExecutor:
         return any(u.qi_mode == "async" and u.qi_step() for u in self.platform.units)
 
     def _queue_error_pending(self) -> bool:
-        # Peek at FSTS without an MMIO access: the executor, not the driver, is looking.
-        return any(u.regs[_FSTS_NAME] & _FSTS_QUEUE_ERRORS for u in self.platform.units)
+        # Peek at FSTS without an MMIO access: the executor, not the driver, is looking (a
+        # loop, not ``any`` of a generator: every status poll not yet satisfied asks).
+        for unit in self.platform.units:  # noqa: SIM110 (see above)
+            if unit.regs.raw[_FSTS_NAME] & _FSTS_QUEUE_ERRORS:
+                return True
+        return False
 
     # -- locks -----------------------------------------------------------------------------------
     def _lock(self, s: st.Lock) -> None:

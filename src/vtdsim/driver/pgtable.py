@@ -136,10 +136,6 @@ class DomainPageTable:
     def _table_entry(self, table: int) -> int:
         return table | (_SS_TABLE if self.stage == "ss" else _FS_TABLE)
 
-    def leaf_entry(self, paddr: int, level: int, prot: int) -> int:
-        """The leaf value for ``paddr`` at ``level`` with IOMMU_READ/IOMMU_WRITE ``prot``."""
-        return (paddr & _ADDR) | leaf_bits(self.stage, level, prot, self.force_snoop)
-
 
     # -- allocation --------------------------------------------------------------------------------
     def _new_table(self, why: str) -> Generator[Step, Any, int]:
@@ -210,9 +206,12 @@ class DomainPageTable:
                 raise SpecRuleBroken(f"map {hexval('iova', iova)}: a large page at level {lvl} "
                                      "is already there", "__domain_mapping")
             table, lvl = pte & _ADDR, lvl - 1
-        first, page, done = slot, 1 << level_shift(level), 0
+        first, page, done = slot, 1 << (3 + 9 * level), 0  # ``level_shift(level)``
         while True:
-            new = self.leaf_entry(paddr + done, level, prot)
+            # The leaf value: its address bits and the rest, which depend only on the stage,
+            # level, prot and the domain's force-snoop state (read per leaf: another CPU may
+            # set it meanwhile).
+            new = ((paddr + done) & _ADDR) | leaf_bits(self.stage, level, prot, self.force_snoop)
             old = yield _set_leaf(slot, new)
             if old:
                 raise SpecRuleBroken(f"DMA PTE for {hexval('iova', iova + done)} already set "
