@@ -154,9 +154,20 @@ class TimedMachine:
                 yield env.timeout(pending)
             # unknown kinds: the executor names the bad step
             done = now(step) if now is not None else (apply(step), 0.0)
-            if done is None:  # it waits: for the lock's hand-over, or for the hardware
-                done = (yield from self._queue_for_lock(step)) if kind is st.Lock else \
-                    (yield from self._wait_blocked(step, now))
+            if done is None and kind is st.Lock:  # another CPU holds it: spin for it
+                done = yield from self._queue_for_lock(step)
+            while done is None:
+                # A poll whose condition was just found false: block until the hardware makes
+                # it true (or stops the queue with an error software must clear: the
+                # executor then returns unsatisfied), asking its ``_sync_now`` handler once
+                # per wake-up (a register poll's ``ready`` reads the register: a counted
+                # MMIO access).  Here, not in a generator of its own: one fewer per wait.
+                if self._hw is None:
+                    raise ModelError(f"{step!r} can never complete: the unit is idle")
+                event = env.event()
+                self._waiters.append(event)
+                yield event
+                done = now(step)
             reply, pending = done
 
     def elapse_alone(self, ns: float) -> bool:
@@ -183,7 +194,7 @@ class TimedMachine:
     # A step another actor can observe (time is paid up before it), when it completes without
     # waiting: its reply and the time it takes itself, which the caller carries on to the next
     # synchronisation point (so a lock or an MMIO access adds no event).  None when it must
-    # wait (``_queue_for_lock``, ``_wait_blocked``): a lock another CPU holds, a poll the
+    # wait (``_queue_for_lock``, ``run_op``'s poll loop): a lock another CPU holds, a poll the
     # hardware has not satisfied yet.  One method per step class (the ``_sync_now`` table),
     # no generator: nearly every such step completes at once.  Each counts the step as
     # ``DirectExecutor.apply`` does.
@@ -287,21 +298,6 @@ class TimedMachine:
         waiters, self._waiters = self._waiters, []
         for event in waiters:
             event.succeed()
-
-    def _wait_blocked(self, step, now) -> Generator[simpy.Event, Any, tuple[Any, float]]:
-        """A poll whose condition was just found false: block until the hardware makes it
-        true (or stops the queue with an error software must clear: the executor then
-        returns unsatisfied).  ``now`` (the step's ``_sync_now`` handler) is asked once per
-        wake-up (a register poll's ``ready`` reads the register: a counted MMIO access)."""
-        while True:
-            if self._hw is None:
-                raise ModelError(f"{step!r} can never complete: the unit is idle")
-            event = self.env.event()
-            self._waiters.append(event)
-            yield event
-            done = now(step)
-            if done is not None:
-                return done
 
     # -- locks -------------------------------------------------------------------------------------
     def acquire(self, name: str) -> Generator[simpy.Event, Any, None]:
