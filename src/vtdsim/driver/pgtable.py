@@ -245,14 +245,15 @@ class DomainPageTable:
         # would otherwise pass through one more frame.  ``ss_index``, ``_present`` and
         # ``_is_leaf`` inlined: every unmap walks here.
         table, lvl, present = self.root, self.levels, self._present_bits
+        shift = 3 + 9 * lvl  # ``level_shift(lvl)``
         while True:
-            pte = yield _READS_UNMAP[table + 8 * ((iova >> (3 + 9 * lvl)) & 511)]
+            pte = yield _READS_UNMAP[table + 8 * ((iova >> shift) & 511)]
             if not pte & present:
                 break
             if lvl == 1 or pte & _PS:
-                size = max(size, 1 << (3 + 9 * lvl))  # ``level_shift(lvl)``
+                size = max(size, 1 << shift)
                 break
-            table, lvl = pte & _ADDR, lvl - 1
+            table, lvl, shift = pte & _ADDR, lvl - 1, shift - 9
         result = UnmapResult(size)
         # ``domain_unmap``: ``dma_pte_clear_level`` from the root.  While the range lies
         # inside one entry of a table (one page - each DMA-API unmap - does at every level),
@@ -260,16 +261,20 @@ class DomainPageTable:
         # descend.  No parent has anything left to do (the next entry is past ``last``, none
         # cleared one), so no stack is kept, and the descent is this generator's own loop;
         # a range spanning entries goes on in ``_clear_level``.
+        # Linux's ``pfn`` is ``start`` all the way down (``max(start, level_pfn)``, where
+        # ``level_pfn`` is ``start`` rounded down), and the entry (``level_pfn`` to
+        # ``level_pfn + level_size - 1``) is covered when ``start`` begins it and the range
+        # reaches its end.
         start, last = iova >> 12, (iova + size - 1) >> 12
-        level, table, pfn = self.levels, self.root, start
+        level, table = self.levels, self.root
         shift = 9 * (level - 1)  # ``level_shift(level) - 12``: log2 of the pages an entry spans
-        while pfn <= last and pfn >> shift == last >> shift:
-            slot = table + 8 * ((pfn >> shift) & 511)
-            level_pfn = pfn & -(1 << shift)
+        while start <= last and start >> shift == last >> shift:
+            slot = table + 8 * ((start >> shift) & 511)
             pte = yield _READS_CLEAR_LEVEL[slot]
             if not pte & present:
                 break
-            if start <= level_pfn and last >= level_pfn + (1 << shift) - 1:
+            span = 1 << shift
+            if not start & (span - 1) and last >= start + span - 1:
                 if level > 1 and not pte & _PS:
                     yield from self._list_pagetables(level - 1, pte & _ADDR, result)
                 yield _clear_pte(slot)
@@ -277,9 +282,8 @@ class DomainPageTable:
                     yield ClflushRange(addr=slot, size=8, why="domain_flush_cache")
                 break
             level, shift, table = level - 1, shift - 9, pte & _ADDR
-            pfn = max(start, level_pfn)
         else:
-            yield from self._clear_level(level, table, pfn, start, last, result)
+            yield from self._clear_level(level, table, start, start, last, result)
         result.freed_tables = len(result.freelist)
         return result
 
