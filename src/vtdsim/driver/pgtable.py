@@ -192,20 +192,20 @@ class DomainPageTable:
         # ``level``; a large page whose slot already holds a table falls back to the next
         # smaller size.  ``ss_index``, ``_present``, ``_is_leaf`` inlined: every map walks here.
         table, lvl, present = self.root, self.levels, self._present_bits
+        shift = 3 + 9 * lvl  # ``level_shift(lvl)``
         while True:
-            slot = table + 8 * ((iova >> (3 + 9 * lvl)) & 511)
+            slot = table + 8 * ((iova >> shift) & 511)
             pte = yield _READS_PFN_TO_DMA_PTE[slot]
-            leaf = lvl == 1 or pte & _PS
-            if lvl == level and not (pte & present and not leaf):
-                break
             if lvl == level:
+                if not pte & present or lvl == 1 or pte & _PS:  # empty, or a leaf: the slot
+                    break
                 level -= 1  # a table is in the way of the large page
             if not pte & present:
                 pte = yield from self._install_table(slot)
-            elif leaf:
+            elif lvl == 1 or pte & _PS:
                 raise SpecRuleBroken(f"map {hexval('iova', iova)}: a large page at level {lvl} "
                                      "is already there", "__domain_mapping")
-            table, lvl = pte & _ADDR, lvl - 1
+            table, lvl, shift = pte & _ADDR, lvl - 1, shift - 9
         first, page, done = slot, 1 << (3 + 9 * level), 0  # ``level_shift(level)``
         while True:
             # The leaf value: its address bits and the rest, which depend only on the stage,
