@@ -80,7 +80,6 @@ class TimedMachine:
         self._fixed = {kind: (self._handlers[kind], ns) for kind, ns in self.cost.items()}
         # Synchronisation steps: step class -> how one runs when it need not wait.
         self._sync_now = {
-            st.Lock: self._lock_now, st.Unlock: self._unlock_now,
             st.MmioWrite: self._mmio_write_now, st.MmioRead: self._mmio_read_now,
             st.WaitQword: self._wait_qword_now, st.WaitRegister: self._poll_now,
         }
@@ -123,6 +122,11 @@ class TimedMachine:
         # commonest caller: a call fewer per lock, MMIO access and wait): SimPy's event heap
         # and the switch, bound once.
         queue, lookahead = env._queue, self.lookahead
+        # A lock taken at once, or an unlock: the executor's handler, the engine's spinlock
+        # (``_take``/``release``, bound per operation: a ``LockWatch`` wraps them before the
+        # run starts).
+        lock, unlock, take, release = st.Lock, st.Unlock, self._take, self.release
+        on_lock, on_unlock, lock_ns = self._on_lock, self._on_unlock, self.lock_ns
         while True:
             try:
                 step = send(reply)
@@ -149,7 +153,7 @@ class TimedMachine:
                 reply = handler(step)
                 pending += ns
                 continue
-            now = sync_now(kind)  # a synchronisation step (None: a bulk or an unknown one)
+            now = sync_now(kind)  # a synchronisation step (None: a lock, a bulk or an unknown)
             if now is None and (kind is st.CpuZero or kind is st.ClflushRange):
                 reply = apply(step)
                 pending += self._bulk_ns(step)
@@ -160,10 +164,20 @@ class TimedMachine:
                     yield env.timeout(pending)
                 else:
                     env._now = due
+            if kind is lock:  # a spinlock: ``iommu->lock``, ``qi->q_lock``, a cache lock ...
+                if take(step.name):
+                    applied[kind] += 1
+                    reply, pending = on_lock(step), lock_ns
+                else:  # another CPU holds it: spin for it
+                    reply, pending = yield from self._queue_for_lock(step)
+                continue
+            if kind is unlock:
+                applied[kind] += 1
+                reply, pending = on_unlock(step), 0.0
+                release(step.name)
+                continue
             # unknown kinds: the executor names the bad step
             done = now(step) if now is not None else (apply(step), 0.0)
-            if done is None and kind is st.Lock:  # another CPU holds it: spin for it
-                done = yield from self._queue_for_lock(step)
             while done is None:
                 # A poll whose condition was just found false: block until the hardware makes
                 # it true (or stops the queue with an error software must clear: the
@@ -201,23 +215,11 @@ class TimedMachine:
 
     # A step another actor can observe (time is paid up before it), when it completes without
     # waiting: its reply and the time it takes itself, which the caller carries on to the next
-    # synchronisation point (so a lock or an MMIO access adds no event).  None when it must
-    # wait (``_queue_for_lock``, ``run_op``'s poll loop): a lock another CPU holds, a poll the
-    # hardware has not satisfied yet.  One method per step class (the ``_sync_now`` table),
-    # no generator: nearly every such step completes at once.  Each counts the step as
-    # ``DirectExecutor.apply`` does.
-    def _lock_now(self, step) -> tuple[Any, float] | None:
-        if not self._take(step.name):
-            return None
-        self._applied[st.Lock] += 1
-        return self._on_lock(step), self.lock_ns
-
-    def _unlock_now(self, step) -> tuple[Any, float]:
-        self._applied[st.Unlock] += 1
-        reply = self._on_unlock(step)
-        self.release(step.name)
-        return reply, 0.0
-
+    # synchronisation point (so an MMIO access adds no event).  None when it must wait
+    # (``run_op``'s poll loop): a poll the hardware has not satisfied yet.  One method per
+    # step class (the ``_sync_now`` table; locks are ``run_op``'s own), no generator: nearly
+    # every such step completes at once.  Each counts the step as ``DirectExecutor.apply``
+    # does.
     def _mmio_write_now(self, step) -> tuple[Any, float]:
         if step.offset == self.iqt_offset:
             return None, self._iqt_write(step)
@@ -239,7 +241,8 @@ class TimedMachine:
         return (value, 0.0) if value is not None else self._poll_now(step)
 
     def _queue_for_lock(self, step) -> Generator[simpy.Event, Any, tuple[Any, float]]:
-        """``_lock_now`` for a lock another CPU holds: spin until it is handed over."""
+        """A lock another CPU holds: spin until it is handed over; (reply, time) as
+        ``run_op`` takes a free one."""
         yield from self._queue_for(step.name)
         return self.executor.apply(step), self.lock_ns
 
