@@ -97,3 +97,24 @@ def test_apply_and_ready_give_the_checker_the_executor_semantics():
     ex.apply(st.Lock(name="l"))
     assert not ex.ready(st.Lock(name="l"))
     assert ex.steps["Lock"] == 1 and ex.steps["WaitQword"] == 1
+
+
+@pytest.mark.parametrize("stored, mask, value", [
+    (2, 0xFFFF_FFFF_FFFF_FFFF, 2), (0x2_0000_0001, 0xFFFF_FFFF << 32, 2 << 32),
+    (1, 0xFFFF_FFFF_FFFF_FFFF, 2), (0x1_0000_0002, 0xFFFF_FFFF << 32, 2 << 32),
+    (0, 0xFF, 0)])
+def test_wait_qword_satisfied_is_ready_then_apply(stored, mask, value):
+    """The timed engine's shortcut for a status poll answers as ``ready`` then ``apply``
+    would: the same reply and count when the condition holds, nothing done when not."""
+    runs = []
+    for shortcut in (True, False):
+        ex = DirectExecutor(_platform())
+        ex.apply(st.CpuWrite(addr=0x2008, value=stored))
+        wait = st.WaitQword(addr=0x2008, value=value, mask=mask)
+        if shortcut:
+            reply = ex.wait_qword_satisfied(wait)
+        else:
+            reply = ex.apply(wait) if ex.ready(wait) else None
+        runs.append((reply, dict(ex.steps)))
+    assert runs[0] == runs[1]
+    assert (runs[0][0] is not None) == (stored & mask == value)

@@ -1,7 +1,8 @@
 """The page table's fast forms against the plain ones they replace: the unmap's one-frame
 ``dma_pte_clear_level`` (a descent with no stack while the range lies inside one entry, then
 an explicit stack) against the recursive form Linux has, and the map
-of one page (its run's generator handed back) against the loop over runs - the same steps,
+of one page (its run's generator handed back) against the loop over runs, each run's walk
+in its own frame against ``pfn_to_dma_pte`` as a generator of its own - the same steps,
 replies and results on random page tables."""
 
 import random
@@ -9,9 +10,18 @@ import random
 import pytest
 
 from vtdsim.driver.executor import DirectExecutor
-from vtdsim.driver.pgtable import _ADDR, _PS, SZ_1G, SZ_2M, DomainPageTable, UnmapResult
+from vtdsim.driver.pgtable import (
+    _ADDR,
+    _PS,
+    SZ_1G,
+    SZ_2M,
+    DomainPageTable,
+    UnmapResult,
+    leaf_bits,
+)
 from vtdsim.driver.platform import Platform
-from vtdsim.driver.steps import ClflushRange, CpuWrite, qword_read
+from vtdsim.driver.steps import ClflushRange, CpuCmpxchg, CpuWrite, qword_read
+from vtdsim.errors import SpecRuleBroken
 from vtdsim.hardware.memory import PhysicalMemory
 from vtdsim.hardware.second_stage import level_shift
 
@@ -30,6 +40,42 @@ class RecursiveTable(DomainPageTable):
             done += yield from self._install_run(iova + done, paddr + done, size - done,
                                                  level, prot)
         return size
+
+    def _install_run(self, iova, paddr, remaining, level, prot):
+        """``pfn_to_dma_pte`` as its own walk (a table in the way of a large page lowers the
+        level; a large page in the way is the bug), then the run of leaves."""
+        slot = yield from self._pfn_to_dma_pte(iova, level)
+        level = self._found_level
+        first, page, done = slot, 1 << level_shift(level), 0
+        while True:
+            new = (paddr + done) & _ADDR | leaf_bits(self.stage, level, prot, self.force_snoop)
+            old = yield CpuCmpxchg(addr=slot, expected=0, new=new, why="__domain_mapping")
+            if old:
+                raise SpecRuleBroken(f"DMA PTE for {iova + done:#x} already set")
+            done, slot = done + page, slot + 8
+            if done >= remaining or not slot % PAGE or remaining - done < page:
+                break
+        if not self.coherent:
+            yield ClflushRange(addr=first, size=slot - first, why="domain_flush_cache")
+        return done
+
+    def _pfn_to_dma_pte(self, iova, level):
+        table, lvl = self.root, self.levels
+        while True:
+            slot = table + 8 * ((iova >> level_shift(lvl)) & 511)
+            pte = yield qword_read(slot, "pfn_to_dma_pte")
+            present = pte & self._present_bits
+            leaf = lvl == 1 or pte & _PS
+            if lvl == level and (not present or leaf):
+                self._found_level = level
+                return slot
+            if lvl == level:
+                level -= 1
+            if not present:
+                pte = yield from self._install_table(slot)
+            elif leaf:
+                raise SpecRuleBroken(f"map {iova:#x}: a large page at level {lvl}")
+            table, lvl = pte & _ADDR, lvl - 1
 
     def _reference_level(self, iova, paddr, remaining):
         levels = [1]

@@ -112,3 +112,56 @@ def test_batch_submits_when_full_and_at_the_end():
     ex.run(flush_17())
     assert platform.units[0].stats["iqt_writes"] == before + 2
     assert platform.units[0].stats["desc:iotlb_inv"] >= 17
+
+
+class _Queue:
+    """The reclaim's view of a queue: slot states, wait slots, the free window."""
+
+    def __init__(self, rng):
+        self.desc_status = [rng.choice((qi.QI_FREE, qi.QI_IN_USE, qi.QI_DONE, qi.QI_ABORT))
+                            for _ in range(qi.QI_LENGTH)]
+        self.wait_slots = {s for s in range(qi.QI_LENGTH) if rng.random() < 0.4}
+        self.free_tail = rng.randrange(qi.QI_LENGTH)
+        self.free_cnt = rng.randrange(qi.QI_LENGTH + 1)
+
+    def status_addr(self, slot):
+        return 0x1000 + 4 * slot
+
+
+def _reclaim_reference(q):
+    """``reclaim_free_desc`` as one generator (the form before it handed back none)."""
+    while q.free_cnt < qi.QI_LENGTH:
+        slot = q.free_tail
+        state = q.desc_status[slot]
+        if state == qi.QI_IN_USE and slot in q.wait_slots:
+            state = yield qi._status_read(q.status_addr(slot))
+        if state not in (qi.QI_DONE, qi.QI_ABORT):
+            return
+        q.desc_status[slot] = qi.QI_FREE
+        q.wait_slots.discard(slot)
+        q.free_tail = (slot + 1) % qi.QI_LENGTH
+        q.free_cnt += 1
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_reclaim_frees_and_reads_as_one_generator_would(seed):
+    """``reclaim_free_desc`` (no generator unless a status word must be read) against the
+    one-generator form: the same reads, replies and queue state on random queues."""
+    import random
+
+    runs = []
+    for reclaim in (qi.reclaim_free_desc, _reclaim_reference):
+        rng = random.Random(seed)
+        q = _Queue(rng)
+        words = {q.status_addr(s): rng.choice((qi.QI_IN_USE, qi.QI_DONE, qi.QI_ABORT))
+                 for s in range(qi.QI_LENGTH)}
+        steps, it, reply = [], iter(reclaim(q)), None
+        try:
+            while True:
+                step = it.send(reply) if reply is not None else next(it)
+                steps.append(step)
+                reply = words[step.addr]
+        except StopIteration:
+            pass
+        runs.append((steps, q.desc_status, q.wait_slots, q.free_tail, q.free_cnt))
+    assert runs[0] == runs[1]

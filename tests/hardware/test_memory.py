@@ -146,3 +146,21 @@ def test_integer_loads_and_stores_equal_the_byte_path_on_random_sequences():
             fast.flush_write_buffer()
             plain.flush_write_buffer()
         assert fast.snapshot() == plain.snapshot()
+
+
+def test_aligned_qword_loads_equal_the_byte_path():
+    """``cpu_load``'s aligned-qword path (every table entry) against ``cpu_read``: cached
+    and uncached lines, populated and unpopulated pages, the last qword of a page, and the
+    physical limit."""
+    rng = random.Random(5)
+    m = PhysicalMemory()
+    for _ in range(400):
+        m.cpu_store(0x8000 + 8 * rng.randrange(1024), rng.getrandbits(64), 8)
+    for _ in range(100):
+        m.clflush(0x8000 + 64 * rng.randrange(128))
+    for addr in [0x8000 + 8 * i for i in range(1024)] + [0xA000, 0x9FF8, MAX_PHYS_ADDR - 8]:
+        assert m.cpu_load(addr, 8) == int.from_bytes(m.cpu_read(addr, 8), "little")
+    with pytest.raises(ModelError):
+        m.cpu_load(MAX_PHYS_ADDR, 8)
+    with pytest.raises(ModelError):
+        m.cpu_load(-8, 8)

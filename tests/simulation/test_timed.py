@@ -217,3 +217,22 @@ def test_the_engine_counts_the_steps_it_applies_as_the_direct_executor_does():
     counted = timed.system.executor.steps
     assert counted == direct.system.executor.steps
     assert counted["CpuCmpxchg"] >= 1 and counted["MmioWrite"] >= 1 and counted["Lock"] >= 2
+    # run_op hands annotations to the executor's listeners itself: the system heard the same
+    assert counted["Annotate"] >= 3 and timed.system.events == direct.system.events
+    assert timed.system.submitted == direct.system.submitted
+
+
+def test_a_poll_the_idle_unit_cannot_satisfy_is_a_model_error():
+    """``run_op`` blocks a poll until the hardware satisfies it: with no hardware at work
+    it can never complete."""
+    from vtdsim.driver import steps as st
+    from vtdsim.errors import ModelError
+
+    world = DmaWorld(Mode(ios=1), TABLE, 2)
+
+    def op():
+        yield st.WaitQword(addr=0x5000, value=1)
+
+    world.env.process(world.machine.run_op(op()))
+    with pytest.raises(ModelError, match="the unit is idle"):
+        world.env.run()

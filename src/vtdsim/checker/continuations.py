@@ -59,7 +59,8 @@ _VALUE_MODULES = ("bitfield.py", "capabilities.py", "descriptors.py")
 PURE: tuple[Callable, ...] = (
     iommu_core.iommu_unmap, iommu_core.__dict__["__iommu_unmap"], iommu_core.iommu_unmap_fast,
     iommu_core._check_aligned, iommu_core.iommu_pgsize, iommu_core.iommu_iotlb_sync,
-    iommu_core.iommu_iotlb_gather_add_page, iommu_core.__dict__["__iommu_map"],
+    iommu_core.iommu_iotlb_gather_add_page, iommu_core._gather_add_syncing,
+    iommu_core.__dict__["__iommu_map"],
     iommu_core.iommu_map, *vars(iommu_core.IommuIotlbGather).values(),
     *vars(pgtable.DomainPageTable).values(),
     *(f for f in vars(pgtable).values() if getattr(f, "__module__", "") == pgtable.__name__),
@@ -71,7 +72,7 @@ PURE: tuple[Callable, ...] = (
     cache_tag.cache_tag_flush_range, cache_tag._flush_walk,
     domain.DmarDomain.cache_lock, domain.DmarDomain.use_first_level,
     flush_linux61.aligned_nrpages, flush_linux61._iotlb_ih,
-    steps.qword_read, steps.lock_steps,
+    steps.qword_read, steps.qword_reads, steps.QwordReads.__missing__, steps.lock_steps,
 )
 # Read a domain's attachment (iommu_array, devices), write none.
 READERS: tuple[Callable, ...] = (

@@ -152,6 +152,18 @@ class DirectExecutor:
             return True
         return (current & step.mask) == step.value or self._queue_error_pending()
 
+    def wait_qword_satisfied(self, step: st.WaitQword) -> int | None:
+        """``apply`` of a ``WaitQword`` whose condition holds now, as one load: its reply
+        (the value polled), the step counted.  None - nothing done - when it does not hold
+        (then ``ready``/``apply`` decide: a queue error may let it complete unsatisfied).
+        A runner's shortcut for ``ready`` then ``apply``: the load has no effect, so one
+        stands for both."""
+        current = self.memory.cpu_load(step.addr, 8)
+        if current & step.mask != step.value:
+            return None
+        self._applied[st.WaitQword] += 1
+        return current
+
     # -- CPU memory --------------------------------------------------------------------------------
     def _cpu_write(self, s: st.CpuWrite) -> None:
         if s.size not in st.CPU_WRITE_SIZES:
@@ -214,8 +226,12 @@ class DirectExecutor:
         return any(u.qi_mode == "async" and u.qi_step() for u in self.platform.units)
 
     def _queue_error_pending(self) -> bool:
-        # Peek at FSTS without an MMIO access: the executor, not the driver, is looking.
-        return any(u.regs[_FSTS_NAME] & _FSTS_QUEUE_ERRORS for u in self.platform.units)
+        # Peek at FSTS without an MMIO access: the executor, not the driver, is looking (a
+        # loop, not ``any`` of a generator: every status poll not yet satisfied asks).
+        for unit in self.platform.units:  # noqa: SIM110 (see above)
+            if unit.regs.raw[_FSTS_NAME] & _FSTS_QUEUE_ERRORS:
+                return True
+        return False
 
     # -- locks -----------------------------------------------------------------------------------
     def _lock(self, s: st.Lock) -> None:

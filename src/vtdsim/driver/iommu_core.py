@@ -16,7 +16,7 @@ memory encryption other than as a flag refusing passthrough, the Azalia identity
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -59,10 +59,21 @@ class IommuIotlbGather:
         self.end = max(self.end, iova + size - 1)
 
 
-def iommu_iotlb_gather_add_page(ops, domain, gather: IommuIotlbGather, iova: int, size: int):
-    """Sync first if the new page is disjoint or of another granule, then add it."""
+def iommu_iotlb_gather_add_page(ops, domain, gather: IommuIotlbGather, iova: int,
+                                size: int) -> Iterable[Step]:
+    """Sync first if the new page is disjoint or of another granule, then add it; the steps
+    of the sync, for the caller's ``yield from``.  Most adds (every strict unmap's first)
+    sync nothing: they add at once and hand back no generator at all."""
     if (gather.pgsize and gather.pgsize != size) or gather.is_disjoint(iova, size):
-        yield from iommu_iotlb_sync(ops, domain, gather)
+        return _gather_add_syncing(ops, domain, gather, iova, size)
+    gather.pgsize = size
+    gather.add_range(iova, size)
+    return ()
+
+
+def _gather_add_syncing(ops, domain, gather: IommuIotlbGather, iova: int, size: int):
+    """``iommu_iotlb_gather_add_page`` that syncs the gathered range before adding."""
+    yield from iommu_iotlb_sync(ops, domain, gather)
     gather.pgsize = size
     gather.add_range(iova, size)
 

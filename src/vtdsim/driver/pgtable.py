@@ -36,7 +36,7 @@ from vtdsim.driver.steps import (
     CpuZero,
     FreePage,
     Step,
-    qword_read,
+    qword_reads,
 )
 from vtdsim.errors import BadInput, SpecRuleBroken, hexval
 from vtdsim.hardware.first_stage import FS_PTE
@@ -51,6 +51,11 @@ _SS_TABLE = SS_PTE.encode(r=1, w=1)
 _FS_TABLE = FS_PTE.encode(p=1, rw=1, us=1, a=1)
 _PS = 0x80  # PS is bit 7 in both formats
 _PRESENT = {"ss": 3, "fs": 1}  # the bits ``_present`` tests, inlined in the walks below
+# The walks' qword reads by caller: ``_READS_...[slot]`` is the slot's ``CpuRead`` step.
+_READS_PFN_TO_DMA_PTE = qword_reads("pfn_to_dma_pte")
+_READS_UNMAP = qword_reads("unmap")
+_READS_CLEAR_LEVEL = qword_reads("dma_pte_clear_level")
+_READS_LIST_PAGETABLES = qword_reads("dma_pte_list_pagetables")
 
 
 @dataclass
@@ -131,10 +136,6 @@ class DomainPageTable:
     def _table_entry(self, table: int) -> int:
         return table | (_SS_TABLE if self.stage == "ss" else _FS_TABLE)
 
-    def leaf_entry(self, paddr: int, level: int, prot: int) -> int:
-        """The leaf value for ``paddr`` at ``level`` with IOMMU_READ/IOMMU_WRITE ``prot``."""
-        return (paddr & _ADDR) | leaf_bits(self.stage, level, prot, self.force_snoop)
-
 
     # -- allocation --------------------------------------------------------------------------------
     def _new_table(self, why: str) -> Generator[Step, Any, int]:
@@ -191,23 +192,26 @@ class DomainPageTable:
         # ``level``; a large page whose slot already holds a table falls back to the next
         # smaller size.  ``ss_index``, ``_present``, ``_is_leaf`` inlined: every map walks here.
         table, lvl, present = self.root, self.levels, self._present_bits
+        shift = 3 + 9 * lvl  # ``level_shift(lvl)``
         while True:
-            slot = table + 8 * ((iova >> (3 + 9 * lvl)) & 511)
-            pte = yield qword_read(slot, "pfn_to_dma_pte")
-            leaf = lvl == 1 or pte & _PS
-            if lvl == level and not (pte & present and not leaf):
-                break
+            slot = table + 8 * ((iova >> shift) & 511)
+            pte = yield _READS_PFN_TO_DMA_PTE[slot]
             if lvl == level:
+                if not pte & present or lvl == 1 or pte & _PS:  # empty, or a leaf: the slot
+                    break
                 level -= 1  # a table is in the way of the large page
             if not pte & present:
                 pte = yield from self._install_table(slot)
-            elif leaf:
+            elif lvl == 1 or pte & _PS:
                 raise SpecRuleBroken(f"map {hexval('iova', iova)}: a large page at level {lvl} "
                                      "is already there", "__domain_mapping")
-            table, lvl = pte & _ADDR, lvl - 1
-        first, page, done = slot, 1 << level_shift(level), 0
+            table, lvl, shift = pte & _ADDR, lvl - 1, shift - 9
+        first, page, done = slot, 1 << (3 + 9 * level), 0  # ``level_shift(level)``
         while True:
-            new = self.leaf_entry(paddr + done, level, prot)
+            # The leaf value: its address bits and the rest, which depend only on the stage,
+            # level, prot and the domain's force-snoop state (read per leaf: another CPU may
+            # set it meanwhile).
+            new = ((paddr + done) & _ADDR) | leaf_bits(self.stage, level, prot, self.force_snoop)
             old = yield _set_leaf(slot, new)
             if old:
                 raise SpecRuleBroken(f"DMA PTE for {hexval('iova', iova + done)} already set "
@@ -241,25 +245,54 @@ class DomainPageTable:
         # would otherwise pass through one more frame.  ``ss_index``, ``_present`` and
         # ``_is_leaf`` inlined: every unmap walks here.
         table, lvl, present = self.root, self.levels, self._present_bits
+        shift = 3 + 9 * lvl  # ``level_shift(lvl)``
         while True:
-            pte = yield qword_read(table + 8 * ((iova >> (3 + 9 * lvl)) & 511), "unmap")
+            pte = yield _READS_UNMAP[table + 8 * ((iova >> shift) & 511)]
             if not pte & present:
                 break
             if lvl == 1 or pte & _PS:
-                size = max(size, 1 << (3 + 9 * lvl))  # ``level_shift(lvl)``
+                size = max(size, 1 << shift)
                 break
-            table, lvl = pte & _ADDR, lvl - 1
+            table, lvl, shift = pte & _ADDR, lvl - 1, shift - 9
         result = UnmapResult(size)
-        yield from self._clear_level(self.levels, self.root, 0, iova >> 12,
-                                     (iova + size - 1) >> 12, result)
+        # ``domain_unmap``: ``dma_pte_clear_level`` from the root.  While the range lies
+        # inside one entry of a table (one page - each DMA-API unmap - does at every level),
+        # that entry is the table's whole loop: read it, then clear it if it is covered, else
+        # descend.  No parent has anything left to do (the next entry is past ``last``, none
+        # cleared one), so no stack is kept, and the descent is this generator's own loop;
+        # a range spanning entries goes on in ``_clear_level``.
+        # Linux's ``pfn`` is ``start`` all the way down (``max(start, level_pfn)``, where
+        # ``level_pfn`` is ``start`` rounded down), and the entry (``level_pfn`` to
+        # ``level_pfn + level_size - 1``) is covered when ``start`` begins it and the range
+        # reaches its end.
+        start, last = iova >> 12, (iova + size - 1) >> 12
+        level, table = self.levels, self.root
+        shift = 9 * (level - 1)  # ``level_shift(level) - 12``: log2 of the pages an entry spans
+        while start <= last and start >> shift == last >> shift:
+            slot = table + 8 * ((start >> shift) & 511)
+            pte = yield _READS_CLEAR_LEVEL[slot]
+            if not pte & present:
+                break
+            span = 1 << shift
+            if not start & (span - 1) and last >= start + span - 1:
+                if level > 1 and not pte & _PS:
+                    yield from self._list_pagetables(level - 1, pte & _ADDR, result)
+                yield _clear_pte(slot)
+                if not self.coherent:
+                    yield ClflushRange(addr=slot, size=8, why="domain_flush_cache")
+                break
+            level, shift, table = level - 1, shift - 9, pte & _ADDR
+        else:
+            yield from self._clear_level(level, table, start, start, last, result)
         result.freed_tables = len(result.freelist)
         return result
 
     def _clear_level(self, level: int, table: int, pfn: int, start: int, last: int,
                      result: UnmapResult) -> Generator[Step, Any, None]:
-        """``dma_pte_clear_level``: entries of this table overlapping [start, last]; a partly
-        covered entry's table is cleared the same way (Linux recurses) before the next entry,
-        and each table's cleared run is flushed once when the walk is not coherent.
+        """``dma_pte_clear_level`` of a table whose part of [start, last] spans entries (the
+        descent to it is ``unmap``'s): entries overlapping the range; a partly covered
+        entry's table is cleared the same way (Linux recurses) before the next entry, and
+        each table's cleared run is flushed once when the walk is not coherent.
 
         The recursion is an explicit stack of the suspended tables' loop state: one generator
         frame for the whole clear, where each step would otherwise pass through one frame
@@ -267,25 +300,6 @@ class DomainPageTable:
         present = self._present_bits  # ``_present`` and ``_is_leaf`` inlined: every unmap
         shift = 9 * (level - 1)  # ``level_shift(level) - 12``: log2 of the pages an entry spans
         pfn = max(start, pfn)
-        # While the range lies inside one entry of the table (one page - each DMA-API unmap -
-        # does at every level), that entry is the table's whole loop: read it, then clear it
-        # if it is covered, else descend.  No parent has anything left to do (the next entry
-        # is past ``last``, none cleared one), so no stack is kept.
-        while pfn <= last and pfn >> shift == last >> shift:
-            slot = table + 8 * ((pfn >> shift) & 511)
-            level_pfn = pfn & -(1 << shift)
-            pte = yield qword_read(slot, "dma_pte_clear_level")
-            if not pte & present:
-                return
-            if start <= level_pfn and last >= level_pfn + (1 << shift) - 1:
-                if level > 1 and not pte & _PS:
-                    yield from self._list_pagetables(level - 1, pte & _ADDR, result)
-                yield _clear_pte(slot)
-                if not self.coherent:
-                    yield ClflushRange(addr=slot, size=8, why="domain_flush_cache")
-                return
-            level, shift, table = level - 1, shift - 9, pte & _ADDR
-            pfn = max(start, level_pfn)
         idx = (pfn >> shift) & 511
         first = cleared = None
         suspended: list[tuple] = []  # (level, table, idx, pfn, first, cleared) of each parent
@@ -294,7 +308,7 @@ class DomainPageTable:
                 slot = table + 8 * idx
                 span = 1 << shift  # pages one entry covers
                 level_pfn = pfn & -span
-                pte = yield qword_read(slot, "dma_pte_clear_level")
+                pte = yield _READS_CLEAR_LEVEL[slot]
                 pfn, idx = level_pfn + span, idx + 1  # where this table's loop goes on
                 if not pte & present:
                     continue
@@ -324,7 +338,7 @@ class DomainPageTable:
         if level == 1:
             return
         for idx in range(512):
-            pte = yield qword_read(table + 8 * idx, "dma_pte_list_pagetables")
+            pte = yield _READS_LIST_PAGETABLES[table + 8 * idx]
             if _present(self.stage, pte) and not _is_leaf(pte, level):
                 yield from self._list_pagetables(level - 1, pte & _ADDR, result)
 

@@ -316,20 +316,33 @@ def _status_read(addr: int) -> CpuRead:
     return CpuRead(addr=addr, size=4, why="reclaim_free_desc")
 
 
-def reclaim_free_desc(q) -> Generator[Step, Any, None]:
+def reclaim_free_desc(q) -> Iterable[Step]:
     """Free slots from the tail while they are DONE or ABORT.  A wait slot still marked in use
-    may have been completed by the hardware for another CPU: its status word is read."""
+    may have been completed by the hardware for another CPU: its status word is read - the
+    steps of those reads, for the caller's ``yield from``.  Most reclaims (a submission
+    alone on its queue) read none: they free at once and hand back no generator at all."""
     while q.free_cnt < QI_LENGTH:
         slot = q.free_tail
         state = q.desc_status[slot]
         if state == QI_IN_USE and slot in q.wait_slots:
-            state = yield _status_read(q.status_addr(slot))
+            return _reclaim_reading(q, slot)
         if state not in (QI_DONE, QI_ABORT):
-            return
+            return ()
         q.desc_status[slot] = QI_FREE
         q.wait_slots.discard(slot)
         q.free_tail = (slot + 1) % QI_LENGTH
         q.free_cnt += 1
+    return ()
+
+
+def _reclaim_reading(q, slot: int) -> Generator[Step, Any, None]:
+    """``reclaim_free_desc`` at wait slot ``slot`` (the tail), still marked in use: its
+    status word is read - what the hardware wrote there is the slot's state - and the
+    reclaim goes on from it."""
+    state = yield _status_read(q.status_addr(slot))
+    if state in (QI_DONE, QI_ABORT):
+        q.desc_status[slot] = state
+        yield from reclaim_free_desc(q)
 
 
 # -- mainline batching ---------------------------------------------------------------------------

@@ -147,11 +147,41 @@ class Unlock(Step):
     name: str = ""
 
 
-@lru_cache(maxsize=4096)
+class QwordReads(dict):
+    """The ``CpuRead`` of each qword one caller (``why``) reads, built once per address:
+    page walks read the same table entries again and again, and a step is an immutable
+    value.  ``reads[addr]`` is one dict lookup (a walk's commonest work after the yield);
+    past ``QWORD_READS_KEPT`` addresses the table starts afresh (a bounded cache, as an LRU
+    would be, without an LRU's bookkeeping on every hit)."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str):
+        super().__init__()
+        self.why = why
+
+    def __missing__(self, addr: int) -> CpuRead:
+        if len(self) >= QWORD_READS_KEPT:
+            self.clear()
+        step = self[addr] = CpuRead(addr=addr, size=8, why=self.why)
+        return step
+
+
+QWORD_READS_KEPT = 4096
+_QWORD_READS: dict[str, QwordReads] = {}
+
+
+def qword_reads(why: str) -> QwordReads:
+    """The table of ``why``'s qword reads (one per caller name, shared)."""
+    reads = _QWORD_READS.get(why)
+    if reads is None:
+        reads = _QWORD_READS[why] = QwordReads(why)
+    return reads
+
+
 def qword_read(addr: int, why: str) -> CpuRead:
-    """The ``CpuRead`` of the qword at ``addr``, built once: page walks read the same table
-    entries again and again, and a step is an immutable value."""
-    return CpuRead(addr=addr, size=8, why=why)
+    """The ``CpuRead`` of the qword at ``addr`` for ``why`` (``qword_reads(why)[addr]``)."""
+    return qword_reads(why)[addr]
 
 
 @lru_cache(maxsize=256)

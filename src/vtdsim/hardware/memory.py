@@ -155,8 +155,13 @@ class PhysicalMemory:
         page; anything else reads the bytes.  (Within a line, ``addr < MAX_PHYS_ADDR`` is
         ``addr + size <= MAX_PHYS_ADDR``: the limit is line-aligned.)"""
         off = addr & _LINE_MASK
-        unpack = _UNPACK.get(size)
-        if unpack is not None and off + size <= LINE_SIZE and 0 <= addr < MAX_PHYS_ADDR:
+        if size == 8 and not addr & 7:  # an aligned qword - a table entry: never straddles
+            unpack = _Q_FROM
+        else:
+            unpack = _UNPACK.get(size)
+            if unpack is None or off + size > LINE_SIZE:
+                unpack = None
+        if unpack is not None and 0 <= addr < MAX_PHYS_ADDR:
             line = self._lines.get(addr - off)
             if line is not None:
                 return unpack(line, off)[0]

@@ -217,6 +217,7 @@ class Register:
     _visible: int = field(init=False, repr=False, compare=False)
     _rw1c: int = field(init=False, repr=False, compare=False)
     _rw1s: int = field(init=False, repr=False, compare=False)
+    _end: int = field(init=False, repr=False, compare=False)  # offset + size (``locate``)
 
     def __post_init__(self) -> None:
         masks = dict.fromkeys(Access, 0)
@@ -230,6 +231,7 @@ class Register:
             "_visible": ~masks[Access.WO] & ~self.layout.reserved_mask,
             "_rw1c": masks[Access.RW1C],
             "_rw1s": masks[Access.RW1S],
+            "_end": self.offset + self.layout.width // 8,
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)
@@ -393,7 +395,7 @@ class RegisterFile:
         if size not in (4, 8) or offset % size:
             return None
         reg = self._by_offset.get(offset)
-        if reg is None or offset + size > reg.offset + reg.size:
+        if reg is None or offset + size > reg._end:
             return None
         return reg
 

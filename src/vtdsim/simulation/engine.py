@@ -80,10 +80,10 @@ class TimedMachine:
         self._fixed = {kind: (self._handlers[kind], ns) for kind, ns in self.cost.items()}
         # Synchronisation steps: step class -> how one runs when it need not wait.
         self._sync_now = {
-            st.Lock: self._lock_now, st.Unlock: self._unlock_now,
             st.MmioWrite: self._mmio_write_now, st.MmioRead: self._mmio_read_now,
-            st.WaitQword: self._poll_now, st.WaitRegister: self._poll_now,
+            st.WaitQword: self._wait_qword_now, st.WaitRegister: self._poll_now,
         }
+        self._qword_satisfied = self.executor.wait_qword_satisfied
         self._on_lock, self._on_unlock = self._handlers[st.Lock], self._handlers[st.Unlock]
         self._on_mmio_write = self._handlers[st.MmioWrite]
         self._on_mmio_read = self._handlers[st.MmioRead]
@@ -115,6 +115,18 @@ class TimedMachine:
         # A ``CpuRead`` - nearly half of all steps: every page-table walk's - is the executor's
         # ``_cpu_read`` written out, its load with the step's fields: one call fewer each.
         cpu_read, load, read_ns = st.CpuRead, self.executor.memory.cpu_load, self.cost[st.CpuRead]
+        # An ``Annotate`` (the trace events: several per operation) is the executor's
+        # ``_annotate`` written out: passed to each of its listeners (the list itself, live).
+        annotate, listeners = st.Annotate, self.executor.listeners
+        # Paying the batch before a synchronisation step is ``elapse_alone`` written out (its
+        # commonest caller: a call fewer per lock, MMIO access and wait): SimPy's event heap
+        # and the switch, bound once.
+        queue, lookahead = env._queue, self.lookahead
+        # A lock taken at once, or an unlock: the executor's handler, the engine's spinlock
+        # (``_take``/``release``, bound per operation: a ``LockWatch`` wraps them before the
+        # run starts).
+        lock, unlock, take, release = st.Lock, st.Unlock, self._take, self.release
+        on_lock, on_unlock, lock_ns = self._on_lock, self._on_unlock, self.lock_ns
         while True:
             try:
                 step = send(reply)
@@ -128,6 +140,12 @@ class TimedMachine:
                 reply = load(step.addr, step.size)
                 pending += read_ns
                 continue
+            if kind is annotate:  # no charge
+                applied[kind] += 1
+                for listener in listeners:
+                    listener(step)
+                reply = None
+                continue
             entry = fixed(kind)
             if entry is not None:
                 handler, ns = entry
@@ -135,17 +153,43 @@ class TimedMachine:
                 reply = handler(step)
                 pending += ns
                 continue
-            now = sync_now(kind)  # a synchronisation step (None: a bulk or an unknown one)
+            now = sync_now(kind)  # a synchronisation step (None: a lock, a bulk or an unknown)
             if now is None and (kind is st.CpuZero or kind is st.ClflushRange):
                 reply = apply(step)
                 pending += self._bulk_ns(step)
                 continue
-            if pending and not self.elapse_alone(pending):
-                yield env.timeout(pending)
+            if pending:
+                due = env._now + pending
+                if (queue and queue[0][0] <= due) or not lookahead:
+                    yield env.timeout(pending)
+                else:
+                    env._now = due
+            if kind is lock:  # a spinlock: ``iommu->lock``, ``qi->q_lock``, a cache lock ...
+                if take(step.name):
+                    applied[kind] += 1
+                    reply, pending = on_lock(step), lock_ns
+                else:  # another CPU holds it: spin for it
+                    reply, pending = yield from self._queue_for_lock(step)
+                continue
+            if kind is unlock:
+                applied[kind] += 1
+                reply, pending = on_unlock(step), 0.0
+                release(step.name)
+                continue
             # unknown kinds: the executor names the bad step
             done = now(step) if now is not None else (apply(step), 0.0)
-            if done is None:
-                done = yield from self._sync_wait(step, kind)
+            while done is None:
+                # A poll whose condition was just found false: block until the hardware makes
+                # it true (or stops the queue with an error software must clear: the
+                # executor then returns unsatisfied), asking its ``_sync_now`` handler once
+                # per wake-up (a register poll's ``ready`` reads the register: a counted
+                # MMIO access).  Here, not in a generator of its own: one fewer per wait.
+                if self._hw is None:
+                    raise ModelError(f"{step!r} can never complete: the unit is idle")
+                event = env.event()
+                self._waiters.append(event)
+                yield event
+                done = now(step)
             reply, pending = done
 
     def elapse_alone(self, ns: float) -> bool:
@@ -154,7 +198,7 @@ class TimedMachine:
         event at the same instant), so nothing could run in between and every later event
         keeps its order - the result is identical, one event cheaper.  False (nothing done)
         otherwise: the caller yields the timeout.  ``lookahead = False`` turns it off (the
-        test comparing both)."""
+        test comparing both).  ``run_op`` writes it out before a synchronisation step."""
         env = self.env
         due = env._now + ns  # what ``Timeout`` schedules at (SimPy's clock, ``env.now``)
         queue = env._queue  # (time, priority, id, event), a heap: ``env.peek()`` is its head
@@ -171,22 +215,11 @@ class TimedMachine:
 
     # A step another actor can observe (time is paid up before it), when it completes without
     # waiting: its reply and the time it takes itself, which the caller carries on to the next
-    # synchronisation point (so a lock or an MMIO access adds no event).  None when it must
-    # wait (``_sync_wait``): a lock another CPU holds, a poll the hardware has not satisfied
-    # yet.  One method per step class (the ``_sync_now`` table), no generator: nearly every
-    # such step completes at once.  Each counts the step as ``DirectExecutor.apply`` does.
-    def _lock_now(self, step) -> tuple[Any, float] | None:
-        if not self._take(step.name):
-            return None
-        self._applied[st.Lock] += 1
-        return self._on_lock(step), self.lock_ns
-
-    def _unlock_now(self, step) -> tuple[Any, float]:
-        self._applied[st.Unlock] += 1
-        reply = self._on_unlock(step)
-        self.release(step.name)
-        return reply, 0.0
-
+    # synchronisation point (so an MMIO access adds no event).  None when it must wait
+    # (``run_op``'s poll loop): a poll the hardware has not satisfied yet.  One method per
+    # step class (the ``_sync_now`` table; locks are ``run_op``'s own), no generator: nearly
+    # every such step completes at once.  Each counts the step as ``DirectExecutor.apply``
+    # does.
     def _mmio_write_now(self, step) -> tuple[Any, float]:
         if step.offset == self.iqt_offset:
             return None, self._iqt_write(step)
@@ -200,13 +233,18 @@ class TimedMachine:
     def _poll_now(self, step) -> tuple[Any, float] | None:
         return (self.executor.apply(step), 0.0) if self.executor.ready(step) else None
 
-    def _sync_wait(self, step, kind) -> Generator[simpy.Event, Any, tuple[Any, float]]:
-        """``_sync_now`` for a step that must wait: the lock handed over, or the poll
-        satisfied (its condition was just found false)."""
-        if kind is st.Lock:
-            yield from self._queue_for(step.name)
-            return self.executor.apply(step), self.lock_ns
-        return (yield from self._wait_blocked(step)), 0.0
+    def _wait_qword_now(self, step) -> tuple[Any, float] | None:
+        """``_poll_now`` of a ``WaitQword``: a satisfied one (the commonest case: the wait
+        of every ``qi_submit_sync`` once the hardware wrote its status) is answered with
+        one load; anything else (not satisfied, a queue error pending) the general way."""
+        value = self._qword_satisfied(step)
+        return (value, 0.0) if value is not None else self._poll_now(step)
+
+    def _queue_for_lock(self, step) -> Generator[simpy.Event, Any, tuple[Any, float]]:
+        """A lock another CPU holds: spin until it is handed over; (reply, time) as
+        ``run_op`` takes a free one."""
+        yield from self._queue_for(step.name)
+        return self.executor.apply(step), self.lock_ns
 
     def _iqt_write(self, step) -> float:
         """Publish the queue; the CPU time of the write.  Bare metal: the hardware starts once
@@ -271,20 +309,6 @@ class TimedMachine:
         waiters, self._waiters = self._waiters, []
         for event in waiters:
             event.succeed()
-
-    def _wait_blocked(self, step) -> Generator[simpy.Event, Any, Any]:
-        """A poll whose condition was just found false: block until the hardware makes it
-        true (or stops the queue with an error software must clear: the executor then
-        returns unsatisfied).  ``ready`` is asked once per wake-up (it may read a register:
-        a counted MMIO access)."""
-        while True:
-            if self._hw is None:
-                raise ModelError(f"{step!r} can never complete: the unit is idle")
-            event = self.env.event()
-            self._waiters.append(event)
-            yield event
-            if self.executor.ready(step):
-                return self.executor.apply(step)
 
     # -- locks -------------------------------------------------------------------------------------
     def acquire(self, name: str) -> Generator[simpy.Event, Any, None]:

@@ -118,6 +118,12 @@ def domain_type(mode: Mode, system: System) -> str:
     return iommu_core.iommu_get_def_domain_type(policy, system.devices[DEVICE])
 
 
+def _untimed(value: Any) -> Generator[Any, Any, Any]:
+    """A DMA API call with nothing to time (no IOMMU, or dma-direct): ``value`` at once."""
+    return value
+    yield
+
+
 def _nothing() -> None:
     """A ``forget`` with nothing to forget."""
 
@@ -202,41 +208,44 @@ class DmaWorld:
         self.m.__init__()
 
     # -- the DMA API, timed ---------------------------------------------------------------------
-    def _timed(self, gen, times) -> Generator[Any, Any, Any]:
+    # Each call hands back the generator of the timed operation itself (the caller's ``yield
+    # from`` runs it at once), not one delegating to it: one generator fewer per call, and
+    # one frame fewer for every SimPy event its operation waits on.
+    def _timed(self, gen, times, arm: bool = False) -> Generator[Any, Any, Any]:
+        """Run driver operation ``gen``: its time into ``times``, the IOVA rbtree's work
+        under its lock after it; ``arm``: then the flush-queue timer (an unmap)."""
         start, ops = self.env.now, self.cookie.iovad.tree_ops
         result = yield from self.machine.run_op(gen, self.api_ns)
         tree = self.cookie.iovad.tree_ops - ops
         if tree:
             yield from self.machine.hold(IOVA_TREE_LOCK, tree * self.tree_ns)
         times.add(self.env.now - start)
+        if arm:
+            self._arm_timer()
         return result
 
-    def map_page(self, cpu: int, phys: int, size: int):
+    def map_page(self, cpu: int, phys: int, size: int) -> Generator[Any, Any, int]:
         if not self.mapping:
-            return phys
-            yield  # a generator either way
-        return (yield from self._timed(iommu_dma_map_page(self.cookie, phys, size, cpu=cpu),
-                                       self.m.map))
+            return _untimed(phys)
+        return self._timed(iommu_dma_map_page(self.cookie, phys, size, cpu=cpu), self.m.map)
 
-    def unmap_page(self, cpu: int, addr: int, size: int):
+    def unmap_page(self, cpu: int, addr: int, size: int) -> Generator[Any, Any, None]:
         if not self.mapping:
-            return
+            return _untimed(None)
         gen = iommu_dma_unmap_page(self.cookie, addr, size, cpu, int(self.env.now))
-        yield from self._timed(gen, self.m.unmap)
-        self._arm_timer()
+        return self._timed(gen, self.m.unmap, arm=True)
 
-    def map_sg(self, cpu: int, sg: list[tuple[int, int]]):
+    def map_sg(self, cpu: int, sg: list[tuple[int, int]]) -> Generator[Any, Any, list[int]]:
         if not self.mapping:
-            return [phys for phys, _ in sg]
-            yield
-        return (yield from self._timed(iommu_dma_map_sg(self.cookie, sg, cpu=cpu), self.m.map))
+            return _untimed([phys for phys, _ in sg])
+        return self._timed(iommu_dma_map_sg(self.cookie, sg, cpu=cpu), self.m.map)
 
-    def unmap_sg(self, cpu: int, addrs: list[int], lengths: list[int]):
+    def unmap_sg(self, cpu: int, addrs: list[int], lengths: list[int]
+                 ) -> Generator[Any, Any, None]:
         if not self.mapping:
-            return
+            return _untimed(None)
         gen = iommu_dma_unmap_sg(self.cookie, addrs, lengths, cpu, int(self.env.now))
-        yield from self._timed(gen, self.m.unmap)
-        self._arm_timer()
+        return self._timed(gen, self.m.unmap, arm=True)
 
     # -- the flush-queue timer --------------------------------------------------------------------
     def _arm_timer(self) -> None:
