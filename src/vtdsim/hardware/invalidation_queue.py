@@ -148,9 +148,12 @@ class InvalidationQueue:
         """Fetch, validate and perform the descriptor at IQH; False if there is none to do
         (``pending``, with the geometry read once for both)."""
         self.performed = ""
-        if self._stopped or self._halted():
+        # ``_halted`` and ``_geometry_now``'s unchanged-IQA case, inline: a timed engine asks
+        # before every descriptor and once more to find the queue empty.
+        raw = self.unit.regs.raw
+        if self._stopped or not raw["GSTS"] & self._qies or raw["FSTS"] & self._fsts_stop:
             return False
-        geometry = self._geometry_now()
+        geometry = self._geometry if raw["IQA"] == self._iqa_raw else self._geometry_now()
         return self._published(geometry) > 0 and self._run(1, geometry) > 0
 
     def _run(self, count: int, geometry: tuple[int, int, int, bool]) -> int:
@@ -161,7 +164,8 @@ class InvalidationQueue:
         if not count:
             return 0
         base, width, size, wide = geometry
-        head, stats = self.unit.regs.raw["IQH"] & self._qh_mask, self.unit.stats  # ``head``
+        raw, qh_mask, stats = self.unit.regs.raw, self._qh_mask, self.unit.stats
+        head = raw["IQH"] & qh_mask  # ``head``
         for taken in range(1, count + 1):
             desc, iqei, counter = self._fetch(base + head, width, wide)
             if iqei:
@@ -171,7 +175,7 @@ class InvalidationQueue:
             stats[counter] += 1
             self.performed = counter
             head = (head + width) % size
-            self._set_head(head)
+            raw["IQH"] = head & qh_mask  # ``_set_head``
             if not completed:
                 self._abort_pending()
                 return taken

@@ -100,6 +100,7 @@ class TimedMachine:
         self.iqt_writes = 0
         keys = frozenset(platform.iqt_keys)
         self._desc_keys_only = keys if keys <= frozenset(DESC_KEYS) else frozenset()
+        self._desc_done: dict[str, tuple[float, bool]] = {}  # ``_descriptor_done``'s memo
         self.iqt_offset = self.unit.regs.by_name["IQT"].offset
 
     @property
@@ -235,37 +236,49 @@ class TimedMachine:
         flight).  A descriptor's effect is made when it is fetched and its time paid after;
         pollers re-check only after a descriptor that writes memory (an invalidation wait's
         status) or when the queue stops (done, or an error software must clear)."""
-        unit, env, price = self.unit, self.env, self.platform.descriptor_ns
+        unit, env = self.unit, self.env
         while True:
-            delta = self._descriptor_step(unit)
-            if delta is None:
+            done = self._descriptor_step(unit)
+            if done is None:
                 break
-            busy = delay + price(delta)
+            busy = delay + done[0]
             if not self.elapse_alone(busy):
                 yield env.timeout(busy)
             delay = 0.0
-            if WAIT_KEY in delta and self._waiters:
+            if done[1] and self._waiters:
                 # Woken pollers run before the next descriptor is fetched (zero-time yield).
                 self._wake_waiters()
                 yield env.timeout(0)
         self._hw = None
         self._wake_waiters()
 
-    def _descriptor_step(self, unit) -> dict[str, int] | None:
-        """One ``qi_step``: None if the unit did nothing, else the platform's ``iqt_keys``
-        that moved.  When those are all descriptor counters, a step moves at most the one of
-        the descriptor it performed (``queue.performed``), so no snapshot of the keys is
-        needed."""
-        keys, stats = self.platform.iqt_keys, self.stats
+    def _descriptor_step(self, unit) -> tuple[float, bool] | None:
+        """One ``qi_step``: None if the unit did nothing, else its hardware time - the
+        platform's ``descriptor_ns`` of the ``iqt_keys`` that moved - and whether it wrote a
+        status a CPU polls (``WAIT_KEY`` moved).  When those keys are all descriptor
+        counters, a step moves at most the one of the descriptor it performed
+        (``queue.performed``): no snapshot of the keys is needed, and both answers are those
+        of that counter alone (``_descriptor_done``)."""
         if self._desc_keys_only:
-            if not unit.qi_step():
+            queue = unit.queue
+            if not queue.step():  # ``unit.qi_step``, one call fewer
                 return None
-            counter = unit.queue.performed
-            return {counter: 1} if counter in self._desc_keys_only else {}
+            done = self._desc_done.get(queue.performed)
+            return done if done is not None else self._descriptor_done(queue.performed)
+        keys, stats = self.platform.iqt_keys, self.stats
         before = [stats[k] for k in keys]
         if not unit.qi_step():
             return None
-        return {k: stats[k] - b for k, b in zip(keys, before, strict=True) if stats[k] != b}
+        delta = {k: stats[k] - b for k, b in zip(keys, before, strict=True) if stats[k] != b}
+        return self.platform.descriptor_ns(delta), WAIT_KEY in delta
+
+    def _descriptor_done(self, counter: str) -> tuple[float, bool]:
+        """``_descriptor_step``'s answer for a step that moved descriptor counter ``counter``
+        alone, remembered: ``descriptor_ns`` is a pure function of the delta (a platform's
+        prices are fixed when it is built)."""
+        delta = {counter: 1} if counter in self._desc_keys_only else {}
+        done = self._desc_done[counter] = (self.platform.descriptor_ns(delta), WAIT_KEY in delta)
+        return done
 
     def _wake_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []
