@@ -215,7 +215,8 @@ class TimedMachine:
         platform = self.platform
         self.iqt_writes += 1
         if not platform.synchronous:
-            self.executor.apply(step)
+            self._applied[st.MmioWrite] += 1  # ``executor.apply``, its handler looked up once
+            self._on_mmio_write(step)
             cpu_ns = platform.iqt_write({}).cpu_ns
             if self._hw is None:
                 self._hw = self.env.process(self._invalidation_hardware(cpu_ns))
