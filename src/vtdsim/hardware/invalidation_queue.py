@@ -145,16 +145,21 @@ class InvalidationQueue:
         return ((tail - (raw["IQH"] & self._qh_mask)) % size) // width
 
     def step(self) -> bool:
-        """Fetch, validate and perform the descriptor at IQH; False if there is none to do
-        (``pending``, with the geometry read once for both)."""
+        """Fetch, validate and perform the descriptor at IQH; False if there is none to do.
+        ``pending() > 0`` inline - ``_halted``, ``_geometry_now`` (its unchanged-IQA case)
+        and ``_published`` - with the geometry read once: a timed engine steps before every
+        descriptor, and once more to find the queue empty."""
         self.performed = ""
-        # ``_halted`` and ``_geometry_now``'s unchanged-IQA case, inline: a timed engine asks
-        # before every descriptor and once more to find the queue empty.
         raw = self.unit.regs.raw
         if self._stopped or not raw["GSTS"] & self._qies or raw["FSTS"] & self._fsts_stop:
             return False
         geometry = self._geometry if raw["IQA"] == self._iqa_raw else self._geometry_now()
-        return self._published(geometry) > 0 and self._run(1, geometry) > 0
+        _, width, size, wide = geometry
+        tail = raw["IQT"] & self._qt_mask
+        if tail >= size or (wide and tail % 32):  # an invalid tail: nothing published
+            return False
+        published = ((tail - (raw["IQH"] & self._qh_mask)) % size) // width
+        return published > 0 and self._run(1, geometry) > 0
 
     def _run(self, count: int, geometry: tuple[int, int, int, bool]) -> int:
         """Fetch, validate and perform ``count`` descriptors from IQH (``pending`` allowed

@@ -295,7 +295,9 @@ class PhysicalMemory:
         if addr & (n - 1) or not 0 <= addr <= MAX_PHYS_ADDR - n:
             self.dma_write(addr, value.to_bytes(n, "little"), snoop=snoop)
             return
-        fmt.pack_into(self._page(addr >> PAGE_SHIFT), addr & (PAGE_SIZE - 1), value)
+        page = self._pages.get(addr >> PAGE_SHIFT)  # ``_page``'s populated case inline
+        fmt.pack_into(page if page is not None else self._page(addr >> PAGE_SHIFT),
+                      addr & (PAGE_SIZE - 1), value)
         if snoop and self._lines:
             cached = self._lines.get(addr & ~(LINE_SIZE - 1))
             if cached is not None:

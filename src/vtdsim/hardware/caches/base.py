@@ -223,8 +223,11 @@ class LruCache:
 
     def drop_keys(self, doomed: list[Hashable]) -> int:
         """Drop the cached keys ``doomed`` as invalidated; returns how many."""
+        entries, grouped = self._entries, self.group_len
         for k in doomed:
-            self._drop(k)
+            del entries[k]  # ``_drop``, inline
+            if grouped:
+                self._forget(k)
         self.stats.invalidated += len(doomed)
         return len(doomed)
 
