@@ -9,11 +9,16 @@ one it stands for, run on twins and compared whole:
 * ``InvalidationQueue.step`` (its ``pending`` checks inline) against ``pending`` then
   ``_run`` of one, on random queue states: QI off, IQE/ITE set, tails beyond the queue or
   misaligned, either width, valid and garbage descriptors;
-* the register file's write slots against ``locate`` and the shift and mask it implied."""
+* the register file's write slots against ``locate`` and the shift and mask it implied;
+* ``decode`` (each field read from its qword; ``decode_fetched``, a fetch's qwords taken as
+  they are) and ``validate`` (reserved bits per qword, the one capability a type needs)
+  against the joined-value decode and the former checks, on random qwords of every type and
+  the units' presets, in either queue width."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vtdsim.hardware.bitfield import QWORD_MASK
 from vtdsim.hardware.caches.base import psi_range
 from vtdsim.hardware.caches.iotlb import (
     IOTLB_LEVELS,
@@ -27,9 +32,23 @@ from vtdsim.hardware.caches.iotlb import (
     range_key_count,
     range_keys,
 )
-from vtdsim.hardware.descriptors import encode
+from vtdsim.hardware.descriptors import (
+    _ADDRESS_SHIFT,
+    _TYPE_FIELDS,
+    IQEI_INVALID_TYPE,
+    IQEI_INVALID_WIDTH,
+    IQEI_RESERVED,
+    LAYOUTS,
+    Descriptor,
+    _content_invalid,
+    _type_of,
+    decode,
+    decode_fetched,
+    encode,
+    validate,
+)
 from vtdsim.hardware.memory import PhysicalMemory
-from vtdsim.hardware.presets import get_preset
+from vtdsim.hardware.presets import PRESETS, get_preset
 from vtdsim.hardware.registers import RegisterFile
 from vtdsim.hardware.remapping_unit import RemappingUnit
 
@@ -160,3 +179,45 @@ def test_register_write_slots_are_what_locate_accepts():
                 continue
             shift = 8 * (offset - reg.offset)
             assert slot == (reg, shift, ((1 << (8 * size)) - 1) << shift), (offset, size)
+
+
+# -- descriptor decode and validation -------------------------------------------------------------
+def _reference_decode(qws) -> Descriptor:
+    """``decode`` through the joined 128/256-bit value, field by field (the general path)."""
+    qws4 = (tuple(int(q) & QWORD_MASK for q in qws) + (0,) * (4 - len(qws)))[:4]
+    dtype = _type_of(qws4[0])
+    layout = LAYOUTS.get(dtype)
+    if layout is None:
+        return Descriptor(dtype, f"type_{dtype:#x}", {}, qws4)
+    raw = layout.decode(layout.from_qwords(qws4))
+    fields = {n: v << _ADDRESS_SHIFT.get(n, 0) for n, v in raw.items() if n not in _TYPE_FIELDS}
+    return Descriptor(dtype, layout.name, fields, qws4)
+
+
+def _reference_validate(desc: Descriptor, caps, wide: bool) -> int:
+    needs = {3: caps.dt, 4: caps.ir, 8: caps.dt, 9: caps.prs}
+    if desc.layout is None or not needs.get(desc.type, True):
+        return IQEI_INVALID_TYPE
+    if desc.type in (6, 7, 8) and not wide:
+        return IQEI_INVALID_WIDTH
+    if desc.reserved_bits():
+        return IQEI_RESERVED
+    if wide and desc.type != 9 and (desc.qws[2] or desc.qws[3]):
+        return IQEI_RESERVED
+    return IQEI_RESERVED if _content_invalid(desc, caps) else 0
+
+
+qwords = st.one_of(st.integers(0, QWORD_MASK), st.sampled_from((0, 1, 1 << 63, QWORD_MASK)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, 15), st.sampled_from((0, 0, 0, 1 << 9)), st.lists(qwords, min_size=4,
+       max_size=4), st.sampled_from((2, 4)), st.sampled_from(sorted(PRESETS)), st.booleans())
+def test_decode_and_validate_equal_the_general_path(dtype, hi, qws, count, preset, wide):
+    qws = (qws[0] & ~0xE0F | dtype | hi, *qws[1:count])
+    desc = decode_fetched(qws)
+    reference = _reference_decode(qws)
+    assert desc == reference == decode(list(qws))
+    assert list(desc.fields) == list(reference.fields)  # the same order
+    caps = get_preset(preset)
+    assert validate(desc, caps, wide) == _reference_validate(reference, caps, wide)

@@ -29,7 +29,7 @@ from vtdsim.hardware.descriptors import (
     IQEI_TAIL_INVALID,
     IQEI_TAIL_MISALIGNED,
     Descriptor,
-    decode,
+    decode_fetched,
     validate,
 )
 from vtdsim.hardware.interrupt_events import raise_completion_event
@@ -228,7 +228,7 @@ class InvalidationQueue:
         if hit is None:
             if len(memo) >= _DECODE_MEMO:
                 memo.clear()
-            desc = decode(qws)
+            desc = decode_fetched(qws)
             hit = memo[qws] = (desc, self.validate(desc, wide), "desc:" + desc.label)
         return hit
 
