@@ -114,11 +114,6 @@ _SHIFT_4K, _SHIFT_2M, _SHIFT_1G = _SHIFTS
 def range_keys(did: int, pasid: int, base: int, size: int) -> list[Hashable]:
     """Every IOTLB key that could hold a page overlapping [base, base+size)."""
     last = base + size - 1
-    if last >> _SHIFT_4K == base >> _SHIFT_4K:
-        # Within one 4 KiB page (a strict unmap's flush), so within one page of each size:
-        # one key per level, written out.
-        return [(did, pasid, 1, base >> _SHIFT_4K), (did, pasid, 2, base >> _SHIFT_2M),
-                (did, pasid, 3, base >> _SHIFT_1G)]
     return [(did, pasid, level, number) for level, shift in zip(IOTLB_LEVELS, _SHIFTS, strict=True)
             for number in range(base >> shift, (last >> shift) + 1)]
 
@@ -260,7 +255,15 @@ class Iotlb(LruCache):
         cached = self.group_size(group)
         if not cached:
             return 0
-        if not self.tag_sid and range_key_count(base, size) < cached:
+        if self.tag_sid:
+            keys = self.group_keys(group)
+        elif (base + size - 1) >> _SHIFT_4K == base >> _SHIFT_4K and len(_SHIFTS) < cached:
+            # Within one 4 KiB page (a strict unmap's flush), so within one page of each
+            # size: ``range_keys`` is one key per level (``range_key_count``: 3), written out.
+            did, pasid = group
+            keys = [(did, pasid, 1, base >> _SHIFT_4K), (did, pasid, 2, base >> _SHIFT_2M),
+                    (did, pasid, 3, base >> _SHIFT_1G)]
+        elif range_key_count(base, size) < cached:
             keys = range_keys(group[0], group[1], base, size)
         else:
             keys = self.group_keys(group)
