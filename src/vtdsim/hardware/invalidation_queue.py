@@ -158,33 +158,39 @@ class InvalidationQueue:
         tail = raw["IQT"] & self._qt_mask
         if tail >= size or (wide and tail % 32):  # an invalid tail: nothing published
             return False
-        published = ((tail - (raw["IQH"] & self._qh_mask)) % size) // width
-        return published > 0 and self._run(1, geometry) > 0
+        if ((tail - (raw["IQH"] & self._qh_mask)) % size) // width <= 0:
+            return False
+        self._take(geometry)  # ``_run`` of one, which takes it whatever its outcome
+        return True
 
     def _run(self, count: int, geometry: tuple[int, int, int, bool]) -> int:
         """Fetch, validate and perform ``count`` descriptors from IQH (``pending`` allowed
         them), stopping at one that is rejected (IQE) or times out (ITE); how many were taken.
         The geometry is read once (the caller's): only software's register writes change it,
         and none comes between the descriptors of one run."""
-        if not count:
-            return 0
-        base, width, size, wide = geometry
-        raw, qh_mask, stats = self.unit.regs.raw, self._qh_mask, self.unit.stats
-        head = raw["IQH"] & qh_mask  # ``head``
         for taken in range(1, count + 1):
-            desc, iqei, counter = self._fetch(base + head, width, wide)
-            if iqei:
-                self._stop(iqei)
-                return taken
-            completed = self._perform(desc)
-            stats[counter] += 1
-            self.performed = counter
-            head = (head + width) % size
-            raw["IQH"] = head & qh_mask  # ``_set_head``
-            if not completed:
-                self._abort_pending()
+            if not self._take(geometry):
                 return taken
         return count
+
+    def _take(self, geometry: tuple[int, int, int, bool]) -> bool:
+        """Fetch, validate and perform the descriptor at IQH, then advance IQH past it
+        (unless rejected); False when processing stops there (IQE, or ITE)."""
+        base, width, size, wide = geometry
+        raw = self.unit.regs.raw
+        head = raw["IQH"] & self._qh_mask  # ``head``
+        desc, iqei, counter = self._fetch(base + head, width, wide)
+        if iqei:
+            self._stop(iqei)
+            return False
+        completed = self._perform(desc)
+        self.unit.stats[counter] += 1
+        self.performed = counter
+        raw["IQH"] = ((head + width) % size) & self._qh_mask  # ``_set_head``
+        if not completed:
+            self._abort_pending()
+            return False
+        return True
 
     # -- state checks -------------------------------------------------------------------------
     def _halted(self) -> bool:
