@@ -1,8 +1,9 @@
-"""The invalidation hardware's step on bare metal (``TimedMachine._descriptor_step``) answers
+"""The invalidation hardware on bare metal (``TimedMachine._invalidation_hardware``) answers
 each descriptor's price and status-write flag from its counter alone, remembered per counter;
-every figure equals that of the general path, which snapshots the platform's ``iqt_keys``
-around each ``qi_step`` and prices the delta - on strict runs with page flushes and waits, an
-ATS device's device-TLB flushes (priced apart), and lock contention."""
+every figure equals that of the general path (``_descriptor_step``), which snapshots the
+platform's ``iqt_keys`` around each ``qi_step`` and prices the delta - on strict runs with
+page flushes and waits, an ATS device's device-TLB flushes (priced apart), and lock
+contention."""
 
 import pytest
 

@@ -236,11 +236,23 @@ class TimedMachine:
         the platform's ``descriptor_ns``, the first after ``delay`` (the posted IQT write's
         flight).  A descriptor's effect is made when it is fetched and its time paid after;
         pollers re-check only after a descriptor that writes memory (an invalidation wait's
-        status) or when the queue stops (done, or an error software must clear)."""
-        unit, env = self.unit, self.env
+        status) or when the queue stops (done, or an error software must clear).
+
+        Each step's answer - its hardware time, and whether it wrote a status a CPU polls -
+        comes from ``_descriptor_step``, or, when the platform's ``iqt_keys`` are all
+        descriptor counters, from the counter of the descriptor performed alone
+        (``queue.performed``: a step moves at most that one), remembered per counter
+        (``_descriptor_done``): no snapshot of the keys, no call."""
+        unit, env, remembered = self.unit, self.env, self._desc_done
+        queue = unit.queue if self._desc_keys_only else None
         while True:
-            done = self._descriptor_step(unit)
-            if done is None:
+            if queue is None:
+                done = self._descriptor_step(unit)
+                if done is None:
+                    break
+            elif queue.step():  # ``unit.qi_step``, one call fewer
+                done = remembered.get(queue.performed) or self._descriptor_done(queue.performed)
+            else:
                 break
             busy = delay + done[0]
             if not self.elapse_alone(busy):
@@ -255,17 +267,8 @@ class TimedMachine:
 
     def _descriptor_step(self, unit) -> tuple[float, bool] | None:
         """One ``qi_step``: None if the unit did nothing, else its hardware time - the
-        platform's ``descriptor_ns`` of the ``iqt_keys`` that moved - and whether it wrote a
-        status a CPU polls (``WAIT_KEY`` moved).  When those keys are all descriptor
-        counters, a step moves at most the one of the descriptor it performed
-        (``queue.performed``): no snapshot of the keys is needed, and both answers are those
-        of that counter alone (``_descriptor_done``)."""
-        if self._desc_keys_only:
-            queue = unit.queue
-            if not queue.step():  # ``unit.qi_step``, one call fewer
-                return None
-            done = self._desc_done.get(queue.performed)
-            return done if done is not None else self._descriptor_done(queue.performed)
+        platform's ``descriptor_ns`` of the ``iqt_keys`` that moved (a snapshot of them
+        around the step) - and whether it wrote a status a CPU polls (``WAIT_KEY`` moved)."""
         keys, stats = self.platform.iqt_keys, self.stats
         before = [stats[k] for k in keys]
         if not unit.qi_step():
@@ -275,8 +278,8 @@ class TimedMachine:
 
     def _descriptor_done(self, counter: str) -> tuple[float, bool]:
         """``_descriptor_step``'s answer for a step that moved descriptor counter ``counter``
-        alone, remembered: ``descriptor_ns`` is a pure function of the delta (a platform's
-        prices are fixed when it is built)."""
+        alone (of keys that are all descriptor counters), remembered: ``descriptor_ns`` is a
+        pure function of the delta (a platform's prices are fixed when it is built)."""
         delta = {counter: 1} if counter in self._desc_keys_only else {}
         done = self._desc_done[counter] = (self.platform.descriptor_ns(delta), WAIT_KEY in delta)
         return done
