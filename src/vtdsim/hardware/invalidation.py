@@ -93,10 +93,11 @@ def piotlb_pasid(unit: Any, did: int, pasid: int) -> None:
 
 
 def piotlb_page(unit: Any, did: int, pasid: int, addr: int, am: int, ih: int | bool) -> None:
+    ih = bool(ih)
     _done(
         unit, "inv_piotlb_page",
-        iotlb=unit.iotlb.invalidate_pasid_page(did, pasid, addr, am, bool(ih)),
-        pscache=unit.pscache.invalidate_pasid_page(did, pasid, addr, am, bool(ih)),
+        iotlb=unit.iotlb.invalidate_pasid_page(did, pasid, addr, am, ih),
+        pscache=unit.pscache.invalidate_pasid_page(did, pasid, addr, am, ih),
     )
 
 
