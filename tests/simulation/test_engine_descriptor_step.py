@@ -6,26 +6,19 @@ page flushes and waits, an ATS device's device-TLB flushes (priced apart), and l
 contention."""
 
 import pytest
+from test_engine_lookahead import TABLE, _run
 
-from vtdsim.simulation import constants, engine
+from vtdsim.simulation import engine
 from vtdsim.simulation.platforms import DESC_KEYS
-from vtdsim.simulation.run import Mode, make_params, simulate
+from vtdsim.simulation.run import Mode
 from vtdsim.simulation.workloads.common import DmaWorld
 
-TABLE = constants.load()
 RUNS = {
     "nic-rx strict": ("nic-rx", {"ios": 1200}, {}),
     "nic-rx 6.1, ATS": ("nic-rx", {"ios": 600, "profile": "linux-6.1", "ats": True},
                         {"ring": 64, "pages_per_desc": 4}),
     "nvme, two jobs": ("nvme", {"ios": 600}, {"jobs": 2, "qd": 8}),
 }
-
-
-def _run(workload: str, mode: dict, params: dict) -> dict:
-    result = simulate(workload, Mode(**{"policy": "strict"} | mode),
-                      make_params(workload, **params), TABLE)
-    result.pop("timing")
-    return result
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
