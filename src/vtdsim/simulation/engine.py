@@ -263,7 +263,8 @@ class TimedMachine:
                 self._wake_waiters()
                 yield env.timeout(0)
         self._hw = None
-        self._wake_waiters()
+        if self._waiters:  # those woken after a status write are gone
+            self._wake_waiters()
 
     def _descriptor_step(self, unit) -> tuple[float, bool] | None:
         """One ``qi_step``: None if the unit did nothing, else its hardware time - the

@@ -243,6 +243,8 @@ class Iotlb(LruCache):
     def invalidate_pasid_page(self, did: int, pasid: int, addr: int, am: int,
                               ih: bool = False) -> int:
         """Type 6 G=11: entries of (``did``, ``pasid``) overlapping the range, global ones too."""
+        if not self._groups:
+            return 0  # nothing cached (as ``domain_groups`` answers the type-2 flushes)
         base, size = psi_range(addr, am)
         return self._invalidate_range((did, pasid), base, size, TYPE6_STAGES)
 
