@@ -17,12 +17,12 @@ treats a misaligned ADDR is unconfirmed; QEMU masks the low bits).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 from vtdsim.errors import ModelError, hexval
 from vtdsim.hardware.bitfield import QWORD_MASK, F, Layout
 from vtdsim.hardware.request import format_sid
+from vtdsim.records import record
 
 PAGE_SHIFT = 12
 
@@ -143,12 +143,37 @@ _TYPE_FIELDS = ("type", "type_hi")
 _WIDE_ONLY = (6, 7, 8)
 # Reserved granularity encodings (spec 6.5.2.1/.3/.4/.2): they make the descriptor invalid.
 _VALID_G = {1: (1, 2, 3), 2: (1, 2, 3), 6: (2, 3), 7: (0, 1, 3)}
+# Types that need a capability (``_capability_missing``): type -> the capability's name.
+_NEEDS = {3: "dt", 4: "ir", 8: "dt", 9: "prs"}
+
+
+def _qword_plan(layout: Layout) -> tuple[tuple[str, int, int, int, int], ...] | None:
+    """How ``decode`` reads ``layout``'s fields from the qwords themselves, not from the
+    joined 128/256-bit value: (name, qword, shift in it, mask, address shift) per field but
+    the type bits, in declaration order; None when a field spans two qwords."""
+    plan = []
+    for name, f in layout.fields.items():
+        if name in _TYPE_FIELDS:
+            continue
+        if f.lo // 64 != f.hi // 64:
+            return None
+        plan.append((name, f.lo // 64, f.lo % 64, f.mask, _ADDRESS_SHIFT.get(name, 0)))
+    return tuple(plan)
+
+
+# Per type: ``decode``'s plan, and the layout's reserved bits in each of its qwords.
+_PLANS = {t: _qword_plan(layout) for t, layout in LAYOUTS.items()}
+_RESERVED_QWORDS = {t: tuple((layout.reserved_mask >> 64 * i) & QWORD_MASK
+                             for i in range(layout.width // 64))
+                    for t, layout in LAYOUTS.items()}
 
 
 
-@dataclass(frozen=True)
+@record
 class Descriptor:
-    """A decoded descriptor; ``fields`` excludes the type bits (do not mutate it)."""
+    """A decoded descriptor; ``fields`` excludes the type bits (do not mutate it).  A record
+    (a frozen slotted dataclass built without ``object.__setattr__``): the unit decodes every
+    descriptor it has not seen before, a strict unmap's flush nearly always one."""
 
     type: int
     label: str
@@ -183,13 +208,26 @@ def _type_of(qw0: int) -> int:
 def decode(qws) -> Descriptor:
     """Decode 2 or 4 qwords; never raises on garbage (an unknown type decodes with no fields)."""
     padded = tuple(int(q) & QWORD_MASK for q in qws) + (0,) * (4 - len(qws))
-    qws4 = padded[:4]
+    return decode_fetched(padded[:4])
+
+
+def decode_fetched(qws: tuple[int, ...]) -> Descriptor:
+    """``decode`` of what a queue fetch reads: a tuple of 2 or 4 qwords, each an int in
+    [0, 2^64) - so nothing to convert or mask (the unit decodes every descriptor it has not
+    seen before)."""
+    qws4 = qws if len(qws) == 4 else qws + (0, 0)
     dtype = _type_of(qws4[0])
     layout = LAYOUTS.get(dtype)
     if layout is None:
         return Descriptor(dtype, f"type_{dtype:#x}", {}, qws4)
-    raw = layout.decode(layout.from_qwords(qws4))
-    fields = {n: v << _ADDRESS_SHIFT.get(n, 0) for n, v in raw.items() if n not in _TYPE_FIELDS}
+    plan = _PLANS[dtype]
+    if plan is None:  # a field across qwords: from the joined value
+        raw = layout.decode(layout.from_qwords(qws4))
+        fields = {n: v << _ADDRESS_SHIFT.get(n, 0) for n, v in raw.items()
+                  if n not in _TYPE_FIELDS}
+    else:  # each field from its qword (no 256-bit value built and shifted per field)
+        fields = {n: ((qws4[q] >> shift) & mask) << to_bytes
+                  for n, q, shift, mask, to_bytes in plan}
     return Descriptor(dtype, layout.name, fields, qws4)
 
 
@@ -220,8 +258,8 @@ def _capability_missing(desc: Descriptor, caps) -> bool:
     """Types the unit does not implement (reference §11.1 "Requires" column).  Hardware without
     the capability has no such descriptor, hence "invalid type".  QEMU 7.2 does not check DT/IR
     for types 3/4 (it accepts them); which IQEI real hardware reports is unconfirmed."""
-    needs = {3: caps.dt, 4: caps.ir, 8: caps.dt, 9: caps.prs}
-    return not needs.get(desc.type, True)
+    need = _NEEDS.get(desc.type)
+    return need is not None and not getattr(caps, need)
 
 
 def _content_invalid(desc: Descriptor, caps) -> bool:
@@ -250,13 +288,15 @@ def validate(desc: Descriptor, caps, wide: bool) -> int:
     """0 if hardware accepts ``desc`` in a queue of this width, else the IQEI code: 3 invalid
     type, 5 invalid width, 4 reserved field set or reserved field encoding.  Which IQEI a
     reserved *encoding* (e.g. G=00, AM > MAMV) gets is not stated by our sources; we use 4."""
-    if desc.layout is None or _capability_missing(desc, caps):
+    reserved = _RESERVED_QWORDS.get(desc.type)  # None: no layout
+    if reserved is None or _capability_missing(desc, caps):
         return IQEI_INVALID_TYPE
     if desc.type in _WIDE_ONLY and not wide:
         # Types 6-8 exist only as 256-bit descriptors; QEMU rejects them in a 128-bit queue.
         return IQEI_INVALID_WIDTH
-    if desc.reserved_bits():
-        return IQEI_RESERVED
+    for qword, rsvd in zip(desc.qws, reserved, strict=False):  # ``desc.reserved_bits()``
+        if qword & rsvd:
+            return IQEI_RESERVED
     if wide and desc.type != 9 and (desc.qws[2] or desc.qws[3]):
         # In 256-bit mode qw2/qw3 are reserved for types 1-8 (reference §7 rule 7).
         return IQEI_RESERVED

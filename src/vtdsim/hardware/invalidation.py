@@ -27,14 +27,23 @@ from typing import Any
 from vtdsim.hardware.descriptors import devtlb_range
 
 
-def _done(unit: Any, counter: str, **dropped: int) -> None:
+def _done(unit: Any, counter: str, iotlb: int = 0, pscache: int = 0, context_cache: int = 0,
+          pasid_cache: int = 0) -> None:
     """Bookkeeping shared by every invalidation: write-buffer drain and counters (``counter``
-    is ``inv_`` and the function's name; dropped entries count as ``inv_dropped_<cache>``)."""
+    is ``inv_`` and the function's name; dropped entries count as ``inv_dropped_<cache>``,
+    in this order - no invalidation drops from both an IOTLB-side and a context/PASID cache).
+    Named parameters, not ``**dropped``: a page-selective flush is on every strict unmap."""
     unit.memory.flush_write_buffer()  # spec 6.8
-    unit.stats[counter] += 1
-    for cache, n in dropped.items():
-        if n:
-            unit.stats["inv_dropped_" + cache] += n
+    stats = unit.stats
+    stats[counter] += 1
+    if iotlb:
+        stats["inv_dropped_iotlb"] += iotlb
+    if pscache:
+        stats["inv_dropped_pscache"] += pscache
+    if context_cache:
+        stats["inv_dropped_context_cache"] += context_cache
+    if pasid_cache:
+        stats["inv_dropped_pasid_cache"] += pasid_cache
 
 
 # -- context-cache (type 1; CCMD) ----------------------------------------------------------------
@@ -84,10 +93,11 @@ def piotlb_pasid(unit: Any, did: int, pasid: int) -> None:
 
 
 def piotlb_page(unit: Any, did: int, pasid: int, addr: int, am: int, ih: int | bool) -> None:
+    ih = bool(ih)
     _done(
         unit, "inv_piotlb_page",
-        iotlb=unit.iotlb.invalidate_pasid_page(did, pasid, addr, am, bool(ih)),
-        pscache=unit.pscache.invalidate_pasid_page(did, pasid, addr, am, bool(ih)),
+        iotlb=unit.iotlb.invalidate_pasid_page(did, pasid, addr, am, ih),
+        pscache=unit.pscache.invalidate_pasid_page(did, pasid, addr, am, ih),
     )
 
 

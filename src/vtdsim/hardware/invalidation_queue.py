@@ -29,7 +29,7 @@ from vtdsim.hardware.descriptors import (
     IQEI_TAIL_INVALID,
     IQEI_TAIL_MISALIGNED,
     Descriptor,
-    decode,
+    decode_fetched,
     validate,
 )
 from vtdsim.hardware.interrupt_events import raise_completion_event
@@ -145,37 +145,52 @@ class InvalidationQueue:
         return ((tail - (raw["IQH"] & self._qh_mask)) % size) // width
 
     def step(self) -> bool:
-        """Fetch, validate and perform the descriptor at IQH; False if there is none to do
-        (``pending``, with the geometry read once for both)."""
+        """Fetch, validate and perform the descriptor at IQH; False if there is none to do.
+        ``pending() > 0`` inline - ``_halted``, ``_geometry_now`` (its unchanged-IQA case)
+        and ``_published`` - with the geometry read once: a timed engine steps before every
+        descriptor, and once more to find the queue empty."""
         self.performed = ""
-        if self._stopped or self._halted():
+        raw = self.unit.regs.raw
+        if self._stopped or not raw["GSTS"] & self._qies or raw["FSTS"] & self._fsts_stop:
             return False
-        geometry = self._geometry_now()
-        return self._published(geometry) > 0 and self._run(1, geometry) > 0
+        geometry = self._geometry if raw["IQA"] == self._iqa_raw else self._geometry_now()
+        _, width, size, wide = geometry
+        tail = raw["IQT"] & self._qt_mask
+        if tail >= size or (wide and tail % 32):  # an invalid tail: nothing published
+            return False
+        if ((tail - (raw["IQH"] & self._qh_mask)) % size) // width <= 0:
+            return False
+        self._take(geometry)  # ``_run`` of one, which takes it whatever its outcome
+        return True
 
     def _run(self, count: int, geometry: tuple[int, int, int, bool]) -> int:
         """Fetch, validate and perform ``count`` descriptors from IQH (``pending`` allowed
         them), stopping at one that is rejected (IQE) or times out (ITE); how many were taken.
         The geometry is read once (the caller's): only software's register writes change it,
         and none comes between the descriptors of one run."""
-        if not count:
-            return 0
-        base, width, size, wide = geometry
-        head, stats = self.unit.regs.raw["IQH"] & self._qh_mask, self.unit.stats  # ``head``
         for taken in range(1, count + 1):
-            desc, iqei, counter = self._fetch(base + head, width, wide)
-            if iqei:
-                self._stop(iqei)
-                return taken
-            completed = self._perform(desc)
-            stats[counter] += 1
-            self.performed = counter
-            head = (head + width) % size
-            self._set_head(head)
-            if not completed:
-                self._abort_pending()
+            if not self._take(geometry):
                 return taken
         return count
+
+    def _take(self, geometry: tuple[int, int, int, bool]) -> bool:
+        """Fetch, validate and perform the descriptor at IQH, then advance IQH past it
+        (unless rejected); False when processing stops there (IQE, or ITE)."""
+        base, width, size, wide = geometry
+        raw = self.unit.regs.raw
+        head = raw["IQH"] & self._qh_mask  # ``head``
+        desc, iqei, counter = self._fetch(base + head, width, wide)
+        if iqei:
+            self._stop(iqei)
+            return False
+        completed = self._perform(desc)
+        self.unit.stats[counter] += 1
+        self.performed = counter
+        raw["IQH"] = ((head + width) % size) & self._qh_mask  # ``_set_head``
+        if not completed:
+            self._abort_pending()
+            return False
+        return True
 
     # -- state checks -------------------------------------------------------------------------
     def _halted(self) -> bool:
@@ -219,7 +234,7 @@ class InvalidationQueue:
         if hit is None:
             if len(memo) >= _DECODE_MEMO:
                 memo.clear()
-            desc = decode(qws)
+            desc = decode_fetched(qws)
             hit = memo[qws] = (desc, self.validate(desc, wide), "desc:" + desc.label)
         return hit
 

@@ -42,7 +42,9 @@ _L = struct.Struct("<L")
 _INTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: _L, 8: _Q}
 _UNPACK = {size: fmt.unpack_from for size, fmt in _INTS.items()}
 _PACK = {size: fmt.pack_into for size, fmt in _INTS.items()}
-_QWORDS = {2: struct.Struct("<2Q"), 4: struct.Struct("<4Q")}
+# count -> (its struct, the last line offset and the last address the qwords fit at)
+_QWORDS = {count: (fmt, LINE_SIZE - fmt.size, MAX_PHYS_ADDR - fmt.size)
+           for count, fmt in ((2, struct.Struct("<2Q")), (4, struct.Struct("<4Q")))}
 _STORE_MASKS = {size: (1 << 8 * size) - 1 for size in (1, 2, 4, 8, 16, 32)}
 
 
@@ -173,10 +175,11 @@ class PhysicalMemory:
         """``count`` consecutive qwords as CPU loads.  Two or four within one line (a 128- or
         256-bit queue slot, naturally aligned) unpack in one go from the cached line or the
         DRAM page; anything else loads qword by qword."""
-        fmt = _QWORDS.get(count)
-        off = addr & (LINE_SIZE - 1)
-        if fmt is None or off + fmt.size > LINE_SIZE or not 0 <= addr <= MAX_PHYS_ADDR - fmt.size:
+        packed = _QWORDS.get(count)
+        off = addr & _LINE_MASK
+        if packed is None or off > packed[1] or not 0 <= addr <= packed[2]:
             return tuple(self.cpu_load(addr + 8 * i, 8) for i in range(count))
+        fmt = packed[0]
         line = self._lines.get(addr - off)
         if line is not None:
             return fmt.unpack_from(line, off)
@@ -300,7 +303,9 @@ class PhysicalMemory:
         if addr & (n - 1) or not 0 <= addr <= MAX_PHYS_ADDR - n:
             self.dma_write(addr, value.to_bytes(n, "little"), snoop=snoop)
             return
-        fmt.pack_into(self._page(addr >> PAGE_SHIFT), addr & (PAGE_SIZE - 1), value)
+        page = self._pages.get(addr >> PAGE_SHIFT)  # ``_page``'s populated case inline
+        fmt.pack_into(page if page is not None else self._page(addr >> PAGE_SHIFT),
+                      addr & (PAGE_SIZE - 1), value)
         if snoop and self._lines:
             cached = self._lines.get(addr & ~(LINE_SIZE - 1))
             if cached is not None:

@@ -316,17 +316,27 @@ Callback = Callable[[Register, int, int], None]
 EventSink = Callable[..., None]
 
 
+Slot = tuple[Register, int, int]  # a well-formed access: register, bit shift, byte mask
+
+
 @functools.lru_cache(maxsize=64)
 def _indexed_map(caps: Capabilities) -> tuple[list[Register], dict[str, Register],
-                                              dict[int, Register]]:
-    """``register_map(caps)`` with its by-name and by-dword-offset indexes, built once per
-    capability set (units with the same CAP/ECAP share the immutable map)."""
+                                              dict[int, Register], dict[tuple[int, int], Slot]]:
+    """``register_map(caps)`` with its by-name and by-dword-offset indexes and its write
+    slots, built once per capability set (units with the same CAP/ECAP share the immutable
+    map).  A slot is what ``locate`` accepts - a naturally aligned dword or qword inside one
+    register - keyed ``(offset, size)``, with the shift and mask of the bytes it covers."""
     registers = register_map(caps)
     by_offset: dict[int, Register] = {}
+    slots: dict[tuple[int, int], Slot] = {}
     for r in registers:
         for off in range(r.offset, r.offset + r.size, 4):
             by_offset[off] = r
-    return registers, {r.name: r for r in registers}, by_offset
+            for size in (4, 8):
+                if not off % size and off + size <= r.offset + r.size:
+                    shift = 8 * (off - r.offset)
+                    slots[off, size] = (r, shift, ((1 << (8 * size)) - 1) << shift)
+    return registers, {r.name: r for r in registers}, by_offset, slots
 
 
 class RegisterFile:
@@ -356,13 +366,13 @@ class RegisterFile:
         self.raw["ECAP"] = caps.ecap
 
     def _bind_map(self) -> None:
-        self.registers, self.by_name, self._by_offset = _indexed_map(self.caps)
+        self.registers, self.by_name, self._by_offset, self._slots = _indexed_map(self.caps)
 
     def __getstate__(self) -> dict:
         # The register map is immutable and derived from CAP/ECAP: copies (the checker's
         # worlds) share it instead of pickling ~140 Field objects each time.
         state = self.__dict__.copy()
-        for derived in ("registers", "by_name", "_by_offset"):
+        for derived in ("registers", "by_name", "_by_offset", "_slots"):
             del state[derived]
         return state
 
@@ -409,12 +419,11 @@ class RegisterFile:
         return (view >> shift) & ((1 << (8 * size)) - 1)
 
     def mmio_write(self, offset: int, size: int, value: int) -> None:
-        reg = self.locate(offset, size)
-        if reg is None:
+        slot = self._slots.get((offset, size))  # ``locate``, with the shift and byte mask
+        if slot is None:
             self._event("mmio_write_ignored", offset=offset, size=size, value=value)
             return
-        shift = 8 * (offset - reg.offset)
-        wmask = ((1 << (8 * size)) - 1) << shift
+        reg, shift, wmask = slot
         wval = (value << shift) & wmask
         rsvd = wval & reg.layout.reserved_mask
         if rsvd:

@@ -100,6 +100,7 @@ class TimedMachine:
         self.iqt_writes = 0
         keys = frozenset(platform.iqt_keys)
         self._desc_keys_only = keys if keys <= frozenset(DESC_KEYS) else frozenset()
+        self._desc_done: dict[str, tuple[float, bool]] = {}  # ``_descriptor_done``'s memo
         self.iqt_offset = self.unit.regs.by_name["IQT"].offset
 
     @property
@@ -252,7 +253,8 @@ class TimedMachine:
         platform = self.platform
         self.iqt_writes += 1
         if not platform.synchronous:
-            self.executor.apply(step)
+            self._applied[st.MmioWrite] += 1  # ``executor.apply``, its handler looked up once
+            self._on_mmio_write(step)
             cpu_ns = platform.iqt_write({}).cpu_ns
             if self._hw is None:
                 self._hw = self.env.process(self._invalidation_hardware(cpu_ns))
@@ -272,38 +274,54 @@ class TimedMachine:
         the platform's ``descriptor_ns``, the first after ``delay`` (the posted IQT write's
         flight).  A descriptor's effect is made when it is fetched and its time paid after;
         pollers re-check only after a descriptor that writes memory (an invalidation wait's
-        status) or when the queue stops (done, or an error software must clear)."""
-        unit, env, price = self.unit, self.env, self.platform.descriptor_ns
+        status) or when the queue stops (done, or an error software must clear).
+
+        Each step's answer - its hardware time, and whether it wrote a status a CPU polls -
+        comes from ``_descriptor_step``, or, when the platform's ``iqt_keys`` are all
+        descriptor counters, from the counter of the descriptor performed alone
+        (``queue.performed``: a step moves at most that one), remembered per counter
+        (``_descriptor_done``): no snapshot of the keys, no call."""
+        unit, env, remembered = self.unit, self.env, self._desc_done
+        queue = unit.queue if self._desc_keys_only else None
         while True:
-            delta = self._descriptor_step(unit)
-            if delta is None:
+            if queue is None:
+                done = self._descriptor_step(unit)
+                if done is None:
+                    break
+            elif queue.step():  # ``unit.qi_step``, one call fewer
+                done = remembered.get(queue.performed) or self._descriptor_done(queue.performed)
+            else:
                 break
-            busy = delay + price(delta)
+            busy = delay + done[0]
             if not self.elapse_alone(busy):
                 yield env.timeout(busy)
             delay = 0.0
-            if WAIT_KEY in delta and self._waiters:
+            if done[1] and self._waiters:
                 # Woken pollers run before the next descriptor is fetched (zero-time yield).
                 self._wake_waiters()
                 yield env.timeout(0)
         self._hw = None
-        self._wake_waiters()
+        if self._waiters:  # those woken after a status write are gone
+            self._wake_waiters()
 
-    def _descriptor_step(self, unit) -> dict[str, int] | None:
-        """One ``qi_step``: None if the unit did nothing, else the platform's ``iqt_keys``
-        that moved.  When those are all descriptor counters, a step moves at most the one of
-        the descriptor it performed (``queue.performed``), so no snapshot of the keys is
-        needed."""
+    def _descriptor_step(self, unit) -> tuple[float, bool] | None:
+        """One ``qi_step``: None if the unit did nothing, else its hardware time - the
+        platform's ``descriptor_ns`` of the ``iqt_keys`` that moved (a snapshot of them
+        around the step) - and whether it wrote a status a CPU polls (``WAIT_KEY`` moved)."""
         keys, stats = self.platform.iqt_keys, self.stats
-        if self._desc_keys_only:
-            if not unit.qi_step():
-                return None
-            counter = unit.queue.performed
-            return {counter: 1} if counter in self._desc_keys_only else {}
         before = [stats[k] for k in keys]
         if not unit.qi_step():
             return None
-        return {k: stats[k] - b for k, b in zip(keys, before, strict=True) if stats[k] != b}
+        delta = {k: stats[k] - b for k, b in zip(keys, before, strict=True) if stats[k] != b}
+        return self.platform.descriptor_ns(delta), WAIT_KEY in delta
+
+    def _descriptor_done(self, counter: str) -> tuple[float, bool]:
+        """``_descriptor_step``'s answer for a step that moved descriptor counter ``counter``
+        alone (of keys that are all descriptor counters), remembered: ``descriptor_ns`` is a
+        pure function of the delta (a platform's prices are fixed when it is built)."""
+        delta = {counter: 1} if counter in self._desc_keys_only else {}
+        done = self._desc_done[counter] = (self.platform.descriptor_ns(delta), WAIT_KEY in delta)
+        return done
 
     def _wake_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []

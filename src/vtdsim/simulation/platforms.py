@@ -62,6 +62,7 @@ class BarePlatform:
         self.read_ns = constants.ns("mmio_read_ns")
         self.desc_ns = constants.ns("qi_descriptor_ns")
         self.ats_ns = constants.ns("ats_invalidation_ns")
+        self._posted = IqtCharge(self.write_ns, 0.0)  # every IQT write's (frozen: shared)
         self.exits = 0
         self.vmm_ns = 0.0  # no VMM
 
@@ -73,7 +74,7 @@ class BarePlatform:
 
     def iqt_write(self, delta: Mapping[str, int]) -> IqtCharge:
         """The posted write; the descriptors are priced one by one (``descriptor_ns``)."""
-        return IqtCharge(self.write_ns, 0.0)
+        return self._posted
 
     def descriptor_ns(self, delta: Mapping[str, int]) -> float:
         """Hardware time of what one ``qi_step`` did (one descriptor, by its label)."""

@@ -219,9 +219,15 @@ class LruCache:
         (keys not cached are skipped), else among all; returns how many."""
         get = self._get
         candidates = self._entries if keys is None else keys
-        doomed = [k for k in candidates if (e := get(k)) is not None and pred(k, e)]
+        return self.drop_keys([k for k in candidates if (e := get(k)) is not None and pred(k, e)])
+
+    def drop_keys(self, doomed: list[Hashable]) -> int:
+        """Drop the cached keys ``doomed`` as invalidated; returns how many."""
+        entries, grouped = self._entries, self.group_len
         for k in doomed:
-            self._drop(k)
+            del entries[k]  # ``_drop``, inline
+            if grouped:
+                self._forget(k)
         self.stats.invalidated += len(doomed)
         return len(doomed)
 

@@ -108,6 +108,9 @@ class IotlbEntry:
 _SHIFTS = tuple(level_shift(level) for level in IOTLB_LEVELS)
 
 
+_SHIFT_4K, _SHIFT_2M, _SHIFT_1G = _SHIFTS
+
+
 def range_keys(did: int, pasid: int, base: int, size: int) -> list[Hashable]:
     """Every IOTLB key that could hold a page overlapping [base, base+size)."""
     last = base + size - 1
@@ -116,8 +119,10 @@ def range_keys(did: int, pasid: int, base: int, size: int) -> list[Hashable]:
 
 
 def range_key_count(base: int, size: int) -> int:
+    """``len(range_keys(...))``: the pages of each size the range touches."""
     last = base + size - 1
-    return sum((last >> shift) - (base >> shift) + 1 for shift in _SHIFTS)
+    return ((last >> _SHIFT_4K) - (base >> _SHIFT_4K) + (last >> _SHIFT_2M) - (base >> _SHIFT_2M)
+            + (last >> _SHIFT_1G) - (base >> _SHIFT_1G) + len(_SHIFTS))
 
 
 class Iotlb(LruCache):
@@ -229,14 +234,14 @@ class Iotlb(LruCache):
         if not groups:
             return 0  # nothing of the domain is cached (a flush right after a map, say)
         base, size = psi_range(addr, am)
-        pred = _overlapping(TYPE2_STAGES, base, size, spare_global=False)
         nested = self._nested_groups
         dropped = 0
         for g in groups:
             if g in nested:
+                pred = _overlapping(TYPE2_STAGES, base, size, spare_global=False)
                 dropped += self.invalidate_where(_nested_or(pred), self.group_keys(g))
             else:
-                dropped += self._invalidate_range(g, base, size, pred)
+                dropped += self._invalidate_range(g, base, size, TYPE2_STAGES)
         return dropped
 
     # -- type 6 ---------------------------------------------------------------------------------
@@ -248,21 +253,37 @@ class Iotlb(LruCache):
     def invalidate_pasid_page(self, did: int, pasid: int, addr: int, am: int,
                               ih: bool = False) -> int:
         """Type 6 G=11: entries of (``did``, ``pasid``) overlapping the range, global ones too."""
+        if not self._groups:
+            return 0  # nothing cached (as ``domain_groups`` answers the type-2 flushes)
         base, size = psi_range(addr, am)
-        pred = _overlapping(TYPE6_STAGES, base, size, spare_global=False)
-        return self._invalidate_range((did, pasid), base, size, pred)
+        return self._invalidate_range((did, pasid), base, size, TYPE6_STAGES)
 
-    def _invalidate_range(self, group: Hashable, base: int, size: int, pred) -> int:
-        """Visit the cheaper of: the group's entries, or the keys the range can occupy (a
-        page-selective invalidation of a well-filled domain: one key per page size)."""
+    def _invalidate_range(self, group: Hashable, base: int, size: int, stages: frozenset) -> int:
+        """Drop the entries of ``group`` in ``stages`` overlapping [base, base+size), global
+        ones too (``invalidate_where`` with ``_overlapping(stages, base, size, False)``,
+        written out: one flush on every strict unmap).  Visits the cheaper of: the group's
+        entries, or the keys the range can occupy (a page-selective invalidation of a
+        well-filled domain: one key per page size)."""
         cached = self.group_size(group)
         if not cached:
             return 0
-        if not self.tag_sid and range_key_count(base, size) < cached:
+        if self.tag_sid:
+            keys = self.group_keys(group)
+        elif (base + size - 1) >> _SHIFT_4K == base >> _SHIFT_4K and len(_SHIFTS) < cached:
+            # Within one 4 KiB page (a strict unmap's flush), so within one page of each
+            # size: ``range_keys`` is one key per level (``range_key_count``: 3), written out.
+            did, pasid = group
+            keys = [(did, pasid, 1, base >> _SHIFT_4K), (did, pasid, 2, base >> _SHIFT_2M),
+                    (did, pasid, 3, base >> _SHIFT_1G)]
+        elif range_key_count(base, size) < cached:
             keys = range_keys(group[0], group[1], base, size)
         else:
             keys = self.group_keys(group)
-        return self.invalidate_where(pred, keys)
+        get, end = self._get, base + size
+        # ``IotlbEntry.overlaps`` inline: the page [iova_base, iova_base + 2^(3 + 9*level)).
+        return self.drop_keys([
+            k for k in keys if (e := get(k)) is not None and e.stage in stages
+            and e.iova_base < end and base < e.iova_base + (1 << (3 + 9 * e.level))])
 
 
 def _in_stages(stages: frozenset, spare_global: bool = False):
