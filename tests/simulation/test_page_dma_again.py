@@ -1,5 +1,5 @@
-"""``DmaWorld.page_dma``'s repeat - a DMA to the page of the one before it, with ``forget``
-(its ``settle``) not called in between, is the unit's ``translate_page_again`` - and its
+"""``DmaWorld.page_dma``'s repeat - a DMA to the page of the one before it, with ``settle``
+not called in between, is the unit's ``translate_page_again`` - and its
 counters left pending until a settle change nothing: on triplet worlds, one that settles
 before every DMA (so it never repeats), one only where the sequence says, and one through
 ``DmaWorld.dma`` (the general path, every counter made at once), every DMA's latency and the
@@ -27,7 +27,7 @@ class Twin:
         self.addrs: list[int] = []
         self.world.env.process(self._map())
         self.world.env.run()
-        self.dma, self.forget = self.world.page_dma(FRAME, True)  # forget: settle
+        self.dma, self.settle = self.world.page_dma(FRAME, True)
 
     def _map(self):
         for i in range(PAGES):
@@ -42,11 +42,11 @@ class Twin:
         return dict(unit.stats), caches
 
     def measure(self) -> tuple:
-        """The measure's counts, once ``forget`` (the settle) has made them."""
+        """The measure's counts, once ``settle`` has made them."""
         return self.world.m.translations, self.world.m.bytes
 
 
-# (page, frame slot in the page, forget before it)
+# (page, frame slot in the page, settle before it)
 DMAS = st.lists(st.tuples(st.integers(0, PAGES - 1), st.integers(0, 1), st.booleans()),
                 min_size=1, max_size=120)
 
@@ -54,24 +54,24 @@ DMAS = st.lists(st.tuples(st.integers(0, PAGES - 1), st.integers(0, 1), st.boole
 def run(dmas) -> int:
     repeats, always, sometimes, general = 0, Twin(), Twin(), Twin()
     last = None
-    for page, slot, forget in dmas:
-        always.forget()
-        if forget:
-            sometimes.forget()
+    for page, slot, settle in dmas:
+        always.settle()
+        if settle:
+            sometimes.settle()
             last = None
         addr = always.addrs[page] + slot * 2048
         assert sometimes.addrs[page] + slot * 2048 == general.addrs[page] + slot * 2048 == addr
         hits = sometimes.world.machine.dma_unit.iotlb.stats.hit
         latency = general.world.dma(addr, FRAME, True)  # counted at once, no repeat
         assert always.dma(addr) == sometimes.dma(addr) == latency
-        assert always.state() == sometimes.state() == general.state(), (page, slot, forget)
+        assert always.state() == sometimes.state() == general.state(), (page, slot, settle)
         repeats += last == page and sometimes.world.machine.dma_unit.iotlb.stats.hit != hits
         last = page
-        if forget:
+        if settle:
             translations, moved = general.measure()
             assert sometimes.measure() == (translations - 1, moved - FRAME)  # but this DMA
-    always.forget()
-    sometimes.forget()
+    always.settle()
+    sometimes.settle()
     assert always.measure() == sometimes.measure() == general.measure()
     return repeats
 

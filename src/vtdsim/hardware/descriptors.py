@@ -168,7 +168,6 @@ _RESERVED_QWORDS = {t: tuple((layout.reserved_mask >> 64 * i) & QWORD_MASK
                     for t, layout in LAYOUTS.items()}
 
 
-
 @record
 class Descriptor:
     """A decoded descriptor; ``fields`` excludes the type bits (do not mutate it).  A record

@@ -145,20 +145,13 @@ class InvalidationQueue:
         return ((tail - (raw["IQH"] & self._qh_mask)) % size) // width
 
     def step(self) -> bool:
-        """Fetch, validate and perform the descriptor at IQH; False if there is none to do.
-        ``pending() > 0`` inline - ``_halted``, ``_geometry_now`` (its unchanged-IQA case)
-        and ``_published`` - with the geometry read once: a timed engine steps before every
-        descriptor, and once more to find the queue empty."""
+        """Fetch, validate and perform the descriptor at IQH; False if there is none to do
+        (``pending``, with the geometry read once for both)."""
         self.performed = ""
-        raw = self.unit.regs.raw
-        if self._stopped or not raw["GSTS"] & self._qies or raw["FSTS"] & self._fsts_stop:
+        if self._stopped or self._halted():
             return False
-        geometry = self._geometry if raw["IQA"] == self._iqa_raw else self._geometry_now()
-        _, width, size, wide = geometry
-        tail = raw["IQT"] & self._qt_mask
-        if tail >= size or (wide and tail % 32):  # an invalid tail: nothing published
-            return False
-        if ((tail - (raw["IQH"] & self._qh_mask)) % size) // width <= 0:
+        geometry = self._geometry_now()
+        if self._published(geometry) <= 0:  # none, or an invalid tail: nothing published
             return False
         self._take(geometry)  # ``_run`` of one, which takes it whatever its outcome
         return True

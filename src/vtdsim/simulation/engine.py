@@ -119,10 +119,6 @@ class TimedMachine:
         # An ``Annotate`` (the trace events: several per operation) is the executor's
         # ``_annotate`` written out: passed to each of its listeners (the list itself, live).
         annotate, listeners = st.Annotate, self.executor.listeners
-        # Paying the batch before a synchronisation step is ``elapse_alone`` written out (its
-        # commonest caller: a call fewer per lock, MMIO access and wait): SimPy's event heap
-        # and the switch, bound once.
-        queue, lookahead = env._queue, self.lookahead
         # A lock taken at once, or an unlock: the executor's handler, the engine's spinlock
         # (``_take``/``release``, bound per operation: a ``LockWatch`` wraps them before the
         # run starts).
@@ -159,12 +155,8 @@ class TimedMachine:
                 reply = apply(step)
                 pending += self._bulk_ns(step)
                 continue
-            if pending:
-                due = env._now + pending
-                if (queue and queue[0][0] <= due) or not lookahead:
-                    yield env.timeout(pending)
-                else:
-                    env._now = due
+            if pending and not self.elapse_alone(pending):
+                yield env.timeout(pending)
             if kind is lock:  # a spinlock: ``iommu->lock``, ``qi->q_lock``, a cache lock ...
                 if take(step.name):
                     applied[kind] += 1
@@ -199,7 +191,7 @@ class TimedMachine:
         event at the same instant), so nothing could run in between and every later event
         keeps its order - the result is identical, one event cheaper.  False (nothing done)
         otherwise: the caller yields the timeout.  ``lookahead = False`` turns it off (the
-        test comparing both).  ``run_op`` writes it out before a synchronisation step."""
+        test comparing both)."""
         env = self.env
         due = env._now + ns  # what ``Timeout`` schedules at (SimPy's clock, ``env.now``)
         queue = env._queue  # (time, priority, id, event), a heap: ``env.peek()`` is its head

@@ -266,13 +266,12 @@ def _cached(unit: Any, legacy_hit, recall, again, pending: PendingAnswers):
         Counted as the hit of the unit's mode counts: three in scalable mode (or one more
         ``pending.hits`` when not ``counted``), the IOTLB's alone in legacy mode
         (``legacy_hit``)."""
-        if unit.ttm == 1:
-            if not counted:
-                pending.hits += 1
-                return
-            context_stats.hit += 1
-            pasid_stats.hit += 1
-        iotlb_stats.hit += 1
+        if unit.ttm != 1:
+            iotlb_stats.hit += 1
+        elif counted:
+            count_hits(1)
+        else:
+            pending.hits += 1
 
     def count_hits(n: int) -> None:
         """The counters of ``n`` scalable-mode hits (``translate_page``'s)."""

@@ -125,7 +125,7 @@ def _untimed(value: Any) -> Generator[Any, Any, Any]:
 
 
 def _nothing() -> None:
-    """A ``forget`` with nothing to forget."""
+    """A ``settle`` with nothing to settle."""
 
 
 def _faulted(page: int, result) -> None:
