@@ -188,8 +188,9 @@ class RemappingUnit:
     # remembered first-stage miss too (None: nothing changed, translate_missed is the rest);
     # translate_page_again(): its last request once more, nothing having reached the unit since;
     # translate_page(sid, iova, write, known=True): another page then, context/PASID kept;
-    # counted=False (translate_page_again(False)): its counters held in pending_answers until
-    # settle_answers() - for a caller that settles before anything else may read a counter.
+    # counted=False: its counters held in pending_answers (as the repeats a caller records in
+    # pending_answers.repeats) until settle_answers() - for a caller that settles before
+    # anything else may read a counter or reach the unit.
 
     def access(self, req: DmaRequest):
         """A full request (AT, privilege, execute, no-snoop): ``IotlbEntry`` or ``Fault``."""

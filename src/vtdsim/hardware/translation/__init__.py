@@ -74,9 +74,10 @@ def bind_translate(unit: Any):
     ``translate_missed`` is the rest.  ``translate_page_again()`` repeats ``translate_page``'s
     last request when it answered with an entry and nothing reached the unit since;
     ``translate_page(..., known=True)`` asks another page then, the context and PASID
-    entries neither probed nor touched again.  With ``counted=False`` (and
-    ``translate_page_again(False)``) a scalable-mode answer leaves its counters to
-    ``pending`` (``miss.PendingAnswers``) until ``settle()`` adds them.
+    entries neither probed nor touched again.  With ``counted=False`` a scalable-mode answer
+    leaves its counters to ``pending`` (``miss.PendingAnswers``) until ``settle()`` adds
+    them, as it adds the repeats a caller records in ``pending.repeats`` instead of asking
+    ``translate_page_again``.
 
     Legacy mode (TTM=00): a context-cache probe and an IOTLB probe.  Hits are counted in
     ``unit.iotlb.stats.hit`` only (a Counter increment would double the cost of the hit
@@ -136,15 +137,18 @@ def bind_translate(unit: Any):
             return entry
         return None
 
-    translate_cached, translate_page, translate_page_again, count_hits = _cached(
+    translate_cached, translate_page, translate_page_again, count_hits, count_repeats = _cached(
         unit, legacy_hit, recall, again, pending)
 
     def settle() -> None:
         """The counters of the answers ``pending`` holds, made."""
-        hits, remembered = pending.hits, pending.remembered
+        hits, remembered, repeats = pending.hits, pending.remembered, pending.repeats
         if hits:
             pending.hits = 0
             count_hits(hits)
+        if repeats:
+            pending.repeats = 0
+            count_repeats(repeats)
         if remembered:
             pending.remembered = 0
             count_remembered(remembered)
@@ -166,7 +170,8 @@ def bind_translate(unit: Any):
 
 
 def _cached(unit: Any, legacy_hit, recall, again, pending: PendingAnswers):
-    """``(translate_cached, translate_page, translate_page_again, count_hits)``:
+    """``(translate_cached, translate_page, translate_page_again, count_hits,
+    count_repeats)``:
     ``legacy_hit`` under
     TTM=00.  Under TTM=01 a request without PASID that the full flow would answer from the
     caches alone - context-cache, PASID-cache (the entry's RID_PASID) and a 4 KiB IOTLB
@@ -254,7 +259,7 @@ def _cached(unit: Any, legacy_hit, recall, again, pending: PendingAnswers):
     def translate_cached(sid: int, iova: int, write: bool) -> IotlbEntry | None:
         return translate_page(sid, iova, write, False)
 
-    def translate_page_again(counted: bool = True) -> None:
+    def translate_page_again() -> None:
         """``translate_page``'s last request made once more, when that call answered with an
         entry and nothing has reached the unit since - no other request, fill, eviction,
         invalidation, register or memory write: the caller vouches (a device's two DMAs to
@@ -263,15 +268,18 @@ def _cached(unit: Any, legacy_hit, recall, again, pending: PendingAnswers):
         left each key it used the most recent of its cache (a hit touched the context, PASID
         and IOTLB keys; a remembered miss touched the first two and filled the third;
         legacy mode's hit touched its IOTLB key), so touching them again moves nothing.
-        Counted as the hit of the unit's mode counts: three in scalable mode (or one more
-        ``pending.hits`` when not ``counted``), the IOTLB's alone in legacy mode
-        (``legacy_hit``)."""
+        A caller that defers its counters adds one to ``pending.repeats`` instead (no call:
+        ``DmaWorld.page_dma``), which ``settle`` counts the same way."""
+        count_repeats(1)
+
+    def count_repeats(n: int) -> None:
+        """The counters of ``n`` answers of ``translate_page_again``: the hit of the unit's
+        mode, three in scalable mode, the IOTLB's alone in legacy mode (``legacy_hit``).
+        The mode is the one the answers were given in: nothing reached the unit since."""
         if unit.ttm != 1:
-            iotlb_stats.hit += 1
-        elif counted:
-            count_hits(1)
+            iotlb_stats.hit += n
         else:
-            pending.hits += 1
+            count_hits(n)
 
     def count_hits(n: int) -> None:
         """The counters of ``n`` scalable-mode hits (``translate_page``'s)."""
@@ -279,7 +287,7 @@ def _cached(unit: Any, legacy_hit, recall, again, pending: PendingAnswers):
         pasid_stats.hit += n
         iotlb_stats.hit += n
 
-    return translate_cached, translate_page, translate_page_again, count_hits
+    return translate_cached, translate_page, translate_page_again, count_hits, count_repeats
 
 
 def access(unit: Any, req: DmaRequest):

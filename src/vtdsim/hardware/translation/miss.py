@@ -65,16 +65,19 @@ class PendingAnswers:
     ``hits`` scalable-mode hits (each the context-cache's, PASID-cache's and IOTLB's hit),
     ``remembered`` remembered misses (each ``count_remembered``'s counters), ``replacing``
     their IOTLB fills that replaced the LRU entry (``Iotlb.fill_first_stage``'s common case;
-    its other fills count at once) - added by ``settle`` (``translation.bind_translate``).
+    its other fills count at once), ``repeats`` answers of ``translate_page_again`` a caller
+    recorded itself (each the hit of the unit's mode; the caller settles before anything
+    reaches the unit, so that mode is still the unit's) - added by ``settle``
+    (``translation.bind_translate``).
     A caller that defers settles before any other actor may read a counter
     (``DmaWorld.page_dma``: before the wire yields): a count per answer kept in a small
     int, instead of up to nine counters each allocating a new int, which were a third of a
     remembered miss's cost."""
 
-    __slots__ = ("hits", "remembered", "replacing")
+    __slots__ = ("hits", "remembered", "replacing", "repeats")
 
     def __init__(self) -> None:
-        self.hits = self.remembered = self.replacing = 0
+        self.hits = self.remembered = self.replacing = self.repeats = 0
 
 
 def bind_fs_miss(unit: Any, pending: PendingAnswers):

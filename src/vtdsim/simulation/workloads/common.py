@@ -298,9 +298,10 @@ class DmaWorld:
 
         A DMA to the page of the one before it, when ``translate_page`` answered that one and
         nothing reached the unit since, is the unit's ``translate_page_again`` (the same hit,
-        its counters only); to another page, ``translate_page`` with ``known`` (the context and
-        PASID entries not probed again).  Both leave their counters pending in the unit
-        (``counted=False``), as one-page DMAs leave the measure's translations and bytes.
+        its counters only: one more ``pending.repeats``, no call); to another page,
+        ``translate_page`` with ``known`` (the context and PASID entries not probed again).
+        Both leave their counters pending in the unit (``counted=False``), as one-page DMAs
+        leave the measure's translations and bytes.
         The caller calls ``settle()`` before it lets other actors run - before every yield to
         SimPy - which makes those counters and forgets the last page: between two calls with
         no yield in between no other process runs, so nothing reaches the unit nor reads a
@@ -310,7 +311,7 @@ class DmaWorld:
             return (lambda addr: dma(addr, size, write)), _nothing
         m, sid, machine, last_start = self.m, self.sid, self.machine, PAGE - size
         unit, hit_ns, miss = machine.dma_unit, machine.hit_ns, machine.translate_miss
-        translate_page, again = unit.translate_page, unit.translate_page_again
+        translate_page = unit.translate_page
         pending, settle_answers = unit.pending_answers, unit.settle_answers
         # Priced as TimedMachine.translate_miss: a lookup, and a read per walk read - none on
         # an IOTLB hit, the PTE's on translate_page's other answer (miss.FS_MISS_READS).
@@ -328,7 +329,7 @@ class DmaWorld:
             moved += 1
             page = addr >> 12
             if page == last:
-                again(False)
+                pending.repeats += 1  # translate_page_again, counted at settle
                 return hit_ns
             misses = pending.remembered
             if translate_page(sid, addr, write, True, last >= 0, False) is not None:
