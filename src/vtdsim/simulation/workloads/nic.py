@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from math import inf
 
 from vtdsim.errors import BadInput
 from vtdsim.simulation.workloads.common import PAGE, DmaWorld, Mode
@@ -259,14 +260,17 @@ class NicRx:
                 continue
             # Per run of arrivals (no other process runs until the timeout): the measure's
             # histogram (start_measuring replaces it), the engine's and the drops' counts.
-            clock, delay, horizon = now, gap, None
+            # The core asleep on the flow (``wake``) makes the run its first arrival alone,
+            # which wakes it if delivered (the next arrival may, if dropped): so no arrival of
+            # the run schedules an event, and ``horizon`` - the next event, the run's bound -
+            # is taken once, before it (-inf: no lookahead, one arrival per run).
+            clock, delay, wake = now, gap, flow.wake
+            horizon = env.peek() if lookahead and wake is None else -inf
             penalty, engine_free, dropped = m.penalty.add, self.engine_free, 0
             completed = flow.completed
             while True:
                 if engine_free - now > lag:
                     dropped += 1
-                    if flow.wake is not None:  # the core sleeps: the next arrival may wake it
-                        break
                 else:
                     addr, desc = packet_addr()
                     extra = dma(addr) if dma is not None else flow.dma(addr, desc)
@@ -278,12 +282,10 @@ class NicRx:
                     if end > completed:  # else it completes once the frame before it has
                         completed = end
                     done((completed, now, desc))
-                    if flow.wake is not None:  # this arrival wakes the core: horizon is now
-                        flow.wake.succeed()
+                    if wake is not None:  # this arrival wakes the core
+                        wake.succeed()
                         flow.wake = None
-                if horizon is None:
-                    horizon = env.peek()
-                if not lookahead or not ready:
+                if not ready:
                     break
                 t = now + gap
                 following = t + gap  # the arrival after t: where its timeout must land
