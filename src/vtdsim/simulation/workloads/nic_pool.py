@@ -169,16 +169,16 @@ class PoolRxFlow:
 
 
 def _read_all(batch: list, now: float, latency, pool: PagePool, direct: bool) -> int:
-    """The reader's pass over ``batch`` (``PoolRx.core``'s loop) when no return can find the
-    pool's ring full: the pages whose last reference drops go back in that order, all at
-    once (``PagePool.recycle_all``), with no time passing; how many I/Os it delivered."""
+    """The reader's pass over ``batch`` (``PoolRx.core``'s loop) when each frame is one page
+    (``span`` 1: unpacked, no loop over a frame's pages) and no return can find the pool's
+    ring full: the pages whose last reference drops go back in that order, all at once
+    (``PagePool.recycle_all``), with no time passing; how many I/Os it delivered."""
     freed = []
     free = freed.append
-    for _ready, arrival, pages in batch:
-        for page in pages:
-            page.refs -= 1
-            if not page.refs:
-                free(page)
+    for _ready, arrival, (page,) in batch:
+        page.refs -= 1
+        if not page.refs:
+            free(page)
         latency(now - arrival)
     pool.recycle_all(freed, direct)
     return len(batch)
@@ -264,7 +264,7 @@ class PoolRx(NicRx):
             # napi->list_owner), i.e. more completions wait.
             direct = bool(done)
             now, recycle, latency, ios = env.now, pool.recycle, m.latency.add, 0
-            if len(batch) * flow.span <= pool.room(direct):  # a frame frees <= span pages
+            if flow.span == 1 and len(batch) <= pool.room(direct):  # a frame frees <= 1 page
                 ios, batch = _read_all(batch, now, latency, pool, direct), ()
             for _ready, arrival, pages in batch:
                 for page in pages:
