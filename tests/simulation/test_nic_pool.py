@@ -152,3 +152,26 @@ def test_napi_takes_the_ready_prefix_of_an_in_order_completion_queue(params, mon
     monkeypatch.setattr(nic_pool, "bisect_right", checked)
     _rx(ios=1500, mode={"policy": "strict"}, **params)
     assert taken and max(taken) > 1
+
+
+@pytest.mark.parametrize("params", [{}, {"pool_size": 8, "link_gbps": 10.0},
+                                    {"flows": 2, "ring": 64, "pages_per_desc": 4},
+                                    {"mtu": 9000, "ring": 64}, {"mtu": 3000, "ring": 128}])
+def test_the_drivers_reference_is_never_a_pages_last(params, monkeypatch):
+    """``Page.refs`` counts a posted page's frames only: the driver's own reference (its place
+    on the ring) would never be the last to drop - every page NAPI releases still has a frame
+    the reader has not copied, as the reader copies a frame after the poll that took it - so
+    counting it would return no page at the release and change no other return (a page goes
+    back exactly when its frames are all read, as with it counted)."""
+    from vtdsim.simulation.workloads.nic_pool import PoolRxFlow
+    released, pages = PoolRxFlow.released, []
+
+    def checked(flow, frames):
+        count = released(flow, frames)
+        assert all(page.refs > 0 for page in flow.ring[:count])
+        pages.append(count)
+        return count
+
+    monkeypatch.setattr(PoolRxFlow, "released", checked)
+    _rx(ios=1500, mode={"policy": "strict"}, **params)
+    assert sum(pages) > 100

@@ -23,10 +23,11 @@ one.  One ACK per poll-and-read cycle, then, ``ack_tx_cycles`` plus its transmit
 mlx5e_sq_xmit maps the ACK's linear data (``dma_map_single``), the NIC reads it through the
 unit, and the next poll's TX completion unmaps it (``mlx5e_poll_tx_cq`` ->
 ``mlx5e_tx_dma_unmap``, polled before RX in ``mlx5e_napi_poll``).
-A page returns to the pool when its last reference drops: the driver's when its frames are
-all taken (NAPI context: direct recycling into the alloc cache), a packet's when the reader
-has copied it (skb_attempt_defer_free on the allocating CPU: kfree_skb_napi_cache with BH
-off, direct while the queue's NAPI is scheduled on this CPU, else the ptr_ring).  Only pages
+A page returns to the pool when its last reference drops: a packet's, when the reader has
+copied it (skb_attempt_defer_free on the allocating CPU: kfree_skb_napi_cache with BH off,
+direct while the queue's NAPI is scheduled on this CPU, else the ptr_ring).  The driver's
+own, dropped when NAPI has taken all the page's frames (mlx5e_page_release_fragmented), is
+never the last here: the reader copies a frame after the poll that took it.  Only pages
 leaving or entering the pool are (un)mapped.
 
 Not modelled: a reader on another core lagging behind NAPI (its socket backlog is what would
@@ -84,7 +85,9 @@ class PoolRxFlow:
         self.ready: deque = deque()
         self.packet_addr = self.ready.popleft
         self.partial: list = []  # pages posted towards the next frame spanning several
-        self.ring: deque = deque()  # pages posted, not yet released by NAPI (its WQEs)
+        # Pages posted, not yet released by NAPI (its WQEs): the driver's reference on each
+        # (``refill``); NAPI releases a prefix.
+        self.ring: list = []
         self.head_frames = 0  # frames NAPI took from the ring's first page (span 1)
         self.done: list = []  # completions in order (a list: NAPI takes a prefix at once)
         self.completed = 0.0  # when the last completion was posted (NicRx.wire)
@@ -100,7 +103,7 @@ class PoolRxFlow:
         ``pages_per_desc`` pages at a time, once NAPI has released a whole one); the frames
         a posted page completes go onto ``ready``: its ``slots`` strides (laid out once per
         pool page: ``Page.frames``), or one frame once ``span`` pages are (``_span``)."""
-        bulk, refs, spanning = self.bulk, 1 + self.slots, self.span > 1
+        bulk, refs, spanning = self.bulk, self.slots, self.span > 1
         post, add_frames, pool = self.ring.extend, self.ready.extend, self.pool
         wanted = (self.target - len(self.ring)) // bulk * bulk  # whole WQEs
         while wanted:
@@ -109,11 +112,13 @@ class PoolRxFlow:
             # taken before it are posted, their frames ready for the wire, as page by page).
             pages = pool.take_many(wanted) or [(yield from pool.alloc())]
             wanted -= len(pages)
-            # The driver's reference while posted and one for each frame it will build on
-            # the page, taken up front as a bias (mlx5e_page_alloc_fragmented:
-            # page_pool_fragment_page), so building a frame changes no count.  NAPI releases
-            # the page once all its frames are taken (mlx5e_page_release_fragmented drains
-            # the bias left: here the driver's one).
+            # A reference for each frame the driver will build on the page, taken up front
+            # as a bias (mlx5e_page_alloc_fragmented: page_pool_fragment_page), so building
+            # a frame changes no count.  The driver's own is the page's place on ``ring``:
+            # NAPI releases it once all the page's frames are taken
+            # (mlx5e_page_release_fragmented drains the bias left), in the poll that took the
+            # last one, which the reader copies after that poll (or later: GRO holds it) -
+            # never the last reference, so ``Page.refs`` need not count it.
             post(pages)
             if spanning:
                 for page in pages:
@@ -251,13 +256,9 @@ class PoolRx(NicRx):
             if ack:
                 flow.unacked = 0
                 yield from self.send_ack(flow)
+            # NAPI drops the driver's references: never a page's last (refill), none returns.
+            del flow.ring[:flow.released(len(polled))]
             # A page goes back to the pool when its last reference drops (Page.refs; PagePool.put).
-            released = flow.released(len(polled))  # NAPI: the driver's references, direct
-            for _ in range(released):
-                page = flow.ring.popleft()
-                page.refs -= 1
-                if not page.refs and not pool.recycle(page, True):
-                    yield from pool.release(page)
             # The reader copied the delivered ones and frees the skbs on this CPU
             # (skb_attempt_defer_free -> kfree_skb_napi_cache, BH off): direct recycling while
             # the queue's NAPI is still scheduled here (page_pool_napi_local:
