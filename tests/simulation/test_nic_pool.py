@@ -135,23 +135,43 @@ def test_gro_hands_tcp_what_one_frame_at_a_time_would():
                                     {"link_gbps": 400.0, "ring": 128}])
 def test_napi_takes_the_ready_prefix_of_an_in_order_completion_queue(params, monkeypatch):
     """The wire posts each completion no earlier than the one before it (NicRx.wire), so
-    the completions NAPI takes with one bisection are those a scan of the queue in order -
-    stopping at the first not ready - would take, on runs with drops, several flows and
-    frames across pages."""
+    the completions NAPI takes - the whole budget when its last is ready, else up to the
+    first not ready, found with one bisection - are those a scan of the queue in order,
+    stopping at the first not ready or at the budget, would take, on runs with drops,
+    several flows and frames across pages."""
     from vtdsim.simulation.workloads import nic_pool
-    bisect, taken = nic_pool.bisect_right, []
+    bisect, polls, bisected = nic_pool.bisect_right, [], []
 
-    def checked(done, now, lo, hi, key):
-        times = [key(c) for c in done]
-        assert times == sorted(times)
-        found = bisect(done, now, lo, hi, key=key)
-        assert found == next((i for i in range(lo, hi) if times[i] > now), hi)
-        taken.append(found)
-        return found
+    class Done(list):
+        """A flow's completion queue whose prefix taken by NAPI (``done[:count]``, right
+        after the count) is checked against a scan at that instant."""
 
-    monkeypatch.setattr(nic_pool, "bisect_right", checked)
+        def __getitem__(self, index):
+            if isinstance(index, slice) and index.start is None:
+                times = [c[0] for c in self]
+                assert times == sorted(times)
+                now, limit = self.env.now, min(len(self), NAPI_BUDGET)
+                assert index.stop == next((i for i in range(limit) if times[i] > now), limit)
+                polls.append(index.stop)
+            return super().__getitem__(index)
+
+    def bisection(*args, **kwargs):
+        bisected.append(bisect(*args, **kwargs))
+        return bisected[-1]
+
+    init = nic_pool.PoolRxFlow.__init__
+
+    def checked_init(flow, world, p, index):
+        init(flow, world, p, index)
+        flow.done = Done()
+        flow.done.env = world.env
+
+    monkeypatch.setattr(nic_pool.PoolRxFlow, "__init__", checked_init)
+    monkeypatch.setattr(nic_pool, "bisect_right", bisection)
     _rx(ios=1500, mode={"policy": "strict"}, **params)
-    assert taken and max(taken) > 1
+    assert polls and bisected and max(bisected) > 1  # polls whose bisection took several
+    if not params or "link_gbps" in params:  # a saturated core: full polls, no bisection
+        assert len(bisected) < len(polls) and NAPI_BUDGET in polls
 
 
 @pytest.mark.parametrize("params", [{}, {"pool_size": 8, "link_gbps": 10.0},

@@ -240,9 +240,13 @@ class PoolRx(NicRx):
             if not done or done[0][0] > env.now:  # else wait_done would not wait
                 yield from self.wait_done(flow)
             # The budget's ready completions: a prefix, as the completion queue is in order
-            # (``NicRx.wire`` posts a frame's completion no earlier than the one before).
+            # (``NicRx.wire`` posts a frame's completion no earlier than the one before).  The
+            # budget's last ready, so is every one before it (a full poll); else the first
+            # not ready is found by bisection.
             now = env.now
-            count = bisect_right(done, now, 0, min(len(done), NAPI_BUDGET), key=_completed)
+            count = len(done) if len(done) < NAPI_BUDGET else NAPI_BUDGET
+            if done[count - 1][0] > now:
+                count = bisect_right(done, now, 0, count, key=_completed)
             polled = done[:count]
             del done[:count]
             start = now
