@@ -127,11 +127,8 @@ class PoolRxFlow:
                 continue
             for page in pages:
                 page.refs = refs
-                frames = page.frames
-                if frames is None:
-                    frames = page.frames = self._layout(page)
-                add_frames(frames)
-        if self.refilled is not None and self.available():
+                add_frames(page.frames or self._layout(page))
+        if self.refilled is not None and self.ready:  # the wire sleeps; available() inline
             self.refilled.succeed()
             self.refilled = None
 
@@ -143,9 +140,11 @@ class PoolRxFlow:
             self.ready.append((pages[0].dma, pages))
 
     def _layout(self, page) -> tuple:
-        """A page's frames, one per stride: (DMA address, (page,))."""
+        """A page's frames, one per stride: (DMA address, (page,)), laid out on its first
+        posting and kept (``Page.frames``)."""
         alone = (page,)
-        return tuple((page.dma + k * self.stride, alone) for k in range(self.slots))
+        page.frames = tuple((page.dma + k * self.stride, alone) for k in range(self.slots))
+        return page.frames
 
     def released(self, frames: int) -> int:
         """How many of the ring's pages NAPI releases having taken ``frames`` more: those
@@ -156,7 +155,7 @@ class PoolRxFlow:
         self.head_frames = taken % self.slots
         return taken // self.slots
 
-    def available(self) -> bool:  # NicRx.wire tests the same inline
+    def available(self) -> bool:  # NicRx.wire and refill test the same inline
         return bool(self.ready)
 
     def dma(self, addr: int, pages: tuple) -> float:
