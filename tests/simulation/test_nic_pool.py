@@ -106,17 +106,19 @@ def test_nested_acks_per_page_check_against_measured():
     assert 0.011 <= acks_per_page <= 0.018
 
 
-def test_gro_hands_tcp_what_one_frame_at_a_time_would():
-    """``PoolRx.gro`` fills the held segment a slice at a time: the same segments, in the
-    same order, as napi_gro_receive taking the polled frames one by one (full segments leave
-    at once; a poll below its budget flushes the held one)."""
+@pytest.mark.parametrize("mtu", [1500, 9000, 600, 100])
+def test_gro_hands_tcp_what_one_frame_at_a_time_would(mtu):
+    """``PoolRx.gro`` cuts the held and polled frames into whole segments at once: the same
+    segments, in the same order, as napi_gro_receive taking the polled frames one by one
+    (full segments leave at once; a poll below its budget flushes the held one), with
+    segments of fewer frames than a poll, about as many, and more than a poll has."""
     import random
 
     from vtdsim.simulation.workloads.nic import NicParams
     from vtdsim.simulation.workloads.nic_pool import PoolRx
 
     world = DmaWorld(Mode(ios=1), TABLE, 2)
-    rx = PoolRx(world, NicParams(ring=64), None)
+    rx = PoolRx(world, NicParams(ring=64, mtu=mtu), None)
     flow, rng, held = rx.flows[0], random.Random(5), []
     frames = iter(range(10**6))
     for _ in range(400):

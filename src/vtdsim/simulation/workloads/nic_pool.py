@@ -217,20 +217,15 @@ class PoolRx(NicRx):
     def gro(self, flow: PoolRxFlow, polled: list) -> tuple[list, int]:
         """napi_gro_receive over one poll: the completions delivered to TCP and the number of
         segments they made.  A segment leaves when full; a poll below its budget completes
-        NAPI, whose napi_gro_flush sends the held one up too."""
-        delivered, segments, held, full = [], 0, flow.held, self.gro_segs
-        taken, count = 0, len(polled)
-        while count - taken >= full - len(held):  # the held segment fills up: it leaves
-            end = taken + full - len(held)
-            delivered += held
-            delivered += polled[taken:end]
-            held, taken, segments = [], end, segments + 1
-        held += polled[taken:]
-        if count < NAPI_BUDGET and held:
-            delivered += held
-            held, segments = [], segments + 1
-        flow.held = held
-        return delivered, segments
+        NAPI, whose napi_gro_flush sends the held one up too.  The held frames and the
+        polled ones in order: every whole segment at its front leaves, the rest is held."""
+        queue = flow.held + polled
+        segments = len(queue) // self.gro_segs
+        cut = segments * self.gro_segs
+        if len(polled) < NAPI_BUDGET and cut < len(queue):
+            cut, segments = len(queue), segments + 1
+        flow.held = queue[cut:]
+        return queue[:cut], segments
 
     def core(self, flow: PoolRxFlow):
         env, m, done = self.world.env, self.world.m, flow.done
