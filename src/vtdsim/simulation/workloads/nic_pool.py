@@ -229,15 +229,15 @@ class PoolRx(NicRx):
 
     def core(self, flow: PoolRxFlow):
         env, m, done = self.world.env, self.world.m, flow.done
-        pool = flow.pool
+        pool, now = flow.pool, env.now
         while True:
-            if not done or done[0][0] > env.now:  # else wait_done would not wait
+            if not done or done[0][0] > now:  # else wait_done would not wait
                 yield from self.wait_done(flow)
+                now = env.now
             # The budget's ready completions: a prefix, as the completion queue is in order
             # (``NicRx.wire`` posts a frame's completion no earlier than the one before).  The
             # budget's last ready, so is every one before it (a full poll); else the first
             # not ready is found by bisection.
-            now = env.now
             count = len(done) if len(done) < NAPI_BUDGET else NAPI_BUDGET
             if done[count - 1][0] > now:
                 count = bisect_right(done, now, 0, count, key=_completed)
@@ -283,8 +283,9 @@ class PoolRx(NicRx):
             m.ios += ios
             if flow.target - len(flow.ring) >= flow.bulk or flow.refilled is not None:
                 yield from flow.refill()  # else it has nothing to post
-            m.cpu_busy_ns += env.now - start
-            self.stop.check()
+            now = env.now
+            m.cpu_busy_ns += now - start
+            self.stop.check()  # no time passes: ``now`` holds for the next poll
 
     def send_ack(self, flow: PoolRxFlow):
         """mlx5e_sq_xmit: map the ACK's linear data; the NIC reads it (its translation
