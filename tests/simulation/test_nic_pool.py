@@ -106,17 +106,19 @@ def test_nested_acks_per_page_check_against_measured():
     assert 0.011 <= acks_per_page <= 0.018
 
 
-def test_gro_hands_tcp_what_one_frame_at_a_time_would():
-    """``PoolRx.gro`` fills the held segment a slice at a time: the same segments, in the
-    same order, as napi_gro_receive taking the polled frames one by one (full segments leave
-    at once; a poll below its budget flushes the held one)."""
+@pytest.mark.parametrize("mtu", [1500, 9000, 600, 100])
+def test_gro_hands_tcp_what_one_frame_at_a_time_would(mtu):
+    """``PoolRx.gro`` cuts the held and polled frames into whole segments at once: the same
+    segments, in the same order, as napi_gro_receive taking the polled frames one by one
+    (full segments leave at once; a poll below its budget flushes the held one), with
+    segments of fewer frames than a poll, about as many, and more than a poll has."""
     import random
 
     from vtdsim.simulation.workloads.nic import NicParams
     from vtdsim.simulation.workloads.nic_pool import PoolRx
 
     world = DmaWorld(Mode(ios=1), TABLE, 2)
-    rx = PoolRx(world, NicParams(ring=64), None)
+    rx = PoolRx(world, NicParams(ring=64, mtu=mtu), None)
     flow, rng, held = rx.flows[0], random.Random(5), []
     frames = iter(range(10**6))
     for _ in range(400):
@@ -135,20 +137,63 @@ def test_gro_hands_tcp_what_one_frame_at_a_time_would():
                                     {"link_gbps": 400.0, "ring": 128}])
 def test_napi_takes_the_ready_prefix_of_an_in_order_completion_queue(params, monkeypatch):
     """The wire posts each completion no earlier than the one before it (NicRx.wire), so
-    the completions NAPI takes with one bisection are those a scan of the queue in order -
-    stopping at the first not ready - would take, on runs with drops, several flows and
-    frames across pages."""
+    the completions NAPI takes - the whole budget when its last is ready, else up to the
+    first not ready, found with one bisection - are those a scan of the queue in order,
+    stopping at the first not ready or at the budget, would take, on runs with drops,
+    several flows and frames across pages."""
     from vtdsim.simulation.workloads import nic_pool
-    bisect, taken = nic_pool.bisect_right, []
+    bisect, polls, bisected = nic_pool.bisect_right, [], []
 
-    def checked(done, now, lo, hi, key):
-        times = [key(c) for c in done]
-        assert times == sorted(times)
-        found = bisect(done, now, lo, hi, key=key)
-        assert found == next((i for i in range(lo, hi) if times[i] > now), hi)
-        taken.append(found)
-        return found
+    class Done(list):
+        """A flow's completion queue whose prefix taken by NAPI (``done[:count]``, right
+        after the count) is checked against a scan at that instant."""
 
-    monkeypatch.setattr(nic_pool, "bisect_right", checked)
+        def __getitem__(self, index):
+            if isinstance(index, slice) and index.start is None:
+                times = [c[0] for c in self]
+                assert times == sorted(times)
+                now, limit = self.env.now, min(len(self), NAPI_BUDGET)
+                assert index.stop == next((i for i in range(limit) if times[i] > now), limit)
+                polls.append(index.stop)
+            return super().__getitem__(index)
+
+    def bisection(*args, **kwargs):
+        bisected.append(bisect(*args, **kwargs))
+        return bisected[-1]
+
+    init = nic_pool.PoolRxFlow.__init__
+
+    def checked_init(flow, world, p, index):
+        init(flow, world, p, index)
+        flow.done = Done()
+        flow.done.env = world.env
+
+    monkeypatch.setattr(nic_pool.PoolRxFlow, "__init__", checked_init)
+    monkeypatch.setattr(nic_pool, "bisect_right", bisection)
     _rx(ios=1500, mode={"policy": "strict"}, **params)
-    assert taken and max(taken) > 1
+    assert polls and bisected and max(bisected) > 1  # polls whose bisection took several
+    if not params or "link_gbps" in params:  # a saturated core: full polls, no bisection
+        assert len(bisected) < len(polls) and NAPI_BUDGET in polls
+
+
+@pytest.mark.parametrize("params", [{}, {"pool_size": 8, "link_gbps": 10.0},
+                                    {"flows": 2, "ring": 64, "pages_per_desc": 4},
+                                    {"mtu": 9000, "ring": 64}, {"mtu": 3000, "ring": 128}])
+def test_the_drivers_reference_is_never_a_pages_last(params, monkeypatch):
+    """``Page.refs`` counts a posted page's frames only: the driver's own reference (its place
+    on the ring) would never be the last to drop - every page NAPI releases still has a frame
+    the reader has not copied, as the reader copies a frame after the poll that took it - so
+    counting it would return no page at the release and change no other return (a page goes
+    back exactly when its frames are all read, as with it counted)."""
+    from vtdsim.simulation.workloads.nic_pool import PoolRxFlow
+    released, pages = PoolRxFlow.released, []
+
+    def checked(flow, frames):
+        count = released(flow, frames)
+        assert all(page.refs > 0 for page in flow.ring[:count])
+        pages.append(count)
+        return count
+
+    monkeypatch.setattr(PoolRxFlow, "released", checked)
+    _rx(ios=1500, mode={"policy": "strict"}, **params)
+    assert sum(pages) > 100

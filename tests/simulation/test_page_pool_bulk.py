@@ -4,7 +4,9 @@ once per page - the same pages in the same order, the same stop where ``take`` a
 ``recycle_all`` (the NAPI reader's returns, when ``room`` holds them) against ``recycle`` per
 page - ``room`` counts exactly the returns before the first refused; and after each, the
 same cache, ring and counters.  Then whole nic-rx runs with the reader's bulk returns turned
-off (``room`` says none fit) give every figure the same, pool-full releases included."""
+off (``room`` says none fit) give every figure the same, pool-full releases included: the
+bulk pass (nic_pool ``_read_all``, frames of one page each) against the core's loop frame by
+frame, which jumbo frames spanning pages take either way."""
 
 import pytest
 from hypothesis import given

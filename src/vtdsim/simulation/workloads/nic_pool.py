@@ -23,10 +23,11 @@ one.  One ACK per poll-and-read cycle, then, ``ack_tx_cycles`` plus its transmit
 mlx5e_sq_xmit maps the ACK's linear data (``dma_map_single``), the NIC reads it through the
 unit, and the next poll's TX completion unmaps it (``mlx5e_poll_tx_cq`` ->
 ``mlx5e_tx_dma_unmap``, polled before RX in ``mlx5e_napi_poll``).
-A page returns to the pool when its last reference drops: the driver's when its frames are
-all taken (NAPI context: direct recycling into the alloc cache), a packet's when the reader
-has copied it (skb_attempt_defer_free on the allocating CPU: kfree_skb_napi_cache with BH
-off, direct while the queue's NAPI is scheduled on this CPU, else the ptr_ring).  Only pages
+A page returns to the pool when its last reference drops: a packet's, when the reader has
+copied it (skb_attempt_defer_free on the allocating CPU: kfree_skb_napi_cache with BH off,
+direct while the queue's NAPI is scheduled on this CPU, else the ptr_ring).  The driver's
+own, dropped when NAPI has taken all the page's frames (mlx5e_page_release_fragmented), is
+never the last here: the reader copies a frame after the poll that took it.  Only pages
 leaving or entering the pool are (un)mapped.
 
 Not modelled: a reader on another core lagging behind NAPI (its socket backlog is what would
@@ -84,7 +85,9 @@ class PoolRxFlow:
         self.ready: deque = deque()
         self.packet_addr = self.ready.popleft
         self.partial: list = []  # pages posted towards the next frame spanning several
-        self.ring: deque = deque()  # pages posted, not yet released by NAPI (its WQEs)
+        # Pages posted, not yet released by NAPI (its WQEs): the driver's reference on each
+        # (``refill``); NAPI releases a prefix.
+        self.ring: list = []
         self.head_frames = 0  # frames NAPI took from the ring's first page (span 1)
         self.done: list = []  # completions in order (a list: NAPI takes a prefix at once)
         self.completed = 0.0  # when the last completion was posted (NicRx.wire)
@@ -100,7 +103,7 @@ class PoolRxFlow:
         ``pages_per_desc`` pages at a time, once NAPI has released a whole one); the frames
         a posted page completes go onto ``ready``: its ``slots`` strides (laid out once per
         pool page: ``Page.frames``), or one frame once ``span`` pages are (``_span``)."""
-        bulk, refs, spanning = self.bulk, 1 + self.slots, self.span > 1
+        bulk, refs, spanning = self.bulk, self.slots, self.span > 1
         post, add_frames, pool = self.ring.extend, self.ready.extend, self.pool
         wanted = (self.target - len(self.ring)) // bulk * bulk  # whole WQEs
         while wanted:
@@ -109,11 +112,13 @@ class PoolRxFlow:
             # taken before it are posted, their frames ready for the wire, as page by page).
             pages = pool.take_many(wanted) or [(yield from pool.alloc())]
             wanted -= len(pages)
-            # The driver's reference while posted and one for each frame it will build on
-            # the page, taken up front as a bias (mlx5e_page_alloc_fragmented:
-            # page_pool_fragment_page), so building a frame changes no count.  NAPI releases
-            # the page once all its frames are taken (mlx5e_page_release_fragmented drains
-            # the bias left: here the driver's one).
+            # A reference for each frame the driver will build on the page, taken up front
+            # as a bias (mlx5e_page_alloc_fragmented: page_pool_fragment_page), so building
+            # a frame changes no count.  The driver's own is the page's place on ``ring``:
+            # NAPI releases it once all the page's frames are taken
+            # (mlx5e_page_release_fragmented drains the bias left), in the poll that took the
+            # last one, which the reader copies after that poll (or later: GRO holds it) -
+            # never the last reference, so ``Page.refs`` need not count it.
             post(pages)
             if spanning:
                 for page in pages:
@@ -122,11 +127,8 @@ class PoolRxFlow:
                 continue
             for page in pages:
                 page.refs = refs
-                frames = page.frames
-                if frames is None:
-                    frames = page.frames = self._layout(page)
-                add_frames(frames)
-        if self.refilled is not None and self.available():
+                add_frames(page.frames or self._layout(page))
+        if self.refilled is not None and self.ready:  # the wire sleeps; available() inline
             self.refilled.succeed()
             self.refilled = None
 
@@ -138,9 +140,11 @@ class PoolRxFlow:
             self.ready.append((pages[0].dma, pages))
 
     def _layout(self, page) -> tuple:
-        """A page's frames, one per stride: (DMA address, (page,))."""
+        """A page's frames, one per stride: (DMA address, (page,)), laid out on its first
+        posting and kept (``Page.frames``)."""
         alone = (page,)
-        return tuple((page.dma + k * self.stride, alone) for k in range(self.slots))
+        page.frames = tuple((page.dma + k * self.stride, alone) for k in range(self.slots))
+        return page.frames
 
     def released(self, frames: int) -> int:
         """How many of the ring's pages NAPI releases having taken ``frames`` more: those
@@ -151,7 +155,7 @@ class PoolRxFlow:
         self.head_frames = taken % self.slots
         return taken // self.slots
 
-    def available(self) -> bool:  # NicRx.wire tests the same inline
+    def available(self) -> bool:  # NicRx.wire and refill test the same inline
         return bool(self.ready)
 
     def dma(self, addr: int, pages: tuple) -> float:
@@ -169,16 +173,16 @@ class PoolRxFlow:
 
 
 def _read_all(batch: list, now: float, latency, pool: PagePool, direct: bool) -> int:
-    """The reader's pass over ``batch`` (``PoolRx.core``'s loop) when no return can find the
-    pool's ring full: the pages whose last reference drops go back in that order, all at
-    once (``PagePool.recycle_all``), with no time passing; how many I/Os it delivered."""
+    """The reader's pass over ``batch`` (``PoolRx.core``'s loop) when each frame is one page
+    (``span`` 1: unpacked, no loop over a frame's pages) and no return can find the pool's
+    ring full: the pages whose last reference drops go back in that order, all at once
+    (``PagePool.recycle_all``), with no time passing; how many I/Os it delivered."""
     freed = []
     free = freed.append
-    for _ready, arrival, pages in batch:
-        for page in pages:
-            page.refs -= 1
-            if not page.refs:
-                free(page)
+    for _ready, arrival, (page,) in batch:
+        page.refs -= 1
+        if not page.refs:
+            free(page)
         latency(now - arrival)
     pool.recycle_all(freed, direct)
     return len(batch)
@@ -213,36 +217,39 @@ class PoolRx(NicRx):
     def gro(self, flow: PoolRxFlow, polled: list) -> tuple[list, int]:
         """napi_gro_receive over one poll: the completions delivered to TCP and the number of
         segments they made.  A segment leaves when full; a poll below its budget completes
-        NAPI, whose napi_gro_flush sends the held one up too."""
-        delivered, segments, held, full = [], 0, flow.held, self.gro_segs
-        taken, count = 0, len(polled)
-        while count - taken >= full - len(held):  # the held segment fills up: it leaves
-            end = taken + full - len(held)
-            delivered += held
-            delivered += polled[taken:end]
-            held, taken, segments = [], end, segments + 1
-        held += polled[taken:]
-        if count < NAPI_BUDGET and held:
-            delivered += held
-            held, segments = [], segments + 1
-        flow.held = held
-        return delivered, segments
+        NAPI, whose napi_gro_flush sends the held one up too.  The held frames and the
+        polled ones in order: every whole segment at its front leaves, the rest is held."""
+        queue = flow.held + polled
+        segments = len(queue) // self.gro_segs
+        cut = segments * self.gro_segs
+        if len(polled) < NAPI_BUDGET and cut < len(queue):
+            cut, segments = len(queue), segments + 1
+        flow.held = queue[cut:]
+        return queue[:cut], segments
 
     def core(self, flow: PoolRxFlow):
         env, m, done = self.world.env, self.world.m, flow.done
-        pool = flow.pool
+        pool, now = flow.pool, env.now
         while True:
-            if not done or done[0][0] > env.now:  # else wait_done would not wait
+            if not done or done[0][0] > now:  # else wait_done would not wait
                 yield from self.wait_done(flow)
+                now = env.now
             # The budget's ready completions: a prefix, as the completion queue is in order
-            # (``NicRx.wire`` posts a frame's completion no earlier than the one before).
-            now = env.now
-            count = bisect_right(done, now, 0, min(len(done), NAPI_BUDGET), key=_completed)
+            # (``NicRx.wire`` posts a frame's completion no earlier than the one before).  The
+            # budget's last ready, so is every one before it (a full poll); else the first
+            # not ready is found by bisection.
+            count = len(done) if len(done) < NAPI_BUDGET else NAPI_BUDGET
+            if done[count - 1][0] > now:
+                count = bisect_right(done, now, 0, count, key=_completed)
             polled = done[:count]
             del done[:count]
             start = now
-            if flow.acks and flow.acks[0][0] <= now:  # else reap_acks has none to reap
-                yield from self.reap_acks(flow)
+            # The TX completion queue, polled first in mlx5e_napi_poll (mlx5e_poll_tx_cq):
+            # unmap the ACKs sent.  Here, not in a generator of its own: one fewer to pass
+            # through for each event the unmap waits on.
+            acks = flow.acks
+            while acks and acks[0][0] <= now:
+                yield from self.world.unmap_page(flow.index, acks.popleft()[1], ACK_BYTES)
             batch, segments = self.gro(flow, polled)
             flow.unacked += len(batch) * self.mss
             ack = flow.unacked > self.mss  # __tcp_cleanup_rbuf: more than rcv_mss unacked
@@ -251,20 +258,16 @@ class PoolRx(NicRx):
             if ack:
                 flow.unacked = 0
                 yield from self.send_ack(flow)
+            # NAPI drops the driver's references: never a page's last (refill), none returns.
+            del flow.ring[:flow.released(len(polled))]
             # A page goes back to the pool when its last reference drops (Page.refs; PagePool.put).
-            released = flow.released(len(polled))  # NAPI: the driver's references, direct
-            for _ in range(released):
-                page = flow.ring.popleft()
-                page.refs -= 1
-                if not page.refs and not pool.recycle(page, True):
-                    yield from pool.release(page)
             # The reader copied the delivered ones and frees the skbs on this CPU
             # (skb_attempt_defer_free -> kfree_skb_napi_cache, BH off): direct recycling while
             # the queue's NAPI is still scheduled here (page_pool_napi_local:
             # napi->list_owner), i.e. more completions wait.
             direct = bool(done)
             now, recycle, latency, ios = env.now, pool.recycle, m.latency.add, 0
-            if len(batch) * flow.span <= pool.room(direct):  # a frame frees <= span pages
+            if flow.span == 1 and len(batch) <= pool.room(direct):  # a frame frees <= 1 page
                 ios, batch = _read_all(batch, now, latency, pool, direct), ()
             for _ready, arrival, pages in batch:
                 for page in pages:
@@ -280,8 +283,9 @@ class PoolRx(NicRx):
             m.ios += ios
             if flow.target - len(flow.ring) >= flow.bulk or flow.refilled is not None:
                 yield from flow.refill()  # else it has nothing to post
-            m.cpu_busy_ns += env.now - start
-            self.stop.check()
+            now = env.now
+            m.cpu_busy_ns += now - start
+            self.stop.check()  # no time passes: ``now`` holds for the next poll
 
     def send_ack(self, flow: PoolRxFlow):
         """mlx5e_sq_xmit: map the ACK's linear data; the NIC reads it (its translation
@@ -290,10 +294,3 @@ class PoolRx(NicRx):
         addr = yield from world.map_page(flow.index, flow.ack_buffer(), ACK_BYTES)
         extra = world.dma(addr, ACK_BYTES, False, payload=False)
         flow.acks.append((world.env.now + world.base_dma_ns + extra, addr))
-
-    def reap_acks(self, flow: PoolRxFlow):
-        """The TX completion queue, polled first in mlx5e_napi_poll: unmap sent ACKs."""
-        now = self.world.env.now
-        while flow.acks and flow.acks[0][0] <= now:
-            _, addr = flow.acks.popleft()
-            yield from self.world.unmap_page(flow.index, addr, ACK_BYTES)

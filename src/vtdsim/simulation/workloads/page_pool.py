@@ -35,6 +35,7 @@ class Page:
     """One pool page: its physical and DMA address and the references held on it (the
     driver's while posted to the ring, one per packet built on it - taken by the driver up
     front, as mlx5's bias); whoever drops the last returns it to the pool (``PagePool.put``).
+    nic_pool counts the packets' only: the driver's is never the last there.
     """
 
     __slots__ = ("phys", "dma", "refs", "frames")
