@@ -32,6 +32,7 @@ from collections.abc import Generator
 from typing import Any
 
 import simpy
+from simpy.events import URGENT
 
 from vtdsim.driver import steps as st
 from vtdsim.errors import ModelError
@@ -57,6 +58,7 @@ class TimedMachine:
     ``platform``."""
 
     lookahead = True  # ``elapse_alone`` may skip events (False: one event per wait, as before)
+    hardware_sleeps = True  # ``_start_hardware`` wakes one process (False: one per publication)
 
     def __init__(self, system, constants, platform, start_ns: float = 0.0, *,
                  dma_unit=None, walk_read_ns: float | None = None):
@@ -96,6 +98,8 @@ class TimedMachine:
         self.locks: dict[str, SimLock] = {}
         self.lock_wait_ns: Counter[str] = Counter()  # time spent spinning, by lock
         self._hw = None  # the invalidation hardware's process while it has work
+        self._hw_process = None  # the same process, once started (``_start_hardware``)
+        self._hw_idle: simpy.Event | None = None  # its wake-up while it sleeps (none to do)
         self._waiters: list[simpy.Event] = []  # CPUs polling a status the hardware will write
         self.iqt_writes = 0
         keys = frozenset(platform.iqt_keys)
@@ -249,7 +253,7 @@ class TimedMachine:
             self._on_mmio_write(step)
             cpu_ns = platform.iqt_write({}).cpu_ns
             if self._hw is None:
-                self._hw = self.env.process(self._invalidation_hardware(cpu_ns))
+                self._start_hardware(cpu_ns)
             return cpu_ns
         before = platform.counters(self)
         self.executor.apply(step)
@@ -261,12 +265,29 @@ class TimedMachine:
         self._wake_waiters()
         return charge.cpu_ns + charge.busy_ns
 
+    def _start_hardware(self, delay: float) -> None:
+        """Set the idle invalidation hardware going, its first descriptor ``delay`` from now.
+        The first time, its SimPy process (``_invalidation_hardware``); after that the same
+        process, asleep on ``_hw_idle`` since it ran out of work, woken as a new process
+        would start - by an URGENT event now (SimPy's ``Initialize``: same time, priority
+        and place in the event order) - so no process is made and ended (a ``StopIteration``
+        and an event that wakes nobody) per publication.  ``hardware_sleeps = False``: one
+        process per publication, as before (the test comparing both)."""
+        wake = self._hw_idle
+        if wake is None:
+            self._hw = self._hw_process = self.env.process(self._invalidation_hardware(delay))
+            return
+        self._hw, self._hw_idle = self._hw_process, None
+        wake._ok, wake._value = True, delay  # ``Event.succeed(delay)`` ...
+        self.env.schedule(wake, URGENT)  # ... at ``Initialize``'s priority
+
     def _invalidation_hardware(self, delay: float) -> Generator[simpy.Event, Any, None]:
         """The unit fetches and performs one descriptor at a time (spec 6.5.2), each taking
         the platform's ``descriptor_ns``, the first after ``delay`` (the posted IQT write's
         flight).  A descriptor's effect is made when it is fetched and its time paid after;
         pollers re-check only after a descriptor that writes memory (an invalidation wait's
-        status) or when the queue stops (done, or an error software must clear).
+        status) or when the queue stops (done, or an error software must clear).  Then it
+        sleeps until the next publication (``_start_hardware``) hands it the next ``delay``.
 
         Each step's answer - its hardware time, and whether it wrote a status a CPU polls -
         comes from ``_descriptor_step``, or, when the platform's ``iqt_keys`` are all
@@ -276,25 +297,31 @@ class TimedMachine:
         unit, env, remembered = self.unit, self.env, self._desc_done
         queue = unit.queue if self._desc_keys_only else None
         while True:
-            if queue is None:
-                done = self._descriptor_step(unit)
-                if done is None:
+            while True:
+                if queue is None:
+                    done = self._descriptor_step(unit)
+                    if done is None:
+                        break
+                elif queue.step():  # ``unit.qi_step``, one call fewer
+                    done = (remembered.get(queue.performed)
+                            or self._descriptor_done(queue.performed))
+                else:
                     break
-            elif queue.step():  # ``unit.qi_step``, one call fewer
-                done = remembered.get(queue.performed) or self._descriptor_done(queue.performed)
-            else:
-                break
-            busy = delay + done[0]
-            if not self.elapse_alone(busy):
-                yield env.timeout(busy)
-            delay = 0.0
-            if done[1] and self._waiters:
-                # Woken pollers run before the next descriptor is fetched (zero-time yield).
+                busy = delay + done[0]
+                if not self.elapse_alone(busy):
+                    yield env.timeout(busy)
+                delay = 0.0
+                if done[1] and self._waiters:
+                    # Woken pollers run before the next descriptor is fetched (zero-time yield).
+                    self._wake_waiters()
+                    yield env.timeout(0)
+            self._hw = None
+            if self._waiters:  # those woken after a status write are gone
                 self._wake_waiters()
-                yield env.timeout(0)
-        self._hw = None
-        if self._waiters:  # those woken after a status write are gone
-            self._wake_waiters()
+            if not self.hardware_sleeps:
+                return
+            self._hw_idle = env.event()
+            delay = yield self._hw_idle
 
     def _descriptor_step(self, unit) -> tuple[float, bool] | None:
         """One ``qi_step``: None if the unit did nothing, else its hardware time - the
