@@ -222,6 +222,44 @@ def test_the_engine_counts_the_steps_it_applies_as_the_direct_executor_does():
     assert timed.system.submitted == direct.system.submitted
 
 
+def test_the_engine_counts_a_walks_reads_before_anything_else_can_look():
+    """``run_op`` counts a run of ``CpuRead``s in one go before the next step (or once the
+    op raised): a listener hearing each annotation, and the counts after an op that raises
+    mid-walk, see what the direct executor's count-per-step shows."""
+    from vtdsim.driver import steps as st
+
+    class Broken(Exception):
+        pass
+
+    def op():
+        for reads in (3, 1, 2):
+            for i in range(reads):
+                yield st.CpuRead(addr=0x5000 + 8 * i)
+            yield st.Annotate(event="walked")
+        yield st.CpuWrite(addr=0x5000, value=1)
+        yield st.CpuRead(addr=0x5000, size=4)
+        yield st.CpuRead(addr=0x5008)
+        raise Broken
+
+    heard = {}
+    for name in ("timed", "direct"):
+        world = DmaWorld(Mode(ios=1), TABLE, 2)
+        executor = world.system.executor
+        executor.reset_steps()
+        seen = heard[name] = []
+        executor.listeners.append(lambda step, e=executor, seen=seen: seen.append(e.steps))
+        if name == "timed":
+            world.env.process(world.machine.run_op(op()))
+            with pytest.raises(Broken):
+                world.env.run()
+        else:
+            with pytest.raises(Broken):
+                world.system.run(op())
+        seen.append(executor.steps)
+    assert heard["timed"] == heard["direct"]
+    assert [s["CpuRead"] for s in heard["timed"]] == [3, 4, 6, 8]
+
+
 def test_a_poll_the_idle_unit_cannot_satisfy_is_a_model_error():
     """``run_op`` blocks a poll until the hardware satisfies it: with no hardware at work
     it can never complete."""

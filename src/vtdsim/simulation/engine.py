@@ -128,66 +128,79 @@ class TimedMachine:
         # run starts).
         lock, unlock, take, release = st.Lock, st.Unlock, self._take, self.release
         on_lock, on_unlock, lock_ns = self._on_lock, self._on_unlock, self.lock_ns
-        while True:
-            try:
-                step = send(reply)
-            except StopIteration as stop:
+        # The ``CpuRead``s applied since they were last counted: a run of them (a walk) is
+        # counted in one go, before any other step - before anything but their loads runs,
+        # so whatever reads the counts (between steps, or once the op raised) finds them all.
+        reads = 0
+        try:
+            while True:
+                try:
+                    step = send(reply)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                kind = type(step)
+                if kind is cpu_read:
+                    reads += 1
+                    reply = load(step.addr, step.size)
+                    pending += read_ns
+                    continue
+                if reads:
+                    applied[cpu_read] += reads
+                    reads = 0
+                if kind is annotate:  # no charge
+                    applied[kind] += 1
+                    for listener in listeners:
+                        listener(step)
+                    reply = None
+                    continue
+                entry = fixed(kind)
+                if entry is not None:
+                    handler, ns = entry
+                    applied[kind] += 1
+                    reply = handler(step)
+                    pending += ns
+                    continue
+                now = sync_now(kind)  # a synchronisation step (None: a lock, a bulk or an unknown)
+                if now is None and (kind is st.CpuZero or kind is st.ClflushRange):
+                    reply = apply(step)
+                    pending += self._bulk_ns(step)
+                    continue
                 if pending and not self.elapse_alone(pending):
                     yield env.timeout(pending)
-                return stop.value
-            kind = type(step)
-            if kind is cpu_read:
-                applied[kind] += 1
-                reply = load(step.addr, step.size)
-                pending += read_ns
-                continue
-            if kind is annotate:  # no charge
-                applied[kind] += 1
-                for listener in listeners:
-                    listener(step)
-                reply = None
-                continue
-            entry = fixed(kind)
-            if entry is not None:
-                handler, ns = entry
-                applied[kind] += 1
-                reply = handler(step)
-                pending += ns
-                continue
-            now = sync_now(kind)  # a synchronisation step (None: a lock, a bulk or an unknown)
-            if now is None and (kind is st.CpuZero or kind is st.ClflushRange):
-                reply = apply(step)
-                pending += self._bulk_ns(step)
-                continue
-            if pending and not self.elapse_alone(pending):
-                yield env.timeout(pending)
-            if kind is lock:  # a spinlock: ``iommu->lock``, ``qi->q_lock``, a cache lock ...
-                if take(step.name):
+                if kind is lock:  # a spinlock: ``iommu->lock``, ``qi->q_lock``, a cache lock ...
+                    if take(step.name):
+                        applied[kind] += 1
+                        reply, pending = on_lock(step), lock_ns
+                    else:  # another CPU holds it: spin for it
+                        reply, pending = yield from self._queue_for_lock(step)
+                    continue
+                if kind is unlock:
                     applied[kind] += 1
-                    reply, pending = on_lock(step), lock_ns
-                else:  # another CPU holds it: spin for it
-                    reply, pending = yield from self._queue_for_lock(step)
-                continue
-            if kind is unlock:
-                applied[kind] += 1
-                reply, pending = on_unlock(step), 0.0
-                release(step.name)
-                continue
-            # unknown kinds: the executor names the bad step
-            done = now(step) if now is not None else (apply(step), 0.0)
-            while done is None:
-                # A poll whose condition was just found false: block until the hardware makes
-                # it true (or stops the queue with an error software must clear: the
-                # executor then returns unsatisfied), asking its ``_sync_now`` handler once
-                # per wake-up (a register poll's ``ready`` reads the register: a counted
-                # MMIO access).  Here, not in a generator of its own: one fewer per wait.
-                if self._hw is None:
-                    raise ModelError(f"{step!r} can never complete: the unit is idle")
-                event = env.event()
-                self._waiters.append(event)
-                yield event
-                done = now(step)
-            reply, pending = done
+                    reply, pending = on_unlock(step), 0.0
+                    release(step.name)
+                    continue
+                # unknown kinds: the executor names the bad step
+                done = now(step) if now is not None else (apply(step), 0.0)
+                while done is None:
+                    # A poll whose condition was just found false: block until the hardware makes
+                    # it true (or stops the queue with an error software must clear: the
+                    # executor then returns unsatisfied), asking its ``_sync_now`` handler once
+                    # per wake-up (a register poll's ``ready`` reads the register: a counted
+                    # MMIO access).  Here, not in a generator of its own: one fewer per wait.
+                    if self._hw is None:
+                        raise ModelError(f"{step!r} can never complete: the unit is idle")
+                    event = env.event()
+                    self._waiters.append(event)
+                    yield event
+                    done = now(step)
+                reply, pending = done
+        finally:
+            if reads:
+                applied[cpu_read] += reads
+        if pending and not self.elapse_alone(pending):
+            yield env.timeout(pending)
+        return result
 
     def elapse_alone(self, ns: float) -> bool:
         """Let ``ns`` pass for the running process without a SimPy event, when no other event
