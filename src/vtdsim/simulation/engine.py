@@ -106,6 +106,16 @@ class TimedMachine:
         self._desc_keys_only = keys if keys <= frozenset(DESC_KEYS) else frozenset()
         self._desc_done: dict[str, tuple[float, bool]] = {}  # ``_descriptor_done``'s memo
         self.iqt_offset = self.unit.regs.by_name["IQT"].offset
+        # What ``run_op`` binds for its loop, once: the step classes, tables and handlers.
+        # A ``CpuRead`` - nearly half of all steps: every page-table walk's - is the executor's
+        # ``_cpu_read`` written out, its load with the step's fields: one call fewer each.  An
+        # ``Annotate`` (the trace events: several per operation) is the executor's
+        # ``_annotate`` written out: passed to each of its listeners (the list itself, live).
+        self._run_op_bound = (
+            self.env, self.executor.apply, self._fixed.get, self._applied, self._sync_now.get,
+            st.CpuRead, self.executor.memory.cpu_load, self.cost[st.CpuRead],
+            st.Annotate, self.executor.listeners,
+            st.Lock, st.Unlock, self._on_lock, self._on_unlock, self.lock_ns)
 
     @property
     def now(self) -> float:
@@ -115,19 +125,13 @@ class TimedMachine:
     def run_op(self, gen: Generator, pending: float = 0.0) -> Generator[simpy.Event, Any, Any]:
         """Run driver operation ``gen`` in the calling SimPy process; its return value.
         ``pending``: CPU time the caller spent just before (paid with the op's first batch)."""
-        env, apply, fixed, applied = self.env, self.executor.apply, self._fixed.get, self._applied
-        send, reply, sync_now = gen.send, None, self._sync_now.get
-        # A ``CpuRead`` - nearly half of all steps: every page-table walk's - is the executor's
-        # ``_cpu_read`` written out, its load with the step's fields: one call fewer each.
-        cpu_read, load, read_ns = st.CpuRead, self.executor.memory.cpu_load, self.cost[st.CpuRead]
-        # An ``Annotate`` (the trace events: several per operation) is the executor's
-        # ``_annotate`` written out: passed to each of its listeners (the list itself, live).
-        annotate, listeners = st.Annotate, self.executor.listeners
+        (env, apply, fixed, applied, sync_now, cpu_read, load, read_ns, annotate, listeners,
+         lock, unlock, on_lock, on_unlock, lock_ns) = self._run_op_bound
+        send, reply = gen.send, None
         # A lock taken at once, or an unlock: the executor's handler, the engine's spinlock
         # (``_take``/``release``, bound per operation: a ``LockWatch`` wraps them before the
         # run starts).
-        lock, unlock, take, release = st.Lock, st.Unlock, self._take, self.release
-        on_lock, on_unlock, lock_ns = self._on_lock, self._on_unlock, self.lock_ns
+        take, release = self._take, self.release
         # The ``CpuRead``s applied since they were last counted: a run of them (a walk) is
         # counted in one go, before any other step - before anything but their loads runs,
         # so whatever reads the counts (between steps, or once the op raised) finds them all.
