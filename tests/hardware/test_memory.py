@@ -164,3 +164,20 @@ def test_aligned_qword_loads_equal_the_byte_path():
         m.cpu_load(MAX_PHYS_ADDR, 8)
     with pytest.raises(ModelError):
         m.cpu_load(-8, 8)
+
+
+def test_loads_at_and_beyond_the_physical_limit_equal_the_byte_path():
+    """``cpu_load``'s range test (one shift) against ``cpu_read``'s: below 0, at and past
+    the limit, the last bytes below it, and sizes without an in-place unpack (3, 16)."""
+    m = PhysicalMemory()
+    m.cpu_store(MAX_PHYS_ADDR - 8, 0x1122334455667788, 8)
+    for addr in (-8, -1, -(1 << 60), MAX_PHYS_ADDR, MAX_PHYS_ADDR + 8, 1 << 60,
+                 MAX_PHYS_ADDR - 8, MAX_PHYS_ADDR - 4, MAX_PHYS_ADDR - 1, MAX_PHYS_ADDR - 3):
+        for size in (1, 2, 3, 4, 8, 16):
+            try:
+                expected = int.from_bytes(m.cpu_read(addr, size), "little")
+            except ModelError:
+                with pytest.raises(ModelError):
+                    m.cpu_load(addr, size)
+            else:
+                assert m.cpu_load(addr, size) == expected

@@ -33,6 +33,7 @@ PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 LINE_SIZE = 64
 MAX_PHYS_ADDR = 1 << 52  # x86 architectural limit on physical addresses
+_PHYS_BITS = 52  # ``not addr >> _PHYS_BITS``: 0 <= addr < MAX_PHYS_ADDR, in one test
 
 _Q = struct.Struct("<Q")
 _Q_FROM = _Q.unpack_from
@@ -159,11 +160,9 @@ class PhysicalMemory:
         off = addr & _LINE_MASK
         if size == 8 and not addr & 7:  # an aligned qword - a table entry: never straddles
             unpack = _Q_FROM
-        else:
-            unpack = _UNPACK.get(size)
-            if unpack is None or off + size > LINE_SIZE:
-                unpack = None
-        if unpack is not None and 0 <= addr < MAX_PHYS_ADDR:
+        elif (unpack := _UNPACK.get(size)) is None or off + size > LINE_SIZE:
+            return int.from_bytes(self.cpu_read(addr, size), "little")
+        if not addr >> _PHYS_BITS:  # ``0 <= addr < MAX_PHYS_ADDR``
             line = self._lines.get(addr - off)
             if line is not None:
                 return unpack(line, off)[0]
