@@ -1,31 +1,29 @@
 """Simulated I/Os per wall second of the timed simulator on nic-rx, strict, bare metal, and
 the peak RSS as the simulated duration grows (it must stay flat).
 
-Each duration runs in its own process (so each peak RSS is that run's).  ``ios_per_s`` is the
+Each duration runs in its own process (so each peak RSS is that run's). ``ios_per_s`` is the
 best run's measured I/Os over its whole ``simulate`` wall time - boot, ring set-up and the
-warm-up included.  The default durations are 50, 100 and 200 ms of simulated time: iperf
-measures seconds of traffic (10 s by default), so a run worth reporting is tens of thousands
-of packets at least, and at 100 Gbit/s 50-200 ms is 160k-640k of them; a 5-20 ms run would
-mostly time the set-up instead (the pool's pages mapped one by one, their first walks).  That
-set-up is not hidden: ``setup_s`` is its wall time (boot, rings, warm-up: until the measured
-part began, the run's own ``timing``), the least of the runs'.  ``steady_ios_per_s`` leaves it
-out: the I/Os the longest run made beyond the shortest, over the wall time it took beyond it
-(``steady_ios_per_cpu_s``: over the CPU time).  ``rss_growth_mb`` is the longest run's peak RSS
-minus the shortest's (flat: near 0).  For scale, the same strict I/O (dma_map_page, one
+warm-up included. The default durations are 50, 100 and 200 ms of simulated time: iperf
+measures seconds of traffic (10 s by default), so a run worth reporting is tens of thousands of
+packets at least, and at 100 Gbit/s 50-200 ms is 160k-640k of them; a 5-20 ms run would mostly
+time the set-up instead (the pool's pages mapped one by one, their first walks). That set-up is
+not hidden: ``setup_s`` is its wall time (boot, rings, warm-up: until the measured part began,
+the run's own ``timing``), the least of the runs'. ``steady_ios_per_s`` leaves it out: the I/Os
+the longest run made beyond the shortest, over the wall time it took beyond it
+(``steady_ios_per_cpu_s``: over the CPU time). ``rss_growth_mb`` is the longest run's peak RSS
+minus the shortest's (flat: near 0). For scale, the same strict I/O (dma_map_page, one
 translated DMA, dma_unmap_page) is also run through the model with no clock at all (the direct
-executor, as `vtdsim demo` does):
-``model_only_ios_per_s``.  Wall-clock figures move with the machine's load (the table prints
-the load average); ``ios_per_cpu_s`` (the run's own CPU time) moves less, as time-slicing
-does not count; ``--instructions`` adds a deterministic one, the CPU instructions per
-measured I/O under valgrind's callgrind (the difference of two runs of 10,300 and 14,300
-I/Os, so boot and warm-up cancel, and past the invalidation queue's first lap - about
-8,000 I/Os of strict ACKs, two descriptors each in 256 slots - where each wait slot's steps
-are built once: the steady state the timed runs are made of), about two minutes.  ``ios_per_s_iotlb_1024``: the longest run
-again with ``iotlb_entries = 1024``, the size the model had before it was set from
-pcie-bench's knee to 64 (the pool's pages fitted it and only the ACKs missed; with 64 every
-data page misses), so figures from before that change compare.  Prints a table and, last,
-one JSON object.
-"""
+executor, as `vtdsim demo` does): ``model_only_ios_per_s``. Wall-clock figures move with the
+machine's load (the table prints the load average); ``ios_per_cpu_s`` (the run's own CPU time)
+moves less, as time-slicing does not count; ``--instructions`` adds a deterministic one, the
+CPU instructions per measured I/O under valgrind's callgrind (the difference of two runs of
+10,300 and 14,300 I/Os, so boot and warm-up cancel, and past the invalidation queue's first lap
+- about 8,000 I/Os of strict ACKs, two descriptors each in 256 slots - where each wait slot's
+steps are built once: the steady state the timed runs are made of), about two minutes.
+``ios_per_s_iotlb_1024``: the longest run again with ``iotlb_entries = 1024``, the size the
+model had before it was set from pcie-bench's knee to 64 (the pool's pages fitted it and only
+the ACKs missed; with 64 every data page misses), so figures from before that change compare.
+Prints a table and, last, one JSON object."""
 
 from __future__ import annotations
 

@@ -32,8 +32,8 @@ from vtdsim.errors import ModelError, hexval
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 LINE_SIZE = 64
-MAX_PHYS_ADDR = 1 << 52  # x86 architectural limit on physical addresses
 _PHYS_BITS = 52  # ``not addr >> _PHYS_BITS``: 0 <= addr < MAX_PHYS_ADDR, in one test
+MAX_PHYS_ADDR = 1 << _PHYS_BITS  # x86 architectural limit on physical addresses
 
 _Q = struct.Struct("<Q")
 _Q_FROM = _Q.unpack_from
