@@ -6,37 +6,25 @@ processes the queue inside the exit (no hardware process at all), a run stops by
 recording's calls are replayed at their timestamps, and with the event skipping off too."""
 
 import pytest
-from test_engine_lookahead import EXAMPLE, RUNS, TABLE, _run
+from test_engine_lookahead import RUNS, _run, _timed_recording, same_without
 
 from vtdsim.simulation.engine import TimedMachine
-from vtdsim.traces.timed import simulate_trace
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_a_sleeping_hardware_process_changes_no_figure(name, monkeypatch):
-    fast = _run(*RUNS[name])
-    monkeypatch.setattr(TimedMachine, "hardware_sleeps", False)
-    assert fast == _run(*RUNS[name])
+    same_without("hardware_sleeps", monkeypatch, _run, *RUNS[name])
 
 
 @pytest.mark.parametrize("policy", ["strict", "lazy"])
 def test_a_sleeping_hardware_process_changes_no_figure_of_a_timed_recording(policy,
                                                                            monkeypatch):
-    def timed() -> dict:
-        result = simulate_trace(EXAMPLE, TABLE, policy=policy)
-        result.pop("timing")
-        return result
-
-    fast = timed()
-    monkeypatch.setattr(TimedMachine, "hardware_sleeps", False)
-    assert fast == timed()
+    same_without("hardware_sleeps", monkeypatch, _timed_recording, policy)
 
 
 def test_without_event_skipping_too(monkeypatch):
     monkeypatch.setattr(TimedMachine, "lookahead", False)
-    fast = _run(*RUNS["nic-rx strict, by time"])
-    monkeypatch.setattr(TimedMachine, "hardware_sleeps", False)
-    assert fast == _run(*RUNS["nic-rx strict, by time"])
+    same_without("hardware_sleeps", monkeypatch, _run, *RUNS["nic-rx strict, by time"])
 
 
 def test_runs_above_do_wake_the_sleeping_process(monkeypatch):
