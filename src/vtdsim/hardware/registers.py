@@ -217,7 +217,6 @@ class Register:
     _visible: int = field(init=False, repr=False, compare=False)
     _rw1c: int = field(init=False, repr=False, compare=False)
     _rw1s: int = field(init=False, repr=False, compare=False)
-    _end: int = field(init=False, repr=False, compare=False)  # offset + size (``locate``)
 
     def __post_init__(self) -> None:
         masks = dict.fromkeys(Access, 0)
@@ -231,7 +230,6 @@ class Register:
             "_visible": ~masks[Access.WO] & ~self.layout.reserved_mask,
             "_rw1c": masks[Access.RW1C],
             "_rw1s": masks[Access.RW1S],
-            "_end": self.offset + self.layout.width // 8,
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)
@@ -321,22 +319,20 @@ Slot = tuple[Register, int, int]  # a well-formed access: register, bit shift, b
 
 @functools.lru_cache(maxsize=64)
 def _indexed_map(caps: Capabilities) -> tuple[list[Register], dict[str, Register],
-                                              dict[int, Register], dict[tuple[int, int], Slot]]:
-    """``register_map(caps)`` with its by-name and by-dword-offset indexes and its write
-    slots, built once per capability set (units with the same CAP/ECAP share the immutable
-    map).  A slot is what ``locate`` accepts - a naturally aligned dword or qword inside one
+                                              dict[tuple[int, int], Slot]]:
+    """``register_map(caps)`` with its by-name index and its access slots, built once per
+    capability set (units with the same CAP/ECAP share the immutable map).  A slot is what
+    an MMIO access may hit (``locate``) - a naturally aligned dword or qword inside one
     register - keyed ``(offset, size)``, with the shift and mask of the bytes it covers."""
     registers = register_map(caps)
-    by_offset: dict[int, Register] = {}
     slots: dict[tuple[int, int], Slot] = {}
     for r in registers:
         for off in range(r.offset, r.offset + r.size, 4):
-            by_offset[off] = r
             for size in (4, 8):
                 if not off % size and off + size <= r.offset + r.size:
                     shift = 8 * (off - r.offset)
                     slots[off, size] = (r, shift, ((1 << (8 * size)) - 1) << shift)
-    return registers, {r.name: r for r in registers}, by_offset, slots
+    return registers, {r.name: r for r in registers}, slots
 
 
 class RegisterFile:
@@ -366,13 +362,13 @@ class RegisterFile:
         self.raw["ECAP"] = caps.ecap
 
     def _bind_map(self) -> None:
-        self.registers, self.by_name, self._by_offset, self._slots = _indexed_map(self.caps)
+        self.registers, self.by_name, self._slots = _indexed_map(self.caps)
 
     def __getstate__(self) -> dict:
         # The register map is immutable and derived from CAP/ECAP: copies (the checker's
         # worlds) share it instead of pickling ~140 Field objects each time.
         state = self.__dict__.copy()
-        for derived in ("registers", "by_name", "_by_offset", "_slots"):
+        for derived in ("registers", "by_name", "_slots"):
             del state[derived]
         return state
 
@@ -402,21 +398,16 @@ class RegisterFile:
     # -- software side (MMIO) ----------------------------------------------------------------------
     def locate(self, offset: int, size: int) -> Register | None:
         """The register a well-formed access hits, or None (size, alignment, straddling)."""
-        if size not in (4, 8) or offset % size:
-            return None
-        reg = self._by_offset.get(offset)
-        if reg is None or offset + size > reg._end:
-            return None
-        return reg
+        slot = self._slots.get((offset, size))
+        return None if slot is None else slot[0]
 
     def mmio_read(self, offset: int, size: int) -> int:
-        reg = self.locate(offset, size)
-        if reg is None:
+        slot = self._slots.get((offset, size))  # ``locate``, with the shift and byte mask
+        if slot is None:
             self._event("mmio_read_ignored", offset=offset, size=size)
             return 0
-        shift = 8 * (offset - reg.offset)
-        view = reg.software_view(self.raw[reg.name])
-        return (view >> shift) & ((1 << (8 * size)) - 1)
+        reg, shift, mask = slot
+        return (reg.software_view(self.raw[reg.name]) & mask) >> shift
 
     def mmio_write(self, offset: int, size: int, value: int) -> None:
         slot = self._slots.get((offset, size))  # ``locate``, with the shift and byte mask

@@ -170,25 +170,22 @@ def bind_translate(unit: Any):
 
 
 def _cached(unit: Any, legacy_hit, recall, again, pending: PendingAnswers):
-    """``(translate_cached, translate_page, translate_page_again, count_hits,
-    count_repeats)``:
-    ``legacy_hit`` under
-    TTM=00.  Under TTM=01 a request without PASID that the full flow would answer from the
-    caches alone - context-cache, PASID-cache (the entry's RID_PASID) and a 4 KiB IOTLB
-    entry with the permission - returns that entry with the flow's side effects (each
-    cache's recency and hit counter; nothing else changes on such a hit: no fill, no stat
-    of the unit).  The
-    probes themselves change nothing, so on anything else (None) the full flow runs from the
-    start.  Checks in the flow's order (flow.RequestFlow.request, scalable.pasid_entry,
-    flow.page): a present context entry fetched in scalable mode; RID_PASID within the
-    directory PDTS sizes (0x46); a present PASID entry that is not pass-through (answered
-    without the IOTLB); then ``usable`` and ``check_access`` of a hit, which for AT=00
-    without PRIV/EXE reduce to present and permitted.  The interrupt-range check (0x87)
-    needs no probe: no IOTLB entry touching the range is ever filled
-    (``RequestFlow.fill_iotlb``).  ``translate_page`` also answers where the 4 KiB key is
-    absent with the page's remembered first-stage miss (miss.bind_fs_miss: ``again``) - the
-    context and PASID entries and the key probed once for both, as a device's DMA to a page
-    missing from a small IOTLB would otherwise probe them twice."""
+    """``(translate_cached, translate_page, translate_page_again, count_hits, count_repeats)``:
+    ``legacy_hit`` under TTM=00. Under TTM=01 a request without PASID that the full flow would
+    answer from the caches alone - context-cache, PASID-cache (the entry's RID_PASID) and a 4
+    KiB IOTLB entry with the permission - returns that entry with the flow's side effects (each
+    cache's recency and hit counter; nothing else changes on such a hit: no fill, no stat of
+    the unit). The probes themselves change nothing, so on anything else (None) the full flow
+    runs from the start. Checks in the flow's order (flow.RequestFlow.request,
+    scalable.pasid_entry, flow.page): a present context entry fetched in scalable mode;
+    RID_PASID within the directory PDTS sizes (0x46); a present PASID entry that is not
+    pass-through (answered without the IOTLB); then ``usable`` and ``check_access`` of a hit,
+    which for AT=00 without PRIV/EXE reduce to present and permitted. The interrupt-range check
+    (0x87) needs no probe: no IOTLB entry touching the range is ever filled
+    (``RequestFlow.fill_iotlb``). ``translate_page`` also answers where the 4 KiB key is absent
+    with the page's remembered first-stage miss (miss.bind_fs_miss: ``again``) - the context
+    and PASID entries and the key probed once for both, as a device's DMA to a page missing
+    from a small IOTLB would otherwise probe them twice."""
     caches = unit.context_cache, unit.pasid_cache, unit.iotlb
     (context_get, pasid_get, iotlb_get) = (c._get for c in caches)
     (context_touch, pasid_touch, iotlb_touch) = (c._touch for c in caches)
